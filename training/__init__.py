@@ -1,0 +1,1 @@
+"""clean_ros offline wing: data, training, distillation, pruning, evaluation, export."""
