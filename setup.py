@@ -1,0 +1,25 @@
+"""ament_python build of the clean_ros ROS 2 package (runtime wing only: training/ stays in the source tree)."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "clean_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, PACKAGE + ".*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
+        ("share/" + PACKAGE, ["package.xml"]),
+        ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
+        ("share/" + PACKAGE + "/config", glob("config/*.yaml") + glob("config/*.xml")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="clean_ros developers",
+    maintainer_email="dev@clean-ros.invalid",
+    description="Compact LiDAR 3D object detection (CLEAN compression) and its ROS 2 detector node.",
+    license="Apache-2.0",
+    entry_points={"console_scripts": []},
+)
