@@ -1,0 +1,32 @@
+"""Shared fixtures: the real KITTI sample frames and small helpers."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # tests run from a checkout without installing the package
+    sys.path.insert(0, str(REPO_ROOT))
+
+KITTI_SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/kitti_sample"
+
+
+@pytest.fixture(scope="session")
+def kitti_sample() -> Path:
+    """Root of the six real KITTI frames (training/ and testing/); the test is skipped when they are absent."""
+    if not (KITTI_SAMPLE / "training" / "velodyne").is_dir():
+        pytest.skip(f"KITTI sample frames not found at {KITTI_SAMPLE}")
+    return KITTI_SAMPLE
+
+
+def read_velodyne(path: Path) -> np.ndarray:
+    """(N, 4) float32 points of a KITTI .bin file (test helper, no validation)."""
+    return np.fromfile(path, dtype=np.float32).reshape(-1, 4)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
