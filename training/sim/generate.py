@@ -1,0 +1,54 @@
+"""One simulated frame end to end: scene -> ray casting -> sensor effects -> labels. Deterministic per (seed, index)."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from clean_ros.kitti import Calibration
+from training.sim.calib import KITTI_IMAGE_SHAPE, kitti_calibration
+from training.sim.config import SimConfig
+from training.sim.labels import FrameLabels, make_labels
+from training.sim.raycast import cast
+from training.sim.scene import Scene, sample_scene
+from training.sim.sensor import measure, ray_grid
+
+SPLITS = {"training": 0, "testing": 1}
+
+
+class Frame(NamedTuple):
+    points: np.ndarray  # (N, 4) float32 x, y, z, reflectance (LiDAR frame)
+    point_owner: np.ndarray  # (N,) scene object of each return, -1 = background
+    labels: FrameLabels
+    scene: Scene
+
+
+def frame_rngs(seed: int, index: int, split: str = "training") -> tuple[np.random.Generator, np.random.Generator]:
+    """Independent streams for the scene and the sensor, so a frame never depends on how frames are scheduled."""
+    base = [int(seed), SPLITS[split], int(index)]
+    return np.random.default_rng(base + [0]), np.random.default_rng(base + [1])
+
+
+def scan_scene(scene: Scene, cfg: SimConfig, rng: np.random.Generator,
+               calib: Calibration | None = None) -> Frame:
+    """Cast the HDL-64E ray grid into a scene and label what the sensor saw."""
+    calib = calib or kitti_calibration()
+    grid = ray_grid(cfg.sensor)
+    n_objects = len(scene.names)
+    hits = cast(scene.prims, scene.ground, grid, cfg.sensor.max_range, n_objects)
+    n_beams, n_cols = len(grid.elevation), grid.n_columns
+    # top beam first, as the scanner reports them
+    order = np.arange(n_beams * n_cols).reshape(n_beams, n_cols)[::-1].ravel()
+    order = order[np.isfinite(hits.range[order])]
+    points, kept = measure(hits.range[order], grid.directions[order], hits.cos_incidence[order], hits.albedo[order],
+                           hits.material[order], cfg.sensor, rng)
+    owner = hits.owner[order][kept]
+    labels = make_labels(scene.prims, scene.names, scene.boxes, points, owner, hits.unobstructed_rays,
+                         hits.visible_rays, calib, cfg.labels, KITTI_IMAGE_SHAPE)
+    return Frame(points, owner, labels, scene)
+
+
+def generate_frame(cfg: SimConfig, seed: int, index: int, split: str = "training") -> Frame:
+    scene_rng, sensor_rng = frame_rngs(seed, index, split)
+    scene = sample_scene(cfg.scene, cfg.sensor, scene_rng)
+    return scan_scene(scene, cfg, sensor_rng)

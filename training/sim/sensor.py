@@ -1,0 +1,59 @@
+"""Velodyne HDL-64E model: beam layout, ray directions, range noise, dropout and reflectance."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from training.sim.config import SensorConfig
+from training.sim.shapes import MATERIAL_DROPOUT, MATERIAL_RANGE_NOISE
+
+
+class RayGrid(NamedTuple):
+    """Rays of one revolution, beam-major: ray index = beam * n_columns + column; beams sorted by ascending elevation."""
+
+    elevation: np.ndarray  # (B,) radians, ascending
+    azimuth: np.ndarray  # (C,) radians, column centres in [-pi, pi)
+    directions: np.ndarray  # (B * C, 3) unit vectors
+
+    @property
+    def n_columns(self) -> int:
+        return len(self.azimuth)
+
+
+def beam_elevations(cfg: SensorConfig) -> np.ndarray:
+    """(64,) elevations in radians, ascending: the denser upper block and the sparser lower block."""
+    upper = np.linspace(*cfg.upper_block_deg, cfg.beams_per_block)
+    lower = np.linspace(*cfg.lower_block_deg, cfg.beams_per_block)
+    return np.sort(np.deg2rad(np.concatenate([upper, lower])))
+
+
+def ray_grid(cfg: SensorConfig) -> RayGrid:
+    elevation = beam_elevations(cfg)
+    n_columns = int(round(360.0 / cfg.azimuth_resolution_deg))
+    azimuth = -np.pi + (np.arange(n_columns) + 0.5) * (2 * np.pi / n_columns)
+    ce, se = np.cos(elevation)[:, None], np.sin(elevation)[:, None]
+    directions = np.stack([ce * np.cos(azimuth), ce * np.sin(azimuth), np.broadcast_to(se, (len(elevation), n_columns))],
+                          -1).reshape(-1, 3)
+    return RayGrid(elevation, azimuth, directions)
+
+
+def measure(ranges: np.ndarray, directions: np.ndarray, cos_incidence: np.ndarray, albedo: np.ndarray,
+            material: np.ndarray, cfg: SensorConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Turn exact hits into returns: noisy range, material/range dependent dropout, reflectance in [0, 1].
+
+    Returns (N, 4) float32 points (x, y, z, reflectance) and the (N,) bool mask of hits kept.
+    """
+    n = len(ranges)
+    noise = rng.normal(0.0, 1.0, n) * np.hypot(cfg.range_noise_std, MATERIAL_RANGE_NOISE[material])
+    noisy = ranges + noise
+    p_drop = cfg.dropout + MATERIAL_DROPOUT[material] + cfg.far_dropout * (ranges / cfg.max_range) ** 2
+    keep = (rng.random(n) >= p_drop) & (noisy > cfg.min_range) & (noisy < cfg.max_range)
+    # KITTI's reflectance is nearly flat over incidence until grazing angles, where it falls to 0 (far road)
+    grazing = np.clip((cos_incidence - 0.04) / 0.10, 0.0, 1.0) ** 0.7
+    intensity = 1.2 * albedo * grazing * (1.0 + cfg.intensity_noise * rng.normal(0.0, 1.0, n))
+    # KITTI stores reflectance with two decimals
+    intensity = np.round(np.clip(intensity, 0.0, 1.0), 2)
+    xyz = directions * noisy[:, None]
+    points = np.concatenate([xyz, intensity[:, None]], 1).astype(np.float32)
+    return points[keep], keep
