@@ -2,9 +2,10 @@
 
 Box convention (LiDAR frame): (x, y, z centre, l, w, h, yaw), yaw about +z, yaw 0 puts l along +x.
 
-Rotated overlap is exact: the intersection of two rectangles is the convex polygon spanned by the corners of
-each rectangle that lie inside the other plus the crossings of their edges; its area follows from the shoelace
-formula after sorting those points by angle around their mean. All polygon work runs in float64 (identical,
+Rotated overlap is exact: the area of the intersection of two rectangles is the boundary integral (Green's
+theorem, shoelace terms) over the parts of each rectangle's edges that lie inside the other one; each part is a
+single segment found by Liang-Barsky clipping. No vertex sorting is needed, and boundary shared by both boxes is
+counted once (same direction) or cancels (opposite direction). All polygon work runs in float64 (identical,
 touching and nested boxes come out right to ~1e-12) on *candidate pairs only*: pairs whose bounding circles
 do not meet are skipped, and the pairs that remain are processed in bounded chunks, so N x M problems
 (anchor matching, NMS over thousands of boxes) never materialise per-pair clipping temporaries for all pairs.
@@ -19,10 +20,10 @@ import torch
 _PAIR_CHUNK = 16384
 # Elements of an N x M prefilter matrix built at once.
 _PREFILTER_CHUNK = 1 << 22
-# Tolerances of the polygon code, in metres (inside test) and as a sine (parallel edges) / edge fraction.
-_INSIDE_EPS = 1e-9
+# Tolerances of the polygon code: an edge within _PARALLEL_SIN (sine of the angle) of a side of the other box
+# is parallel to it, and lies on it when within _ON_EDGE_EPS metres.
+_ON_EDGE_EPS = 1e-9
 _PARALLEL_SIN = 1e-10
-_EDGE_EPS = 1e-9
 
 
 # --------------------------------------------------------------------------- angles
@@ -64,52 +65,92 @@ def _cross(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
 
 
-def _points_in_rect(points: torch.Tensor, boxes: torch.Tensor, eps: float) -> torch.Tensor:
-    """points (P, K, 2), boxes (P, 7) float64 -> (P, K) bool, boundary (within eps) counts as inside."""
-    rel = points - boxes[:, None, 0:2]
-    cos, sin = torch.cos(boxes[:, 6:7]), torch.sin(boxes[:, 6:7])
-    along = rel[..., 0] * cos + rel[..., 1] * sin
-    across = -rel[..., 0] * sin + rel[..., 1] * cos
-    return (along.abs() <= boxes[:, 3:4].abs() / 2 + eps) & (across.abs() <= boxes[:, 4:5].abs() / 2 + eps)
+# Corner signs (along l, along w), counter-clockwise; edge k runs from corner k to corner k+1.
+_CORNER_SIGNS = ((1.0, -1.0), (1.0, 1.0), (-1.0, 1.0), (-1.0, -1.0))
+
+
+def _edge_inside_interval(start: torch.Tensor, edge: torch.Tensor, half: torch.Tensor):
+    """Parameter interval [t0, t1] of segments start + t * edge (t in [0, 1]) inside the axis-aligned rectangle
+    |x| <= half_x, |y| <= half_y (Liang-Barsky). start, edge (P, 4, 2); half (P, 2).
+
+    Crossings are computed exactly; only an edge parallel to a side (within _PARALLEL_SIN) is judged as a whole,
+    with tolerance _ON_EDGE_EPS, so that edges lying on the other box's boundary are kept. A tolerance on the
+    crossings themselves would move them by tolerance / sin(angle), which is large for nearly parallel edges."""
+    length = edge.norm(dim=-1)
+    t0 = torch.zeros_like(length)
+    t1 = torch.ones_like(length)
+    for axis in (0, 1):
+        p, e = start[..., axis], edge[..., axis]
+        limit = half[:, axis:axis + 1]
+        parallel = e.abs() <= _PARALLEL_SIN * length  # zero-length edges too
+        safe = torch.where(parallel, torch.ones_like(e), e)
+        ta, tb = (-limit - p) / safe, (limit - p) / safe
+        inside = p.abs() <= limit + _ON_EDGE_EPS
+        lo = torch.where(parallel, torch.where(inside, -math.inf, math.inf), torch.minimum(ta, tb))
+        hi = torch.where(parallel, torch.where(inside, math.inf, -math.inf), torch.maximum(ta, tb))
+        t0, t1 = torch.maximum(t0, lo), torch.minimum(t1, hi)
+    return t0, t1
+
+
+def _on_same_direction_edge(start: torch.Tensor, edge: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
+    """(P, 4) True where an edge runs along an edge of the axis-aligned rectangle `half`, in the same direction
+    (counter-clockwise rectangle: +y on x = +hx, -x on y = +hy, -y on x = -hx, +x on y = -hy)."""
+    length = edge.norm(dim=-1)
+    along_x = edge[..., 1].abs() <= _PARALLEL_SIN * length
+    along_y = edge[..., 0].abs() <= _PARALLEL_SIN * length
+    hx, hy = half[:, 0:1], half[:, 1:2]
+    px, py = start[..., 0], start[..., 1]
+    return (length > 0) & (
+        (along_y & (edge[..., 1] > 0) & ((px - hx).abs() <= _ON_EDGE_EPS))
+        | (along_x & (edge[..., 0] < 0) & ((py - hy).abs() <= _ON_EDGE_EPS))
+        | (along_y & (edge[..., 1] < 0) & ((px + hx).abs() <= _ON_EDGE_EPS))
+        | (along_x & (edge[..., 0] > 0) & ((py + hy).abs() <= _ON_EDGE_EPS)))
+
+
+def _boundary_integral(start_own: torch.Tensor, edge_own: torch.Tensor, start_other: torch.Tensor,
+                       edge_other: torch.Tensor, half_other: torch.Tensor) -> torch.Tensor:
+    """Sum over a rectangle's edges of the shoelace term of the edge part inside the other rectangle.
+
+    The edges are given twice: in the frame the result is accumulated in (own) and in the other box's frame,
+    where the other box is axis-aligned (clipping)."""
+    t0, t1 = _edge_inside_interval(start_other, edge_other, half_other)
+    p0 = start_own + t0[..., None] * edge_own
+    p1 = start_own + t1[..., None] * edge_own
+    term = 0.5 * _cross(p0, p1)
+    # Boundary shared by both boxes, same direction: each box contributes half of it (opposite directions cancel).
+    weight = torch.where(_on_same_direction_edge(start_other, edge_other, half_other), 0.5, 1.0)
+    return torch.where(t1 > t0, term * weight, torch.zeros_like(term)).sum(-1)
 
 
 def _intersection_area_chunk(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Exact BEV intersection areas of paired float64 boxes a[i], b[i] (P, 7) -> (P,)."""
-    n = a.shape[0]
-    ca, cb = boxes_to_corners_bev(a), boxes_to_corners_bev(b)  # (P, 4, 2)
-    a_in_b = _points_in_rect(ca, b, _INSIDE_EPS)
-    b_in_a = _points_in_rect(cb, a, _INSIDE_EPS)
+    """Exact BEV intersection areas of paired float64 boxes a[i], b[i] (P, 7) -> (P,).
 
-    # Crossings of edge i of a (ca[i] + t * ea[i]) with edge j of b (cb[j] + u * eb[j]).
-    ea = torch.roll(ca, -1, dims=1) - ca
-    eb = torch.roll(cb, -1, dims=1) - cb
-    denom = _cross(ea[:, :, None, :], eb[:, None, :, :])  # (P, 4, 4)
-    offset = cb[:, None, :, :] - ca[:, :, None, :]  # (P, 4, 4, 2)
-    # Parallel (or zero-length) edges never cross in a way that matters: the ends of overlapping collinear edges
-    # are corners inside the other box, which are already collected.
-    scale = ea.norm(dim=-1)[:, :, None] * eb.norm(dim=-1)[:, None, :]
-    not_parallel = denom.abs() > _PARALLEL_SIN * scale
-    safe = torch.where(not_parallel, denom, torch.ones_like(denom))
-    t = _cross(offset, eb[:, None, :, :]) / safe
-    u = _cross(offset, ea[:, :, None, :]) / safe
-    crossing = not_parallel & (t >= -_EDGE_EPS) & (t <= 1 + _EDGE_EPS) & (u >= -_EDGE_EPS) & (u <= 1 + _EDGE_EPS)
-    crossing_points = ca[:, :, None, :] + t[..., None] * ea[:, :, None, :]
+    Green's theorem: the area of the intersection is the boundary integral over the parts of each box's edges
+    that lie inside the other box; each part is one segment (the boxes are convex), found by Liang-Barsky
+    clipping in the other box's own frame. Everything is expressed relative to box a's centre and axes."""
+    signs = torch.tensor(_CORNER_SIGNS, dtype=a.dtype, device=a.device)
+    half_a = a[:, 3:5].abs() / 2
+    half_b = b[:, 3:5].abs() / 2
+    cos_a, sin_a = torch.cos(a[:, 6:7]), torch.sin(a[:, 6:7])
+    dx, dy = b[:, 0:1] - a[:, 0:1], b[:, 1:2] - a[:, 1:2]
+    bx, by = dx * cos_a + dy * sin_a, -dx * sin_a + dy * cos_a  # b's centre in a's frame
+    turn = b[:, 6:7] - a[:, 6:7]
+    cos_d, sin_d = torch.cos(turn), torch.sin(turn)
 
-    points = torch.cat([ca, cb, crossing_points.reshape(n, 16, 2)], dim=1)  # (P, 24, 2)
-    valid = torch.cat([a_in_b, b_in_a, crossing.reshape(n, 16)], dim=1)
-    count = valid.sum(1)
-    weights = valid.to(points.dtype)[..., None]
-    centre = (points * weights).sum(1) / count.clamp(min=1)[:, None].to(points.dtype)
-    rel = points - centre[:, None, :]
-    angle = torch.atan2(rel[..., 1], rel[..., 0])
-    angle = torch.where(valid, angle, torch.full_like(angle, math.inf))
-    order = angle.argsort(dim=1)
-    rel = torch.gather(rel, 1, order[..., None].expand(-1, -1, 2))
-    valid = torch.gather(valid, 1, order)
-    # Unused slots repeat the first point: they add zero-area triangles and close the ring.
-    rel = torch.where(valid[..., None], rel, rel[:, :1, :])
-    area = 0.5 * _cross(rel, torch.roll(rel, -1, dims=1)).sum(1)
-    return torch.where(count >= 3, area.clamp(min=0), torch.zeros_like(area))
+    corners_a = signs * half_a[:, None, :]  # a's corners in a's frame (P, 4, 2)
+    local_b = signs * half_b[:, None, :]  # b's corners in b's frame
+    corners_b = torch.stack([local_b[..., 0] * cos_d - local_b[..., 1] * sin_d + bx,
+                             local_b[..., 0] * sin_d + local_b[..., 1] * cos_d + by], -1)  # in a's frame
+    rel = corners_a - torch.stack([bx, by], -1)
+    corners_a_in_b = torch.stack([rel[..., 0] * cos_d + rel[..., 1] * sin_d,
+                                  -rel[..., 0] * sin_d + rel[..., 1] * cos_d], -1)
+
+    def edges(c: torch.Tensor) -> torch.Tensor:
+        return torch.roll(c, -1, dims=1) - c
+
+    area = (_boundary_integral(corners_a, edges(corners_a), corners_a_in_b, edges(corners_a_in_b), half_b)
+            + _boundary_integral(corners_b, edges(corners_b), corners_b, edges(corners_b), half_a))
+    return area.clamp(min=0)
 
 
 def bev_intersection_aligned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -121,7 +162,7 @@ def bev_intersection_aligned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # Only pairs whose bounding circles meet can overlap.
     radius_a = 0.5 * torch.hypot(a64[:, 3], a64[:, 4])
     radius_b = 0.5 * torch.hypot(b64[:, 3], b64[:, 4])
-    near = torch.hypot(a64[:, 0] - b64[:, 0], a64[:, 1] - b64[:, 1]) <= radius_a + radius_b + _INSIDE_EPS
+    near = torch.hypot(a64[:, 0] - b64[:, 0], a64[:, 1] - b64[:, 1]) <= radius_a + radius_b + _ON_EDGE_EPS
     idx = torch.nonzero(near).squeeze(1)
     for start in range(0, idx.numel(), _PAIR_CHUNK):
         sel = idx[start:start + _PAIR_CHUNK]

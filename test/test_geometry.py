@@ -67,7 +67,10 @@ def test_identical_boxes_iou_is_one():
 def test_disjoint_and_touching_boxes():
     a = T(box(), box())
     b = T(box(x=5.0), box(x=1.0))  # far apart; sharing one edge
-    assert G.bev_iou_aligned(a, b).tolist() == [0.0, 0.0]
+    assert G.bev_iou_aligned(a, b).tolist() == pytest.approx([0.0, 0.0], abs=1e-9)
+    # touching at a single corner, and a 45-deg square touching a square's edge with its tip
+    corner = G.bev_iou_aligned(T(box(), box()), T(box(x=1.0, y=1.0), box(x=0.5 + math.sqrt(0.5), yaw=math.pi / 4)))
+    assert corner.tolist() == pytest.approx([0.0, 0.0], abs=1e-9)
 
 
 def test_square_vs_rotated_square():
@@ -91,8 +94,9 @@ def test_nested_and_half_overlapping():
 def test_degenerate_boxes_give_zero_not_nan():
     a = T(box(l=0.0, w=0.0), box(l=0.0, w=1.0), box(l=0, w=0, h=0))
     b = T(box(), box(), box(l=0, w=0, h=0))
-    assert G.bev_iou_aligned(a, b).tolist() == [0.0, 0.0, 0.0]
-    assert G.iou_3d_aligned(a, b).tolist() == [0.0, 0.0, 0.0]
+    # (boundary tolerance is 1e-11 m, so a zero-width box may register ~1e-11 of area, never more)
+    assert G.bev_iou_aligned(a, b).tolist() == pytest.approx([0.0, 0.0, 0.0], abs=1e-9)
+    assert G.iou_3d_aligned(a, b).tolist() == pytest.approx([0.0, 0.0, 0.0], abs=1e-9)
     assert not torch.isnan(G.bev_iou(a, b)).any()
 
 
