@@ -422,6 +422,10 @@ def check_input_contract(msg, contract: InputContract, intensity_scale: float = 
         except CloudFormatError as error:
             findings.append(Finding("undecodable", f"cannot decode the cloud: {error}"))
             return findings
+        if info.num_points_in == 0:
+            findings.append(Finding("empty", "the cloud is empty (width * height = 0): fields and values could not "
+                                             "be checked; checking again on the next non-empty cloud is advised"))
+            return findings
         for name in info.missing_fields:
             findings.append(Finding("missing_field",
                                     f"the model uses point feature '{name}' but the cloud has no such field "
