@@ -126,7 +126,7 @@ def _two_car_scene(with_front_car: bool, ground: Ground):
     builder = SceneBuilder(ground, rng)
     target_parts = model_parts("Car", np.random.default_rng(1))
     if with_front_car:
-        builder.try_add(model_parts("Van", np.random.default_rng(2)), 12.0, 0.0, 0.0, "Van")
+        builder.try_add(model_parts("Van", np.random.default_rng(2)), 12.0, -0.6, 0.0, "Van")  # hides most of it
     builder.try_add(target_parts, 22.0, 0.3, 0.0, "Car")
     return builder.build()
 

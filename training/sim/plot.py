@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from clean_ros.geometry import points_in_boxes
 from clean_ros.kitti import Calibration, boxes_camera_to_lidar, read_labels
 from training.sim.config import SimConfig
 from training.sim.generate import generate_frame
@@ -34,7 +36,9 @@ def draw_bev(ax, points: np.ndarray, boxes: np.ndarray, names: np.ndarray, title
     keep = (points[:, 0] > x0) & (points[:, 0] < x1) & (points[:, 1] > y0) & (points[:, 1] < y1)
     p = points[keep]
     # LiDAR y points left: plot -y on the horizontal axis so the picture reads like a map seen from above
-    ax.scatter(-p[:, 1], p[:, 0], s=0.15, c="0.25", alpha=0.6, linewidths=0, rasterized=True)
+    in_box = points_in_boxes(torch.from_numpy(p[:, :3].astype(np.float64)), torch.from_numpy(boxes)).any(1).numpy()
+    ax.scatter(-p[~in_box, 1], p[~in_box, 0], s=0.15, c="0.35", alpha=0.6, linewidths=0, rasterized=True)
+    ax.scatter(-p[in_box, 1], p[in_box, 0], s=0.8, c="black", linewidths=0, rasterized=True)  # object returns
     for corners, name in zip(bev_corners(boxes), names):
         colour = CLASS_COLOURS.get(str(name), "black")
         ring = np.vstack([corners, corners[:1]])
