@@ -1,0 +1,137 @@
+"""Training augmentation, applied consistently to points and boxes (numpy, LiDAR frame).
+
+Order (each step a config switch): GT-database sampling -> per-object noise -> x-flip -> global rotation about z
+-> global scaling -> point shuffle. The pure transforms take explicit parameters; Augmentor draws them from the
+generator it is given, so a frame's augmentation is a function of that generator's seed.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from clean_ros.geometry import bev_iou, points_in_boxes
+from clean_ros.kitti import normalize_yaw_np
+from training.data.config import AugmentConfig
+from training.data.gt_database import GTDatabase, GTSampler
+from training.data.sample import Sample
+
+
+# --------------------------------------------------------------------------- pure transforms
+def flip_x(points: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror about the x axis (the driving direction): y -> -y, yaw -> -yaw."""
+    points, boxes = points.copy(), boxes.copy()
+    points[:, 1] = -points[:, 1]
+    boxes[:, 1] = -boxes[:, 1]
+    boxes[:, 6] = normalize_yaw_np(-boxes[:, 6])
+    return points, boxes
+
+
+def rotate_z(points: np.ndarray, boxes: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate the scene by `angle` (radians, counter-clockwise seen from above) about the sensor's z axis."""
+    c, s = np.cos(angle), np.sin(angle)
+    rot = np.array([[c, -s], [s, c]], dtype=np.float64)
+    points, boxes = points.copy(), boxes.copy()
+    points[:, :2] = (points[:, :2].astype(np.float64) @ rot.T).astype(points.dtype)
+    boxes[:, :2] = (boxes[:, :2].astype(np.float64) @ rot.T).astype(boxes.dtype)
+    boxes[:, 6] = normalize_yaw_np(boxes[:, 6] + angle)
+    return points, boxes
+
+
+def scale(points: np.ndarray, boxes: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Scale the scene about the sensor origin: coordinates and box sizes by `factor`."""
+    points, boxes = points.copy(), boxes.copy()
+    points[:, :3] *= factor
+    boxes[:, :6] *= factor
+    return points, boxes
+
+
+def _first_box_of_point(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N,) index of the first box containing each point, -1 for none."""
+    inside = points_in_boxes(torch.from_numpy(points[:, :3]), torch.from_numpy(boxes)).numpy()
+    return np.where(inside.any(1), inside.argmax(1), -1) if inside.shape[1] else np.full(len(points), -1)
+
+
+def move_objects(points: np.ndarray, boxes: np.ndarray, translation: np.ndarray,
+                 rotation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate each box about its centre by rotation[i] and shift it by translation[i], with the points inside it."""
+    owner = _first_box_of_point(points, boxes)
+    points, new_boxes = points.copy(), boxes.copy()
+    moved = np.flatnonzero(owner >= 0)
+    o = owner[moved]
+    c, s = np.cos(rotation[o]), np.sin(rotation[o])
+    rel = points[moved, :3].astype(np.float64) - boxes[o, :3]
+    rx = c * rel[:, 0] - s * rel[:, 1]
+    ry = s * rel[:, 0] + c * rel[:, 1]
+    points[moved, 0] = rx + boxes[o, 0] + translation[o, 0]
+    points[moved, 1] = ry + boxes[o, 1] + translation[o, 1]
+    points[moved, 2] = rel[:, 2] + boxes[o, 2] + translation[o, 2]
+    new_boxes[:, :3] += translation
+    new_boxes[:, 6] = normalize_yaw_np(new_boxes[:, 6] + rotation)
+    return points, new_boxes
+
+
+def draw_object_noise(boxes: np.ndarray, rng: np.random.Generator, translation_std, rotation_range,
+                      attempts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-box (translation (M,3), rotation (M,)) that keeps every box clear of every other box in BEV.
+
+    Each box gets `attempts` random draws; the first whose moved box overlaps no other box's original footprint is
+    taken. Two moved boxes that then overlap each other both stay put. A box with no valid draw stays put.
+    """
+    m = len(boxes)
+    translation = rng.normal(0.0, 1.0, size=(m, attempts, 3)) * np.asarray(translation_std, dtype=np.float64)
+    rotation = rng.uniform(rotation_range[0], rotation_range[1], size=(m, attempts))
+    if m == 0:
+        return np.zeros((0, 3)), np.zeros(0)
+    trials = np.repeat(boxes[:, None, :].astype(np.float64), attempts, axis=1)
+    trials[..., :3] += translation
+    trials[..., 6] += rotation
+    overlap = bev_iou(torch.from_numpy(trials.reshape(-1, 7)), torch.from_numpy(boxes.astype(np.float64))).numpy() > 0
+    overlap = overlap.reshape(m, attempts, m)
+    overlap[np.arange(m), :, np.arange(m)] = False  # a box may overlap its own original place
+    valid = ~overlap.any(2)  # (M, attempts)
+    has_valid = valid.any(1)
+    pick = valid.argmax(1)
+    chosen_t = np.where(has_valid[:, None], translation[np.arange(m), pick], 0.0)
+    chosen_r = np.where(has_valid, rotation[np.arange(m), pick], 0.0)
+    moved = trials[np.arange(m), pick]
+    clash = bev_iou(torch.from_numpy(moved), torch.from_numpy(moved)).numpy() > 0
+    np.fill_diagonal(clash, False)
+    clash &= has_valid[:, None] & has_valid[None, :]
+    stay = clash.any(1)
+    chosen_t[stay] = 0.0
+    chosen_r[stay] = 0.0
+    return chosen_t, chosen_r
+
+
+# --------------------------------------------------------------------------- the pipeline
+class Augmentor:
+    """Callable (Sample, np.random.Generator) -> Sample applying the enabled augmentations in order."""
+
+    def __init__(self, config: AugmentConfig, class_names: tuple[str, ...], gt_sampler: GTSampler | None = None):
+        self.config = config
+        self.class_names = tuple(class_names)
+        if config.gt_sampling and gt_sampler is None:
+            gt_sampler = GTSampler(GTDatabase.load(config.gt_sampling_config.database_path),
+                                   config.gt_sampling_config, self.class_names)
+        self.gt_sampler = gt_sampler if config.gt_sampling else None
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        cfg = self.config
+        if self.gt_sampler is not None:
+            sample = self.gt_sampler(sample, rng)
+        points, boxes = sample.points, sample.gt_boxes
+        if cfg.object_noise and len(boxes):
+            t, r = draw_object_noise(boxes, rng, cfg.object_translation_std, cfg.object_rotation_range,
+                                     cfg.object_noise_attempts)
+            points, boxes = move_objects(points, boxes, t, r)
+        if cfg.random_flip_x and rng.random() < 0.5:
+            points, boxes = flip_x(points, boxes)
+        if cfg.global_rotation:
+            points, boxes = rotate_z(points, boxes, rng.uniform(*cfg.rotation_range))
+        if cfg.global_scaling:
+            points, boxes = scale(points, boxes, rng.uniform(*cfg.scaling_range))
+        if cfg.shuffle_points:
+            points = points[rng.permutation(len(points))]
+        return replace(sample, points=points.astype(np.float32, copy=False), gt_boxes=boxes.astype(np.float32))
