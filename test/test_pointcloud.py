@@ -111,6 +111,9 @@ def test_organised_cloud_with_row_padding_gives_exactly_the_valid_points(kitti_p
     # per-field path (intensity before z, odd widths) over the same padded rows
     reordered, _ = read_points(msg, fields=("intensity", "x", "z", "y"))
     np.testing.assert_array_equal(reordered, grid[:, [3, 0, 2, 1]])
+    big = make_pointcloud2(grid, XYZI, _header(), height=rows, row_padding=24, point_padding=4, big_endian=True)
+    np.testing.assert_array_equal(read_points(big)[0], grid)
+    np.testing.assert_array_equal(read_points(big, fields=("y", "z", "x"))[0], grid[:, [1, 2, 0]])
 
 
 def test_trimmed_final_row_padding_is_accepted(kitti_points):
