@@ -4,9 +4,9 @@ The decoder reads only the fields it is asked for, straight out of ``msg.data``:
 
 * zero copy (``np.frombuffer`` view) when the requested fields are exactly the whole point as native float32
   (KITTI-style x, y, z, intensity at 0/4/8/12, point_step 16, no row padding);
-* one block copy when the requested fields are consecutive float32 inside a larger point (padding, extra fields,
-  row padding, big-endian: a byteswap in place afterwards);
-* otherwise one strided copy per requested field (any datatype, any order), converted to float32.
+* otherwise each run of requested float32 fields lying back to back in the point (x, y, z, ...) is copied as one
+  opaque block per point (padding, extra fields, row padding; big-endian: a byteswap in place afterwards), and
+  every other requested field (any datatype, any order) by one strided converting copy.
 
 No Python loop runs over points. Every size is checked against ``len(msg.data)`` before anything is allocated, so a
 hostile header (huge width, tiny data) is a ``CloudFormatError``, not a memory blow-up.
