@@ -126,7 +126,7 @@ def _two_car_scene(with_front_car: bool, ground: Ground):
     builder = SceneBuilder(ground, rng)
     target_parts = model_parts("Car", np.random.default_rng(1))
     if with_front_car:
-        builder.try_add(model_parts("Van", np.random.default_rng(2)), 12.0, -0.6, 0.0, "Van")  # hides most of it
+        builder.try_add(model_parts("Van", np.random.default_rng(2)), 12.0, -0.3, 0.0, "Van")  # hides most of it
     builder.try_add(target_parts, 22.0, 0.3, 0.0, "Car")
     return builder.build()
 
@@ -178,3 +178,19 @@ def test_config_errors_are_clear(tmp_path):
     assert run.returncode == 2
     assert "unknown key" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "o" / "training").exists()
+
+
+def test_generated_dataset_loads_through_kitti_dataset(dataset):
+    kitti_dataset = pytest.importorskip("training.data.kitti_dataset", reason="KITTI dataset class not in the tree")
+    from training.data.config import DataConfig
+
+    config = DataConfig(root=str(dataset))
+    sizes = {split: len(kitti_dataset.KittiDataset(config, split)) for split in ("train", "val", "test")}
+    assert sizes == {"train": 1, "val": 1, "test": 1}
+    train = kitti_dataset.KittiDataset(config, "train")
+    sample = train[0]
+    assert sample.points.dtype == np.float32 and sample.points.shape[1] == 4 and len(sample.points) > 1000
+    labels = read_labels(dataset / f"training/label_2/{sample.frame_id}.txt")
+    wanted = np.isin(labels.names, list(config.class_names))
+    assert wanted.any()
+    assert len(sample.gt_boxes) >= 1 and (np.asarray(sample.gt_labels) >= 0).any()
