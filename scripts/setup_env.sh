@@ -83,7 +83,9 @@ if [[ "$VARIANT" != cpu ]]; then
 fi
 
 say "installing the pinned $VARIANT set (first run: a few minutes)"
-if ! "$VPY" -m pip install --disable-pip-version-check --no-input --retries 5 --timeout 60 -q -r "$REQ_FILE"; then
+# (this machine's pip config names local mirrors that lack most projects: drop pip's warnings about them)
+if ! "$VPY" -m pip install --disable-pip-version-check --no-input --retries "${PIP_RETRIES:-5}" --timeout 60 -q -r "$REQ_FILE" 2>&1 \
+    | { grep -v "^WARNING: Location 'file:" || true; }; then
   die "pip could not install the pinned set (registry or network failure?). Nothing is marked done: run the same command again and it resumes."
 fi
 
