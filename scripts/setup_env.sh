@@ -5,7 +5,7 @@
 #   CLEAN_ROS_CUDA=cu126 scripts/setup_env.sh   CUDA set: spconv-cu126, onnxruntime-gpu, tensorrt
 #   PYTHON=/path/to/python3.11 scripts/setup_env.sh   use that interpreter
 #
-# A stamp (hash of the pinned set, this script and the vision_msgs sources) is written only after every step
+# A stamp (hash of the variant, the pinned set and the vision_msgs sources) is written only after every step
 # succeeded. Same stamp -> nothing to do (seconds). Different stamp -> the pinned set changed: rebuild from scratch.
 # No stamp -> an earlier run was interrupted (say a registry failure): resume on top of it and finish.
 set -euo pipefail
@@ -27,7 +27,7 @@ esac
 stamp_of() {
   {
     echo "variant=$VARIANT"
-    cat "$ROOT/requirements/base.txt" "$REQ" "$ROOT/scripts/setup_env.sh"
+    cat "$ROOT/requirements/base.txt" "$REQ"
     find "$ROOT/ci/vision_msgs" -type f | LC_ALL=C sort | xargs cat
   } | sha256sum | cut -d' ' -f1
 }
