@@ -1,0 +1,265 @@
+"""Dataclass configs of a whole one-stage detector (loaded through clean_ros.config).
+
+Every layer width is an explicit list, so a physically pruned network (arbitrary per-layer widths, including
+the conv inside every block and every deblock) is rebuilt from its saved config alone.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal
+
+from clean_ros.config import load_config
+from clean_ros.voxelize import grid_size as voxel_grid_size
+
+
+@dataclass
+class EncoderConfig:
+    """Point / voxel encoder.
+
+    pillar: PointNet over the points of a pillar. widths = output width of each linear layer; layers before
+    the last feed [per-point features ; pillar max] (2 * width) to the next.
+    mean_vfe: mean of the points of a voxel (no weights; widths unused), for the sparse backbone.
+    """
+
+    type: Literal["pillar", "mean_vfe"] = "pillar"
+    widths: list[int] = field(default_factory=lambda: [64])
+    with_distance: bool = False
+
+    def __post_init__(self):
+        if self.type == "pillar" and (not self.widths or min(self.widths) < 1):
+            raise ValueError(f"encoder.widths must be a non-empty list of positive ints, got {self.widths}")
+
+
+@dataclass
+class Backbone3DConfig:
+    """Sparse 3D backbone slot (SECOND; a later task). 'none' = pillars scattered straight to BEV."""
+
+    type: Literal["none", "sparse"] = "none"
+    widths: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class BEVBackboneConfig:
+    """2D BEV backbone: blocks of conv-BN-ReLU, then deblocks whose outputs are concatenated.
+
+    Block i = one stride-`layer_strides[i]` conv followed by `layer_nums[i]` stride-1 convs, so it has
+    layer_nums[i] + 1 convs; `layer_widths[i]` lists their output widths. If `layer_widths` is left empty it
+    is filled from `num_filters` (every conv of block i gets num_filters[i]); afterwards num_filters[i] is
+    always the block's output width (layer_widths[i][-1]).
+    upsample_strides[i] >= 1: transposed conv (kernel = stride); < 1: strided conv with stride 1/s.
+    """
+
+    layer_nums: list[int] = field(default_factory=lambda: [3, 5, 5])
+    layer_strides: list[int] = field(default_factory=lambda: [2, 2, 2])
+    num_filters: list[int] = field(default_factory=lambda: [64, 128, 256])
+    layer_widths: list[list[int]] = field(default_factory=list)
+    upsample_strides: list[float] = field(default_factory=lambda: [1, 2, 4])
+    num_upsample_filters: list[int] = field(default_factory=lambda: [128, 128, 128])
+
+    def __post_init__(self):
+        n = len(self.layer_nums)
+        if len(self.layer_strides) != n:
+            raise ValueError(f"bev_backbone: layer_strides has {len(self.layer_strides)} entries, layer_nums {n}")
+        if not self.layer_widths:
+            if len(self.num_filters) != n:
+                raise ValueError(f"bev_backbone: num_filters has {len(self.num_filters)} entries, layer_nums {n}")
+            self.layer_widths = [[w] * (k + 1) for w, k in zip(self.num_filters, self.layer_nums)]
+        if len(self.layer_widths) != n:
+            raise ValueError(f"bev_backbone: layer_widths has {len(self.layer_widths)} blocks, layer_nums {n}")
+        for i, (widths, k) in enumerate(zip(self.layer_widths, self.layer_nums)):
+            if len(widths) != k + 1:
+                raise ValueError(f"bev_backbone: layer_widths[{i}] needs {k + 1} widths (layer_nums[{i}] + 1), "
+                                 f"got {len(widths)}")
+            if min(widths) < 1:
+                raise ValueError(f"bev_backbone: layer_widths[{i}] has a width < 1: {widths}")
+        self.num_filters = [w[-1] for w in self.layer_widths]
+        if len(self.upsample_strides) != len(self.num_upsample_filters):
+            raise ValueError("bev_backbone: upsample_strides and num_upsample_filters differ in length")
+        if self.upsample_strides and len(self.upsample_strides) != n:
+            raise ValueError(f"bev_backbone: {len(self.upsample_strides)} deblocks for {n} blocks")
+        if self.upsample_strides:
+            strides = {self.block_stride(i) / s for i, s in enumerate(self.upsample_strides)}
+            if len(strides) != 1:
+                raise ValueError(f"bev_backbone: deblock outputs have different strides {sorted(strides)}")
+
+    def block_stride(self, i: int) -> int:
+        return math.prod(self.layer_strides[: i + 1])
+
+    @property
+    def out_stride(self) -> float:
+        """Stride of the concatenated output w.r.t. the BEV input grid."""
+        if not self.upsample_strides:
+            return float(self.block_stride(len(self.layer_nums) - 1))
+        return self.block_stride(0) / self.upsample_strides[0]
+
+    @property
+    def out_channels(self) -> int:
+        return sum(self.num_upsample_filters) if self.num_upsample_filters else self.layer_widths[-1][-1]
+
+
+@dataclass
+class AnchorClassConfig:
+    """Anchors of one class: size (l, w, h), bottom z, rotations, matching IoU thresholds (BEV)."""
+
+    name: str
+    size: list[float]
+    bottom_z: float
+    rotations: list[float] = field(default_factory=lambda: [0.0, 1.5707963])
+    matched_threshold: float = 0.6
+    unmatched_threshold: float = 0.45
+
+    def __post_init__(self):
+        if len(self.size) != 3 or min(self.size) <= 0:
+            raise ValueError(f"anchor {self.name}: size must be 3 positive numbers (l, w, h), got {self.size}")
+        if not self.rotations:
+            raise ValueError(f"anchor {self.name}: rotations must not be empty")
+        if self.unmatched_threshold > self.matched_threshold:
+            raise ValueError(f"anchor {self.name}: unmatched_threshold {self.unmatched_threshold} > "
+                             f"matched_threshold {self.matched_threshold}")
+
+
+@dataclass
+class LossConfig:
+    """Loss weights. Anchor head: cls, box, dir, iou. Center head: heatmap, reg, iou."""
+
+    cls_weight: float = 1.0
+    box_weight: float = 2.0
+    dir_weight: float = 0.2
+    iou_weight: float = 1.0
+    heatmap_weight: float = 1.0
+    reg_weight: float = 0.25
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    smooth_l1_beta: float = 1.0 / 9.0
+    code_weights: list[float] = field(default_factory=list)  # per regression channel, empty = all 1
+
+
+@dataclass
+class HeadConfig:
+    """Detection head. anchor: per-class anchors; center: class heatmap + regression heads."""
+
+    type: Literal["anchor", "center"] = "anchor"
+    anchors: list[AnchorClassConfig] = field(default_factory=list)
+    iou_branch: bool = False
+    num_dir_bins: int = 2
+    dir_offset: float = 0.78539
+    dir_limit_offset: float = 0.0
+    # center head
+    shared_conv_width: int = 64
+    head_conv_width: int = 64
+    gaussian_overlap: float = 0.1
+    min_radius: int = 2
+    max_objects: int = 500
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class IoUGateConfig:
+    """IoU-aware rescoring. hard: s * 1[sigmoid(u) > threshold_c]; soft: s^(1-alpha_c) * sigmoid(u)^alpha_c."""
+
+    mode: Literal["none", "hard", "soft"] = "none"
+    thresholds: list[float] = field(default_factory=lambda: [0.5, 0.2, 0.2])
+    alphas: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+
+@dataclass
+class PostProcessConfig:
+    score_thresholds: list[float] = field(default_factory=lambda: [0.1, 0.1, 0.1])
+    nms_iou: float = 0.01
+    nms_pre_max: int = 4096
+    nms_post_max: int = 500
+    class_agnostic_nms: bool = True
+    peak_kernel: int = 3  # center head: max-pool window of the peak extraction
+    iou_gate: IoUGateConfig = field(default_factory=IoUGateConfig)
+
+
+@dataclass
+class DetectorConfig:
+    name: str = "detector"
+    class_names: list[str] = field(default_factory=lambda: ["Car", "Pedestrian", "Cyclist"])
+    point_cloud_range: list[float] = field(default_factory=lambda: [0.0, -39.68, -3.0, 69.12, 39.68, 1.0])
+    voxel_size: list[float] = field(default_factory=lambda: [0.16, 0.16, 4.0])
+    num_point_features: int = 4
+    max_points_per_voxel: int = 32
+    max_voxels_train: int = 16000
+    max_voxels_test: int = 40000
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    backbone_3d: Backbone3DConfig = field(default_factory=Backbone3DConfig)
+    bev_backbone: BEVBackboneConfig = field(default_factory=BEVBackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    postprocess: PostProcessConfig = field(default_factory=PostProcessConfig)
+
+    def __post_init__(self):
+        if len(self.point_cloud_range) != 6 or len(self.voxel_size) != 3:
+            raise ValueError("point_cloud_range needs 6 values and voxel_size 3")
+        num_classes = len(self.class_names)
+        if num_classes == 0:
+            raise ValueError("class_names must not be empty")
+        if self.head.type == "anchor":
+            names = [a.name for a in self.head.anchors]
+            if names != list(self.class_names):
+                raise ValueError(f"head.anchors must list one entry per class in class_names order "
+                                 f"{list(self.class_names)}, got {names}")
+        for key in ("score_thresholds",):
+            if len(getattr(self.postprocess, key)) != num_classes:
+                raise ValueError(f"postprocess.{key} needs {num_classes} values (one per class)")
+        gate = self.postprocess.iou_gate
+        if gate.mode != "none" and not self.head.iou_branch:
+            raise ValueError(f"postprocess.iou_gate.mode={gate.mode!r} needs head.iou_branch=true")
+        if gate.mode == "hard" and len(gate.thresholds) != num_classes:
+            raise ValueError(f"postprocess.iou_gate.thresholds needs {num_classes} values")
+        if gate.mode == "soft" and len(gate.alphas) != num_classes:
+            raise ValueError(f"postprocess.iou_gate.alphas needs {num_classes} values")
+        if self.encoder.type == "mean_vfe" and self.backbone_3d.type != "sparse":
+            raise ValueError("encoder.type=mean_vfe needs backbone_3d.type=sparse")
+        grid = self.grid_size
+        stride = self.bev_backbone.block_stride(len(self.bev_backbone.layer_nums) - 1)
+        if self.backbone_3d.type == "none" and (grid[0] % stride or grid[1] % stride):
+            raise ValueError(f"BEV grid {grid[0]}x{grid[1]} is not divisible by the backbone stride {stride}; "
+                             f"adjust point_cloud_range or voxel_size")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def grid_size(self) -> tuple[int, int, int]:
+        """(nx, ny, nz) voxels over the range."""
+        return voxel_grid_size(self.point_cloud_range, self.voxel_size)
+
+    @property
+    def feature_map_stride(self) -> float:
+        """Stride of the head's feature map w.r.t. the voxel grid (BEV backbone only; sparse stride later)."""
+        return self.bev_backbone.out_stride
+
+    @property
+    def feature_map_size(self) -> tuple[int, int]:
+        """(H, W) = (ny, nx) of the head's feature map."""
+        nx, ny, _ = self.grid_size
+        s = self.feature_map_stride
+        return int(round(ny / s)), int(round(nx / s))
+
+
+def load_detector_config(path: str | Path, overrides: Iterable[str] = ()) -> DetectorConfig:
+    return load_config(DetectorConfig, path, overrides)
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+
+
+def find_config(name: str) -> Path:
+    """'pointpillars_tiny' or a path -> the YAML file."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = CONFIG_DIR / f"{name}.yaml"
+    if candidate.exists():
+        return candidate
+    raise FileNotFoundError(f"config {name!r} not found (looked for {path} and {candidate})")
+
+
+__all__ = ["EncoderConfig", "Backbone3DConfig", "BEVBackboneConfig", "AnchorClassConfig", "LossConfig",
+           "HeadConfig", "IoUGateConfig", "PostProcessConfig", "DetectorConfig", "load_detector_config",
+           "find_config"]

@@ -1,0 +1,79 @@
+"""PointPillars encoder: a PointNet over the points of each pillar, then a scatter to the BEV canvas."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class PillarFeatureNet(nn.Module):
+    """Per-pillar PointNet.
+
+    Each point gets [its features ; offset to the mean of its pillar's points (xyz) ; offset to the pillar's
+    geometric centre (xyz) ; optionally its range]; padding slots (index >= num_points) are zeroed. Each layer is
+    linear (no bias) + BN + ReLU; the pillar feature is the max over its points. Layers before the last feed
+    [per-point output ; pillar max] to the next. Only dense tensor ops, so it exports to ONNX as is.
+    """
+
+    def __init__(self, num_point_features: int, widths: Sequence[int], voxel_size: Sequence[float],
+                 point_cloud_range: Sequence[float], with_distance: bool = False):
+        super().__init__()
+        self.with_distance = with_distance
+        self.register_buffer("voxel_size", torch.tensor(voxel_size[:3], dtype=torch.float32), persistent=False)
+        # Centre of voxel (0, 0, 0); coords are (batch, z, y, x).
+        origin = torch.tensor(point_cloud_range[:3], dtype=torch.float32) + self.voxel_size / 2
+        self.register_buffer("origin", origin, persistent=False)
+        in_channels = num_point_features + 6 + int(with_distance)
+        self.in_channels = in_channels
+        self.linears = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for i, width in enumerate(widths):
+            self.linears.append(nn.Linear(in_channels, width, bias=False))
+            self.norms.append(nn.BatchNorm1d(width, eps=1e-3, momentum=0.01))
+            in_channels = 2 * width
+        self.out_channels = int(widths[-1])
+
+    def augment(self, features: torch.Tensor, num_points: torch.Tensor, coords: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(V, T, F) raw points -> ((V, T, F + 6 [+1]) decorated points with padding zeroed, (V, T, 1) mask)."""
+        num_slots = features.shape[1]
+        mask = (torch.arange(num_slots, device=features.device).unsqueeze(0) < num_points.unsqueeze(1))
+        mask = mask.unsqueeze(2).to(features.dtype)
+        xyz = features[:, :, :3]
+        counts = num_points.to(features.dtype).clamp(min=1).view(-1, 1, 1)
+        mean = (xyz * mask).sum(dim=1, keepdim=True) / counts
+        centre = coords[:, [3, 2, 1]].to(features.dtype) * self.voxel_size + self.origin  # (V, 3) x, y, z
+        parts = [features, xyz - mean, xyz - centre.unsqueeze(1)]
+        if self.with_distance:
+            parts.append(torch.linalg.vector_norm(xyz, dim=2, keepdim=True))
+        return torch.cat(parts, dim=2) * mask, mask
+
+    def forward(self, features: torch.Tensor, num_points: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """(V, T, F), (V,), (V, 4) -> (V, C) pillar features."""
+        x, mask = self.augment(features, num_points, coords)
+        last = len(self.linears) - 1
+        for i, (linear, norm) in enumerate(zip(self.linears, self.norms)):
+            x = linear(x)  # (V, T, W)
+            x = torch.relu(norm(x.transpose(1, 2)).transpose(1, 2)) * mask  # padding back to 0: max ignores it
+            pooled = x.max(dim=1, keepdim=True).values
+            if i == last:
+                return pooled.squeeze(1)
+            x = torch.cat([x, pooled.expand_as(x)], dim=2) * mask
+        raise AssertionError("unreachable")
+
+
+class PillarScatter(nn.Module):
+    """Scatter pillar features (V, C) to a dense BEV canvas (B, C, ny, nx) at their (y, x) coords."""
+
+    def __init__(self, nx: int, ny: int):
+        super().__init__()
+        self.nx, self.ny = int(nx), int(ny)
+
+    def forward(self, pillar_features: torch.Tensor, coords: torch.Tensor, batch_size: int) -> torch.Tensor:
+        num_channels = pillar_features.shape[1]
+        cells = self.ny * self.nx
+        index = coords[:, 0].long() * cells + coords[:, 2].long() * self.nx + coords[:, 3].long()
+        canvas = pillar_features.new_zeros(batch_size * cells, num_channels)
+        canvas = canvas.index_put((index,), pillar_features)
+        return canvas.view(batch_size, self.ny, self.nx, num_channels).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,141 @@
+"""Post-processing: decode -> IoU gate -> per-class score threshold -> top-k -> rotated NMS -> top-k -> Detections.
+
+One implementation for training evaluation, the ROS node and replay. Decoding and gating are batched tensor
+ops; only NMS runs per frame. `postprocess_tensors` also returns the kept position indices (what the masked
+pruning criterion and CaKD need); `postprocess` converts to clean_ros.types.Detections.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from clean_ros import geometry
+from clean_ros.models.configs import DetectorConfig, HeadConfig, IoUGateConfig, PostProcessConfig
+from clean_ros.models.detector import HeadOutput
+from clean_ros.types import Detections
+
+# BEV shift between classes for class-aware NMS in one call: larger than any scene.
+_CLASS_OFFSET = 1.0e4
+
+
+class FrameDetections(NamedTuple):
+    """Detections of one frame as tensors. positions: index into the head's P positions of each box."""
+
+    boxes: torch.Tensor  # (K, 7)
+    scores: torch.Tensor  # (K,)
+    labels: torch.Tensor  # (K,) int64 class index
+    positions: torch.Tensor  # (K,) int64
+
+
+def decode_anchor_boxes(box_preds: torch.Tensor, anchors: torch.Tensor, dir_logits: torch.Tensor | None,
+                        dir_offset: float, dir_limit_offset: float, num_dir_bins: int) -> torch.Tensor:
+    """(B, P, 7) residuals + (P, 7) anchors -> (B, P, 7) boxes; the direction bin picks the heading's half-turn."""
+    boxes = geometry.decode_boxes(box_preds, anchors.unsqueeze(0).expand_as(box_preds))
+    if dir_logits is None or num_dir_bins <= 0:
+        return boxes
+    period = 2 * math.pi / num_dir_bins
+    bins = dir_logits.argmax(dim=-1).to(boxes.dtype)
+    yaw = geometry.limit_period(boxes[..., 6] - dir_offset, dir_limit_offset, period)
+    yaw = yaw + dir_offset + period * bins
+    return torch.cat([boxes[..., :6], yaw.unsqueeze(-1)], dim=-1)
+
+
+def decode_center_boxes(box_preds: torch.Tensor, output: HeadOutput) -> torch.Tensor:
+    """(B, HW, 8) per-pixel regression -> (B, HW, 7) boxes."""
+    grid = output.grid
+    rows = torch.arange(grid.height, device=box_preds.device, dtype=box_preds.dtype)
+    cols = torch.arange(grid.width, device=box_preds.device, dtype=box_preds.dtype)
+    rr, cc = torch.meshgrid(rows, cols, indexing="ij")
+    x = grid.x_min + (cc.reshape(1, -1) + box_preds[..., 0]) * grid.cell_x
+    y = grid.y_min + (rr.reshape(1, -1) + box_preds[..., 1]) * grid.cell_y
+    size = torch.exp(box_preds[..., 3:6].clamp(max=10.0))
+    yaw = torch.atan2(box_preds[..., 6], box_preds[..., 7])
+    return torch.cat([x.unsqueeze(-1), y.unsqueeze(-1), box_preds[..., 2:3], size, yaw.unsqueeze(-1)], dim=-1)
+
+
+def center_peak_scores(scores: torch.Tensor, grid, kernel: int) -> torch.Tensor:
+    """(B, HW, C) scores -> same with every non-peak (not the max of its kernel x kernel window) set to 0."""
+    if kernel <= 1:
+        return scores
+    b, _, c = scores.shape
+    heat = scores.transpose(1, 2).reshape(b, c, grid.height, grid.width)
+    peaks = F.max_pool2d(heat, kernel, stride=1, padding=kernel // 2)
+    heat = heat * (heat == peaks).to(heat.dtype)
+    return heat.reshape(b, c, -1).transpose(1, 2)
+
+
+def decode(output: HeadOutput, head: HeadConfig, peak_kernel: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """HeadOutput -> boxes (B, P, 7) and class probabilities (B, P, C) (center head: peaks only)."""
+    scores = torch.sigmoid(output.cls_logits)
+    if output.head_type == "anchor":
+        boxes = decode_anchor_boxes(output.box_preds, output.anchors, output.dir_logits, head.dir_offset,
+                                    head.dir_limit_offset, head.num_dir_bins)
+    else:
+        boxes = decode_center_boxes(output.box_preds, output)
+        scores = center_peak_scores(scores, output.grid, peak_kernel)
+    return boxes, scores
+
+
+def apply_iou_gate(scores: torch.Tensor, iou_logits: torch.Tensor | None, gate: IoUGateConfig) -> torch.Tensor:
+    """(B, P, C) class probabilities -> gated scores.
+
+    hard: s_c * 1[sigmoid(u) > tau_c]; soft: s_c^(1 - alpha_c) * sigmoid(u)^alpha_c.
+    """
+    if gate.mode == "none":
+        return scores
+    if iou_logits is None:
+        raise ValueError(f"iou_gate.mode={gate.mode!r} but the head has no IoU branch")
+    quality = torch.sigmoid(iou_logits).unsqueeze(-1)  # (B, P, 1)
+    if gate.mode == "hard":
+        thresholds = scores.new_tensor(gate.thresholds)
+        return scores * (quality > thresholds).to(scores.dtype)
+    alphas = scores.new_tensor(gate.alphas)
+    return scores.clamp(min=0).pow(1 - alphas) * quality.pow(alphas)
+
+
+def _select_frame(boxes: torch.Tensor, scores: torch.Tensor, cfg: PostProcessConfig) -> FrameDetections:
+    """One frame: boxes (P, 7), gated scores (P, C) -> kept detections."""
+    num_classes = scores.shape[1]
+    thresholds = scores.new_tensor(cfg.score_thresholds)
+    if cfg.class_agnostic_nms:
+        best, labels = scores.max(dim=1)
+        keep = best >= thresholds[labels]
+        positions = keep.nonzero().squeeze(1)
+        cand_scores, cand_labels = best[positions], labels[positions]
+    else:
+        keep = scores >= thresholds.unsqueeze(0)
+        positions, cand_labels = keep.nonzero(as_tuple=True)
+        cand_scores = scores[positions, cand_labels]
+    if cfg.nms_pre_max and cand_scores.numel() > cfg.nms_pre_max:
+        top = cand_scores.topk(cfg.nms_pre_max).indices
+        positions, cand_labels, cand_scores = positions[top], cand_labels[top], cand_scores[top]
+    cand_boxes = boxes[positions]
+    nms_boxes = cand_boxes
+    if not cfg.class_agnostic_nms and num_classes > 1:
+        # Shift each class far apart in x so one NMS call never compares boxes of different classes.
+        nms_boxes = cand_boxes.clone()
+        nms_boxes[:, 0] += cand_labels.to(cand_boxes.dtype) * _CLASS_OFFSET
+    kept = geometry.nms_bev(nms_boxes, cand_scores, cfg.nms_iou, post_max_size=cfg.nms_post_max or None)
+    return FrameDetections(cand_boxes[kept], cand_scores[kept], cand_labels[kept], positions[kept])
+
+
+def postprocess_tensors(output: HeadOutput, cfg: DetectorConfig) -> list[FrameDetections]:
+    """HeadOutput of a batch -> per-frame tensors (no gradient)."""
+    with torch.no_grad():
+        boxes, scores = decode(output, cfg.head, cfg.postprocess.peak_kernel)
+        scores = apply_iou_gate(scores, output.iou_logits, cfg.postprocess.iou_gate)
+        boxes = torch.cat([boxes[..., :6], geometry.normalize_yaw(boxes[..., 6:7])], dim=-1)
+        return [_select_frame(boxes[b], scores[b], cfg.postprocess) for b in range(boxes.shape[0])]
+
+
+def to_detections(frame: FrameDetections, class_names: Sequence[str]) -> Detections:
+    return Detections(boxes=frame.boxes.detach().cpu().float().numpy(), scores=frame.scores.detach().cpu().float().numpy(),
+                      labels=frame.labels.detach().cpu().long().numpy(), class_names=tuple(class_names))
+
+
+def postprocess(output: HeadOutput, cfg: DetectorConfig) -> list[Detections]:
+    """HeadOutput of a batch -> one Detections per frame."""
+    return [to_detections(frame, cfg.class_names) for frame in postprocess_tensors(output, cfg)]

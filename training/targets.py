@@ -1,0 +1,189 @@
+"""Training targets of the one-stage heads, from padded ground truth (B, M, 7) + labels (B, M) (-1 = padding / not
+trained). The label-assignment distillation prepends teacher boxes to these tensors, so they are plain tensors.
+
+Anchor head (per class, rotated BEV IoU of that class's anchors with that class's boxes):
+  positive: IoU >= matched threshold, or the best anchor(s) of a box (if that IoU > 0);
+  negative: IoU < unmatched threshold (and not positive); ignored: in between.
+  Box targets: geometry.encode_boxes of the matched box; direction bin of its yaw; IoU-branch target: the
+  anchor's best same-class IoU where > 0.
+Center head: CenterPoint Gaussian heatmap (radius from the box's size in feature cells, min overlap), per-object
+  pixel index, sub-pixel offset, z, log size, sin/cos yaw; IoU-branch target 1 at the centre pixels.
+Vectorised over anchors / pixels; loops only over batch and classes.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence, Union
+
+import torch
+
+from clean_ros import geometry
+from clean_ros.models.anchors import FeatureGrid
+from clean_ros.models.configs import AnchorClassConfig, DetectorConfig, HeadConfig
+from clean_ros.models.detector import HeadOutput
+
+
+class AnchorTargets(NamedTuple):
+    labels: torch.Tensor  # (B, P) int64: -1 ignore, 0 background, k + 1 = class k
+    box_targets: torch.Tensor  # (B, P, 7) residuals (zero where not positive)
+    dir_targets: torch.Tensor  # (B, P) int64 direction bin (0 where not positive)
+    iou_targets: torch.Tensor  # (B, P) best same-class BEV IoU where > 0
+    matched_gt: torch.Tensor  # (B, P) int64 index into the M boxes of the frame, -1 where not positive
+
+    @property
+    def positives(self) -> torch.Tensor:
+        return self.labels > 0
+
+
+class CenterTargets(NamedTuple):
+    heatmap: torch.Tensor  # (B, P, C) Gaussian targets in the cls_logits layout (P = H * W)
+    indices: torch.Tensor  # (B, K) int64 centre pixel of each object
+    mask: torch.Tensor  # (B, K) bool, real objects
+    labels: torch.Tensor  # (B, K) int64 class
+    box_targets: torch.Tensor  # (B, K, 8) offset x, y, z, log l, w, h, sin, cos yaw
+    iou_targets: torch.Tensor  # (B, P) 1 at object centre pixels
+
+
+Targets = Union[AnchorTargets, CenterTargets]
+
+
+def _check_gt(gt_boxes: torch.Tensor, gt_labels: torch.Tensor, num_classes: int) -> None:
+    if gt_boxes.dim() != 3 or gt_boxes.shape[-1] != 7 or gt_labels.shape != gt_boxes.shape[:2]:
+        raise ValueError(f"gt_boxes must be (B, M, 7) and gt_labels (B, M), got {tuple(gt_boxes.shape)} and "
+                         f"{tuple(gt_labels.shape)}")
+    if gt_labels.numel() and int(gt_labels.max()) >= num_classes:
+        raise ValueError(f"gt_labels contain class {int(gt_labels.max())} but the model has {num_classes} classes")
+
+
+def direction_bins(yaw: torch.Tensor, dir_offset: float, num_bins: int) -> torch.Tensor:
+    """Which of num_bins heading sectors (after dir_offset) a yaw falls in."""
+    period = 2 * math.pi / num_bins
+    shifted = geometry.limit_period(yaw - dir_offset, 0.0, 2 * math.pi)
+    return torch.floor(shifted / period).long().clamp(0, num_bins - 1)
+
+
+def assign_anchor_targets(anchors: torch.Tensor, anchor_classes: torch.Tensor, gt_boxes: torch.Tensor,
+                          gt_labels: torch.Tensor, classes: Sequence[AnchorClassConfig], dir_offset: float = 0.78539,
+                          num_dir_bins: int = 2) -> AnchorTargets:
+    """Anchors (P, 7) with class (P,); gt (B, M, 7) / (B, M) -> AnchorTargets."""
+    _check_gt(gt_boxes, gt_labels, len(classes))
+    batch, num_anchors = gt_boxes.shape[0], anchors.shape[0]
+    device = anchors.device
+    labels = torch.full((batch, num_anchors), -1, dtype=torch.long, device=device)
+    box_targets = anchors.new_zeros((batch, num_anchors, 7))
+    dir_targets = torch.zeros((batch, num_anchors), dtype=torch.long, device=device)
+    iou_targets = anchors.new_zeros((batch, num_anchors))
+    matched_gt = torch.full((batch, num_anchors), -1, dtype=torch.long, device=device)
+    class_anchor_index = [(anchor_classes == c).nonzero().squeeze(1) for c in range(len(classes))]
+    for b in range(batch):
+        for c, spec in enumerate(classes):
+            a_idx = class_anchor_index[c]
+            g_idx = (gt_labels[b] == c).nonzero().squeeze(1)
+            if g_idx.numel() == 0:
+                labels[b, a_idx] = 0
+                continue
+            gt = gt_boxes[b, g_idx].to(anchors.dtype)
+            iou = geometry.bev_iou(anchors[a_idx], gt)  # (Pc, Mc)
+            best_iou, best_gt = iou.max(dim=1)
+            gt_best = iou.max(dim=0).values  # (Mc,)
+            # The best anchor(s) of each box are positive even below the threshold (if they overlap at all).
+            forced = ((iou == gt_best.unsqueeze(0)) & (gt_best > 0).unsqueeze(0)).any(dim=1)
+            positive = (best_iou >= spec.matched_threshold) | forced
+            negative = (best_iou < spec.unmatched_threshold) & ~positive
+            class_labels = torch.full_like(best_gt, -1)
+            class_labels[negative] = 0
+            class_labels[positive] = c + 1
+            labels[b, a_idx] = class_labels
+            iou_targets[b, a_idx] = best_iou.clamp(min=0)
+            pos_anchor = a_idx[positive]
+            matched = gt[best_gt[positive]]
+            box_targets[b, pos_anchor] = geometry.encode_boxes(matched, anchors[pos_anchor])
+            dir_targets[b, pos_anchor] = direction_bins(matched[:, 6], dir_offset, num_dir_bins)
+            matched_gt[b, pos_anchor] = g_idx[best_gt[positive]]
+    return AnchorTargets(labels, box_targets, dir_targets, iou_targets, matched_gt)
+
+
+def gaussian_radius(length_cells: torch.Tensor, width_cells: torch.Tensor, min_overlap: float = 0.1) -> torch.Tensor:
+    """CenterPoint's heatmap radius (in cells) for boxes of the given BEV size in feature cells.
+
+    The smallest of the three CornerNet cases (both corners inside, both outside, one of each) that keeps IoU
+    >= min_overlap, with CenterPoint's constants.
+    """
+    h, w, o = length_cells, width_cells, min_overlap
+    b1 = h + w
+    c1 = w * h * (1 - o) / (1 + o)
+    r1 = (b1 + torch.sqrt((b1 ** 2 - 4 * c1).clamp(min=0))) / 2
+    b2 = 2 * (h + w)
+    c2 = (1 - o) * w * h
+    r2 = (b2 + torch.sqrt((b2 ** 2 - 16 * c2).clamp(min=0))) / 2
+    a3 = 4 * o
+    b3 = -2 * o * (h + w)
+    c3 = (o - 1) * w * h
+    r3 = (b3 + torch.sqrt((b3 ** 2 - 4 * a3 * c3).clamp(min=0))) / 2
+    return torch.minimum(torch.minimum(r1, r2), r3)
+
+
+def draw_gaussians(grid: FeatureGrid, rows: torch.Tensor, cols: torch.Tensor, radii: torch.Tensor,
+                   classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, H * W) heatmap: per object a Gaussian (sigma = (2r + 1) / 6) cut to its (2r+1)^2 window, max over objects."""
+    heat = torch.zeros(num_classes, grid.num_cells, device=rows.device)
+    if rows.numel() == 0:
+        return heat
+    pix_rows = torch.arange(grid.height, device=rows.device).repeat_interleave(grid.width)
+    pix_cols = torch.arange(grid.width, device=rows.device).repeat(grid.height)
+    dy = (pix_rows.unsqueeze(0) - rows.unsqueeze(1)).float()  # (N, HW)
+    dx = (pix_cols.unsqueeze(0) - cols.unsqueeze(1)).float()
+    r = radii.float().unsqueeze(1)
+    sigma = (2 * r + 1) / 6
+    gauss = torch.exp(-(dx ** 2 + dy ** 2) / (2 * sigma ** 2))
+    gauss = gauss * ((dx.abs() <= r) & (dy.abs() <= r)).float()
+    gauss = torch.where(gauss < torch.finfo(gauss.dtype).eps, torch.zeros_like(gauss), gauss)
+    return heat.scatter_reduce_(0, classes.unsqueeze(1).expand_as(gauss), gauss, "amax", include_self=True)
+
+
+def assign_center_targets(grid: FeatureGrid, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, num_classes: int,
+                          head: HeadConfig) -> CenterTargets:
+    _check_gt(gt_boxes, gt_labels, num_classes)
+    batch, device = gt_boxes.shape[0], gt_boxes.device
+    k = head.max_objects
+    heatmaps = torch.zeros(batch, grid.num_cells, num_classes, device=device)
+    indices = torch.zeros(batch, k, dtype=torch.long, device=device)
+    mask = torch.zeros(batch, k, dtype=torch.bool, device=device)
+    labels = torch.zeros(batch, k, dtype=torch.long, device=device)
+    box_targets = torch.zeros(batch, k, 8, device=device)
+    iou_targets = torch.zeros(batch, grid.num_cells, device=device)
+    for b in range(batch):
+        boxes = gt_boxes[b].float()
+        fx = (boxes[:, 0] - grid.x_min) / grid.cell_x
+        fy = (boxes[:, 1] - grid.y_min) / grid.cell_y
+        cols, rows = torch.floor(fx).long(), torch.floor(fy).long()
+        valid = ((gt_labels[b] >= 0) & (boxes[:, 3:6] > 0).all(1) & (cols >= 0) & (cols < grid.width)
+                 & (rows >= 0) & (rows < grid.height))
+        sel = valid.nonzero().squeeze(1)[:k]
+        n = sel.numel()
+        if n == 0:
+            continue
+        boxes, fx, fy, cols, rows, cls = boxes[sel], fx[sel], fy[sel], cols[sel], rows[sel], gt_labels[b, sel]
+        radius = gaussian_radius(boxes[:, 3] / grid.cell_x, boxes[:, 4] / grid.cell_y, head.gaussian_overlap)
+        radius = radius.floor().clamp(min=head.min_radius)
+        heatmaps[b] = draw_gaussians(grid, rows, cols, radius, cls, num_classes).t()
+        pixel = rows * grid.width + cols
+        indices[b, :n] = pixel
+        mask[b, :n] = True
+        labels[b, :n] = cls
+        box_targets[b, :n] = torch.stack([fx - cols, fy - rows, boxes[:, 2], torch.log(boxes[:, 3]),
+                                          torch.log(boxes[:, 4]), torch.log(boxes[:, 5]), torch.sin(boxes[:, 6]),
+                                          torch.cos(boxes[:, 6])], dim=1)
+        iou_targets[b, pixel] = 1.0
+    return CenterTargets(heatmaps, indices, mask, labels, box_targets, iou_targets)
+
+
+def build_targets(output: HeadOutput, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, cfg: DetectorConfig) -> Targets:
+    """Targets for a HeadOutput (anchor or center head) from padded ground truth."""
+    gt_boxes = gt_boxes.to(output.cls_logits.device)
+    gt_labels = gt_labels.to(output.cls_logits.device).long()
+    with torch.no_grad():
+        if output.head_type == "anchor":
+            return assign_anchor_targets(output.anchors, output.anchor_classes, gt_boxes, gt_labels, cfg.head.anchors,
+                                         cfg.head.dir_offset, cfg.head.num_dir_bins)
+        return assign_center_targets(output.grid, gt_boxes, gt_labels, cfg.num_classes, cfg.head)
