@@ -192,3 +192,13 @@ def test_augmented_sample_keeps_membership(database_path, kitti_sample):
     assert (counts >= 5).all(), counts
     r = data_config.point_cloud_range
     assert ((sample.gt_boxes[:, 0] >= r[0]) & (sample.gt_boxes[:, 0] <= r[3])).all()
+
+
+def test_database_command_line(kitti_sample, tmp_path, capsys):
+    from training.data.gt_database import main
+
+    out = tmp_path / "db.npz"
+    assert main(["--root", str(kitti_sample), "--output", str(out)]) == 0
+    assert len(GTDatabase.load(out)) == 10 and "Car 5" in capsys.readouterr().out
+    assert main(["--root", str(tmp_path / "absent"), "--output", str(out)]) == 2
+    assert "KITTI root directory not found" in capsys.readouterr().err

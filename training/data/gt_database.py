@@ -183,3 +183,35 @@ class GTSampler:
                       gt_names=np.concatenate([sample.gt_names.astype(str), db.names[chosen].astype(str)]),
                       gt_difficulty=np.concatenate([sample.gt_difficulty, db.difficulty[chosen]]),
                       calib=sample.calib, annotations=sample.annotations)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m training.data.gt_database --root data/kitti [--split train] [--output PATH]"""
+    import argparse
+    import sys
+
+    from clean_ros.kitti import KittiFormatError
+    from training.data.config import DataConfig
+    from training.data.kitti_dataset import KittiDataset
+
+    parser = argparse.ArgumentParser(description="Build the GT database of a KITTI split (saved as .npz).")
+    parser.add_argument("--root", required=True, help="KITTI root (training/, testing/, ImageSets/)")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--output", default=None, help="default: <root>/gt_database_<split>.npz")
+    parser.add_argument("--no-fov-crop", action="store_true", help="use the full scan, not only the camera view")
+    args = parser.parse_args(argv)
+    output = Path(args.output) if args.output else Path(args.root) / f"gt_database_{args.split}.npz"
+    try:
+        dataset = KittiDataset(DataConfig(root=args.root, fov_crop=not args.no_fov_crop), args.split)
+        db = build_gt_database(dataset, output)
+    except (KittiFormatError, GTDatabaseError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    names, counts = np.unique(db.names, return_counts=True)
+    summary = ", ".join(f"{n} {c}" for n, c in zip(names, counts))
+    print(f"{output}: {len(db)} objects from {len(dataset)} frames ({summary})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
