@@ -85,16 +85,29 @@ def test_object_noise_moves_boxes_with_their_points_without_collisions(frame, rn
     assert (iou == 0).all()
 
 
+def _assert_no_overlap(boxes, translation, rotation):
+    moved = boxes.astype(np.float64).copy()
+    moved[:, :3] += translation
+    moved[:, 6] += rotation
+    iou = bev_iou(torch.from_numpy(moved), torch.from_numpy(moved)).numpy()
+    np.fill_diagonal(iou, 0)
+    assert (iou == 0).all()
+
+
 def test_object_noise_keeps_crowded_boxes_apart(rng):
-    boxes = np.array([box(0, 0), box(4.05, 0), box(0, 2.05)], np.float32)  # 5 cm gaps
-    for _ in range(5):
-        t, r = draw_object_noise(boxes, rng, (0.25, 0.25, 0.0), (-0.3, 0.3), 4)
-        moved = boxes.copy()
-        moved[:, :3] += t
-        moved[:, 6] += r
-        iou = bev_iou(torch.from_numpy(moved).double(), torch.from_numpy(moved).double()).numpy()
-        np.fill_diagonal(iou, 0)
-        assert (iou == 0).all()
+    # 5 cm gaps: a move towards a neighbour hits its original place and is refused
+    boxes = np.array([box(0, 0), box(4.05, 0), box(0, 2.05)], np.float32)
+    for _ in range(10):
+        _assert_no_overlap(boxes, *draw_object_noise(boxes, rng, (0.25, 0.25, 0.0), (-0.3, 0.3), 4))
+    # a 0.8 m gap that two boxes moving towards each other can both enter without touching the other's original
+    # place: such pairs must both stay put
+    pair = np.array([box(0, 0), box(4.8, 0)], np.float32)
+    towards = 0
+    for _ in range(200):
+        t, r = draw_object_noise(pair, rng, (0.6, 0.0, 0.0), (0.0, 0.0), 1)
+        _assert_no_overlap(pair, t, r)
+        towards += bool(t[0, 0] > 0.3 and t[1, 0] < -0.3)
+    assert towards > 0  # the case was exercised
 
 
 def test_collision_free_candidates_hand_case():
