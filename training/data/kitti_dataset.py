@@ -65,13 +65,15 @@ def camera_fov_mask(points: np.ndarray, calib: Calibration, image_shape: tuple[i
     lidar_to_rect[:3, :3] = calib.R0
     lidar_to_rect = lidar_to_rect @ np.vstack([calib.V2C, [0.0, 0.0, 0.0, 1.0]])
     # one 3x4 LiDAR -> image matrix, applied in float32: a mask does not need float64 and the scan is 120k points
-    lidar_to_image = (calib.P2 @ lidar_to_rect).astype(np.float32)
-    proj = points[:, :3] @ lidar_to_image[:, :3].T + lidar_to_image[:, 3]
-    depth = proj[:, 2] - np.float32(calib.P2[2, 3])  # rect z: P2's last row is (0, 0, 1, p23)
+    m = (calib.P2 @ lidar_to_rect).astype(np.float32)
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    # Element-wise, not a matmul: multi-threaded OpenBLAS stalls for tens of ms on a busy machine.
+    proj_u, proj_v, proj_w = (m[i, 0] * x + m[i, 1] * y + m[i, 2] * z + m[i, 3] for i in range(3))
+    depth = proj_w - np.float32(calib.P2[2, 3])  # rect z: P2's last row is (0, 0, 1, p23)
     height, width = image_shape
     with np.errstate(invalid="ignore", divide="ignore"):
-        u = proj[:, 0] / proj[:, 2]
-        v = proj[:, 1] / proj[:, 2]
+        u = proj_u / proj_w
+        v = proj_v / proj_w
         return (depth > 0) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
 
 
