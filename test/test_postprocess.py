@@ -1,0 +1,131 @@
+"""Post-processing on hand-made head outputs: decode, IoU gate, thresholds, NMS, top-k, Detections."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from clean_ros.models.anchors import FeatureGrid
+from clean_ros.models.configs import find_config, load_detector_config
+from clean_ros.models.detector import HeadOutput
+from clean_ros.postprocess import apply_iou_gate, postprocess, postprocess_tensors
+from clean_ros.types import Detections
+
+CAR = [3.9, 1.6, 1.56]
+PED = [0.8, 0.6, 1.73]
+CYC = [1.76, 0.6, 1.73]
+ANCHORS = torch.tensor([
+    [10.0, 0.0, -1.0, *CAR, 0.0],  # 0: car, best
+    [10.3, 0.0, -1.0, *CAR, 0.0],  # 1: overlaps 0, predicted Pedestrian
+    [20.0, 5.0, -0.6, *PED, 0.0],  # 2: pedestrian
+    [30.0, -5.0, -0.6, *CYC, 0.0],  # 3: cyclist, low score
+    [40.0, 0.0, -1.0, *CAR, 0.0],  # 4: below every threshold
+])
+LOGITS = torch.tensor([[2.0, -5, -5], [-5, 1.0, -5], [-5, 0.5, -5], [-5, -5, -1.0], [-3.0, -5, -5]])
+
+
+def _cfg(*overrides, name="pointpillars_tiny"):
+    return load_detector_config(find_config(name), list(overrides))
+
+
+def _anchor_output(iou_logits=None):
+    box = torch.zeros(1, 5, 7)
+    box[0, 0, 0] = 0.1  # dx in units of the anchor diagonal
+    box[0, 2, 3] = math.log(1.5)  # l = 1.5 * 0.8
+    dirs = torch.tensor([[[0.0, 5.0], [0.0, 5.0], [5.0, 0.0], [0.0, 5.0], [0.0, 5.0]]])
+    grid = FeatureGrid(1, 5, 0.0, 0.0, 1.0, 1.0, 1)
+    return HeadOutput(LOGITS.unsqueeze(0), box, dirs, iou_logits, ANCHORS, torch.tensor([0, 0, 1, 2, 0]), grid,
+                      torch.zeros(1, 1, 1, 5), "anchor")
+
+
+def _yaw_close(a, b):
+    return abs((a - b + math.pi) % (2 * math.pi) - math.pi) < 1e-4
+
+
+def test_anchor_decode_threshold_nms_class_agnostic():
+    cfg = _cfg()
+    frame = postprocess_tensors(_anchor_output(), cfg)[0]
+    assert frame.positions.tolist() == [0, 2, 3]  # 1 suppressed by 0 (any class), 4 below threshold
+    assert frame.labels.tolist() == [0, 1, 2]
+    assert torch.allclose(frame.scores, torch.sigmoid(torch.tensor([2.0, 0.5, -1.0])))
+    diag = math.hypot(3.9, 1.6)
+    assert torch.allclose(frame.boxes[0, :6], torch.tensor([10 + 0.1 * diag, 0.0, -1.0, *CAR]), atol=1e-5)
+    assert _yaw_close(frame.boxes[0, 6].item(), 0.0)
+    assert frame.boxes[1, 3].item() == pytest.approx(1.2, abs=1e-5)
+    assert _yaw_close(frame.boxes[1, 6].item(), math.pi)  # direction bin 0 turns the heading around
+    assert (frame.boxes[:, 6] >= -math.pi - 1e-6).all() and (frame.boxes[:, 6] < math.pi).all()  # float32 -pi
+
+
+def test_class_aware_nms_thresholds_and_topk():
+    frame = postprocess_tensors(_anchor_output(), _cfg("postprocess.class_agnostic_nms=false"))[0]
+    assert frame.positions.tolist() == [0, 1, 2, 3]  # 0 and 1 overlap but differ in class
+    frame = postprocess_tensors(_anchor_output(), _cfg("postprocess.score_thresholds=[0.1, 0.7, 0.2]"))[0]
+    assert frame.positions.tolist() == [0, 3]  # pedestrians need 0.7 now (1 and 2 are gone, so 1 cannot suppress)
+    frame = postprocess_tensors(_anchor_output(), _cfg("postprocess.nms_post_max=1"))[0]
+    assert frame.positions.tolist() == [0]
+    frame = postprocess_tensors(_anchor_output(), _cfg("postprocess.nms_pre_max=2"))[0]
+    assert frame.positions.tolist() == [0]  # top-2 before NMS are 0 and 1; 1 is suppressed
+
+
+def test_iou_gates():
+    quality = torch.tensor([[0.4, 0.9, 0.3, 0.1, 0.9]])
+    iou_logits = torch.logit(quality)
+    hard = _cfg("head.iou_branch=true", "postprocess.iou_gate.mode=hard")
+    frame = postprocess_tensors(_anchor_output(iou_logits), hard)[0]
+    # car needs quality > 0.5 (0 fails), ped/cyc > 0.2 (2 passes, 3 fails); 1 survives now that 0 is gone
+    assert frame.positions.tolist() == [1, 2]
+    assert torch.allclose(frame.scores, torch.sigmoid(torch.tensor([1.0, 0.5])))
+    soft = _cfg("head.iou_branch=true", "postprocess.iou_gate.mode=soft", "postprocess.iou_gate.alphas=[0.5, 0.5, 0.25]")
+    scores = apply_iou_gate(torch.sigmoid(LOGITS).unsqueeze(0), iou_logits, soft.postprocess.iou_gate)
+    s = torch.sigmoid(LOGITS)
+    assert scores[0, 0, 0].item() == pytest.approx(math.sqrt(s[0, 0].item() * 0.4), rel=1e-5)
+    assert scores[0, 3, 2].item() == pytest.approx(s[3, 2].item() ** 0.75 * 0.1 ** 0.25, rel=1e-5)
+    frame = postprocess_tensors(_anchor_output(iou_logits), soft)[0]
+    # gated: 0 -> 0.594, 1 -> 0.811 (now the best, suppresses 0), 2 -> 0.432, 3 -> 0.210, 4 -> 0.207 (>= 0.1)
+    assert frame.positions.tolist() == [1, 2, 3, 4]
+    assert frame.scores[0].item() == pytest.approx(math.sqrt(s[1, 1].item() * 0.9), rel=1e-5)
+    with pytest.raises(ValueError, match="no IoU branch"):
+        apply_iou_gate(scores, None, hard.postprocess.iou_gate)
+
+
+def test_center_peaks_and_decoding():
+    cfg = _cfg("class_names=[Car, Pedestrian]", "postprocess.score_thresholds=[0.1, 0.1]",
+               "head.anchors=[]", name="centerpoint_pillar_tiny")
+    grid = FeatureGrid(8, 8, 0.0, -2.56, 0.64, 0.64, 1)
+    heat = torch.full((1, 8, 8, 2), -10.0)
+    heat[0, 3, 4, 0] = 3.0  # peak
+    heat[0, 3, 5, 0] = 2.0  # neighbour of the peak: not a local maximum
+    heat[0, 6, 1, 1] = 1.0  # another class, another peak
+    box = torch.zeros(1, 8, 8, 8)
+    box[0, 3, 4] = torch.tensor([0.5, 0.25, -1.0, math.log(4.0), math.log(1.5), math.log(1.6),
+                                 math.sin(0.7), math.cos(0.7)])
+    box[..., 7] += 1e-3  # defined yaw everywhere
+    out = HeadOutput(heat.view(1, 64, 2), box.view(1, 64, 8), None, None, None, None, grid, torch.zeros(1), "center")
+    dets = postprocess(out, cfg)
+    assert len(dets) == 1 and isinstance(dets[0], Detections)
+    d = dets[0]
+    assert d.labels.tolist() == [0, 1] and d.class_names == ("Car", "Pedestrian")
+    assert np.allclose(d.scores, torch.sigmoid(torch.tensor([3.0, 1.0])).numpy())
+    expected = [(4 + 0.5) * 0.64, -2.56 + (3 + 0.25) * 0.64, -1.0, 4.0, 1.5, 1.6, 0.7]
+    assert np.allclose(d.boxes[0], expected, atol=1e-3)
+    assert d.boxes.dtype == np.float32 and d.labels.dtype == np.int64
+    # with NMS out of the way, only the max-pool peak test removes the neighbour (3, 5)
+    common = ["class_names=[Car, Pedestrian]", "postprocess.score_thresholds=[0.1, 0.1]", "head.anchors=[]",
+              "postprocess.nms_iou=0.99"]
+    frame = postprocess_tensors(out, _cfg(*common, name="centerpoint_pillar_tiny"))[0]
+    assert frame.positions.tolist() == [3 * 8 + 4, 6 * 8 + 1]
+    no_peaks = postprocess_tensors(out, _cfg(*common, "postprocess.peak_kernel=1", name="centerpoint_pillar_tiny"))[0]
+    assert no_peaks.positions.tolist() == [3 * 8 + 4, 3 * 8 + 5, 6 * 8 + 1]
+
+
+def test_batch_and_empty_frames():
+    out = _anchor_output()
+    empty_logits = torch.full_like(out.cls_logits, -10.0)
+    batched = out._replace(cls_logits=torch.cat([out.cls_logits, empty_logits]), box_preds=out.box_preds.repeat(2, 1, 1),
+                           dir_logits=out.dir_logits.repeat(2, 1, 1))
+    dets = postprocess(batched, _cfg())
+    assert [len(d) for d in dets] == [3, 0]
+    assert dets[1].boxes.shape == (0, 7) and dets[1].names.shape == (0,)
+    assert list(dets[0].names) == ["Car", "Pedestrian", "Cyclist"]
