@@ -228,3 +228,24 @@ def test_loader_is_deterministic_and_independent_of_workers(dataset):
     assert epoch_order(0, 1) != first  # a new epoch reshuffles
     with pytest.raises(ValueError, match="needs collate"):
         make_dataloader(dataset, 2, True, 0)
+
+
+def test_distributed_loader_uses_a_distributed_sampler(dataset, tmp_path):
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this process")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        collate = Collator.from_config(VoxelConfig.pointpillars(), training=True,
+                                       point_cloud_range=(0, -39.68, -3, 69.12, 39.68, 1))
+        loader = make_dataloader(dataset, batch_size=3, shuffle=True, num_workers=0, seed=3, distributed=True,
+                                 collate=collate)
+        assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)
+        set_epoch(loader, 2)
+        assert loader.sampler.epoch == 2 and dataset.epoch == 2
+        ids = [f for b in loader for f in b.frame_ids]
+        assert sorted(ids) == FRAMES
+    finally:
+        dist.destroy_process_group()
+        dataset.set_epoch(0)
