@@ -142,18 +142,19 @@ def _flat_pairs(data: IndiceData, inverse: bool, device: torch.device) -> _FlatP
 
 def _gather_mm_scatter(features: torch.Tensor, weight: torch.Tensor, pairs: _FlatPairs,
                        out: torch.Tensor) -> torch.Tensor:
-    """out[out_rows] += features[in_rows] @ W_k^T per kernel offset k; out-of-place-safe for autograd."""
+    """out[out_rows] += features[in_rows] @ W_k^T per kernel offset k (``out`` is modified and returned)."""
     if pairs.in_rows.numel() == 0:
         return out
     w = weight.reshape(weight.shape[0], -1, weight.shape[-1])  # [out, kv, in]
-    gathered = features.index_select(0, pairs.in_rows)
-    parts = []
-    start = 0
-    for k, n in enumerate(pairs.counts):
-        if n > 0:
-            parts.append(torch.mm(gathered[start:start + n], w[:, k].t()))
-            start += n
-    return out.index_add(0, pairs.out_rows, torch.cat(parts))
+    offsets = [k for k, n in enumerate(pairs.counts) if n > 0]
+    # split (not slicing) so that backward concatenates the per-offset grads instead of padding each
+    # slice's grad to the full gathered size.
+    chunks = features.index_select(0, pairs.in_rows).split([pairs.counts[k] for k in offsets])
+    out_rows = pairs.out_rows.split([pairs.counts[k] for k in offsets])
+    for chunk, rows, k in zip(chunks, out_rows, offsets):
+        # in place on our own fresh tensor (autograd-safe: no saved tensor is overwritten)
+        out.index_add_(0, rows, torch.mm(chunk, w[:, k].t()))
+    return out
 
 
 class _TorchPathConv:
