@@ -229,3 +229,31 @@ def test_deconv_and_sparse_conv_flop_hooks():
     x = sparse.sparse_tensor(torch.randn(5, 2), coords, (4, 4, 4), 1)
     report = count_flops(conv, x)
     assert report.flops == 5 * 27 * 2 * 3  # active sites x kernel volume x Cin x Cout
+
+
+@pytest.mark.parametrize("head", ["anchor", "center"])
+def test_encoder_and_dense_path_export_to_onnx(head):
+    ort = pytest.importorskip("onnxruntime")
+    import io
+    import warnings
+    overrides = MICRO + ["head.iou_branch=true"] + (["head.type=center", "head.anchors=[]"] if head == "center" else [])
+    cfg = load_detector_config(find_config("pointpillars_tiny"), overrides)
+    model = build_detector(cfg).eval()
+    voxels = _voxels(cfg, [_random_cloud(np.random.default_rng(1), cfg, 200)])
+    with torch.no_grad():
+        bev = model.encode(voxels, 1)
+    dense = model.dense_module()
+    assert not dense.training
+    for module, inputs, names in [(model.encoder, tuple(voxels), ["features", "num_points", "coords"]),
+                                  (dense, (bev,), ["bev"])]:
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, inputs, buffer, input_names=names, opset_version=17, dynamo=False)
+        got = ort.InferenceSession(buffer.getvalue()).run(None, {n: t.numpy() for n, t in zip(names, inputs)})
+        with torch.no_grad():
+            expected = module(*inputs)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert np.allclose(g, e.numpy(), atol=1e-4)

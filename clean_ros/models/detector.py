@@ -90,6 +90,10 @@ class Detector(nn.Module):
     def dense_output_names(self) -> tuple[str, ...]:
         return self.head.output_names
 
+    def dense_module(self) -> "DenseDetector":
+        """nn.Module wrapping forward_dense (shares this detector's weights), for export."""
+        return DenseDetector(self)
+
     def encode(self, voxels: Voxels, batch_size: int) -> torch.Tensor:
         """Voxels -> BEV input canvas (B, C_enc, ny, nx)."""
         features = self.encoder(voxels.features, voxels.num_points, voxels.coords)
@@ -129,6 +133,19 @@ class Detector(nn.Module):
         if tuple(bev_features.shape[2:]) != (self.grid.height, self.grid.width):
             raise RuntimeError(f"feature map {tuple(bev_features.shape[2:])} does not match the anchor grid "
                                f"{(self.grid.height, self.grid.width)}: check bev_backbone strides")
+
+
+class DenseDetector(nn.Module):
+    """The exportable dense part of a Detector as its own module: forward(bev_input) -> raw head maps."""
+
+    def __init__(self, detector: Detector):
+        super().__init__()
+        self.detector = detector
+        self.output_names = detector.dense_output_names
+        self.train(detector.training)  # a fresh Module is in training mode; keep the detector's mode
+
+    def forward(self, bev_input: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.detector.forward_dense(bev_input)
 
 
 def build_detector(cfg: DetectorConfig) -> Detector:
