@@ -6,6 +6,7 @@ Prints the median (and min / p90) wall time of many runs after warm-up. Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -47,7 +48,8 @@ def main() -> None:
     points, source = load_points()
     points = points.to(args.device)
     sync = torch.cuda.synchronize if points.is_cuda else (lambda: None)
-    print(f"points: {len(points)} from {source}; device {args.device}; torch threads {torch.get_num_threads()}")
+    print(f"points: {len(points)} from {source}; device {args.device}; torch threads {torch.get_num_threads()}; "
+          f"CPU cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (busy machine => slower, noisier)")
     for name, (pc_range, voxel_size, t, max_voxels) in SETTINGS.items():
         for _ in range(args.warmup):
             voxelize_with_stats(points, pc_range, voxel_size, t, max_voxels)
