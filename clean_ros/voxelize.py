@@ -12,6 +12,9 @@ Rules (deterministic, documented because the detector's input depends on them):
 - ``coords`` are (batch, z, y, x) int32, ``num_points`` int32, ``features`` float32 (V, T, F).
 
 Pillars are voxels with a single z bin (voxel_size z = range height).
+Output sizes are bounded by (max_voxels, max_points_per_voxel, F): buffers (e.g. for a static-shape engine) can be
+sized once from the config. voxelize_with_stats also reports what was dropped (VoxelStats), for diagnostics.
+No Python loop over points; one stable sort of int32 keys (int64 for grids above 2^31 cells) does the grouping.
 """
 from __future__ import annotations
 
