@@ -159,10 +159,9 @@ def bev_intersection_aligned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(a.shape[0], dtype=torch.float64, device=a.device)
     if a.shape[0] == 0:
         return out
-    # Only pairs whose bounding circles meet can overlap.
-    radius_a = 0.5 * torch.hypot(a64[:, 3], a64[:, 4])
-    radius_b = 0.5 * torch.hypot(b64[:, 3], b64[:, 4])
-    near = torch.hypot(a64[:, 0] - b64[:, 0], a64[:, 1] - b64[:, 1]) <= radius_a + radius_b + _ON_EDGE_EPS
+    # Only pairs whose axis-aligned bounding rectangles meet can overlap.
+    reach = _half_extents(a64) + _half_extents(b64) + 1e-6
+    near = ((a64[:, :2] - b64[:, :2]).abs() <= reach).all(dim=1)
     idx = torch.nonzero(near).squeeze(1)
     for start in range(0, idx.numel(), _PAIR_CHUNK):
         sel = idx[start:start + _PAIR_CHUNK]
@@ -170,26 +169,54 @@ def bev_intersection_aligned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _candidate_pairs(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index pairs (i, j) whose BEV bounding circles meet, row-chunked to bound memory."""
-    n, m = a.shape[0], b.shape[0]
-    rows_i, rows_j = [], []
-    if n == 0 or m == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=a.device)
+def _half_extents(boxes: torch.Tensor) -> torch.Tensor:
+    """(N, 2) half sizes of the axis-aligned bounding rectangles of BEV boxes."""
+    cos, sin = torch.cos(boxes[:, 6]).abs(), torch.sin(boxes[:, 6]).abs()
+    half_l, half_w = boxes[:, 3].abs() / 2, boxes[:, 4].abs() / 2
+    return torch.stack([half_l * cos + half_w * sin, half_l * sin + half_w * cos], dim=1)
+
+
+def _candidate_pairs(a: torch.Tensor, b: torch.Tensor, upper_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index pairs (i, j) whose axis-aligned BEV bounding rectangles meet (a necessary condition for overlap).
+
+    b is sorted by x; each box of a scans only the window of b that its x-extent can reach, in row chunks of
+    bounded size, so that sparse scenes never build an N x M matrix. upper_only keeps i < j (self-pairs of NMS).
+    """
+    empty = torch.zeros(0, dtype=torch.long, device=a.device)
+    if a.shape[0] == 0 or b.shape[0] == 0:
         return empty, empty
     a64, b64 = a.to(torch.float64), b.to(torch.float64)
-    radius_a = 0.5 * torch.hypot(a64[:, 3], a64[:, 4])
-    radius_b = 0.5 * torch.hypot(b64[:, 3], b64[:, 4])
-    step = max(1, _PREFILTER_CHUNK // m)
-    for start in range(0, n, step):
-        ca = a64[start:start + step, :2]
-        dist = torch.cdist(ca, b64[:, :2]) if ca.shape[0] * m > 64 else (ca[:, None] - b64[None, :, :2]).norm(dim=-1)
-        # cdist may lose ~1e-7 relative; the margin only admits extra pairs, which the exact code rejects.
-        near = dist <= (radius_a[start:start + step, None] + radius_b[None, :]) * (1 + 1e-6) + 1e-6
-        i, j = torch.nonzero(near, as_tuple=True)
-        rows_i.append(i + start)
-        rows_j.append(j)
-    return torch.cat(rows_i), torch.cat(rows_j)
+    ext_a, ext_b = _half_extents(a64), _half_extents(b64)
+    margin = 1e-6  # admits touching boxes; the exact code decides
+    order = torch.argsort(b64[:, 0])
+    b_x = b64[order, 0].contiguous()
+    reach = ext_a[:, 0] + ext_b[:, 0].max() + margin
+    low = torch.searchsorted(b_x, (a64[:, 0] - reach).contiguous())
+    high = torch.searchsorted(b_x, (a64[:, 0] + reach).contiguous(), right=True)
+    counts = high - low
+    ends = counts.cumsum(0)
+    rows_i, rows_j = [], []
+    start = 0
+    n = a.shape[0]
+    while start < n:
+        # rows [start, stop) hold at most _PREFILTER_CHUNK window entries (at least one row)
+        base = ends[start - 1] if start > 0 else ends.new_zeros(())
+        stop = int(torch.searchsorted(ends, base + _PREFILTER_CHUNK, right=True))
+        stop = min(max(stop, start + 1), n)
+        rows = torch.arange(start, stop, device=a.device)
+        rows = torch.repeat_interleave(rows, counts[start:stop])
+        offset = torch.arange(rows.numel(), device=a.device) - (ends[rows] - counts[rows] - base)
+        cols = order[low[rows] + offset]
+        near = (((a64[rows, 0] - b64[cols, 0]).abs() <= ext_a[rows, 0] + ext_b[cols, 0] + margin)
+                & ((a64[rows, 1] - b64[cols, 1]).abs() <= ext_a[rows, 1] + ext_b[cols, 1] + margin))
+        if upper_only:
+            near &= rows < cols
+        rows_i.append(rows[near])
+        rows_j.append(cols[near])
+        start = stop
+    i, j = torch.cat(rows_i), torch.cat(rows_j)
+    sort = torch.argsort(i * b.shape[0] + j)  # deterministic (i, j) order
+    return i[sort], j[sort]
 
 
 def _bev_area(boxes: torch.Tensor) -> torch.Tensor:
@@ -213,9 +240,10 @@ def _safe_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-def _sparse_iou(a: torch.Tensor, b: torch.Tensor, three_d: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _sparse_iou(a: torch.Tensor, b: torch.Tensor, three_d: bool,
+                upper_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(i, j, iou float64) for all pairs that can overlap; pairs not listed have IoU 0."""
-    i, j = _candidate_pairs(a, b)
+    i, j = _candidate_pairs(a, b, upper_only)
     inter = bev_intersection_aligned(a[i], b[j])
     if three_d:
         inter = inter * _z_overlap(a[i], b[j])
@@ -293,7 +321,7 @@ def nms_bev(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, pre
     if pre_max_size is not None:
         order = order[:pre_max_size]
     candidates = boxes[order]
-    i, j, iou = _sparse_iou(candidates, candidates, three_d=False)
+    i, j, iou = _sparse_iou(candidates, candidates, three_d=False, upper_only=True)
     over = iou > iou_threshold
     kept = _greedy_suppress(order.numel(), i[over], j[over], post_max_size)
     return order[torch.tensor(kept, dtype=torch.long, device=order.device)]
