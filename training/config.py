@@ -66,6 +66,9 @@ class TrainConfig:
     amp: bool = True  # mixed precision (autocast + GradScaler); used on CUDA only, ignored on CPU
     deterministic: bool = False  # torch.use_deterministic_algorithms(True, warn_only=True) + cudnn deterministic
     sync_batchnorm: bool = True  # with more than one process: batch-norm statistics over the global batch
+    # Running-statistics momentum of every batch norm during training; null = the model's own (0.01, as the
+    # references). Short runs (tests, a few hundred steps) need ~0.1 or eval-mode statistics lag behind.
+    batchnorm_momentum: float | None = None
     eval_interval: int = 1  # evaluate on data.val_split every N epochs (and after the last); 0 = never
     eval_max_frames: int = 0  # evaluate on the first N frames of the split only; 0 = all
     checkpoint_interval: int = 1  # save a checkpoint every N epochs (and after the last); always on interruption
@@ -82,6 +85,8 @@ class TrainConfig:
                     "keep_checkpoints", "max_iterations", "seed"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.batchnorm_momentum is not None and not 0.0 < self.batchnorm_momentum <= 1.0:
+            raise ValueError(f"batchnorm_momentum must be in (0, 1] or null, got {self.batchnorm_momentum}")
         if self.log_interval < 1:
             raise ValueError(f"log_interval must be >= 1, got {self.log_interval}")
         self._sync_data_with_model()

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -79,6 +78,27 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the gradient of every input is the sum of the output gradients of all processes."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Differentiable all-reduce (sum)."""
+    return _AllReduceSum.apply(tensor)
+
+
 class GlobalBatchNorm(_BatchNorm):
     """Batch norm whose training statistics cover the batches of all processes (CPU-capable SyncBatchNorm).
 
@@ -100,12 +120,12 @@ class GlobalBatchNorm(_BatchNorm):
         dims = [d for d in range(input.dim()) if d != 1]
         local_count = input.numel() // channels
         stats = torch.cat([input.sum(dim=dims), input.new_tensor([float(local_count)])])
-        stats = dist_fn.all_reduce(stats)
+        stats = all_reduce_sum(stats)
         count = stats[-1].detach()
         mean = stats[:channels] / count
         shape = [1, channels] + [1] * (input.dim() - 2)
         centred = input - mean.view(shape)
-        var = dist_fn.all_reduce((centred * centred).sum(dim=dims)) / count
+        var = all_reduce_sum((centred * centred).sum(dim=dims)) / count
         out = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)

@@ -161,6 +161,7 @@ def _main(args) -> int:
                           config_yaml=dump_yaml(cfg))
         result = trainer.fit()
         run_dir.close()
+        ctx.barrier()  # leave together: rank 0 may still be writing the last checkpoint
         if result.status == "interrupted" and trainer.stop.reason:
             return EXIT_SIGTERM if trainer.stop.reason == "SIGTERM" else EXIT_SIGINT
         return 0

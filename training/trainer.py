@@ -172,6 +172,10 @@ class Trainer:
         self.device = self.ctx.device
         self.use_amp = cfg.amp and self.device.type == "cuda"
 
+        if cfg.batchnorm_momentum is not None:
+            for module in task.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.momentum = cfg.batchnorm_momentum
         if self.ctx.distributed and cfg.sync_batchnorm:
             task.model = convert_batchnorm(task.model, self.device)
         self.task = task.to(self.device)
