@@ -120,7 +120,11 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=3769)
     parser.add_argument("--boxes", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (on a busy shared machine 1 can be much faster than 2)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
     t0 = time.perf_counter()
     gts, dets = synthetic_dataset(args.frames, args.seed)
