@@ -125,16 +125,16 @@ def test_bev_iou_matches_slow_reference_on_random_pairs():
     expected = torch.tensor([slow_bev_iou(*p) for p in pairs], dtype=torch.float64)
     assert (expected > 0).sum() > 200  # the test exercises real overlaps
     assert torch.allclose(G.bev_iou_aligned(a, b), expected, atol=1e-5)
-    dense = G.bev_iou(a, b)  # all 400 x 400 pairs; the diagonal must match
-    assert torch.allclose(dense.diagonal(), expected, atol=1e-5)
+    dense = G.bev_iou(a[:100], b[:100])  # all 100 x 100 pairs; the diagonal must match
+    assert torch.allclose(dense.diagonal(), expected[:100], atol=1e-5)
     # a few off-diagonal entries against the reference too
-    for i, j in [(0, 5), (17, 3), (100, 101), (250, 249)]:
+    for i, j in [(0, 5), (17, 3), (60, 61), (99, 98)]:
         assert dense[i, j].item() == pytest.approx(slow_bev_iou(pairs[i][0], pairs[j][1]), abs=1e-5)
 
 
 def test_bev_iou_large_sparse_problem_matches_dense_reference():
     g = torch.Generator().manual_seed(1)
-    n = 3000
+    n = 1200
     boxes = torch.cat([torch.rand(n, 2, generator=g) * 60, torch.zeros(n, 1), 1 + 3 * torch.rand(n, 3, generator=g),
                        torch.rand(n, 1, generator=g) * 6], 1)
     iou = G.bev_iou(boxes, boxes)
