@@ -47,6 +47,8 @@ __all__ = [
     "uses_torch_path",
 ]
 
+_NO_ACTIVATION = _spconv_conv.tv.gemm.Activation.None_
+
 # spconv's kernels are used only where they exist and are trusted: CUDA tensors on a CUDA build.
 SPCONV_HAS_CUDA = not CPU_ONLY_BUILD
 
@@ -103,6 +105,13 @@ def to_dense(x: SparseConvTensor, channels_first: bool = True) -> torch.Tensor:
     return out.permute(0, 4, 1, 2, 3).contiguous() if channels_first else out
 
 
+def _kernel_volume(kernel_size: Sequence[int]) -> int:
+    volume = 1
+    for k in kernel_size:
+        volume *= int(k)
+    return volume
+
+
 def _linear_index(coords: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
     nz, ny, nx = spatial_shape
     return ((coords[:, 0] * nz + coords[:, 1]) * ny + coords[:, 2]) * nx + coords[:, 3]
@@ -150,11 +159,10 @@ def _gather_mm_scatter(features: torch.Tensor, weight: torch.Tensor, pairs: _Fla
     # split (not slicing) so that backward concatenates the per-offset grads instead of padding each
     # slice's grad to the full gathered size.
     chunks = features.index_select(0, pairs.in_rows).split([pairs.counts[k] for k in offsets])
-    out_rows = pairs.out_rows.split([pairs.counts[k] for k in offsets])
-    for chunk, rows, k in zip(chunks, out_rows, offsets):
-        # in place on our own fresh tensor (autograd-safe: no saved tensor is overwritten)
-        out.index_add_(0, rows, torch.mm(chunk, w[:, k].t()))
-    return out
+    products = [torch.mm(chunk, w[:, k].t()) for chunk, k in zip(chunks, offsets)]
+    # one index_add_ over all offsets: many mid-sized index_add_ calls are pathologically slow with
+    # several torch threads (measured 70x at 2 threads), a single large one is not.
+    return out.index_add_(0, pairs.out_rows, torch.cat(products))
 
 
 class _TorchPathConv:
@@ -168,6 +176,9 @@ class _TorchPathConv:
                              f"layer expects {self.in_channels}")
         if not (self.conv1x1 and not self.inverse) and not uses_torch_path(input.features):
             return super().forward(input, add_input)
+        if self.act_type != _NO_ACTIVATION:
+            raise NotImplementedError(f"{type(self).__name__}: fused activation (act_type) is only "
+                                      "available on spconv's CUDA kernels; apply the activation separately")
         return self._torch_forward(input, add_input)
 
     def _torch_forward(self, input: SparseConvTensor, add_input: Optional[SparseConvTensor]):
@@ -235,13 +246,17 @@ class _TorchPathConv:
             raise ValueError(f"{type(self).__name__}: output grid {out_shape} is empty for input grid "
                              f"{list(input.spatial_shape)}")
         indices_cpu = input.indices.cpu()
-        out_indices, indice_pairs, indice_pair_num = _spconv_ops.get_indice_pairs(
-            indices_cpu, input.batch_size, list(input.spatial_shape), ConvAlgo.Native,
-            self.kernel_size, self.stride, self.padding, self.dilation, self.output_padding,
-            self.subm, self.transposed)
-        if not self.subm and out_indices.shape[0] == 0:
-            raise ValueError(f"{type(self).__name__}: no active output sites (input had "
-                             f"{input.indices.shape[0]})")
+        if indices_cpu.shape[0] == 0:
+            # an empty cloud gives an empty output (spconv's generator cannot handle zero sites)
+            kv = _kernel_volume(self.kernel_size)
+            out_indices = indices_cpu
+            indice_pairs = torch.zeros((2, kv, 0), dtype=indices_cpu.dtype)
+            indice_pair_num = torch.zeros((kv,), dtype=indices_cpu.dtype)
+        else:
+            out_indices, indice_pairs, indice_pair_num = _spconv_ops.get_indice_pairs(
+                indices_cpu, input.batch_size, list(input.spatial_shape), ConvAlgo.Native,
+                self.kernel_size, self.stride, self.padding, self.dilation, self.output_padding,
+                self.subm, self.transposed)
         out_indices = out_indices.to(input.indices.device)
         data = IndiceData(out_indices, input.indices, indice_pairs, indice_pair_num,
                           list(input.spatial_shape), out_shape, is_subm=self.subm, algo=ConvAlgo.Native,
