@@ -1,0 +1,154 @@
+"""The detector node's 1 Hz health report: a pure assessment (testable without ROS) and its DiagnosticArray form.
+
+``assess(snapshot)`` turns counters, rates, rolling percentiles and recent problems into a level, a one-line
+message and ordered key/values. Levels follow diagnostic_msgs/DiagnosticStatus: 0 OK, 1 WARN, 2 ERROR.
+Keys are stable (tests, dashboards and docs/NODE.md refer to them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from clean_ros.latency import EventLog, Percentiles, percentile_items
+
+OK, WARN, ERROR = 0, 1, 2
+STATUS_NAME = "clean_ros: detector"
+
+FASTDDS_HINT = ("large best-effort clouds are probably being lost inside DDS: apply config/fastdds_large_data.xml "
+                "in the PUBLISHING process (export FASTDDS_DEFAULT_PROFILES_FILE=<share>/config/fastdds_large_data.xml "
+                "for the LiDAR driver), see docs/NODE.md 'Large clouds'")
+
+# Problem kinds recorded by the node in its EventLog -> (level, what the message says).
+PROBLEMS: Mapping[str, tuple[int, str]] = {
+    "undecodable_input": (WARN, "undecodable input cloud"),
+    "empty_input": (WARN, "empty input cloud (no finite points)"),
+    "too_many_points": (WARN, "input cloud above max_points, decimated"),
+    "voxel_overflow": (WARN, "voxel overflow (points dropped by max_voxels)"),
+    "backend_error": (ERROR, "backend failed on a frame"),
+    "stale_frame_dropped": (WARN, "frames older than max_input_age_s dropped"),
+    "stamp_backwards": (WARN, "header stamps went backwards"),
+    "frame_id_changed": (WARN, "input frame_id changed"),
+}
+
+
+@dataclass
+class HealthSnapshot:
+    """Everything the assessment reads; the node fills it once per report."""
+
+    now: float                                  # seconds, same clock as last_input_time / started
+    started: float
+    input_topic: str
+    expected_rate_hz: float
+    received_rate_hz: float
+    processed_rate_hz: float
+    frames_received: int
+    frames_processed: int
+    frames_published: int
+    dropped_sequence: int                       # missed publication sequence numbers (exact, where available)
+    dropped_stamp_gaps: int                     # missing frames by header-stamp gaps vs expected rate
+    dropped_stale: int
+    last_input_time: float | None
+    stale_timeout_s: float
+    rate_window_s: float
+    events: EventLog
+    problem_hold_s: float                       # a problem stays in the report this long after it last happened
+    stage_percentiles: Mapping[str, Percentiles]
+    input_age: Percentiles | None               # ms, only frames whose stamp is comparable with the node clock
+    clock_offset_s: float | None                # last (now - stamp) when NOT comparable, for the hint
+    backend_requested: str
+    backend_name: str
+    device: str
+    bundle: str
+    num_threads: int
+    contract_findings: Sequence[tuple[str, str]] = field(default_factory=tuple)   # (code, message)
+    low_rate_fraction: float = 0.8
+    use_sim_time: bool = False
+
+
+def assess(s: HealthSnapshot) -> tuple[int, str, dict[str, str]]:
+    """(level, message, key/values) of the node's health."""
+    problems: list[tuple[int, str]] = []
+    silent_s = (s.now - s.last_input_time) if s.last_input_time is not None else (s.now - s.started)
+    stale = silent_s > s.stale_timeout_s
+    if stale:
+        what = "no input received yet" if s.last_input_time is None else f"no input for {silent_s:.1f} s"
+        problems.append((WARN, f"stale input: {what} on {s.input_topic}"))
+    # Judge the rate only on a full window of a running stream (not at start-up, not while stale).
+    running_long_enough = s.last_input_time is not None and (s.now - s.started) >= s.rate_window_s
+    if (not stale and running_long_enough and s.expected_rate_hz > 0
+            and s.received_rate_hz < s.low_rate_fraction * s.expected_rate_hz):
+        problems.append((WARN, f"input rate {s.received_rate_hz:.1f} Hz below the expected "
+                               f"{s.expected_rate_hz:g} Hz: {FASTDDS_HINT}"))
+    for kind in s.events.recent(s.now, s.problem_hold_s):
+        level, text = PROBLEMS.get(kind, (WARN, kind))
+        detail = s.events.last_detail.get(kind)
+        problems.append((level, f"{text}: {detail}" if detail else text))
+    if s.backend_requested not in ("", "auto") and s.backend_name and s.backend_requested != s.backend_name:
+        problems.append((WARN, f"backend fallback: '{s.backend_requested}' requested, '{s.backend_name}' running"))
+    for code, message in s.contract_findings:
+        problems.append((WARN, f"input contract ({code}): {message}"))
+    if s.clock_offset_s is not None:
+        hint = ("is /clock being published (ros2 bag play --clock)?" if s.use_sim_time
+                else "replaying a bag? use `ros2 bag play --clock` and use_sim_time:=true")
+        problems.append((WARN, f"input stamps are {s.clock_offset_s:.3g} s away from the node clock "
+                               f"(input age not comparable): {hint}"))
+
+    level = max((lvl for lvl, _ in problems), default=OK)
+    total = s.stage_percentiles.get("total")
+    if problems:
+        message = "; ".join(text for _, text in problems)
+    else:
+        message = (f"OK: {s.received_rate_hz:.1f} Hz in, {s.processed_rate_hz:.1f} Hz processed"
+                   + (f", total p50 {total.p50:.1f} ms" if total else ""))
+
+    items: dict[str, str] = {
+        "input_topic": s.input_topic,
+        "expected_rate_hz": f"{s.expected_rate_hz:g}",
+        "received_rate_hz": f"{s.received_rate_hz:.2f}",
+        "processed_rate_hz": f"{s.processed_rate_hz:.2f}",
+        "frames_received": str(s.frames_received),
+        "frames_processed": str(s.frames_processed),
+        "frames_published": str(s.frames_published),
+        "dropped_frames": str(max(s.dropped_sequence, s.dropped_stamp_gaps) + s.dropped_stale),
+        "dropped_sequence_gaps": str(s.dropped_sequence),
+        "dropped_stamp_gaps": str(s.dropped_stamp_gaps),
+        "dropped_stale": str(s.dropped_stale),
+        "seconds_since_last_input": f"{silent_s:.2f}",
+        "stale_input": str(stale).lower(),
+    }
+    for kind in PROBLEMS:
+        items[f"{kind}_count"] = str(s.events.count(kind))
+    items.update(percentile_items(s.stage_percentiles))
+    if s.input_age is not None:
+        items.update({"input_age_ms_p50": f"{s.input_age.p50:.3f}", "input_age_ms_p95": f"{s.input_age.p95:.3f}",
+                      "input_age_ms_p99": f"{s.input_age.p99:.3f}"})
+    items.update({
+        "backend": s.backend_name,
+        "backend_requested": s.backend_requested,
+        "device": s.device,
+        "num_threads": str(s.num_threads),
+        "bundle": s.bundle,
+        "contract": "ok" if not s.contract_findings else "; ".join(c for c, _ in s.contract_findings),
+    })
+    return level, message, items
+
+
+def to_diagnostic_array(level: int, message: str, items: Mapping[str, str], stamp, hardware_id: str,
+                        name: str = STATUS_NAME):
+    """diagnostic_msgs/DiagnosticArray with one status (imported lazily so assess() needs no ROS)."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    status = DiagnosticStatus()
+    status.level = bytes([int(level)])
+    status.name = name
+    status.message = message[:2000]
+    status.hardware_id = hardware_id
+    status.values = [KeyValue(key=k, value=str(v)) for k, v in items.items()]
+    out = DiagnosticArray()
+    out.header.stamp = stamp
+    out.status = [status]
+    return out
+
+
+def parse_diagnostic_values(status) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
