@@ -1,0 +1,447 @@
+"""Model bundle: one directory that holds everything the runtime needs to run a trained detector.
+
+    BUNDLE/
+      manifest.json        schema_version, classes, input contract, geometry, DetectorConfig, post-processing,
+                           training config, provenance, metrics, export info, sha256 of every other file
+      weights.safetensors  the detector's state_dict (safetensors: a flat tensor table, it cannot run code)
+      model.onnx           the dense part (BEV backbone + head): BEV canvas -> raw head maps
+      encoder.onnx         (pillar models) the pillar feature net, dynamic number of pillars
+
+`save_bundle` writes the directory under a temporary name next to the target and renames it into place, so a
+reader never sees half a bundle. `load_bundle` validates the manifest (required fields, their types, the schema
+version), checks every file's sha256 (verify=True), and reads weights only through safetensors: a pickle planted
+as weights is a parse error, never executed. Every problem is a BundleError whose message names the bundle, the
+file or field, and what is wrong. The format is described for users in docs/BUNDLE.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+import clean_ros
+from clean_ros.config import ConfigError, from_dict, to_dict
+from clean_ros.models.configs import DetectorConfig, PostProcessConfig
+
+FORMAT = "clean_ros.bundle"
+SCHEMA_VERSION = 1  # the newest manifest schema this build reads (and the one it writes)
+MANIFEST_NAME = "manifest.json"
+WEIGHTS_NAME = "weights.safetensors"
+DENSE_ONNX_NAME = "model.onnx"
+ENCODER_ONNX_NAME = "encoder.onnx"
+
+# Conventional per-point feature layouts: (name, expected value range or None, unit).
+_KNOWN_FEATURES = {
+    "x": (None, "m"), "y": (None, "m"), "z": (None, "m"),
+    "intensity": ((0.0, 1.0), "reflectance, KITTI scale"),
+    "time": ((0.0, 0.1), "s since sweep start"),
+}
+_DEFAULT_FEATURE_NAMES = ("x", "y", "z", "intensity", "time")
+
+# Required manifest fields and their JSON types (checked on load, before anything else is used).
+_REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
+    "format": (str,),
+    "schema_version": (int,),
+    "class_names": (list,),
+    "point_features": (list,),
+    "point_cloud_range": (list,),
+    "voxel_size": (list,),
+    "detector_config": (dict,),
+    "postprocess": (dict,),
+    "training_config": (dict,),
+    "provenance": (dict,),
+    "metrics": (dict,),
+    "export": (dict,),
+    "files": (dict,),
+}
+_PROVENANCE_KEYS = ("method", "teacher", "pruning_ratio", "source_git_commit", "created_utc", "clean_ros_version")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be written or used; the message names the bundle, the file or field, and the problem."""
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_point_features(num_point_features: int,
+                           names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Manifest entries for the per-point features: name, expected range ([lo, hi] or null), scale, unit.
+
+    scale is the factor the runtime applies to the raw field before it reaches the network (1.0: the model
+    expects the value as delivered in that range). The default layout is KITTI's x, y, z, intensity [0, 1].
+    """
+    names = list(names) if names is not None else list(_DEFAULT_FEATURE_NAMES[:num_point_features])
+    if len(names) != num_point_features:
+        raise BundleError(f"point_features: {len(names)} names {names} for num_point_features={num_point_features}")
+    out = []
+    for name in names:
+        expected, unit = _KNOWN_FEATURES.get(name, (None, ""))
+        out.append({"name": name, "range": list(expected) if expected else None, "scale": 1.0, "unit": unit})
+    return out
+
+
+def _git_commit() -> str:
+    """The source tree's commit (provenance); 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5, check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5,
+                               check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = out.stdout.strip()
+    if out.returncode != 0 or not commit:
+        return "unknown"
+    return commit + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _json_safe(value: Any, where: str) -> Any:
+    """Plain JSON values (dataclasses, tuples, numpy / torch scalars converted); anything else is an error."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = to_dict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
+    raise BundleError(f"{where}: {type(value).__name__} is not JSON-serialisable")
+
+
+# --------------------------------------------------------------------------------------------------- Bundle
+@dataclass
+class Bundle:
+    """A loaded, validated bundle. Weights are read lazily (build_detector / state_dict)."""
+
+    path: Path
+    manifest: dict
+    detector_config: DetectorConfig  # postprocess = the manifest's "postprocess" section
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.manifest["schema_version"])
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.manifest["class_names"])
+
+    @property
+    def point_features(self) -> tuple[str, ...]:
+        return tuple(f["name"] for f in self.manifest["point_features"])
+
+    @property
+    def feature_ranges(self) -> dict[str, tuple[float, float]]:
+        return {f["name"]: (float(f["range"][0]), float(f["range"][1]))
+                for f in self.manifest["point_features"] if f.get("range") is not None}
+
+    @property
+    def point_cloud_range(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.manifest["point_cloud_range"])
+
+    @property
+    def voxel_size(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.manifest["voxel_size"])
+
+    @property
+    def postprocess(self) -> PostProcessConfig:
+        return self.detector_config.postprocess
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS_NAME
+
+    def _listed(self, name: str) -> Path | None:
+        return self.path / name if name in self.manifest["files"] else None
+
+    @property
+    def onnx_path(self) -> Path | None:
+        """The dense part (BEV canvas -> head maps) as ONNX, or None if the bundle was saved without it."""
+        return self._listed(DENSE_ONNX_NAME)
+
+    @property
+    def encoder_onnx_path(self) -> Path | None:
+        """The pillar feature net as ONNX (dynamic pillar count), or None."""
+        return self._listed(ENCODER_ONNX_NAME)
+
+    def input_contract(self, frame_id: str | None = None):
+        """The clean_ros.pointcloud.InputContract this model was trained with."""
+        from clean_ros.pointcloud import InputContract
+
+        return InputContract(point_features=self.point_features, point_cloud_range=self.point_cloud_range,
+                             feature_ranges=self.feature_ranges, frame_id=frame_id)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights through safetensors only, checked against the config's parameter names and shapes."""
+        return _read_weights(self.weights_path, self.detector_config)
+
+    def build_detector(self, device: str | torch.device = "cpu"):
+        """The torch Detector of this bundle, weights loaded, in eval mode."""
+        from clean_ros.models.detector import build_detector
+
+        detector = build_detector(self.detector_config)
+        detector.load_state_dict(self.state_dict(), strict=True)
+        return detector.eval().to(device)
+
+    def summary(self) -> str:
+        prov = self.manifest["provenance"]
+        return (f"bundle {self.path} (schema {self.schema_version}, model {self.detector_config.name}, "
+                f"classes {', '.join(self.class_names)}, method {prov.get('method')}, "
+                f"created {prov.get('created_utc')})")
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def _read_weights(path: Path, cfg: DetectorConfig) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from clean_ros.models.detector import build_detector
+
+    bundle = path.parent
+    if not path.is_file():
+        raise BundleError(f"{bundle}: weights file {WEIGHTS_NAME} is missing")
+    try:
+        weights = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"{path}: corrupt weights: not a readable safetensors file ({first}); "
+                          f"weights are only ever read as safetensors, never unpickled") from None
+    expected = {k: tuple(v.shape) for k, v in build_detector(cfg).state_dict().items()}
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = [f"{k}: file {tuple(weights[k].shape)} vs config {expected[k]}"
+             for k in expected if k in weights and tuple(weights[k].shape) != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensors missing (first: {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (first: {', '.join(unexpected[:3])})")
+    if wrong:
+        problems.append(f"{len(wrong)} shapes differ (first: {'; '.join(wrong[:3])})")
+    if problems:
+        raise BundleError(f"{path}: weights do not match the manifest's detector_config: {'; '.join(problems)}")
+    return weights
+
+
+def _check_type(bundle: Path, name: str, value: Any, types: tuple[type, ...]) -> None:
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+        wanted = " or ".join("integer" if t is int else t.__name__ for t in types)
+        raise BundleError(f"{bundle / MANIFEST_NAME}: field {name!r} must be a {wanted}, got "
+                          f"{type(value).__name__} {json.dumps(value)[:60]}")
+
+
+def _validate_manifest(bundle: Path, manifest: Any) -> None:
+    where = bundle / MANIFEST_NAME
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{where}: top level must be a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{where}: not a clean_ros bundle manifest (field 'format' must be {FORMAT!r}, "
+                          f"got {manifest.get('format')!r})")
+    version = manifest.get("schema_version")
+    if version is None:
+        raise BundleError(f"{where}: missing required field 'schema_version'")
+    _check_type(bundle, "schema_version", version, (int,))
+    if version > SCHEMA_VERSION:
+        raise BundleError(f"{bundle}: written by a newer clean_ros: schema {version}, this build "
+                          f"(clean_ros {clean_ros.__version__}) reads <= {SCHEMA_VERSION}; upgrade clean_ros")
+    if version < 1:
+        raise BundleError(f"{where}: schema_version {version} is not valid (first schema is 1)")
+    missing = [k for k in _REQUIRED_FIELDS if k not in manifest]
+    if missing:
+        raise BundleError(f"{where}: missing required field{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(repr(m) for m in missing)}")
+    for name, types in _REQUIRED_FIELDS.items():
+        _check_type(bundle, name, manifest[name], types)
+    if not manifest["class_names"] or not all(isinstance(c, str) for c in manifest["class_names"]):
+        raise BundleError(f"{where}: field 'class_names' must be a non-empty list of strings")
+    for i, feat in enumerate(manifest["point_features"]):
+        if not isinstance(feat, dict) or not isinstance(feat.get("name"), str):
+            raise BundleError(f"{where}: point_features[{i}] must be an object with a string 'name'")
+        rng = feat.get("range")
+        if rng is not None and not (isinstance(rng, list) and len(rng) == 2
+                                    and all(isinstance(v, (int, float)) for v in rng)):
+            raise BundleError(f"{where}: point_features[{i}] ({feat['name']}): 'range' must be [lo, hi] or null")
+    for key, n in (("point_cloud_range", 6), ("voxel_size", 3)):
+        value = manifest[key]
+        if len(value) != n or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise BundleError(f"{where}: field {key!r} must be a list of {n} numbers, got {value}")
+    for name, entry in manifest["files"].items():
+        if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
+                or len(entry["sha256"]) != 64):
+            raise BundleError(f"{where}: files[{name!r}] must be an object with a 64-hex 'sha256'")
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise BundleError(f"{where}: files[{name!r}]: bundle files must be plain names inside the bundle")
+    if WEIGHTS_NAME not in manifest["files"]:
+        raise BundleError(f"{where}: field 'files' does not list {WEIGHTS_NAME}")
+
+
+def _detector_config_of(bundle: Path, manifest: dict) -> DetectorConfig:
+    where = bundle / MANIFEST_NAME
+    data = dict(manifest["detector_config"])
+    data["postprocess"] = manifest["postprocess"]  # the manifest's post-processing section is authoritative
+    try:
+        cfg = from_dict(DetectorConfig, data, where="detector_config")
+    except ConfigError as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    if list(cfg.class_names) != list(manifest["class_names"]):
+        raise BundleError(f"{where}: class_names {manifest['class_names']} differ from detector_config.class_names "
+                          f"{cfg.class_names}")
+    for key in ("point_cloud_range", "voxel_size"):
+        if [float(v) for v in getattr(cfg, key)] != [float(v) for v in manifest[key]]:
+            raise BundleError(f"{where}: {key} {manifest[key]} differs from detector_config.{key} "
+                              f"{getattr(cfg, key)}")
+    if len(manifest["point_features"]) != cfg.num_point_features:
+        raise BundleError(f"{where}: {len(manifest['point_features'])} point_features but detector_config "
+                          f"expects num_point_features={cfg.num_point_features}")
+    return cfg
+
+
+def verify_files(bundle: Path, manifest: dict) -> None:
+    """Every file listed in the manifest exists and has the recorded sha256."""
+    for name, entry in manifest["files"].items():
+        path = bundle / name
+        if not path.is_file():
+            raise BundleError(f"{bundle}: file {name} listed in the manifest is missing")
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            raise BundleError(f"{bundle}: hash mismatch for {name}: sha256 {digest[:16]}... but the manifest records "
+                              f"{entry['sha256'][:16]}...; the file was modified or corrupted after export")
+
+
+def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    """Read and validate a bundle directory (see the module docstring). Raises BundleError."""
+    bundle = Path(path)
+    if not bundle.exists():
+        raise BundleError(f"{bundle}: bundle directory does not exist")
+    if not bundle.is_dir():
+        raise BundleError(f"{bundle}: a bundle is a directory (with {MANIFEST_NAME}), this is a file")
+    manifest_path = bundle / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise BundleError(f"{bundle}: no {MANIFEST_NAME}: not a clean_ros bundle")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest_path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: cannot read: {exc}") from None
+    _validate_manifest(bundle, manifest)
+    cfg = _detector_config_of(bundle, manifest)
+    if verify:
+        verify_files(bundle, manifest)
+    return Bundle(path=bundle, manifest=manifest, detector_config=cfg)
+
+
+# --------------------------------------------------------------------------------------------------- saving
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished temp directory to `out`; an existing bundle is swapped out, then removed."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    if not out.is_dir():
+        raise BundleError(f"{out}: exists and is not a directory; not overwritten")
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.rename(out, old / out.name)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        os.rename(old / out.name, out)  # put the previous bundle back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
+                training_config: Any = None, provenance: Mapping[str, Any] | None = None,
+                metrics: Mapping[str, Any] | None = None, export_onnx: bool = True,
+                point_features: Sequence[str] | Sequence[Mapping[str, Any]] | None = None,
+                export_encoder: bool = True) -> Path:
+    """Write `detector` (a clean_ros Detector built from `detector_cfg`) as a bundle directory, atomically.
+
+    training_config: any dataclass / mapping (stored as an opaque dict). provenance: teacher, method,
+    pruning_ratio, ... (source_git_commit, created_utc and clean_ros_version are filled in). metrics: e.g. the
+    compression report's row. point_features: names (ranges from the conventional table) or full entries;
+    default x, y, z, intensity [0, 1]. export_onnx: also write model.onnx (+ encoder.onnx for pillar models
+    when export_encoder). An existing bundle at out_dir is replaced only once the new one is complete.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if point_features is None or (point_features and isinstance(point_features[0], str)):
+        features = default_point_features(detector_cfg.num_point_features, point_features)  # type: ignore[arg-type]
+    else:
+        features = _json_safe(list(point_features), "point_features")
+    if len(features) != detector_cfg.num_point_features:
+        raise BundleError(f"point_features lists {len(features)} features, the config has "
+                          f"num_point_features={detector_cfg.num_point_features}")
+    prov = {k: None for k in _PROVENANCE_KEYS}
+    prov.update(_json_safe(dict(provenance or {}), "provenance"))
+    prov.setdefault("source_git_commit", None)
+    prov["source_git_commit"] = prov["source_git_commit"] or _git_commit()
+    prov["created_utc"] = prov["created_utc"] or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    prov["clean_ros_version"] = clean_ros.__version__
+    cfg_dict = to_dict(detector_cfg)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in detector.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+        export_info: dict[str, Any] = {"dense_onnx": None, "encoder_onnx": None}
+        if export_onnx:
+            from clean_ros.onnx_export import export_dense_onnx, export_encoder_onnx
+
+            export_info["dense_onnx"] = export_dense_onnx(detector, detector_cfg, tmp / DENSE_ONNX_NAME)
+            if export_encoder and detector_cfg.encoder.type == "pillar" and detector_cfg.backbone_3d.type == "none":
+                export_info["encoder_onnx"] = export_encoder_onnx(detector, detector_cfg, tmp / ENCODER_ONNX_NAME)
+        files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        manifest = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "class_names": list(detector_cfg.class_names),
+            "point_features": features,
+            "point_cloud_range": [float(v) for v in detector_cfg.point_cloud_range],
+            "voxel_size": [float(v) for v in detector_cfg.voxel_size],
+            "detector_config": cfg_dict,
+            "postprocess": cfg_dict["postprocess"],
+            "training_config": _json_safe(training_config if training_config is not None else {}, "training_config"),
+            "provenance": prov,
+            "metrics": _json_safe(dict(metrics or {}), "metrics"),
+            "export": export_info,
+            "files": files,
+        }
+        _write_json(tmp / MANIFEST_NAME, manifest)
+        _validate_manifest(tmp, manifest)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+__all__ = ["Bundle", "BundleError", "SCHEMA_VERSION", "MANIFEST_NAME", "WEIGHTS_NAME", "DENSE_ONNX_NAME",
+           "ENCODER_ONNX_NAME", "load_bundle", "save_bundle", "verify_files", "sha256_file",
+           "default_point_features"]

@@ -1,0 +1,241 @@
+"""Pipeline = bundle + backend + pre/post-processing: the ONE object that the node, replay and infer share.
+
+    pipe = Pipeline.from_bundle("models/default", backend="auto", device="cpu")
+    pipe.warmup()
+    result = pipe(points)            # (N, F) float32, columns in pipe.point_features order
+    result.detections, result.timings_ms, result.voxel_stats
+
+Stages (timed, after CUDA synchronisation when on GPU):
+  preprocess   points -> voxels (clean_ros.voxelize, with overflow stats)
+  inference    voxels -> BEV canvas (pillar encoder: backend's encoder.onnx/engine if it has one, else torch;
+               scatter and any sparse 3D backbone: torch) -> backend dense part -> raw head maps
+  postprocess  raw maps -> HeadOutput (Detector.head_output) -> decode, IoU gate, NMS (clean_ros.postprocess)
+The hybrid path for sparse-3D (SECOND) students is the same code: Detector.encode runs the voxel encoder and the
+sparse backbone in torch, the backend runs only the dense BEV part.
+
+Post-processing settings come from the bundle and can be changed at run time through `update_postprocess`
+(validated; the old settings stay in force when a change is refused).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from clean_ros.backends import Backend, open_backend
+from clean_ros.bundle import Bundle, load_bundle
+from clean_ros.models.configs import DetectorConfig, IoUGateConfig, PostProcessConfig
+from clean_ros.postprocess import postprocess
+from clean_ros.types import Detections
+from clean_ros.voxelize import Voxels, VoxelStats, voxelize_with_stats
+
+STAGES = ("preprocess", "inference", "postprocess")
+# Flat names accepted by update_postprocess (the node maps ROS parameters onto them one to one).
+POSTPROCESS_KEYS = ("score_thresholds", "nms_iou", "nms_pre_max", "nms_post_max", "class_agnostic_nms",
+                    "peak_kernel", "iou_gate_mode", "iou_gate_thresholds", "iou_gate_alphas")
+
+
+@dataclass
+class PipelineResult:
+    detections: Detections
+    timings_ms: dict[str, float]  # preprocess / inference / postprocess
+    voxel_stats: VoxelStats
+
+
+# ------------------------------------------------------------------------------------------- settings checks
+def _per_class(name: str, value: Any, current: list[float], class_names: tuple[str, ...], lo: float,
+               hi: float) -> list[float]:
+    """A per-class list from a list (one per class), a single number (all classes) or {class name: value}."""
+    if isinstance(value, Mapping):
+        unknown = [k for k in value if k not in class_names]
+        if unknown:
+            raise ValueError(f"{name}: unknown class {unknown[0]!r}; classes: {', '.join(class_names)}")
+        out = list(current)
+        for key, v in value.items():
+            out[class_names.index(key)] = v
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        out = [value] * len(class_names)
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        out = list(value)
+        if len(out) != len(class_names):
+            raise ValueError(f"{name}: needs {len(class_names)} values (one per class: {', '.join(class_names)}), "
+                             f"got {len(out)}")
+    else:
+        raise ValueError(f"{name}: expected a number, a list of {len(class_names)} numbers or {{class: number}}, "
+                         f"got {value!r}")
+    for c, v in zip(class_names, out):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not lo <= float(v) <= hi:
+            raise ValueError(f"{name}[{c}] = {v!r}: must be a number in [{lo:g}, {hi:g}]")
+    return [float(v) for v in out]
+
+
+def _int_in(name: str, value: Any, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < lo:
+        raise ValueError(f"{name} = {value!r}: must be an integer >= {lo}")
+    return int(value)
+
+
+def updated_postprocess(current: PostProcessConfig, changes: Mapping[str, Any], cfg: DetectorConfig
+                        ) -> PostProcessConfig:
+    """A validated copy of `current` with `changes` applied (keys: POSTPROCESS_KEYS, or iou_gate={...})."""
+    names = tuple(cfg.class_names)
+    new = copy.deepcopy(current)
+    gate: IoUGateConfig = new.iou_gate
+    changes = dict(changes)
+    if "iou_gate" in changes:
+        nested = changes.pop("iou_gate")
+        if not isinstance(nested, Mapping):
+            raise ValueError(f"iou_gate: expected a mapping with mode / thresholds / alphas, got {nested!r}")
+        for key, value in nested.items():
+            changes[f"iou_gate_{key}"] = value
+    for key, value in changes.items():
+        if key == "score_thresholds":
+            new.score_thresholds = _per_class(key, value, new.score_thresholds, names, 0.0, 1.0)
+        elif key == "nms_iou":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"nms_iou = {value!r}: must be a number in [0, 1]")
+            new.nms_iou = float(value)
+        elif key in ("nms_pre_max", "nms_post_max"):
+            setattr(new, key, _int_in(key, value, 0))  # 0 = no limit
+        elif key == "class_agnostic_nms":
+            if not isinstance(value, bool):
+                raise ValueError(f"class_agnostic_nms = {value!r}: must be true or false")
+            new.class_agnostic_nms = value
+        elif key == "peak_kernel":
+            kernel = _int_in(key, value, 1)
+            if kernel % 2 == 0:
+                raise ValueError(f"peak_kernel = {kernel}: must be odd (a centred window)")
+            new.peak_kernel = kernel
+        elif key == "iou_gate_mode":
+            if value not in ("none", "hard", "soft"):
+                raise ValueError(f"iou_gate_mode = {value!r}: must be one of none, hard, soft")
+            if value != "none" and not cfg.head.iou_branch:
+                raise ValueError(f"iou_gate_mode = {value!r}: this model has no IoU branch; only 'none' is possible")
+            gate.mode = value
+        elif key == "iou_gate_thresholds":
+            gate.thresholds = _per_class(key, value, gate.thresholds if len(gate.thresholds) == len(names)
+                                         else [0.0] * len(names), names, 0.0, 1.0)
+        elif key == "iou_gate_alphas":
+            gate.alphas = _per_class(key, value, gate.alphas if len(gate.alphas) == len(names)
+                                     else [0.0] * len(names), names, 0.0, 1.0)
+        else:
+            raise ValueError(f"unknown post-processing setting {key!r}; allowed: {', '.join(POSTPROCESS_KEYS)}")
+    if gate.mode == "hard" and len(gate.thresholds) != len(names):
+        raise ValueError(f"iou_gate_mode hard needs iou_gate_thresholds with {len(names)} values")
+    if gate.mode == "soft" and len(gate.alphas) != len(names):
+        raise ValueError(f"iou_gate_mode soft needs iou_gate_alphas with {len(names)} values")
+    return new
+
+
+# ------------------------------------------------------------------------------------------- the pipeline
+class Pipeline:
+    def __init__(self, bundle: Bundle, backend: str = "auto", device: str = "cpu", *, fp16: bool | None = None,
+                 intra_op_threads: int = 0, use_encoder_onnx: bool = True):
+        self.bundle = bundle
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device}: torch sees no CUDA device; use device cpu")
+        self.detector_config: DetectorConfig = copy.deepcopy(bundle.detector_config)
+        self.detector = bundle.build_detector(self.device)
+        self.backend: Backend = open_backend(backend, bundle, self.detector, str(self.device), fp16=fp16,
+                                             intra_op_threads=intra_op_threads, use_encoder_onnx=use_encoder_onnx)
+        self.backend_name = self.backend.name
+        self.class_names = bundle.class_names
+        self.point_features = bundle.point_features
+        cfg = self.detector_config
+        self._voxel_args = (tuple(cfg.point_cloud_range), tuple(cfg.voxel_size), cfg.max_points_per_voxel,
+                            cfg.max_voxels_test)
+        self._pillar_encoder_on_backend = (self.backend.has_encoder and cfg.encoder.type == "pillar"
+                                           and cfg.backbone_3d.type == "none")
+        self._sync = self.device.type == "cuda"
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, backend: str = "auto", device: str = "cpu", *, verify: bool = True,
+                    **kwargs) -> "Pipeline":
+        return cls(load_bundle(path, verify=verify), backend, device, **kwargs)
+
+    # -------------------------------------------------------------- settings
+    @property
+    def postprocess_settings(self) -> PostProcessConfig:
+        """The post-processing settings in force (a copy is not made: change them through update_postprocess)."""
+        return self.detector_config.postprocess
+
+    def update_postprocess(self, **changes) -> PostProcessConfig:
+        """Apply validated changes, e.g. score_thresholds={"Car": 0.4}, nms_iou=0.1; ValueError if refused."""
+        new = updated_postprocess(self.detector_config.postprocess, changes, self.detector_config)
+        self.detector_config = dataclasses.replace(self.detector_config, postprocess=new)
+        return new
+
+    # -------------------------------------------------------------- stages
+    def _now(self) -> float:
+        if self._sync:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _points_tensor(self, points: np.ndarray) -> torch.Tensor:
+        if not isinstance(points, np.ndarray) or points.ndim != 2:
+            raise ValueError(f"points must be a 2-D numpy array (N, F), got "
+                             f"{type(points).__name__} {getattr(points, 'shape', '')}")
+        need = len(self.point_features)
+        if points.shape[1] < need:
+            raise ValueError(f"points have {points.shape[1]} columns but the model needs {need} "
+                             f"({', '.join(self.point_features)})")
+        points = points[:, :need]
+        if points.dtype != np.float32 or not points.flags.c_contiguous:
+            points = np.ascontiguousarray(points, dtype=np.float32)
+        return torch.from_numpy(points).to(self.device)
+
+    def preprocess(self, points: np.ndarray) -> tuple[Voxels, VoxelStats]:
+        return voxelize_with_stats(self._points_tensor(points), *self._voxel_args)
+
+    @torch.inference_mode()
+    def bev_input(self, voxels: Voxels) -> torch.Tensor:
+        """Voxels -> the dense part's input canvas (1, C, ny, nx); see the module docstring for who runs what."""
+        if self._pillar_encoder_on_backend:
+            features = self.backend.encode_pillars(voxels.features, voxels.num_points, voxels.coords)
+            if features is not None:
+                return self.detector.scatter(features.to(self.device), voxels.coords, 1)
+        return self.detector.encode(voxels, 1)
+
+    @torch.inference_mode()
+    def raw_outputs(self, voxels: Voxels) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Voxels -> (raw head maps in Detector.dense_output_names order, BEV canvas)."""
+        bev = self.bev_input(voxels)
+        return self.backend.run(bev), bev
+
+    @torch.inference_mode()
+    def postprocess(self, maps: tuple[torch.Tensor, ...], bev: torch.Tensor) -> Detections:
+        # HeadOutput.bev_features gets the canvas: the backend does not return backbone features (only KD reads them).
+        output = self.detector.head_output(tuple(m.to(self.device) for m in maps), bev)
+        return postprocess(output, self.detector_config)[0]
+
+    def __call__(self, points: np.ndarray) -> PipelineResult:
+        t0 = self._now()
+        voxels, stats = self.preprocess(points)
+        t1 = self._now()
+        maps, bev = self.raw_outputs(voxels)
+        t2 = self._now()
+        detections = self.postprocess(maps, bev)
+        t3 = self._now()
+        timings = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
+        return PipelineResult(detections, timings, stats)
+
+    def warmup(self, iterations: int = 3, num_points: int = 20000) -> None:
+        """Run a few synthetic frames (allocations, kernel selection, engine start-up), results discarded."""
+        from clean_ros.onnx_export import example_cloud
+
+        cloud = example_cloud(self.detector_config, num_points).numpy()
+        for _ in range(max(int(iterations), 0)):
+            self(cloud)
+
+    def describe(self) -> str:
+        return f"{self.bundle.summary()}; backend {self.backend.describe()}"
+
+
+__all__ = ["Pipeline", "PipelineResult", "STAGES", "POSTPROCESS_KEYS", "updated_postprocess"]
