@@ -1,0 +1,72 @@
+"""Knowledge distillation for the one-stage students (issue 6, distillation half). See docs/DISTILL.md.
+
+Each method is a small module that plugs into training.task.DetectionTask as a LossTerm or a TargetHook:
+
+    parts = build_distillation(distill_cfg, teacher, student)      # teacher: TwoStageDetector or Detector
+    task = DetectionTask(student_cfg, student, loss_terms=parts.loss_terms, target_hooks=parts.target_hooks)
+
+All methods of one task share one TeacherRunner (the teacher runs at most once per step).
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from torch import nn
+
+from clean_ros.models.detector import Detector
+from clean_ros.voxelize import Voxels
+from training.data.sample import Batch
+from training.distill.cakd import CaKDLoss
+from training.distill.config import (METHODS, CaKDConfig, DistillConfig, FeatureKDConfig, LabelAssignConfig,
+                                     LogitKDConfig, PointDistillerConfig, SparseKDConfig)
+from training.distill.feature_kd import FeatureKDLoss
+from training.distill.label_assign import LabelAssignHook
+from training.distill.logit_kd import LogitKDLoss
+from training.distill.pointdistiller import PointDistillerLoss
+from training.distill.sparsekd import LabelKDHook, SparseKDLoss
+from training.distill.teacher import TeacherRunner
+from training.distill.teacher_init import teacher_guided_init
+
+
+class DistillParts(NamedTuple):
+    loss_terms: list
+    target_hooks: list
+    runner: TeacherRunner | None
+
+
+def build_distillation(cfg: DistillConfig, teacher: nn.Module | None, student: Detector,
+                       teacher_voxels: Callable[[Batch], Voxels] | None = None) -> DistillParts:
+    """Loss terms and target hooks of cfg.method for this student (applies teacher-guided init when
+    cfg.sparsekd.teacher_init is set)."""
+    if cfg.method == "none":
+        return DistillParts([], [], None)
+    if teacher is None:
+        raise ValueError(f"distill.method={cfg.method!r} needs a teacher")
+    runner = TeacherRunner(teacher, bn_train=cfg.teacher_bn_train, teacher_voxels=teacher_voxels)
+    terms, hooks = [], []
+    if cfg.uses_label_assign:
+        hooks.append(LabelAssignHook(cfg.label_assign, runner))
+    if cfg.uses_cakd:
+        if not runner.is_two_stage:
+            raise ValueError("distill.method=cakd/clean needs a two-stage teacher (roi_forward)")
+        terms.append(CaKDLoss(cfg.cakd, runner, student.cfg.head))
+    if cfg.method == "logit_kd":
+        terms.append(LogitKDLoss(cfg.logit_kd, runner))
+    elif cfg.method == "feature_kd":
+        terms.append(FeatureKDLoss(cfg.feature_kd, runner, student.bev_backbone.out_channels,
+                                   runner.dense.bev_backbone.out_channels))
+    elif cfg.method == "sparsekd":
+        terms.append(SparseKDLoss(cfg.sparsekd, runner))
+        if cfg.sparsekd.label_kd:
+            hooks.append(LabelKDHook(cfg.sparsekd, runner))
+        if cfg.sparsekd.teacher_init:
+            teacher_guided_init(student, teacher)
+    elif cfg.method == "pointdistiller":
+        terms.append(PointDistillerLoss(cfg.pointdistiller, runner, student))
+    return DistillParts(terms, hooks, runner)
+
+
+__all__ = ["build_distillation", "DistillParts", "DistillConfig", "CaKDConfig", "LabelAssignConfig",
+           "LogitKDConfig", "FeatureKDConfig", "SparseKDConfig", "PointDistillerConfig", "METHODS",
+           "TeacherRunner", "CaKDLoss", "LabelAssignHook", "LogitKDLoss", "FeatureKDLoss", "SparseKDLoss",
+           "LabelKDHook", "PointDistillerLoss", "teacher_guided_init"]

@@ -1,0 +1,90 @@
+"""Two-stage-oriented label-assignment distillation (METHOD.md section 3) and the padded-GT merge it needs.
+
+The teacher's final (second-stage, post-NMS) boxes are accepted when max_g IoU(j, g)^p * s_j^(1 - p) >
+theta_{class(j)} (p = 0: score only, the references' choice), and put in FRONT of the ground truth. Because the
+hook edits the (B, M, 7) / (B, M) tensors before DetectionTask builds targets, the union drives every target of
+the student: anchor labels and regression, heatmap Gaussians and the IoU-branch targets.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from clean_ros import geometry
+from training.data.sample import Batch
+from training.distill.config import LabelAssignConfig
+from training.distill.teacher import TeacherBoxes, TeacherRunner
+
+
+def merge_ground_truth(gt_boxes: torch.Tensor, gt_labels: torch.Tensor, front: Sequence[TeacherBoxes] = (),
+                       back: Sequence[TeacherBoxes] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per frame [front boxes ; the frame's GT rows (padding included) ; back boxes], re-padded to the longest
+    frame (zero boxes, label -1). Frames with no GT (M = 0) or no extra boxes are fine."""
+    batch = gt_boxes.shape[0]
+    device, dtype = gt_boxes.device, gt_boxes.dtype
+    empty = TeacherBoxes(gt_boxes.new_zeros((0, 7)), gt_boxes.new_zeros(0),
+                         torch.zeros(0, dtype=torch.long, device=device))
+    front = list(front) or [empty] * batch
+    back = list(back) or [empty] * batch
+    if len(front) != batch or len(back) != batch:
+        raise ValueError(f"merge_ground_truth: {batch} frames but {len(front)} / {len(back)} box sets")
+    rows = [(torch.cat([f.boxes.to(device, dtype), gt_boxes[b], k.boxes.to(device, dtype)]),
+             torch.cat([f.labels.to(device).long(), gt_labels[b].long(), k.labels.to(device).long()]))
+            for b, (f, k) in enumerate(zip(front, back))]
+    width = max(r[0].shape[0] for r in rows)
+    boxes = gt_boxes.new_zeros((batch, width, 7))
+    labels = torch.full((batch, width), -1, dtype=torch.long, device=device)
+    for b, (bx, lb) in enumerate(rows):
+        boxes[b, :bx.shape[0]] = bx
+        labels[b, :lb.shape[0]] = lb
+    return boxes, labels
+
+
+def accept_teacher_boxes(teacher: TeacherBoxes, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
+                         cfg: LabelAssignConfig) -> TeacherBoxes:
+    """One frame: the teacher boxes passing max_g IoU^p * s^(1-p) > theta_class, highest score first.
+
+    IoU is BEV IoU with any trained GT box of the frame (labels >= 0); with no GT the IoU term is 0, so p > 0
+    accepts nothing there and p = 0 accepts by score alone.
+    """
+    num_classes = len(cfg.thresholds)
+    labels = teacher.labels.long()
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"label_assign: teacher labels must be in [0, {num_classes}) (one threshold per class), "
+                         f"got {sorted(set(labels.tolist()))}")
+    scores = teacher.scores.float().clamp(0.0, 1.0)
+    quality = scores
+    if cfg.iou_power > 0:
+        valid = gt_labels >= 0
+        if valid.any() and teacher.boxes.shape[0]:
+            best_iou = geometry.bev_iou(teacher.boxes.float(), gt_boxes[valid].float()).max(dim=1).values
+        else:
+            best_iou = scores.new_zeros(scores.shape)
+        quality = best_iou.clamp(min=0).pow(cfg.iou_power) * scores.pow(1.0 - cfg.iou_power)
+    thresholds = scores.new_tensor(cfg.thresholds)
+    keep = (quality > thresholds[labels]).nonzero().squeeze(1)
+    keep = keep[scores[keep].argsort(descending=True)]
+    if cfg.max_boxes:
+        keep = keep[:cfg.max_boxes]
+    return TeacherBoxes(teacher.boxes[keep], teacher.scores[keep], labels[keep])
+
+
+class LabelAssignHook:
+    """TargetHook: accepted final teacher boxes in front of the GT (shares the runner's per-step cache)."""
+
+    def __init__(self, cfg: LabelAssignConfig, runner: TeacherRunner):
+        self.cfg, self.runner = cfg, runner
+        self.last_accepted: list[TeacherBoxes] = []  # for logging / tests
+
+    def __call__(self, batch: Batch, gt_boxes: torch.Tensor, gt_labels: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        detections = self.runner.final_detections(batch)
+        if len(detections) != gt_boxes.shape[0]:
+            raise RuntimeError(f"teacher returned {len(detections)} frames for a batch of {gt_boxes.shape[0]}")
+        accepted = [accept_teacher_boxes(d, gt_boxes[b], gt_labels[b], self.cfg) for b, d in enumerate(detections)]
+        self.last_accepted = accepted
+        return merge_ground_truth(gt_boxes, gt_labels, front=accepted)
+
+
+__all__ = ["LabelAssignHook", "accept_teacher_boxes", "merge_ground_truth"]

@@ -1,0 +1,172 @@
+"""TeacherRunner: runs a frozen teacher at most once per training step and shares its outputs.
+
+Hooks and loss terms of one step (label assignment, CaKD, logit / feature KD, PointDistiller) ask the runner
+for what they need; the first request of a batch runs the teacher, later ones read the cache (keyed by the
+batch's voxel tensor, so the next step's batch recomputes).
+
+The teacher is either a two-stage detector (clean_ros.models.two_stage.TwoStageDetector: `rpn` = a one-stage
+anchor Detector with the students' anchor layout, `roi_forward(rpn_output, rois)`, `predict(voxels, batch_size)`)
+or a plain one-stage Detector (baselines). `dense` is the one-stage part either way.
+
+Mode: the teacher is held in training.task.Frozen (not a sub-module of the task: never optimised, saved or
+wrapped by DDP) and is put back in eval mode before every use. With bn_train=True its batch norms normalise
+with the batch's statistics (the references' behaviour, as an option) but their running statistics are left
+unchanged (momentum 0 during the call).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, NamedTuple, Optional
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from clean_ros.models.detector import Detector, HeadOutput
+from clean_ros.postprocess import postprocess_tensors
+from clean_ros.voxelize import Voxels
+from training.data.sample import Batch
+from training.task import Frozen
+
+
+class TeacherBoxes(NamedTuple):
+    """Final teacher detections of one frame as tensors on the batch's device."""
+
+    boxes: torch.Tensor  # (K, 7)
+    scores: torch.Tensor  # (K,)
+    labels: torch.Tensor  # (K,) int64
+
+
+@contextmanager
+def teacher_mode(module: nn.Module, bn_train: bool = False) -> Iterator[None]:
+    """Eval mode; with bn_train, batch norms use batch statistics without updating their running statistics."""
+    module.eval()
+    saved = []
+    if bn_train:
+        for m in module.modules():
+            if isinstance(m, _BatchNorm):
+                count = m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None
+                saved.append((m, m.momentum, count))
+                m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+                m.train()
+    try:
+        yield
+    finally:
+        for m, momentum, count in saved:
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+        module.eval()
+
+
+def _module_device(module: nn.Module) -> Optional[torch.device]:
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return None
+
+
+class TeacherRunner:
+    def __init__(self, teacher: nn.Module, bn_train: bool = False,
+                 teacher_voxels: Callable[[Batch], Voxels] | None = None):
+        """teacher_voxels: how to build the teacher's input from a batch (default: the student's voxels; a
+        teacher with another voxel size needs its own)."""
+        self.frozen = Frozen(teacher)
+        self.bn_train = bn_train
+        self.teacher_voxels = teacher_voxels or (lambda batch: batch.voxels)
+        self._key: torch.Tensor | None = None
+        self._cache: dict[str, object] = {}
+        self._encoder_features: torch.Tensor | None = None
+        self.dense.encoder.register_forward_hook(self._capture_encoder)
+
+    # ------------------------------------------------------------------ what the teacher is
+    @property
+    def module(self) -> nn.Module:
+        return self.frozen.module
+
+    @property
+    def dense(self) -> Detector:
+        """The one-stage (dense head) part: the RPN of a two-stage teacher, or the teacher itself."""
+        return getattr(self.module, "rpn", self.module)
+
+    @property
+    def is_two_stage(self) -> bool:
+        return hasattr(self.module, "roi_forward")
+
+    # ------------------------------------------------------------------ cached outputs
+    def _capture_encoder(self, module, inputs, output) -> None:
+        self._encoder_features = output
+
+    def _cached(self, batch: Batch, name: str, compute: Callable[[], object]):
+        if self._key is not batch.voxels.features:
+            self._key, self._cache = batch.voxels.features, {}
+        if name not in self._cache:
+            device = batch.voxels.features.device
+            if _module_device(self.module) not in (None, device):
+                self.module.to(device)
+            with torch.no_grad(), teacher_mode(self.module, self.bn_train):
+                self._cache[name] = compute()
+        return self._cache[name]
+
+    def dense_output(self, batch: Batch) -> HeadOutput:
+        """The teacher's one-stage head output (RPN output of a two-stage teacher)."""
+        def run():
+            self._encoder_features = None
+            out = self.dense(self.teacher_voxels(batch), batch.batch_size)
+            self._cache["encoder_features"] = self._encoder_features
+            self._encoder_features = None
+            return out
+        return self._cached(batch, "dense", run)
+
+    def encoder_features(self, batch: Batch) -> torch.Tensor:
+        """(V, C) pillar / voxel features of the teacher's encoder for this batch."""
+        self.dense_output(batch)
+        features = self._cache.get("encoder_features")
+        if features is None:
+            raise RuntimeError("the teacher's encoder produced no features (forward hook did not fire)")
+        return features
+
+    def final_detections(self, batch: Batch) -> list[TeacherBoxes]:
+        """Final (second-stage, post-NMS) teacher detections per frame; for a one-stage teacher its
+        post-processed detections."""
+        def run():
+            device = batch.voxels.features.device
+            if self.is_two_stage:
+                detections = self.module.predict(self.teacher_voxels(batch), batch.batch_size)
+                return [TeacherBoxes(torch.as_tensor(d.boxes, dtype=torch.float32, device=device).reshape(-1, 7),
+                                     torch.as_tensor(d.scores, dtype=torch.float32, device=device).reshape(-1),
+                                     torch.as_tensor(d.labels, dtype=torch.long, device=device).reshape(-1))
+                        for d in detections]
+            frames = postprocess_tensors(self.dense_output(batch), self.dense.cfg)
+            return [TeacherBoxes(f.boxes.float(), f.scores.float(), f.labels.long()) for f in frames]
+        return self._cached(batch, "final", run)
+
+    def roi_iou_logits(self, batch: Batch, rois: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Teacher second-stage IoU logits of per-frame RoIs (R_b, 7) -> list of (R_b,). Not cached (the RoIs
+        come from the student)."""
+        if not self.is_two_stage:
+            raise TypeError("CaKD needs a two-stage teacher with roi_forward(rpn_output, rois)")
+        rpn = self.dense_output(batch)
+        counts = [int(r.shape[0]) for r in rois]
+        width = max(counts) if counts else 0
+        if width == 0:
+            return [r.new_zeros(0) for r in rois]
+        padded = torch.stack([_pad_rois(r, width, rpn) for r in rois])
+        with torch.no_grad(), teacher_mode(self.module, self.bn_train):
+            iou_logits, _ = self.module.roi_forward(rpn, padded)
+        return [iou_logits[b, :n].float() for b, n in enumerate(counts)]
+
+
+def _pad_rois(rois: torch.Tensor, width: int, rpn: HeadOutput) -> torch.Tensor:
+    """Pad a frame's RoIs to `width` rows with copies of a harmless box (its results are discarded)."""
+    if rois.shape[0] == width:
+        return rois
+    if rois.shape[0]:
+        filler = rois[:1]
+    else:  # a car-sized box at the middle of the feature grid
+        g = rpn.grid
+        filler = rois.new_tensor([[g.x_min + g.width * g.cell_x / 2, g.y_min + g.height * g.cell_y / 2, -1.0,
+                                   3.9, 1.6, 1.56, 0.0]])
+    return torch.cat([rois, filler.expand(width - rois.shape[0], 7)], dim=0)
+
+
+__all__ = ["TeacherRunner", "TeacherBoxes", "teacher_mode"]

@@ -1,0 +1,105 @@
+"""Teacher-guided initialisation (SparseKD, METHOD.md section 6): copy the teacher's leading channels into a
+narrower student of the same structure.
+
+Every parameter and buffer of the student takes the teacher's entry of the same name, sliced: output channels
+[0, C_s), input channels the leading ones, except where a layer's input is a concatenation or a flattening:
+- PointNet layers after the first read [per-point (w) ; pillar max (w)]: the kept inputs are the leading w_s of
+  each half (j and w_t + j);
+- the head's first convs read the concatenated deblock outputs: the leading widths of each deblock's segment;
+- the first BEV conv after a sparse 3D backbone reads the height-compressed map whose channel c * D + d holds 3D
+  channel c at height d: kept 3D channels c < C_s map to every c * D + d (bev_channels_of_3d).
+Spatial kernel dimensions must match. A TwoStageDetector teacher gives its RPN.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clean_ros.models.detector import Detector
+
+
+def bev_channels_of_3d(kept: torch.Tensor, depth: int) -> torch.Tensor:
+    """BEV input channels of kept 3D channels after height compression (channel c * D + d), c-major."""
+    return (kept.long().unsqueeze(1) * depth + torch.arange(depth)).reshape(-1)
+
+
+def concat_channels(teacher_widths: list[int], student_widths: list[int]) -> torch.Tensor:
+    """Input channels of a concatenation [seg_0 ; seg_1 ; ...] kept by the leading student width of each segment."""
+    if len(teacher_widths) != len(student_widths):
+        raise ValueError(f"concatenation of {len(student_widths)} segments in the student, {len(teacher_widths)} in "
+                         f"the teacher")
+    starts = torch.tensor([0] + list(teacher_widths[:-1])).cumsum(0)
+    return torch.cat([start + torch.arange(w) for start, w in zip(starts.tolist(), student_widths)])
+
+
+def _bev_segments(model: Detector) -> list[int]:
+    cfg = model.cfg.bev_backbone
+    return list(cfg.num_upsample_filters) if cfg.upsample_strides else [cfg.layer_widths[-1][-1]]
+
+
+def _input_maps(student: Detector, teacher: Detector) -> dict[str, torch.Tensor]:
+    """Parameter name -> the teacher input-channel (dim 1) indices it takes, where that is not the leading slice."""
+    maps: dict[str, torch.Tensor] = {}
+    s_enc, t_enc = student.cfg.encoder, teacher.cfg.encoder
+    if s_enc.type == "pillar":
+        for i in range(1, len(s_enc.widths)):
+            maps[f"encoder.linears.{i}.weight"] = concat_channels([t_enc.widths[i - 1]] * 2, [s_enc.widths[i - 1]] * 2)
+    head_inputs = concat_channels(_bev_segments(teacher), _bev_segments(student))
+    if student.cfg.head.type == "anchor":
+        for name in ("conv_cls", "conv_box", "conv_dir", "conv_iou"):
+            maps[f"head.{name}.weight"] = head_inputs
+    else:
+        maps["head.shared.0.weight"] = head_inputs
+    if student.cfg.backbone_3d.type == "sparse":
+        c_s, c_t = student.cfg.backbone_3d.widths[-1][-1], teacher.cfg.backbone_3d.widths[-1][-1]
+        first = "bev_backbone.blocks.0.0.weight"
+        in_t = dict(teacher.named_parameters())[first].shape[1]
+        if in_t % c_t:
+            raise ValueError(f"teacher BEV input width {in_t} is not a multiple of its last 3D width {c_t}")
+        maps[first] = bev_channels_of_3d(torch.arange(c_s), in_t // c_t)
+    return maps
+
+
+def _slice(name: str, t: torch.Tensor, s: torch.Tensor, input_index: torch.Tensor | None) -> torch.Tensor:
+    if t.dim() != s.dim():
+        raise ValueError(f"teacher_guided_init: {name} has shape {tuple(t.shape)} in the teacher, {tuple(s.shape)} "
+                         f"in the student")
+    if t.dim() == 0:
+        return t
+    out = t
+    for dim, size in enumerate(s.shape):
+        if dim == 1 and input_index is not None:
+            index = input_index.to(t.device)
+        else:
+            if dim >= 2 and t.shape[dim] != size:
+                raise ValueError(f"teacher_guided_init: {name} kernel {tuple(t.shape[2:])} vs {tuple(s.shape[2:])}")
+            if size > t.shape[dim]:
+                raise ValueError(f"teacher_guided_init: {name} dim {dim} is wider in the student ({size}) than in "
+                                 f"the teacher ({t.shape[dim]})")
+            index = torch.arange(size, device=t.device)
+        if index.numel() != size or (index.numel() and int(index.max()) >= t.shape[dim]):
+            raise ValueError(f"teacher_guided_init: {name} input channel map does not fit ({index.numel()} for "
+                             f"{size}, teacher {t.shape[dim]})")
+        out = out.index_select(dim, index)
+    return out
+
+
+@torch.no_grad()
+def teacher_guided_init(student: Detector, teacher: nn.Module) -> list[str]:
+    """Copy the teacher's leading slices into the student in place; returns the names copied."""
+    teacher = getattr(teacher, "rpn", teacher)
+    s_state = student.state_dict()
+    t_state = teacher.state_dict()
+    missing = sorted(set(s_state) - set(t_state))
+    if missing:
+        raise ValueError(f"teacher_guided_init: the teacher has no {missing[:5]}{' ...' if len(missing) > 5 else ''}: "
+                         f"student and teacher must have the same structure")
+    maps = _input_maps(student, teacher)
+    copied = []
+    for name, s in s_state.items():
+        s.copy_(_slice(name, t_state[name], s, maps.get(name)).to(s.dtype))
+        copied.append(name)
+    return copied
+
+
+__all__ = ["teacher_guided_init", "bev_channels_of_3d", "concat_channels"]
