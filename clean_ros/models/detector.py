@@ -19,6 +19,7 @@ from clean_ros.models.bev_backbone import BEVBackbone
 from clean_ros.models.center_head import CenterHead
 from clean_ros.models.configs import DetectorConfig
 from clean_ros.models.pillar import PillarFeatureNet, PillarScatter
+from clean_ros.models.sparse_backbone import SparseBackbone3D, SparseBackboneOutput
 from clean_ros.models.vfe import MeanVFE
 from clean_ros.voxelize import Voxels
 
@@ -61,16 +62,20 @@ class Detector(nn.Module):
         super().__init__()
         self.cfg = cfg
         nx, ny, _ = cfg.grid_size
-        if cfg.backbone_3d.type != "none":
-            raise NotImplementedError("backbone_3d.type=sparse (SECOND) is not implemented yet")
         if cfg.encoder.type == "pillar":
             self.encoder = PillarFeatureNet(cfg.num_point_features, cfg.encoder.widths, cfg.voxel_size,
                                             cfg.point_cloud_range, cfg.encoder.with_distance)
         else:
             self.encoder = MeanVFE(cfg.num_point_features)
-        self.scatter = PillarScatter(nx, ny)
-        self.backbone_3d = None
-        self.bev_backbone = BEVBackbone(cfg.bev_backbone, self.encoder.out_channels)
+        if cfg.backbone_3d.type == "sparse":
+            self.scatter = None
+            self.backbone_3d = SparseBackbone3D(cfg.backbone_3d, self.encoder.out_channels, cfg.grid_size)
+            bev_channels = self.backbone_3d.bev_channels
+        else:
+            self.scatter = PillarScatter(nx, ny)
+            self.backbone_3d = None
+            bev_channels = self.encoder.out_channels
+        self.bev_backbone = BEVBackbone(cfg.bev_backbone, bev_channels)
         self.grid = feature_grid(cfg)
         head = cfg.head
         if head.type == "anchor":
@@ -95,9 +100,16 @@ class Detector(nn.Module):
         return DenseDetector(self)
 
     def encode(self, voxels: Voxels, batch_size: int) -> torch.Tensor:
-        """Voxels -> BEV input canvas (B, C_enc, ny, nx)."""
+        """Voxels -> BEV input canvas (B, C_enc, ny, nx); sparse backbone: (B, C * D, H, W) at stride 8."""
+        return self.encode_with_3d(voxels, batch_size)[0]
+
+    def encode_with_3d(self, voxels: Voxels, batch_size: int) -> tuple[torch.Tensor, Optional[SparseBackboneOutput]]:
+        """(BEV input canvas, the sparse backbone's stage outputs or None for pillars); the RoI head reads both."""
         features = self.encoder(voxels.features, voxels.num_points, voxels.coords)
-        return self.scatter(features, voxels.coords, batch_size)
+        if self.backbone_3d is None:
+            return self.scatter(features, voxels.coords, batch_size), None
+        out = self.backbone_3d(features, voxels.coords, batch_size)
+        return out.bev, out
 
     def forward_dense(self, bev_input: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """BEV canvas -> raw head maps (names in dense_output_names). ONNX-exportable."""
