@@ -82,19 +82,32 @@ def model_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------- (1) the loop learns
-def test_training_learns_tiny_overfit(sim_root, tmp_path):
-    """8 frames, no augmentation, evaluated on the same frames: loss falls and AP rises well above zero."""
-    from training.evaluation import evaluate_task
-    from training.run_dir import RunDir
+@pytest.fixture
+def one_thread():
+    """One torch thread (on a shared 2-core machine two spin-waiting OpenMP threads are several times slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_training_learns_tiny_overfit(sim_root, tmp_path, one_thread):
+    """config/pointpillars_tiny.yaml on 8 frames, no augmentation, evaluated on the same frames: 120 steps take
+    the loss down > 5x and the KITTI AP from 0 to well above chance (measured on the 2-core dev machine: Car 57.5, mAP 37.5, 16 s)."""
     from training.data.augment import Augmentor
     from training.data.kitti_dataset import KittiDataset
+    from training.evaluation import evaluate_task
+    from training.run_dir import RunDir
     from training.task import DetectionTask
     from training.trainer import METRIC_NAME, Trainer, seed_everything
 
-    cfg = load_train_config(write_config(tmp_path, sim_root, epochs=12, eval_interval=12, log_interval=4,
-                                         optimizer={"lr_max": 0.006}))
+    tiny = {"_base_": str(REPO / "config" / "pointpillars_tiny.yaml")}
+    cfg = load_train_config(write_config(tmp_path, sim_root, model=tiny, epochs=30, eval_interval=30,
+                                         log_interval=4, seed=0))
     seed_everything(cfg.seed)
-    train_set = KittiDataset(cfg.data, "trainval", training=True, augmentor=Augmentor(cfg.augment, tuple(cfg.model.class_names)), seed=cfg.seed)
+    train_set = KittiDataset(cfg.data, "trainval", training=True,
+                             augmentor=Augmentor(cfg.augment, tuple(cfg.model.class_names)), seed=cfg.seed)
     val_set = KittiDataset(cfg.data, "trainval", training=False)
     task = DetectionTask(cfg.model)
     before = evaluate_task(task, val_set, cfg, torch.device("cpu"))
@@ -103,18 +116,21 @@ def test_training_learns_tiny_overfit(sim_root, tmp_path):
     seconds = time.perf_counter() - start
     rows = list(csv.DictReader((tmp_path / "run" / "epochs.csv").open()))
     first, last = float(rows[0]["loss_total"]), float(rows[-1]["loss_total"])
-    car = result.metrics["Car/3d_R40/moderate"]
-    print(f"\noverfit: {result.global_step} steps in {seconds:.0f} s, loss {first:.3f} -> {last:.3f}, "
-          f"Car 3D R40 moderate {before['Car/3d_R40/moderate']:.1f} -> {car:.1f}, "
-          f"Car BEV {result.metrics['Car/bev_R40/moderate']:.1f}, {METRIC_NAME} {result.metrics[METRIC_NAME]:.1f}")
-    assert result.status == "finished" and result.global_step == 48
-    assert last < 0.5 * first
-    assert car > 20.0 and car > before["Car/3d_R40/moderate"] + 15.0
+    m = result.metrics
+    print(f"\noverfit: {result.global_step} steps in {seconds:.0f} s, loss {first:.3f} -> {last:.3f}, 3D R40 moderate "
+          f"Car {before['Car/3d_R40/moderate']:.1f} -> {m['Car/3d_R40/moderate']:.1f}, Ped "
+          f"{m['Pedestrian/3d_R40/moderate']:.1f}, Cyc {m['Cyclist/3d_R40/moderate']:.1f}, "
+          f"{METRIC_NAME} {before[METRIC_NAME]:.1f} -> {m[METRIC_NAME]:.1f}")
+    assert result.status == "finished" and result.global_step == 120
+    assert last < 0.2 * first
+    assert before[METRIC_NAME] < 1.0
+    assert m["Car/3d_R40/moderate"] > 40.0 and m[METRIC_NAME] > 25.0
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
-    assert result.best_metric == pytest.approx(result.metrics[METRIC_NAME])
+    assert result.best_metric == pytest.approx(m[METRIC_NAME])
 
 
 # --------------------------------------------------------------------------- (2) DDP = one process, same global batch
+@pytest.mark.slow
 def test_ddp_two_processes_match_single_process(sim_root, tmp_path):
     config = write_config(tmp_path, sim_root, max_iterations=3)
     single = tmp_path / "single"
@@ -139,6 +155,7 @@ def test_ddp_two_processes_match_single_process(sim_root, tmp_path):
 
 
 # --------------------------------------------------------------------------- (3) interrupt + resume is exact
+@pytest.mark.slow
 def test_interrupt_and_resume_reproduce_uninterrupted_weights(sim_root, tmp_path):
     augment = {"random_flip_x": True, "global_rotation": True, "global_scaling": True, "shuffle_points": True}
     config = write_config(tmp_path, sim_root, augment=augment, workers=1)
@@ -213,6 +230,7 @@ def test_checkpoint_roundtrip_weights_only(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("writer", ["pickle", "torch.save"])
 def test_malicious_checkpoint_is_refused_without_running(tmp_path, writer):
     marker = tmp_path / "pwned"
