@@ -534,13 +534,6 @@ def test_height_compression_mapping_c_times_depth_plus_d():
     assert bev_channels_of_3d(torch.arange(4), 2).tolist() == list(range(8))  # leading channels -> leading slice
 
 
-def test_teacher_guided_init_through_a_sparse_backbone():
-    try:
-        cfg = small_cfg("pointpillars_tiny", "encoder.type=mean_vfe", "backbone_3d.type=sparse")
-        build_detector(cfg)
-    except (NotImplementedError, ValueError) as exc:
-        pytest.skip(f"sparse 3D backbone not in the Detector yet ({exc}); the c*D+d map is tested directly above")
-
 
 # --------------------------------------------------------------------------- PointDistiller
 def test_knn_graph_in_feature_space_and_edge_layout():
@@ -622,3 +615,91 @@ def test_build_distillation_methods(plain_pair):
     assert [t.name for t in parts.loss_terms] == ["sparsekd"] and isinstance(parts.target_hooks[0], LabelKDHook)
     with pytest.raises(ValueError, match="two-stage"):
         build_distillation(DistillConfig(method="cakd"), teacher, build_detector(cfg))
+
+
+# --------------------------------------------------------------------------- the real TwoStageDetector
+def _real_teacher(rpn_name="pointpillars_tiny", pool=("bev",)):
+    two_stage = pytest.importorskip("clean_ros.models.two_stage", reason="TwoStageDetector not in the tree yet")
+    from clean_ros.models.configs import RoIHeadConfig, TwoStageConfig
+    rpn = small_cfg() if rpn_name == "pointpillars_tiny" else load_detector_config(
+        find_config(rpn_name), ["point_cloud_range=[0.0, -12.8, -3.0, 25.6, 12.8, 1.0]"])
+    head = RoIHeadConfig(pool_sources=list(pool), bev_grid_size=3, voxel_grid_size=3, point_width=8, mlp_widths=[16],
+                         dropout=0.0, proposal_pre_nms_test=256, num_rois_test=20)
+    return two_stage.TwoStageDetector(TwoStageConfig(rpn=rpn, roi_head=head))
+
+
+def test_clean_with_the_real_two_stage_teacher_runs_it_once_per_step():
+    torch.manual_seed(10)
+    teacher = _real_teacher()
+    _open_head(teacher.rpn)  # RPN probabilities 0.5: final boxes pass the score thresholds
+    teacher.train()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    encoder_calls = []
+    teacher.rpn.encoder.register_forward_hook(lambda *a: encoder_calls.append(1))
+    cfg = small_cfg()
+    student = build_detector(cfg)
+    _open_head(student)
+    dcfg = DistillConfig(method="clean", cakd=CaKDConfig(pre_nms_max=64),
+                         label_assign=LabelAssignConfig(thresholds=[0.0, 0.0, 0.0]))  # accept every final box
+    parts = build_distillation(dcfg, teacher, student)
+    task = DetectionTask(cfg, student, loss_terms=parts.loss_terms, target_hooks=parts.target_hooks)
+    task.train()
+    batch = one_car_batch(cfg)
+    result = task(batch)
+    result.total.backward()
+    assert len(encoder_calls) == 1  # one teacher pass: final boxes, RPN output and CaKD RoIs share it
+    assert float(result.parts["cakd"]) > 0
+    accepted = parts.target_hooks[0].last_accepted
+    assert sum(a.boxes.shape[0] for a in accepted) > 0
+    frame = 0 if accepted[0].boxes.shape[0] else 1
+    assert torch.equal(parts.target_hooks[0].last_accepted[frame].boxes[0],
+                       _context(task, batch).gt_boxes[frame, 0])  # teacher boxes in front of the GT
+    assert not any(m.training for m in teacher.modules())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    # the RoI logits CaKD uses are the teacher's own second stage on its own first-stage boxes
+    ctx = _context(task, batch)
+    term = parts.loss_terms[0]
+    selected = term.select(ctx.output)
+    targets = term.teacher_targets(ctx, selected)
+    rpn, volume = teacher.rpn_forward(batch.voxels, 2)
+    n = min(s.numel() for s in selected)
+    boxes = decode(rpn, cfg.head)[0]
+    rois = torch.stack([boxes[b, sel[:n]] for b, sel in enumerate(selected)])
+    with torch.no_grad():  # eval-mode RoI head: each RoI's logit is independent of the others
+        expected, _ = teacher.roi_forward(rpn, rois)
+    for b in range(2):
+        assert torch.allclose(targets[b][:n], expected[b], atol=1e-5)
+
+
+def test_cakd_with_a_second_teacher_pooling_voxels_and_a_pillar_student():
+    torch.manual_seed(11)
+    teacher = _real_teacher("second_tiny", pool=("bev", "voxel"))
+    cfg = small_cfg()
+    student = build_detector(cfg)
+    _open_head(student)
+    parts = build_distillation(DistillConfig(method="cakd", cakd=CaKDConfig(pre_nms_max=64)), teacher, student)
+    assert parts.runner.teacher_voxels.__class__.__name__ == "Revoxelizer"  # other voxel size: own voxels
+    task = DetectionTask(cfg, student, loss_terms=parts.loss_terms)
+    result = task(one_car_batch(cfg))
+    assert float(result.parts["cakd"]) > 0
+    result.total.backward()
+    assert float(student.head.conv_cls.weight.grad.abs().sum()) > 0
+
+
+def test_teacher_guided_init_sparse_backbone_uses_c_times_depth_plus_d():
+    teacher = _real_teacher("second_tiny", pool=("bev",)).rpn
+    extra = ["point_cloud_range=[0.0, -12.8, -3.0, 25.6, 12.8, 1.0]",
+             "backbone_3d.widths=[[4, 4], [8, 8], [12, 12], [16, 16]]", "backbone_3d.out_width=16",
+             "bev_backbone.layer_widths=[[32, 32], [48, 48, 48]]", "bev_backbone.num_upsample_filters=[24, 24]"]
+    student = build_detector(load_detector_config(find_config("second_tiny"), extra))
+    teacher_guided_init(student, teacher)
+    t, s = teacher.state_dict(), student.state_dict()
+    depth = teacher.backbone_3d.depth
+    assert depth == student.backbone_3d.depth == 2
+    kept = bev_channels_of_3d(torch.arange(16), depth)
+    assert torch.equal(s["bev_backbone.blocks.0.0.weight"], t["bev_backbone.blocks.0.0.weight"][:32][:, kept])
+    # spconv weights [out, kz, ky, kx, in]: leading out and leading in (last dim)
+    assert torch.equal(s["backbone_3d.stages.1.1.0.weight"], t["backbone_3d.stages.1.1.0.weight"][:8, ..., :8])
+    assert torch.equal(s["backbone_3d.stages.0.0.0.weight"], t["backbone_3d.stages.0.0.0.weight"][:4])
+    head_in = list(range(24)) + list(range(48, 72))
+    assert torch.equal(s["head.conv_cls.weight"], t["head.conv_cls.weight"][:, head_in])

@@ -24,7 +24,7 @@ from training.distill.label_assign import LabelAssignHook
 from training.distill.logit_kd import LogitKDLoss
 from training.distill.pointdistiller import PointDistillerLoss
 from training.distill.sparsekd import LabelKDHook, SparseKDLoss
-from training.distill.teacher import TeacherRunner
+from training.distill.teacher import Revoxelizer, TeacherRunner
 from training.distill.teacher_init import teacher_guided_init
 
 
@@ -34,14 +34,26 @@ class DistillParts(NamedTuple):
     runner: TeacherRunner | None
 
 
+def same_voxelization(a, b) -> bool:
+    """Whether two detector configs voxelise a cloud identically (then the teacher reads the student's voxels)."""
+    def key(c):
+        return ([float(x) for x in c.point_cloud_range], [float(x) for x in c.voxel_size], c.max_points_per_voxel,
+                c.num_point_features)
+    return key(a) == key(b)
+
+
 def build_distillation(cfg: DistillConfig, teacher: nn.Module | None, student: Detector,
                        teacher_voxels: Callable[[Batch], Voxels] | None = None) -> DistillParts:
     """Loss terms and target hooks of cfg.method for this student (applies teacher-guided init when
-    cfg.sparsekd.teacher_init is set)."""
+    cfg.sparsekd.teacher_init is set). teacher_voxels: the teacher's input from a batch; by default the student's
+    voxels when both voxelise alike, else a Revoxelizer (lossy; see training.distill.teacher)."""
     if cfg.method == "none":
         return DistillParts([], [], None)
     if teacher is None:
         raise ValueError(f"distill.method={cfg.method!r} needs a teacher")
+    dense_cfg = getattr(teacher, "rpn", teacher).cfg
+    if teacher_voxels is None and not same_voxelization(dense_cfg, student.cfg):
+        teacher_voxels = Revoxelizer(dense_cfg)
     runner = TeacherRunner(teacher, bn_train=cfg.teacher_bn_train, teacher_voxels=teacher_voxels)
     terms, hooks = [], []
     if cfg.uses_label_assign:

@@ -107,31 +107,48 @@ class TeacherRunner:
                 self._cache[name] = compute()
         return self._cache[name]
 
-    def dense_output(self, batch: Batch) -> HeadOutput:
-        """The teacher's one-stage head output (RPN output of a two-stage teacher)."""
+    def _dense_entry(self, batch: Batch, compute: Callable[[], tuple]) -> tuple:
+        """(rpn HeadOutput, extra second-stage input or None, encoder features) from `compute`'s first pass."""
         def run():
             self._encoder_features = None
-            out = self.dense(self.teacher_voxels(batch), batch.batch_size)
-            self._cache["encoder_features"] = self._encoder_features
-            self._encoder_features = None
-            return out
+            rpn, extra = compute()
+            features, self._encoder_features = self._encoder_features, None
+            return rpn, extra, features
         return self._cached(batch, "dense", run)
+
+    def _run_dense(self, batch: Batch) -> tuple:
+        voxels = self.teacher_voxels(batch)
+        if hasattr(self.module, "rpn_forward"):  # TwoStageDetector: also what roi_forward pools from
+            return self.module.rpn_forward(voxels, batch.batch_size)
+        return self.dense(voxels, batch.batch_size), None
+
+    def dense_output(self, batch: Batch) -> HeadOutput:
+        """The teacher's one-stage head output (RPN output of a two-stage teacher)."""
+        return self._dense_entry(batch, lambda: self._run_dense(batch))[0]
 
     def encoder_features(self, batch: Batch) -> torch.Tensor:
         """(V, C) pillar / voxel features of the teacher's encoder for this batch."""
-        self.dense_output(batch)
-        features = self._cache.get("encoder_features")
+        features = self._dense_entry(batch, lambda: self._run_dense(batch))[2]
         if features is None:
             raise RuntimeError("the teacher's encoder produced no features (forward hook did not fire)")
         return features
 
     def final_detections(self, batch: Batch) -> list[TeacherBoxes]:
         """Final (second-stage, post-NMS) teacher detections per frame; for a one-stage teacher its
-        post-processed detections."""
+        post-processed detections. A TwoStageDetector runs once: its RPN output is cached for the other users."""
         def run():
             device = batch.voxels.features.device
+            module = self.module
+            if self.is_two_stage and hasattr(module, "select"):
+                self._encoder_features = None
+                output = module(self.teacher_voxels(batch), batch.batch_size)
+                if "dense" not in self._cache:
+                    self._cache["dense"] = (output.rpn, getattr(output, "voxel_features", None),
+                                            self._encoder_features)
+                self._encoder_features = None
+                return [TeacherBoxes(f.boxes.float(), f.scores.float(), f.labels.long()) for f in module.select(output)]
             if self.is_two_stage:
-                detections = self.module.predict(self.teacher_voxels(batch), batch.batch_size)
+                detections = module.predict(self.teacher_voxels(batch), batch.batch_size)
                 return [TeacherBoxes(torch.as_tensor(d.boxes, dtype=torch.float32, device=device).reshape(-1, 7),
                                      torch.as_tensor(d.scores, dtype=torch.float32, device=device).reshape(-1),
                                      torch.as_tensor(d.labels, dtype=torch.long, device=device).reshape(-1))
@@ -145,15 +162,40 @@ class TeacherRunner:
         come from the student)."""
         if not self.is_two_stage:
             raise TypeError("CaKD needs a two-stage teacher with roi_forward(rpn_output, rois)")
-        rpn = self.dense_output(batch)
+        rpn, extra, _ = self._dense_entry(batch, lambda: self._run_dense(batch))
         counts = [int(r.shape[0]) for r in rois]
         width = max(counts) if counts else 0
         if width == 0:
             return [r.new_zeros(0) for r in rois]
         padded = torch.stack([_pad_rois(r, width, rpn) for r in rois])
         with torch.no_grad(), teacher_mode(self.module, self.bn_train):
-            iou_logits, _ = self.module.roi_forward(rpn, padded)
+            if extra is not None:
+                iou_logits, _ = self.module.roi_forward(rpn, padded, extra)
+            else:
+                iou_logits, _ = self.module.roi_forward(rpn, padded)
         return [iou_logits[b, :n].float() for b, n in enumerate(counts)]
+
+
+class Revoxelizer:
+    """Teacher input for a teacher with another voxel grid than the student: the points stored in the student's
+    voxels, voxelised again with the teacher's settings. Lossy where the student's voxels dropped points
+    (max_points_per_voxel / max_voxels overflow); a data pipeline that voxelises for both is exact."""
+
+    def __init__(self, teacher_cfg, training: bool = True):
+        self.cfg = teacher_cfg
+        self.max_voxels = teacher_cfg.max_voxels_train if training else teacher_cfg.max_voxels_test
+
+    def __call__(self, batch: Batch) -> Voxels:
+        from clean_ros.voxelize import voxelize_batch
+
+        v = batch.voxels
+        valid = torch.arange(v.features.shape[1], device=v.features.device).unsqueeze(0) < v.num_points.unsqueeze(1)
+        frame_of_point = v.coords[:, 0].long().unsqueeze(1).expand_as(valid)[valid]
+        points = v.features[valid]
+        clouds = [points[frame_of_point == b] for b in range(batch.batch_size)]
+        voxels, _ = voxelize_batch(clouds, self.cfg.point_cloud_range, self.cfg.voxel_size,
+                                   self.cfg.max_points_per_voxel, self.max_voxels)
+        return voxels
 
 
 def _pad_rois(rois: torch.Tensor, width: int, rpn: HeadOutput) -> torch.Tensor:
@@ -169,4 +211,4 @@ def _pad_rois(rois: torch.Tensor, width: int, rpn: HeadOutput) -> torch.Tensor:
     return torch.cat([rois, filler.expand(width - rois.shape[0], 7)], dim=0)
 
 
-__all__ = ["TeacherRunner", "TeacherBoxes", "teacher_mode"]
+__all__ = ["TeacherRunner", "TeacherBoxes", "Revoxelizer", "teacher_mode"]

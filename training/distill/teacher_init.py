@@ -8,7 +8,8 @@ Every parameter and buffer of the student takes the teacher's entry of the same 
 - the head's first convs read the concatenated deblock outputs: the leading widths of each deblock's segment;
 - the first BEV conv after a sparse 3D backbone reads the height-compressed map whose channel c * D + d holds 3D
   channel c at height d: kept 3D channels c < C_s map to every c * D + d (bev_channels_of_3d).
-Spatial kernel dimensions must match. A TwoStageDetector teacher gives its RPN.
+Spatial kernel dimensions must match. Sparse (spconv) conv weights are [out, kz, ky, kx, in]: their input channel
+is the last dimension. A TwoStageDetector teacher gives its RPN.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def _input_maps(student: Detector, teacher: Detector) -> dict[str, torch.Tensor]
     else:
         maps["head.shared.0.weight"] = head_inputs
     if student.cfg.backbone_3d.type == "sparse":
-        c_s, c_t = student.cfg.backbone_3d.widths[-1][-1], teacher.cfg.backbone_3d.widths[-1][-1]
+        c_s, c_t = student.cfg.backbone_3d.out_channels, teacher.cfg.backbone_3d.out_channels
         first = "bev_backbone.blocks.0.0.weight"
         in_t = dict(teacher.named_parameters())[first].shape[1]
         if in_t % c_t:
@@ -60,19 +61,32 @@ def _input_maps(student: Detector, teacher: Detector) -> dict[str, torch.Tensor]
     return maps
 
 
-def _slice(name: str, t: torch.Tensor, s: torch.Tensor, input_index: torch.Tensor | None) -> torch.Tensor:
+def _sparse_weights(model: nn.Module) -> set[str]:
+    """Names of spconv conv weights ([out, kz, ky, kx, in] layout)."""
+    try:
+        from spconv.pytorch.conv import SparseConvolution
+    except ImportError:  # pragma: no cover - spconv is a dependency, but pillar-only installs need no sparse path
+        return set()
+    return {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, SparseConvolution)}
+
+
+def _slice(name: str, t: torch.Tensor, s: torch.Tensor, input_index: torch.Tensor | None,
+           input_dim: int = 1) -> torch.Tensor:
     if t.dim() != s.dim():
         raise ValueError(f"teacher_guided_init: {name} has shape {tuple(t.shape)} in the teacher, {tuple(s.shape)} "
                          f"in the student")
     if t.dim() == 0:
         return t
     out = t
+    input_dim = input_dim % t.dim() if t.dim() > 1 else 1
+    channel_dims = {0, input_dim}
     for dim, size in enumerate(s.shape):
-        if dim == 1 and input_index is not None:
+        if dim == input_dim and input_index is not None:
             index = input_index.to(t.device)
         else:
-            if dim >= 2 and t.shape[dim] != size:
-                raise ValueError(f"teacher_guided_init: {name} kernel {tuple(t.shape[2:])} vs {tuple(s.shape[2:])}")
+            if dim not in channel_dims and t.shape[dim] != size:
+                raise ValueError(f"teacher_guided_init: {name} kernel sizes differ: teacher {tuple(t.shape)}, "
+                                 f"student {tuple(s.shape)}")
             if size > t.shape[dim]:
                 raise ValueError(f"teacher_guided_init: {name} dim {dim} is wider in the student ({size}) than in "
                                  f"the teacher ({t.shape[dim]})")
@@ -95,9 +109,10 @@ def teacher_guided_init(student: Detector, teacher: nn.Module) -> list[str]:
         raise ValueError(f"teacher_guided_init: the teacher has no {missing[:5]}{' ...' if len(missing) > 5 else ''}: "
                          f"student and teacher must have the same structure")
     maps = _input_maps(student, teacher)
+    sparse = _sparse_weights(student)
     copied = []
     for name, s in s_state.items():
-        s.copy_(_slice(name, t_state[name], s, maps.get(name)).to(s.dtype))
+        s.copy_(_slice(name, t_state[name], s, maps.get(name), -1 if name in sparse else 1).to(s.dtype))
         copied.append(name)
     return copied
 
