@@ -472,3 +472,28 @@ def check_input_contract(msg, contract: InputContract, intensity_scale: float = 
     except Exception as error:  # noqa: BLE001 - this check must never take the node down
         findings.append(Finding("undecodable", f"contract check failed on this message: {error!r}"))
     return findings
+
+
+def check_points_contract(points: np.ndarray, contract: InputContract,
+                          field_names: Sequence[str] | None = None) -> list[Finding]:
+    """check_input_contract for an (N, F) numpy array already decoded (offline tools: .bin / .pcd files).
+
+    field_names: the columns of `points` (default: contract.point_features). Same findings and messages as for a
+    PointCloud2, minus the decoding ones.
+    """
+    names = tuple(field_names) if field_names is not None else tuple(contract.point_features)
+    if len(points) == 0:
+        return [Finding("empty", "the cloud is empty: fields and values could not be checked")]
+    findings = [Finding("missing_field", f"the model uses point feature '{name}' but the input has no such field "
+                                         f"(fields: {', '.join(names)})")
+                for name in contract.point_features if name not in names]
+    xyz = points[:, :3]
+    finite = np.isfinite(xyz).all(axis=1)
+    if not finite.any():
+        return findings + [Finding("empty", f"the cloud has no finite points ({len(points)} in)")]
+    for name, expected in contract.feature_ranges.items():
+        if name in names:
+            findings += _value_findings(name, points[finite, names.index(name)], expected,
+                                        str(points.dtype), 1.0)
+    findings += _range_findings(xyz[finite], contract.point_cloud_range, contract.min_in_range_fraction)
+    return findings
