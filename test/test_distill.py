@@ -31,7 +31,8 @@ from training.distill.logit_kd import LogitKDLoss, logit_kd_loss
 from training.distill.pointdistiller import PointDistillerLoss, edge_features, knn_graph
 from training.distill.sparsekd import LabelKDHook, SparseKDLoss, pivotal_mask
 from training.distill.teacher import TeacherBoxes, TeacherRunner
-from training.distill.teacher_init import bev_channels_of_3d, concat_channels, teacher_guided_init
+from clean_ros.models.sparse_backbone import bev_channels_of
+from training.distill.teacher_init import concat_channels, teacher_guided_init
 from training.targets import build_targets
 from training.task import DetectionTask, LossContext
 
@@ -528,11 +529,24 @@ def test_teacher_guided_init_with_equal_widths_reproduces_the_teacher(plain_pair
         assert torch.equal(student(batch.voxels, 2).cls_logits, teacher(batch.voxels, 2).cls_logits)
 
 
-def test_height_compression_mapping_c_times_depth_plus_d():
-    # kept 3D channels {0, 2} of a map with depth 3: BEV channels 0,1,2 and 6,7,8
-    assert bev_channels_of_3d(torch.tensor([0, 2]), 3).tolist() == [0, 1, 2, 6, 7, 8]
-    assert bev_channels_of_3d(torch.arange(4), 2).tolist() == list(range(8))  # leading channels -> leading slice
-
+def test_teacher_guided_init_agrees_with_pruning_surgery_on_leading_filters():
+    """The same weight mapping as training.prune's physical surgery when it keeps the leading filters."""
+    from training.prune import build_graph, prune_with_keep
+    teacher_cfg = small_cfg("pointpillars_tiny", "encoder.widths=[8, 16]",
+                            "bev_backbone.layer_widths=[[16, 16], [24, 24, 24], [32, 32, 32]]",
+                            "bev_backbone.num_upsample_filters=[16, 16, 16]")
+    student_cfg = small_cfg("pointpillars_tiny", "encoder.widths=[4, 8]",
+                            "bev_backbone.layer_widths=[[8, 12], [12, 8, 12], [16, 16, 8]]",
+                            "bev_backbone.num_upsample_filters=[8, 4, 8]")
+    torch.manual_seed(12)
+    teacher, student = build_detector(teacher_cfg), build_detector(student_cfg)
+    teacher_guided_init(student, teacher)
+    widths = {layer.name: layer.width for layer in build_graph(student, prune_encoder=True)}
+    keep = {name: torch.arange(w) for name, w in widths.items()}
+    pruned, _, _ = prune_with_keep(teacher, build_graph(teacher, prune_encoder=True), keep, fold_constants=False)
+    ours, theirs = student.state_dict(), pruned.state_dict()
+    assert set(ours) == set(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 # --------------------------------------------------------------------------- PointDistiller
@@ -696,7 +710,7 @@ def test_teacher_guided_init_sparse_backbone_uses_c_times_depth_plus_d():
     t, s = teacher.state_dict(), student.state_dict()
     depth = teacher.backbone_3d.depth
     assert depth == student.backbone_3d.depth == 2
-    kept = bev_channels_of_3d(torch.arange(16), depth)
+    kept = bev_channels_of(torch.arange(16), depth)
     assert torch.equal(s["bev_backbone.blocks.0.0.weight"], t["bev_backbone.blocks.0.0.weight"][:32][:, kept])
     # spconv weights [out, kz, ky, kx, in]: leading out and leading in (last dim)
     assert torch.equal(s["backbone_3d.stages.1.1.0.weight"], t["backbone_3d.stages.1.1.0.weight"][:8, ..., :8])

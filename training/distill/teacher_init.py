@@ -7,7 +7,7 @@ Every parameter and buffer of the student takes the teacher's entry of the same 
   each half (j and w_t + j);
 - the head's first convs read the concatenated deblock outputs: the leading widths of each deblock's segment;
 - the first BEV conv after a sparse 3D backbone reads the height-compressed map whose channel c * D + d holds 3D
-  channel c at height d: kept 3D channels c < C_s map to every c * D + d (bev_channels_of_3d).
+  channel c at height d: kept 3D channels c < C_s map to every c * D + d (sparse_backbone.bev_channels_of).
 Spatial kernel dimensions must match. Sparse (spconv) conv weights are [out, kz, ky, kx, in]: their input channel
 is the last dimension. A TwoStageDetector teacher gives its RPN.
 """
@@ -17,11 +17,7 @@ import torch
 from torch import nn
 
 from clean_ros.models.detector import Detector
-
-
-def bev_channels_of_3d(kept: torch.Tensor, depth: int) -> torch.Tensor:
-    """BEV input channels of kept 3D channels after height compression (channel c * D + d), c-major."""
-    return (kept.long().unsqueeze(1) * depth + torch.arange(depth)).reshape(-1)
+from clean_ros.models.sparse_backbone import bev_channels_of
 
 
 def concat_channels(teacher_widths: list[int], student_widths: list[int]) -> torch.Tensor:
@@ -52,12 +48,11 @@ def _input_maps(student: Detector, teacher: Detector) -> dict[str, torch.Tensor]
     else:
         maps["head.shared.0.weight"] = head_inputs
     if student.cfg.backbone_3d.type == "sparse":
-        c_s, c_t = student.cfg.backbone_3d.out_channels, teacher.cfg.backbone_3d.out_channels
-        first = "bev_backbone.blocks.0.0.weight"
-        in_t = dict(teacher.named_parameters())[first].shape[1]
-        if in_t % c_t:
-            raise ValueError(f"teacher BEV input width {in_t} is not a multiple of its last 3D width {c_t}")
-        maps[first] = bev_channels_of_3d(torch.arange(c_s), in_t // c_t)
+        depth = teacher.backbone_3d.depth
+        if student.backbone_3d.depth != depth:
+            raise ValueError(f"teacher_guided_init: height-compression depth {student.backbone_3d.depth} in the "
+                             f"student, {depth} in the teacher (same grid and z strides needed)")
+        maps["bev_backbone.blocks.0.0.weight"] = bev_channels_of(torch.arange(student.backbone_3d.out_channels), depth)
     return maps
 
 
@@ -117,4 +112,4 @@ def teacher_guided_init(student: Detector, teacher: nn.Module) -> list[str]:
     return copied
 
 
-__all__ = ["teacher_guided_init", "bev_channels_of_3d", "concat_channels"]
+__all__ = ["teacher_guided_init", "concat_channels"]
