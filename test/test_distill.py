@@ -717,3 +717,16 @@ def test_teacher_guided_init_sparse_backbone_uses_c_times_depth_plus_d():
     assert torch.equal(s["backbone_3d.stages.0.0.0.weight"], t["backbone_3d.stages.0.0.0.weight"][:4])
     head_in = list(range(24)) + list(range(48, 72))
     assert torch.equal(s["head.conv_cls.weight"], t["head.conv_cls.weight"][:, head_in])
+
+
+def test_configuration_errors_are_clear(plain_pair):
+    cfg, teacher, _ = plain_pair
+    bad = DistillConfig(method="label_assign", label_assign=LabelAssignConfig(thresholds=[0.7]))
+    with pytest.raises(ValueError, match="one per class"):
+        build_distillation(bad, TwoStageDouble(cfg), build_detector(cfg))
+    with pytest.raises(ValueError, match="needs a teacher"):
+        build_distillation(DistillConfig(method="logit_kd"), None, build_detector(cfg))
+    center = build_detector(small_cfg("centerpoint_pillar_tiny", "head.shared_conv_width=16", "head.head_conv_width=8"))
+    term = LogitKDLoss(LogitKDConfig(), TeacherRunner(copy.deepcopy(teacher)))
+    with pytest.raises(ValueError, match="position layout"):
+        term(_context(DetectionTask(center.cfg, center), one_car_batch(center.cfg)))

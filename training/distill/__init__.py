@@ -57,6 +57,9 @@ def build_distillation(cfg: DistillConfig, teacher: nn.Module | None, student: D
     runner = TeacherRunner(teacher, bn_train=cfg.teacher_bn_train, teacher_voxels=teacher_voxels)
     terms, hooks = [], []
     if cfg.uses_label_assign:
+        if len(cfg.label_assign.thresholds) != student.cfg.num_classes:
+            raise ValueError(f"distill.label_assign.thresholds needs {student.cfg.num_classes} values (one per class "
+                             f"{list(student.cfg.class_names)}), got {cfg.label_assign.thresholds}")
         hooks.append(LabelAssignHook(cfg.label_assign, runner))
     if cfg.uses_cakd:
         if not runner.is_two_stage:

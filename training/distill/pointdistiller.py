@@ -74,6 +74,10 @@ class PointDistillerLoss(nn.Module):
 
     def __init__(self, cfg: PointDistillerConfig, runner: TeacherRunner, student: Detector):
         super().__init__()
+        if not any(p.requires_grad for p in student.encoder.parameters()):
+            raise ValueError("pointdistiller distils the encoder's (V, C) outputs, but this student's encoder "
+                             f"({type(student.encoder).__name__}) has no trainable weights; distilling sparse-backbone "
+                             "voxel features is not wired yet")
         self.cfg = cfg
         self.runner = runner  # plain object: the teacher is not registered
         s_channels = student.encoder.out_channels
