@@ -1,19 +1,28 @@
 """Start the clean_ros detector node.
 
     ros2 launch clean_ros detector.launch.py bundle_path:=/path/to/bundle backend:=onnxruntime input_topic:=/lidar/points
+    ros2 launch clean_ros detector.launch.py use_sim_time:=true        # with `ros2 bag play <bag> --clock`
 
 Every argument has a default; `ros2 launch clean_ros detector.launch.py --show-args` lists them.
-The Fast DDS large-data profile is applied to the node's process (see README, "Large clouds across processes").
+The node runs the `detector_node` console script (= `python -m clean_ros.detector_node`) with
+`--ros-args --params-file <params_file> -p <argument>:=<value> ... --log-level <log_level>`.
+The Fast DDS large-data profile is made the default profile of the node's process through
+FASTDDS_DEFAULT_PROFILES_FILE (see docs/NODE.md, "Large clouds"); fastdds_profile:='' means DDS defaults (the
+variable is then removed, not set to an empty string).
 """
 import os
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable, UnsetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 PACKAGE = "clean_ros"
+NODE_NAME = "clean_ros_detector"
+PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+# Launch arguments passed to the node as parameters (after the params file, so they override it).
+NODE_PARAMETER_ARGUMENTS = ("input_topic", "output_topic", "bundle_path", "backend", "device")
 
 
 def _share_dir() -> str:
@@ -25,41 +34,41 @@ def _share_dir() -> str:
         return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _fastdds_profile(context, *args, **kwargs):
+    """Set the profile variable for the processes started after it, or remove it when the argument is empty."""
+    profile = LaunchConfiguration("fastdds_profile").perform(context).strip()
+    if not profile:
+        return [UnsetEnvironmentVariable(PROFILE_VARIABLE)]
+    return [SetEnvironmentVariable(PROFILE_VARIABLE, profile)]
+
+
 def generate_launch_description() -> LaunchDescription:
     share = _share_dir()
     arguments = [
         DeclareLaunchArgument("input_topic", default_value="/points", description="sensor_msgs/PointCloud2 input"),
-        DeclareLaunchArgument("output_topic", default_value="/detections", description="vision_msgs/Detection3DArray output"),
-        DeclareLaunchArgument("bundle_path", default_value="", description="model bundle directory; empty = embedded default"),
+        DeclareLaunchArgument("output_topic", default_value="/detections",
+                              description="vision_msgs/Detection3DArray output (markers on <output_topic>/markers)"),
+        DeclareLaunchArgument("bundle_path", default_value="",
+                              description="model bundle directory; empty = embedded default (models/default)"),
         DeclareLaunchArgument("backend", default_value="auto", description="auto | torch | onnxruntime | tensorrt"),
         DeclareLaunchArgument("device", default_value="cpu", description="cpu | cuda"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "detector.yaml"),
-                              description="node parameters YAML"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (ros2 bag play --clock)"),
+                              description="node parameters YAML (every parameter documented there)"),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="use /clock (ros2 bag play --clock)"),
         DeclareLaunchArgument("log_level", default_value="info", description="debug | info | warn | error"),
         DeclareLaunchArgument("fastdds_profile", default_value=os.path.join(share, "config", "fastdds_large_data.xml"),
                               description="Fast DDS XML profile for large clouds; empty = DDS defaults"),
     ]
+    overrides = {name: LaunchConfiguration(name) for name in NODE_PARAMETER_ARGUMENTS}
+    overrides["use_sim_time"] = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
     node = Node(
         package=PACKAGE,
         executable="detector_node",
-        name="clean_ros_detector",
+        name=NODE_NAME,
         output="screen",
         emulate_tty=True,
-        parameters=[
-            LaunchConfiguration("params_file"),
-            {
-                "input_topic": LaunchConfiguration("input_topic"),
-                "output_topic": LaunchConfiguration("output_topic"),
-                "bundle_path": LaunchConfiguration("bundle_path"),
-                "backend": LaunchConfiguration("backend"),
-                "device": LaunchConfiguration("device"),
-                "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
-            },
-        ],
+        parameters=[LaunchConfiguration("params_file"), overrides],
         arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
     )
-    return LaunchDescription(
-        arguments
-        + [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")), node]
-    )
+    return LaunchDescription(arguments + [OpaqueFunction(function=_fastdds_profile), node])

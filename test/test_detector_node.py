@@ -1,0 +1,354 @@
+"""The detector node end to end: a real node SUBPROCESS started exactly as the launch file starts it
+(`python -m clean_ros.detector_node --ros-args --params-file config/detector.yaml -p ...`), the real Pipeline and
+bundle, real rclpy/Fast DDS between the processes. The node is started once for the module and reused.
+
+The model is the embedded default bundle (models/default) when present, otherwise a randomly initialised
+pointpillars_tiny bundle written by clean_ros.bundle.save_bundle (the tests check plumbing, headers, parameters
+and robustness, not accuracy).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
+from vision_msgs.msg import Detection3DArray  # noqa: E402
+from visualization_msgs.msg import MarkerArray  # noqa: E402
+
+from clean_ros.detector_node import NODE_NAME, launch_command  # noqa: E402
+from clean_ros.messages import parse_stage_timing  # noqa: E402
+from clean_ros.node_diagnostics import STATUS_NAME, parse_diagnostic_values  # noqa: E402
+from clean_ros.pointcloud import make_pointcloud2  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "config" / "fastdds_large_data.xml"
+DEFAULT_BUNDLE = REPO / "models" / "default"
+NS = "/node_test"
+SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
+ANSWER_TIMEOUT_S = 60.0   # a loaded 2-core machine can take seconds per frame
+
+pytestmark = pytest.mark.ros
+
+
+def _bundle(tmp_path_factory) -> Path:
+    if (DEFAULT_BUNDLE / "manifest.json").is_file():
+        return DEFAULT_BUNDLE
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    script = ("import sys, torch; torch.manual_seed(0)\n"
+              "from clean_ros.config import load_config\n"
+              "from clean_ros.models.configs import DetectorConfig\n"
+              "from clean_ros.models.detector import build_detector\n"
+              "from clean_ros.bundle import save_bundle\n"
+              "cfg = load_config(DetectorConfig, 'config/pointpillars_tiny.yaml')\n"
+              "save_bundle(sys.argv[1], build_detector(cfg).eval(), cfg, "
+              "provenance={'method': 'random init (node tests)'})\n")
+    subprocess.run([sys.executable, "-c", script, str(out)], cwd=REPO, check=True, timeout=300,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    return out
+
+
+class Harness:
+    """The test side: one rclpy context/node publishing clouds and collecting the node's outputs."""
+
+    def __init__(self, domain_id: int):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node("node_test_harness", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.detections: list[Detection3DArray] = []
+        self.timings: list[DiagnosticArray] = []
+        self.diagnostics: list[DiagnosticArray] = []
+        self.markers: list[MarkerArray] = []
+        self.cloud_pub = self.node.create_publisher(PointCloud2, f"{NS}/points", SENSOR_QOS)
+        self.node.create_subscription(Detection3DArray, f"{NS}/detections", self.detections.append, 50)
+        self.node.create_subscription(DiagnosticArray, f"/{NODE_NAME}/stage_latency", self.timings.append, 50)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
+        self.param_client = self.node.create_client(SetParameters, f"/{NODE_NAME}/set_parameters")
+
+    def spin_until(self, predicate, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate() and time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.05)
+        return bool(predicate())
+
+    def answer(self, stamp_sec: int, stamp_nsec: int = 0):
+        for msg in self.detections:
+            if msg.header.stamp.sec == stamp_sec and msg.header.stamp.nanosec == stamp_nsec:
+                return msg
+        return None
+
+    def send_and_wait(self, msg: PointCloud2, timeout: float = ANSWER_TIMEOUT_S, resend_s: float = 5.0):
+        """Publish (best effort: again every resend_s while unanswered) until the answer with msg's stamp."""
+        stamp = msg.header.stamp
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.cloud_pub.publish(msg)
+            if self.spin_until(lambda: self.answer(stamp.sec, stamp.nanosec) is not None,
+                               min(resend_s, max(deadline - time.monotonic(), 0.0))):
+                return self.answer(stamp.sec, stamp.nanosec)
+        raise AssertionError(f"no Detection3DArray with stamp {stamp.sec}.{stamp.nanosec:09d} within {timeout} s")
+
+    def set_parameters(self, **values):
+        request = SetParameters.Request()
+        for name, value in values.items():
+            parameter = Parameter(name=name)
+            if isinstance(value, bool):
+                parameter.value = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
+            elif isinstance(value, float):
+                parameter.value = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+            elif isinstance(value, int):
+                parameter.value = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+            elif isinstance(value, str):
+                parameter.value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+            else:
+                parameter.value = ParameterValue(type=ParameterType.PARAMETER_DOUBLE_ARRAY,
+                                                 double_array_value=[float(v) for v in value])
+            request.parameters.append(parameter)
+        assert self.param_client.wait_for_service(timeout_sec=30.0)
+        future = self.param_client.call_async(request)
+        assert self.spin_until(future.done, 30.0), "set_parameters did not answer"
+        return future.result().results
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory, kitti_sample):
+    """(harness, node process, KITTI points): the node subprocess, started once for this module."""
+    domain_id = random.SystemRandom().randint(1, 200)
+    # Large clouds from this (publishing) process need the Fast DDS profile (docs/NODE.md); it is read when the
+    # first participant of a process is created, so set it before ours.
+    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(PROFILE))
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+           "FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE), "PYTHONUNBUFFERED": "1"}
+    log_path = tmp_path_factory.mktemp("node") / "node.log"
+    command = launch_command(REPO / "config" / "detector.yaml", {
+        "bundle_path": str(_bundle(tmp_path_factory)), "input_topic": f"{NS}/points",
+        "output_topic": f"{NS}/detections", "num_threads": 1, "warmup_iterations": 1,
+        "expected_rate_hz": 10.0, "diagnostics_period_s": 0.5})
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    harness = Harness(domain_id)
+    points = np.fromfile(kitti_sample / "training/velodyne/000000.bin", dtype=np.float32).reshape(-1, 4)
+    try:
+        ready = harness.spin_until(lambda: process.poll() is not None
+                                   or harness.cloud_pub.get_subscription_count() > 0, 120.0)
+        if not ready or process.poll() is not None:
+            raise AssertionError(f"node did not come up (exit {process.poll()}):\n{log_path.read_text()[-3000:]}")
+        yield harness, process, points, log_path
+    finally:
+        harness.close()
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def _cloud(points, sec, frame="velodyne", nsec=0, **kwargs) -> PointCloud2:
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+
+    header = Header(stamp=Time(sec=sec, nanosec=nsec), frame_id=frame)
+    return make_pointcloud2(points, ("x", "y", "z", "intensity"), header, **kwargs)
+
+
+def _raw_cloud(sec, fields, point_step, width, data: bytes, frame="velodyne") -> PointCloud2:
+    msg = PointCloud2()
+    msg.header.stamp.sec, msg.header.frame_id = sec, frame
+    msg.height, msg.width = 1, width
+    msg.fields = [PointField(name=n, offset=o, datatype=t, count=1) for n, o, t in fields]
+    msg.point_step, msg.row_step = point_step, point_step * width
+    msg.data = data
+    return msg
+
+
+XYZI = [("x", 0, PointField.FLOAT32), ("y", 4, PointField.FLOAT32), ("z", 8, PointField.FLOAT32),
+        ("intensity", 12, PointField.FLOAT32)]
+
+
+def test_kitti_frame_gives_detections_with_the_input_header(running):
+    harness, _, points, _ = running
+    answer = harness.send_and_wait(_cloud(points, 1000, nsec=123456789))
+    assert answer.header.frame_id == "velodyne"
+    assert (answer.header.stamp.sec, answer.header.stamp.nanosec) == (1000, 123456789)
+    for det in answer.detections:
+        assert det.header.frame_id == "velodyne" and det.header.stamp.nanosec == 123456789
+        assert det.results[0].hypothesis.class_id in ("Car", "Pedestrian", "Cyclist")
+        assert det.bbox.size.x > 0 and math.isfinite(det.bbox.center.position.x)
+    # the per-frame stage record carries the same header and every stage
+    assert harness.spin_until(lambda: any(t.header.stamp.sec == 1000 for t in harness.timings), 10.0)
+    record = next(t for t in harness.timings if t.header.stamp.sec == 1000)
+    stages = parse_stage_timing(record)
+    assert set(stages) == {"decode", "preprocess", "inference", "postprocess", "publish", "total"}
+    assert stages["total"] >= stages["inference"] > 0 and stages["decode"] > 0
+    values = {kv.key: kv.value for kv in record.status[0].values}
+    assert int(values["num_points"]) == len(points) and values["processed"] == "true"
+    assert int(values["num_detections"]) == len(answer.detections)
+
+
+def test_markers_are_published_only_to_subscribers(running):
+    harness, _, points, _ = running
+    sub = harness.node.create_subscription(MarkerArray, f"{NS}/detections/markers", harness.markers.append, 10)
+    try:
+        harness.send_and_wait(_cloud(points, 1100))
+        assert harness.spin_until(lambda: any(m.markers and m.markers[0].header.stamp.sec >= 1100
+                                              for m in harness.markers), 30.0)
+        marker_array = next(m for m in harness.markers if m.markers[0].header.stamp.sec >= 1100)
+        assert marker_array.markers[0].action == marker_array.markers[0].DELETEALL
+        assert all(m.header.frame_id == "velodyne" for m in marker_array.markers)
+    finally:
+        harness.node.destroy_subscription(sub)
+
+
+MALFORMED = {
+    # name: (message builder taking the stamp, whether the frame is answered with an empty array)
+    "empty_cloud": lambda sec: _raw_cloud(sec, XYZI, 16, 0, b""),
+    "no_xyz_fields": lambda sec: _raw_cloud(sec, [("a", 0, PointField.FLOAT32), ("b", 4, PointField.FLOAT32)],
+                                            8, 100, bytes(800)),
+    "unknown_datatype": lambda sec: _raw_cloud(sec, [("x", 0, 99), ("y", 4, 7), ("z", 8, 7)], 12, 10, bytes(120)),
+    "point_step_smaller_than_fields": lambda sec: _raw_cloud(sec, XYZI, 8, 100, bytes(800)),
+    "data_shorter_than_declared": lambda sec: _raw_cloud(sec, XYZI, 16, 1000, bytes(1600)),
+    "nan_and_inf_everywhere": lambda sec: _cloud(np.tile(np.array([[np.nan, np.inf, -np.inf, np.nan]], np.float32),
+                                                         (5000, 1)), sec),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_input_is_answered_empty_and_the_node_keeps_working(running, case):
+    harness, process, points, _ = running
+    base = 2000 + 10 * list(MALFORMED).index(case)
+    bad = harness.send_and_wait(MALFORMED[case](base))
+    assert bad.header.frame_id == "velodyne" and len(bad.detections) == 0     # header in = header out, empty
+    good = harness.send_and_wait(_cloud(points, base + 1))
+    assert good.header.stamp.sec == base + 1
+    assert process.poll() is None
+
+
+def test_two_million_points_frame_id_change_and_backward_stamps(running):
+    harness, process, points, _ = running
+    rng = np.random.default_rng(0)
+    # 2 M points as uint8 fields (4 bytes a point: 8 MB, inside the profile's shared-memory segment).
+    huge = np.column_stack([rng.integers(0, 60, 2_000_000), rng.integers(0, 255, 2_000_000),
+                            rng.integers(0, 3, 2_000_000), rng.integers(0, 255, 2_000_000)]).astype(np.float32)
+    msg = make_pointcloud2(huge, ("x", "y", "z", "intensity"), (3000.0, "velodyne"),
+                           dtypes={name: "u1" for name in ("x", "y", "z", "intensity")})
+    assert msg.width == 2_000_000
+    answer = harness.send_and_wait(msg, timeout=120.0, resend_s=30.0)
+    assert answer.header.stamp.sec == 3000
+    # frame_id change mid-stream: answered in the new frame
+    moved = harness.send_and_wait(_cloud(points, 3001, frame="lidar_top"))
+    assert moved.header.frame_id == "lidar_top" and all(d.header.frame_id == "lidar_top" for d in moved.detections)
+    # stamps jumping backwards: still answered
+    back = harness.send_and_wait(_cloud(points, 50))
+    assert back.header.stamp.sec == 50 and back.header.frame_id == "velodyne"
+    assert process.poll() is None
+
+
+def test_burst_at_50_hz_is_dropped_not_queued(running):
+    harness, process, points, _ = running
+    small = points[:20000]
+    harness.detections.clear()
+    sent = 25
+    for i in range(sent):                                          # 50 Hz for 0.5 s
+        harness.cloud_pub.publish(_cloud(small, 4000, nsec=i * 20_000_000))
+        harness.spin_until(lambda: False, 0.02)
+    harness.spin_until(lambda: False, 3.0)
+    answered = [m for m in harness.detections if m.header.stamp.sec == 4000]
+    assert 1 <= len(answered) < sent        # processed in the callback with depth 1: no queue of 25 frames
+    good = harness.send_and_wait(_cloud(points, 4001))
+    assert good.header.stamp.sec == 4001 and process.poll() is None
+    # the frames that never reached the callback are counted from DDS sequence numbers and reported
+    missed = sent - len(answered)
+    assert harness.spin_until(lambda: _latest_status(harness, lambda v: int(v["dropped_sequence_gaps"]) >= missed
+                                                     and int(v["dropped_frames"]) >= missed) is not None, 10.0), \
+        (missed, {k: v for k, v in _latest_status(harness)[1].items() if "drop" in k or "frames" in k})
+
+
+def _latest_status(harness, condition=lambda values: True):
+    for array in reversed(harness.diagnostics):
+        for status in array.status:
+            if status.name == STATUS_NAME:
+                values = parse_diagnostic_values(status)
+                if condition(values):
+                    return status, values
+    return None
+
+
+def test_diagnostics_carry_rates_drops_and_stage_percentiles(running):
+    harness, _, points, _ = running
+    harness.send_and_wait(_cloud(points, 5000))
+    found = harness.spin_until(lambda: _latest_status(harness, lambda v: int(v["frames_processed"]) >= 1
+                                                      and "total_ms_p50" in v) is not None, 10.0)
+    assert found, "no /diagnostics status with stage percentiles"
+    status, values = _latest_status(harness, lambda v: "total_ms_p50" in v)
+    for stage in ("decode", "preprocess", "inference", "postprocess", "publish", "total"):
+        p50, p95, p99 = (float(values[f"{stage}_ms_p{q}"]) for q in (50, 95, 99))
+        assert 0 <= p50 <= p95 <= p99
+    assert float(values["total_ms_p50"]) >= float(values["inference_ms_p50"]) > 0
+    assert int(values["frames_received"]) >= int(values["frames_processed"]) >= 1
+    assert values["backend"] in ("torch", "onnxruntime", "tensorrt")
+    assert status.hardware_id and "received_rate_hz" in values and "undecodable_input_count" in values
+    assert int(values["undecodable_input_count"]) >= 1 or "empty_input_count" in values
+
+
+def test_runtime_parameters_take_effect_and_invalid_values_are_rejected(running):
+    harness, _, points, _ = running
+    results = harness.set_parameters(score_thresholds=[0.0, 0.0, 0.0], nms_post_max=50)
+    assert all(r.successful for r in results), [r.reason for r in results]
+    loose = harness.send_and_wait(_cloud(points, 6000))
+    assert 0 < len(loose.detections) <= 50                 # threshold 0: every NMS survivor up to post max
+    [result] = harness.set_parameters(score_thresholds=[0.99, 0.99, 0.99])
+    assert result.successful, result.reason
+    strict = harness.send_and_wait(_cloud(points, 6001))
+    assert len(strict.detections) < len(loose.detections)
+    assert all(d.results[0].hypothesis.score >= 0.99 for d in strict.detections)
+
+    rejected = {
+        "score_thresholds": ([1.5, 0.1, 0.1], "score_thresholds"),
+        "nms_iou": (2.0, "nms_iou"),
+        "nms_post_max": (100000, "nms_post_max"),
+        "bundle_path": ("/elsewhere", "read-only"),
+    }
+    for name, (value, expected) in rejected.items():
+        [result] = harness.set_parameters(**{name: value})
+        assert not result.successful, f"{name}={value} was accepted"
+        assert expected in result.reason, (name, result.reason)
+    [result] = harness.set_parameters(score_thresholds=[0.5])
+    assert not result.successful and "3 values" in result.reason
+    # the rejected changes left the accepted settings in force
+    again = harness.send_and_wait(_cloud(points, 6002))
+    assert all(d.results[0].hypothesis.score >= 0.99 for d in again.detections)
+    results = harness.set_parameters(score_thresholds=[0.1, 0.1, 0.1], nms_post_max=500)
+    assert all(r.successful for r in results), [r.reason for r in results]
+
+
+def test_node_stops_cleanly_on_sigint(running):
+    """Last test of the module: SIGINT ends the node with status 0 and a summary line."""
+    _, process, _, log_path = running
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+    log = log_path.read_text()
+    assert "stopping:" in log and "frames received" in log
+    assert "Traceback" not in log, log[-3000:]
