@@ -21,5 +21,5 @@ setup(
     maintainer_email="dev@clean-ros.invalid",
     description="Compact LiDAR 3D object detection (CLEAN compression) and its ROS 2 detector node.",
     license="Apache-2.0",
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["detector_node = clean_ros.detector_node:main"]},
 )
