@@ -313,6 +313,21 @@ def test_diagnostics_carry_rates_drops_and_stage_percentiles(running):
     assert int(values["undecodable_input_count"]) >= 1 or "empty_input_count" in values
 
 
+def test_input_contract_mismatch_is_reported(running):
+    """0-255 intensity on a [0, 1] model: the classic "runs but detects nothing" cause, named on /diagnostics."""
+    harness, _, points, log_path = running
+    scaled = points.copy()
+    scaled[:, 3] *= 255.0
+    harness.send_and_wait(_cloud(scaled, 5500, frame="velodyne_255"))   # new frame_id: contract re-checked
+    assert harness.spin_until(lambda: _latest_status(harness, lambda v: "value_scale" in v["contract"])
+                              is not None, 10.0)
+    status, _ = _latest_status(harness, lambda v: "value_scale" in v["contract"])
+    assert status.level == b"\x01" and "intensity_scale" in status.message
+    assert "input contract (value_scale)" in log_path.read_text()
+    harness.send_and_wait(_cloud(points, 5501))                          # back to a good sensor frame
+    assert harness.spin_until(lambda: _latest_status(harness, lambda v: v["contract"] == "ok") is not None, 10.0)
+
+
 def test_runtime_parameters_take_effect_and_invalid_values_are_rejected(running):
     harness, _, points, _ = running
     results = harness.set_parameters(score_thresholds=[0.0, 0.0, 0.0], nms_post_max=50)
@@ -352,3 +367,43 @@ def test_node_stops_cleanly_on_sigint(running):
     log = log_path.read_text()
     assert "stopping:" in log and "frames received" in log
     assert "Traceback" not in log, log[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure helpers of the node (no node, no test double needed)
+
+def test_postprocess_validation_and_conversion():
+    from clean_ros.detector_node import to_pipeline_changes, validate_postprocess
+
+    current = {"score_thresholds": [0.1, 0.1, 0.1], "nms_iou": 0.1, "nms_pre_max": 100, "nms_post_max": 50,
+               "iou_gate_thresholds": [0.5, 0.2, 0.2]}
+    assert validate_postprocess({"nms_post_max": 100}, current, 3) is None
+    assert "must not exceed nms_pre_max" in validate_postprocess({"nms_post_max": 101}, current, 3)
+    assert "must not exceed" in validate_postprocess({"nms_pre_max": 10}, current, 3)
+    assert validate_postprocess({"nms_pre_max": 0}, current, 3) is None          # 0 = no limit
+    assert "needs 3 values" in validate_postprocess({"score_thresholds": [0.5]}, current, 3)
+    assert "finite" in validate_postprocess({"iou_gate_thresholds": [0.5, float("nan"), 0.2]}, current, 3)
+    import array
+
+    changes = to_pipeline_changes({"score_thresholds": array.array("d", [0.5, 0.4, 0.3]), "nms_pre_max": 7})
+    assert changes == {"score_thresholds": [0.5, 0.4, 0.3], "nms_pre_max": 7}
+    assert type(changes["score_thresholds"]) is list
+
+
+def test_decimate_keeps_at_most_max_points_as_a_view():
+    from clean_ros.detector_node import decimate
+
+    points = np.arange(2_000_003 * 4, dtype=np.float32).reshape(-1, 4)
+    out = decimate(points, 1_000_000)
+    assert len(out) <= 1_000_000 and np.shares_memory(out, points)
+    np.testing.assert_array_equal(out[1], points[3])                 # every 3rd point
+    assert decimate(points, 0) is points and decimate(points[:10], 100).shape == (10, 4)
+
+
+def test_launch_command_formats_parameters_for_ros_args():
+    command = launch_command("cfg.yaml", {"bundle_path": "", "num_threads": 1, "intensity_scale": 1.0,
+                                          "publish_markers": False, "score_thresholds": [0.5, 0.25]}, "debug", "PY")
+    assert command == ["PY", "-m", "clean_ros.detector_node", "--ros-args", "--params-file", "cfg.yaml",
+                       "-p", "bundle_path:=''", "-p", "num_threads:=1", "-p", "intensity_scale:=1.0",
+                       "-p", "publish_markers:=false", "-p", "score_thresholds:=[0.5, 0.25]",
+                       "--log-level", "debug"]
