@@ -800,3 +800,24 @@ def test_distillation_runs_in_the_trainer_and_checkpoints_adapters(sim_root, tmp
     if method == "feature_kd":
         adapter = ckpt["loss_terms"]["feature_kd"]["adapter.weight"]
         assert torch.equal(adapter, parts.loss_terms[0].adapter.weight.detach())
+
+
+def test_cakd_heatmap_student_on_a_finer_grid_maps_pixels_to_the_teacher_cell_by_centre():
+    torch.manual_seed(15)
+    cfg_t = small_cfg()
+    cfg_s = small_cfg("centerpoint_pillar_tiny", "head.shared_conv_width=16", "head.head_conv_width=8",
+                      "bev_backbone.upsample_strides=[2, 4, 8]")  # stride 1: 80 x 80 pixels vs 40 x 40 teacher cells
+    student = build_detector(cfg_s)
+    assert (student.grid.height, student.grid.width) == (80, 80)
+    _open_head(student, 0.0)
+    batch = one_car_batch(cfg_s)
+    runner = TeacherRunner(TwoStageDouble(cfg_t))
+    term = CaKDLoss(CaKDConfig(pre_nms_max=100), runner, cfg_s.head)
+    out = student(batch.voxels, 2)
+    sel = term.select(out)[1]
+    rpn = runner.dense_output(batch)
+    t_pos = teacher_positions(out, rpn, 1, sel)
+    rows, cols = sel // 80, sel % 80
+    assert torch.equal(t_pos // rpn.grid.positions_per_cell, (rows // 2) * 40 + cols // 2)
+    loss = term(LossContext(batch, out, None, batch.gt_boxes, batch.gt_labels, None, student))
+    assert float(loss) > 0
