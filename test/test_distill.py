@@ -821,3 +821,16 @@ def test_cakd_heatmap_student_on_a_finer_grid_maps_pixels_to_the_teacher_cell_by
     assert torch.equal(t_pos // rpn.grid.positions_per_cell, (rows // 2) * 40 + cols // 2)
     loss = term(LossContext(batch, out, None, batch.gt_boxes, batch.gt_labels, None, student))
     assert float(loss) > 0
+
+
+def test_load_teacher_from_config_and_checkpoint(tmp_path):
+    from training.distill.teacher import load_teacher
+    torch.manual_seed(16)
+    detector = load_teacher("pointpillars_tiny")
+    torch.save(detector.state_dict(), tmp_path / "w.pt")
+    again = load_teacher("pointpillars_tiny", str(tmp_path / "w.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(detector.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="do not fit"):
+        load_teacher("centerpoint_pillar_tiny", str(tmp_path / "w.pt"))
+    pytest.importorskip("clean_ros.models.two_stage", reason="TwoStageDetector not in the tree yet")
+    assert hasattr(load_teacher("teacher_two_stage_tiny"), "roi_forward")

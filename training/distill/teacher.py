@@ -198,6 +198,31 @@ class Revoxelizer:
         return voxels
 
 
+def load_teacher(config: str, checkpoint: str = "") -> nn.Module:
+    """The teacher named by a config (name under config/ or a YAML path) with weights from a training checkpoint
+    (or a bare state_dict). A config with an `rpn` section is a TwoStageDetector, anything else a Detector."""
+    from clean_ros.config import read_yaml
+    from clean_ros.models.configs import find_config, load_detector_config, load_two_stage_config
+    from clean_ros.models.detector import build_detector
+    from training.checkpoint import load_model_weights
+
+    if not config:
+        raise ValueError("distill.teacher_config is empty: name the teacher's config")
+    path = find_config(config)
+    if "rpn" in read_yaml(path):
+        from clean_ros.models.two_stage import TwoStageDetector
+        model: nn.Module = TwoStageDetector(load_two_stage_config(path))
+    else:
+        model = build_detector(load_detector_config(path))
+    if checkpoint:
+        state = load_model_weights(checkpoint)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{checkpoint}: weights do not fit the teacher config {path}: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+    return model
+
+
 def _pad_rois(rois: torch.Tensor, width: int, rpn: HeadOutput) -> torch.Tensor:
     """Pad a frame's RoIs to `width` rows with copies of a harmless box (its results are discarded)."""
     if rois.shape[0] == width:
@@ -211,4 +236,4 @@ def _pad_rois(rois: torch.Tensor, width: int, rpn: HeadOutput) -> torch.Tensor:
     return torch.cat([rois, filler.expand(width - rois.shape[0], 7)], dim=0)
 
 
-__all__ = ["TeacherRunner", "TeacherBoxes", "Revoxelizer", "teacher_mode"]
+__all__ = ["TeacherRunner", "TeacherBoxes", "Revoxelizer", "teacher_mode", "load_teacher"]
