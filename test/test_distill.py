@@ -22,11 +22,11 @@ from clean_ros.types import Detections
 from clean_ros.voxelize import voxelize_batch
 from training.data.sample import Batch
 from training.distill import DistillConfig, build_distillation
-from training.distill.cakd import CaKDLoss, cakd_loss, map_cells, select_positions, teacher_positions
+from training.distill.cakd import CaKDLoss, cakd_loss, map_cells, teacher_positions
 from training.distill.config import (CaKDConfig, FeatureKDConfig, LabelAssignConfig, LogitKDConfig,
                                      PointDistillerConfig, SparseKDConfig)
 from training.distill.feature_kd import FeatureKDLoss
-from training.distill.label_assign import LabelAssignHook, accept_teacher_boxes, merge_ground_truth
+from training.distill.label_assign import accept_teacher_boxes, merge_ground_truth
 from training.distill.logit_kd import LogitKDLoss, logit_kd_loss
 from training.distill.pointdistiller import PointDistillerLoss, edge_features, knn_graph
 from training.distill.sparsekd import LabelKDHook, SparseKDLoss, pivotal_mask
