@@ -178,6 +178,13 @@ def test_kernel_one_uses_out_in_weight_layout(sparse_input):
     layer = sp.SubMConv3d(C_IN, C_OUT, 1, bias=False)
     out = layer(sp.sparse_tensor(features, coords, [GRID] * 3, BATCH))
     torch.testing.assert_close(out.features, features @ layer.weight.reshape(C_OUT, C_IN).t())
+    # raw spconv reads a kernel-1 weight as view(in, out); the documented conversion reproduces it
+    raw = raw_spconv.SubMConv3d(C_IN, C_OUT, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(raw.weight.reshape(C_IN, C_OUT).t().reshape(C_OUT, 1, 1, 1, C_IN))
+        expected = raw(sp.sparse_tensor(features, coords, [GRID] * 3, BATCH)).features
+        got = layer(sp.sparse_tensor(features, coords, [GRID] * 3, BATCH)).features
+    torch.testing.assert_close(got, expected)
 
 
 def test_weights_interchange_with_raw_spconv_layers(sparse_input):

@@ -11,10 +11,11 @@ Why this module exists (spconv 2.3.8, CPU-only wheel; evidence in test/test_spar
   * spconv's 1x1x1 shortcut multiplies by ``weight.view(in, out)`` although the parameter is laid out
     ``[out, 1, 1, 1, in]``: output channel ``o`` is not ``weight[o]``. Channel slicing (pruning, teacher-
     guided initialisation) relies on ``weight[o]`` being filter ``o``, so our layers use the true
-    ``[out, kz, ky, kx, in]`` meaning for every kernel size, on every device.
+    ``[out, kz, ky, kx, in]`` meaning for every kernel size, on every device. (A kernel-1 weight trained
+    with raw spconv converts as ``w.reshape(in, out).t().reshape(out, 1, 1, 1, in)``.)
 
 Design: the layers subclass spconv's own (same constructor, same ``weight``/``bias`` parameters with
-spconv's KRSC layout ``[out, kz, ky, kx, in]``, so state dicts load either way). Indice pairs come from
+spconv's KRSC layout ``[out, kz, ky, kx, in]``, so state dicts load either way; kernel 1: see above). Indice pairs come from
 spconv's CPU generator and are cached in ``SparseConvTensor.indice_dict`` under ``indice_key`` exactly as
 spconv does (SubM layers sharing a key reuse them; SparseInverseConv3d inverts the pairs of the strided
 conv with the same key). The arithmetic, gather -> per-offset matmul -> scatter-add, is plain torch
@@ -28,6 +29,7 @@ from __future__ import annotations
 from typing import List, NamedTuple, Optional, Sequence
 
 import torch
+from cumm import tensorview as tv
 from spconv.core import ConvAlgo
 from spconv.cppconstants import CPU_ONLY_BUILD
 from spconv.pytorch import ops as _spconv_ops
@@ -47,7 +49,7 @@ __all__ = [
     "uses_torch_path",
 ]
 
-_NO_ACTIVATION = _spconv_conv.tv.gemm.Activation.None_
+_NO_ACTIVATION = tv.gemm.Activation.None_
 
 # spconv's kernels are used only where they exist and are trusted: CUDA tensors on a CUDA build.
 SPCONV_HAS_CUDA = not CPU_ONLY_BUILD
@@ -149,20 +151,72 @@ def _flat_pairs(data: IndiceData, inverse: bool, device: torch.device) -> _FlatP
     return flat
 
 
-def _gather_mm_scatter(features: torch.Tensor, weight: torch.Tensor, pairs: _FlatPairs,
-                       out: torch.Tensor) -> torch.Tensor:
-    """out[out_rows] += features[in_rows] @ W_k^T per kernel offset k (``out`` is modified and returned)."""
-    if pairs.in_rows.numel() == 0:
+class _GatherMatmulScatter(torch.autograd.Function):
+    """out[o] = sum over pairs (i -> o, offset k) of features[i] @ W_k^T, plus features @ W_centre^T for SubM.
+
+    A custom Function (not autograd over index_select / mm / index_add_) so that the forward writes each
+    offset's product straight into one preallocated buffer and the backward recomputes the gathered input
+    instead of keeping it alive: ~2x faster than the autograd-composed version and lighter on memory.
+    Every op is a plain torch op, correct with any thread count.
+    """
+
+    @staticmethod
+    def forward(ctx, features, weight, in_rows, out_rows, counts: List[int], num_out: int, subm: bool):
+        out_ch, in_ch = weight.shape[0], weight.shape[-1]
+        w = weight.reshape(out_ch, -1, in_ch)
+        if subm:
+            out = torch.mm(features, w[:, w.shape[1] // 2].t())
+        else:
+            out = features.new_zeros((num_out, out_ch))
+        if in_rows.numel() > 0:
+            gathered = features.index_select(0, in_rows)
+            products = features.new_empty((in_rows.numel(), out_ch))
+            for k, start, stop in _offset_spans(counts):
+                torch.mm(gathered[start:stop], w[:, k].t(), out=products[start:stop])
+            out.index_add_(0, out_rows, products)
+        ctx.save_for_backward(features, weight, in_rows, out_rows)
+        ctx.counts, ctx.subm = counts, subm
         return out
-    w = weight.reshape(weight.shape[0], -1, weight.shape[-1])  # [out, kv, in]
-    offsets = [k for k, n in enumerate(pairs.counts) if n > 0]
-    # split (not slicing) so that backward concatenates the per-offset grads instead of padding each
-    # slice's grad to the full gathered size.
-    chunks = features.index_select(0, pairs.in_rows).split([pairs.counts[k] for k in offsets])
-    products = [torch.mm(chunk, w[:, k].t()) for chunk, k in zip(chunks, offsets)]
-    # one index_add_ over all offsets: many mid-sized index_add_ calls are pathologically slow with
-    # several torch threads (measured 70x at 2 threads), a single large one is not.
-    return out.index_add_(0, pairs.out_rows, torch.cat(products))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        features, weight, in_rows, out_rows = ctx.saved_tensors
+        out_ch, in_ch = weight.shape[0], weight.shape[-1]
+        w = weight.reshape(out_ch, -1, in_ch)
+        centre = w.shape[1] // 2
+        grad_out = grad_out.contiguous()
+        grad_out_pairs = grad_out.index_select(0, out_rows)
+        spans = _offset_spans(ctx.counts)
+        grad_features = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            if ctx.subm:
+                grad_features = torch.mm(grad_out, w[:, centre])
+            else:
+                grad_features = features.new_zeros(features.shape)
+            grad_in_pairs = features.new_empty((in_rows.numel(), in_ch))
+            for k, start, stop in spans:
+                torch.mm(grad_out_pairs[start:stop], w[:, k], out=grad_in_pairs[start:stop])
+            grad_features.index_add_(0, in_rows, grad_in_pairs)
+        if ctx.needs_input_grad[1]:
+            grad_w = weight.new_zeros(w.shape)
+            gathered = features.index_select(0, in_rows)
+            for k, start, stop in spans:
+                grad_w[:, k] = torch.mm(grad_out_pairs[start:stop].t(), gathered[start:stop])
+            if ctx.subm:
+                grad_w[:, centre] = torch.mm(grad_out.t(), features)
+            grad_weight = grad_w.reshape(weight.shape)
+        return grad_features, grad_weight, None, None, None, None, None
+
+
+def _offset_spans(counts: List[int]):
+    """(offset k, start, stop) row spans of the flattened pairs, for offsets that have pairs."""
+    spans, start = [], 0
+    for k, n in enumerate(counts):
+        if n > 0:
+            spans.append((k, start, start + n))
+            start += n
+    return spans
 
 
 class _TorchPathConv:
@@ -191,13 +245,8 @@ class _TorchPathConv:
             return self._finish(out, out_features, add_input)
         data, out_indices, out_shape, indice_dict = self._indice_data(input)
         pairs = _flat_pairs(data, self.inverse, features.device)
-        if self.subm:
-            w = self.weight.reshape(self.out_channels, -1, self.in_channels)
-            centre = w[:, w.shape[1] // 2]
-            out_features = torch.mm(features, centre.t())
-        else:
-            out_features = features.new_zeros((out_indices.shape[0], self.out_channels))
-        out_features = _gather_mm_scatter(features, self.weight, pairs, out_features)
+        out_features = _GatherMatmulScatter.apply(features, self.weight, pairs.in_rows, pairs.out_rows,
+                                                  pairs.counts, out_indices.shape[0], self.subm)
         out = input.shadow_copy()
         out.indices = out_indices
         out.spatial_shape = out_shape
