@@ -369,6 +369,46 @@ def test_node_stops_cleanly_on_sigint(running):
     assert "Traceback" not in log, log[-3000:]
 
 
+def test_use_sim_time_input_age_follows_clock(tmp_path_factory, kitti_sample):
+    """With use_sim_time the input age is /clock - header.stamp (a bag replayed with --clock), and the 1 Hz
+    diagnostics run on a steady clock, so they appear even before any /clock message."""
+    from rosgraph_msgs.msg import Clock
+
+    domain_id = random.SystemRandom().randint(1, 200)
+    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(PROFILE))
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+           "FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}
+    command = launch_command(REPO / "config" / "detector.yaml", {
+        "bundle_path": str(_bundle(tmp_path_factory)), "input_topic": f"{NS}/points",
+        "output_topic": f"{NS}/detections", "num_threads": 1, "warmup_iterations": 0, "use_sim_time": True,
+        "diagnostics_period_s": 0.5})
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    harness = Harness(domain_id)
+    try:
+        assert harness.spin_until(lambda: _latest_status(harness) is not None, 120.0), "no diagnostics without /clock"
+        clock_pub = harness.node.create_publisher(Clock, "/clock", 10)
+        assert harness.spin_until(lambda: clock_pub.get_subscription_count() > 0, 30.0)
+        clock = Clock()
+        clock.clock.sec = 500
+        for _ in range(3):
+            clock_pub.publish(clock)
+            harness.spin_until(lambda: False, 0.1)
+        points = np.fromfile(kitti_sample / "training/velodyne/000000.bin", dtype=np.float32).reshape(-1, 4)
+        harness.send_and_wait(_cloud(points, 499, nsec=750_000_000))
+        assert harness.spin_until(lambda: any(t.header.stamp.sec == 499 for t in harness.timings), 10.0)
+        record = next(t for t in harness.timings if t.header.stamp.sec == 499)
+        values = {kv.key: kv.value for kv in record.status[0].values}
+        assert float(values["input_age_ms"]) == pytest.approx(250.0, abs=1.0)
+    finally:
+        harness.close()
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Pure helpers of the node (no node, no test double needed)
 
@@ -407,3 +447,20 @@ def test_launch_command_formats_parameters_for_ros_args():
                        "-p", "bundle_path:=''", "-p", "num_threads:=1", "-p", "intensity_scale:=1.0",
                        "-p", "publish_markers:=false", "-p", "score_thresholds:=[0.5, 0.25]",
                        "--log-level", "debug"]
+
+
+@pytest.mark.parametrize("parameters, expected", [
+    ({"bundle_path": "/nonexistent/bundle"}, "cannot load the model bundle '/nonexistent/bundle'"),
+    ({"voxel_size": [0.1, 0.1, 0.2]}, "model geometry, classes and feature layout come from the model bundle"),
+    ({"qos_reliability": "sometimes"}, "use best_effort or reliable"),
+    ({"intensity_scale": 1}, "parameter 'intensity_scale'"),
+])
+def test_unusable_configuration_stops_with_one_clear_line(parameters, expected):
+    env = {**os.environ, "ROS_DOMAIN_ID": str(random.SystemRandom().randint(1, 200)),
+           "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    result = subprocess.run(launch_command(REPO / "config" / "detector.yaml", parameters), cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-2000:]
+    assert "FATAL" in output and expected in output, output[-2000:]
+    assert "Traceback" not in output, output[-2000:]
