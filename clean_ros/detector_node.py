@@ -431,6 +431,8 @@ class DetectorNode(Node):
                      "hardware_id"):
             if name in plain:
                 setattr(self, name, plain[name])
+        if "hardware_id" in plain:
+            self.hardware_id = plain["hardware_id"] or self.get_fully_qualified_name()
         if "stale_timeout_s" in plain:
             self.stamp_gaps.max_gap_s = float(plain["stale_timeout_s"])
         return SetParametersResult(successful=True)

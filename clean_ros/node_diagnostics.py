@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 from clean_ros.latency import EventLog, Percentiles, percentile_items
 
 OK, WARN, ERROR = 0, 1, 2
+BUSY_UTILIZATION = 0.8       # callback time / wall time above which a low input rate is blamed on the node
 STATUS_NAME = "clean_ros: detector"
 
 FASTDDS_HINT = ("large best-effort clouds are probably being lost inside DDS: apply config/fastdds_large_data.xml "
@@ -75,10 +76,20 @@ def assess(s: HealthSnapshot) -> tuple[int, str, dict[str, str]]:
         problems.append((WARN, f"stale input: {what} on {s.input_topic}"))
     # Judge the rate only on a full window of a running stream (not at start-up, not while stale).
     running_long_enough = s.last_input_time is not None and (s.now - s.started) >= s.rate_window_s
+    total = s.stage_percentiles.get("total")
+    # Fraction of wall time spent inside the callback: near 1 means the node itself is the bottleneck (frames are
+    # overwritten in the depth-1 queue while it works), not DDS.
+    utilization = s.received_rate_hz * total.p50 / 1e3 if total is not None else 0.0
     if (not stale and running_long_enough and s.expected_rate_hz > 0
             and s.received_rate_hz < s.low_rate_fraction * s.expected_rate_hz):
-        problems.append((WARN, f"input rate {s.received_rate_hz:.1f} Hz below the expected "
-                               f"{s.expected_rate_hz:g} Hz: {FASTDDS_HINT}"))
+        if utilization >= BUSY_UTILIZATION:
+            problems.append((WARN, f"node cannot keep up: processing takes {total.p50:.0f} ms (p50) per frame, "
+                                   f"so it takes {s.received_rate_hz:.1f} of the expected {s.expected_rate_hz:g} Hz "
+                                   "and the rest are dropped (not queued): use a faster backend/device, or fewer "
+                                   "torch threads on a CPU shared with other processes (num_threads)"))
+        else:
+            problems.append((WARN, f"input rate {s.received_rate_hz:.1f} Hz below the expected "
+                                   f"{s.expected_rate_hz:g} Hz: {FASTDDS_HINT}"))
     for kind in s.events.recent(s.now, s.problem_hold_s):
         level, text = PROBLEMS.get(kind, (WARN, kind))
         detail = s.events.last_detail.get(kind)
@@ -94,7 +105,6 @@ def assess(s: HealthSnapshot) -> tuple[int, str, dict[str, str]]:
                                f"(input age not comparable): {hint}"))
 
     level = max((lvl for lvl, _ in problems), default=OK)
-    total = s.stage_percentiles.get("total")
     if problems:
         message = "; ".join(text for _, text in problems)
     else:
@@ -106,6 +116,7 @@ def assess(s: HealthSnapshot) -> tuple[int, str, dict[str, str]]:
         "expected_rate_hz": f"{s.expected_rate_hz:g}",
         "received_rate_hz": f"{s.received_rate_hz:.2f}",
         "processed_rate_hz": f"{s.processed_rate_hz:.2f}",
+        "utilization": f"{utilization:.2f}",
         "frames_received": str(s.frames_received),
         "frames_processed": str(s.frames_processed),
         "frames_published": str(s.frames_published),

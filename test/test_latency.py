@@ -114,6 +114,13 @@ def test_assess_healthy_stream_reports_ok_with_percentiles_and_counts():
 def test_assess_low_rate_points_to_the_fastdds_profile():
     level, message, items = assess(_snapshot(received_rate_hz=2.0))
     assert level == WARN and "input rate 2.0 Hz below the expected 10 Hz" in message and FASTDDS_HINT in message
+    assert "node cannot keep up" not in message and items["utilization"] == "0.04"   # 2 Hz x 20 ms
+    # a node that spends its whole time processing is the bottleneck: say so instead of blaming DDS
+    slow = RollingStageStats()
+    slow.add({"total": 480.0})
+    level, message, items = assess(_snapshot(received_rate_hz=2.0, stage_percentiles=slow.summary()))
+    assert level == WARN and "node cannot keep up: processing takes 480 ms" in message
+    assert FASTDDS_HINT not in message and items["utilization"] == "0.96"
     # not judged during the first rate window after start-up
     level, _, _ = assess(_snapshot(received_rate_hz=2.0, now=3.0, started=0.0, last_input_time=2.9))
     assert level == OK
