@@ -1,0 +1,163 @@
+"""Offline inference tool (python -m clean_ros.infer) and the .pcd reader."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clean_ros import infer
+from clean_ros.pcd import PcdFormatError, read_pcd, write_pcd
+from conftest import read_velodyne
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default"
+
+
+@pytest.fixture(scope="module")
+def bundle_path() -> Path:
+    if not (DEFAULT_BUNDLE / "manifest.json").is_file():
+        pytest.skip(f"default bundle not found at {DEFAULT_BUNDLE}")
+    return DEFAULT_BUNDLE
+
+
+@pytest.fixture(scope="module")
+def kitti_split(kitti_sample, tmp_path_factory) -> Path:
+    """A two-frame copy of the KITTI sample's training split (velodyne, calib, label_2)."""
+    root = tmp_path_factory.mktemp("kitti") / "training"
+    for sub in ("velodyne", "calib", "label_2"):
+        (root / sub).mkdir(parents=True)
+        for stem in ("000000", "000003"):
+            src = next((kitti_sample / "training" / sub).glob(f"{stem}.*"))
+            shutil.copy(src, root / sub / src.name)
+    return root
+
+
+# ------------------------------------------------------------------------------------------- .pcd
+def test_pcd_binary_and_ascii_round_trip(tmp_path, kitti_sample):
+    points = read_velodyne(kitti_sample / "training/velodyne/000000.bin")[:5000]
+    write_pcd(tmp_path / "b.pcd", points, binary=True)
+    write_pcd(tmp_path / "a.pcd", points[:300], binary=False)
+    b = read_pcd(tmp_path / "b.pcd")
+    assert b.points.dtype == np.float32 and np.array_equal(b.points, points)
+    assert b.available_fields == ("x", "y", "z", "intensity") and b.missing_fields == ()
+    assert np.array_equal(read_pcd(tmp_path / "a.pcd").points, points[:300])
+
+
+def _header(fields, sizes, types, counts, n, data):
+    return (f"VERSION 0.7\nFIELDS {fields}\nSIZE {sizes}\nTYPE {types}\nCOUNT {counts}\nWIDTH {n}\nHEIGHT 1\n"
+            f"VIEWPOINT 0 0 0 1 0 0 0\nPOINTS {n}\nDATA {data}\n").encode()
+
+
+def test_pcd_mixed_types_padding_counts_nan_and_missing_intensity(tmp_path):
+    # x y z float32, a 3-float normal (COUNT 3, skipped), uint8 intensity, float64 time
+    dtype = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("n", "<f4", (3,)), ("i", "u1"), ("t", "<f8")])
+    rows = np.zeros(3, dtype)
+    rows["x"], rows["y"], rows["z"] = [1, np.nan, 3], [4, 5, 6], [7, 8, 9]
+    rows["i"], rows["t"] = [10, 20, 255], [0.5, 0.25, 0.125]
+    (tmp_path / "m.pcd").write_bytes(_header("x y z normal intensity time", "4 4 4 4 1 8", "F F F F U F",
+                                             "1 1 1 3 1 1", 3, "binary") + rows.tobytes())
+    cloud = read_pcd(tmp_path / "m.pcd", fields=("x", "y", "z", "intensity", "time"))
+    assert cloud.num_nonfinite_removed == 1
+    assert np.array_equal(cloud.points, np.array([[1, 4, 7, 10, 0.5], [3, 6, 9, 255, 0.125]], np.float32))
+    (tmp_path / "xyz.pcd").write_bytes(_header("x y z", "4 4 4", "F F F", "1 1 1", 2, "ascii") + b"1 2 3\n4 5 6\n")
+    cloud = read_pcd(tmp_path / "xyz.pcd")
+    assert cloud.missing_fields == ("intensity",) and np.array_equal(cloud.points[:, 3], [0, 0])
+
+
+@pytest.mark.parametrize("body, message", [
+    (_header("x y z", "4 4 4", "F F F", "1 1 1", 2, "binary_compressed") + b"\0" * 24, "binary_compressed is not supported"),
+    (_header("x y z", "4 4 4", "F F F", "1 1 1", 4, "binary") + b"\0" * 24, "binary data has 24 bytes, header promises 4"),
+    (_header("x y z", "4 4 4", "F F F", "1 1 1", 2, "ascii") + b"1 2 3\n4 five 6\n", r":12: non-numeric value"),
+    (_header("x y z", "4 4 4", "F F F", "1 1 1", 2, "ascii") + b"1 2 3\n4 5\n", r":12: expected 3 values per row"),
+    (_header("y z", "4 4", "F F", "1 1", 1, "ascii") + b"1 2\n", "no 'x' field"),
+    (b"hello\nworld\n", "header ends before a DATA line"),
+])
+def test_pcd_errors_name_file_and_line(tmp_path, body, message):
+    (tmp_path / "bad.pcd").write_bytes(body)
+    with pytest.raises(PcdFormatError, match=message) as err:
+        read_pcd(tmp_path / "bad.pcd")
+    assert str(tmp_path / "bad.pcd") in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------- infer
+def test_kitti_folder_to_predictions_readable_by_evaluate(bundle_path, kitti_split, tmp_path, capsys):
+    out, png = tmp_path / "pred", tmp_path / "png"
+    code = infer.main(["--bundle", str(bundle_path), "--backend", "onnxruntime", "--out", str(out),
+                       "--png", str(png), "--score-threshold", "0.05", str(kitti_split)])
+    text = capsys.readouterr().out
+    assert code == 0
+    lines = [ln for ln in text.splitlines() if ln.startswith(("000000:", "000003:"))]
+    assert len(lines) == 2 and all(" ms (preprocess " in ln and "Car" in ln for ln in lines)
+    assert sorted(p.name for p in out.iterdir()) == ["000000.txt", "000003.txt"]
+    rows = [ln.split() for p in out.iterdir() for ln in p.read_text().splitlines()]
+    assert rows and all(len(r) == 16 for r in rows)
+    assert (png / "000000.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+    from training import evaluate as evaluate_cli
+
+    results = tmp_path / "results.json"
+    assert evaluate_cli.main(["--gt", str(kitti_split / "label_2"), "--pred", str(out), "--out", str(results)]) == 0
+    payload = json.loads(results.read_text())
+    assert payload["frames"] == 2 and payload["frames_without_predictions"] == 0
+    assert set(payload["results"]) == {"Car", "Pedestrian", "Cyclist"}
+
+
+def test_bin_and_pcd_inputs_give_the_same_json_predictions(bundle_path, kitti_sample, tmp_path, capsys):
+    points = read_velodyne(kitti_sample / "training/velodyne/000000.bin")
+    points.tofile(tmp_path / "scan.bin")
+    write_pcd(tmp_path / "scan_copy.pcd", points)
+    out = tmp_path / "pred"
+    code = infer.main(["--bundle", str(bundle_path), "--backend", "torch", "--out", str(out), "--score-threshold",
+                       "0.05", str(tmp_path / "scan.bin"), str(tmp_path / "scan_copy.pcd")])
+    assert code == 0, capsys.readouterr().err
+    a = json.loads((out / "scan.json").read_text())
+    b = json.loads((out / "scan_copy.json").read_text())
+    assert a["frame_convention"].startswith("lidar: x forward")
+    assert a["class_names"] == ["Car", "Pedestrian", "Cyclist"]
+    assert a["detections"] and a["detections"] == b["detections"]
+    assert all(len(d["box"]) == 7 and 0.05 <= d["score"] <= 1 for d in a["detections"])
+
+    from clean_ros.pipeline import Pipeline
+
+    pipe = Pipeline.from_bundle(bundle_path, backend="torch")
+    pipe.update_postprocess(score_thresholds=0.05)
+    dets = pipe(points).detections
+    assert len(dets) == len(a["detections"])
+    assert np.allclose(np.array([d["box"] for d in a["detections"]]), dets.boxes, atol=1e-4)
+
+
+def test_no_detections_prints_the_input_contract_findings(bundle_path, kitti_sample, tmp_path, capsys):
+    points = read_velodyne(kitti_sample / "training/velodyne/000000.bin").copy()
+    points[:, :3] *= 1000.0  # millimetres instead of metres
+    points[:, 3] *= 255.0  # 0-255 intensity
+    points.tofile(tmp_path / "mm.bin")
+    assert infer.main(["--bundle", str(bundle_path), "--backend", "torch", "--score-threshold", "0.3",
+                       str(tmp_path / "mm.bin")]) == 0
+    text = capsys.readouterr().out
+    assert "mm: 0 detections" in text
+    assert "no detections in mm:" in text
+    assert "are the units millimetres" in text
+    assert "looks 0-255 scaled" in text
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing.bin", "missing.bin: no such file or directory"),
+    (lambda d: (d / "x.txt").write_text("1") and d / "x.txt", "unsupported file type '.txt'"),
+    (lambda d: (d / "odd.bin").write_bytes(b"\0" * 10) and d / "odd.bin", "not a whole number of KITTI points"),
+    (lambda d: (d / "e").mkdir() or d / "e", "no .bin or .pcd files"),
+])
+def test_bad_inputs_exit_2_with_a_message(bundle_path, tmp_path, capsys, make, message):
+    target = make(tmp_path)
+    assert infer.main(["--bundle", str(bundle_path), "--backend", "torch", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_bad_bundle_exits_2(tmp_path, capsys, kitti_sample):
+    (tmp_path / "b").mkdir()
+    assert infer.main(["--bundle", str(tmp_path / "b"), str(kitti_sample / "training/velodyne/000000.bin")]) == 2
+    assert "no manifest.json: not a clean_ros bundle" in capsys.readouterr().err
