@@ -271,3 +271,32 @@ def test_save_rejects_unserialisable_metadata(saved, tmp_path):
         save_bundle(tmp_path / "b", model, cfg, metrics={"ap": object()}, export_onnx=False)
     assert not (tmp_path / "b").exists()
 
+
+
+# ------------------------------------------------------------------------------------------- training/export.py
+def test_export_cli_turns_a_trainer_checkpoint_into_a_bundle(saved, tmp_path, capsys):
+    from clean_ros.config import save_yaml
+    from training import export
+    from training.checkpoint import TrainingState, atomic_torch_save, build_checkpoint
+
+    _, model, cfg = saved
+    ckpt = tmp_path / "last.pt"
+    atomic_torch_save(build_checkpoint(model_state=model.state_dict(), loss_terms={}, optimizer_state={},
+                                       scheduler_state={}, scaler_state={},
+                                       state=TrainingState(global_step=42, metrics={"mAP": 3.5}), config_yaml=""),
+                      ckpt)
+    config = save_yaml(cfg, tmp_path / "detector.yaml")
+    out = tmp_path / "bundle"
+    assert export.main(["--checkpoint", str(ckpt), "--config", str(config), "--out", str(out),
+                        "--method", "baseline", "--pruning-ratio", "0.5"]) == 0
+    b = load_bundle(out)
+    assert b.manifest["metrics"] == {"mAP": 3.5, "train_global_step": 42}
+    assert b.manifest["provenance"]["pruning_ratio"] == 0.5 and b.manifest["provenance"]["checkpoint"] == str(ckpt)
+    for k, v in model.state_dict().items():
+        assert torch.equal(b.state_dict()[k], v)
+    # A checkpoint that does not fit the config: one line, exit 2, nothing written.
+    assert export.main(["--checkpoint", str(ckpt), "--config", str(config), "--out", str(tmp_path / "bad"),
+                        "--set", "encoder.widths=[16]"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "weights do not fit the model" in err and "encoder.linears.0.weight" in err
+    assert not (tmp_path / "bad").exists()

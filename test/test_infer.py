@@ -95,8 +95,6 @@ def test_kitti_folder_to_predictions_readable_by_evaluate(bundle_path, kitti_spl
     assert rows and all(len(r) == 16 for r in rows)
     assert (png / "000000.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    import sys
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
     from training import evaluate as evaluate_cli
 
     results = tmp_path / "results.json"

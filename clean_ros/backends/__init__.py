@@ -84,7 +84,7 @@ def open_backend(requested: str, bundle, detector, device: str = "cpu", **kwargs
     for name in order:
         try:
             backend = create_backend(name, bundle, detector, device, **kwargs)
-        except BackendUnavailable as exc:
+        except BackendError as exc:  # BackendUnavailable included
             if requested != "auto":
                 raise
             reasons.append(f"{name} failed: {exc}")

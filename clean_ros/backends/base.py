@@ -27,6 +27,7 @@ class BackendUnavailable(BackendError):
 
 class Backend(ABC):
     name: str = "?"
+    selection_reason: str = ""  # why this backend runs (set by clean_ros.backends.open_backend; the node logs it)
 
     def __init__(self, output_names: Sequence[str], output_device: str | torch.device = "cpu"):
         self.output_names = tuple(output_names)
