@@ -127,6 +127,7 @@ def main() -> int:
             executor.spin_once(timeout_sec=0.1)
         time.sleep(1.0)
         rss_start = _rss_mb(node_proc.pid)
+        rss_samples: list[tuple[int, float]] = []
         load = os.getloadavg()
         messages = [make_pointcloud2(clouds[i % len(clouds)], ("x", "y", "z", "intensity"),
                                      (float(i + 1), "velodyne")) for i in range(args.frames)]
@@ -137,6 +138,8 @@ def main() -> int:
                 executor.spin_once(timeout_sec=max(0.0, min(0.005, due - time.monotonic())))
             sent_at[i + 1] = time.monotonic()
             publisher.publish(msg)
+            if (i + 1) % max(args.frames // 4, 1) == 0:
+                rss_samples.append((i + 1, _rss_mb(node_proc.pid)))
         end = time.monotonic() + 5.0
         while time.monotonic() < end and len(received_at) < len(sent_at):
             executor.spin_once(timeout_sec=0.05)
@@ -172,7 +175,9 @@ def main() -> int:
           f"   (goal p50 <= 100 ms)")
     k = max(len(e2e) // 4, 1)
     print(f"  backlog check: e2e p50 first quarter {_pct(e2e[:k], 50):.1f} ms, last quarter {_pct(e2e[-k:], 50):.1f} ms")
-    print(f"  node RSS: {rss_start:.0f} MB at start, {rss_end:.0f} MB at end ({rss_end - rss_start:+.0f} MB)")
+    print(f"  node RSS: {rss_start:.0f} MB at start (after warm-up), "
+          + ", ".join(f"{mb:.0f} MB after {n} frames sent" for n, mb in rss_samples)
+          + f", {rss_end:.0f} MB at end ({rss_end - rss_start:+.0f} MB)")
     return 0
 
 

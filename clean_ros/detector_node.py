@@ -54,6 +54,7 @@ BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 LOG_THROTTLE_S = 5.0
 RATE_WINDOW_S = 5.0          # received / processed rates are measured over this window
 PROBLEM_HOLD_S = 5.0         # a problem stays on /diagnostics this long after it last happened
+CONTRACT_CHECK_MIN_PERIOD_S = 1.0
 CLOCK_COMPARABLE_S = 3600.0  # |now - stamp| beyond this: the stamp is from another clock (bag without --clock)
 # rclpy >= Jazzy passes MessageInfo (publication sequence numbers) to two-argument callbacks.
 _MESSAGE_INFO_CALLBACKS = hasattr(Subscription, "CallbackType")
@@ -195,6 +196,7 @@ class DetectorNode(Node):
         self.clock_offset_s: float | None = None
         self.frame_id: str | None = None
         self.contract_pending = True
+        self.last_contract_check = -math.inf
         self.contract_findings: list = []
         self.contract = self._input_contract()
         self.hardware_id = read("hardware_id") or self.get_fully_qualified_name()
@@ -493,7 +495,9 @@ class DetectorNode(Node):
         except Exception as error:  # noqa: BLE001
             self._log("publish").error(f"publishing stage latency failed: {error!r}",
                                        throttle_duration_sec=LOG_THROTTLE_S)
-        if self.contract_pending:
+        # The check decodes the cloud once more: at most once a second, even if a hostile stream flips frame_id.
+        if self.contract_pending and time.monotonic() - self.last_contract_check >= CONTRACT_CHECK_MIN_PERIOD_S:
+            self.last_contract_check = time.monotonic()
             self._check_contract(msg)
 
     def _detect(self, msg: PointCloud2, arrival: float, stage_ms: dict[str, float]):
