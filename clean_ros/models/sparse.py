@@ -163,16 +163,16 @@ class _GatherMatmulScatter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, weight, in_rows, out_rows, counts: List[int], num_out: int, subm: bool):
         out_ch, in_ch = weight.shape[0], weight.shape[-1]
-        w = weight.reshape(out_ch, -1, in_ch)
+        w = weight.reshape(out_ch, -1, in_ch).permute(1, 2, 0).contiguous()  # [kv, in, out]: dense mm operands
         if subm:
-            out = torch.mm(features, w[:, w.shape[1] // 2].t())
+            out = torch.mm(features, w[w.shape[0] // 2])
         else:
             out = features.new_zeros((num_out, out_ch))
         if in_rows.numel() > 0:
             gathered = features.index_select(0, in_rows)
             products = features.new_empty((in_rows.numel(), out_ch))
             for k, start, stop in _offset_spans(counts):
-                torch.mm(gathered[start:stop], w[:, k].t(), out=products[start:stop])
+                torch.mm(gathered[start:stop], w[k], out=products[start:stop])
             out.index_add_(0, out_rows, products)
         ctx.save_for_backward(features, weight, in_rows, out_rows)
         ctx.counts, ctx.subm = counts, subm
@@ -183,23 +183,23 @@ class _GatherMatmulScatter(torch.autograd.Function):
     def backward(ctx, grad_out):
         features, weight, in_rows, out_rows = ctx.saved_tensors
         out_ch, in_ch = weight.shape[0], weight.shape[-1]
-        w = weight.reshape(out_ch, -1, in_ch)
-        centre = w.shape[1] // 2
+        w = weight.reshape(out_ch, -1, in_ch).transpose(0, 1).contiguous()  # [kv, out, in]
+        centre = w.shape[0] // 2
         grad_out = grad_out.contiguous()
         grad_out_pairs = grad_out.index_select(0, out_rows)
         spans = _offset_spans(ctx.counts)
         grad_features = grad_weight = None
         if ctx.needs_input_grad[0]:
             if ctx.subm:
-                grad_features = torch.mm(grad_out, w[:, centre])
+                grad_features = torch.mm(grad_out, w[centre])
             else:
                 grad_features = features.new_zeros(features.shape)
             grad_in_pairs = features.new_empty((in_rows.numel(), in_ch))
             for k, start, stop in spans:
-                torch.mm(grad_out_pairs[start:stop], w[:, k], out=grad_in_pairs[start:stop])
+                torch.mm(grad_out_pairs[start:stop], w[k], out=grad_in_pairs[start:stop])
             grad_features.index_add_(0, in_rows, grad_in_pairs)
         if ctx.needs_input_grad[1]:
-            grad_w = weight.new_zeros(w.shape)
+            grad_w = weight.new_zeros(weight.reshape(out_ch, -1, in_ch).shape)
             gathered = features.index_select(0, in_rows)
             for k, start, stop in spans:
                 grad_w[:, k] = torch.mm(grad_out_pairs[start:stop].t(), gathered[start:stop])
