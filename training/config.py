@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 from clean_ros.config import ConfigError, load_config
-from clean_ros.models.configs import DetectorConfig
+from clean_ros.models.configs import DetectorConfig, TwoStageConfig
 from training.data.config import AugmentConfig, DataConfig
 
 _DATA_DEFAULTS = DataConfig()
@@ -76,6 +76,9 @@ class TrainConfig:
     log_interval: int = 10  # iterations between CSV / TensorBoard loss rows
     max_iterations: int = 0  # stop (with a checkpoint, as an interruption) after this many iterations; 0 = none
     init_checkpoint: str = ""  # start from these model weights (e.g. a pruned or teacher-initialised student)
+    # Two-stage teacher (training.teacher_task.TeacherTask): set this and give `model` the same RPN config
+    # (e.g. model: {_base_: ../second_tiny.yaml}, two_stage: {_base_: ../teacher_two_stage_tiny.yaml}).
+    two_stage: Optional[TwoStageConfig] = None
 
     def __post_init__(self):
         for key in ("epochs", "batch_size"):
@@ -89,6 +92,9 @@ class TrainConfig:
             raise ValueError(f"batchnorm_momentum must be in (0, 1] or null, got {self.batchnorm_momentum}")
         if self.log_interval < 1:
             raise ValueError(f"log_interval must be >= 1, got {self.log_interval}")
+        if self.two_stage is not None and self.two_stage.rpn != self.model:
+            raise ValueError("two_stage.rpn differs from model: `model` must be the teacher's RPN config (data and "
+                             "evaluation follow it); load both from the same file and override both")
         self._sync_data_with_model()
 
     def _sync_data_with_model(self) -> None:

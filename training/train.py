@@ -90,7 +90,7 @@ def _main(args) -> int:
     from training.data.kitti_dataset import KittiDataset
     from training.distributed import cleanup_distributed, init_distributed
     from training.run_dir import RunDir, setup_logging
-    from training.task import DetectionTask
+    from training.teacher_task import build_task
     from training.trainer import Trainer, seed_everything
 
     # ---- configuration (fails fast, before any process group or folder exists)
@@ -144,7 +144,7 @@ def _main(args) -> int:
         except GTDatabaseError as exc:
             raise UsageError(str(exc)) from None
 
-        task = DetectionTask(cfg.model)
+        task = build_task(cfg)  # DetectionTask(cfg.model), or TeacherTask when cfg.two_stage is set
         if cfg.init_checkpoint and resume is None:
             try:
                 task.model.load_state_dict(ckpt_io.load_model_weights(cfg.init_checkpoint))
