@@ -126,9 +126,32 @@ def build_graph(detector: nn.Module, prune_encoder: bool = False, prune_backbone
 
 
 def _sparse_layers(detector: nn.Module) -> list[PrunableLayer]:
-    """Sparse 3D backbone (SECOND): not available in this tree yet."""
-    raise NotImplementedError("pruning the sparse 3D backbone is not implemented yet (no sparse backbone in the "
-                              "tree when training/prune was written); set prune.prune_backbone_3d=false")
+    """SECOND's sparse 3D backbone: every conv of every stage and the z-downsampling output conv.
+
+    Consumers are the next sparse conv (a chain) and, for the last one, the first BEV conv through the height
+    compression: kept 3D channel c feeds BEV channels c * D + d for every depth d. No fold: after a sparse conv
+    a removed channel is its constant only on active sites (0 elsewhere), so its contribution is not constant.
+    """
+    backbone = detector.backbone_3d
+    convs: list[tuple[str, str, int, tuple]] = []  # (conv name, BN name, width, config path)
+    for i, stage in enumerate(backbone.stages):
+        for j, block in enumerate(stage):
+            if not (isinstance(block[1], nn.BatchNorm1d) and isinstance(block[2], nn.ReLU)):
+                raise TypeError(f"backbone_3d.stages.{i}.{j}: expected (sparse conv, BatchNorm1d, ReLU)")
+            convs.append((f"backbone_3d.stages.{i}.{j}.0", f"backbone_3d.stages.{i}.{j}.1", block[0].out_channels,
+                          ("backbone_3d", "widths", i, j)))
+    if backbone.out is not None:
+        convs.append(("backbone_3d.out.0", "backbone_3d.out.1", backbone.out[0].out_channels,
+                      ("backbone_3d", "out_width")))
+    layers = []
+    for k, (name, norm, width, path) in enumerate(convs):
+        if k + 1 < len(convs):
+            consumers = [Consumer(convs[k + 1][0], "sparse", _rows(width), fold=None)]
+        else:  # height compression: BEV channel = c * D + d
+            consumers = [_bev_first_conv_consumer(width, _rows(width, scale=backbone.depth,
+                                                               repeats=backbone.depth))]
+        layers.append(PrunableLayer(name, norm, "sparse", width, "backbone_3d", path, consumers))
+    return layers
 
 
 __all__ = ["Consumer", "PrunableLayer", "build_graph"]
