@@ -45,7 +45,8 @@ ANSWER_TIMEOUT_S = 60.0   # a loaded 2-core machine can take seconds per frame
 pytestmark = pytest.mark.ros
 
 
-def _bundle(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory) -> Path:
     if (DEFAULT_BUNDLE / "manifest.json").is_file():
         return DEFAULT_BUNDLE
     out = tmp_path_factory.mktemp("bundle") / "tiny"
@@ -132,7 +133,7 @@ class Harness:
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory, kitti_sample):
+def running(tmp_path_factory, kitti_sample, bundle_path):
     """(harness, node process, KITTI points): the node subprocess, started once for this module."""
     domain_id = random.SystemRandom().randint(1, 200)
     # Large clouds from this (publishing) process need the Fast DDS profile (docs/NODE.md); it is read when the
@@ -142,7 +143,7 @@ def running(tmp_path_factory, kitti_sample):
            "FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE), "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path_factory.mktemp("node") / "node.log"
     command = launch_command(REPO / "config" / "detector.yaml", {
-        "bundle_path": str(_bundle(tmp_path_factory)), "input_topic": f"{NS}/points",
+        "bundle_path": str(bundle_path), "input_topic": f"{NS}/points",
         "output_topic": f"{NS}/detections", "num_threads": 1, "warmup_iterations": 1,
         "expected_rate_hz": 10.0, "diagnostics_period_s": 0.5})
     with open(log_path, "w") as log:
@@ -373,7 +374,7 @@ def test_node_stops_cleanly_on_sigint(running):
     assert "Traceback" not in log, log[-3000:]
 
 
-def test_use_sim_time_input_age_follows_clock(tmp_path_factory, kitti_sample):
+def test_use_sim_time_input_age_follows_clock(kitti_sample, bundle_path):
     """With use_sim_time the input age is /clock - header.stamp (a bag replayed with --clock), and the 1 Hz
     diagnostics run on a steady clock, so they appear even before any /clock message."""
     from rosgraph_msgs.msg import Clock
@@ -383,7 +384,7 @@ def test_use_sim_time_input_age_follows_clock(tmp_path_factory, kitti_sample):
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
            "FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}
     command = launch_command(REPO / "config" / "detector.yaml", {
-        "bundle_path": str(_bundle(tmp_path_factory)), "input_topic": f"{NS}/points",
+        "bundle_path": str(bundle_path), "input_topic": f"{NS}/points",
         "output_topic": f"{NS}/detections", "num_threads": 1, "warmup_iterations": 0, "use_sim_time": True,
         "diagnostics_period_s": 0.5})
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
