@@ -60,7 +60,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("fastdds_profile", default_value=os.path.join(share, "config", "fastdds_large_data.xml"),
                               description="Fast DDS XML profile for large clouds; empty = DDS defaults"),
     ]
-    overrides = {name: LaunchConfiguration(name) for name in NODE_PARAMETER_ARGUMENTS}
+    # value_type=str: keep strings strings (an empty bundle_path would otherwise be YAML-evaluated to null).
+    overrides = {name: ParameterValue(LaunchConfiguration(name), value_type=str) for name in NODE_PARAMETER_ARGUMENTS}
     overrides["use_sim_time"] = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
     node = Node(
         package=PACKAGE,

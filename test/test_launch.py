@@ -136,8 +136,9 @@ def test_node_package_executable_and_parameters(description):
     assert (kw["package"], kw["executable"], kw["name"]) == ("clean_ros", "detector_node", "clean_ros_detector")
     params_file, overrides = kw["parameters"]
     assert isinstance(params_file, LaunchConfiguration) and params_file.name == "params_file"
-    assert {k: v.name for k, v in overrides.items() if isinstance(v, LaunchConfiguration)} == {
-        n: n for n in ("input_topic", "output_topic", "bundle_path", "backend", "device")}
+    strings = {k: v for k, v in overrides.items() if k != "use_sim_time"}
+    assert {k: (v.value.name, v.value_type) for k, v in strings.items()} == {
+        n: (n, str) for n in ("input_topic", "output_topic", "bundle_path", "backend", "device")}
     sim = overrides["use_sim_time"]
     assert isinstance(sim, ParameterValue) and sim.value.name == "use_sim_time" and sim.value_type is bool
     assert kw["arguments"][:2] == ["--ros-args", "--log-level"] and kw["arguments"][2].name == "log_level"
@@ -161,7 +162,8 @@ def _resolve(value, context):
     if isinstance(value, LaunchConfiguration):
         return value.perform(context)
     if isinstance(value, ParameterValue):
-        return _resolve(value.value, context).lower() == "true" if value.value_type is bool else value.value
+        text = _resolve(value.value, context)
+        return text.lower() == "true" if value.value_type is bool else value.value_type(text)
     return value
 
 
