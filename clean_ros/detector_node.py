@@ -350,6 +350,7 @@ class DetectorNode(Node):
                                f"device '{self.device}'): {error}") from None
         name = getattr(pipeline, "backend_name", "?")
         reason = getattr(getattr(pipeline, "backend", None), "selection_reason", "") or "requested explicitly"
+        self.backend_reason = reason
         if self.backend_requested not in ("auto", name):
             self.get_logger().warning(f"backend fallback: '{self.backend_requested}' was requested but '{name}' "
                                       f"runs ({reason})")
@@ -608,7 +609,8 @@ class DetectorNode(Node):
             stage_percentiles=self.stage_stats.summary(), input_age=age, clock_offset_s=self.clock_offset_s,
             backend_requested=self.backend_requested, backend_name=str(self.pipeline.backend_name),
             device=self.device, bundle=str(self.bundle_path), num_threads=self.num_threads,
-            contract_findings=tuple(self.contract_findings), use_sim_time=self.use_sim_time)
+            contract_findings=tuple(self.contract_findings), use_sim_time=self.use_sim_time,
+            backend_reason=self.backend_reason)
 
     def _publish_diagnostics(self) -> None:
         try:

@@ -62,6 +62,7 @@ class HealthSnapshot:
     bundle: str
     num_threads: int
     contract_findings: Sequence[tuple[str, str]] = field(default_factory=tuple)   # (code, message)
+    backend_reason: str = ""                    # why this backend runs (Pipeline's backend selection)
     low_rate_fraction: float = 0.8
     use_sim_time: bool = False
 
@@ -96,6 +97,8 @@ def assess(s: HealthSnapshot) -> tuple[int, str, dict[str, str]]:
         problems.append((level, f"{text}: {detail}" if detail else text))
     if s.backend_requested not in ("", "auto") and s.backend_name and s.backend_requested != s.backend_name:
         problems.append((WARN, f"backend fallback: '{s.backend_requested}' requested, '{s.backend_name}' running"))
+    elif " failed: " in s.backend_reason:   # auto picked a backend that could not start and fell through
+        problems.append((WARN, f"backend fallback: '{s.backend_name}' running ({s.backend_reason})"))
     for code, message in s.contract_findings:
         problems.append((WARN, f"input contract ({code}): {message}"))
     if s.clock_offset_s is not None:
@@ -136,6 +139,7 @@ def assess(s: HealthSnapshot) -> tuple[int, str, dict[str, str]]:
     items.update({
         "backend": s.backend_name,
         "backend_requested": s.backend_requested,
+        "backend_reason": s.backend_reason,
         "device": s.device,
         "num_threads": str(s.num_threads),
         "bundle": s.bundle,

@@ -469,3 +469,69 @@ def test_unusable_configuration_stops_with_one_clear_line(parameters, expected):
     assert result.returncode == 2, output[-2000:]
     assert "FATAL" in output and expected in output, output[-2000:]
     assert "Traceback" not in output, output[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Unit test of the node's failure handling, in process. TEST DOUBLE: `FailingPipeline` stands in for the Pipeline
+# only here, because a real backend cannot be made to fail on demand; every other test uses the real Pipeline.
+
+class FailingPipeline:
+    """TEST DOUBLE of clean_ros.pipeline.Pipeline: fails on 13-point clouds, reports a voxel overflow otherwise."""
+
+    backend_name = "torch"
+    class_names = ("Car", "Pedestrian", "Cyclist")
+    point_features = ("x", "y", "z", "intensity")
+    bundle = None
+
+    def __init__(self):
+        from clean_ros.models.configs import PostProcessConfig
+
+        self.postprocess_settings = PostProcessConfig()
+
+    def update_postprocess(self, **changes):
+        raise ValueError("not used")
+
+    def warmup(self, iterations=3):
+        pass
+
+    def __call__(self, points):
+        from clean_ros.pipeline import PipelineResult
+        from clean_ros.types import Detections
+        from clean_ros.voxelize import VoxelStats
+
+        if len(points) == 13:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return PipelineResult(Detections.empty(self.class_names),
+                              {"preprocess": 1.0, "inference": 2.0, "postprocess": 0.5},
+                              VoxelStats(len(points), 0, 40012, 12, 30))
+
+
+def test_backend_failure_and_voxel_overflow_are_answered_and_reported_in_process():
+    from rclpy.parameter import Parameter as RclpyParameter
+
+    from clean_ros.detector_node import DetectorNode
+    from clean_ros.node_diagnostics import ERROR, WARN, assess
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=random.SystemRandom().randint(1, 200))
+    try:
+        node = DetectorNode(pipeline_factory=lambda path, backend, device: FailingPipeline(), context=context,
+                            parameter_overrides=[RclpyParameter("warmup_iterations", value=0)])
+        published = []
+        node.detections_pub.publish = published.append
+        rng = np.random.default_rng(0)
+        node._on_cloud(_cloud(rng.uniform(0, 10, (13, 4)).astype(np.float32), 7000), None)
+        assert published[-1].header.stamp.sec == 7000 and len(published[-1].detections) == 0
+        assert node.events.count("backend_error") == 1 and node.frames_processed == 0
+        level, message, _ = assess(node.health_snapshot())
+        assert level == ERROR and "illegal memory access" in message
+        node._on_cloud(_cloud(rng.uniform(0, 10, (100, 4)).astype(np.float32), 7001), None)
+        assert published[-1].header.stamp.sec == 7001 and node.frames_processed == 1
+        assert node.events.count("voxel_overflow") == 1
+        _, message, items = assess(node.health_snapshot())
+        assert "12 of 40012 voxels and 30 points dropped" in message
+        assert items["inference_ms_p50"] == "2.000" and items["backend_error_count"] == "1"
+        node.close()
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)

@@ -145,6 +145,9 @@ def test_assess_stale_input_problems_fallback_and_contract():
 
     level, message, _ = assess(_snapshot(backend_requested="tensorrt", backend_name="onnxruntime"))
     assert level == WARN and "backend fallback: 'tensorrt' requested, 'onnxruntime' running" in message
+    level, message, _ = assess(_snapshot(backend_requested="auto", backend_name="onnxruntime",
+                                         backend_reason="auto: gpu; tensorrt failed: engine build error"))
+    assert level == WARN and "backend fallback: 'onnxruntime' running" in message and "engine build" in message
     level, message, items = assess(_snapshot(contract_findings=[("value_scale", "looks 0-255 scaled")]))
     assert level == WARN and "input contract (value_scale)" in message and items["contract"] == "value_scale"
     level, message, _ = assess(_snapshot(clock_offset_s=-3.2e5))
