@@ -1,20 +1,139 @@
-"""The CLEAN compression pipeline entry point (issue 6): not built yet.
+#!/usr/bin/env python3
+"""The CLEAN compression pipeline: teacher -> distilled student -> pruned -> fine-tuned -> IoU gate -> bundle.
 
-Teacher -> CaKD + label-assignment distilled student -> masked category-knowledge pruning -> fine-tune ->
-IoU-aware redundancy elimination -> evaluation -> bundle. Until its parts land this command says so plainly
-instead of pretending to run.
+    python training/compress.py [--config config/compress/default.yaml] [--set key.path=value ...]
+                                [--out runs/NAME] [--force STAGE|all] [--list-stages]
+    make compress                       # the embedded default (config/compress/default.yaml), simulated data
+
+Stages (resumable; each writes runs/NAME/stages/<stage>/ and a done-marker keyed by its config hash; a re-run
+skips finished stages whose config is unchanged, a killed stage restarts, training stages from their last
+checkpoint): data, teacher, student_baseline, student_cakd, importance, prune, finetune, iou_refine,
+baseline_<name>..., evaluate, efficiency, export, report. Outputs: runs/NAME/{config.yaml, compress.log,
+report.md, report.json, plots/*.png, bundle/}. See docs/COMPRESS.md.
+
+Mistakes in the config or paths: one line `error: ...`, exit status 2. Ctrl-C: the running training step finishes
+and a checkpoint is saved (exit 130); run the same command again to continue.
 """
+from __future__ import annotations
+
+import argparse
 import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clean_ros.config import ConfigError, add_override_argument  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "config" / "compress" / "default.yaml"
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
-def main() -> int:
-    print(
-        "clean_ros compress: the compression pipeline is not built yet.\n"
-        "What exists today: the KITTI/simulator data pipeline, geometry and KITTI evaluation, the detector models\n"
-        "(see README, 'Status'). Follow the roadmap in the README for what comes next.",
-        file=sys.stderr,
-    )
-    return 3
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description="Compress a LiDAR detector (CLEAN): teacher, distilled and pruned "
+                                             "students, IoU gate, evaluation, efficiency, bundle, report.")
+    ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"compression YAML (default {DEFAULT_CONFIG.relative_to(REPO)})")
+    add_override_argument(ap)
+    ap.add_argument("--out", type=Path, help="run folder (default runs/<name>); an existing one is resumed")
+    ap.add_argument("--force", action="append", default=[], metavar="STAGE|all",
+                    help="re-run this stage (and so everything that depends on it) even if it is done; repeatable")
+    ap.add_argument("--list-stages", action="store_true", help="print the stages of this config and exit")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars (also off when not a TTY)")
+    return ap
+
+
+def load(args):
+    from clean_ros.config import load_config
+    from training.pipeline.config import CompressConfig
+
+    if not args.config.is_file():
+        raise UsageError(f"{args.config}: config file not found")
+    cfg = load_config(CompressConfig, args.config, args.overrides)
+    for label, path in (("teacher.config", cfg.teacher.config), ("student.config", cfg.student.config)):
+        if not _resolve(path).is_file():
+            raise UsageError(f"{label} {path}: file not found")
+    cfg.teacher.config = str(_resolve(cfg.teacher.config))
+    cfg.student.config = str(_resolve(cfg.student.config))
+    if cfg.teacher.checkpoint and not Path(cfg.teacher.checkpoint).is_file():
+        raise UsageError(f"teacher.checkpoint {cfg.teacher.checkpoint}: file not found")
+    if cfg.data.source == "kitti" and not Path(cfg.data.root).is_dir():
+        raise UsageError(f"data.root {cfg.data.root}: dataset folder not found (expected the KITTI object layout "
+                         f"<root>/training/{{velodyne,label_2,calib}}, <root>/ImageSets/)")
+    return cfg
+
+
+def _resolve(path: str) -> Path:
+    """Config paths are relative to the working directory, else to the repository root."""
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else REPO / p
+
+
+def _check_stage_configs(cfg, pipeline) -> None:
+    """Load every training config once up front, so that a bad override fails before hours of work."""
+    pipeline.train_config(cfg.teacher.config, cfg.teacher.epochs, cfg.teacher.set)
+    pipeline.train_config(cfg.student.config, cfg.student.epochs, cfg.student.set)
+    pipeline.train_config(cfg.student.config, cfg.finetune.epochs, [*cfg.student.set, *cfg.finetune.set])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _main(args)
+    except (UsageError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _main(args) -> int:
+    cfg = load(args)
+    import torch
+
+    from clean_ros.config import save_yaml
+    from training.pipeline.stages import StageStore, fmt_seconds
+    from training.pipeline.steps import CompressPipeline, PipelineInterrupted
+    from training.run_dir import setup_logging
+
+    root = args.out or Path("runs") / cfg.name
+    progress = not args.no_progress and sys.stderr.isatty()
+    pipeline = CompressPipeline(cfg, root, log=print, progress=progress)
+    stages = pipeline.stages()
+    names = [s.name for s in stages]
+    if args.list_stages:
+        print("\n".join(names))
+        return 0
+    unknown = [f for f in args.force if f != "all" and f not in names]
+    if unknown:
+        raise UsageError(f"--force {unknown[0]}: no such stage; stages: {', '.join(names)}, or all")
+    _check_stage_configs(cfg, pipeline)
+
+    root.mkdir(parents=True, exist_ok=True)
+    logger = setup_logging(root / "compress.log", True)
+    pipeline.log = logger.info
+    save_yaml(cfg, root / "config.yaml")
+    torch.set_num_threads(cfg.training.threads)
+    store = StageStore(root, log=logger.info)
+    store.force(names if "all" in args.force else args.force)
+    logger.info(f"compress {cfg.name}: {len(stages)} stages, run folder {root}, config {args.config} "
+                f"(resolved: {root / 'config.yaml'}), {cfg.training.threads} torch thread(s)")
+    try:
+        store.run_all(stages)
+    except (PipelineInterrupted, KeyboardInterrupt) as exc:
+        logger.warning(f"interrupted ({exc or 'Ctrl-C'}); run the same command again to continue where it stopped")
+        return EXIT_INTERRUPTED
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    total = sum(store.seconds.values())
+    logger.info(f"done in {fmt_seconds(store.elapsed())} (stage time {fmt_seconds(total)}): {root / 'report.md'}")
+    report = root / "report.md"
+    if report.is_file():
+        print(report.read_text())
+    return 0
 
 
 if __name__ == "__main__":

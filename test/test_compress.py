@@ -1,0 +1,223 @@
+"""training/compress.py: the whole pipeline on config/compress/smoke.yaml (tiny simulated data, 1-2 epochs).
+
+One smoke run (module fixture) is started as a subprocess and killed with SIGKILL in the middle of a training
+stage (detected through the stage's marker / checkpoint files), then re-run: the finished stages are skipped,
+the killed stage resumes from its trainer checkpoint and the run completes. The tests then check the report
+(every field of every CLEAN model), the bundle of the final student, a no-change re-run (everything skipped), a
+changed value (only that stage and its dependants re-run) and user errors (exit 2, one line, no traceback).
+Budget: about 1.5-3 minutes on the shared 2-core machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COMPRESS = REPO / "training" / "compress.py"
+SMOKE = REPO / "config" / "compress" / "smoke.yaml"
+CLEAN_MODELS = ("teacher", "student_baseline", "student_cakd", "student_pruned", "student_final")
+STAGES = ("data", "teacher", "student_baseline", "student_cakd", "importance", "prune", "finetune", "iou_refine",
+          "evaluate", "efficiency", "export", "report")
+KILL_STAGE = "student_cakd"
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_compress(out: Path, *extra: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(COMPRESS), "--config", str(SMOKE), "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """(run folder, log of the resumed run, whether the kill hit mid-training) after a SIGKILL and a re-run."""
+    out = tmp_path_factory.mktemp("compress") / "run"
+    log_path = out.parent / "first.log"
+    stage = out / "stages" / KILL_STAGE
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, str(COMPRESS), "--config", str(SMOKE), "--out", str(out)],
+                                stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
+        deadline = time.monotonic() + 300
+        try:
+            # Kill once the stage's trainer has written its first epoch checkpoint (2 epochs: one is left).
+            while not (stage / "train" / "checkpoints" / "last.pt").is_file():
+                if proc.poll() is not None:
+                    raise AssertionError(f"compress.py exited {proc.returncode} before {KILL_STAGE}:\n"
+                                         f"{log_path.read_text()[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{KILL_STAGE} did not start within 300 s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    mid_training = not (stage / "done.json").is_file()
+    second = run_compress(out)
+    assert second.returncode == 0, second.stderr[-4000:]
+    return out, second.stderr, mid_training
+
+
+def test_resume_after_sigkill_skips_finished_stages(smoke):
+    out, log, mid_training = smoke
+    assert mid_training, "the kill came after the stage had finished: the resume path was not exercised"
+    for name in ("data", "teacher", "student_baseline"):
+        assert f"] {name}: skipped (done, config unchanged" in log, log[-3000:]
+    assert f"] {KILL_STAGE}: " in log and "(resuming)" in log
+    assert f"resuming the trainer from {out / 'stages' / KILL_STAGE / 'train' / 'checkpoints' / 'last.pt'}" in log
+    for name in STAGES:
+        marker = json.loads((out / "stages" / name / "done.json").read_text())
+        assert marker["stage"] == name and len(marker["hash"]) == 16
+    assert (out / "report.md").is_file() and (out / "config.yaml").is_file() and (out / "compress.log").is_file()
+
+
+def test_report_json_has_every_field(smoke):
+    out = smoke[0]
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["models"]) == list(CLEAN_MODELS)
+    for key, m in report["models"].items():
+        assert set(m) == {"ap3d_r40_moderate", "map3d_r40_moderate", "params", "gflops", "latency_ms"}, key
+        assert set(m["ap3d_r40_moderate"]) == {"Car", "Pedestrian", "Cyclist"}
+        aps = list(m["ap3d_r40_moderate"].values())
+        assert all(isinstance(v, float) and 0.0 <= v <= 100.0 for v in aps)
+        assert m["map3d_r40_moderate"] == pytest.approx(sum(aps) / 3)
+        assert isinstance(m["params"], int) and m["params"] > 0
+        assert m["gflops"] > 0
+        assert 0 < m["latency_ms"]["p50"] <= m["latency_ms"]["p95"]
+    models = report["models"]
+    # the pruned students are physically smaller; the IoU branch adds one 1x1 conv (anchors per cell outputs)
+    assert models["student_pruned"]["params"] < models["student_cakd"]["params"]
+    assert models["student_pruned"]["gflops"] < models["student_cakd"]["gflops"]
+    assert 0 < models["student_final"]["params"] - models["student_pruned"]["params"] < 1000
+    assert models["student_baseline"]["params"] == models["student_cakd"]["params"]
+    assert models["teacher"]["params"] > models["student_baseline"]["params"]
+    assert report["skipped"] == {}
+    assert report["machine"]["threads"] == 1 and report["efficiency_frame"]["points"] > 1000
+    prune = json.loads((out / "stages" / "prune" / "prune_report.json").read_text())
+    assert prune["params_after"] == models["student_pruned"]["params"]
+    for name in ("ap_vs_gflops", "ap_vs_latency", "widths"):
+        assert (out / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / "report.md").read_text()
+    for key in CLEAN_MODELS:
+        assert f"| {key} |" in table
+
+
+def test_final_student_bundle_loads_and_detects(smoke):
+    import numpy as np
+    import torch
+
+    from clean_ros.bundle import load_bundle
+    from training.data.kitti_dataset import read_velodyne
+
+    out = smoke[0]
+    bundle = load_bundle(out / "bundle")
+    cfg = bundle.detector_config
+    assert cfg.head.iou_branch and cfg.postprocess.iou_gate.mode == "hard"
+    assert bundle.manifest["provenance"]["pruning_ratio"] == pytest.approx(0.5)
+    assert bundle.manifest["metrics"]["params"] == json.loads((out / "report.json").read_text())[
+        "models"]["student_final"]["params"]
+    detector = bundle.build_detector()
+    stored = torch.load(out / "stages" / "iou_refine" / "model.pt", weights_only=True)
+    for name, tensor in detector.state_dict().items():
+        assert torch.equal(tensor, stored[name]), name
+    # its widths are the pruned ones, not the student YAML's
+    pruned_cfg = (out / "stages" / "prune" / "model.yaml").read_text()
+    assert str(cfg.bev_backbone.layer_widths[0][0]) in pruned_cfg
+    from training.data.loader import Collator
+    from training.efficiency import _sample
+
+    scan = sorted((out / "stages" / "data" / "dataset" / "training" / "velodyne").glob("*.bin"))[0]
+    batch = Collator.from_config(cfg, training=False)([_sample(read_velodyne(scan))])
+    from clean_ros.postprocess import postprocess
+
+    with torch.no_grad():
+        detections = postprocess(detector.eval()(batch.voxels, 1), cfg)
+    assert len(detections) == 1 and np.isfinite(detections[0].boxes.numpy() if hasattr(
+        detections[0].boxes, "numpy") else detections[0].boxes).all()
+
+
+def test_rerun_without_changes_skips_every_stage(smoke):
+    out = smoke[0]
+    before = (out / "report.json").stat().st_mtime_ns
+    proc = run_compress(out, timeout=200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for index, name in enumerate(STAGES, 1):
+        assert f"[{index}/{len(STAGES)}] {name}: skipped (done, config unchanged" in proc.stderr
+    assert (out / "report.json").stat().st_mtime_ns == before
+
+
+def test_changed_value_reruns_that_stage_and_its_dependants_only(smoke):
+    out = smoke[0]
+    proc = run_compress(out, "--set", "efficiency.repeats=2", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in STAGES[:STAGES.index("evaluate") + 1]:
+        assert f"] {name}: skipped (done" in proc.stderr, name
+    for name in ("efficiency", "export", "report"):
+        assert f"] {name}: skipped" not in proc.stderr and f"] {name}: " in proc.stderr, name
+    efficiency = json.loads((out / "stages" / "efficiency" / "efficiency.json").read_text())
+    assert efficiency["repeats"] == 2 and all(m["runs"] == 2 for m in efficiency["models"].values())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "prune.keep_ratio=1.5"], "prune.keep_ratio must be in (0, 1]"),
+    (["--set", "prune.no_such_key=1"], "no_such_key"),
+    (["--set", "teacher.config=config/train/missing.yaml"], "teacher.config config/train/missing.yaml: file not found"),
+    (["--set", "data.source=kitti", "--set", "data.root=/nonexistent/kitti"], "data.root /nonexistent/kitti"),
+    (["--set", "iou_refine.gate.mode=none"], "iou_refine.gate.mode"),
+    (["--force", "nonsense"], "--force nonsense: no such stage"),
+])
+def test_bad_config_exits_2_with_one_clear_line(tmp_path, extra, message):
+    proc = run_compress(tmp_path / "run", *extra, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "stages").exists()  # nothing was started
+
+
+def test_missing_config_file_exits_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(COMPRESS), "--config", str(tmp_path / "nope.yaml")],
+                          capture_output=True, text=True, timeout=60, env=_env(), cwd=REPO)
+    assert proc.returncode == 2 and "nope.yaml: config file not found" in proc.stderr
+
+
+def test_stage_store_hashes_skip_force_and_dependants(tmp_path):
+    """The resumable-stage bookkeeping on its own: skip when unchanged, re-run a changed stage and its
+    dependants, --force re-runs a stage and (new run_id) its dependants."""
+    from training.pipeline.stages import Stage, StageStore
+
+    calls: list[str] = []
+
+    def stages(value_a: int, value_b: int):
+        def make(name):
+            def run(folder: Path) -> dict:
+                calls.append(name)
+                (folder / "out.txt").write_text(name)
+                return {"name": name}
+            return run
+        return [Stage("a", "first", make("a"), {"v": value_a}),
+                Stage("b", "second", make("b"), {"v": value_b}, ("a",)),
+                Stage("c", "third", make("c"), {}, ("b",))]
+
+    lines: list[str] = []
+    store = StageStore(tmp_path, log=lines.append)
+    store.run_all(stages(1, 1))
+    assert calls == ["a", "b", "c"]
+    StageStore(tmp_path, log=lines.append).run_all(stages(1, 1))
+    assert calls == ["a", "b", "c"]  # nothing re-ran
+    StageStore(tmp_path, log=lines.append).run_all(stages(1, 2))
+    assert calls == ["a", "b", "c", "b", "c"]  # b changed: b and its dependant c
+    store = StageStore(tmp_path, log=lines.append)
+    store.force(["a"])
+    store.run_all(stages(1, 2))
+    assert calls[-3:] == ["a", "b", "c"]
+    assert (tmp_path / "stages" / "c" / "out.txt").read_text() == "c"

@@ -1,0 +1,224 @@
+"""CompressConfig: one compression run, from data to bundle. Loaded with clean_ros.config.load_config (YAML with
+`_base_`, `--set a.b=value` overrides, unknown keys rejected); the resolved config is saved as runs/NAME/config.yaml.
+
+Models come from the project's own training YAMLs (teacher: config/train/teacher_two_stage_tiny.yaml, student:
+config/train/pointpillars_tiny.yaml); `set` lists are `--set`-style overrides applied to those TrainConfigs, and
+`training` holds what every training stage shares (batch size, threads, ...). Distillation and pruning use the
+teammates' own config dataclasses (training.distill.DistillConfig, training.prune.PruneConfig) unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from clean_ros.models.configs import IoUGateConfig
+from training.distill.config import DistillConfig
+from training.prune.config import PruneConfig
+
+
+@dataclass
+class SimulateConfig:
+    """Simulated KITTI-layout data (training/sim), generated on first run into runs/NAME/stages/data/dataset."""
+
+    frames: int = 200  # labelled frames, split into train / val by val_fraction
+    seed: int = 0
+    val_fraction: float = 0.2
+    workers: int = 1  # processes generating frames
+    overrides: dict[str, Any] = field(default_factory=dict)  # training.sim SimConfig values, e.g. {sensor: {...}}
+
+    def __post_init__(self):
+        if self.frames < 2:
+            raise ValueError(f"simulate.frames must be >= 2 (train and val), got {self.frames}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"simulate.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.workers < 1 or self.seed < 0:
+            raise ValueError("simulate.workers must be >= 1 and simulate.seed >= 0")
+
+
+@dataclass
+class DataSection:
+    source: Literal["simulate", "kitti"] = "simulate"
+    root: str = ""  # kitti: the dataset root (KITTI object layout); simulate: ignored
+    train_split: str = "train"
+    val_split: str = "val"  # the held-out split every model is evaluated on
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+
+    def __post_init__(self):
+        if self.source == "kitti" and not self.root:
+            raise ValueError("data.root is required when data.source is 'kitti'")
+        if self.train_split == self.val_split:
+            raise ValueError(f"data.train_split and data.val_split must differ (held-out evaluation), both are "
+                             f"{self.train_split!r}")
+
+
+@dataclass
+class TeacherSection:
+    config: str = "config/train/teacher_two_stage_tiny.yaml"  # training YAML with a `two_stage` section
+    epochs: int = 20
+    checkpoint: str = ""  # load these weights instead of training (a training checkpoint or a state_dict)
+    set: list[str] = field(default_factory=list)  # overrides of the teacher's TrainConfig
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"teacher.epochs must be >= 1, got {self.epochs}")
+
+
+@dataclass
+class StudentSection:
+    config: str = "config/train/pointpillars_tiny.yaml"  # training YAML of the one-stage student
+    epochs: int = 20  # baseline and distilled students
+    set: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"student.epochs must be >= 1, got {self.epochs}")
+
+
+@dataclass
+class TrainingSection:
+    """Shared by every training stage (applied after the model YAML, before the stage's own `set`)."""
+
+    batch_size: int = 2
+    workers: int = 0  # DataLoader worker processes (0 = in the main process)
+    threads: int = 1  # torch threads while training (1 is fastest on a shared 2-core CPU)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batchnorm_momentum: Optional[float] = 0.1  # short runs: running statistics must keep up
+    log_interval: int = 10
+    seed: int = 0
+    tensorboard: bool = True  # TensorBoard event files in each training stage's train/ folder (besides CSVs)
+    set: list[str] = field(default_factory=list)  # more TrainConfig overrides for every stage
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.workers < 0 or self.threads < 1 or self.log_interval < 1:
+            raise ValueError("training: need batch_size >= 1, workers >= 0, threads >= 1, log_interval >= 1")
+
+
+@dataclass
+class PruneSection(PruneConfig):
+    """training.prune.PruneConfig plus how the scoring frames are batched (always the TRAIN split)."""
+
+    batch_size: int = 2
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.batch_size < 1:
+            raise ValueError(f"prune.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class FinetuneSection:
+    """KD fine-tune of the pruned student from its inherited weights (the full KD schedule of `distill`)."""
+
+    epochs: int = 20
+    set: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"finetune.epochs must be >= 1, got {self.epochs}")
+
+
+@dataclass
+class IoURefineSection:
+    """IoU-aware redundancy elimination: add the IoU branch to the fine-tuned student, train it (with the same
+    distillation, so its targets include the label-assignment boxes), then gate scores before NMS."""
+
+    enabled: bool = True
+    epochs: int = 5
+    gate: IoUGateConfig = field(default_factory=lambda: IoUGateConfig(mode="hard"))
+    set: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"iou_refine.epochs must be >= 1, got {self.epochs}")
+        if self.enabled and self.gate.mode == "none":
+            raise ValueError("iou_refine.gate.mode must be 'hard' or 'soft' (or set iou_refine.enabled=false)")
+
+
+@dataclass
+class BaselineConfig:
+    """A comparison student. method: a DistillConfig method (none = no KD); architecture: `student` (the student
+    YAML) or `pruned` (the per-layer widths the prune stage chose, trained from scratch: the width-only student of
+    the final student's size). distill: `--set`-style overrides of this baseline's DistillConfig. A baseline that its
+    method refuses at run time (e.g. PointDistiller with a teacher on another voxel grid) is reported as skipped."""
+
+    name: str = ""
+    method: str = "none"
+    architecture: Literal["student", "pruned"] = "student"
+    epochs: int = 0  # 0 = student.epochs
+    distill: list[str] = field(default_factory=list)
+    # the stage whose model teaches this baseline: "teacher" (the two-stage teacher) or another model stage, e.g.
+    # "student_baseline" (PointDistiller needs a teacher that encodes the student's own voxels / pillars)
+    teacher: str = "teacher"
+
+    def __post_init__(self):
+        from training.distill.config import METHODS
+
+        if not self.name or not self.name.replace("_", "").isalnum():
+            raise ValueError(f"baseline name must be a non-empty identifier (letters, digits, _), got {self.name!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"baseline {self.name}: method must be one of {list(METHODS)}, got {self.method!r}")
+        if self.epochs < 0:
+            raise ValueError(f"baseline {self.name}: epochs must be >= 0")
+
+
+@dataclass
+class EvaluationSection:
+    max_frames: int = 0  # first N frames of the held-out split; 0 = all
+    batch_size: int = 2
+
+    def __post_init__(self):
+        if self.max_frames < 0 or self.batch_size < 1:
+            raise ValueError("evaluation: need max_frames >= 0 and batch_size >= 1")
+
+
+@dataclass
+class EfficiencySection:
+    """Params, GFLOPs (multiply-accumulates, clean_ros.models.flops) and CPU latency at batch 1 on one frame:
+    voxelisation + forward + post-processing, warm-up excluded, models measured round-robin in the same run."""
+
+    threads: int = 1
+    warmup: int = 3
+    repeats: int = 20
+    frame: str = ""  # a KITTI .bin scan; "" = the first frame of the held-out split, full scan (no FOV crop)
+
+    def __post_init__(self):
+        if self.threads < 1 or self.warmup < 0 or self.repeats < 1:
+            raise ValueError("efficiency: need threads >= 1, warmup >= 0, repeats >= 1")
+
+
+@dataclass
+class ExportSection:
+    enabled: bool = True
+    onnx: bool = True  # also write model.onnx (+ encoder.onnx) into the bundle
+
+
+@dataclass
+class CompressConfig:
+    name: str = "compress_default"
+    data: DataSection = field(default_factory=DataSection)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    student: StudentSection = field(default_factory=StudentSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    distill: DistillConfig = field(default_factory=lambda: DistillConfig(method="clean"))
+    prune: PruneSection = field(default_factory=PruneSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    iou_refine: IoURefineSection = field(default_factory=IoURefineSection)
+    baselines: list[BaselineConfig] = field(default_factory=list)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    efficiency: EfficiencySection = field(default_factory=EfficiencySection)
+    export: ExportSection = field(default_factory=ExportSection)
+
+    def __post_init__(self):
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name must be a plain folder name, got {self.name!r}")
+        names = [b.name for b in self.baselines]
+        if len(set(names)) != len(names):
+            raise ValueError(f"baseline names must be unique, got {names}")
+        if self.distill.method == "none":
+            raise ValueError("distill.method is 'none': the distilled student needs a method (clean = CaKD + "
+                             "label assignment)")
+
+
+__all__ = ["CompressConfig", "DataSection", "SimulateConfig", "TeacherSection", "StudentSection",
+           "TrainingSection", "PruneSection", "FinetuneSection", "IoURefineSection", "BaselineConfig",
+           "EvaluationSection", "EfficiencySection", "ExportSection"]
