@@ -18,7 +18,7 @@ from clean_ros.models.detector import build_detector
 from clean_ros.models.flops import count_parameters
 from clean_ros.postprocess import postprocess_tensors
 from clean_ros.voxelize import voxelize_batch
-from training.prune import (PruneConfig, build_graph, check_training_split, prune_detector, prune_with_keep,
+from training.prune import (ImportanceScores, PruneConfig, build_graph, check_training_split, prune_detector, prune_with_keep,
                             score_filters, select_filters)
 
 TINY = ["pointpillars_tiny", "centerpoint_pillar_tiny"]
@@ -360,6 +360,10 @@ def test_prune_detector_params_report_and_config_round_trip(tmp_path):
     assert _max_error(_raw_maps(rebuilt, batch), _raw_maps(pruned, batch)) == 0.0
     # the original is untouched and the pruned net keeps its mode
     assert count_parameters(detector) == report.params_before and not pruned.training
+    # scores from another graph (e.g. loaded from disk with other settings) are refused with a message
+    stale = ImportanceScores(build_graph(detector, prune_encoder=False), scores.scores, "masked")
+    with pytest.raises(ValueError, match="encoder.linears.0"):
+        prune_detector(detector, stale, 0.45)
 
 
 def test_scoring_refuses_the_evaluation_split_and_restores_mode():

@@ -213,6 +213,19 @@ def _set_path(data: dict, path: tuple, value: int) -> None:
     node[path[-1]] = value
 
 
+def _check_scores_match(importance: ImportanceScores) -> None:
+    """The scores must cover exactly the graph's layers, one value per filter (e.g. after loading them from disk)."""
+    names = [layer.name for layer in importance.layers]
+    if set(names) != set(importance.scores):
+        missing, extra = sorted(set(names) - set(importance.scores)), sorted(set(importance.scores) - set(names))
+        raise ValueError(f"importance scores do not match the pruning graph: missing {missing}, unexpected {extra} "
+                         f"(were they scored with other prune_encoder / prune_backbone_3d settings?)")
+    for layer in importance.layers:
+        if importance.scores[layer.name].numel() != layer.width:
+            raise ValueError(f"importance scores of {layer.name}: {importance.scores[layer.name].numel()} values "
+                             f"for {layer.width} filters")
+
+
 def prune_detector(detector: Detector, importance: ImportanceScores, keep_ratio: float,
                    fold_constants: bool = True) -> tuple[Detector, DetectorConfig, PruneReport]:
     """One-shot pruning: global top-`keep_ratio` filters by `importance` -> (pruned detector, its config, report).
@@ -220,6 +233,7 @@ def prune_detector(detector: Detector, importance: ImportanceScores, keep_ratio:
     The pruned detector rebuilds from the returned config alone (every width is in it) and holds the inherited
     weights; the original detector is not modified.
     """
+    _check_scores_match(importance)
     keep = select_filters(importance.scores, keep_ratio)
     pruned, cfg, folded = prune_with_keep(detector, importance.layers, keep, fold_constants)
     changes = [LayerChange(layer.name, layer.group, layer.width, int(keep[layer.name].numel()))
