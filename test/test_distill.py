@@ -834,3 +834,18 @@ def test_load_teacher_from_config_and_checkpoint(tmp_path):
         load_teacher("centerpoint_pillar_tiny", str(tmp_path / "w.pt"))
     pytest.importorskip("clean_ros.models.two_stage", reason="TwoStageDetector not in the tree yet")
     assert hasattr(load_teacher("teacher_two_stage_tiny"), "roi_forward")
+
+
+def test_unusable_pairings_are_refused_at_build_time(plain_pair):
+    cfg, teacher, _ = plain_pair
+    center = build_detector(small_cfg("centerpoint_pillar_tiny", "head.shared_conv_width=16", "head.head_conv_width=8"))
+    for method in ("logit_kd", "sparsekd"):
+        with pytest.raises(ValueError, match="position layout"):
+            build_distillation(DistillConfig(method=method), teacher, center)
+    coarse = build_detector(small_cfg("pointpillars_tiny", "voxel_size=[0.64, 0.64, 4.0]"))
+    with pytest.raises(ValueError, match="voxelise alike"):
+        build_distillation(DistillConfig(method="pointdistiller"), teacher, coarse)
+    one_rotation = small_cfg("pointpillars_tiny", *[f"head.anchors.{i}.rotations=[0.0]" for i in range(3)])
+    with pytest.raises(ValueError, match="anchor layouts"):
+        build_distillation(DistillConfig(method="cakd"), TwoStageDouble(cfg), build_detector(one_rotation))
+    build_distillation(DistillConfig(method="cakd"), TwoStageDouble(cfg), center)  # heatmap student: fine

@@ -42,6 +42,23 @@ def same_voxelization(a, b) -> bool:
     return key(a) == key(b)
 
 
+def check_pairing(method: str, student: Detector, dense_teacher: Detector, revoxelized: bool) -> None:
+    """Refuse, before training starts, a teacher / student pair the method cannot distil (ValueError)."""
+    s_head, t_head = student.cfg.head.type, dense_teacher.cfg.head.type
+    if method in ("logit_kd", "sparsekd") and (s_head != t_head or student.grid != dense_teacher.grid):
+        raise ValueError(f"{method} needs the teacher's dense head in the student's position layout: student "
+                         f"{s_head} head on {student.grid}, teacher {t_head} head on {dense_teacher.grid}")
+    if method in ("cakd", "clean"):
+        if t_head != "anchor":
+            raise ValueError("cakd needs a teacher whose first stage is an anchor head")
+        if s_head == "anchor" and student.grid.positions_per_cell != dense_teacher.grid.positions_per_cell:
+            raise ValueError(f"cakd: {student.grid.positions_per_cell} anchors per cell in the student, "
+                             f"{dense_teacher.grid.positions_per_cell} in the teacher: the anchor layouts must match")
+    if method == "pointdistiller" and revoxelized and not same_voxelization(dense_teacher.cfg, student.cfg):
+        raise ValueError("pointdistiller pairs the teacher's and the student's encoder outputs voxel by voxel: both "
+                         "must voxelise alike (range, voxel size, points per voxel)")
+
+
 def build_distillation(cfg: DistillConfig, teacher: nn.Module | None, student: Detector,
                        teacher_voxels: Callable[[Batch], Voxels] | None = None) -> DistillParts:
     """Loss terms and target hooks of cfg.method for this student (applies teacher-guided init when
@@ -54,6 +71,8 @@ def build_distillation(cfg: DistillConfig, teacher: nn.Module | None, student: D
     dense_cfg = getattr(teacher, "rpn", teacher).cfg
     if teacher_voxels is None and not same_voxelization(dense_cfg, student.cfg):
         teacher_voxels = Revoxelizer(dense_cfg)
+    check_pairing(cfg.method, student, getattr(teacher, "rpn", teacher), teacher_voxels is None
+                  or isinstance(teacher_voxels, Revoxelizer))
     runner = TeacherRunner(teacher, bn_train=cfg.teacher_bn_train, teacher_voxels=teacher_voxels)
     terms, hooks = [], []
     if cfg.uses_label_assign:
