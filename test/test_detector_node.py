@@ -531,6 +531,15 @@ def test_backend_failure_and_voxel_overflow_are_answered_and_reported_in_process
         _, message, items = assess(node.health_snapshot())
         assert "12 of 40012 voxels and 30 points dropped" in message
         assert items["inference_ms_p50"] == "2.000" and items["backend_error_count"] == "1"
+        # every parameter the node declares is documented in config/detector.yaml (set, or commented out)
+        import re
+
+        text = (REPO / "config" / "detector.yaml").read_text()
+        declared = set(node._parameters) - {"use_sim_time", "start_type_description_service"}
+        undocumented = [name for name in sorted(declared)
+                        if not re.search(rf"^\s*#?\s*{name}:[^#\n]*#\s*\S", text, re.M)]
+        assert not undocumented, f"parameters missing from config/detector.yaml: {undocumented}"
+        assert len(declared) >= 25
         node.close()
         node.destroy_node()
     finally:
