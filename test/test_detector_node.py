@@ -209,7 +209,7 @@ def test_kitti_frame_gives_detections_with_the_input_header(running):
     assert int(values["num_detections"]) == len(answer.detections)
 
 
-def test_markers_are_published_only_to_subscribers(running):
+def test_markers_reach_a_subscriber_with_the_input_header(running):
     harness, _, points, _ = running
     sub = harness.node.create_subscription(MarkerArray, f"{NS}/detections/markers", harness.markers.append, 10)
     try:
