@@ -271,6 +271,27 @@ def test_surgery_exact_without_fold_every_layer(name, seed):
     assert pruned_cfg.bev_backbone.num_upsample_filters[2] == len(keep["bev_backbone.deblocks.2.0"])
 
 
+@pytest.mark.parametrize("name, extra", [
+    ("pointpillars_tiny", ["bev_backbone.upsample_strides=[]", "bev_backbone.num_upsample_filters=[]"]),  # no deblocks
+    ("pointpillars_tiny", ["bev_backbone.upsample_strides=[0.5, 1, 2]"]),  # strided-conv deblock
+    ("centerpoint_pillar_tiny", ["encoder.widths=[8]"]),  # one encoder layer: straight to the scatter
+    ("second_tiny", ["backbone_3d.out_width=0"]),  # last stage conv -> height compression
+], ids=["no-deblocks", "down-deblock", "one-encoder-layer", "second-no-out-conv"])
+def test_surgery_exact_without_fold_structural_variants(name, extra):
+    detector = _model(name, 0, extra)
+    batch = _batch(detector.cfg, 0)
+    graph = build_graph(detector, prune_encoder=True)
+    keep = _random_keep(graph, 0)
+    pruned, _, _ = prune_with_keep(detector, graph, keep, fold_constants=False)
+    forcing = _ForceOutputs(detector, graph, keep, "zero")
+    try:
+        reference = _raw_maps(detector, batch)
+    finally:
+        forcing.remove()
+    assert _max_error(_raw_maps(pruned, batch), reference) < 1e-5
+    assert _max_error(_raw_maps(detector, batch), reference) > 1e-3
+
+
 def test_surgery_exact_with_fold_where_consumers_are_pointwise():
     """Fold on: pruned == original with removed filters' conv weights ZEROED (BN constant), exactly everywhere,
     for layers whose consumers see a constant channel as a constant (pillar linear, 1x1 head convs with bias)."""
