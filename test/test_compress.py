@@ -68,6 +68,7 @@ def smoke(tmp_path_factory):
     return out, second.stderr, mid_training
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_skips_finished_stages(smoke):
     out, log, mid_training = smoke
     assert mid_training, "the kill came after the stage had finished: the resume path was not exercised"
@@ -81,6 +82,7 @@ def test_resume_after_sigkill_skips_finished_stages(smoke):
     assert (out / "report.md").is_file() and (out / "config.yaml").is_file() and (out / "compress.log").is_file()
 
 
+@pytest.mark.slow
 def test_report_json_has_every_field(smoke):
     out = smoke[0]
     report = json.loads((out / "report.json").read_text())
@@ -112,6 +114,7 @@ def test_report_json_has_every_field(smoke):
         assert f"| {key} |" in table
 
 
+@pytest.mark.slow
 def test_final_student_bundle_loads_and_detects(smoke):
     import numpy as np
     import torch
@@ -146,6 +149,7 @@ def test_final_student_bundle_loads_and_detects(smoke):
         detections[0].boxes, "numpy") else detections[0].boxes).all()
 
 
+@pytest.mark.slow
 def test_rerun_without_changes_skips_every_stage(smoke):
     out = smoke[0]
     before = (out / "report.json").stat().st_mtime_ns
@@ -156,6 +160,7 @@ def test_rerun_without_changes_skips_every_stage(smoke):
     assert (out / "report.json").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_changed_value_reruns_that_stage_and_its_dependants_only(smoke):
     out = smoke[0]
     proc = run_compress(out, "--set", "efficiency.repeats=2", timeout=300)
