@@ -403,8 +403,11 @@ def test_sparse_importance_equals_really_zeroed_weights():
     detector = _model("second_tiny")
     batch = _batch(detector.cfg)
     graph = build_graph(detector)
-    chosen = [l for l in graph if l.name in ("backbone_3d.stages.1.1.0", "backbone_3d.out.0",
+    # stage 0 (re-run from the voxels), a strided conv and a SubM conv (cached earlier stages), the output conv
+    chosen = [l for l in graph if l.name in ("backbone_3d.stages.0.1.0", "backbone_3d.stages.2.0.0",
+                                             "backbone_3d.stages.1.1.0", "backbone_3d.out.0",
                                              "bev_backbone.deblocks.1.0")]
+    assert len(chosen) == 5
     scores = score_filters(detector, [batch], PruneConfig(filters_per_pass=4), layers=chosen)
     for layer in chosen:
         expected = _brute_force_importance(detector, batch, layer, "masked")

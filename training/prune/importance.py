@@ -12,7 +12,8 @@ Vectorised: the unpruned pass runs once per batch; K = filters_per_pass variants
 K replicas along the batch dimension, and a forward hook multiplies the scored conv's OUTPUT (before its BN) by
 a per-replica channel mask. Our prunable convs have no bias, so a zero in the mask is exactly "weights zeroed"
 (test_prune checks this against really zeroed weights). For BEV layers the part of the network before the
-scored block is computed once and replicated; encoder / sparse layers re-run from the voxels.
+scored block is computed once and replicated; for sparse 3D layers the stages before the scored one are computed
+once and their sparse output is replicated (stage 0 and pillar encoder layers re-run from the voxels).
 Scoring runs in eval mode (BN with running statistics; in training mode the replicas would share batch
 statistics) and restores the model's mode afterwards.
 
@@ -21,13 +22,15 @@ training loader; a loader whose dataset is the val / test split is refused.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 from torch import nn
 
+from clean_ros.models import sparse as sp
 from clean_ros.models.detector import Detector
+from clean_ros.models.sparse_backbone import height_compression
 from clean_ros.postprocess import postprocess_tensors
 from training.prune.config import PruneConfig
 from training.prune.graph import PrunableLayer, build_graph
@@ -42,7 +45,6 @@ class ImportanceScores:
     criterion: str
     num_frames: int = 0
     frames_without_detections: int = 0
-    extra: dict = field(default_factory=dict)
 
     def layer(self, name: str) -> PrunableLayer:
         for layer in self.layers:
@@ -168,8 +170,9 @@ def score_filters(detector: Detector, batches: Iterable, cfg: PruneConfig | None
             if hasattr(batch, "to"):
                 batch = batch.to(device)
             voxels, b = batch.voxels, batch.batch_size
-            canvas = detector.encode(voxels, b)
+            canvas, sparse_out = detector.encode_with_3d(voxels, b)
             cache = _BEVCache(detector, canvas)
+            cache.sparse_stages = sparse_out.stages if sparse_out is not None else None
             bev_features = _concat(cache, canvas)
             base = detector.head_output(detector.head(bev_features), bev_features)
             weights, batch_empty = _position_weights(base, detector.cfg, cfg.criterion)
@@ -200,6 +203,33 @@ def _layer_position(layer: PrunableLayer) -> tuple[int | None, int | None]:
     return (index, None) if parts[1] == "blocks" else (None, index)
 
 
+def _sparse_start(layer: PrunableLayer) -> int | None:
+    """Stage index of a sparse layer; None for the z-downsampling output conv."""
+    parts = layer.name.split(".")
+    return int(parts[2]) if parts[1] == "stages" else None
+
+
+def _replicate_sparse(x: sp.SparseConvTensor, k: int, batch_size: int) -> sp.SparseConvTensor:
+    """k replicas of a sparse batch (replica r holds batch indices r*B .. r*B + B - 1), with no cached pairs."""
+    coords = x.indices.repeat(k, 1)
+    replica = torch.arange(k, device=coords.device).repeat_interleave(x.indices.shape[0])
+    coords[:, 0] += (replica * batch_size).to(coords.dtype)
+    return sp.sparse_tensor(x.features.repeat(k, 1), coords, x.spatial_shape, k * batch_size, check=False)
+
+
+def _sparse_tail(detector: Detector, stages: list, start: int | None, k: int, batch_size: int) -> torch.Tensor:
+    """BEV canvas of k replicas, re-running the sparse backbone from stage `start` (None: only the output conv)
+    on the cached output of the stage before (same ops as SparseBackbone3D.forward)."""
+    backbone = detector.backbone_3d
+    first = len(backbone.stages) if start is None else start
+    x = _replicate_sparse(stages[first - 1], k, batch_size)
+    for stage in list(backbone.stages)[first:]:
+        x = stage(x)
+    if backbone.out is not None:
+        x = backbone.out(x)
+    return height_compression(x)
+
+
 def _score_layer(detector: Detector, modules: dict[str, nn.Module], layer: PrunableLayer, voxels, batch_size: int,
                  cache: _BEVCache, probs: torch.Tensor, weights: torch.Tensor, per_pass: int,
                  out: torch.Tensor) -> None:
@@ -215,6 +245,10 @@ def _score_layer(detector: Detector, modules: dict[str, nn.Module], layer: Pruna
             if layer.group == "bev":
                 start_block, deblock = _layer_position(layer)
                 features = cache.features(detector, k, start_block=start_block, deblock=deblock)
+                logits = detector.head_output(detector.head(features), features).cls_logits
+            elif layer.group == "backbone_3d" and _sparse_start(layer) != 0:
+                features = detector.bev_backbone(_sparse_tail(detector, cache.sparse_stages, _sparse_start(layer),
+                                                              k, batch_size))
                 logits = detector.head_output(detector.head(features), features).cls_logits
             else:
                 logits = detector(_replicate_voxels(voxels, k, batch_size), k * batch_size).cls_logits
