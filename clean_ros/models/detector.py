@@ -1,7 +1,8 @@
 """One-stage detector assembled from a DetectorConfig, and the typed HeadOutput every later stage reads.
 
 Two entry points:
-- forward(voxels, batch_size) -> HeadOutput: the training / evaluation path (encoder + scatter inside).
+- forward(voxels, batch_size) -> HeadOutput: the training / evaluation path (encoder + scatter, or mean VFE + sparse
+  3D backbone + height compression (BEV channel c * D + d, clean_ros.models.sparse_backbone), inside).
 - forward_dense(bev_input) -> tuple of raw head maps: the dense part (BEV backbone + head) with only
   ONNX-expressible ops; `encode(voxels, batch_size)` produces its input and `head_output(maps, bev)` turns its
   output into a HeadOutput. Pre/post-processing stay outside the exported graph.
