@@ -53,7 +53,8 @@ def _rows(width: int, offsets=(0,), scale: int = 1, repeats: int = 1) -> torch.T
     return torch.cat(cols, dim=1).long()
 
 
-def _bev_first_conv_consumer(width: int, channel_rows: torch.Tensor) -> Consumer:
+def _bev_first_conv_consumer(channel_rows: torch.Tensor) -> Consumer:
+    """The first BEV conv reads a scattered / height-compressed canvas: no fold (not constant off the sites)."""
     return Consumer("bev_backbone.blocks.0.0", "conv", channel_rows, fold=None)
 
 
@@ -83,7 +84,7 @@ def build_graph(detector: nn.Module, prune_encoder: bool = False, prune_backbone
                 consumers = [Consumer(f"encoder.linears.{i + 1}", "linear", _rows(w, offsets=(0, w)),
                                       fold=f"bn:encoder.norms.{i + 1}")]
             else:  # scattered to the BEV canvas: the constant sits on occupied pillars only -> no fold
-                consumers = [_bev_first_conv_consumer(w, _rows(w))]
+                consumers = [_bev_first_conv_consumer(_rows(w))]
             layers.append(PrunableLayer(f"encoder.linears.{i}", f"encoder.norms.{i}", "linear", w, "encoder",
                                         ("encoder", "widths", i), consumers))
     backbone_3d = getattr(detector, "backbone_3d", None)
@@ -148,8 +149,7 @@ def _sparse_layers(detector: nn.Module) -> list[PrunableLayer]:
         if k + 1 < len(convs):
             consumers = [Consumer(convs[k + 1][0], "sparse", _rows(width), fold=None)]
         else:  # height compression: BEV channel = c * D + d
-            consumers = [_bev_first_conv_consumer(width, _rows(width, scale=backbone.depth,
-                                                               repeats=backbone.depth))]
+            consumers = [_bev_first_conv_consumer(_rows(width, scale=backbone.depth, repeats=backbone.depth))]
         layers.append(PrunableLayer(name, norm, "sparse", width, "backbone_3d", path, consumers))
     return layers
 

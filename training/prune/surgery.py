@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from spconv.pytorch.conv import SparseConvolution
 from torch import nn
 
 from clean_ros.config import load_config, to_dict
@@ -123,10 +124,11 @@ def _slice(t: torch.Tensor, dim: int, index: torch.Tensor | None) -> torch.Tenso
     return t if index is None else t.index_select(dim, index.to(t.device))
 
 
-def _in_out_dims(module: nn.Module, kind: str | None) -> tuple[int, int]:
+def _in_out_dims(module: nn.Module) -> tuple[int, int]:
+    """(input-channel dim, output-channel dim) of a layer's weight."""
     if isinstance(module, nn.ConvTranspose2d):
         return 0, 1
-    if kind == "sparse" or module.__class__.__module__.startswith(("spconv", "clean_ros.models.sparse")):
+    if isinstance(module, SparseConvolution):
         return -1, 0  # spconv [out, kz, ky, kx, in]
     return 1, 0
 
@@ -138,7 +140,6 @@ def prune_with_keep(detector: Detector, layers: list[PrunableLayer], keep: dict[
     state = {k: v.detach().clone() for k, v in detector.state_dict().items()}
     out_index: dict[str, torch.Tensor] = {}
     in_keep: dict[str, torch.Tensor] = {}
-    consumer_kind: dict[str, str] = {}
     deltas: dict[str, torch.Tensor] = {}
     folded: list[str] = []
     for layer in layers:
@@ -155,8 +156,7 @@ def prune_with_keep(detector: Detector, layers: list[PrunableLayer], keep: dict[
         constant = _bn_constant(modules[layer.norm]).detach().cpu()
         for consumer in layer.consumers:
             module = modules[consumer.module]
-            consumer_kind[consumer.module] = consumer.kind
-            width_in = module.weight.shape[_in_out_dims(module, consumer.kind)[0]]
+            width_in = module.weight.shape[_in_out_dims(module)[0]]
             mask = in_keep.setdefault(consumer.module, torch.ones(width_in, dtype=torch.bool))
             mask[consumer.in_channels[removed].flatten()] = False
             if fold_constants and consumer.fold is not None:
@@ -178,7 +178,7 @@ def prune_with_keep(detector: Detector, layers: list[PrunableLayer], keep: dict[
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             new_state[key] = tensor if param == "num_batches_tracked" else _slice(tensor, 0, out_idx)
         elif param == "weight" and (out_idx is not None or in_idx is not None):
-            in_dim, out_dim = _in_out_dims(module, consumer_kind.get(module_name))
+            in_dim, out_dim = _in_out_dims(module)
             new_state[key] = _slice(_slice(tensor, out_dim, out_idx), in_dim, in_idx)
         elif param == "bias":
             new_state[key] = _slice(tensor, 0, out_idx)
