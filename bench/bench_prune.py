@@ -62,7 +62,8 @@ def main() -> int:
         start = time.perf_counter()
         score_filters(detector, [batch], PruneConfig(filters_per_pass=per_pass), layers=layers)
         elapsed = time.perf_counter() - start
-        print(f"  vectorised, filters_per_pass={per_pass:3d}: {elapsed:7.2f} s  {1000 * elapsed / filters:7.1f} ms/filter")
+        print(f"  vectorised, filters_per_pass={per_pass:3d}: {elapsed:7.2f} s  "
+              f"{1000 * elapsed / filters:7.1f} ms/filter")
     layer = layers[0]
     start = time.perf_counter()
     weight = detector.get_submodule(layer.name).weight

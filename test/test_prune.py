@@ -18,8 +18,8 @@ from clean_ros.models.detector import build_detector
 from clean_ros.models.flops import count_parameters
 from clean_ros.postprocess import postprocess_tensors
 from clean_ros.voxelize import voxelize_batch
-from training.prune import (ImportanceScores, PruneConfig, build_graph, check_training_split, prune_detector, prune_with_keep,
-                            score_filters, select_filters)
+from training.prune import (ImportanceScores, PruneConfig, build_graph, check_training_split, prune_detector,
+                            prune_with_keep, score_filters, select_filters)
 
 TINY = ["pointpillars_tiny", "centerpoint_pillar_tiny"]
 ALL = TINY + ["second_tiny"]
