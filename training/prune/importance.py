@@ -98,9 +98,11 @@ def _repeat(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class _BEVCache:
-    """Block inputs / outputs and deblock outputs of the unpruned BEV backbone for one batch."""
+    """Block inputs / outputs and deblock outputs of the unpruned BEV backbone for one batch, and the sparse
+    backbone's stage outputs (None for pillars)."""
 
-    def __init__(self, detector: Detector, canvas: torch.Tensor):
+    def __init__(self, detector: Detector, canvas: torch.Tensor, sparse_stages: list | None = None):
+        self.sparse_stages = sparse_stages
         bev = detector.bev_backbone
         self.inputs, self.outputs, self.ups = [], [], []
         x = canvas
@@ -171,8 +173,7 @@ def score_filters(detector: Detector, batches: Iterable, cfg: PruneConfig | None
                 batch = batch.to(device)
             voxels, b = batch.voxels, batch.batch_size
             canvas, sparse_out = detector.encode_with_3d(voxels, b)
-            cache = _BEVCache(detector, canvas)
-            cache.sparse_stages = sparse_out.stages if sparse_out is not None else None
+            cache = _BEVCache(detector, canvas, sparse_out.stages if sparse_out is not None else None)
             bev_features = _concat(cache, canvas)
             base = detector.head_output(detector.head(bev_features), bev_features)
             weights, batch_empty = _position_weights(base, detector.cfg, cfg.criterion)
