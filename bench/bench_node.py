@@ -167,14 +167,15 @@ def main() -> int:
     print(f"  node stages over {len(rows)} frames (ms):      p50      p95      p99")
     for name in names:
         values = [r[name] for r in rows if name in r]
-        print(f"    {name:<14}                   {_pct(values, 50):8.2f} {_pct(values, 95):8.2f} {_pct(values, 99):8.2f}")
+        print(f"    {name:<32} {_pct(values, 50):8.2f} {_pct(values, 95):8.2f} {_pct(values, 99):8.2f}")
     dp = [r["decode"] + r["preprocess"] for r in rows]
     print(f"    decode+preprocess                {_pct(dp, 50):8.2f} {_pct(dp, 95):8.2f} {_pct(dp, 99):8.2f}"
           f"   (goal p50 <= 10 ms)")
     print(f"  end-to-end publish -> detections received: p50 {_pct(e2e, 50):.1f} ms, p95 {_pct(e2e, 95):.1f} ms"
           f"   (goal p50 <= 100 ms)")
     k = max(len(e2e) // 4, 1)
-    print(f"  backlog check: e2e p50 first quarter {_pct(e2e[:k], 50):.1f} ms, last quarter {_pct(e2e[-k:], 50):.1f} ms")
+    print(f"  backlog check: e2e p50 first quarter {_pct(e2e[:k], 50):.1f} ms, "
+          f"last quarter {_pct(e2e[-k:], 50):.1f} ms")
     print(f"  node RSS: {rss_start:.0f} MB at start (after warm-up), "
           + ", ".join(f"{mb:.0f} MB after {n} frames sent" for n, mb in rss_samples)
           + f", {rss_end:.0f} MB at end ({rss_end - rss_start:+.0f} MB)")

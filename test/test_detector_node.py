@@ -510,7 +510,7 @@ def test_backend_failure_and_voxel_overflow_are_answered_and_reported_in_process
     from rclpy.parameter import Parameter as RclpyParameter
 
     from clean_ros.detector_node import DetectorNode
-    from clean_ros.node_diagnostics import ERROR, WARN, assess
+    from clean_ros.node_diagnostics import ERROR, assess
 
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=random.SystemRandom().randint(1, 200))
