@@ -1,7 +1,7 @@
 """Start the clean_ros detector node.
 
-    ros2 launch clean_ros detector.launch.py bundle_path:=/path/to/bundle backend:=onnxruntime \
-        input_topic:=/lidar/points
+    ros2 launch clean_ros detector.launch.py bundle_path:=/path/to/bundle backend:=onnxruntime
+    ros2 launch clean_ros detector.launch.py input_topic:=/lidar/points output_topic:=/lidar/detections
     ros2 launch clean_ros detector.launch.py use_sim_time:=true        # with `ros2 bag play <bag> --clock`
 
 Every argument has a default; `ros2 launch clean_ros detector.launch.py --show-args` lists them.
