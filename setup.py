@@ -1,4 +1,5 @@
 """ament_python build of the clean_ros ROS 2 package (runtime wing only: training/ stays in the source tree)."""
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -14,6 +15,8 @@ setup(
         ("share/" + PACKAGE, ["package.xml"]),
         ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
         ("share/" + PACKAGE + "/config", glob("config/*.yaml") + glob("config/*.xml")),
+        # the embedded default model bundle: the node's default bundle_path
+        ("share/" + PACKAGE + "/models/default", [f for f in glob("models/default/*") if os.path.isfile(f)]),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

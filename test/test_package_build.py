@@ -37,6 +37,9 @@ def test_colcon_build_installs_launch_and_config(tmp_path):
     assert (share / "launch" / "detector.launch.py").is_file()
     assert (share / "config" / "detector.yaml").is_file()
     assert (share / "config" / "fastdds_large_data.xml").is_file()
+    if (ROOT / "models" / "default" / "manifest.json").exists():
+        assert (share / "models" / "default" / "manifest.json").is_file()
+        assert (share / "models" / "default" / "weights.safetensors").is_file()
     assert (tmp_path / "install" / "clean_ros" / "share" / "ament_index" / "resource_index" / "packages" / "clean_ros").is_file()
     site = list((tmp_path / "install" / "clean_ros" / "lib").glob("python3*/site-packages/clean_ros/__init__.py"))
     assert site, "the clean_ros Python package was not installed"
