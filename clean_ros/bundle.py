@@ -245,8 +245,9 @@ def _read_weights(path: Path, cfg: DetectorConfig) -> dict[str, torch.Tensor]:
 def _check_type(bundle: Path, name: str, value: Any, types: tuple[type, ...]) -> None:
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if not ok:
-        wanted = " or ".join("integer" if t is int else t.__name__ for t in types)
-        raise BundleError(f"{bundle / MANIFEST_NAME}: field {name!r} must be a {wanted}, got "
+        wanted = " or ".join({int: "an integer", str: "a string", list: "a list", dict: "an object"}.get(t, t.__name__)
+                             for t in types)
+        raise BundleError(f"{bundle / MANIFEST_NAME}: field {name!r} must be {wanted}, got "
                           f"{type(value).__name__} {json.dumps(value)[:60]}")
 
 
@@ -416,6 +417,8 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
             export_info["dense_onnx"] = export_dense_onnx(detector, detector_cfg, tmp / DENSE_ONNX_NAME)
             if export_encoder and detector_cfg.encoder.type == "pillar" and detector_cfg.backbone_3d.type == "none":
                 export_info["encoder_onnx"] = export_encoder_onnx(detector, detector_cfg, tmp / ENCODER_ONNX_NAME)
+        for p in tmp.iterdir():
+            os.chmod(p, 0o644)  # safetensors writes 0600; a bundle is read by other users (the ROS node's)
         files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         manifest = {
             "format": FORMAT,
@@ -433,6 +436,7 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
             "files": files,
         }
         _write_json(tmp / MANIFEST_NAME, manifest)
+        os.chmod(tmp / MANIFEST_NAME, 0o644)
         _validate_manifest(tmp, manifest)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         _replace_dir(tmp, out)

@@ -219,7 +219,7 @@ def test_update_postprocess_validates_and_applies(pipelines, sim_frames):
         pipe.update_postprocess(score_thresholds={"Car": 0.99, "Pedestrian": 0.99, "Cyclist": 0.99})
         assert pipe.postprocess_settings.score_thresholds == [0.99, 0.99, 0.99]
         assert len(pipe(points).detections) < n_default
-        pipe.update_postprocess(score_thresholds=0.0, nms_post_max=3)
+        pipe.update_postprocess(score_thresholds=0.05, nms_post_max=3)
         assert len(pipe(points).detections) == 3
         for bad, message in [({"score_thresholds": [0.1, 0.2]}, "needs 3 values"),
                              ({"score_thresholds": {"Truck": 0.3}}, "unknown class 'Truck'"),

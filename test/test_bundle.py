@@ -158,7 +158,7 @@ def test_wrong_field_types_are_named(copy_of):
     with pytest.raises(BundleError, match="'point_cloud_range' must be a list of 6 numbers"):
         load_bundle(path)
     _edit_manifest(path, lambda m: m.update(schema_version="1"))
-    with pytest.raises(BundleError, match="'schema_version' must be a integer"):
+    with pytest.raises(BundleError, match="'schema_version' must be an integer"):
         load_bundle(path)
 
 

@@ -85,7 +85,7 @@ def test_pcd_errors_name_file_and_line(tmp_path, body, message):
 def test_kitti_folder_to_predictions_readable_by_evaluate(bundle_path, kitti_split, tmp_path, capsys):
     out, png = tmp_path / "pred", tmp_path / "png"
     code = infer.main(["--bundle", str(bundle_path), "--backend", "onnxruntime", "--out", str(out),
-                       "--png", str(png), "--score-threshold", "0.05", str(kitti_split)])
+                       "--png", str(png), str(kitti_split)])
     text = capsys.readouterr().out
     assert code == 0
     lines = [ln for ln in text.splitlines() if ln.startswith(("000000:", "000003:"))]
@@ -109,20 +109,20 @@ def test_bin_and_pcd_inputs_give_the_same_json_predictions(bundle_path, kitti_sa
     points.tofile(tmp_path / "scan.bin")
     write_pcd(tmp_path / "scan_copy.pcd", points)
     out = tmp_path / "pred"
-    code = infer.main(["--bundle", str(bundle_path), "--backend", "torch", "--out", str(out), "--score-threshold",
-                       "0.05", str(tmp_path / "scan.bin"), str(tmp_path / "scan_copy.pcd")])
+    code = infer.main(["--bundle", str(bundle_path), "--backend", "torch", "--out", str(out),
+                       str(tmp_path / "scan.bin"), str(tmp_path / "scan_copy.pcd")])
     assert code == 0, capsys.readouterr().err
     a = json.loads((out / "scan.json").read_text())
     b = json.loads((out / "scan_copy.json").read_text())
     assert a["frame_convention"].startswith("lidar: x forward")
     assert a["class_names"] == ["Car", "Pedestrian", "Cyclist"]
     assert a["detections"] and a["detections"] == b["detections"]
-    assert all(len(d["box"]) == 7 and 0.05 <= d["score"] <= 1 for d in a["detections"])
+    threshold = min(json.loads((bundle_path / "manifest.json").read_text())["postprocess"]["score_thresholds"])
+    assert all(len(d["box"]) == 7 and threshold <= d["score"] <= 1 for d in a["detections"])
 
     from clean_ros.pipeline import Pipeline
 
     pipe = Pipeline.from_bundle(bundle_path, backend="torch")
-    pipe.update_postprocess(score_thresholds=0.05)
     dets = pipe(points).detections
     assert len(dets) == len(a["detections"])
     assert np.allclose(np.array([d["box"] for d in a["detections"]]), dets.boxes, atol=1e-4)
