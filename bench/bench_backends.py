@@ -58,9 +58,8 @@ def bench_one(label: str, bundle: Path, backend: str, args, points: np.ndarray) 
             stages[s].append(result.timings_ms[s])
         totals.append(sum(result.timings_ms.values()))
         n_det = len(result.detections)
-    cols = " ".join(f"{percentiles(stages[s])[0]:8.1f} {percentiles(stages[s])[1]:7.1f}" for s in STAGES)
-    p50, p95 = percentiles(totals)
-    print(f"{label:10s} {backend:12s} {cols} {p50:8.1f} {p95:7.1f} {n_det:5d}   ({pipe.backend.describe()})",
+    cols = " ".join("{:>7.1f} / {:>6.1f}".format(*percentiles(v)) for v in (*stages.values(), totals))
+    print(f"{label:10s} {backend:12s} {cols} {n_det:5d}   ({pipe.backend.describe()})",
           flush=True)
 
 
@@ -80,9 +79,8 @@ def main() -> int:
     print(f"frame {source}: {len(points)} points; device {args.device}; torch threads {torch.get_num_threads()}, "
           f"onnxruntime intra-op threads {args.threads or 'default'}; runs {args.runs} after {args.warmup} warm-up; "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
-    head = " ".join(f"{s[:10]:>8s} p95    " for s in STAGES)
-    print(f"{'model':10s} {'backend':12s} {'  (ms: p50 p95 per stage)':s}")
-    print(f"{'':10s} {'':12s} {head} {'total':>8s} p95    dets")
+    print("latency in ms, p50 / p95 per stage (Pipeline timings, after CUDA synchronisation on GPU)")
+    print(f"{'model':10s} {'backend':12s} " + " ".join(f"{s:>16s}" for s in (*STAGES, "total")) + "  dets")
     models = [("default", args.bundle)]
     if (args.teacher_bundle / "manifest.json").is_file():
         models.append(("teacher", args.teacher_bundle))
