@@ -291,7 +291,7 @@ MICRO_TEACHER = ["rpn.point_cloud_range=[0.0, -19.2, -3.0, 38.4, 19.2, 1.0]", "r
                  "rpn.bev_backbone.num_upsample_filters=[32, 32]",
                  "roi_head.gt_rois_train=8", "roi_head.num_rois_train=64", "roi_head.dropout=0.0",
                  "roi_head.proposal_pre_nms_train=256", "roi_head.num_proposals_train=64"]
-STEPS = 40
+STEPS = 60
 STEPS_FRAMES = ("000000", "000002", "000003", "000005")  # a Car or Pedestrian within 38.4 m each
 
 
