@@ -154,6 +154,10 @@ class Pipeline:
         self._pillar_encoder_on_backend = (self.backend.has_encoder and cfg.encoder.type == "pillar"
                                            and cfg.backbone_3d.type == "none")
         self._sync = self.device.type == "cuda"
+        # Per-feature factors recorded in the bundle (point_features[i].scale), applied before voxelisation.
+        scales = [float(f.get("scale", 1.0)) for f in bundle.manifest["point_features"]]
+        self._feature_scale = (torch.tensor(scales, dtype=torch.float32, device=self.device)
+                               if any(s != 1.0 for s in scales) else None)
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "auto", device: str = "cpu", *, verify: bool = True,
@@ -189,7 +193,8 @@ class Pipeline:
         points = points[:, :need]
         if points.dtype != np.float32 or not points.flags.c_contiguous:
             points = np.ascontiguousarray(points, dtype=np.float32)
-        return torch.from_numpy(points).to(self.device)
+        tensor = torch.from_numpy(points).to(self.device)
+        return tensor * self._feature_scale if self._feature_scale is not None else tensor
 
     def preprocess(self, points: np.ndarray) -> tuple[Voxels, VoxelStats]:
         return voxelize_with_stats(self._points_tensor(points), *self._voxel_args)

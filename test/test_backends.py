@@ -287,3 +287,38 @@ def test_hybrid_sparse_student_torch_sparse_part_onnx_dense_part(kitti_frames, t
         direct = model(voxels, 1)  # the training-time forward agrees with the split pipeline
     assert torch.allclose(direct.cls_logits, ref.detector.head_output(ref_maps, ref_bev).cls_logits)
     _check_detections(ref(points).detections, ort(points).detections)
+
+
+def test_auto_falls_through_when_a_backend_cannot_start(bundle_path, monkeypatch):
+    import clean_ros.backends as backends
+    from clean_ros.backends import BackendUnavailable
+
+    real = backends.create_backend
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise BackendUnavailable("onnxruntime session could not be created (simulated)")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(backends, "create_backend", no_onnxruntime)
+    pipe = Pipeline.from_bundle(bundle_path, backend="auto")
+    assert pipe.backend_name == "torch"
+    assert "onnxruntime failed: onnxruntime session could not be created (simulated)" in pipe.backend.selection_reason
+    with pytest.raises(BackendUnavailable, match="simulated"):
+        Pipeline.from_bundle(bundle_path, backend="onnxruntime")  # an explicit request does not fall back
+
+
+def test_feature_scale_from_the_manifest_is_applied(bundle_path, kitti_frames, tmp_path):
+    import shutil
+
+    shutil.copytree(bundle_path, tmp_path / "b")
+    manifest = json.loads((tmp_path / "b/manifest.json").read_text())
+    manifest["point_features"][3]["scale"] = 1.0 / 255.0  # a bundle for a sensor reporting 0-255 intensity
+    (tmp_path / "b/manifest.json").write_text(json.dumps(manifest))
+    scaled = Pipeline.from_bundle(tmp_path / "b", backend="torch")
+    plain = Pipeline.from_bundle(bundle_path, backend="torch")
+    points = kitti_frames[0][0]
+    raw255 = points.copy()
+    raw255[:, 3] *= 255.0
+    a, b = scaled(raw255).detections, plain(points).detections
+    assert len(a) == len(b) > 0 and np.allclose(a.boxes, b.boxes, atol=1e-4)
