@@ -132,7 +132,7 @@ def build_serialized_engine(onnx_path: str | Path, precision: str = "fp16",
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     if precision == "fp16":
-        if not builder.platform_has_fast_fp16:
+        if not getattr(builder, "platform_has_fast_fp16", True):  # deprecated in TensorRT 10
             LOG.warning("TensorRT: this GPU has no fast fp16; building fp16 anyway as requested")
         config.set_flag(trt.BuilderFlag.FP16)
     if shape_profile:
