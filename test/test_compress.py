@@ -226,3 +226,15 @@ def test_stage_store_hashes_skip_force_and_dependants(tmp_path):
     store.run_all(stages(1, 2))
     assert calls[-3:] == ["a", "b", "c"]
     assert (tmp_path / "stages" / "c" / "out.txt").read_text() == "c"
+
+
+def test_second_process_on_the_same_run_folder_is_refused(tmp_path):
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with (out / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running compress.py holds it
+        proc = run_compress(out, timeout=120)
+    assert proc.returncode == 2 and "another training/compress.py is already running" in proc.stderr
+    assert not (out / "stages").exists()

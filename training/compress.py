@@ -74,6 +74,19 @@ def _resolve(path: str) -> Path:
     return p if p.is_absolute() or p.exists() else REPO / p
 
 
+def _lock_run_folder(root: Path):
+    """One compress.py per run folder: a second one would interleave stage outputs."""
+    import fcntl
+
+    handle = (root / ".lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UsageError(f"{root}: another training/compress.py is already running on this run folder") from None
+    return handle
+
+
 def _check_stage_configs(cfg, pipeline) -> None:
     """Load every training config once up front, so that a bad override fails before hours of work."""
     pipeline.train_config(cfg.teacher.config, cfg.teacher.epochs, cfg.teacher.set)
@@ -113,6 +126,7 @@ def _main(args) -> int:
     _check_stage_configs(cfg, pipeline)
 
     root.mkdir(parents=True, exist_ok=True)
+    lock = _lock_run_folder(root)  # noqa: F841  (held until the process exits)
     logger = setup_logging(root / "compress.log", True)
     pipeline.log = logger.info
     save_yaml(cfg, root / "config.yaml")
