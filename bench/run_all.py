@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     timeout = args.timeout or (600.0 if args.quick else 1800.0)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", suite.RESULTS_ENV: "1"}
     if args.quick:
         env[suite.QUICK_ENV] = "1"
     started = time.gmtime()

@@ -1,7 +1,8 @@
 """Shared pieces of the benchmark suite: timing, machine description, machine-readable figures, results file.
 
 A benchmark script prints its human-readable output as before and, for every figure it wants in the summary,
-one line `RESULT {json}` (see `emit`). bench/run_all.py collects those lines from every script, prints one
+one line `RESULT {json}` (see `emit`; printed only when run_all.py runs the script, which sets
+CLEAN_ROS_BENCH_RESULTS=1, so a script run by hand prints exactly what it printed before). bench/run_all.py collects those lines from every script, prints one
 table and writes bench/results/<date>-<host>.json (`write_results`, atomic).
 
 A figure: {"bench", "name", "value", "unit", "load_average" (1/5/15 min when measured), optional "goal"
@@ -31,6 +32,7 @@ RESULTS_DIR = ROOT / "bench" / "results"
 KITTI_FRAME = ROOT.parent / "shared/data/kitti_sample/training/velodyne/000000.bin"
 RESULT_PREFIX = "RESULT "
 QUICK_ENV = "CLEAN_ROS_BENCH_QUICK"  # set to 1 by `run_all.py --quick`: scripts of the suite use fewer repeats
+RESULTS_ENV = "CLEAN_ROS_BENCH_RESULTS"  # set to 1 by run_all.py: scripts print their RESULT lines
 
 
 def quick() -> bool:
@@ -174,7 +176,10 @@ def goal_status(value: float | None, goal: str) -> str:
 
 
 def emit(fig: dict) -> None:
-    """Print one figure as a machine-readable line for run_all.py."""
+    """Print one figure as a machine-readable line for run_all.py (only under run_all.py, or with
+    CLEAN_ROS_BENCH_RESULTS=1: a script run by hand prints just its own output)."""
+    if os.environ.get(RESULTS_ENV, "") != "1":
+        return
     print(RESULT_PREFIX + json.dumps(fig, sort_keys=True), flush=True)
 
 
@@ -267,4 +272,4 @@ def load_frame(path: Path = KITTI_FRAME):
 
 __all__ = ["Timing", "time_call", "percentile", "device_sync", "machine", "load_average", "git_commit", "figure",
            "goal_status", "emit", "parse_results", "summary_table", "results_path", "write_results", "load_frame",
-           "quick", "QUICK_ENV", "KITTI_FRAME", "ROOT"]
+           "quick", "QUICK_ENV", "RESULTS_ENV", "KITTI_FRAME", "ROOT"]

@@ -40,12 +40,15 @@ def test_time_call_skips_warmup_and_measures_each_call():
     assert timing.mean == pytest.approx(5.0)
 
 
-def test_goal_status_and_result_lines_round_trip(capsys):
+def test_goal_status_and_result_lines_round_trip(capsys, monkeypatch):
     assert suite.goal_status(90.0, "<= 100") == "PASS"
     assert suite.goal_status(2.5, "<= 2") == "MISS"
     assert suite.goal_status(3.1, ">= 3") == "PASS"
     assert suite.goal_status(None, ">= 3") == "n/a"
     fig = suite.figure("models", "speed-up teacher/student", 3.4, "x", goal=">= 3", load=[5.0, 4.0, 3.0])
+    suite.emit(fig)
+    assert capsys.readouterr().out == ""  # by hand: no machine-readable lines
+    monkeypatch.setenv(suite.RESULTS_ENV, "1")  # under run_all.py
     suite.emit(fig)
     printed = "human line\n" + capsys.readouterr().out + "RESULT {not json\n"
     assert suite.parse_results(printed) == [fig]
