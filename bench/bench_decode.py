@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clean_ros.messages import to_detection3d_array, to_marker_array  # noqa: E402
 from clean_ros.pointcloud import make_pointcloud2, read_points  # noqa: E402
 from clean_ros.types import Detections  # noqa: E402
+from suite import emit, figure  # noqa: E402  (machine-readable lines for run_all.py only)
 
 FRAME = Path(__file__).resolve().parents[2] / "shared/data/kitti_sample/training/velodyne/000000.bin"
 XYZI = ("x", "y", "z", "intensity")
@@ -80,6 +81,8 @@ def main() -> int:
         path = "zero-copy view" if info.zero_copy else "copy"
         print(f"{name:46s} {raw.size:9d} {memcpy:10.3f} {decode:7.3f} ({decode_median:.3f}) "
               f"{decode / memcpy:5.2f}x  {path}")
+        emit(figure("node", f"decode/memcpy {name}", decode / memcpy, "x", goal="<= 2", memcpy_ms=memcpy,
+                    decode_ms=decode, decode_median_ms=decode_median, bytes=int(raw.size)))
 
     rng = np.random.default_rng(0)
     print(f"\n{'message build':46s} {'n':>5s} {'ms':>8s} {'us/det':>8s}")

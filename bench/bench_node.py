@@ -173,6 +173,14 @@ def main() -> int:
           f"   (goal p50 <= 10 ms)")
     print(f"  end-to-end publish -> detections received: p50 {_pct(e2e, 50):.1f} ms, p95 {_pct(e2e, 95):.1f} ms"
           f"   (goal p50 <= 100 ms)")
+    sys.path.insert(0, str(ROOT / "bench"))
+    from suite import emit, figure  # machine-readable lines for run_all.py only
+
+    run = dict(load=[round(v, 2) for v in load], note=f"bundle {bundle.name}, backend {args.backend}, num_threads "
+               f"{args.threads}, answered {len(answered)}/{args.frames}")
+    emit(figure("node", "end-to-end latency p50 (default bundle)", _pct(e2e, 50), "ms", goal="<= 100",
+                p95=_pct(e2e, 95), **run))
+    emit(figure("node", "node decode+preprocess p50", _pct(dp, 50), "ms", goal="<= 10", **run))
     k = max(len(e2e) // 4, 1)
     print(f"  backlog check: e2e p50 first quarter {_pct(e2e[:k], 50):.1f} ms, "
           f"last quarter {_pct(e2e[-k:], 50):.1f} ms")

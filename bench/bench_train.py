@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 WARMUP = 2
+sys.path.insert(0, str(REPO / "bench"))
+from suite import emit, figure  # noqa: E402  (machine-readable lines for run_all.py only)
 
 
 def run(cmd: list[str], threads: int) -> None:
@@ -73,6 +75,7 @@ def main() -> int:
                 run([py, *train_cmd(config, out, data, batch, args.iters, [])], args.threads)
                 spi = seconds_per_iteration(out)
                 print(f"{name:<26}{1:>10}{batch:>12}{spi:>10.2f}{batch / spi:>11.2f}", flush=True)
+                emit(figure("train", f"{name} 1 process batch {batch}", batch / spi, "samples/s", s_per_iter=spi))
         # DDP: 2 processes x batch 1 vs 1 process x batch 2 (same global batch, --threads threads per process)
         name = args.configs[0]
         config = REPO / "config" / "train" / f"{name}.yaml"
@@ -81,11 +84,15 @@ def main() -> int:
              *train_cmd(config, out, data, 1, args.iters, [])], args.threads)
         spi = seconds_per_iteration(out)
         print(f"{name + ' (DDP, gloo)':<26}{2:>10}{1:>12}{spi:>10.2f}{2 / spi:>11.2f}", flush=True)
+        emit(figure("train", f"{name} DDP 2 processes x batch 1", 2 / spi, "samples/s", s_per_iter=spi))
+        ddp2 = 2 / spi
         out = tmp / "ddp1"
         run([py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
              *train_cmd(config, out, data, 2, args.iters, [])], args.threads)
         spi = seconds_per_iteration(out)
         print(f"{name + ' (torchrun)':<26}{1:>10}{2:>12}{spi:>10.2f}{2 / spi:>11.2f}", flush=True)
+        emit(figure("train", f"{name} DDP 1 process x batch 2", 2 / spi, "samples/s", s_per_iter=spi))
+        emit(figure("train", f"{name} DDP speed-up 2 vs 1 processes", ddp2 / (2 / spi), "x"))
     return 0
 
 
