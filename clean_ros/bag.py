@@ -313,6 +313,8 @@ class BagReader:
             raise BagError(f"{path}: no such bag (directory or file)")
         if path.is_file() and (path.parent / "metadata.yaml").is_file():
             path = path.parent  # the storage file of a bag directory: open the bag
+        if path.is_dir() and not (path / "metadata.yaml").is_file():
+            raise BagError(f"{path}: not a rosbag2 bag directory (no metadata.yaml)")
         self.path = path
         try:
             self._reader = Reader(path)
