@@ -106,7 +106,7 @@ def compare_stages(args) -> None:
     try:
         sim = work / "sim"
         simulate_dataset(config_from_dict({"sensor": {"azimuth_resolution_deg": 0.4}, "dataset": {"val_fraction": 0.25}}),
-                         sim, n_frames=args.frames, seed=0, workers=1, progress=False)
+                         sim, n_frames=args.frames, seed=args.seed, workers=1, progress=False)
         no_augment = {"gt_sampling": False, "global_rotation": False, "global_scaling": False, "random_flip_x": False,
                       "shuffle_points": False}
         train_split, val_split = ("train", "val") if args.holdout else ("trainval", "trainval")
@@ -116,12 +116,12 @@ def compare_stages(args) -> None:
                 "two_stage": {"_base_": str(REPO / "config/teacher_two_stage_tiny.yaml")},
                 "data": {"root": str(sim), "train_split": train_split, "val_split": val_split},
                 "augment": no_augment, "epochs": max(1, args.steps // iters_per_epoch), "batch_size": 2,
-                "workers": 0, "eval_interval": 0, "log_interval": 10, "seed": 0, "batchnorm_momentum": 0.1}
+                "workers": 0, "eval_interval": 0, "log_interval": 10, "seed": args.seed, "batchnorm_momentum": 0.1}
         (work / "train.yaml").write_text(yaml.safe_dump(data))
         cfg = load_train_config(work / "train.yaml")
-        seed_everything(0)
+        seed_everything(args.seed)
         train_set = KittiDataset(cfg.data, train_split, training=True,
-                                 augmentor=Augmentor(cfg.augment, tuple(cfg.model.class_names)), seed=0)
+                                 augmentor=Augmentor(cfg.augment, tuple(cfg.model.class_names)), seed=args.seed)
         val_set = KittiDataset(cfg.data, val_split, training=False)
         task = build_task(cfg)
         start = time.perf_counter()
@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--threads", type=int, default=1, help="--compare: torch threads")
+    parser.add_argument("--seed", type=int, default=0, help="--compare: simulation and training seed")
     parser.add_argument("--holdout", action="store_true", help="--compare: train on 'train', evaluate on 'val'")
     args = parser.parse_args()
     if args.compare:
