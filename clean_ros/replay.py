@@ -166,6 +166,7 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
 
     from clean_ros.detector_node import launch_command
     from clean_ros.messages import from_detection3d_array, parse_stage_timing
+    from clean_ros.node_diagnostics import STATUS_NAME, parse_diagnostic_values
 
     reader.require(points_topic, POINTS_TYPE)
     profile = _source_or_share("config/fastdds_large_data.xml")
@@ -198,6 +199,13 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
     def on_detections(msg):
         answers.setdefault(stamp_ns(msg.header), (time.monotonic(), msg))
 
+    node_health: dict[str, str] = {}
+
+    def on_diagnostics(msg):
+        for status in msg.status:
+            if status.name == STATUS_NAME:
+                node_health.update(parse_diagnostic_values(status))
+
     def on_latency(msg):
         try:
             latencies[stamp_ns(msg.header)] = parse_stage_timing(msg)
@@ -208,6 +216,7 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
     publisher = node.create_publisher(PointCloud2, input_topic, qos)
     node.create_subscription(Detection3DArray, output_topic, on_detections, 100)
     node.create_subscription(DiagnosticArray, "/clean_ros_detector/stage_latency", on_latency, 100)
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
 
     def spin_until(predicate, deadline: float) -> bool:
         while not predicate() and time.monotonic() < deadline:
@@ -235,7 +244,7 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
             frame_id = msg.header.frame_id
         last = sent[-1][0] if sent else None
         spin_until(lambda: last is None or (last in answers and last in latencies), time.monotonic() + drain_s)
-        spin_until(lambda: False, time.monotonic() + 0.3)
+        spin_until(lambda: False, time.monotonic() + 1.2)  # one more 1 Hz /diagnostics after the last frame
     finally:
         executor.shutdown()
         node.destroy_node()
@@ -263,7 +272,9 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
     dropped = sum(not r.answered for r in results)
     stats = {"published": len(sent), "answered": len(sent) - dropped, "dropped": dropped,
              "drop_fraction": dropped / len(sent) if sent else 0.0, "domain_id": domain_id,
-             "rate_scale": rate_scale, "num_threads": num_threads}
+             "rate_scale": rate_scale, "num_threads": num_threads,
+             "node_backend": node_health.get("backend", "unknown (no /diagnostics received)"),
+             "node_dropped_frames": node_health.get("dropped_frames")}
     return results, stats
 
 
@@ -412,7 +423,6 @@ def record_detections(out: Path, results: list[FrameResult], class_names: tuple[
     """Detections as vision_msgs/Detection3DArray on /detections (+ per-frame stage latency), log time = stamp;
     answered frames only. Returns the number of frames written."""
     from builtin_interfaces.msg import Time
-    from diagnostic_msgs.msg import DiagnosticArray  # noqa: F401 - type registered through the typestore
     from std_msgs.msg import Header
 
     from clean_ros.messages import stage_timing_message, to_detection3d_array
@@ -478,11 +488,12 @@ def replay(args) -> dict:
                 bundle = load_bundle(args.bundle)
             except (BundleError, ValueError, OSError) as exc:
                 raise ReplayError(f"{args.bundle}: cannot load the bundle: {exc}") from None
-            class_names, backend = tuple(bundle.class_names), args.backend
+            class_names = tuple(bundle.class_names)
             results, mode_stats = run_realtime(reader, args.bundle, args.points_topic, backend=args.backend,
                                                device=args.device, num_threads=args.num_threads,
                                                rate_scale=args.rate_scale, drain_s=args.drain_s,
                                                log_path=args.node_log)
+            backend = mode_stats.pop("node_backend")
     finally:
         reader.close()
     if not results:

@@ -149,6 +149,7 @@ def test_realtime_replay_with_node_reports_drops(sim_bag, tmp_path):
     assert code == 0, (tmp_path / "node.log").read_text()[-2000:]
     report = json.loads(report_path.read_text())
     assert report["mode"] == "realtime" and report["published"] == 6
+    assert report["backend"] in ("onnxruntime", "torch")  # the node's choice, read from its /diagnostics
     assert report["answered"] + report["dropped"] == 6 and report["answered"] >= 1
     assert report["drop_fraction"] == pytest.approx(report["dropped"] / 6)
     latency = report["latency_ms"]
