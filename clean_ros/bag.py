@@ -93,15 +93,18 @@ def decode_kitti_id(text: str) -> KittiAnnotation | None:
 
 # ------------------------------------------------------------------------------------------- typestore / writer
 def _vision_msgs_dir() -> Path:
-    """The vision_msgs .msg files: the installed package's share (real ROS, or our venv build), else ci/."""
+    """The vision_msgs .msg files: the installed package's share (ament index, or our venv build), else ci/."""
     try:
         from ament_index_python.packages import get_package_share_directory
 
         shared = Path(get_package_share_directory("vision_msgs")) / "msg"
         if (shared / "Detection3DArray.msg").is_file():
             return shared
-    except Exception:  # noqa: BLE001 - no ament index: the source tree's definitions
+    except Exception:  # noqa: BLE001 - no ament index (a venv without AMENT_PREFIX_PATH)
         pass
+    venv_share = Path(sys.prefix) / "share" / "vision_msgs" / "msg"
+    if (venv_share / "Detection3DArray.msg").is_file():
+        return venv_share
     return Path(__file__).resolve().parents[1] / "ci" / "vision_msgs" / "msg"
 
 

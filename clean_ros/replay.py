@@ -43,6 +43,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,7 +179,9 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
            "FASTDDS_DEFAULT_PROFILES_FILE": str(profile), "PYTHONUNBUFFERED": "1"}
     input_topic, output_topic = f"{NODE_NAMESPACE}/points", f"{NODE_NAMESPACE}/detections"
-    command = launch_command(params, {"bundle_path": str(bundle), "backend": backend, "device": device,
+    package_root = str(Path(__file__).resolve().parents[1])  # a source checkout: the node imports clean_ros too
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    command = launch_command(params, {"bundle_path": str(Path(bundle).resolve()), "backend": backend, "device": device,
                                       "num_threads": int(num_threads), "input_topic": input_topic,
                                       "output_topic": output_topic, "publish_markers": False})
     import rclpy
@@ -186,8 +189,14 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
 
-    log = open(log_path, "w") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT if log_path else log)
+    if log_path is None:  # keep the node's output for the error message, in a temp file removed afterwards
+        handle, name = tempfile.mkstemp(prefix="clean_ros_replay_node_", suffix=".log")
+        os.close(handle)
+        log_path, temporary_log = Path(name), True
+    else:
+        temporary_log = False
+    log = open(log_path, "w")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id)
     node = rclpy.create_node("clean_ros_replay", context=context)
@@ -229,9 +238,11 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
         up = spin_until(lambda: process.poll() is not None or publisher.get_subscription_count() > 0,
                         time.monotonic() + startup_timeout_s)
         if process.poll() is not None or not up:
-            tail = Path(log_path).read_text()[-2000:] if log_path else ""
+            log.flush()
+            fatal = [line for line in Path(log_path).read_text().splitlines() if "FATAL" in line]
+            tail = fatal[-1] if fatal else Path(log_path).read_text()[-1500:]
             raise ReplayError(f"the detector node did not start (exit status {process.poll()}; command: "
-                              f"{' '.join(command)}){': ' + tail if tail else ''}")
+                              f"{' '.join(command)}): {tail}")
         spin_until(lambda: False, time.monotonic() + 0.5)  # discovery of the node's publishers by us
         first_log = None
         start = time.monotonic()
@@ -256,8 +267,9 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
-        if log_path:
-            log.close()
+        log.close()
+        if temporary_log:
+            log_path.unlink(missing_ok=True)
     results = []
     for stamp, published_at in sent:
         if stamp in answers:
@@ -455,6 +467,7 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def replay(args) -> dict:
+    from clean_ros.backends.base import BackendError
     from clean_ros.bundle import BundleError
 
     if args.record is not None and args.record.exists():
@@ -474,7 +487,7 @@ def replay(args) -> dict:
             try:
                 pipeline = Pipeline.from_bundle(args.bundle, backend=args.backend, device=args.device,
                                                 intra_op_threads=args.num_threads)
-            except (BundleError, ValueError, OSError) as exc:
+            except (BundleError, BackendError, ValueError, OSError) as exc:
                 raise ReplayError(f"{args.bundle}: cannot load the bundle: {exc}") from None
             class_names = tuple(pipeline.class_names)
             backend = pipeline.backend_name

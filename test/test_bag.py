@@ -1,7 +1,10 @@
 """clean_ros.bag: a KITTI folder written as a rosbag2 (.mcap and .db3) reads back with identical clouds and boxes."""
 from __future__ import annotations
 
+import json
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +27,19 @@ from clean_ros.pointcloud import read_points  # noqa: E402
 pytestmark = pytest.mark.ros
 
 
+def _type_description(package: str, name: str) -> dict | None:
+    """rosidl's type description (with the RIHS01 hash) from the ament index, else the venv's share/."""
+    candidates = [Path(sys.prefix) / "share" / package / "msg" / f"{name}.json"]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.insert(0, Path(get_package_share_directory(package)) / "msg" / f"{name}.json")
+    except Exception:  # noqa: BLE001 - no ament index
+        pass
+    path = next((c for c in candidates if c.is_file()), None)
+    return json.loads(path.read_text()) if path is not None else None
+
+
 @pytest.mark.parametrize("fmt,distro,version", [("mcap", "kilted", 9), ("db3", "humble", 8)])
 def test_kitti_bag_reads_back_identical(kitti_sample, tmp_path, fmt, distro, version):
     out = tmp_path / "kitti_bag"
@@ -37,6 +53,14 @@ def test_kitti_bag_reads_back_identical(kitti_sample, tmp_path, fmt, distro, ver
     qos = {n: parse_qos(t["topic_metadata"]["offered_qos_profiles"]) for n, t in topics.items()}
     assert [(q.reliability, q.depth) for q in qos[POINTS_TOPIC]] == [(QosReliability.BEST_EFFORT, 1)]
     assert [q.reliability for q in qos[GT_TOPIC]] == [QosReliability.RELIABLE]
+    if version == 9:  # the type hashes a ROS install computes (our vision_msgs build records them in share/)
+        for topic, package, name in ((POINTS_TOPIC, "sensor_msgs", "PointCloud2"),
+                                     (GT_TOPIC, "vision_msgs", "Detection3DArray")):
+            description = _type_description(package, name)
+            if description is not None:
+                expected = next(h["hash_string"] for h in description["type_hashes"]
+                                if h["type_name"] == f"{package}/msg/{name}")
+                assert topics[topic]["topic_metadata"]["type_description_hash"] == expected
 
     base = kitti_sample / "training"
     with BagReader(out) as reader:
