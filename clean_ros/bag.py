@@ -179,7 +179,11 @@ class BagWriter:
     def write(self, topic: str, time_ns: int, msg) -> None:
         from rclpy.serialization import serialize_message
 
-        self._writer.write(self._connections[topic], int(time_ns), serialize_message(msg))
+        self.write_raw(topic, time_ns, serialize_message(msg))
+
+    def write_raw(self, topic: str, time_ns: int, data: bytes) -> None:
+        """Already serialised CDR bytes (tests use it to write damaged messages)."""
+        self._writer.write(self._connections[topic], int(time_ns), data)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:

@@ -187,3 +187,16 @@ def test_bag_without_ground_truth_gives_latency_only(kitti_sample, tmp_path, cap
     assert "the bag has no ground truth (/ground_truth absent" in out and "latency only" in out
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["accuracy"]["available"] is False and report["latency_ms"]["total"]["n"] == 2
+
+
+def test_undecodable_message_is_a_clear_error(tmp_path, capsys):
+    """A /points message whose bytes are not a PointCloud2 (e.g. written with another definition)."""
+    from clean_ros.bag import POINTS_TYPE, BagWriter
+
+    bag = tmp_path / "garbage"
+    with BagWriter(bag) as writer:
+        writer.add_topic("/points", POINTS_TYPE, best_effort=True)
+        writer.write_raw("/points", 1, b"\x00\x01\x00\x00" + b"\xff" * 64)
+    assert main([str(bag), "--bundle", str(BUNDLE), "--warmup", "0", "--num-threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "message 0 on /points cannot be decoded as sensor_msgs/PointCloud2" in err and "Traceback" not in err
