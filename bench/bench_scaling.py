@@ -9,7 +9,8 @@ same range, ground, objects and intensity distribution, more points per surface)
 Pipeline (the node's code path): preprocess (voxelisation) + inference (+ post-processing, shown apart), p50
 after warm-up. Linearity: least-squares fit t = a + b * N over the sizes (R^2), the marginal cost
 (ms per 100k extra points) and the growth exponent log(t2/t1) / log(N2/N1) of each step (1 = proportional,
-below 1 while a fixed cost dominates, above 1 = super-linear); "bends upward" where the exponent rises by > 0.3. Pillar models cap the pillars (max_voxels) and points per pillar, so past the caps inference stops
+below 1 while a fixed cost dominates, above 1 = super-linear); "bends upward" where the exponent rises by > 0.3.
+Pillar models cap the pillars (max_voxels) and points per pillar, so past the caps inference stops
 growing and only preprocessing scales with N.
 Grid: each config's detector (untrained weights: timing only) on the 120k scan: voxelise + forward p50, with
 its BEV grid (nx x ny cells at the voxel size) and ms per 100k BEV cells.
@@ -71,7 +72,8 @@ def marginal_costs(sizes: list[int], times: list[float]) -> list[float]:
 def cloud_scaling(args, points: np.ndarray) -> None:
     from clean_ros.pipeline import Pipeline
 
-    pipe = Pipeline.from_bundle(args.bundle, backend=args.backend, intra_op_threads=args.threads)
+    pipe = Pipeline.from_bundle(args.bundle, backend=args.backend, device=args.device,
+                                intra_op_threads=args.threads)
     pipe.warmup(1)
     cfg = pipe.detector_config
     print(f"cloud size, bundle {args.bundle.name} ({cfg.name}, max_voxels {cfg.max_voxels_test}, "
@@ -126,14 +128,14 @@ def grid_scaling(args, points: np.ndarray) -> None:
     from clean_ros.models.detector import build_detector
     from clean_ros.voxelize import grid_size, voxelize
 
-    tensor = torch.from_numpy(points)
+    tensor = torch.from_numpy(points).to(args.device)
     print(f"\nBEV grid size (120k-point scan, untrained weights), ms p50 of {args.repeats}:")
     print(f"{'config':20s} {'grid nx x ny x nz':>20s} {'BEV cells':>10s} {'voxels':>7s} {'voxelise':>9s} "
           f"{'forward':>9s} {'ms/100k cells':>14s} {'load':>6s}")
     for name in args.configs:
         cfg = load_detector_config(find_config(name))
         torch.manual_seed(0)
-        model = build_detector(cfg).eval()
+        model = build_detector(cfg).to(args.device).eval()
         nx, ny, nz = grid_size(cfg.point_cloud_range, cfg.voxel_size)
 
         def vox():
@@ -146,8 +148,8 @@ def grid_scaling(args, points: np.ndarray) -> None:
             with torch.inference_mode():
                 return model(voxels, 1)
 
-        t_vox = suite.time_call(vox, args.repeats, 1)
-        t_fwd = suite.time_call(forward, args.repeats, 1)
+        t_vox = suite.time_call(vox, args.repeats, 1, args.device)
+        t_fwd = suite.time_call(forward, args.repeats, 1, args.device)
         cells = nx * ny
         load = suite.load_average()
         per_cell = 1e5 * t_fwd.p50 / cells
@@ -167,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3 if quick else 7)
     ap.add_argument("--bundle", type=Path, default=ROOT / "models/default")
     ap.add_argument("--backend", default="torch")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -42,6 +42,9 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_train": ["--iters", "3", "--frames", "4", "--configs", "pointpillars_tiny"],
     "bench_voxelize": ["--runs", "10", "--warmup", "2", "--threads", "1"],
 }
+# Scripts that take --device (run_all.py --device cuda on a GPU machine).
+DEVICE_SCRIPTS = {"bench_backends", "bench_models", "bench_voxelize", "bench_suite_models", "bench_roofline",
+                  "bench_scaling"}
 
 
 def _run_script(script: Path, args: list[str], env: dict, timeout: float) -> tuple[int, str, float]:
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=None, help="seconds per script (default 1800, quick 600)")
     ap.add_argument("--out", type=Path, default=None, help="results file (default bench/results/<time>-<host>.json)")
     ap.add_argument("--list", action="store_true", help="list the scripts and their arguments, run nothing")
+    ap.add_argument("--device", default=None, help="e.g. cuda: passed as --device to the scripts that take it "
+                    f"({', '.join(sorted(DEVICE_SCRIPTS))})")
     args = ap.parse_args(argv)
 
     scripts = sorted(HERE.glob("bench_*.py"))
@@ -102,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     if not scripts:
         print("no benchmark matched " + " ".join(args.names) if args.names else "no benchmarks yet")
         return 1 if args.names else 0
-    plan = [(s, QUICK_ARGS.get(s.stem, []) if args.quick else []) for s in scripts]
+    plan = [(s, (QUICK_ARGS.get(s.stem, []) if args.quick else [])
+             + (["--device", args.device] if args.device and s.stem in DEVICE_SCRIPTS else [])) for s in scripts]
     if args.list:
         for script, extra in plan:
             print(f"{script.stem} {' '.join(extra)}".rstrip())
@@ -145,9 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + "=" * 100)
     print(f"SUMMARY  {started_utc}  commit {commit}  {'quick' if args.quick else 'full'} run")
     print(f"machine: {machine_start['cpu']}, {machine_start['cpu_count']} CPUs, torch {machine_start.get('torch')}"
-          f", onnxruntime {machine_start.get('onnxruntime')}; load average start {report['machine']['load_average_start']}"
+          f", onnxruntime {machine_start.get('onnxruntime')}; load average start "
+          f"{report['machine']['load_average_start']}"
           f", end {report['machine']['load_average_end']} (shared machine: figures taken under load; see 'load')")
     print(suite.summary_table(figures) if figures else "(no figures reported)")
+    goals = suite.goals_table(figures)
+    if goals:
+        print("\nGOALS (issue 10; single measurements on a shared machine: read them with the load average)")
+        print(goals)
     failed = [r for r in records if r["exit"] != 0]
     silent = [r["script"] for r in records if r["exit"] == 0 and r["figures"] == 0]
     if silent:

@@ -2,8 +2,9 @@
 
 A benchmark script prints its human-readable output as before and, for every figure it wants in the summary,
 one line `RESULT {json}` (see `emit`; printed only when run_all.py runs the script, which sets
-CLEAN_ROS_BENCH_RESULTS=1, so a script run by hand prints exactly what it printed before). bench/run_all.py collects those lines from every script, prints one
-table and writes bench/results/<date>-<host>.json (`write_results`, atomic).
+CLEAN_ROS_BENCH_RESULTS=1, so a script run by hand prints exactly what it printed before).
+bench/run_all.py collects those lines from every script, prints one table and writes
+bench/results/<date>-<host>.json (`write_results`, atomic).
 
 A figure: {"bench", "name", "value", "unit", "load_average" (1/5/15 min when measured), optional "goal"
 (e.g. "<= 100"), "status" ("PASS" / "MISS" when there is a goal), "note"}.
@@ -202,7 +203,7 @@ def _fmt_value(value: Any) -> str:
         return "-"
     if isinstance(value, (int, float)):
         v = float(value)
-        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-2):
+        if v != 0 and abs(v) < 1e-2:
             return f"{v:.3g}"
         return f"{v:,.2f}" if abs(v) < 1000 else f"{v:,.0f}"
     return str(value)
@@ -223,6 +224,23 @@ def summary_table(figures: Iterable[dict]) -> str:
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def goals_table(figures: Iterable[dict]) -> str:
+    """Only the figures that carry a goal: measured value vs goal, PASS / MISS / n/a, load average."""
+    lines = []
+    for f in figures:
+        if "goal" not in f:
+            continue
+        load = f.get("load_average")
+        where = f"goal {f['goal']}" + (f"; load {load[0]:.2f}" if load else "")
+        line = f"  {f.get('status', ''):5s} {f.get('bench', '')}: {f.get('name', '')} = {_fmt_value(f.get('value'))}"
+        line += f" {f['unit']}" if f.get("unit") else ""
+        line += f" ({where})"
+        if f.get("value") is None and f.get("note"):
+            line += f": {f['note']}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -271,5 +289,6 @@ def load_frame(path: Path = KITTI_FRAME):
 
 
 __all__ = ["Timing", "time_call", "percentile", "device_sync", "machine", "load_average", "git_commit", "figure",
-           "goal_status", "emit", "parse_results", "summary_table", "results_path", "write_results", "load_frame",
+           "goal_status", "emit", "parse_results", "summary_table", "goals_table", "results_path", "write_results",
+           "load_frame",
            "quick", "QUICK_ENV", "RESULTS_ENV", "KITTI_FRAME", "ROOT"]

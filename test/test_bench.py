@@ -65,6 +65,8 @@ def test_summary_and_results_file(tmp_path):
     assert "51,234" in table[2] and "9.50" in table[2]
     assert table[3].split()[-5:] == ["x", "<=", "2", "MISS", "1.25"] and "2.60" in table[3]
     assert table[4].rstrip().endswith("-")
+    goals = suite.goals_table(figures).splitlines()
+    assert goals == ["  MISS  node: decode / memcpy = 2.60 x (goal <= 2; load 1.25)"]
     report = run_all.build_report([{"script": "bench_x", "exit": 0}], figures, {"host": "h", "load_average": [1, 2, 3]},
                                   [4, 5, 6], True, "2026-01-01T00:00:00Z", "abc")
     path = suite.write_results(tmp_path / "r" / "out.json", report)
@@ -79,7 +81,8 @@ def test_runner_collects_figures_from_scripts(tmp_path, monkeypatch):
     bench_dir.mkdir()
     (bench_dir / "bench_fake.py").write_text(
         "import json\nprint('a human line')\n"
-        "print('RESULT ' + json.dumps({'name': 'speed', 'value': 1.5, 'unit': 'ms', 'load_average': [1.0, 1.0, 1.0]}))\n")
+        "print('RESULT ' + json.dumps({'name': 'speed', 'value': 1.5, 'unit': 'ms',\n"
+        "                              'load_average': [1.0, 1.0, 1.0]}))\n")
     (bench_dir / "bench_broken.py").write_text("raise SystemExit(3)\n")
     monkeypatch.setattr(run_all, "HERE", bench_dir)
     out = tmp_path / "res.json"
