@@ -218,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{ratio:5.2f}x  ({row['describe']})")
             suite.emit(suite.figure(BENCH, f"{key} pipeline p50 ({backend})", row["p50"], "ms", p95=row["p95"],
                                     note=row["describe"], load=load_end))
+            if key == "student_final" and teacher:
+                suite.emit(suite.figure(BENCH, f"speed-up teacher(torch)/student_final pipeline ({backend})", ratio,
+                                        "x", note="teacher has no ONNX path: torch is its fastest backend",
+                                        load=load_end))
     print(f"load average: start {load_start}, after torch timing {load_torch}, end {load_end}")
     return 0
 
