@@ -131,7 +131,8 @@ def git_commit(root: Path = ROOT) -> str:
 
 
 def machine(threads: int | None = None) -> dict:
-    """CPU model, cores, torch / onnxruntime versions, torch threads, GPU if any, load average now."""
+    """CPU model, cores, torch / onnxruntime versions, torch threads (of this process: each figure records the
+    count its script used), GPU if any, load average now."""
     info: dict[str, Any] = {"host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu_model(),
                             "cpu_count": os.cpu_count(), "python": platform.python_version(),
                             "load_average": load_average()}
@@ -157,7 +158,10 @@ def figure(bench: str, name: str, value: float | None, unit: str, *, goal: str |
            note: str = "", load: list[float] | None = None, **extra) -> dict:
     """One figure; `goal` "<= X" or ">= X" gives status PASS / MISS (None value: status n/a)."""
     fig = {"bench": bench, "name": name, "value": None if value is None else round(float(value), 4),
-           "unit": unit, "load_average": load if load is not None else load_average(), "note": note, **extra}
+           "unit": unit, "load_average": load if load is not None else load_average(), "note": note}
+    if "torch" in sys.modules:  # the thread count this figure was measured with (scripts choose their own)
+        fig["torch_threads"] = sys.modules["torch"].get_num_threads()
+    fig.update(extra)
     if goal is not None:
         fig["goal"] = goal
         fig["status"] = goal_status(value, goal)
