@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 import suite  # noqa: E402
-from bench_suite_models import models_under_test  # noqa: E402
+from bench_suite_models import RUN, models_under_test  # noqa: E402
 
 BENCH = "roofline"
 
@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5 if quick else 15)
     ap.add_argument("--warmup", type=int, default=1 if quick else 3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--run", default=None, help="compression run under runs/ (see bench_suite_models.py)")
     args = ap.parse_args(argv)
+    RUN["name"] = args.run
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     points_np, source = suite.load_frame()

@@ -1,6 +1,9 @@
 """Teacher vs baseline student vs final student, in one run on one frame: params, GFLOPs, latency p50/p95, speed-ups.
 
-    .venv/bin/python bench/bench_suite_models.py [--threads 1] [--repeats 20] [--warmup 3] [--device cpu]
+    .venv/bin/python bench/bench_suite_models.py [--threads 1] [--repeats 20] [--warmup 3] [--device cpu] [--run NAME]
+
+The compressed models come from one compression run: runs/NAME with --run, else runs/compress_default (what
+`make compress` writes) when it has them, else the most recently written run; the teacher is that run's.
 
 Models (see `models_under_test`):
   teacher           teacher_two_stage_tiny built from config/ (UNTRAINED weights unless a compression run stored
@@ -48,14 +51,27 @@ def _from_compress(manifest: Path) -> bool:
     return str(provenance.get("method", "")).startswith("compress:")  # what training/pipeline/steps.py writes
 
 
+DEFAULT_RUN = "compress_default"  # `make compress` writes runs/compress_default
+RUN = {"name": None}  # --run NAME: take the compressed models from runs/NAME only
+
+
+def _newest(pattern: str) -> list[Path]:
+    """Matches of `pattern` (runs/<run>/...): runs/NAME only when --run NAME is given; else runs/compress_default
+    first (what `make compress` writes), then the other runs most recently written first."""
+    if RUN["name"]:
+        return sorted(ROOT.glob(pattern.replace("runs/*/", f"runs/{RUN['name']}/", 1)))
+    found = sorted(ROOT.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    return sorted(found, key=lambda p: p.relative_to(ROOT).parts[1] != DEFAULT_RUN)
+
+
 def find_final_student() -> tuple[str, Path | None, Path | None]:
     """(description, bundle dir or None, stored stage dir or None) of the compressed student, if any."""
-    for manifest in sorted(ROOT.glob("runs/*/bundle/manifest.json")):
+    for manifest in _newest("runs/*/bundle/manifest.json"):
         return f"bundle {manifest.parent.relative_to(ROOT)}", manifest.parent, None
     default = ROOT / "models/default/manifest.json"
     if default.is_file() and _from_compress(default):
         return "bundle models/default (from compress.py)", default.parent, None
-    for info in sorted(ROOT.glob("runs/*/stages/iou_refine/model.json")):
+    for info in _newest("runs/*/stages/iou_refine/model.json"):
         return f"stage {info.parent.relative_to(ROOT)} (no bundle)", None, info.parent
     return "not available yet (no compression run has finished: no runs/*/bundle, runs/*/stages/iou_refine)", None, None
 
@@ -70,7 +86,13 @@ def models_under_test() -> dict[str, dict]:
     from training.pipeline.steps import load_model, make_task
 
     out: dict[str, dict] = {}
-    stored_teacher = sorted(ROOT.glob("runs/*/stages/teacher/model.json"))
+    # The teacher of the run that produced the final student when there is one, else the newest stored teacher.
+    description, bundle_dir, stage_dir = find_final_student()
+    final_run = (bundle_dir.parent if bundle_dir is not None and bundle_dir.parent.parent.name == "runs" else
+                 stage_dir.parents[1] if stage_dir is not None else None)
+    stored_teacher = _newest("runs/*/stages/teacher/model.json")
+    if final_run is not None and (final_run / "stages/teacher/model.json").is_file():
+        stored_teacher = [final_run / "stages/teacher/model.json"]
     if stored_teacher:
         kind, cfg, module = load_model(stored_teacher[0].parent)
         out["teacher"] = {"task": make_task(kind, cfg, module), "model": module, "cfg": cfg, "bundle": None,
@@ -96,7 +118,6 @@ def models_under_test() -> dict[str, dict]:
         out["student_baseline"] = {"task": make_task("detector", cfg, module), "model": module, "cfg": cfg,
                                    "bundle": None, "source": "pointpillars_tiny, untrained weights (timing only)"}
 
-    description, bundle_dir, stage_dir = find_final_student()
     if bundle_dir is not None:
         bundle = load_bundle(bundle_dir)
         module = bundle.build_detector("cpu").eval()
@@ -150,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5 if quick else 20)
     ap.add_argument("--warmup", type=int, default=1 if quick else 3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--run", default=None, help="compression run folder name under runs/ for the teacher and the "
+                    f"final student (default: {DEFAULT_RUN} if it has them, else the newest run)")
     args = ap.parse_args(argv)
+    RUN["name"] = args.run
     torch.set_num_threads(args.threads)
     from training.efficiency import measure_models
 
