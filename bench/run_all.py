@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the scripts and their arguments, run nothing")
     ap.add_argument("--device", default=None, help="e.g. cuda: passed as --device to the scripts that take it "
                     f"({', '.join(sorted(DEVICE_SCRIPTS))})")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
 
     scripts = sorted(HERE.glob("bench_*.py"))
     if args.names:
