@@ -14,7 +14,7 @@ compress: setup
 	$(PY) training/compress.py $(ARGS)
 
 bench: setup
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(ARGS)
 
 clean-env:
 	rm -rf .venv build install log

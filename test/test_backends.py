@@ -82,7 +82,8 @@ def _check_maps(pipelines, points):
     maps, bev = pipelines["onnxruntime"].raw_outputs(voxels)
     assert pipelines["onnxruntime"].backend.has_encoder  # encoder.onnx ran (dynamic pillar count), not torch
     assert scaled_relative_error(bev, ref_bev) <= RTOL  # encoder.onnx + torch scatter vs torch encoder
-    assert len(maps) == len(ref_maps) == 3
+    # cls, box, dir (+ iou for a bundle with an IoU branch): every head map of the bundle's detector
+    assert len(maps) == len(ref_maps) == len(pipelines["torch"].detector.dense_output_names) >= 3
     for name, m, r in zip(pipelines["torch"].detector.dense_output_names, maps, ref_maps):
         assert m.shape == r.shape, name
         assert scaled_relative_error(m, r) <= RTOL, name
@@ -227,14 +228,18 @@ def test_update_postprocess_validates_and_applies(pipelines, sim_frames):
                              ({"nms_iou": 1.5}, r"nms_iou = 1.5: must be a number in \[0, 1\]"),
                              ({"nms_pre_max": -1}, "must be an integer >= 0"),
                              ({"peak_kernel": 4}, "must be odd"),
-                             ({"iou_gate_mode": "soft"}, "no IoU branch"),
-                             ({"nms_radius": 2}, "unknown post-processing setting 'nms_radius'")]:
+                             ({"nms_radius": 2}, "unknown post-processing setting 'nms_radius'")] + (
+                [] if pipe.detector.cfg.head.iou_branch else [({"iou_gate_mode": "soft"}, "no IoU branch")]):
             current = pipe.postprocess_settings
             with pytest.raises(ValueError, match=message):
                 pipe.update_postprocess(**bad)
             assert pipe.postprocess_settings == current  # a refused change leaves the settings untouched
+        if pipe.detector.cfg.head.iou_branch:  # a bundle with an IoU branch may switch gate modes at runtime
+            pipe.update_postprocess(iou_gate_mode="soft")
+            assert pipe.postprocess_settings.iou_gate.mode == "soft"
     finally:
-        pipe.update_postprocess(score_thresholds=before.score_thresholds, nms_post_max=before.nms_post_max)
+        pipe.update_postprocess(score_thresholds=before.score_thresholds, nms_post_max=before.nms_post_max,
+                                iou_gate_mode=before.iou_gate.mode)
     assert pipe.postprocess_settings == before
 
 
