@@ -16,9 +16,8 @@ Modes
 
 Matching: detections belong to the ground-truth message with the same header stamp (ns).
 
-Accuracy (needs the KITTI evaluator, training/kitti_eval.py, i.e. a source checkout; the runtime package does not
-ship training/): one implementation of the evaluator, imported lazily. Without it the report holds latency only
-and says why. Protocol, chosen from what the bag carries:
+Accuracy: the KITTI evaluator (clean_ros/kitti_eval.py, the same one training/evaluate.py uses). Without ground truth
+in the bag the report holds latency only and says why. Protocol, chosen from what the bag carries:
   kitti   ground truth with the KITTI annotation in Detection3D.id (clean_ros.bag writes it): the devkit protocol
           with its easy / moderate / hard difficulties. Boxes go back to the camera frame with the frame's calib
           (/kitti/calib) and detections get their projected image box, so the image-height rule applies exactly
@@ -52,6 +51,8 @@ import numpy as np
 
 from clean_ros.bag import (CALIB_TOPIC, CALIB_TYPE, GT_TOPIC, GT_TYPE, POINTS_TOPIC, POINTS_TYPE, BagError,
                            BagReader, BagWriter, decode_kitti_id, stamp_ns)
+from clean_ros.kitti import Calibration
+from clean_ros.kitti_eval import CLASSES, evaluate
 
 EXIT_BAD_INPUT = 2
 RANGE_BANDS = ((0.0, 30.0), (30.0, 50.0), (50.0, math.inf))
@@ -309,8 +310,6 @@ def latency_summary(results: list[FrameResult]) -> dict:
 def _axes_calibration():
     """A stand-in camera when the bag has no calib: camera axes = LiDAR axes permuted (x right = -y, y down = -z,
     z forward = x), identity rectification. IoUs are invariant under it."""
-    from clean_ros.kitti import Calibration
-
     v2c = np.array([[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
     p2 = np.array([[700.0, 0.0, 600.0, 0.0], [0.0, 700.0, 180.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
     return Calibration(P2=p2, R0=np.eye(3), V2C=v2c)
@@ -339,15 +338,7 @@ def _tall_boxes(n: int, visible: np.ndarray | None = None) -> np.ndarray:
 
 def evaluate_replay(gt: dict[int, GroundTruthFrame], results: list[FrameResult], calibs: dict[int, str],
                     classes: tuple[str, ...]) -> dict:
-    """AP report (see the module docstring for the protocol); {"available": False, "note": ...} without the
-    evaluator."""
-    try:
-        from training.kitti_eval import CLASSES, evaluate
-    except ImportError:
-        return {"available": False,
-                "note": "the KITTI evaluator (training/kitti_eval.py) is not importable: run replay from a source "
-                        "checkout (PYTHONPATH=<repo>) for AP; latency only"}
-    from clean_ros.kitti import Calibration
+    """AP report (see the module docstring for the protocol)."""
 
     evaluated = tuple(c for c in classes if c in CLASSES)
     skipped = [c for c in classes if c not in CLASSES]
