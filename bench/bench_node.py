@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -85,7 +84,7 @@ def main() -> int:
     from sensor_msgs.msg import PointCloud2
     from vision_msgs.msg import Detection3DArray
 
-    from clean_ros.detector_node import NODE_NAME, launch_command
+    from clean_ros.detector_node import NODE_NAME, launch_command, stop_node_process
     from clean_ros.messages import parse_stage_timing
     from clean_ros.pointcloud import make_pointcloud2
 
@@ -148,11 +147,7 @@ def main() -> int:
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=context)
-        node_proc.send_signal(signal.SIGINT)
-        try:
-            node_proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            node_proc.kill()
+        stop_node_process(node_proc, timeout_s=20)
         log.close()
 
     answered = sorted(received_at)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import array
 import math
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -650,6 +652,19 @@ def launch_command(params_file: str | os.PathLike, parameters: Mapping[str, Any]
     for name, value in (parameters or {}).items():
         command += ["-p", f"{name}:={_ros_arg_value(value)}"]
     return command + ["--log-level", log_level]
+
+
+def stop_node_process(process: "subprocess.Popen", timeout_s: float = 15.0) -> int | None:
+    """Stop a node started with launch_command: SIGINT (SIGTERM was occasionally lost while spinning), then kill
+    if it has not exited within timeout_s. Returns its exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    return process.returncode
 
 
 def main(argv: Sequence[str] | None = None) -> int:

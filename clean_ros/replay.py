@@ -39,7 +39,6 @@ import json
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -166,7 +165,7 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
     from diagnostic_msgs.msg import DiagnosticArray
     from vision_msgs.msg import Detection3DArray
 
-    from clean_ros.detector_node import launch_command
+    from clean_ros.detector_node import launch_command, stop_node_process
     from clean_ros.messages import from_detection3d_array, parse_stage_timing
     from clean_ros.node_diagnostics import STATUS_NAME, parse_diagnostic_values
 
@@ -261,13 +260,7 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=context)
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_node_process(process)
         log.close()
         if temporary_log:
             log_path.unlink(missing_ok=True)

@@ -113,15 +113,7 @@ class DetectionTask(nn.Module):
         total = detection.total
         if self.loss_terms:
             ctx = LossContext(batch, output, targets, gt_boxes, gt_labels, detection, self.model)
-            for term in self.loss_terms:
-                value = term(ctx)
-                named = {term.name: value} if isinstance(value, torch.Tensor) else {
-                    f"{term.name}/{k}": v for k, v in value.items()}
-                for key, loss in named.items():
-                    if key in parts:
-                        raise ValueError(f"loss term {term.name!r} returns {key!r}, which already exists")
-                    parts[key] = loss
-                    total = total + loss
+            total = add_loss_terms(self.loss_terms, ctx, parts, total)
         return StepResult(total, parts, output, targets)
 
     @torch.no_grad()
@@ -144,6 +136,22 @@ class DetectionTask(nn.Module):
             raise KeyError(f"checkpoint has no state for loss term(s) {sorted(missing)}")
         for name, module in self.loss_modules.items():
             module.load_state_dict(states[name])
+
+
+def add_loss_terms(loss_terms: Sequence[LossTerm], ctx: LossContext, parts: dict[str, torch.Tensor],
+                   total: torch.Tensor) -> torch.Tensor:
+    """Evaluate the extra loss terms on ctx, record each under "<name>" or "<name>/<key>" in parts (a name may not
+    repeat), and return total plus all of them."""
+    for term in loss_terms:
+        value = term(ctx)
+        named = {term.name: value} if isinstance(value, torch.Tensor) else {
+            f"{term.name}/{k}": v for k, v in value.items()}
+        for key, loss in named.items():
+            if key in parts:
+                raise ValueError(f"loss term {term.name!r} returns {key!r}, which already exists")
+            parts[key] = loss
+            total = total + loss
+    return total
 
 
 def _float32(output: HeadOutput) -> HeadOutput:

@@ -24,7 +24,7 @@ from training.data.sample import Batch
 from training.losses import smooth_l1
 from training.roi_targets import RoITargets, sample_rois
 from training.targets import build_targets
-from training.task import DetectionTask, LossContext, LossTerm, StepResult, TargetHook, _float32
+from training.task import DetectionTask, LossContext, LossTerm, StepResult, TargetHook, _float32, add_loss_terms
 from training.losses import compute_losses
 
 
@@ -65,15 +65,7 @@ class TeacherTask(DetectionTask):
         total = sum(parts.values())
         if self.loss_terms:
             ctx = LossContext(batch, rpn_output, targets, gt_boxes, gt_labels, detection, model)
-            for term in self.loss_terms:
-                value = term(ctx)
-                named = {term.name: value} if isinstance(value, torch.Tensor) else {
-                    f"{term.name}/{k}": v for k, v in value.items()}
-                for key, loss in named.items():
-                    if key in parts:
-                        raise ValueError(f"loss term {term.name!r} returns {key!r}, which already exists")
-                    parts[key] = loss
-                    total = total + loss
+            total = add_loss_terms(self.loss_terms, ctx, parts, total)
         return StepResult(total, parts, rpn_output, targets)
 
     @torch.no_grad()
