@@ -30,3 +30,15 @@ def read_velodyne(path: Path) -> np.ndarray:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (on a shared 2-core machine two spin-waiting OpenMP threads are several times
+    slower), restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,14 +18,6 @@ from clean_ros.voxelize import voxelize_batch
 from conftest import read_velodyne
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_height_compression_layout_is_c_times_D_plus_d():
     # 2 frames, C = 3 channels, grid (D, H, W) = (2, 2, 3); feature of channel c at (b, z, y, x) = 1000b + 100c + 10z + x + y/10
     coords, feats = [], []

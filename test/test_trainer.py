@@ -82,15 +82,6 @@ def model_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------- (1) the loop learns
-@pytest.fixture
-def one_thread():
-    """One torch thread (on a shared 2-core machine two spin-waiting OpenMP threads are several times slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_training_learns_tiny_overfit(sim_root, tmp_path, one_thread):
     """config/pointpillars_tiny.yaml on 8 frames, no augmentation, evaluated on the same frames: 120 steps take

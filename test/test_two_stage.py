@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -21,14 +20,6 @@ from clean_ros.models.two_stage import Proposals, TwoStageDetector
 from clean_ros.voxelize import voxelize_batch
 from conftest import read_velodyne
 from training.roi_targets import iou_quality_targets, roi_box_targets, sample_rois
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- pooling geometry
