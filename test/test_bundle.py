@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from clean_ros import bundle as bundle_mod
 from clean_ros.bundle import (SCHEMA_VERSION, BundleError, load_bundle, save_bundle, sha256_file)
 from clean_ros.models.configs import find_config, load_detector_config
 from clean_ros.models.detector import build_detector

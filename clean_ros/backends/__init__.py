@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
-import torch
-
 from clean_ros.backends.base import Backend, BackendError, BackendUnavailable
 
 LOG = logging.getLogger("clean_ros.backends")
