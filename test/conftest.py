@@ -42,3 +42,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+DEFAULT_BUNDLE = REPO_ROOT / "models" / "default"
+
+
+@pytest.fixture(scope="session")
+def default_bundle() -> Path:
+    """The embedded default bundle (models/default); the test is skipped when it is absent."""
+    if not (DEFAULT_BUNDLE / "manifest.json").is_file():
+        pytest.skip(f"default bundle not found at {DEFAULT_BUNDLE}")
+    return DEFAULT_BUNDLE

@@ -26,7 +26,6 @@ from training.kitti_eval import evaluate
 
 from conftest import read_velodyne
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default"
 RTOL = 1e-4
 SIM_SEED = 123  # the default bundle was trained on seed 0: these frames are unseen
 
@@ -37,10 +36,8 @@ def scaled_relative_error(other: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module")
-def bundle_path() -> Path:
-    if not (DEFAULT_BUNDLE / "manifest.json").is_file():
-        pytest.skip(f"default bundle not found at {DEFAULT_BUNDLE}")
-    return DEFAULT_BUNDLE
+def bundle_path(default_bundle) -> Path:
+    return default_bundle
 
 
 @pytest.fixture(scope="module")

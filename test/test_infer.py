@@ -12,14 +12,11 @@ from clean_ros import infer
 from clean_ros.pcd import PcdFormatError, read_pcd, write_pcd
 from conftest import read_velodyne
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default"
 
 
 @pytest.fixture(scope="module")
-def bundle_path() -> Path:
-    if not (DEFAULT_BUNDLE / "manifest.json").is_file():
-        pytest.skip(f"default bundle not found at {DEFAULT_BUNDLE}")
-    return DEFAULT_BUNDLE
+def bundle_path(default_bundle) -> Path:
+    return default_bundle
 
 
 @pytest.fixture(scope="module")
