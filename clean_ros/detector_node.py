@@ -265,7 +265,7 @@ class DetectorNode(Node):
         d("backend", "auto", "auto | torch | onnxruntime | tensorrt (auto: best available)", read_only=True,
           constraints="one of auto, torch, onnxruntime, tensorrt")
         d("device", "cpu", "cpu | cuda | cuda:N", read_only=True)
-        d("num_threads", 2, "torch intra-op threads (CPU); see docs/NODE.md on contention", read_only=True,
+        d("num_threads", 1, "torch intra-op threads (CPU); see docs/NODE.md on contention", read_only=True,
           int_range=(1, 256))
         d("warmup_iterations", 3, "inference runs on a synthetic cloud at start-up, excluded from statistics",
           read_only=True, int_range=(0, 100))
