@@ -41,12 +41,8 @@ SMALL = ["point_cloud_range=[0.0, -12.8, -3.0, 25.6, 12.8, 1.0]", "encoder.width
          "bev_backbone.num_upsample_filters=[16, 16, 16]"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared machine: one thread is much faster under load
-    yield
-    torch.set_num_threads(threads)
+# the shared machine: one thread is much faster under load (conftest's one_thread fixture)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_cfg(name="pointpillars_tiny", *extra):

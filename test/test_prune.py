@@ -51,12 +51,8 @@ def _randomise(detector: nn.Module, seed: int) -> None:
         cls_bias.zero_()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared machine: one thread is much faster under load
-    yield
-    torch.set_num_threads(threads)
+# the shared machine: one thread is much faster under load (conftest's one_thread fixture)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(name: str, seed: int = 0, extra=()):
