@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clean_ros.atomic import atomic_write_text
+
 EXIT_BAD_INPUT = 2
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default"
 POINT_SUFFIXES = (".bin", ".pcd")
@@ -104,12 +106,6 @@ def read_frame_points(path: Path, num_features: int, intensity_scale: float = 1.
 
 
 # ------------------------------------------------------------------------------------------- outputs
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_predictions(out_dir: Path, frame: Frame, detections, calib) -> Path:
     from clean_ros.kitti import labels_from_lidar_boxes, write_labels
 
@@ -121,7 +117,7 @@ def write_predictions(out_dir: Path, frame: Frame, detections, calib) -> Path:
     path = out_dir / f"{frame.frame_id}.json"
     rows = [{"class": str(n), "score": round(float(s), 6), "box": [round(float(v), 5) for v in b]}
             for n, s, b in zip(detections.names, detections.scores, detections.boxes)]
-    _atomic_write_text(path, json.dumps({"frame": frame.frame_id, "frame_convention": LIDAR_CONVENTION,
+    atomic_write_text(path, json.dumps({"frame": frame.frame_id, "frame_convention": LIDAR_CONVENTION,
                                          "class_names": list(detections.class_names), "detections": rows},
                                         indent=1) + "\n")
     return path

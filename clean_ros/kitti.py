@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clean_ros.atomic import atomic_write_text
+
 CLASS_NAMES = ("Car", "Pedestrian", "Cyclist")
 # Default KITTI image size, used to clip projected 2D boxes when the image is not at hand.
 DEFAULT_IMAGE_SHAPE = (375, 1242)  # (height, width)
@@ -204,10 +206,7 @@ def format_labels(objs: KittiObjects) -> str:
 
 def write_labels(path: str | Path, objs: KittiObjects) -> None:
     """Write atomically (temp file + rename): a crash never leaves a half-written label file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(format_labels(objs))
-    tmp.replace(path)
+    atomic_write_text(path, format_labels(objs))
 
 
 # --------------------------------------------------------------------------- box conversion

@@ -35,7 +35,6 @@ Bad input (missing / corrupt / truncated bag, unknown topic, undecodable type, u
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -50,6 +49,7 @@ import numpy as np
 
 from clean_ros.bag import (CALIB_TOPIC, CALIB_TYPE, GT_TOPIC, GT_TYPE, POINTS_TOPIC, POINTS_TYPE, BagError,
                            BagReader, BagWriter, decode_kitti_id, stamp_ns)
+from clean_ros.atomic import atomic_write_json
 from clean_ros.kitti import Calibration
 from clean_ros.kitti_eval import CLASSES, evaluate
 
@@ -444,12 +444,6 @@ def record_detections(out: Path, results: list[FrameResult], class_names: tuple[
 
 
 # ------------------------------------------------------------------------------------------- CLI
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def replay(args) -> dict:
     from clean_ros.backends.base import BackendError
     from clean_ros.bundle import BundleError
@@ -541,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_ap(report["accuracy"]))
     if args.out is not None:
         try:
-            _write_json_atomic(args.out, report)
+            atomic_write_json(args.out, report)
         except OSError as exc:
             print(f"error: {args.out}: cannot write: {exc.strerror}", file=sys.stderr)
             return EXIT_BAD_INPUT

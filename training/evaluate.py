@@ -9,14 +9,13 @@ as JSON. Bad input ends with "file:line: message" and exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clean_ros.atomic import atomic_write_json  # noqa: E402
 from clean_ros.kitti import KittiFormatError, KittiObjects, read_labels  # noqa: E402
 from training.kitti_eval import CLASSES, evaluate, format_results, mean_ap_3d_moderate  # noqa: E402
 
@@ -49,12 +48,6 @@ def load_frames(gt_dir: Path, pred_dir: Path) -> tuple[list[str], list[KittiObje
     return names, gts, preds, missing
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="KITTI 3D object evaluation (official devkit protocol, R40 and R11).")
     parser.add_argument("--gt", required=True, type=Path, help="directory of KITTI label_2 files")
@@ -75,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if all(c in results for c in CLASSES):
             payload["mAP_3d_R40_moderate"] = mean_ap_3d_moderate(results)
         try:
-            write_json_atomic(args.out, payload)
+            atomic_write_json(args.out, payload)
         except OSError as exc:
             print(f"error: {args.out}: cannot write: {exc.strerror}", file=sys.stderr)
             return EXIT_BAD_INPUT

@@ -15,34 +15,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from clean_ros import atomic
 from clean_ros.config import to_dict
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
+    """clean_ros.atomic's write, creating the stage folder first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic.atomic_write_text(path, text)
 
 
 def atomic_write_json(path: Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic.atomic_write_json(path, data)
 
 
 def read_json(path: Path) -> Any:

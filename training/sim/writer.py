@@ -1,21 +1,14 @@
 """KITTI object-format files of a simulated dataset, each written atomically (temp name + rename)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from clean_ros.atomic import atomic_write_bytes
 from clean_ros.kitti import write_labels
 from training.sim.calib import KITTI_CALIB_TEXT
 from training.sim.generate import Frame
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
 
 
 def split_dirs(root: Path, split: str, labelled: bool) -> dict[str, Path]:
@@ -32,8 +25,8 @@ def write_frame(root: Path, split: str, index: int, frame: Frame) -> None:
     labelled = split == "training"
     dirs = split_dirs(root, split, labelled)
     name = f"{index:06d}"
-    _atomic_write_bytes(dirs["velodyne"] / f"{name}.bin", np.ascontiguousarray(frame.points, dtype="<f4").tobytes())
-    _atomic_write_bytes(dirs["calib"] / f"{name}.txt", KITTI_CALIB_TEXT.encode())
+    atomic_write_bytes(dirs["velodyne"] / f"{name}.bin", np.ascontiguousarray(frame.points, dtype="<f4").tobytes())
+    atomic_write_bytes(dirs["calib"] / f"{name}.txt", KITTI_CALIB_TEXT.encode())
     if labelled:
         write_labels(dirs["label_2"] / f"{name}.txt", frame.labels.objects)
 
@@ -55,4 +48,4 @@ def write_image_sets(root: Path, n_frames: int, val_fraction: float, seed: int, 
     if n_test:
         lists["test"] = list(range(n_test))
     for name, ids in lists.items():
-        _atomic_write_bytes(sets_dir / f"{name}.txt", "".join(f"{i:06d}\n" for i in ids).encode())
+        atomic_write_bytes(sets_dir / f"{name}.txt", "".join(f"{i:06d}\n" for i in ids).encode())
