@@ -1,0 +1,89 @@
+"""Label-assignment distillation (training/distill/label_assign.py): the accept rule, merging teacher boxes in
+front of the ground truth, and the targets an anchor or centre student then trains on."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from clean_ros.models.detector import build_detector
+from training.distill import DistillConfig, build_distillation
+from training.distill.config import LabelAssignConfig
+from training.distill.label_assign import accept_teacher_boxes, merge_ground_truth
+from training.distill.teacher import TeacherBoxes
+from training.targets import build_targets
+from training.task import DetectionTask
+
+from distill_helpers import small_cfg, car, one_car_batch, TwoStageDouble, final_detections
+
+# the shared machine: one thread is much faster under load (conftest's one_thread fixture)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_accept_rule_score_and_general_form():
+    boxes = torch.tensor([car(5.0, 0.0), car(15.0, 5.0), car(20.0, -5.0)])
+    teacher = TeacherBoxes(boxes, torch.tensor([0.9, 0.5, 0.75]), torch.tensor([0, 0, 1]))
+    gt = torch.tensor([car(5.0, 0.4)])
+    cfg = LabelAssignConfig(thresholds=[0.7, 0.8, 0.7])
+    accepted = accept_teacher_boxes(teacher, gt, torch.tensor([0]), cfg)
+    assert accepted.scores.tolist() == pytest.approx([0.9])  # 0.75 is a Ped box: below its own 0.8
+    # p = 0.5: sqrt(IoU * s); box 0 overlaps GT (IoU = 1.2/2.0 ... computed below), the others do not
+    iou = (1.6 - 0.4) / (1.6 + 0.4)
+    cfg = LabelAssignConfig(thresholds=[0.7, 0.7, 0.7], iou_power=0.5)
+    accepted = accept_teacher_boxes(teacher, gt, torch.tensor([0]), cfg)
+    assert (math.sqrt(iou * 0.9) > 0.7) == (accepted.boxes.shape[0] == 1)
+    no_gt = accept_teacher_boxes(teacher, torch.zeros(0, 7), torch.zeros(0, dtype=torch.long), cfg)
+    assert no_gt.boxes.shape[0] == 0
+
+
+def test_merge_puts_teacher_boxes_in_front_and_handles_empty_frames():
+    gt = torch.tensor([[car(1, 1), [0.0] * 7], [[0.0] * 7, [0.0] * 7]])
+    labels = torch.tensor([[0, -1], [-1, -1]])
+    front = [TeacherBoxes(torch.tensor([car(9, 9)]), torch.tensor([0.9]), torch.tensor([2])),
+             TeacherBoxes(torch.tensor([car(7, 7), car(8, 8)]), torch.tensor([0.9, 0.8]), torch.tensor([0, 1]))]
+    boxes, merged = merge_ground_truth(gt, labels, front=front)
+    assert merged.tolist() == [[2, 0, -1, -1], [0, 1, -1, -1]]
+    assert boxes[0, 0, 0] == 9 and boxes[0, 1, 0] == 1 and boxes[1, 1, 0] == 8
+    boxes, merged = merge_ground_truth(torch.zeros(2, 0, 7), torch.zeros(2, 0, dtype=torch.long), front=front)
+    assert merged.tolist() == [[2, -1], [0, 1]]
+
+
+@pytest.mark.parametrize("head", ["anchor", "center"])
+def test_label_assignment_targets_include_accepted_teacher_boxes(head):
+    torch.manual_seed(4)
+    cfg_t = small_cfg()
+    cfg = small_cfg("pointpillars_tiny", "head.iou_branch=true") if head == "anchor" else small_cfg(
+        "centerpoint_pillar_tiny", "head.iou_branch=true", "head.shared_conv_width=16", "head.head_conv_width=8")
+    student = build_detector(cfg)
+    # Teacher box exactly on a Car anchor of cell (row 20, col 30) in frame 1 (a frame with no GT);
+    # a second, low-score box elsewhere must be rejected.
+    grid = student.grid
+    x = grid.x_min + 30.5 * grid.cell_x
+    y = grid.y_min + 20.5 * grid.cell_y
+    accepted_box = [x, y, -1.0, 3.9, 1.6, 1.56, 0.0]
+    rejected_box = [x, y - 6.4, -1.0, 3.9, 1.6, 1.56, 0.0]
+    final = [final_detections(np.zeros((0, 7)), [], []), final_detections([accepted_box, rejected_box], [0.95, 0.4], [0, 0])]
+    teacher = TwoStageDouble(cfg_t, final=final)
+    parts = build_distillation(DistillConfig(method="label_assign"), teacher, student)
+    task = DetectionTask(cfg, student, target_hooks=parts.target_hooks)
+    batch = one_car_batch(cfg)
+    result = task(batch)
+    plain = build_targets(result.output, batch.gt_boxes, batch.gt_labels, cfg)
+    t = result.targets
+    if head == "anchor":
+        p_acc = (20 * grid.width + 30) * grid.positions_per_cell  # Car, rotation 0
+        p_rej = (10 * grid.width + 30) * grid.positions_per_cell  # 6.4 m = 10 cells lower
+        assert int(t.labels[1, p_acc]) == 1 and int(plain.labels[1, p_acc]) == 0  # positive only thanks to the teacher
+        assert float(t.iou_targets[1, p_acc]) == pytest.approx(1.0, abs=1e-5)
+        assert float(plain.iou_targets[1, p_acc]) == 0.0
+        assert int(t.labels[1, p_rej]) == 0
+        assert torch.equal(t.labels[0], plain.labels[0])  # frame 0: no accepted box, GT targets unchanged
+    else:
+        pixel = 20 * grid.width + 30
+        assert float(t.heatmap[1, pixel, 0]) == 1.0 and float(plain.heatmap[1, pixel, 0]) == 0.0
+        assert float(t.iou_targets[1, pixel]) == 1.0 and float(plain.iou_targets[1, pixel]) == 0.0
+        assert int(t.mask[1].sum()) == 1
+    assert torch.isfinite(result.total)
+    assert parts.runner.module.calls["predict"] == 1

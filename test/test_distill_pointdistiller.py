@@ -1,0 +1,73 @@
+"""PointDistiller baseline (training/distill/pointdistiller.py): kNN graphs in the teacher's feature space,
+edge encoders and importance re-weighting."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from clean_ros.models.detector import build_detector
+from training.distill.config import PointDistillerConfig
+from training.distill.pointdistiller import PointDistillerLoss, edge_features, knn_graph
+from training.distill.teacher import TeacherRunner
+from training.task import DetectionTask
+
+from distill_helpers import one_car_batch, loss_context
+
+# the shared machine: one thread is much faster under load (conftest's one_thread fixture)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_knn_graph_in_feature_space_and_edge_layout():
+    features = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [10.0, 0.0]])
+    assert knn_graph(features, 1).squeeze(1).tolist() == [1, 0, 1, 2]
+    assert knn_graph(features, 2).tolist() == [[1, 2], [0, 2], [1, 0], [2, 1]]
+    edges = edge_features(features, knn_graph(features, 1))
+    assert edges.shape == (4, 1, 4)
+    assert edges[2, 0].tolist() == [1.0, 0.0, 3.0, 0.0]  # [neighbour ; centre]
+
+
+def test_pointdistiller_graph_is_built_in_teacher_space(plain_pair):
+    cfg, teacher, _ = plain_pair
+    runner = TeacherRunner(copy.deepcopy(teacher))
+    student = build_detector(cfg)
+    term = PointDistillerLoss(PointDistillerConfig(k=1, importance="uniform"), runner, student)
+    term.eval()  # deterministic BN for comparing two computations
+    teacher_f = torch.tensor([[0.0] * 15 + [v] for v in (0.0, 1.0, 3.0, 10.0)])
+    student_f = torch.tensor([[0.0] * 15 + [v] for v in (0.0, 10.0, 1.0, 3.0)])  # other neighbours in its own space
+    nodes = torch.arange(4)
+    loss = term.graph_loss(student_f, teacher_f, [nodes], [torch.zeros(4)])
+
+    def reference(graph_space):
+        nb = knn_graph(graph_space, 1)
+        t = term.teacher_edges(edge_features(teacher_f, nb).permute(2, 0, 1).unsqueeze(0))
+        s = term.student_edges(edge_features(student_f, nb).permute(2, 0, 1).unsqueeze(0))
+        return ((s - t) ** 2).mean()
+    assert float(loss) == pytest.approx(float(reference(teacher_f)), rel=1e-6)
+    assert float(loss) != pytest.approx(float(reference(student_f)), rel=1e-3)
+
+
+def test_pointdistiller_zero_when_equal_positive_otherwise_and_reweighting(plain_pair):
+    cfg, teacher, student = plain_pair
+    batch = one_car_batch(cfg)
+    runner = TeacherRunner(copy.deepcopy(teacher))
+    s = copy.deepcopy(student).eval()
+    term = PointDistillerLoss(PointDistillerConfig(num_nodes=64, k=4), runner, s)
+    term.student_edges.load_state_dict(term.teacher_edges.state_dict())
+    task = DetectionTask(cfg, s, loss_terms=[term])
+    assert float(term(loss_context(task, batch))) < 1e-12
+    other = build_detector(cfg)
+    term = PointDistillerLoss(PointDistillerConfig(num_nodes=64, k=4), runner, other)
+    task = DetectionTask(cfg, other, loss_terms=[term])
+    result = task(batch)
+    assert float(result.parts["pointdistiller"]) > 0
+    result.total.backward()
+    assert float(other.encoder.linears[0].weight.grad.abs().sum()) > 0
+    assert float(term.teacher_edges[0].weight.grad.abs().sum()) > 0  # the teacher's edge encoder is trained
+    # N * softmax(importance / tau) weights: error concentrated on the important node
+    err_nodes = torch.arange(3)
+    t_f = torch.randn(3, 16)
+    w_loss = term.graph_loss(torch.zeros(3, 16), t_f, [err_nodes], [torch.tensor([100.0, 0.0, 0.0])])
+    u_loss = term.graph_loss(torch.zeros(3, 16), t_f, [err_nodes], [torch.zeros(3)])
+    assert float(w_loss) != pytest.approx(float(u_loss), rel=1e-3)
