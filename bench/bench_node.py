@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -76,34 +74,27 @@ def main() -> int:
 
     # This process publishes the large clouds: the profile must be in effect here (read at the first participant).
     os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(PROFILE)
-    domain_id = random.SystemRandom().randint(1, 200)
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
     from vision_msgs.msg import Detection3DArray
 
-    from clean_ros.detector_node import NODE_NAME, launch_command, stop_node_process
+    from clean_ros.detector_node import NODE_NAME
     from clean_ros.messages import parse_stage_timing
+    from clean_ros.node_process import DriverNode, NodeProcess
     from clean_ros.pointcloud import make_pointcloud2
 
     clouds = _clouds()
     workdir = Path(tempfile.mkdtemp(prefix="bench_node_"))
     bundle = _bundle(args, workdir)
-    env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "PYTHONUNBUFFERED": "1"}
-    command = launch_command(ROOT / "config" / "detector.yaml", {
+    node_process = NodeProcess({
         "bundle_path": str(bundle), "backend": args.backend, "num_threads": args.threads,
-        "input_topic": "/bench/points", "output_topic": "/bench/detections", "expected_rate_hz": args.rate})
-    log_path = workdir / "node.log"
-    log = open(log_path, "w")
-    node_proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    node = rclpy.create_node("bench_node_driver", context=context)
-    executor = rclpy.executors.SingleThreadedExecutor(context=context)
-    executor.add_node(node)
+        "input_topic": "/bench/points", "output_topic": "/bench/detections", "expected_rate_hz": args.rate},
+        params_file=ROOT / "config" / "detector.yaml", log_path=workdir / "node.log", cwd=ROOT)
+    node_proc = node_process.process
+    driver = DriverNode("bench_node_driver", node_process.domain_id, spin_period_s=0.1)
+    node, executor = driver.node, driver.executor
     sent_at: dict[int, float] = {}
     received_at: dict[int, float] = {}
     stages: dict[int, dict[str, float]] = {}
@@ -119,11 +110,9 @@ def main() -> int:
     node.create_subscription(Detection3DArray, "/bench/detections", on_detections, 50)
     node.create_subscription(DiagnosticArray, f"/{NODE_NAME}/stage_latency", on_timing, 50)
     try:
-        deadline = time.monotonic() + 180
-        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
-            if node_proc.poll() is not None:
-                sys.exit(f"node exited ({node_proc.returncode}):\n{log_path.read_text()[-3000:]}")
-            executor.spin_once(timeout_sec=0.1)
+        node_process.wait_ready(driver, lambda: publisher.get_subscription_count() > 0, 180)
+        if node_proc.poll() is not None:
+            sys.exit(f"node exited ({node_proc.returncode}):\n{node_process.log_tail()}")
         time.sleep(1.0)
         rss_start = _rss_mb(node_proc.pid)
         rss_samples: list[tuple[int, float]] = []
@@ -144,11 +133,8 @@ def main() -> int:
             executor.spin_once(timeout_sec=0.05)
         rss_end = _rss_mb(node_proc.pid)
     finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=context)
-        stop_node_process(node_proc, timeout_s=20)
-        log.close()
+        driver.close()
+        node_process.stop(timeout_s=20)
 
     answered = sorted(received_at)
     e2e = np.array([1e3 * (received_at[s] - sent_at[s]) for s in answered if s in sent_at])

@@ -1,4 +1,5 @@
-"""Rolling per-stage latency statistics, input rates and dropped-frame accounting for the detector node.
+"""Rolling per-stage latency statistics, input rates and dropped-frame accounting for the detector node, and the
+per-stage summary of a whole run (latency_summary, for replay reports).
 
 Pure Python + numpy, no ROS: the node feeds it times (seconds, from whichever clock it trusts) and reads snapshots.
 Every container is bounded (deques with maxlen, a capped publisher table), so a node running for weeks, or flooded
@@ -248,3 +249,33 @@ def percentile_items(summary: Mapping[str, Percentiles], stages: Iterable[str] |
         items[f"{stage}_ms_p95"] = format_ms(p.p95)
         items[f"{stage}_ms_p99"] = format_ms(p.p99)
     return items
+
+
+# ------------------------------------------------------------------------------------------- offline reports
+REPORT_PERCENTILES = (50, 90, 95, 99)
+
+
+def latency_summary(frame_timings: Iterable[Mapping[str, float]]) -> dict:
+    """Per stage over a whole run (e.g. a replay; one {stage: ms} per frame): n, mean, p50/p90/p95/p99, max (ms)
+    over the frames that have the stage."""
+    stages: dict[str, list[float]] = {}
+    for timings in frame_timings:
+        for stage, ms in timings.items():
+            stages.setdefault(stage, []).append(float(ms))
+    out = {}
+    for stage, values in stages.items():
+        v = np.asarray(values)
+        out[stage] = {"n": int(v.size), "mean": float(v.mean()), **{f"p{p}": float(np.percentile(v, p))
+                                                                     for p in REPORT_PERCENTILES},
+                      "max": float(v.max())}
+    return out
+
+
+def format_latency(summary: dict) -> str:
+    """latency_summary as a table, one stage per row."""
+    lines = [f"{'stage (ms)':<18} {'n':>5} " + " ".join(f"{'p' + str(p):>8}" for p in REPORT_PERCENTILES)
+             + f" {'max':>8}"]
+    for stage, s in summary.items():
+        lines.append(f"{stage:<18} {s['n']:>5} " + " ".join(f"{s['p' + str(p)]:8.1f}" for p in REPORT_PERCENTILES)
+                     + f" {s['max']:8.1f}")
+    return "\n".join(lines)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -24,19 +23,18 @@ rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from vision_msgs.msg import Detection3DArray  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
-from clean_ros.detector_node import NODE_NAME, launch_command, stop_node_process  # noqa: E402
+from clean_ros.detector_node import NODE_NAME, launch_command  # noqa: E402
 from clean_ros.messages import parse_stage_timing  # noqa: E402
 from clean_ros.node_diagnostics import STATUS_NAME, parse_diagnostic_values  # noqa: E402
+from clean_ros.node_process import DriverNode, NodeProcess, random_domain_id  # noqa: E402
 from clean_ros.pointcloud import make_pointcloud2  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PROFILE = REPO / "config" / "fastdds_large_data.xml"
 DEFAULT_BUNDLE = REPO / "models" / "default"
 NS = "/node_test"
 SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
@@ -63,15 +61,11 @@ def bundle_path(tmp_path_factory) -> Path:
     return out
 
 
-class Harness:
+class Harness(DriverNode):
     """The test side: one rclpy context/node publishing clouds and collecting the node's outputs."""
 
     def __init__(self, domain_id: int):
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node("node_test_harness", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__("node_test_harness", domain_id, spin_period_s=0.05)
         self.detections: list[Detection3DArray] = []
         self.timings: list[DiagnosticArray] = []
         self.diagnostics: list[DiagnosticArray] = []
@@ -81,12 +75,6 @@ class Harness:
         self.node.create_subscription(DiagnosticArray, f"/{NODE_NAME}/stage_latency", self.timings.append, 50)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
         self.param_client = self.node.create_client(SetParameters, f"/{NODE_NAME}/set_parameters")
-
-    def spin_until(self, predicate, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate() and time.monotonic() < deadline:
-            self.executor.spin_once(timeout_sec=0.05)
-        return bool(predicate())
 
     def answer(self, stamp_sec: int, stamp_nsec: int = 0):
         for msg in self.detections:
@@ -126,39 +114,25 @@ class Harness:
         assert self.spin_until(future.done, 30.0), "set_parameters did not answer"
         return future.result().results
 
-    def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory, kitti_sample, bundle_path):
     """(harness, node process, KITTI points): the node subprocess, started once for this module."""
-    domain_id = random.SystemRandom().randint(1, 200)
-    # Large clouds from this (publishing) process need the Fast DDS profile (docs/NODE.md); it is read when the
-    # first participant of a process is created, so set it before ours.
-    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(PROFILE))
-    env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-           "FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE), "PYTHONUNBUFFERED": "1"}
+    # The driver sets the Fast DDS large-data profile for this (publishing) process too (docs/NODE.md).
     log_path = tmp_path_factory.mktemp("node") / "node.log"
-    command = launch_command(REPO / "config" / "detector.yaml", {
-        "bundle_path": str(bundle_path), "input_topic": f"{NS}/points",
-        "output_topic": f"{NS}/detections", "num_threads": 1, "warmup_iterations": 1,
-        "expected_rate_hz": 10.0, "diagnostics_period_s": 0.5})
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    harness = Harness(domain_id)
-    points = np.fromfile(kitti_sample / "training/velodyne/000000.bin", dtype=np.float32).reshape(-1, 4)
-    try:
-        ready = harness.spin_until(lambda: process.poll() is not None
-                                   or harness.cloud_pub.get_subscription_count() > 0, 120.0)
-        if not ready or process.poll() is not None:
-            raise AssertionError(f"node did not come up (exit {process.poll()}):\n{log_path.read_text()[-3000:]}")
-        yield harness, process, points, log_path
-    finally:
-        harness.close()
-        stop_node_process(process)
+    with NodeProcess({"bundle_path": str(bundle_path), "input_topic": f"{NS}/points",
+                      "output_topic": f"{NS}/detections", "num_threads": 1, "warmup_iterations": 1,
+                      "expected_rate_hz": 10.0, "diagnostics_period_s": 0.5},
+                     params_file=REPO / "config" / "detector.yaml", log_path=log_path, cwd=REPO) as node_process:
+        process = node_process.process
+        harness = Harness(node_process.domain_id)
+        points = np.fromfile(kitti_sample / "training/velodyne/000000.bin", dtype=np.float32).reshape(-1, 4)
+        try:
+            if not node_process.wait_ready(harness, lambda: harness.cloud_pub.get_subscription_count() > 0, 120.0):
+                raise AssertionError(f"node did not come up (exit {process.poll()}):\n{node_process.log_tail()}")
+            yield harness, process, points, log_path
+        finally:
+            harness.close()
 
 
 def _cloud(points, sec, frame="velodyne", nsec=0, **kwargs) -> PointCloud2:
@@ -380,16 +354,11 @@ def test_use_sim_time_input_age_follows_clock(kitti_sample, bundle_path):
     diagnostics run on a steady clock, so they appear even before any /clock message."""
     from rosgraph_msgs.msg import Clock
 
-    domain_id = random.SystemRandom().randint(1, 200)
-    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(PROFILE))
-    env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-           "FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}
-    command = launch_command(REPO / "config" / "detector.yaml", {
-        "bundle_path": str(bundle_path), "input_topic": f"{NS}/points",
-        "output_topic": f"{NS}/detections", "num_threads": 1, "warmup_iterations": 0, "use_sim_time": True,
-        "diagnostics_period_s": 0.5})
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    harness = Harness(domain_id)
+    node_process = NodeProcess({"bundle_path": str(bundle_path), "input_topic": f"{NS}/points",
+                                "output_topic": f"{NS}/detections", "num_threads": 1, "warmup_iterations": 0,
+                                "use_sim_time": True, "diagnostics_period_s": 0.5},
+                               params_file=REPO / "config" / "detector.yaml", cwd=REPO)
+    harness = Harness(node_process.domain_id)
     try:
         assert harness.spin_until(lambda: _latest_status(harness) is not None, 120.0), "no diagnostics without /clock"
         clock_pub = harness.node.create_publisher(Clock, "/clock", 10)
@@ -407,7 +376,7 @@ def test_use_sim_time_input_age_follows_clock(kitti_sample, bundle_path):
         assert float(values["input_age_ms"]) == pytest.approx(250.0, abs=1.0)
     finally:
         harness.close()
-        stop_node_process(process)
+        node_process.stop()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -457,7 +426,7 @@ def test_launch_command_formats_parameters_for_ros_args():
     ({"intensity_scale": 1}, "parameter 'intensity_scale'"),
 ])
 def test_unusable_configuration_stops_with_one_clear_line(parameters, expected):
-    env = {**os.environ, "ROS_DOMAIN_ID": str(random.SystemRandom().randint(1, 200)),
+    env = {**os.environ, "ROS_DOMAIN_ID": str(random_domain_id()),
            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     result = subprocess.run(launch_command(REPO / "config" / "detector.yaml", parameters), cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=120)
@@ -509,7 +478,7 @@ def test_backend_failure_and_voxel_overflow_are_answered_and_reported_in_process
     from clean_ros.node_diagnostics import ERROR, assess
 
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=random.SystemRandom().randint(1, 200))
+    rclpy.init(context=context, domain_id=random_domain_id())
     try:
         node = DetectorNode(pipeline_factory=lambda path, backend, device: FailingPipeline(), context=context,
                             parameter_overrides=[RclpyParameter("warmup_iterations", value=0)])

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from clean_ros.latency import (EventLog, RateMeter, RollingStageStats, SequenceGapCounter, StampGapCounter,
-                               percentile_items)
+                               format_latency, latency_summary, percentile_items)
 from clean_ros.node_diagnostics import ERROR, FASTDDS_HINT, OK, WARN, HealthSnapshot, assess
 
 
@@ -152,3 +152,19 @@ def test_assess_stale_input_problems_fallback_and_contract():
     assert level == WARN and "input contract (value_scale)" in message and items["contract"] == "value_scale"
     level, message, _ = assess(_snapshot(clock_offset_s=-3.2e5))
     assert level == WARN and "--clock" in message
+
+
+def test_latency_summary_of_a_run_per_stage_over_the_frames_that_have_it():
+    frames = [{"total": float(v), "inference": float(v) / 2} for v in range(1, 101)] + [{"total": 1000.0}]
+    summary = latency_summary(frames)
+    totals = np.array([*range(1, 101), 1000.0])
+    assert list(summary) == ["total", "inference"]
+    assert summary["total"]["n"] == 101 and summary["inference"]["n"] == 100
+    assert summary["total"]["mean"] == pytest.approx(totals.mean())
+    for p in (50, 90, 95, 99):
+        assert summary["total"][f"p{p}"] == pytest.approx(np.percentile(totals, p))
+    assert summary["total"]["max"] == 1000.0 and summary["inference"]["max"] == 50.0
+    table = format_latency(summary).splitlines()
+    assert table[0].split() == ["stage", "(ms)", "n", "p50", "p90", "p95", "p99", "max"]
+    assert table[1].split()[:2] == ["total", "101"] and table[1].split()[-1] == "1000.0"
+    assert latency_summary([]) == {}

@@ -1,4 +1,4 @@
-"""clean_ros.replay end to end on bags written by clean_ros.bag.
+"""clean_ros.replay (fast and realtime modes, evaluation, recording) end to end on bags written by clean_ros.bag.
 
 The accuracy check is not circular: the reference runs the Pipeline on the simulator's .bin files directly (no
 bag), converts the detections with the frame's calib file into KITTI label files, and scores them with
@@ -23,7 +23,9 @@ pytest.importorskip("rosbags")
 
 from clean_ros.bag import write_kitti_bag  # noqa: E402
 from clean_ros.kitti import Calibration, labels_from_lidar_boxes  # noqa: E402
-from clean_ros.replay import FrameResult, GroundTruthFrame, evaluate_replay, main  # noqa: E402
+from clean_ros.replay import main  # noqa: E402
+from clean_ros.replay_eval import evaluate_replay  # noqa: E402
+from clean_ros.replay_frames import FrameResult, GroundTruthFrame  # noqa: E402
 
 pytestmark = pytest.mark.ros
 REPO = Path(__file__).resolve().parents[1]

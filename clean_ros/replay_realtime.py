@@ -1,0 +1,102 @@
+"""Realtime replay: the detector node runs as a subprocess, exactly as the launch file starts it
+(clean_ros.node_process: Fast DDS large-data profile, private ROS_DOMAIN_ID, localhost discovery); the bag's clouds
+are published best-effort at the recorded rate and the node's Detection3DArray answers and ~/stage_latency records
+are collected. A frame the node never answered is a drop and counts as a frame without detections in the AP (what a
+vehicle would have had)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from clean_ros.bag import LATENCY_TOPIC, POINTS_TYPE, BagReader, stamp_ns
+from clean_ros.replay_frames import FrameResult, ReplayError, cloud_messages
+
+NODE_NAMESPACE = "/replay"
+
+
+def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend: str = "auto", device: str = "cpu",
+                 num_threads: int = 2, rate_scale: float = 1.0, startup_timeout_s: float = 180.0,
+                 drain_s: float = 10.0, domain_id: int | None = None, log_path: Path | None = None
+                 ) -> tuple[list[FrameResult], dict]:
+    """Publish the bag's clouds to a node subprocess at the recorded rate (x rate_scale); collect the answers."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import PointCloud2
+    from vision_msgs.msg import Detection3DArray
+
+    from clean_ros.messages import from_detection3d_array, parse_stage_timing
+    from clean_ros.node_diagnostics import STATUS_NAME, parse_diagnostic_values
+    from clean_ros.node_process import DriverNode, NodeProcess
+
+    reader.require(points_topic, POINTS_TYPE)
+    input_topic, output_topic = f"{NODE_NAMESPACE}/points", f"{NODE_NAMESPACE}/detections"
+    answers: dict[int, tuple[float, object]] = {}
+    latencies: dict[int, dict[str, float]] = {}
+    node_health: dict[str, str] = {}
+
+    def on_detections(msg):
+        answers.setdefault(stamp_ns(msg.header), (time.monotonic(), msg))
+
+    def on_diagnostics(msg):
+        for status in msg.status:
+            if status.name == STATUS_NAME:
+                node_health.update(parse_diagnostic_values(status))
+
+    def on_latency(msg):
+        try:
+            latencies[stamp_ns(msg.header)] = parse_stage_timing(msg)
+        except ValueError:
+            pass
+
+    sent: list[tuple[int, float]] = []
+    frame_id = ""
+    with NodeProcess({"bundle_path": str(Path(bundle).resolve()), "backend": backend, "device": device,
+                      "num_threads": int(num_threads), "input_topic": input_topic, "output_topic": output_topic,
+                      "publish_markers": False}, domain_id=domain_id, log_path=log_path) as node_process:
+        domain_id = node_process.domain_id
+        client = DriverNode("clean_ros_replay", domain_id)
+        try:
+            qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
+            publisher = client.node.create_publisher(PointCloud2, input_topic, qos)
+            client.node.create_subscription(Detection3DArray, output_topic, on_detections, 100)
+            client.node.create_subscription(DiagnosticArray, LATENCY_TOPIC, on_latency, 100)
+            client.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+            if not node_process.wait_ready(client, lambda: publisher.get_subscription_count() > 0,
+                                           startup_timeout_s):
+                raise ReplayError(f"the detector node did not start (exit status {node_process.process.poll()}; "
+                                  f"command: {' '.join(node_process.command)}): {node_process.failure_summary()}")
+            client.spin_until(lambda: False, 0.5)  # discovery of the node's publishers by us
+            first_log = None
+            start = time.monotonic()
+            for log_ns, msg in cloud_messages(reader, points_topic):
+                first_log = log_ns if first_log is None else first_log
+                due = start + (log_ns - first_log) * 1e-9 / rate_scale
+                client.spin_until(lambda: False, due - time.monotonic())
+                publisher.publish(msg)
+                sent.append((stamp_ns(msg.header), time.monotonic()))
+                frame_id = msg.header.frame_id
+            last = sent[-1][0] if sent else None
+            client.spin_until(lambda: last is None or (last in answers and last in latencies), drain_s)
+            client.spin_until(lambda: False, 1.2)  # one more 1 Hz /diagnostics after the last frame
+        finally:
+            client.close()
+    results = []
+    for stamp, published_at in sent:
+        if stamp in answers:
+            received_at, msg = answers[stamp]
+            boxes, scores, names = from_detection3d_array(msg)
+            timings = dict(latencies.get(stamp, {}))
+            timings["replay_round_trip"] = 1e3 * (received_at - published_at)
+            results.append(FrameResult(stamp, boxes, scores, names, timings, True, frame_id))
+        else:
+            results.append(FrameResult(stamp, np.zeros((0, 7), np.float32), np.zeros(0, np.float32), [], {}, False,
+                                       frame_id))
+    dropped = sum(not r.answered for r in results)
+    stats = {"published": len(sent), "answered": len(sent) - dropped, "dropped": dropped,
+             "drop_fraction": dropped / len(sent) if sent else 0.0, "domain_id": domain_id,
+             "rate_scale": rate_scale, "num_threads": num_threads,
+             "node_backend": node_health.get("backend", "unknown (no /diagnostics received)"),
+             "node_dropped_frames": node_health.get("dropped_frames")}
+    return results, stats
