@@ -16,14 +16,14 @@ everything else replaces). A list of bases merges left to right.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import types
 import typing
 from pathlib import Path
 from typing import Any, Iterable, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
+
+from clean_ros.atomic import atomic_write_text
 
 T = TypeVar("T")
 BASE_KEY = "_base_"
@@ -274,15 +274,7 @@ def save_yaml(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config to `path` atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(dump_yaml(cfg))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, dump_yaml(cfg))
 
 
 def add_override_argument(parser) -> None:

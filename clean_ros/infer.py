@@ -21,14 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from clean_ros.atomic import atomic_write_text
+from clean_ros import defaults
+from clean_ros.atomic import atomic_open, atomic_write_text
 
 EXIT_BAD_INPUT = 2
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default"
@@ -156,10 +156,9 @@ def write_bev_png(path: Path, points: np.ndarray, detections, point_cloud_range)
     ax.set_ylabel("y (m, left)")
     ax.set_title(f"{path.stem}: {len(detections)} detections")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def summary_line(frame_id: str, detections, timings_ms: dict) -> str:
@@ -177,12 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Run a clean_ros model bundle on .bin / .pcd files or a KITTI folder.")
     ap.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help=".bin / .pcd files or folders")
     ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="model bundle (default: models/default)")
-    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
-    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--backend", default=defaults.BACKEND, choices=list(defaults.BACKENDS))
+    ap.add_argument("--device", default=defaults.DEVICE, help="cpu or cuda[:N]")
     ap.add_argument("--out", type=Path, help="write predictions here (KITTI .txt with calib, else .json)")
     ap.add_argument("--png", type=Path, help="write a bird's-eye-view PNG per frame here")
     ap.add_argument("--calib", type=Path, help="KITTI calib file for all frames, or a folder of <id>.txt")
-    ap.add_argument("--intensity-scale", type=float, default=1.0,
+    ap.add_argument("--intensity-scale", type=float, default=defaults.INTENSITY_SCALE,
                     help="multiply intensity by this (0-255 sensors: 0.00392156862745098)")
     ap.add_argument("--score-threshold", type=float, help="override every class's score threshold")
     ap.add_argument("--threads", type=int, default=0, help="torch / onnxruntime CPU threads (0 = default)")

@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from clean_ros.atomic import atomic_write_bytes
+
 DEFAULT_FIELDS = ("x", "y", "z", "intensity")
 _TYPE_CHARS = {("F", 4): "f4", ("F", 8): "f8", ("I", 1): "i1", ("I", 2): "i2", ("I", 4): "i4", ("I", 8): "i8",
                ("U", 1): "u1", ("U", 2): "u2", ("U", 4): "u4", ("U", 8): "u8"}
@@ -185,8 +187,6 @@ def _numeric(line: str) -> bool:
 def write_pcd(path: str | Path, points: np.ndarray, fields: Sequence[str] = DEFAULT_FIELDS,
               binary: bool = True) -> None:
     """Write float32 columns as a .pcd (tests and conversions); atomic (temp name, then rename)."""
-    import os
-
     points = np.ascontiguousarray(points, dtype=np.float32)
     n = len(points)
     header = ("# .PCD v0.7 - Point Cloud Data file format\nVERSION 0.7\n"
@@ -195,10 +195,7 @@ def write_pcd(path: str | Path, points: np.ndarray, fields: Sequence[str] = DEFA
               f"WIDTH {n}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {n}\nDATA {'binary' if binary else 'ascii'}\n")
     body = points.astype("<f4").tobytes() if binary else \
         "".join(" ".join(f"{v:.9g}" for v in row) + "\n" for row in points.tolist()).encode()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(header.encode() + body)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, header.encode() + body)
 
 
 __all__ = ["PcdFormatError", "PcdCloud", "read_pcd", "write_pcd", "DEFAULT_FIELDS"]

@@ -21,16 +21,16 @@ Keys (format "clean_ros.train_checkpoint", version 1):
 """
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from clean_ros.atomic import atomic_open
 
 FORMAT = "clean_ros.train_checkpoint"
 VERSION = 1
@@ -92,15 +92,25 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as handle:
+        torch.save(obj, handle)
     return path
+
+
+def read_weights_only(path: str | Path) -> Any:
+    """torch.load with torch's restricted (weights-only) unpickler; CheckpointError (file: what is wrong) for a
+    missing, unreadable or refused file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: refused: the file asks to build objects other than tensors and plain "
+                              f"containers (weights-only load): {first}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint: {exc}") from None
 
 
 def build_checkpoint(*, model_state: dict, loss_terms: dict[str, dict], optimizer_state: dict, scheduler_state: dict,
@@ -120,16 +130,7 @@ def build_checkpoint(*, model_state: dict, loss_terms: dict[str, dict], optimize
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with torch's restricted (weights-only) unpickler and check its format."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused: the file asks to build objects other than tensors and plain "
-                              f"containers (weights-only load): {first}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint: {exc}") from None
+    ckpt = read_weights_only(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a clean_ros training checkpoint (missing format {FORMAT!r})")
     if ckpt.get("version") != VERSION:
@@ -160,14 +161,7 @@ def resolve_resume_path(target: str | Path) -> Path:
 def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Model weights from a training checkpoint, or from a weights-only file holding a bare state_dict."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused (weights-only load): {str(exc).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint: {exc}") from None
+    obj = read_weights_only(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return obj["model"]
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -176,5 +170,5 @@ def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 __all__ = ["CheckpointError", "TrainingState", "capture_rng_state", "restore_rng_state", "atomic_torch_save",
-           "build_checkpoint", "load_checkpoint", "training_state", "resolve_resume_path", "load_model_weights",
-           "LAST_NAME", "BEST_NAME", "CHECKPOINT_DIR"]
+           "read_weights_only", "build_checkpoint", "load_checkpoint", "training_state", "resolve_resume_path",
+           "load_model_weights", "LAST_NAME", "BEST_NAME", "CHECKPOINT_DIR"]

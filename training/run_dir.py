@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from clean_ros.atomic import atomic_open
 from clean_ros.config import save_yaml
 
 LOGGER_NAME = "clean_ros.train"
@@ -68,12 +69,10 @@ class CsvLog:
         with self.path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
         self.fields = [*self.fields, *extra]
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as handle:
+        with atomic_open(self.path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=self.fields, restval="")
             writer.writeheader()
             writer.writerows(rows)
-        tmp.replace(self.path)
 
 
 def _fmt(value: Any) -> Any:

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from clean_ros.atomic import atomic_open
 from clean_ros.config import dump_yaml
 from training import checkpoint as ckpt_io
 from training.checkpoint import TrainingState
@@ -433,9 +434,8 @@ class Trainer:
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with open(src, "rb") as source, atomic_open(dst, "wb") as target:
+        shutil.copyfileobj(source, target)
 
 
 __all__ = ["Trainer", "FitResult", "EpochSampler", "StopFlag", "seed_everything", "make_train_loader", "METRIC_NAME"]

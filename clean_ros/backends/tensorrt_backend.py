@@ -17,12 +17,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 
+from clean_ros.atomic import atomic_write_bytes
 from clean_ros.backends.base import Backend, BackendError, BackendUnavailable
 from clean_ros.bundle import sha256_file
 from clean_ros.onnx_export import DENSE_INPUT, ENCODER_INPUTS
@@ -106,10 +106,7 @@ class EngineCache:
         engine_path, key_path = self.paths(key, stem)
         self.root.mkdir(parents=True, exist_ok=True)
         for path, data in ((engine_path, bytes(engine)), (key_path, json.dumps(dict(key), indent=2).encode())):
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=self.root)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
+            atomic_write_bytes(path, data)
         return engine_path
 
 

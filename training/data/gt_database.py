@@ -6,13 +6,13 @@ point count and source frame. Pasting puts an object back where it was recorded,
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from clean_ros.atomic import atomic_open
 from clean_ros.geometry import bev_iou, points_in_boxes
 from training.data.config import GTSamplingConfig
 from training.data.sample import Sample, class_indices
@@ -54,12 +54,10 @@ class GTDatabase:
         """Write atomically: a temp file renamed into place."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb") as f:
             np.savez(f, version=np.array(FORMAT_VERSION), points=self.points, offsets=self.offsets, boxes=self.boxes,
                      names=self.names.astype(str), difficulty=self.difficulty, num_points=self.num_points,
                      frame_ids=self.frame_ids.astype(str))
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "GTDatabase":

@@ -1,8 +1,9 @@
 """The report's figures (matplotlib, Agg backend, PNG): AP vs GFLOPs, AP vs latency, per-layer widths."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from clean_ros.atomic import atomic_open
 
 
 def _pyplot():
@@ -15,9 +16,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
     return path
 
 

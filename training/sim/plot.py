@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clean_ros.atomic import atomic_open
 from clean_ros.geometry import points_in_boxes
 from clean_ros.kitti import Calibration, boxes_camera_to_lidar, read_labels
 from training.sim.config import SimConfig
@@ -88,9 +89,8 @@ def main(argv: list[str] | None = None) -> int:
              f"real KITTI training/{args.frame}: {len(real)} points, {len(real_boxes)} labels")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(args.out)
+    with atomic_open(args.out, "wb") as handle:
+        fig.savefig(handle, format="png")
     print(f"wrote {args.out} ({args.out.stat().st_size // 1024} kB)")
     return 0
 
