@@ -20,7 +20,6 @@ import math
 import os
 import platform
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from bench/: the suite uses clean_ros' writer and commit lookup
+    sys.path.insert(0, str(ROOT))
+from clean_ros.atomic import atomic_open  # noqa: E402
+from clean_ros.provenance import git_commit as source_commit  # noqa: E402
+
 RESULTS_DIR = ROOT / "bench" / "results"
 KITTI_FRAME = ROOT.parent / "shared/data/kitti_sample/training/velodyne/000000.bin"
 RESULT_PREFIX = "RESULT "
@@ -120,14 +124,7 @@ def cpu_model() -> str:
 
 
 def git_commit(root: Path = ROOT) -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (commit or "unknown") + ("-dirty" if dirty else "")
+    return source_commit(root) or "unknown"
 
 
 def machine(threads: int | None = None) -> dict:
@@ -259,18 +256,9 @@ def write_results(path: Path, data: dict) -> Path:
     """Write `data` as JSON to `path` atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", fsync=True) as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
     return path
 
 

@@ -39,6 +39,8 @@ from typing import Iterator
 
 import numpy as np
 
+from clean_ros.package_share import SOURCE_ROOT, installed_share
+
 POINTS_TOPIC = "/points"
 GT_TOPIC = "/ground_truth"
 CALIB_TOPIC = "/kitti/calib"
@@ -97,18 +99,10 @@ def decode_kitti_id(text: str) -> KittiAnnotation | None:
 # ------------------------------------------------------------------------------------------- typestore / writer
 def _vision_msgs_dir() -> Path:
     """The vision_msgs .msg files: the installed package's share (ament index, or our venv build), else ci/."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        shared = Path(get_package_share_directory("vision_msgs")) / "msg"
-        if (shared / "Detection3DArray.msg").is_file():
-            return shared
-    except Exception:  # noqa: BLE001 - no ament index (a venv without AMENT_PREFIX_PATH)
-        pass
-    venv_share = Path(sys.prefix) / "share" / "vision_msgs" / "msg"
-    if (venv_share / "Detection3DArray.msg").is_file():
-        return venv_share
-    return Path(__file__).resolve().parents[1] / "ci" / "vision_msgs" / "msg"
+    for share in (installed_share("vision_msgs"), Path(sys.prefix) / "share" / "vision_msgs"):
+        if share is not None and (share / "msg" / "Detection3DArray.msg").is_file():
+            return share / "msg"
+    return SOURCE_ROOT / "ci" / "vision_msgs" / "msg"
 
 
 def make_typestore(distro: str = "kilted"):

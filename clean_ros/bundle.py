@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 import clean_ros
 from clean_ros.config import ConfigError, from_dict, to_dict
 from clean_ros.models.configs import DetectorConfig, PostProcessConfig
+from clean_ros.provenance import git_commit
 
 FORMAT = "clean_ros.bundle"
 SCHEMA_VERSION = 1  # the newest manifest schema this build reads (and the one it writes)
@@ -95,22 +95,6 @@ def default_point_features(num_point_features: int,
         expected, unit = _KNOWN_FEATURES.get(name, (None, ""))
         out.append({"name": name, "range": list(expected) if expected else None, "scale": 1.0, "unit": unit})
     return out
-
-
-def _git_commit() -> str:
-    """The source tree's commit (provenance); 'unknown' outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=5, check=False)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5,
-                               check=False)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = out.stdout.strip()
-    if out.returncode != 0 or not commit:
-        return "unknown"
-    return commit + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def _json_safe(value: Any, where: str) -> Any:
@@ -401,7 +385,7 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
     prov = {k: None for k in _PROVENANCE_KEYS}
     prov.update(_json_safe(dict(provenance or {}), "provenance"))
     prov.setdefault("source_git_commit", None)
-    prov["source_git_commit"] = prov["source_git_commit"] or _git_commit()
+    prov["source_git_commit"] = prov["source_git_commit"] or git_commit(timeout_s=5) or "unknown"
     prov["created_utc"] = prov["created_utc"] or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     prov["clean_ros_version"] = clean_ros.__version__
     cfg_dict = to_dict(detector_cfg)

@@ -26,7 +26,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -45,6 +44,7 @@ from visualization_msgs.msg import MarkerArray
 from clean_ros.latency import EventLog, RateMeter, RollingStageStats, SequenceGapCounter, StampGapCounter
 from clean_ros.messages import stage_timing_message, to_detection3d_array, to_marker_array
 from clean_ros.node_diagnostics import HealthSnapshot, assess, to_diagnostic_array
+from clean_ros.package_share import default_bundle_path
 from clean_ros.pointcloud import CloudFormatError, InputContract, check_input_contract, read_points
 from clean_ros.types import Detections
 
@@ -60,19 +60,6 @@ CONTRACT_CHECK_MIN_PERIOD_S = 1.0
 CLOCK_COMPARABLE_S = 3600.0  # |now - stamp| beyond this: the stamp is from another clock (bag without --clock)
 # rclpy >= Jazzy passes MessageInfo (publication sequence numbers) to two-argument callbacks.
 _MESSAGE_INFO_CALLBACKS = hasattr(Subscription, "CallbackType")
-
-
-def default_bundle_path() -> Path:
-    """models/default from the installed package share (colcon), else from the source tree."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        shared = Path(get_package_share_directory(PACKAGE)) / "models" / "default"
-        if (shared / "manifest.json").is_file():
-            return shared
-    except Exception:  # noqa: BLE001 - not installed through ament: use the source tree
-        pass
-    return Path(__file__).resolve().parents[1] / "models" / "default"
 
 
 def stamp_seconds(stamp) -> float:

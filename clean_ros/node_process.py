@@ -28,23 +28,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from clean_ros.detector_node import launch_command, stop_node_process
+from clean_ros.package_share import SOURCE_ROOT, package_path
 
-SOURCE_ROOT = Path(__file__).resolve().parents[1]
 PROFILE_FILE = "config/fastdds_large_data.xml"
 PARAMS_FILE = "config/detector.yaml"
-
-
-def _source_or_share(relative: str) -> Path:
-    """A file of the package share (colcon install), else of the source tree."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        shared = Path(get_package_share_directory("clean_ros")) / relative
-        if shared.is_file():
-            return shared
-    except Exception:  # noqa: BLE001 - not installed through ament
-        pass
-    return SOURCE_ROOT / relative
 
 
 def random_domain_id() -> int:
@@ -58,7 +45,7 @@ class NodeProcess:
     def __init__(self, parameters: Mapping[str, Any], *, params_file: str | os.PathLike | None = None,
                  domain_id: int | None = None, log_path: str | os.PathLike | None = None,
                  cwd: str | os.PathLike | None = None, log_level: str = "info"):
-        profile = _source_or_share(PROFILE_FILE)
+        profile = package_path(PROFILE_FILE)
         self.domain_id = domain_id if domain_id is not None else random_domain_id()
         # Our process publishes the large clouds: the profile must be in effect here (read at participant creation).
         os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(profile))
@@ -67,7 +54,7 @@ class NodeProcess:
                "FASTDDS_DEFAULT_PROFILES_FILE": str(profile), "PYTHONUNBUFFERED": "1"}
         # a source checkout: the node imports clean_ros too, whatever the working directory
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SOURCE_ROOT), env.get("PYTHONPATH", "")) if p)
-        self.command = launch_command(params_file if params_file is not None else _source_or_share(PARAMS_FILE),
+        self.command = launch_command(params_file if params_file is not None else package_path(PARAMS_FILE),
                                       parameters, log_level)
         if log_path is None:  # keep the node's output for error messages, in a temp file removed at stop
             handle, name = tempfile.mkstemp(prefix="clean_ros_node_", suffix=".log")

@@ -12,6 +12,7 @@ FASTDDS_DEFAULT_PROFILES_FILE (see docs/NODE.md, "Large clouds"); fastdds_profil
 variable is then removed, not set to an empty string).
 """
 import os
+import sys
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable, UnsetEnvironmentVariable
@@ -19,20 +20,16 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-PACKAGE = "clean_ros"
+try:
+    from clean_ros.package_share import PACKAGE, package_path
+except ImportError:  # launched from a source checkout that is not on the Python path: the package sits beside launch/
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from clean_ros.package_share import PACKAGE, package_path
+
 NODE_NAME = "clean_ros_detector"
 PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
 # Launch arguments passed to the node as parameters (after the params file, so they override it).
 NODE_PARAMETER_ARGUMENTS = ("input_topic", "output_topic", "bundle_path", "backend", "device")
-
-
-def _share_dir() -> str:
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return get_package_share_directory(PACKAGE)
-    except Exception:  # not installed (run from the source tree): use the tree itself
-        return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _fastdds_profile(context, *args, **kwargs):
@@ -44,7 +41,7 @@ def _fastdds_profile(context, *args, **kwargs):
 
 
 def generate_launch_description() -> LaunchDescription:
-    share = _share_dir()
+    share = package_path()  # the installed package share (colcon), else the source tree
     arguments = [
         DeclareLaunchArgument("input_topic", default_value="/points", description="sensor_msgs/PointCloud2 input"),
         DeclareLaunchArgument("output_topic", default_value="/detections",

@@ -1,4 +1,6 @@
 """The repository is a real ament_python package: colcon builds it and installs launch + config into share/."""
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -45,7 +47,35 @@ def test_colcon_build_installs_launch_and_config(tmp_path):
     assert site, "the clean_ros Python package was not installed"
     # the training wing is not part of the vehicle install
     assert not list((tmp_path / "install" / "clean_ros" / "lib").glob("python3*/site-packages/training"))
+    # the installed launch file imports clean_ros.package_share from the install and points at the installed share
+    env = {**os.environ, "PYTHONPATH": str(site[0].parents[1]), "AMENT_PREFIX_PATH": str(tmp_path / "install" /
+                                                                                            "clean_ros")}
+    loaded = subprocess.run([sys.executable, "-c", _LOAD_LAUNCH_FILE, str(share / "launch" / "detector.launch.py")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    found = json.loads(loaded.stdout.splitlines()[-1])
+    assert Path(found["package_share"]).is_relative_to(tmp_path / "install"), found
+    assert found["params_file"] == str(share / "config" / "detector.yaml")
+    assert found["fastdds_profile"] == str(share / "config" / "fastdds_large_data.xml")
     shutil.rmtree(tmp_path / "build", ignore_errors=True)
+
+
+# Runs the launch file against stand-in launch / launch_ros modules (the real ones are not on PyPI) and prints
+# where clean_ros.package_share came from and the file defaults of the launch arguments.
+_LOAD_LAUNCH_FILE = """
+import importlib.util, json, sys
+from unittest import mock
+stand_ins = {name: mock.MagicMock() for name in ("launch", "launch.actions", "launch.substitutions", "launch_ros",
+                                                  "launch_ros.actions", "launch_ros.parameter_descriptions")}
+sys.modules.update(stand_ins)
+spec = importlib.util.spec_from_file_location("installed_launch", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+module.generate_launch_description()
+defaults = {c.args[0]: c.kwargs.get("default_value") for c in stand_ins["launch.actions"].DeclareLaunchArgument.call_args_list}
+print(json.dumps({"package_share": sys.modules["clean_ros.package_share"].__file__,
+                  "params_file": defaults["params_file"], "fastdds_profile": defaults["fastdds_profile"]}))
+"""
 
 
 def test_vision_msgs_interface_package_is_kept_out_of_colcon_workspaces():

@@ -11,9 +11,9 @@ A model whose stage was skipped (or failed to produce a model) is absent from "m
 """
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
+from clean_ros.provenance import git_commit
 from training.pipeline.stages import atomic_write_json, atomic_write_text, read_json
 
 MODEL_DESCRIPTIONS = {
@@ -23,19 +23,6 @@ MODEL_DESCRIPTIONS = {
     "student_pruned": "pruned + KD fine-tuned",
     "student_final": "final (pruned + KD + IoU gate)",
 }
-
-
-def git_commit(root: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parents[1])
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10, cwd=Path(__file__).resolve().parents[1])
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def build_report(cfg, stages_dir: Path, model_stages: dict[str, str], stage_order: list[str] | None = None) -> dict:
@@ -72,7 +59,7 @@ def build_report(cfg, stages_dir: Path, model_stages: dict[str, str], stage_orde
                        "metric": "KITTI 3D AP, R40, moderate (IoU 0.7 Car, 0.5 Ped/Cyc); mAP = mean of the three"},
         "pruning": {k: prune.get(k) for k in ("keep_ratio", "criterion", "params_before", "params_after")}
         if prune else None,
-        "commit": git_commit(stages_dir),
+        "commit": git_commit(short=True),
         "name": cfg.name,
     }
 
