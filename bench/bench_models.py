@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clean_ros.models.configs import find_config, load_detector_config  # noqa: E402
+from clean_ros.models.configs import load_detector_config  # noqa: E402
 from clean_ros.models.detector import build_detector  # noqa: E402
 from clean_ros.models.flops import count_flops  # noqa: E402
 from clean_ros.postprocess import postprocess  # noqa: E402
 from clean_ros.voxelize import voxelize  # noqa: E402
+from training.config_paths import find_config  # noqa: E402
 
 FRAME = Path(__file__).resolve().parents[2] / "shared/data/kitti_sample/training/velodyne/000001.bin"
 CONFIGS = ["pointpillars_tiny", "centerpoint_pillar_tiny", "pointpillars", "centerpoint_pillar"]

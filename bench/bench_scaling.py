@@ -126,9 +126,10 @@ def cloud_scaling(args, points: np.ndarray) -> None:
 
 
 def grid_scaling(args, points: np.ndarray) -> None:
-    from clean_ros.models.configs import find_config, load_detector_config
+    from clean_ros.models.configs import load_detector_config
     from clean_ros.models.detector import build_detector
     from clean_ros.voxelize import grid_size, voxelize
+    from training.config_paths import find_config
 
     tensor = torch.from_numpy(points).to(args.device)
     print(f"\nBEV grid size (120k-point scan, untrained weights), ms p50 of {args.repeats}:")

@@ -80,9 +80,11 @@ def models_under_test() -> dict[str, dict]:
     """{key: {"task": DetectionTask-like, "model": nn.Module, "cfg", "bundle": Path | None, "source": str}};
     a key whose model is not available maps to {"missing": reason}."""
     from clean_ros.bundle import load_bundle
-    from clean_ros.models.configs import find_config, load_detector_config, load_two_stage_config
+    from clean_ros.models.configs import load_detector_config
     from clean_ros.models.detector import build_detector
     from clean_ros.models.two_stage import TwoStageDetector
+    from clean_ros.models.two_stage_config import load_two_stage_config
+    from training.config_paths import find_config
     from training.pipeline.steps import load_model, make_task
 
     out: dict[str, dict] = {}

@@ -24,12 +24,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clean_ros.config import load_config  # noqa: E402
-from clean_ros.models.configs import DetectorConfig, TwoStageConfig, find_config  # noqa: E402
+from clean_ros.models.configs import DetectorConfig  # noqa: E402
 from clean_ros.models.detector import build_detector  # noqa: E402
 from clean_ros.models.flops import count_flops  # noqa: E402
 from clean_ros.models.two_stage import TwoStageDetector  # noqa: E402
+from clean_ros.models.two_stage_config import TwoStageConfig  # noqa: E402
 from clean_ros.postprocess import postprocess  # noqa: E402
 from clean_ros.voxelize import voxelize  # noqa: E402
+from training.config_paths import find_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FRAME = REPO.parent / "shared/data/kitti_sample/training/velodyne/000001.bin"

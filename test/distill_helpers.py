@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from clean_ros.models.configs import find_config, load_detector_config
+from clean_ros.models.configs import load_detector_config
 from clean_ros.models.detector import HeadOutput, build_detector
 from clean_ros.postprocess import decode
 from clean_ros.types import Detections
 from clean_ros.voxelize import voxelize_batch
+from training.config_paths import find_config
 from training.data.sample import Batch
 from training.targets import build_targets
 from training.task import LossContext
@@ -107,7 +108,7 @@ def final_detections(boxes, scores, labels):
 
 def real_teacher(rpn_name="pointpillars_tiny", pool=("bev",)):
     two_stage = pytest.importorskip("clean_ros.models.two_stage", reason="TwoStageDetector not in the tree yet")
-    from clean_ros.models.configs import RoIHeadConfig, TwoStageConfig
+    from clean_ros.models.two_stage_config import RoIHeadConfig, TwoStageConfig
     rpn = small_cfg() if rpn_name == "pointpillars_tiny" else load_detector_config(
         find_config(rpn_name), ["point_cloud_range=[0.0, -12.8, -3.0, 25.6, 12.8, 1.0]"])
     head = RoIHeadConfig(pool_sources=list(pool), bev_grid_size=3, voxel_grid_size=3, point_width=8, mlp_widths=[16],

@@ -264,9 +264,10 @@ SECOND_SMALL = ["name=second_small", "point_cloud_range=[0.0, -6.4, -3.0, 12.8, 
 def test_hybrid_sparse_student_torch_sparse_part_onnx_dense_part(kitti_frames, tmp_path):
     """SECOND: voxel encoder + sparse 3D backbone stay in torch, only the dense BEV part is in model.onnx."""
     pytest.importorskip("onnxruntime")
-    from clean_ros.models.configs import find_config, load_detector_config
+    from clean_ros.models.configs import load_detector_config
     from clean_ros.bundle import save_bundle
     from test_bundle import trained_like
+    from training.config_paths import find_config
 
     try:
         cfg = load_detector_config(find_config("second_tiny"), SECOND_SMALL)

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from clean_ros.bundle import (SCHEMA_VERSION, BundleError, load_bundle, save_bundle, sha256_file)
-from clean_ros.models.configs import find_config, load_detector_config
+from clean_ros.models.configs import load_detector_config
 from clean_ros.models.detector import build_detector
 from clean_ros.voxelize import voxelize_with_stats
+from training.config_paths import find_config
 
 # A 3-class PointPillars small enough to export in a second: 12.8 m x 12.8 m at 0.32 m, narrow widths.
 SMALL = ["name=small", "point_cloud_range=[0.0, -6.4, -3.0, 12.8, 6.4, 1.0]", "max_points_per_voxel=4",
@@ -125,6 +126,45 @@ def test_manifest_postprocess_section_is_authoritative(copy_of):
     _edit_manifest(path, lambda m: m["postprocess"].update(score_thresholds=[0.7, 0.2, 0.3], nms_iou=0.2))
     cfg = load_bundle(path).detector_config
     assert cfg.postprocess.score_thresholds == [0.7, 0.2, 0.3] and cfg.postprocess.nms_iou == 0.2
+
+
+
+def test_training_settings_stay_in_the_bundle_and_the_runtime_ignores_them(saved, copy_of, default_bundle):
+    """docs/BUNDLE.md "Config schema": loss weights, target-assignment thresholds and max_voxels_train stay in
+    detector_config (a bundle's model can be fine-tuned or its loss measured without its YAML; bundles written
+    before this decision load unchanged), and nothing the runtime computes depends on them."""
+    from clean_ros.pipeline import Pipeline
+
+    path, _, cfg = saved
+    b = load_bundle(path)
+    assert b.manifest["detector_config"]["head"]["loss"]["box_weight"] == cfg.head.loss.box_weight == 2.0
+    assert b.detector_config.head.loss == cfg.head.loss
+    assert [a.matched_threshold for a in b.detector_config.head.anchors] == [0.6, 0.5, 0.5]
+    old = load_bundle(default_bundle).detector_config  # the shipped bundle, written with this layout
+    assert old.head.loss.cls_weight == 1.0 and old.head.anchors[0].unmatched_threshold == 0.45
+
+    edited = copy_of()
+
+    def change_training_settings(m):
+        head = m["detector_config"]["head"]
+        head["loss"].update(cls_weight=7.0, box_weight=0.1, focal_gamma=3.0, code_weights=[2.0] * 7)
+        for anchor in head["anchors"]:
+            anchor.update(matched_threshold=0.9, unmatched_threshold=0.05)
+        head.update(gaussian_overlap=0.5, min_radius=1, max_objects=3)
+        m["detector_config"]["max_voxels_train"] = 5
+
+    _edit_manifest(edited, change_training_settings)
+    assert load_bundle(edited).detector_config.head.loss.cls_weight == 7.0
+    points = cloud(cfg)
+    detections = []
+    for bundle in (path, edited):
+        pipe = Pipeline.from_bundle(bundle, backend="torch")
+        pipe.update_postprocess(score_thresholds=0.0)  # untrained weights score low: keep every box NMS keeps
+        detections.append(pipe(points).detections)
+    a, c = detections
+    assert len(a) > 3
+    for x, y in [(a.boxes, c.boxes), (a.scores, c.scores), (a.labels, c.labels)]:
+        assert np.array_equal(x, y)
 
 
 # ------------------------------------------------------------------------------------------- errors

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from clean_ros.config import ConfigError, apply_overrides, load_config, read_yaml, save_yaml, to_dict
-from clean_ros.models.configs import DetectorConfig, find_config, load_detector_config
+from clean_ros.models.configs import DetectorConfig, load_detector_config
+from training.config_paths import find_config
 
 
 @dataclass

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from clean_ros.models.configs import find_config, load_detector_config
+from clean_ros.models.configs import load_detector_config
 from clean_ros.models.detector import build_detector
 from clean_ros.models.sparse_backbone import bev_channels_of
+from training.config_paths import find_config
 from training.distill.teacher_init import concat_channels, teacher_guided_init
 
 from distill_helpers import small_cfg, one_car_batch, real_teacher

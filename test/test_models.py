@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from clean_ros.models.anchors import generate_anchors
-from clean_ros.models.configs import find_config, load_detector_config
+from clean_ros.models.configs import load_detector_config
 from clean_ros.models.detector import HeadOutput, build_detector
 from clean_ros.models.flops import count_flops, count_parameters
 from clean_ros.models.pillar import PillarFeatureNet, PillarScatter
 from clean_ros.models.vfe import MeanVFE
 from clean_ros.voxelize import voxelize_batch
 from conftest import read_velodyne
+from training.config_paths import find_config
 
 TINY = ["pointpillars_tiny", "centerpoint_pillar_tiny"]
 

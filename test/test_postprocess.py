@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from clean_ros.models.anchors import FeatureGrid
-from clean_ros.models.configs import find_config, load_detector_config
+from clean_ros.models.configs import load_detector_config
 from clean_ros.models.detector import HeadOutput
 from clean_ros.postprocess import apply_iou_gate, postprocess, postprocess_tensors
 from clean_ros.types import Detections
+from training.config_paths import find_config
 
 CAR = [3.9, 1.6, 1.56]
 PED = [0.8, 0.6, 1.73]

@@ -10,12 +10,14 @@ import torch.nn.functional as F
 
 from clean_ros.config import ConfigError
 from clean_ros.models import sparse as sp
-from clean_ros.models.configs import Backbone3DConfig, find_config, load_detector_config
+from clean_ros.models.configs import Backbone3DConfig, load_detector_config
 from clean_ros.models.detector import build_detector
 from clean_ros.models.flops import count_flops, sparse_conv_macs
 from clean_ros.models.sparse_backbone import SparseBackbone3D, bev_channels_of, height_compression
+from clean_ros.models.sparse_layout import output_shape, stage_shapes
 from clean_ros.voxelize import voxelize_batch
 from conftest import read_velodyne
+from training.config_paths import find_config
 
 
 def test_height_compression_layout_is_c_times_D_plus_d():
@@ -60,7 +62,7 @@ def test_backbone_matches_dense_conv3d_recomputation():
     torch.manual_seed(0)
     cfg = Backbone3DConfig(type="sparse", widths=[[3, 3], [4, 4], [5], [4, 4]], out_width=3, z_padding=1)
     grid = (16, 12, 24)  # z: 25 -> 13 -> 7 -> 3 -> out conv (3,1,1) s2 -> 1
-    assert cfg.stage_shapes(grid) == [(25, 12, 16), (13, 6, 8), (7, 3, 4), (3, 2, 2), (1, 2, 2)]
+    assert stage_shapes(cfg, grid) == [(25, 12, 16), (13, 6, 8), (7, 3, 4), (3, 2, 2), (1, 2, 2)]
     net = SparseBackbone3D(cfg, 2, grid).eval()
     for m in net.modules():  # non-trivial BN statistics
         if isinstance(m, torch.nn.BatchNorm1d):
@@ -160,7 +162,7 @@ def test_sparse_flops_counted_by_active_sites(kitti_sample, one_thread):
     assert report.by_prefix(1)["backbone_3d"] > 0 and report.by_prefix(1)["bev_backbone"] > 0
     second = load_detector_config(find_config("second"))
     assert second.bev_input_shape == (256, 200, 176) and second.feature_map_size == (200, 176)
-    assert second.backbone_3d.output_shape(second.grid_size) == (2, 200, 176)
+    assert output_shape(second.backbone_3d, second.grid_size) == (2, 200, 176)
 
 
 def test_config_errors_are_clear(tmp_path):

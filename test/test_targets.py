@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from clean_ros.models.configs import LossConfig, find_config, load_detector_config
+from clean_ros.models.configs import LossConfig, load_detector_config
 from clean_ros.models.detector import build_detector
 from clean_ros.postprocess import decode_anchor_boxes
+from training.config_paths import find_config
 from training.losses import (anchor_losses, center_focal_loss, center_losses, detection_loss, sigmoid_focal_loss,
                              smooth_l1)
 from training.targets import (assign_anchor_targets, assign_center_targets, build_targets, direction_bins,

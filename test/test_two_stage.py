@@ -13,12 +13,13 @@ import torch
 from clean_ros import geometry
 from clean_ros.config import ConfigError
 from clean_ros.models.anchors import FeatureGrid
-from clean_ros.models.configs import find_config, load_two_stage_config
 from clean_ros.models.roi_head import (VoxelVolume, bev_grid_points, sample_bev, sample_volume,
                                        voxel_grid_points)
 from clean_ros.models.two_stage import Proposals, TwoStageDetector
+from clean_ros.models.two_stage_config import load_two_stage_config
 from clean_ros.voxelize import voxelize_batch
 from conftest import read_velodyne
+from training.config_paths import find_config
 from training.roi_targets import iou_quality_targets, roi_box_targets, sample_rois
 
 
@@ -174,7 +175,7 @@ def test_iou_quality_and_residual_targets_by_hand():
 
 def test_sample_rois_balance_and_targets():
     torch.manual_seed(0)
-    from clean_ros.models.configs import RoIHeadConfig
+    from clean_ros.models.two_stage_config import RoIHeadConfig
 
     cfg = RoIHeadConfig(num_rois_train=16, fg_fraction=0.5, gt_rois_train=0)
     gt = torch.tensor([[[10.0, 0.0, -1.0, 4.0, 2.0, 1.5, 0.0], [20.0, 5.0, -0.8, 0.8, 0.6, 1.7, 0.0]]])

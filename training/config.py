@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from clean_ros.config import ConfigError, load_config
-from clean_ros.models.configs import DetectorConfig, TwoStageConfig
+from clean_ros.models.configs import DetectorConfig
+from clean_ros.models.two_stage_config import TwoStageConfig
 from training.data.config import AugmentConfig, DataConfig
 
 _DATA_DEFAULTS = DataConfig()

@@ -21,8 +21,8 @@ from typing import NamedTuple
 import torch
 
 from clean_ros import geometry
-from clean_ros.models.configs import RoIHeadConfig
 from clean_ros.models.two_stage import Proposals
+from clean_ros.models.two_stage_config import RoIHeadConfig
 
 
 class RoITargets(NamedTuple):

@@ -17,8 +17,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from clean_ros.models.configs import RoILossConfig, TwoStageConfig
 from clean_ros.models.two_stage import TwoStageDetector
+from clean_ros.models.two_stage_config import RoILossConfig, TwoStageConfig
 from clean_ros.types import Detections
 from training.data.sample import Batch
 from training.losses import smooth_l1

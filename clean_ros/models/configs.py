@@ -2,6 +2,12 @@
 
 Every layer width is an explicit list, so a physically pruned network (arbitrary per-layer widths, including
 the conv inside every block and every deblock) is rebuilt from its saved config alone.
+
+The schema is what a bundle stores (docs/BUNDLE.md "Config schema"). It deliberately keeps the few training-only
+settings of a model (LossConfig, the anchors' matching thresholds, the center head's target settings,
+max_voxels_train): the runtime never reads them. The sparse backbone's shape arithmetic lives with its layout in
+clean_ros.models.sparse_layout; the two-stage teacher's configs in clean_ros.models.two_stage_config; the source
+tree's YAML folder lookup (find_config) in training.config_paths.
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 from clean_ros.config import load_config
+from clean_ros.models.sparse_layout import SPARSE_NUM_STAGES, output_shape, stage_shapes
 from clean_ros.voxelize import grid_size as voxel_grid_size
 
 
@@ -32,16 +39,6 @@ class EncoderConfig:
             raise ValueError(f"encoder.widths must be a non-empty list of positive ints, got {self.widths}")
 
 
-# SECOND's fixed sparse layout (clean_ros.models.sparse_backbone): stage i > 0 opens with a kernel-3, stride-2
-# SparseConv3d padded (1, 1, 1), except the last stage, padded (0, 1, 1) in (z, y, x); the output conv has kernel
-# (3, 1, 1), stride (2, 1, 1), no padding (it only shrinks z).
-SPARSE_NUM_STAGES = 4
-
-
-def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 @dataclass
 class Backbone3DConfig:
     """Sparse 3D backbone. 'none' = pillars scattered straight to BEV; 'sparse' = SECOND (mean VFE input).
@@ -51,6 +48,7 @@ class Backbone3DConfig:
     out_width: width of the final z-downsampling conv (0 = no such conv; the last stage's output goes to BEV).
     z_padding: voxel layers added above the grid (SECOND adds 1: 41 layers of 0.1 m give depth D = 2 at stride 8).
     The BEV input has out_channels * D channels, channel index c * D + d (c = 3D channel, d = depth index).
+    Shapes per stage: clean_ros.models.sparse_layout.stage_shapes(cfg, grid_size) / output_shape(cfg, grid_size).
     """
 
     type: Literal["none", "sparse"] = "none"
@@ -71,23 +69,6 @@ class Backbone3DConfig:
     @property
     def out_channels(self) -> int:
         return self.out_width if self.out_width else self.widths[-1][-1]
-
-    def stage_shapes(self, grid_size: tuple[int, int, int]) -> list[tuple[int, int, int]]:
-        """(z, y, x) extent of each stage's output (and of the output conv, last) for a voxel grid (nx, ny, nz)."""
-        nx, ny, nz = grid_size
-        shape = (nz + self.z_padding, ny, nx)
-        shapes = [shape]
-        for stage in range(1, SPARSE_NUM_STAGES):
-            z_pad = 0 if stage == SPARSE_NUM_STAGES - 1 else 1
-            shape = (_conv_out(shape[0], 3, 2, z_pad), _conv_out(shape[1], 3, 2, 1), _conv_out(shape[2], 3, 2, 1))
-            shapes.append(shape)
-        if self.out_width:
-            shapes.append((_conv_out(shape[0], 3, 2, 0), shape[1], shape[2]))
-        return shapes
-
-    def output_shape(self, grid_size: tuple[int, int, int]) -> tuple[int, int, int]:
-        """(D, H, W) of the dense 3D output that is height-compressed to BEV."""
-        return self.stage_shapes(grid_size)[-1]
 
 
 @dataclass
@@ -151,7 +132,7 @@ class BEVBackboneConfig:
 
 @dataclass
 class AnchorClassConfig:
-    """Anchors of one class: size (l, w, h), bottom z, rotations, matching IoU thresholds (BEV)."""
+    """Anchors of one class: size (l, w, h), bottom z, rotations, matching IoU thresholds (BEV; training only)."""
 
     name: str
     size: list[float]
@@ -172,7 +153,10 @@ class AnchorClassConfig:
 
 @dataclass
 class LossConfig:
-    """Loss weights. Anchor head: cls, box, dir, iou. Center head: heatmap, reg, iou."""
+    """Loss weights. Anchor head: cls, box, dir, iou. Center head: heatmap, reg, iou.
+
+    Training only (the runtime never reads it); kept in the schema so a bundle's model trains on with the same
+    loss (docs/BUNDLE.md "Config schema")."""
 
     cls_weight: float = 1.0
     box_weight: float = 2.0
@@ -196,7 +180,7 @@ class HeadConfig:
     num_dir_bins: int = 2
     dir_offset: float = 0.78539
     dir_limit_offset: float = 0.0
-    # center head
+    # center head (gaussian_overlap, min_radius, max_objects: training targets only)
     shared_conv_width: int = 64
     head_conv_width: int = 64
     gaussian_overlap: float = 0.1
@@ -272,10 +256,10 @@ class DetectorConfig:
         if self.backbone_3d.type == "sparse":
             if self.encoder.type != "mean_vfe":
                 raise ValueError("backbone_3d.type=sparse needs encoder.type=mean_vfe")
-            depth, height, width = self.backbone_3d.output_shape(grid)
+            depth, height, width = output_shape(self.backbone_3d, grid)
             if depth < 1:
                 raise ValueError(f"backbone_3d: {grid[2]} + {self.backbone_3d.z_padding} voxel layers in z leave no "
-                                 f"depth at the sparse output (stage shapes {self.backbone_3d.stage_shapes(grid)}); "
+                                 f"depth at the sparse output (stage shapes {stage_shapes(self.backbone_3d, grid)}); "
                                  f"use a finer voxel_size[2], a larger z_padding or out_width 0")
             if height % stride or width % stride:
                 raise ValueError(f"sparse output {width}x{height} (x, y) is not divisible by the BEV backbone stride "
@@ -295,7 +279,7 @@ class DetectorConfig:
         """(C, H, W) of the BEV canvas the 2D backbone reads (sparse: height-compressed, C = channels * D)."""
         nx, ny, _ = self.grid_size
         if self.backbone_3d.type == "sparse":
-            depth, height, width = self.backbone_3d.output_shape(self.grid_size)
+            depth, height, width = output_shape(self.backbone_3d, self.grid_size)
             return self.backbone_3d.out_channels * depth, height, width
         width = self.encoder.widths[-1] if self.encoder.type == "pillar" else self.num_point_features
         return width, ny, nx
@@ -314,163 +298,9 @@ class DetectorConfig:
         return int(round(height / s)), int(round(width / s))
 
 
-@dataclass
-class RoILossConfig:
-    """Second-stage losses: BCE on the IoU-quality logit over the sampled RoIs, smooth-L1 on the box residual over
-    the RoIs whose IoU with their ground truth exceeds roi_head.reg_fg_threshold."""
-
-    iou_weight: float = 1.0
-    box_weight: float = 1.0
-    smooth_l1_beta: float = 1.0 / 9.0
-    code_weights: list[float] = field(default_factory=list)  # 7 values, empty = all 1
-
-
-@dataclass
-class RoIHeadConfig:
-    """Class-agnostic RoI head of the two-stage teacher (clean_ros.models.roi_head).
-
-    Pooling: `pool_sources` any of
-      bev   - bilinear samples of the RPN's BEV feature map at a bev_grid_size x bev_grid_size grid in the rotated RoI;
-      voxel - trilinear samples of a sparse 3D stage (voxel_stage, densified) at a voxel_grid_size^3 grid in the 3D RoI.
-    Each source's samples go through a point-wise linear (point_width) + BN + ReLU, are flattened and concatenated,
-    then a shared MLP (mlp_widths, BN + ReLU, dropout) feeds two linear outputs: the IoU-quality logit and the
-    7-dof residual of the box w.r.t. its RoI (geometry.encode_boxes coder).
-    Proposals: RPN decode -> best class score -> top proposal_pre_nms -> rotated BEV NMS at proposal_nms_iou -> top
-    num_proposals. Training samples num_rois_train of them per frame (fg_fraction at IoU >= reg_fg_threshold with
-    the same-class ground truth, background split hard [hard_bg_threshold, reg_fg_threshold) / easy by
-    hard_bg_fraction); IoU-quality target 0 below iou_bg_threshold, 1 above iou_fg_threshold, linear between.
-    gt_rois_train adds that many jittered copies of every ground-truth box to the proposals during training
-    (the second stage sees well-placed RoIs from the first step, before the RPN is good).
-    Final score (score_rule): sqrt = sqrt(p_rpn * sigmoid(iou)); product = p_rpn * sigmoid(iou); iou = sigmoid(iou);
-    rpn = p_rpn. Final NMS: rotated BEV at final_nms_iou, keep final_post_max.
-    """
-
-    pool_sources: list[Literal["bev", "voxel"]] = field(default_factory=lambda: ["bev"])
-    bev_grid_size: int = 6
-    voxel_grid_size: int = 6
-    voxel_stage: int = 3  # index into the sparse backbone's stages (3 = stride 8)
-    point_width: int = 32
-    mlp_widths: list[int] = field(default_factory=lambda: [256, 256])
-    dropout: float = 0.3
-    proposal_pre_nms_train: int = 9000
-    proposal_pre_nms_test: int = 1024
-    proposal_nms_iou_train: float = 0.8
-    proposal_nms_iou_test: float = 0.7
-    num_proposals_train: int = 512
-    num_rois_train: int = 128
-    num_rois_test: int = 100
-    fg_fraction: float = 0.5
-    reg_fg_threshold: float = 0.55
-    iou_fg_threshold: float = 0.75
-    iou_bg_threshold: float = 0.25
-    hard_bg_threshold: float = 0.1
-    hard_bg_fraction: float = 0.8
-    gt_rois_train: int = 0
-    gt_jitter: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.15, 0.1, 0.1, 0.1, 0.15])  # x..yaw std
-    score_rule: Literal["sqrt", "product", "iou", "rpn"] = "sqrt"
-    final_nms_iou: float = 0.1
-    final_post_max: int = 100
-    loss: RoILossConfig = field(default_factory=RoILossConfig)
-
-    def __post_init__(self):
-        if not self.pool_sources or len(set(self.pool_sources)) != len(self.pool_sources):
-            raise ValueError(f"roi_head.pool_sources must list 'bev' and/or 'voxel' once each, got {self.pool_sources}")
-        if min(self.bev_grid_size, self.voxel_grid_size, self.point_width) < 1 or any(w < 1 for w in self.mlp_widths):
-            raise ValueError("roi_head: grid sizes, point_width and mlp_widths must be >= 1")
-        for key in ("num_proposals_train", "num_rois_train", "num_rois_test", "proposal_pre_nms_train",
-                    "proposal_pre_nms_test"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"roi_head.{key} must be >= 1, got {getattr(self, key)}")
-        if not 0.0 <= self.iou_bg_threshold < self.iou_fg_threshold <= 1.0:
-            raise ValueError(f"roi_head: need 0 <= iou_bg_threshold < iou_fg_threshold <= 1, got "
-                             f"{self.iou_bg_threshold}, {self.iou_fg_threshold}")
-        if not 0.0 <= self.hard_bg_threshold <= self.reg_fg_threshold <= 1.0:
-            raise ValueError("roi_head: need 0 <= hard_bg_threshold <= reg_fg_threshold <= 1")
-        for key in ("fg_fraction", "hard_bg_fraction", "dropout"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ValueError(f"roi_head.{key} must be in [0, 1], got {getattr(self, key)}")
-        if len(self.gt_jitter) != 7 or self.gt_rois_train < 0:
-            raise ValueError("roi_head: gt_jitter needs 7 standard deviations and gt_rois_train must be >= 0")
-        if self.loss.code_weights and len(self.loss.code_weights) != 7:
-            raise ValueError("roi_head.loss.code_weights needs 7 values (or none)")
-
-
-@dataclass
-class TwoStageConfig:
-    """Two-stage teacher: a one-stage anchor-head RPN (any DetectorConfig, same anchor layout as the students) plus
-    the RoI head. The data-facing values (range, voxels, classes) are the RPN's."""
-
-    rpn: DetectorConfig
-    roi_head: RoIHeadConfig = field(default_factory=RoIHeadConfig)
-    name: str = "two_stage"
-
-    def __post_init__(self):
-        if self.rpn.head.type != "anchor":
-            raise ValueError(f"two-stage: the RPN needs an anchor head (same anchor layout as the students), got "
-                             f"head.type={self.rpn.head.type!r}")
-        if "voxel" in self.roi_head.pool_sources:
-            if self.rpn.backbone_3d.type != "sparse":
-                raise ValueError("roi_head.pool_sources 'voxel' needs an RPN with backbone_3d.type=sparse")
-            if not 0 <= self.roi_head.voxel_stage < SPARSE_NUM_STAGES:
-                raise ValueError(f"roi_head.voxel_stage must be in [0, {SPARSE_NUM_STAGES - 1}]")
-
-    # Data-facing values follow the RPN (so a Collator or evaluation can take this config directly).
-    @property
-    def class_names(self) -> list[str]:
-        return self.rpn.class_names
-
-    @property
-    def num_classes(self) -> int:
-        return self.rpn.num_classes
-
-    @property
-    def point_cloud_range(self) -> list[float]:
-        return self.rpn.point_cloud_range
-
-    @property
-    def voxel_size(self) -> list[float]:
-        return self.rpn.voxel_size
-
-    @property
-    def num_point_features(self) -> int:
-        return self.rpn.num_point_features
-
-    @property
-    def max_points_per_voxel(self) -> int:
-        return self.rpn.max_points_per_voxel
-
-    @property
-    def max_voxels_train(self) -> int:
-        return self.rpn.max_voxels_train
-
-    @property
-    def max_voxels_test(self) -> int:
-        return self.rpn.max_voxels_test
-
-
-def load_two_stage_config(path: str | Path, overrides: Iterable[str] = ()) -> TwoStageConfig:
-    return load_config(TwoStageConfig, path, overrides)
-
-
 def load_detector_config(path: str | Path, overrides: Iterable[str] = ()) -> DetectorConfig:
     return load_config(DetectorConfig, path, overrides)
 
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
-
-
-def find_config(name: str) -> Path:
-    """'pointpillars_tiny' or a path -> the YAML file."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        return path
-    candidate = CONFIG_DIR / f"{name}.yaml"
-    if candidate.exists():
-        return candidate
-    raise FileNotFoundError(f"config {name!r} not found (looked for {path} and {candidate})")
-
-
 __all__ = ["EncoderConfig", "Backbone3DConfig", "BEVBackboneConfig", "AnchorClassConfig", "LossConfig",
-           "HeadConfig", "IoUGateConfig", "PostProcessConfig", "DetectorConfig", "load_detector_config",
-           "find_config", "RoILossConfig", "RoIHeadConfig", "TwoStageConfig", "load_two_stage_config",
-           "SPARSE_NUM_STAGES"]
+           "HeadConfig", "IoUGateConfig", "PostProcessConfig", "DetectorConfig", "load_detector_config"]

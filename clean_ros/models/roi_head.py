@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clean_ros.models.anchors import FeatureGrid
-from clean_ros.models.configs import RoIHeadConfig
+from clean_ros.models.two_stage_config import RoIHeadConfig
 
 
 class VoxelVolume(NamedTuple):

@@ -1,9 +1,10 @@
 """SECOND's sparse 3D backbone (stride 8 in x / y) and the height compression to a BEV canvas.
 
-Layout (widths from Backbone3DConfig, one per conv, so a pruned network is rebuilt from its config alone):
+Layout (widths from Backbone3DConfig, one per conv, so a pruned network is rebuilt from its config alone; the
+strided convs' kernel / stride / padding come from `clean_ros.models.sparse_layout`, which also gives the shapes):
   stage 0: SubM input conv (in -> widths[0][0]) then SubM convs             stride 1
-  stage i = 1, 2, 3: SparseConv3d k3 s2 (padding (1,1,1); stage 3: (0,1,1)), then SubM convs   stride 2, 4, 8
-  out: SparseConv3d kernel (3,1,1), stride (2,1,1) -> out_width (only shrinks z; skipped when out_width = 0)
+  stage i = 1, 2, 3: SparseConv3d sparse_layout.down_conv(i), then SubM convs   stride 2, 4, 8
+  out: SparseConv3d sparse_layout.OUT_CONV -> out_width (only shrinks z; skipped when out_width = 0)
 Every conv is followed by BatchNorm1d on the active sites' features and ReLU; convs have no bias.
 Module names are stable for pruning surgery: stages[i][j] = SparseSequential(conv, BatchNorm1d, ReLU), out the same.
 SubM convs of a stage share an indice key (their neighbour pairs are computed once per stage).
@@ -20,7 +21,8 @@ import torch
 from torch import nn
 
 from clean_ros.models import sparse as sp
-from clean_ros.models.configs import SPARSE_NUM_STAGES, Backbone3DConfig
+from clean_ros.models.configs import Backbone3DConfig
+from clean_ros.models.sparse_layout import OUT_CONV, ConvSpec, down_conv, input_shape, output_shape
 
 
 class SparseBackboneOutput(NamedTuple):
@@ -34,6 +36,11 @@ class SparseBackboneOutput(NamedTuple):
 
 def _block(conv: nn.Module) -> sp.SparseSequential:
     return sp.SparseSequential(conv, nn.BatchNorm1d(conv.out_channels, eps=1e-3, momentum=0.01), nn.ReLU())
+
+
+def _strided_conv(in_channels: int, out_channels: int, spec: ConvSpec, indice_key: str) -> sp.SparseConv3d:
+    return sp.SparseConv3d(in_channels, out_channels, spec.kernel, stride=spec.stride, padding=spec.padding,
+                           bias=False, indice_key=indice_key)
 
 
 def height_compression(x: sp.SparseConvTensor) -> torch.Tensor:
@@ -54,9 +61,8 @@ class SparseBackbone3D(nn.Module):
         super().__init__()
         if cfg.type != "sparse":
             raise ValueError(f"SparseBackbone3D needs backbone_3d.type=sparse, got {cfg.type!r}")
-        nx, ny, nz = grid_size
-        self.spatial_shape = [nz + cfg.z_padding, ny, nx]  # (z, y, x)
-        self.output_shape = cfg.output_shape(grid_size)
+        self.spatial_shape = list(input_shape(cfg, grid_size))  # (z, y, x)
+        self.output_shape = output_shape(cfg, grid_size)
         self.stages = nn.ModuleList()
         channels = in_channels
         for i, widths in enumerate(cfg.widths):
@@ -65,9 +71,7 @@ class SparseBackbone3D(nn.Module):
                 if j == 0 and i == 0:
                     conv = sp.SubMConv3d(channels, width, 3, padding=1, bias=False, indice_key="subm1")
                 elif j == 0:
-                    padding = (0, 1, 1) if i == SPARSE_NUM_STAGES - 1 else 1
-                    conv = sp.SparseConv3d(channels, width, 3, stride=2, padding=padding, bias=False,
-                                           indice_key=f"down{i + 1}")
+                    conv = _strided_conv(channels, width, down_conv(i), f"down{i + 1}")
                 else:
                     conv = sp.SubMConv3d(channels, width, 3, padding=1, bias=False, indice_key=f"subm{i + 1}")
                 layers.append(_block(conv))
@@ -75,8 +79,7 @@ class SparseBackbone3D(nn.Module):
             self.stages.append(sp.SparseSequential(*layers))
         self.out = None
         if cfg.out_width:
-            self.out = _block(sp.SparseConv3d(channels, cfg.out_width, (3, 1, 1), stride=(2, 1, 1), padding=0,
-                                              bias=False, indice_key="down_out"))
+            self.out = _block(_strided_conv(channels, cfg.out_width, OUT_CONV, "down_out"))
             channels = cfg.out_width
         self.out_channels = channels
         self.depth = self.output_shape[0]

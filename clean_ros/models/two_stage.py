@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from clean_ros import geometry
-from clean_ros.models.configs import TwoStageConfig
 from clean_ros.models.detector import Detector, HeadOutput
 from clean_ros.models.roi_head import RoIHead, VoxelVolume
 from clean_ros.models.sparse import to_dense
+from clean_ros.models.two_stage_config import TwoStageConfig
 from clean_ros.postprocess import FrameDetections, decode, to_detections
 from clean_ros.types import Detections
 from clean_ros.voxelize import Voxels

@@ -202,9 +202,11 @@ def load_teacher(config: str, checkpoint: str = "") -> nn.Module:
     """The teacher named by a config (name under config/ or a YAML path) with weights from a training checkpoint
     (or a bare state_dict). A config with an `rpn` section is a TwoStageDetector, anything else a Detector."""
     from clean_ros.config import read_yaml
-    from clean_ros.models.configs import find_config, load_detector_config, load_two_stage_config
+    from clean_ros.models.configs import load_detector_config
     from clean_ros.models.detector import build_detector
+    from clean_ros.models.two_stage_config import load_two_stage_config
     from training.checkpoint import load_model_weights
+    from training.config_paths import find_config
 
     if not config:
         raise ValueError("distill.teacher_config is empty: name the teacher's config")

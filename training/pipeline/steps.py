@@ -29,7 +29,8 @@ from typing import Any, Callable
 import torch
 
 from clean_ros.config import ConfigError, load_config, save_yaml, to_dict
-from clean_ros.models.configs import DetectorConfig, TwoStageConfig
+from clean_ros.models.configs import DetectorConfig
+from clean_ros.models.two_stage_config import TwoStageConfig
 from training.pipeline.config import CompressConfig
 from training.pipeline.stages import Stage, StageSkipped, atomic_write_json, read_json
 
