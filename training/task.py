@@ -104,17 +104,20 @@ class DetectionTask(nn.Module):
 
     def forward(self, batch: Batch) -> StepResult:
         output = self.model(batch.voxels, batch.batch_size)
+        ctx = self.loss_context(batch, output)
+        parts = dict(ctx.detection.parts)
+        total = add_loss_terms(self.loss_terms, ctx, parts, ctx.detection.total)
+        return StepResult(total, parts, output, ctx.targets)
+
+    def loss_context(self, batch: Batch, output: HeadOutput) -> LossContext:
+        """The start of every task's step: the target hooks edit the ground truth, the head's targets are assigned
+        from it and its own weighted losses computed (in float32); the result is what extra loss terms see."""
         gt_boxes, gt_labels = batch.gt_boxes, batch.gt_labels
         for hook in self.target_hooks:
             gt_boxes, gt_labels = hook(batch, gt_boxes, gt_labels)
         targets = build_targets(output, gt_boxes, gt_labels, self.cfg)
-        detection = compute_losses(_float32(output), targets, self.cfg.head.loss)
-        parts = dict(detection.parts)
-        total = detection.total
-        if self.loss_terms:
-            ctx = LossContext(batch, output, targets, gt_boxes, gt_labels, detection, self.model)
-            total = add_loss_terms(self.loss_terms, ctx, parts, total)
-        return StepResult(total, parts, output, targets)
+        detection = compute_losses(output.float32(), targets, self.cfg.head.loss)
+        return LossContext(batch, output, targets, gt_boxes, gt_labels, detection, self.model)
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[Detections]:
@@ -123,7 +126,7 @@ class DetectionTask(nn.Module):
         self.model.eval()
         try:
             output = self.model(batch.voxels, batch.batch_size)
-            return postprocess(_float32(output), self.cfg)
+            return postprocess(output.float32(), self.cfg)
         finally:
             self.model.train(was_training)
 
@@ -152,14 +155,6 @@ def add_loss_terms(loss_terms: Sequence[LossTerm], ctx: LossContext, parts: dict
             parts[key] = loss
             total = total + loss
     return total
-
-
-def _float32(output: HeadOutput) -> HeadOutput:
-    """Losses and decoding in float32 even when the forward ran under autocast."""
-    def f(t):
-        return t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-    return output._replace(cls_logits=f(output.cls_logits), box_preds=f(output.box_preds),
-                           dir_logits=f(output.dir_logits), iou_logits=f(output.iou_logits))
 
 
 __all__ = ["DetectionTask", "LossContext", "LossTerm", "TargetHook", "StepResult", "Frozen"]

@@ -23,9 +23,7 @@ from clean_ros.types import Detections
 from training.data.sample import Batch
 from training.losses import smooth_l1
 from training.roi_targets import RoITargets, sample_rois
-from training.targets import build_targets
-from training.task import DetectionTask, LossContext, LossTerm, StepResult, TargetHook, _float32, add_loss_terms
-from training.losses import compute_losses
+from training.task import DetectionTask, LossTerm, StepResult, TargetHook, add_loss_terms
 
 
 def roi_losses(iou_logits: torch.Tensor, residuals: torch.Tensor, targets: RoITargets,
@@ -50,23 +48,16 @@ class TeacherTask(DetectionTask):
     def forward(self, batch: Batch) -> StepResult:
         model: TwoStageDetector = self.model
         rpn_output, volume = model.rpn_forward(batch.voxels, batch.batch_size)
-        gt_boxes, gt_labels = batch.gt_boxes, batch.gt_labels
-        for hook in self.target_hooks:
-            gt_boxes, gt_labels = hook(batch, gt_boxes, gt_labels)
-        targets = build_targets(rpn_output, gt_boxes, gt_labels, self.cfg)
-        detection = compute_losses(_float32(rpn_output), targets, self.cfg.head.loss)
-        parts = dict(detection.parts)
+        ctx = self.loss_context(batch, rpn_output)  # RPN losses, exactly the one-stage task's
+        parts = dict(ctx.detection.parts)
         proposals = model.propose(rpn_output)
         device = rpn_output.cls_logits.device
-        roi_targets = sample_rois(proposals, gt_boxes.to(device), gt_labels.to(device).long(),
+        roi_targets = sample_rois(proposals, ctx.gt_boxes.to(device), ctx.gt_labels.to(device).long(),
                                   self.two_stage_cfg.roi_head)
         iou_logits, residuals = model.second_stage(rpn_output, roi_targets.rois, volume)
         parts.update(roi_losses(iou_logits, residuals, roi_targets, self.two_stage_cfg.roi_head.loss))
-        total = sum(parts.values())
-        if self.loss_terms:
-            ctx = LossContext(batch, rpn_output, targets, gt_boxes, gt_labels, detection, model)
-            total = add_loss_terms(self.loss_terms, ctx, parts, total)
-        return StepResult(total, parts, rpn_output, targets)
+        total = add_loss_terms(self.loss_terms, ctx, parts, sum(parts.values()))
+        return StepResult(total, parts, rpn_output, ctx.targets)
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[Detections]:
@@ -83,7 +74,7 @@ class TeacherTask(DetectionTask):
         model.eval()
         try:
             rpn_output, _ = model.rpn_forward(batch.voxels, batch.batch_size)
-            return postprocess(_float32(rpn_output), self.cfg)
+            return postprocess(rpn_output.float32(), self.cfg)
         finally:
             model.train(was_training)
 

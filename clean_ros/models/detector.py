@@ -57,6 +57,14 @@ class HeadOutput(NamedTuple):
     def num_positions(self) -> int:
         return self.cls_logits.shape[1]
 
+    def float32(self) -> "HeadOutput":
+        """The predictions (logits and box regressions) in float32, for losses and decoding also when the forward
+        ran under autocast; already-float32 tensors are returned as they are."""
+        def f(t):
+            return t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+        return self._replace(cls_logits=f(self.cls_logits), box_preds=f(self.box_preds),
+                             dir_logits=f(self.dir_logits), iou_logits=f(self.iou_logits))
+
 
 class Detector(nn.Module):
     def __init__(self, cfg: DetectorConfig):

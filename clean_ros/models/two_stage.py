@@ -122,7 +122,7 @@ class TwoStageDetector(nn.Module):
         pre_nms = pre_nms or (head.proposal_pre_nms_train if training else head.proposal_pre_nms_test)
         nms_iou = nms_iou if nms_iou is not None else (head.proposal_nms_iou_train if training
                                                        else head.proposal_nms_iou_test)
-        boxes, scores = decode(_float32(rpn_output), self.cfg.rpn.head)
+        boxes, scores = decode(rpn_output.float32(), self.cfg.rpn.head)
         boxes = torch.cat([boxes[..., :6], geometry.normalize_yaw(boxes[..., 6:7])], dim=-1)
         best, labels = scores.max(dim=-1)
         b = boxes.shape[0]
@@ -213,13 +213,6 @@ class TwoStageDetector(nn.Module):
         finally:
             self.train(was_training)
         return [to_detections(f, self.cfg.rpn.class_names) for f in frames]
-
-
-def _float32(output: HeadOutput) -> HeadOutput:
-    def f(t):
-        return t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-    return output._replace(cls_logits=f(output.cls_logits), box_preds=f(output.box_preds),
-                           dir_logits=f(output.dir_logits), iou_logits=f(output.iou_logits))
 
 
 def build_two_stage(cfg: TwoStageConfig) -> TwoStageDetector:
