@@ -21,6 +21,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from clean_ros import defaults  # noqa: E402
 from clean_ros.backends import BackendError, BackendUnavailable  # noqa: E402
 from clean_ros.pipeline import STAGES, Pipeline  # noqa: E402
 
@@ -70,7 +71,7 @@ def main() -> int:
     ap.add_argument("--backends", nargs="*", default=["torch", "onnxruntime", "tensorrt"])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=defaults.NUM_THREADS)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     if args.threads > 0:

@@ -6,7 +6,7 @@ received latency p50/p95 (same host, CLOCK_MONOTONIC in both processes), receive
 at start and end (memory stability), and early-vs-late latency (backlog growth).
 Goals: decode + preprocess <= 10 ms p50; end-to-end p50 <= 100 ms; no backlog growth.
 
-    .venv/bin/python bench/bench_node.py [--frames 200] [--rate 10] [--threads 2] [--bundle DIR] [--backend auto]
+    .venv/bin/python bench/bench_node.py [--frames 200] [--rate 10] [--threads 1] [--bundle DIR] [--backend auto]
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from clean_ros import defaults  # noqa: E402
+
 PROFILE = ROOT / "config" / "fastdds_large_data.xml"
 KITTI = ROOT.parent / "shared" / "data" / "kitti_sample"
 
@@ -66,10 +68,10 @@ def _pct(values, q) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=200)
-    parser.add_argument("--rate", type=float, default=10.0)
-    parser.add_argument("--threads", type=int, default=2, help="node parameter num_threads")
+    parser.add_argument("--rate", type=float, default=defaults.EXPECTED_RATE_HZ)
+    parser.add_argument("--threads", type=int, default=defaults.NUM_THREADS, help="node parameter num_threads")
     parser.add_argument("--bundle", default="")
-    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--backend", default=defaults.BACKEND)
     args = parser.parse_args()
 
     # This process publishes the large clouds: the profile must be in effect here (read at the first participant).

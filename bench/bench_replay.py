@@ -19,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from clean_ros import defaults  # noqa: E402
+
 KITTI = ROOT.parent / "shared" / "data" / "kitti_sample"
 
 
@@ -28,7 +30,7 @@ def _size_mb(path: Path) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=defaults.NUM_THREADS)
     parser.add_argument("--realtime", action="store_true", help="also run a realtime replay with the node")
     args = parser.parse_args()
     if not (KITTI / "training" / "velodyne").is_dir():

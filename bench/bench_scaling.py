@@ -32,6 +32,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 import suite  # noqa: E402
+from clean_ros import defaults  # noqa: E402
 
 BENCH = "scaling"
 SIZES = (30_000, 120_000, 500_000, 2_000_000)
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     quick = suite.quick()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=defaults.NUM_THREADS)
     ap.add_argument("--repeats", type=int, default=3 if quick else 7)
     ap.add_argument("--bundle", type=Path, default=ROOT / "models/default")
     ap.add_argument("--backend", default="torch")

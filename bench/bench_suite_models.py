@@ -38,6 +38,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 import suite  # noqa: E402
+from clean_ros import defaults  # noqa: E402
 
 BENCH = "models"
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -169,7 +170,8 @@ def pipeline_latency(bundle: Path, backend: str, points: np.ndarray, args) -> di
 def main(argv: list[str] | None = None) -> int:
     quick = suite.quick()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1, help="torch threads and onnxruntime intra-op threads")
+    ap.add_argument("--threads", type=int, default=defaults.NUM_THREADS,
+                    help="torch threads and onnxruntime intra-op threads")
     ap.add_argument("--repeats", type=int, default=5 if quick else 20)
     ap.add_argument("--warmup", type=int, default=1 if quick else 3)
     ap.add_argument("--device", default="cpu")

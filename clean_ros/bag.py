@@ -39,13 +39,14 @@ from typing import Iterator
 
 import numpy as np
 
+from clean_ros import defaults
 from clean_ros.package_share import SOURCE_ROOT, installed_share
 
-POINTS_TOPIC = "/points"
+POINTS_TOPIC = defaults.INPUT_TOPIC
 GT_TOPIC = "/ground_truth"
 CALIB_TOPIC = "/kitti/calib"
-DETECTIONS_TOPIC = "/detections"                         # recorded replay detections (record_detections)
-LATENCY_TOPIC = "/clean_ros_detector/stage_latency"      # the node's per-frame stage latency, also recorded
+DETECTIONS_TOPIC = defaults.OUTPUT_TOPIC                  # recorded replay detections (record_detections)
+LATENCY_TOPIC = defaults.STAGE_LATENCY_TOPIC              # the node's per-frame stage latency, also recorded
 FRAME_ID = "velodyne"
 POINTS_TYPE = "sensor_msgs/msg/PointCloud2"
 GT_TYPE = "vision_msgs/msg/Detection3DArray"

@@ -41,6 +41,8 @@ from sensor_msgs.msg import PointCloud2
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
+from clean_ros.defaults import (BACKEND, BACKENDS, DEVICE, EXPECTED_RATE_HZ, INPUT_TOPIC, INTENSITY_SCALE, NODE_NAME,
+                                NUM_THREADS, OUTPUT_TOPIC, WARMUP_ITERATIONS)
 from clean_ros.latency import EventLog, RateMeter, RollingStageStats, SequenceGapCounter, StampGapCounter
 from clean_ros.messages import stage_timing_message, to_detection3d_array, to_marker_array
 from clean_ros.node_diagnostics import HealthSnapshot, assess, to_diagnostic_array
@@ -48,10 +50,8 @@ from clean_ros.package_share import default_bundle_path
 from clean_ros.pointcloud import CloudFormatError, InputContract, check_input_contract, read_points
 from clean_ros.types import Detections
 
-NODE_NAME = "clean_ros_detector"
 PACKAGE = "clean_ros"
 STAGES = ("decode", "preprocess", "inference", "postprocess", "publish", "total")
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 # How long a warning of one kind stays quiet after it was logged (seconds).
 LOG_THROTTLE_S = 5.0
 RATE_WINDOW_S = 5.0          # received / processed rates are measured over this window
@@ -249,15 +249,16 @@ class DetectorNode(Node):
     def _declare_static_parameters(self) -> None:
         d = self._declare
         d("bundle_path", "", "model bundle directory; empty = the embedded default (models/default)", read_only=True)
-        d("backend", "auto", "auto | torch | onnxruntime | tensorrt (auto: best available)", read_only=True,
-          constraints="one of auto, torch, onnxruntime, tensorrt")
-        d("device", "cpu", "cpu | cuda | cuda:N", read_only=True)
-        d("num_threads", 1, "torch intra-op threads (CPU); see docs/NODE.md on contention", read_only=True,
+        d("backend", BACKEND, f"{' | '.join(BACKENDS)} (auto: best available)", read_only=True,
+          constraints=f"one of {', '.join(BACKENDS)}")
+        d("device", DEVICE, "cpu | cuda | cuda:N", read_only=True)
+        d("num_threads", NUM_THREADS, "torch intra-op threads (CPU); see docs/NODE.md on contention", read_only=True,
           int_range=(1, 256))
-        d("warmup_iterations", 3, "inference runs on a synthetic cloud at start-up, excluded from statistics",
-          read_only=True, int_range=(0, 100))
-        d("input_topic", "/points", "sensor_msgs/PointCloud2 input topic", read_only=True)
-        d("output_topic", "/detections", "vision_msgs/Detection3DArray output; markers on <output_topic>/markers",
+        d("warmup_iterations", WARMUP_ITERATIONS,
+          "inference runs on a synthetic cloud at start-up, excluded from statistics", read_only=True,
+          int_range=(0, 100))
+        d("input_topic", INPUT_TOPIC, "sensor_msgs/PointCloud2 input topic", read_only=True)
+        d("output_topic", OUTPUT_TOPIC, "vision_msgs/Detection3DArray output; markers on <output_topic>/markers",
           read_only=True)
         d("qos_depth", 1, "input keep-last depth (1: never build a backlog)", read_only=True, int_range=(1, 100))
         d("qos_reliability", "best_effort", "input reliability: best_effort (sensor QoS) | reliable",
@@ -272,9 +273,9 @@ class DetectorNode(Node):
         d("diagnostics_period_s", 1.0, "period of the /diagnostics report", read_only=True,
           float_range=(0.05, 60.0))
         d("hardware_id", "", "hardware_id of the diagnostics; empty = the node's name")
-        d("intensity_scale", 1.0, "multiplies the input intensity (0-255 sensors: 0.00392156862745098)",
+        d("intensity_scale", INTENSITY_SCALE, "multiplies the input intensity (0-255 sensors: 0.00392156862745098)",
           float_range=(1e-9, 1e6))
-        d("expected_rate_hz", 10.0, "sensor rate; a lower received rate is reported (0 = unknown)",
+        d("expected_rate_hz", EXPECTED_RATE_HZ, "sensor rate; a lower received rate is reported (0 = unknown)",
           float_range=(0.0, 1000.0))
         d("publish_markers", True, "MarkerArray on <output_topic>/markers while someone subscribes")
         d("marker_lifetime_s", 0.2, "marker lifetime (0 = forever)", float_range=(0.0, 3600.0))

@@ -28,6 +28,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from clean_ros import defaults
 from clean_ros.atomic import atomic_write_json
 from clean_ros.bag import GT_TOPIC, POINTS_TOPIC, POINTS_TYPE, BagError, BagReader, record_detections
 from clean_ros.latency import format_latency, latency_summary
@@ -108,13 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     parser.add_argument("--record", type=Path, help="write the detections as a bag here (ros2 bag play-able)")
     parser.add_argument("--record-format", choices=("mcap", "db3"), default="mcap")
-    parser.add_argument("--backend", default="auto", help="auto | torch | onnxruntime | tensorrt")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--num-threads", type=int, default=2, help="CPU threads of the model (node default 2)")
+    parser.add_argument("--backend", default=defaults.BACKEND, help=" | ".join(defaults.BACKENDS))
+    parser.add_argument("--device", default=defaults.DEVICE)
+    parser.add_argument("--num-threads", type=int, default=defaults.NUM_THREADS,
+                        help=f"CPU threads of the model (node default {defaults.NUM_THREADS})")
     parser.add_argument("--points-topic", default=POINTS_TOPIC)
     parser.add_argument("--gt-topic", default=GT_TOPIC)
-    parser.add_argument("--intensity-scale", type=float, default=1.0, help="fast mode: as the node parameter")
-    parser.add_argument("--warmup", type=int, default=3, help="fast mode: warm-up runs before timing")
+    parser.add_argument("--intensity-scale", type=float, default=defaults.INTENSITY_SCALE,
+                        help="fast mode: as the node parameter")
+    parser.add_argument("--warmup", type=int, default=defaults.WARMUP_ITERATIONS,
+                        help="fast mode: warm-up runs before timing")
     parser.add_argument("--rate-scale", type=float, default=1.0, help="realtime: publish at recorded rate x this")
     parser.add_argument("--drain-s", type=float, default=10.0, help="realtime: wait this long for late answers")
     parser.add_argument("--node-log", type=Path, help="realtime: write the node's output here")

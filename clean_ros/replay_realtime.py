@@ -10,15 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
+from clean_ros import defaults
 from clean_ros.bag import LATENCY_TOPIC, POINTS_TYPE, BagReader, stamp_ns
 from clean_ros.replay_frames import FrameResult, ReplayError, cloud_messages
 
 NODE_NAMESPACE = "/replay"
 
 
-def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend: str = "auto", device: str = "cpu",
-                 num_threads: int = 2, rate_scale: float = 1.0, startup_timeout_s: float = 180.0,
-                 drain_s: float = 10.0, domain_id: int | None = None, log_path: Path | None = None
+def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend: str = defaults.BACKEND,
+                 device: str = defaults.DEVICE, num_threads: int = defaults.NUM_THREADS, rate_scale: float = 1.0,
+                 startup_timeout_s: float = 180.0, drain_s: float = 10.0, domain_id: int | None = None,
+                 log_path: Path | None = None
                  ) -> tuple[list[FrameResult], dict]:
     """Publish the bag's clouds to a node subprocess at the recorded rate (x rate_scale); collect the answers."""
     from diagnostic_msgs.msg import DiagnosticArray

@@ -9,9 +9,9 @@ import logging
 from typing import NamedTuple
 
 from clean_ros.backends.base import Backend, BackendError, BackendUnavailable
+from clean_ros.defaults import BACKENDS as BACKEND_NAMES
 
 LOG = logging.getLogger("clean_ros.backends")
-BACKEND_NAMES = ("auto", "torch", "onnxruntime", "tensorrt")
 
 
 class BackendChoice(NamedTuple):
