@@ -25,8 +25,8 @@ try:
 except ImportError:  # launched from a source checkout that is not on the Python path: the package sits beside launch/
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from clean_ros.package_share import PACKAGE, package_path
+from clean_ros.defaults import BACKEND, BACKENDS, DEVICE, INPUT_TOPIC, NODE_NAME, OUTPUT_TOPIC  # noqa: E402
 
-NODE_NAME = "clean_ros_detector"
 PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
 # Launch arguments passed to the node as parameters (after the params file, so they override it).
 NODE_PARAMETER_ARGUMENTS = ("input_topic", "output_topic", "bundle_path", "backend", "device")
@@ -43,13 +43,13 @@ def _fastdds_profile(context, *args, **kwargs):
 def generate_launch_description() -> LaunchDescription:
     share = package_path()  # the installed package share (colcon), else the source tree
     arguments = [
-        DeclareLaunchArgument("input_topic", default_value="/points", description="sensor_msgs/PointCloud2 input"),
-        DeclareLaunchArgument("output_topic", default_value="/detections",
+        DeclareLaunchArgument("input_topic", default_value=INPUT_TOPIC, description="sensor_msgs/PointCloud2 input"),
+        DeclareLaunchArgument("output_topic", default_value=OUTPUT_TOPIC,
                               description="vision_msgs/Detection3DArray output (markers on <output_topic>/markers)"),
         DeclareLaunchArgument("bundle_path", default_value="",
                               description="model bundle directory; empty = embedded default (models/default)"),
-        DeclareLaunchArgument("backend", default_value="auto", description="auto | torch | onnxruntime | tensorrt"),
-        DeclareLaunchArgument("device", default_value="cpu", description="cpu | cuda"),
+        DeclareLaunchArgument("backend", default_value=BACKEND, description=" | ".join(BACKENDS)),
+        DeclareLaunchArgument("device", default_value=DEVICE, description="cpu | cuda"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "detector.yaml"),
                               description="node parameters YAML (every parameter documented there)"),
         DeclareLaunchArgument("use_sim_time", default_value="false",

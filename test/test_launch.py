@@ -130,6 +130,18 @@ def test_arguments_and_defaults(description):
     assert Path(arguments["fastdds_profile"].default_value).is_file()
 
 
+def test_argument_defaults_and_node_name_are_clean_ros_defaults(description):
+    """The launch file's defaults are the node's (clean_ros/defaults.py), so launching changes nothing by itself."""
+    from clean_ros import defaults
+
+    arguments = {a.name: a.default_value for a in _by_type(description, DeclareLaunchArgument)}
+    assert {name: arguments[name] for name in ("input_topic", "output_topic", "backend", "device")} == {
+        "input_topic": defaults.INPUT_TOPIC, "output_topic": defaults.OUTPUT_TOPIC, "backend": defaults.BACKEND,
+        "device": defaults.DEVICE}
+    [node] = _by_type(description, Node)
+    assert node.kwargs["name"] == defaults.NODE_NAME
+
+
 def test_node_package_executable_and_parameters(description):
     [node] = _by_type(description, Node)
     kw = node.kwargs
