@@ -62,7 +62,7 @@ def _clouds() -> list[np.ndarray]:
 
 
 def _pct(values, q) -> float:
-    return float(np.percentile(values, q)) if len(values) else float("nan")
+    return suite.percentile(list(values), q) if len(values) else float("nan")
 
 
 def main() -> int:
@@ -82,7 +82,6 @@ def main() -> int:
     from sensor_msgs.msg import PointCloud2
     from vision_msgs.msg import Detection3DArray
 
-    from clean_ros.detector_node import NODE_NAME
     from clean_ros.messages import parse_stage_timing
     from clean_ros.node_process import DriverNode, NodeProcess
     from clean_ros.pointcloud import make_pointcloud2
@@ -110,7 +109,7 @@ def main() -> int:
     qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
     publisher = node.create_publisher(PointCloud2, "/bench/points", qos)
     node.create_subscription(Detection3DArray, "/bench/detections", on_detections, 50)
-    node.create_subscription(DiagnosticArray, f"/{NODE_NAME}/stage_latency", on_timing, 50)
+    node.create_subscription(DiagnosticArray, defaults.STAGE_LATENCY_TOPIC, on_timing, 50)
     try:
         node_process.wait_ready(driver, lambda: publisher.get_subscription_count() > 0, 180)
         if node_proc.poll() is not None:

@@ -38,7 +38,7 @@ def main() -> int:
         return 0
     from sensor_msgs.msg import PointCloud2
 
-    from clean_ros.bag import BagReader, write_kitti_bag
+    from clean_ros.bag import POINTS_TOPIC, BagReader, write_kitti_bag
     from clean_ros.replay import main as replay_main
 
     print(f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
@@ -54,7 +54,7 @@ def main() -> int:
                   f"({summary['frames'] / seconds:.1f} frames/s, {size / seconds:.0f} MB/s)")
             with BagReader(out) as reader:
                 t0 = time.perf_counter()
-                n = sum(1 for _ in reader.messages("/points", PointCloud2))
+                n = sum(1 for _ in reader.messages(POINTS_TOPIC, PointCloud2))
                 seconds = time.perf_counter() - t0
             print(f"read  {fmt}: {1e3 * seconds / n:.1f} ms/frame (read + deserialise PointCloud2)")
         bag = tmp / "kitti_mcap"
