@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from clean_ros import defaults  # noqa: E402
 from clean_ros.backends import BackendError, BackendUnavailable  # noqa: E402
 from clean_ros.pipeline import STAGES, Pipeline  # noqa: E402
+from suite import percentile  # noqa: E402
 
 FRAME = ROOT.parent / "shared/data/kitti_sample/training/velodyne/000000.bin"
 
@@ -36,10 +37,6 @@ def load_points() -> tuple[np.ndarray, str]:
     r, a = rng.uniform(2, 80, n), rng.uniform(-np.pi, np.pi, n)
     pts = np.stack([r * np.cos(a), r * np.sin(a), rng.uniform(-2.5, 1, n), rng.uniform(0, 1, n)], 1)
     return pts.astype(np.float32), "synthetic (KITTI sample not found)"
-
-
-def percentiles(values: list[float]) -> tuple[float, float]:
-    return float(np.percentile(values, 50)), float(np.percentile(values, 95))
 
 
 def bench_one(label: str, bundle: Path, backend: str, args, points: np.ndarray) -> None:
@@ -59,7 +56,7 @@ def bench_one(label: str, bundle: Path, backend: str, args, points: np.ndarray) 
             stages[s].append(result.timings_ms[s])
         totals.append(sum(result.timings_ms.values()))
         n_det = len(result.detections)
-    cols = " ".join("{:>7.1f} / {:>6.1f}".format(*percentiles(v)) for v in (*stages.values(), totals))
+    cols = " ".join(f"{percentile(v, 50):>7.1f} / {percentile(v, 95):>6.1f}" for v in (*stages.values(), totals))
     print(f"{label:10s} {backend:12s} {cols} {n_det:5d}   ({pipe.backend.describe()})",
           flush=True)
 

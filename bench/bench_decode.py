@@ -8,7 +8,6 @@ Layouts: plain (x y z intensity float32, the zero-copy path), padded (32-byte po
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,31 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clean_ros.messages import to_detection3d_array, to_marker_array  # noqa: E402
 from clean_ros.pointcloud import make_pointcloud2, read_points  # noqa: E402
 from clean_ros.types import Detections  # noqa: E402
-from suite import emit, figure  # noqa: E402  (machine-readable lines for run_all.py only)
+from suite import emit, figure, time_call  # noqa: E402  (emit / figure: machine-readable lines for run_all.py only)
 
 FRAME = Path(__file__).resolve().parents[2] / "shared/data/kitti_sample/training/velodyne/000000.bin"
 XYZI = ("x", "y", "z", "intensity")
-
-
-def best_ms(fn, repeat: int) -> float:
-    """Minimum over runs: the least disturbed by other processes on a shared machine."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times)
-
-
-def median_ms(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def clouds(points: np.ndarray) -> dict:
@@ -74,9 +52,10 @@ def main() -> int:
         raw = np.frombuffer(msg.data, np.uint8)
         dst = np.empty_like(raw)
         scale = 1 / 255 if "uint8" in name else 1.0
-        memcpy = best_ms(lambda: np.copyto(dst, raw), args.repeat)
-        decode = best_ms(lambda: read_points(msg, intensity_scale=scale), args.repeat)
-        decode_median = median_ms(lambda: read_points(msg, intensity_scale=scale), args.repeat)
+        # the minimum over runs is the least disturbed by other processes on a shared machine
+        memcpy = time_call(lambda: np.copyto(dst, raw), args.repeat).min
+        decode = time_call(lambda: read_points(msg, intensity_scale=scale), args.repeat).min
+        decode_median = time_call(lambda: read_points(msg, intensity_scale=scale), args.repeat).p50
         info = read_points(msg, intensity_scale=scale)[1]
         path = "zero-copy view" if info.zero_copy else "copy"
         print(f"{name:46s} {raw.size:9d} {memcpy:10.3f} {decode:7.3f} ({decode_median:.3f}) "
@@ -96,7 +75,7 @@ def main() -> int:
         repeat = max(5, args.repeat // 5)
         for label, fn in (("to_detection3d_array", lambda: to_detection3d_array(dets, header)),
                           ("to_marker_array", lambda: to_marker_array(dets, header))):
-            ms = best_ms(fn, repeat)
+            ms = time_call(fn, repeat).min
             print(f"{label:46s} {n:5d} {ms:8.2f} {1e3 * ms / n:8.1f}")
     return 0
 

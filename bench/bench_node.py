@@ -21,6 +21,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from suite import percentile  # noqa: E402  (bench/suite.py, beside this script)
 from clean_ros import defaults  # noqa: E402
 
 PROFILE = ROOT / "config" / "fastdds_large_data.xml"
@@ -62,7 +63,7 @@ def _clouds() -> list[np.ndarray]:
 
 
 def _pct(values, q) -> float:
-    return suite.percentile(list(values), q) if len(values) else float("nan")
+    return percentile(list(values), q) if len(values) else float("nan")
 
 
 def main() -> int:

@@ -86,9 +86,10 @@ def device_sync(device: Any = None) -> Callable[[], None]:
     return lambda: torch.cuda.synchronize(torch.device(device))
 
 
-def time_call(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: Any = None,
-              clock: Callable[[], float] = time.perf_counter) -> Timing:
-    """Time `fn()` `repeats` times after `warmup` untimed calls, synchronising `device` around every call."""
+def sample_call(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: Any = None,
+                clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], Any]:
+    """Call `fn()` `warmup` times untimed, then `repeats` times timed, synchronising `device` around every call:
+    (milliseconds of each timed call, in call order; the last call's result)."""
     if repeats < 1:
         raise ValueError(f"repeats = {repeats}: need at least one timed call")
     sync = device_sync(device)
@@ -96,13 +97,20 @@ def time_call(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: Any 
         fn()
     sync()
     samples = []
+    result = None
     for _ in range(repeats):
         sync()
         start = clock()
-        fn()
+        result = fn()
         sync()
         samples.append((clock() - start) * 1e3)
-    return Timing.of(samples)
+    return samples, result
+
+
+def time_call(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: Any = None,
+              clock: Callable[[], float] = time.perf_counter) -> Timing:
+    """Time `fn()` `repeats` times after `warmup` untimed calls, synchronising `device` around every call."""
+    return Timing.of(sample_call(fn, repeats, warmup, device, clock)[0])
 
 
 # ------------------------------------------------------------------------------------------- machine
@@ -280,7 +288,7 @@ def load_frame(path: Path = KITTI_FRAME):
         return np.fromfile(frame, dtype=np.float32).reshape(-1, 4), "simulated (KITTI sample not found)"
 
 
-__all__ = ["Timing", "time_call", "percentile", "device_sync", "machine", "load_average", "git_commit", "figure",
+__all__ = ["Timing", "time_call", "sample_call", "percentile", "device_sync", "machine", "load_average", "git_commit", "figure",
            "goal_status", "emit", "parse_results", "summary_table", "goals_table", "results_path", "write_results",
            "load_frame",
            "quick", "QUICK_ENV", "RESULTS_ENV", "KITTI_FRAME", "ROOT"]

@@ -40,6 +40,20 @@ def test_time_call_skips_warmup_and_measures_each_call():
     assert timing.mean == pytest.approx(5.0)
 
 
+def test_sample_call_returns_each_timed_call_in_order_and_the_last_result():
+    state = {"now": 0.0, "calls": 0}
+
+    def fn():
+        state["calls"] += 1
+        state["now"] += state["calls"] / 1000.0
+        return f"result {state['calls']}"
+
+    samples, result = suite.sample_call(fn, repeats=3, warmup=1, clock=lambda: state["now"])
+    assert samples == pytest.approx([2.0, 3.0, 4.0]) and result == "result 4"
+    with pytest.raises(ValueError, match="at least one timed call"):
+        suite.sample_call(fn, repeats=0)
+
+
 def test_goal_status_and_result_lines_round_trip(capsys, monkeypatch):
     assert suite.goal_status(90.0, "<= 100") == "PASS"
     assert suite.goal_status(2.5, "<= 2") == "MISS"
