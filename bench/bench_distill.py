@@ -14,7 +14,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +31,7 @@ from training.config_paths import find_config  # noqa: E402
 from training.data.sample import Batch  # noqa: E402
 from training.distill import METHODS, DistillConfig, build_distillation  # noqa: E402
 from training.task import DetectionTask  # noqa: E402
+from suite import sample_call  # noqa: E402  (bench/suite.py, beside this script)
 
 
 def make_batch(cfg, batch: int, points: int, seed: int = 0) -> Batch:
@@ -52,14 +52,13 @@ def step_time(method: str, cfg, teacher, batch: Batch, iters: int) -> float:
     parts = build_distillation(DistillConfig(method=method), teacher, student)
     task = DetectionTask(cfg, student, loss_terms=parts.loss_terms, target_hooks=parts.target_hooks)
     task.train()
-    times = []
-    for i in range(iters + 1):
-        b = Batch(**{**batch.__dict__})  # a new batch object: the teacher cache is per batch
-        start = time.perf_counter()
-        result = task(b)
+
+    def step():
+        result = task(Batch(**{**batch.__dict__}))  # a new batch object: the teacher cache is per batch
         result.total.backward()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+
+    times_ms, _ = sample_call(step, iters, 1)  # the first step (lazy init) is a warm-up
+    return statistics.median(times_ms) / 1e3
 
 
 def main() -> int:

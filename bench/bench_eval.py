@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clean_ros.geometry import bev_iou, nms_bev  # noqa: E402
 from clean_ros.kitti import KittiObjects  # noqa: E402
 from training.kitti_eval import evaluate, format_results  # noqa: E402
+from suite import percentile, sample_call  # noqa: E402  (bench/suite.py, beside this script)
 
 SIZES = {"Car": (1.53, 1.63, 3.88), "Van": (2.2, 1.9, 5.0), "Pedestrian": (1.76, 0.66, 0.84),
          "Cyclist": (1.74, 0.6, 1.76), "Truck": (3.2, 2.5, 10.0), "Person_sitting": (1.2, 0.6, 0.8)}
@@ -105,14 +106,9 @@ def bench_geometry(n_boxes: int, seed: int) -> None:
     scores = torch.rand(n_boxes, generator=g)
     for name, fn in (("bev_iou N x N", lambda: bev_iou(boxes, boxes)),
                      ("nms_bev (IoU 0.1)", lambda: nms_bev(boxes, scores, 0.1))):
-        fn()  # warm-up
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - t0)
+        times, out = sample_call(fn, 3)  # one warm-up call, then 3 timed
         extra = f", kept {len(out)}" if out.dim() == 1 else f", non-zero pairs {(out > 0).sum().item()}"
-        print(f"{name:<20} {n_boxes} boxes: median {np.median(times) * 1e3:8.1f} ms (of 3){extra}")
+        print(f"{name:<20} {n_boxes} boxes: median {percentile(times, 50):8.1f} ms (of 3){extra}")
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from clean_ros.models.flops import count_flops  # noqa: E402
 from clean_ros.postprocess import postprocess  # noqa: E402
 from clean_ros.voxelize import voxelize  # noqa: E402
 from training.config_paths import find_config  # noqa: E402
+from suite import device_sync  # noqa: E402  (bench/suite.py, beside this script)
 
 FRAME = Path(__file__).resolve().parents[2] / "shared/data/kitti_sample/training/velodyne/000001.bin"
 CONFIGS = ["pointpillars_tiny", "centerpoint_pillar_tiny", "pointpillars", "centerpoint_pillar"]
@@ -37,11 +38,6 @@ def load_points() -> tuple[torch.Tensor, str]:
     return torch.from_numpy(pts.astype(np.float32)), "synthetic"
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -52,6 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    sync = device_sync(device)
     points, source = load_points()
     points = points.to(device)
     print(f"frame {source}: {len(points)} points; device {device}; threads {args.threads}; runs {args.runs}")
@@ -70,13 +67,13 @@ def main() -> None:
         times = {"vox": [], "net": [], "post": []}
         with torch.no_grad():
             for i in range(args.warmup + args.runs):
-                sync(device)
+                sync()
                 t0 = time.perf_counter()
                 v = voxels()
-                sync(device)
+                sync()
                 t1 = time.perf_counter()
                 out = model(v, 1)
-                sync(device)
+                sync()
                 t2 = time.perf_counter()
                 dets = postprocess(out, cfg)
                 t3 = time.perf_counter()

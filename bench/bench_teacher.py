@@ -32,6 +32,7 @@ from clean_ros.models.two_stage_config import TwoStageConfig  # noqa: E402
 from clean_ros.postprocess import postprocess  # noqa: E402
 from clean_ros.voxelize import voxelize  # noqa: E402
 from training.config_paths import find_config  # noqa: E402
+from suite import sample_call  # noqa: E402  (bench/suite.py, beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 FRAME = REPO.parent / "shared/data/kitti_sample/training/velodyne/000001.bin"
@@ -75,13 +76,8 @@ def bench_models(args) -> None:
         medians = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            times = []
             with torch.no_grad():
-                for i in range(1 + args.runs):
-                    t0 = time.perf_counter()
-                    dets = run()
-                    if i:
-                        times.append((time.perf_counter() - t0) * 1e3)
+                times, dets = sample_call(run, args.runs, 1)  # one warm-up call, then args.runs timed
             medians.append(statistics.median(times))
         print(f"{name:26s} {report.params:>10,d} {report.gflops:>7.2f} {v.coords.shape[0]:>7d} {medians[0]:>9.0f} "
               f"{medians[1]:>9.0f} {len(dets[0].boxes):>5d}", flush=True)

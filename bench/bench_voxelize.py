@@ -9,7 +9,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clean_ros.voxelize import voxelize_with_stats  # noqa: E402
+from suite import sample_call  # noqa: E402  (bench/suite.py, beside this script)
 
 FRAME = Path(__file__).resolve().parents[2] / "shared/data/kitti_sample/training/velodyne/000000.bin"
 SETTINGS = {  # name: (point_cloud_range, voxel_size, max_points_per_voxel, max_voxels)
@@ -47,19 +47,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     points, source = load_points()
     points = points.to(args.device)
-    sync = torch.cuda.synchronize if points.is_cuda else (lambda: None)
     print(f"points: {len(points)} from {source}; device {args.device}; torch threads {torch.get_num_threads()}; "
           f"CPU cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (busy machine => slower, noisier)")
     for name, (pc_range, voxel_size, t, max_voxels) in SETTINGS.items():
-        for _ in range(args.warmup):
-            voxelize_with_stats(points, pc_range, voxel_size, t, max_voxels)
-        times = []
-        for _ in range(args.runs):
-            sync()
-            start = time.perf_counter()
-            voxels, stats = voxelize_with_stats(points, pc_range, voxel_size, t, max_voxels)
-            sync()
-            times.append((time.perf_counter() - start) * 1e3)
+        times, (voxels, stats) = sample_call(
+            lambda: voxelize_with_stats(points, pc_range, voxel_size, t, max_voxels),  # noqa: B023 - called here
+            args.runs, args.warmup, points.device)
         times.sort()
         print(f"{name}: median {statistics.median(times):6.2f} ms  min {times[0]:6.2f}  p90 "
               f"{times[int(0.9 * len(times))]:6.2f}  | voxels {len(voxels.coords)} (occupied "
