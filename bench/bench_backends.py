@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from clean_ros import defaults  # noqa: E402
 from clean_ros.backends import BackendError, BackendUnavailable  # noqa: E402
 from clean_ros.pipeline import STAGES, Pipeline  # noqa: E402
-from suite import percentile  # noqa: E402
+from suite import percentile, synthetic_scan  # noqa: E402
 
 FRAME = ROOT.parent / "shared/data/kitti_sample/training/velodyne/000000.bin"
 
@@ -32,11 +32,7 @@ FRAME = ROOT.parent / "shared/data/kitti_sample/training/velodyne/000000.bin"
 def load_points() -> tuple[np.ndarray, str]:
     if FRAME.is_file():
         return np.fromfile(FRAME, dtype=np.float32).reshape(-1, 4), str(FRAME.relative_to(ROOT.parent))
-    rng = np.random.default_rng(0)  # stand-in with a scan-like spread when the sample is absent
-    n = 120_000
-    r, a = rng.uniform(2, 80, n), rng.uniform(-np.pi, np.pi, n)
-    pts = np.stack([r * np.cos(a), r * np.sin(a), rng.uniform(-2.5, 1, n), rng.uniform(0, 1, n)], 1)
-    return pts.astype(np.float32), "synthetic (KITTI sample not found)"
+    return synthetic_scan(), "synthetic (KITTI sample not found)"
 
 
 def bench_one(label: str, bundle: Path, backend: str, args, points: np.ndarray) -> None:

@@ -22,7 +22,7 @@ from clean_ros.models.flops import count_flops  # noqa: E402
 from clean_ros.postprocess import postprocess  # noqa: E402
 from clean_ros.voxelize import voxelize  # noqa: E402
 from training.config_paths import find_config  # noqa: E402
-from suite import device_sync  # noqa: E402  (bench/suite.py, beside this script)
+from suite import device_sync, synthetic_scan  # noqa: E402  (bench/suite.py, beside this script)
 
 FRAME = Path(__file__).resolve().parents[2] / "shared/data/kitti_sample/training/velodyne/000001.bin"
 CONFIGS = ["pointpillars_tiny", "centerpoint_pillar_tiny", "pointpillars", "centerpoint_pillar"]
@@ -31,11 +31,7 @@ CONFIGS = ["pointpillars_tiny", "centerpoint_pillar_tiny", "pointpillars", "cent
 def load_points() -> tuple[torch.Tensor, str]:
     if FRAME.is_file():
         return torch.from_numpy(np.fromfile(FRAME, dtype=np.float32).reshape(-1, 4)), FRAME.name
-    rng = np.random.default_rng(0)  # synthetic stand-in with a scan-like spread
-    n = 120_000
-    r, a = rng.uniform(2, 80, n), rng.uniform(-np.pi, np.pi, n)
-    pts = np.stack([r * np.cos(a), r * np.sin(a), rng.uniform(-2.5, 1, n), rng.uniform(0, 1, n)], 1)
-    return torch.from_numpy(pts.astype(np.float32)), "synthetic"
+    return torch.from_numpy(synthetic_scan()), "synthetic"
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clean_ros.voxelize import voxelize_with_stats  # noqa: E402
-from suite import sample_call  # noqa: E402  (bench/suite.py, beside this script)
+from suite import sample_call, synthetic_scan  # noqa: E402  (bench/suite.py, beside this script)
 
 FRAME = Path(__file__).resolve().parents[2] / "shared/data/kitti_sample/training/velodyne/000000.bin"
 SETTINGS = {  # name: (point_cloud_range, voxel_size, max_points_per_voxel, max_voxels)
@@ -30,11 +30,7 @@ SETTINGS = {  # name: (point_cloud_range, voxel_size, max_points_per_voxel, max_
 def load_points(num_synthetic: int = 120_000) -> tuple[torch.Tensor, str]:
     if FRAME.is_file():
         return torch.from_numpy(np.fromfile(FRAME, dtype=np.float32).reshape(-1, 4)), str(FRAME)
-    rng = np.random.default_rng(0)  # synthetic stand-in: a 360 degree scan-like disc of points
-    r = rng.uniform(2, 80, num_synthetic)
-    a = rng.uniform(-np.pi, np.pi, num_synthetic)
-    pts = np.stack([r * np.cos(a), r * np.sin(a), rng.uniform(-2.5, 1, num_synthetic), rng.uniform(0, 1, num_synthetic)], 1)
-    return torch.from_numpy(pts.astype(np.float32)), "synthetic"
+    return torch.from_numpy(synthetic_scan(num_synthetic)), "synthetic"
 
 
 def main() -> None:

@@ -271,6 +271,17 @@ def write_results(path: Path, data: dict) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- data
+def synthetic_scan(n: int = 120_000, seed: int = 0):
+    """A stand-in for a KITTI scan when the sample is absent: (n, 4) float32 x y z intensity, spread like a
+    360-degree scan (range 2-80 m, z -2.5..1 m, intensity 0..1)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    r, a = rng.uniform(2, 80, n), rng.uniform(-np.pi, np.pi, n)
+    points = np.stack([r * np.cos(a), r * np.sin(a), rng.uniform(-2.5, 1, n), rng.uniform(0, 1, n)], 1)
+    return points.astype(np.float32)
+
+
 def load_frame(path: Path = KITTI_FRAME):
     """(points (N, 4) float32, description): the real KITTI frame, or a simulated one when it is absent."""
     import numpy as np
@@ -290,5 +301,5 @@ def load_frame(path: Path = KITTI_FRAME):
 
 __all__ = ["Timing", "time_call", "sample_call", "percentile", "device_sync", "machine", "load_average", "git_commit", "figure",
            "goal_status", "emit", "parse_results", "summary_table", "goals_table", "results_path", "write_results",
-           "load_frame",
+           "load_frame", "synthetic_scan",
            "quick", "QUICK_ENV", "RESULTS_ENV", "KITTI_FRAME", "ROOT"]
