@@ -16,6 +16,7 @@ from clean_ros.types import Detections
 from clean_ros.voxelize import voxelize_batch
 from training.config_paths import find_config
 from training.data.sample import Batch
+from training.distill.teacher import TEACHER_VOXELS, teacher_voxelizer
 from training.targets import build_targets
 from training.task import LossContext
 
@@ -28,7 +29,9 @@ def small_cfg(name="pointpillars_tiny", *extra):
     return load_detector_config(find_config(name), SMALL + list(extra))
 
 
-def make_batch(cfg, gt_boxes, gt_labels, seed=0, points=1500):
+def make_batch(cfg, gt_boxes, gt_labels, seed=0, points=1500, teacher_cfg=None):
+    """Random clouds voxelised for the student (cfg) and, as the collator does for distillation, by the teacher's own
+    voxelizer (teacher_cfg, default the student's config) into extra_voxels["teacher"]."""
     rng = np.random.default_rng(seed)
     r = cfg.point_cloud_range
     clouds = []
@@ -36,18 +39,20 @@ def make_batch(cfg, gt_boxes, gt_labels, seed=0, points=1500):
         xyz = rng.uniform(r[:3], r[3:], (points, 3))
         clouds.append(torch.from_numpy(np.concatenate([xyz, rng.uniform(0, 1, (points, 1))], 1).astype(np.float32)))
     voxels, _ = voxelize_batch(clouds, r, cfg.voxel_size, cfg.max_points_per_voxel, cfg.max_voxels_train)
+    teacher_voxels, _ = teacher_voxelizer(teacher_cfg or cfg).batch(clouds)
     return Batch(voxels=voxels, gt_boxes=gt_boxes.float(), gt_labels=gt_labels.long(),
-                 frame_ids=[str(i) for i in range(gt_boxes.shape[0])], batch_size=gt_boxes.shape[0])
+                 frame_ids=[str(i) for i in range(gt_boxes.shape[0])], batch_size=gt_boxes.shape[0],
+                 extra_voxels={TEACHER_VOXELS: teacher_voxels})
 
 
 def car(x, y, yaw=0.0):
     return [x, y, -1.0, 3.9, 1.6, 1.56, yaw]
 
 
-def one_car_batch(cfg, seed=0):
+def one_car_batch(cfg, seed=0, teacher_cfg=None):
     """Frame 0: one Car; frame 1: no GT (padding row, label -1)."""
     gt = torch.tensor([[car(10.16, 0.32)], [[0.0] * 7]])
-    return make_batch(cfg, gt, torch.tensor([[0], [-1]]), seed)
+    return make_batch(cfg, gt, torch.tensor([[0], [-1]]), seed, teacher_cfg=teacher_cfg)
 
 
 class TwoStageDouble(nn.Module):

@@ -152,9 +152,9 @@ def test_cakd_with_a_second_teacher_pooling_voxels_and_a_pillar_student():
     student = build_detector(cfg)
     open_head(student)
     parts = build_distillation(DistillConfig(method="cakd", cakd=CaKDConfig(pre_nms_max=64)), teacher, student)
-    assert parts.runner.teacher_voxels.__class__.__name__ == "Revoxelizer"  # other voxel size: own voxels
-    task = DetectionTask(cfg, student, loss_terms=parts.loss_terms)
-    result = task(one_car_batch(cfg))
+    assert parts.voxelizers["teacher"].voxel_size == tuple(teacher.rpn.cfg.voxel_size)  # its own voxels
+    task = DetectionTask(cfg, student, loss_terms=parts.loss_terms, extra_voxelizers=parts.voxelizers)
+    result = task(one_car_batch(cfg, teacher_cfg=teacher.rpn.cfg))
     assert float(result.parts["cakd"]) > 0
     result.total.backward()
     assert float(student.head.conv_cls.weight.grad.abs().sum()) > 0

@@ -48,7 +48,8 @@ def test_distillation_runs_in_the_trainer_and_checkpoints_adapters(sim_root, tmp
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = build_detector(cfg.model)
     parts = build_distillation(DistillConfig(method=method, cakd=CaKDConfig(pre_nms_max=64)), teacher, student)
-    task = DetectionTask(cfg.model, student, loss_terms=parts.loss_terms, target_hooks=parts.target_hooks)
+    task = DetectionTask(cfg.model, student, loss_terms=parts.loss_terms, target_hooks=parts.target_hooks,
+                         extra_voxelizers=parts.voxelizers)
     train_set = KittiDataset(cfg.data, "trainval", training=True)
     result = Trainer(cfg, task, train_set, None, RunDir(tmp_path / "run", tensorboard=False), progress=False).fit()
     assert result.global_step == 2

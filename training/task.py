@@ -28,6 +28,7 @@ from clean_ros.models.configs import DetectorConfig
 from clean_ros.models.detector import Detector, HeadOutput, build_detector
 from clean_ros.postprocess import postprocess
 from clean_ros.types import Detections
+from clean_ros.voxelize import Voxelizer
 from training.data.sample import Batch
 from training.losses import LossBreakdown, compute_losses
 from training.targets import Targets, build_targets
@@ -87,8 +88,11 @@ class Frozen:
 
 class DetectionTask(nn.Module):
     def __init__(self, cfg: DetectorConfig, model: Detector | None = None, loss_terms: Sequence[LossTerm] = (),
-                 target_hooks: Sequence[TargetHook] = ()):
+                 target_hooks: Sequence[TargetHook] = (), extra_voxelizers: Mapping[str, Voxelizer] | None = None):
+        """extra_voxelizers: other voxelisations the loss terms / hooks read from Batch.extra_voxels (e.g. the
+        distillation teacher's own); the trainer's collator produces them from the raw points."""
         super().__init__()
+        self.extra_voxelizers = dict(extra_voxelizers or {})
         self.cfg = cfg
         self.model = model if model is not None else build_detector(cfg)
         names = [t.name for t in loss_terms]

@@ -187,7 +187,7 @@ class Trainer:
             self.model_for_step = DistributedDataParallel(
                 self.task, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-        collate = Collator.from_config(cfg.model, training=True)
+        collate = Collator.from_config(cfg.model, training=True, extra=getattr(task, "extra_voxelizers", None))
         self.train_loader = make_train_loader(train_set, collate, cfg.batch_size, cfg.workers, cfg.seed, self.ctx)
         self.sampler: EpochSampler = self.train_loader.sampler
         self.iters_per_epoch = math.ceil(self.sampler.per_rank / cfg.batch_size)

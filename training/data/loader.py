@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,19 +20,24 @@ class Collator:
     """
 
     def __init__(self, point_cloud_range: Sequence[float], voxel_size: Sequence[float], max_points_per_voxel: int,
-                 max_voxels: int):
+                 max_voxels: int, extra: Mapping[str, Voxelizer] | None = None):
+        """extra: other voxelisations of the same raw points (Batch.extra_voxels), e.g. a teacher's own."""
         self.voxelizer = Voxelizer(point_cloud_range, voxel_size, max_points_per_voxel, max_voxels)
+        self.extra = dict(extra or {})
 
     @classmethod
-    def from_config(cls, config, training: bool, point_cloud_range: Sequence[float] | None = None) -> "Collator":
+    def from_config(cls, config, training: bool, point_cloud_range: Sequence[float] | None = None,
+                    extra: Mapping[str, Voxelizer] | None = None) -> "Collator":
         pc_range = point_cloud_range if point_cloud_range is not None else config.point_cloud_range
         max_voxels = config.max_voxels_train if training else config.max_voxels_test
-        return cls(pc_range, config.voxel_size, config.max_points_per_voxel, max_voxels)
+        return cls(pc_range, config.voxel_size, config.max_points_per_voxel, max_voxels, extra)
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         if len(samples) == 0:
             raise ValueError("cannot collate an empty list of samples")
-        voxels, stats = self.voxelizer.batch([torch.from_numpy(np.ascontiguousarray(s.points)) for s in samples])
+        clouds = [torch.from_numpy(np.ascontiguousarray(s.points)) for s in samples]
+        voxels, stats = self.voxelizer.batch(clouds)
+        extra_voxels = {name: voxelizer.batch(clouds)[0] for name, voxelizer in self.extra.items()}
         batch_size = len(samples)
         max_boxes = max(1, max(s.num_boxes for s in samples))  # width >= 1 keeps shapes valid for empty frames
         gt_boxes = torch.zeros((batch_size, max_boxes, 7), dtype=torch.float32)
@@ -42,10 +47,11 @@ class Collator:
             gt_labels[b, : s.num_boxes] = torch.from_numpy(np.asarray(s.gt_labels, dtype=np.int64))
         return Batch(voxels=voxels, gt_boxes=gt_boxes, gt_labels=gt_labels, frame_ids=[s.frame_id for s in samples],
                      batch_size=batch_size, voxel_stats=stats, calibs=[s.calib for s in samples],
-                     annotations=[s.annotations for s in samples])
+                     annotations=[s.annotations for s in samples], extra_voxels=extra_voxels)
 
     def __repr__(self) -> str:
-        return f"Collator({self.voxelizer!r})"
+        extra = "".join(f", {name}={v!r}" for name, v in self.extra.items())
+        return f"Collator({self.voxelizer!r}{extra})"
 
 
 class SeededShuffleSampler(Sampler[int]):

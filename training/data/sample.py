@@ -59,6 +59,8 @@ class Batch:
     """A collated mini-batch: voxels of all frames (coords[:, 0] = batch index) and padded targets.
 
     gt_boxes (B, Mmax, 7) float32 zero-padded; gt_labels (B, Mmax) int64, -1 for padding and untrained classes.
+    extra_voxels: the same clouds voxelised with other models' settings (name -> Voxels), e.g. "teacher": a
+    distillation teacher voxelises the raw points itself, never the student's voxels (whose caps drop points).
     """
 
     voxels: Voxels
@@ -69,15 +71,21 @@ class Batch:
     voxel_stats: VoxelStats | None = None
     calibs: list[Calibration | None] = field(default_factory=list)
     annotations: list[KittiObjects | None] = field(default_factory=list)
+    extra_voxels: dict[str, Voxels] = field(default_factory=dict)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        voxels = Voxels(*(t.to(device, non_blocking=non_blocking) for t in self.voxels))
-        return replace(self, voxels=voxels, gt_boxes=self.gt_boxes.to(device, non_blocking=non_blocking),
-                       gt_labels=self.gt_labels.to(device, non_blocking=non_blocking))
+        def move(v: Voxels) -> Voxels:
+            return Voxels(*(t.to(device, non_blocking=non_blocking) for t in v))
+        return replace(self, voxels=move(self.voxels), gt_boxes=self.gt_boxes.to(device, non_blocking=non_blocking),
+                       gt_labels=self.gt_labels.to(device, non_blocking=non_blocking),
+                       extra_voxels={name: move(v) for name, v in self.extra_voxels.items()})
 
     def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True)
-        voxels = Voxels(*(t.pin_memory() for t in self.voxels))
-        return replace(self, voxels=voxels, gt_boxes=self.gt_boxes.pin_memory(), gt_labels=self.gt_labels.pin_memory())
+        def pin(v: Voxels) -> Voxels:
+            return Voxels(*(t.pin_memory() for t in v))
+        return replace(self, voxels=pin(self.voxels), gt_boxes=self.gt_boxes.pin_memory(),
+                       gt_labels=self.gt_labels.pin_memory(),
+                       extra_voxels={name: pin(v) for name, v in self.extra_voxels.items()})
 
     @property
     def num_gt(self) -> torch.Tensor:

@@ -10,7 +10,8 @@ Per frame of the batch:
 importance: the teacher's max class probability in the node's BEV cell (teacher_score), the teacher feature's max
 (teacher_feature) or 0 (uniform: w = 1).
 Features are the encoder outputs (V, C) of the pillar / voxel encoder, read with forward hooks (student: on
-model.encoder; teacher: TeacherRunner). Student and teacher must see the same voxels.
+model.encoder; teacher: TeacherRunner). Each network voxelises the raw points itself on one grid; teacher features
+are paired with the student's voxels by grid cell (match_voxels), and nodes are drawn from the voxels both have.
 """
 from __future__ import annotations
 
@@ -37,9 +38,29 @@ def edge_features(features: torch.Tensor, neighbours: torch.Tensor) -> torch.Ten
     return torch.cat([features[neighbours], centre], dim=-1)
 
 
-def select_nodes(voxels: Voxels, frame: int, count: int, teacher_features: torch.Tensor, by: str) -> torch.Tensor:
-    """Indices (into V) of the frame's top `count` voxels by point count or teacher feature max."""
-    index = (voxels.coords[:, 0] == frame).nonzero().squeeze(1)
+def match_voxels(student: Voxels, teacher: Voxels) -> torch.Tensor:
+    """(V_s,) index of the teacher voxel at each student voxel's (batch, z, y, x), -1 where the teacher has none.
+    Both voxelise the raw points themselves on one grid; their voxel caps may keep different voxels."""
+    s_coords, t_coords = student.coords.long(), teacher.coords.long()
+    missing = torch.full((len(s_coords),), -1, dtype=torch.long, device=s_coords.device)
+    if len(s_coords) == 0 or len(t_coords) == 0:
+        return missing
+    span = torch.cat([s_coords, t_coords]).amax(0) + 1
+
+    def keys(c: torch.Tensor) -> torch.Tensor:
+        return ((c[:, 0] * span[1] + c[:, 1]) * span[2] + c[:, 2]) * span[3] + c[:, 3]
+
+    t_keys, order = keys(t_coords).sort()
+    s_keys = keys(s_coords)
+    pos = torch.searchsorted(t_keys, s_keys).clamp(max=len(t_keys) - 1)
+    return torch.where(t_keys[pos] == s_keys, order[pos], missing)
+
+
+def select_nodes(voxels: Voxels, frame: int, count: int, teacher_features: torch.Tensor, by: str,
+                 valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices (into V) of the frame's top `count` voxels by point count or teacher feature max (among `valid`)."""
+    in_frame = voxels.coords[:, 0] == frame
+    index = (in_frame if valid is None else in_frame & valid).nonzero().squeeze(1)
     if by == "points":
         key = voxels.num_points[index].float()
     elif by == "teacher_feature":
@@ -129,13 +150,14 @@ class PointDistillerLoss(nn.Module):
         if student_features is None:
             raise RuntimeError("pointdistiller: the student's encoder output was not captured (the forward hook "
                                "sits on the model given at construction)")
-        teacher_features = self.runner.encoder_features(ctx.batch).detach()
-        if teacher_features.shape[0] != student_features.shape[0]:
-            raise ValueError(f"pointdistiller: teacher has {teacher_features.shape[0]} voxels, student "
-                             f"{student_features.shape[0]}: both must encode the same voxels")
+        # The teacher encodes its own voxelisation: pair its features with the student's voxels by grid cell.
+        match = match_voxels(ctx.batch.voxels, self.runner.teacher_voxels(ctx.batch))
+        own_features = self.runner.encoder_features(ctx.batch).detach()
+        teacher_features = own_features[match.clamp(min=0)] * (match >= 0).unsqueeze(1).to(own_features.dtype)
         node_sets, importances = [], []
         for b in range(ctx.batch.batch_size):
-            nodes = select_nodes(ctx.batch.voxels, b, self.cfg.num_nodes, teacher_features, self.cfg.select_by)
+            nodes = select_nodes(ctx.batch.voxels, b, self.cfg.num_nodes, teacher_features, self.cfg.select_by,
+                                 valid=match >= 0)
             if nodes.numel() >= 2:
                 node_sets.append(nodes)
                 importances.append(self.importance(ctx, nodes, teacher_features, b))
@@ -144,4 +166,4 @@ class PointDistillerLoss(nn.Module):
         return self.graph_loss(student_features, teacher_features, node_sets, importances)
 
 
-__all__ = ["PointDistillerLoss", "knn_graph", "edge_features", "select_nodes", "voxel_cell_scores"]
+__all__ = ["PointDistillerLoss", "knn_graph", "edge_features", "select_nodes", "voxel_cell_scores", "match_voxels"]

@@ -24,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from clean_ros.models.detector import Detector, HeadOutput
 from clean_ros.postprocess import postprocess_tensors
-from clean_ros.voxelize import Voxels
+from clean_ros.voxelize import Voxelizer, Voxels
 from training.data.sample import Batch
 from training.task import Frozen
 
@@ -59,6 +59,25 @@ def teacher_mode(module: nn.Module, bn_train: bool = False) -> Iterator[None]:
         module.eval()
 
 
+TEACHER_VOXELS = "teacher"  # key of the teacher's own voxelisation in Batch.extra_voxels
+
+
+def teacher_voxelizer(teacher_cfg) -> Voxelizer:
+    """The teacher's own voxelisation of the raw points: its range, voxel size, points per voxel and its inference
+    voxel cap (the teacher runs in eval mode), i.e. exactly what it sees when it runs alone."""
+    return Voxelizer(teacher_cfg.point_cloud_range, teacher_cfg.voxel_size, teacher_cfg.max_points_per_voxel,
+                     teacher_cfg.max_voxels_test)
+
+
+def own_teacher_voxels(batch: Batch) -> Voxels:
+    """The teacher's input: the batch's raw points voxelised with the teacher's settings by the collator."""
+    try:
+        return batch.extra_voxels[TEACHER_VOXELS]
+    except KeyError:
+        raise RuntimeError("the batch carries no teacher voxels: build the task with the distillation's "
+                           "extra_voxelizers so the collator voxelises the raw points for the teacher too") from None
+
+
 def _module_device(module: nn.Module) -> Optional[torch.device]:
     for t in list(module.parameters()) + list(module.buffers()):
         return t.device
@@ -67,12 +86,12 @@ def _module_device(module: nn.Module) -> Optional[torch.device]:
 
 class TeacherRunner:
     def __init__(self, teacher: nn.Module, bn_train: bool = False,
-                 teacher_voxels: Callable[[Batch], Voxels] | None = None):
-        """teacher_voxels: how to build the teacher's input from a batch (default: the student's voxels; a
-        teacher with another voxel size needs its own)."""
+                 teacher_voxels: Callable[[Batch], Voxels] = own_teacher_voxels):
+        """teacher_voxels: the teacher's input from a batch; by default its own voxelisation of the raw points
+        (Batch.extra_voxels["teacher"]), never the student's voxels, whose caps drop points."""
         self.frozen = Frozen(teacher)
         self.bn_train = bn_train
-        self.teacher_voxels = teacher_voxels or (lambda batch: batch.voxels)
+        self.teacher_voxels = teacher_voxels
         self._key: torch.Tensor | None = None
         self._cache: dict[str, object] = {}
         self._encoder_features: torch.Tensor | None = None
@@ -176,28 +195,6 @@ class TeacherRunner:
         return [iou_logits[b, :n].float() for b, n in enumerate(counts)]
 
 
-class Revoxelizer:
-    """Teacher input for a teacher with another voxel grid than the student: the points stored in the student's
-    voxels, voxelised again with the teacher's settings. Lossy where the student's voxels dropped points
-    (max_points_per_voxel / max_voxels overflow); a data pipeline that voxelises for both is exact."""
-
-    def __init__(self, teacher_cfg, training: bool = True):
-        self.cfg = teacher_cfg
-        self.max_voxels = teacher_cfg.max_voxels_train if training else teacher_cfg.max_voxels_test
-
-    def __call__(self, batch: Batch) -> Voxels:
-        from clean_ros.voxelize import voxelize_batch
-
-        v = batch.voxels
-        valid = torch.arange(v.features.shape[1], device=v.features.device).unsqueeze(0) < v.num_points.unsqueeze(1)
-        frame_of_point = v.coords[:, 0].long().unsqueeze(1).expand_as(valid)[valid]
-        points = v.features[valid]
-        clouds = [points[frame_of_point == b] for b in range(batch.batch_size)]
-        voxels, _ = voxelize_batch(clouds, self.cfg.point_cloud_range, self.cfg.voxel_size,
-                                   self.cfg.max_points_per_voxel, self.max_voxels)
-        return voxels
-
-
 def load_teacher(config: str, checkpoint: str = "") -> nn.Module:
     """The teacher named by a config (name under config/ or a YAML path) with weights from a training checkpoint
     (or a bare state_dict). A config with an `rpn` section is a TwoStageDetector, anything else a Detector."""
@@ -238,4 +235,5 @@ def _pad_rois(rois: torch.Tensor, width: int, rpn: HeadOutput) -> torch.Tensor:
     return torch.cat([rois, filler.expand(width - rois.shape[0], 7)], dim=0)
 
 
-__all__ = ["TeacherRunner", "TeacherBoxes", "Revoxelizer", "teacher_mode", "load_teacher"]
+__all__ = ["TeacherRunner", "TeacherBoxes", "TEACHER_VOXELS", "teacher_voxelizer", "own_teacher_voxels",
+           "teacher_mode", "load_teacher"]
