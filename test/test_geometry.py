@@ -109,6 +109,26 @@ def test_iou_3d_with_z_offsets():
     assert G.iou_3d(a, b).diagonal().tolist() == pytest.approx([1 / 3, 0.0, 1 / 5], abs=1e-6)
 
 
+def test_nearest_bev_iou_turns_boxes_to_the_nearest_axis_aligned_rectangle():
+    car = box(l=4.0, w=2.0)
+    turned = [box(l=4.0, w=2.0, yaw=y) for y in (0.3, -0.7, 3.0, math.pi + 0.7)]  # |yaw mod pi| < pi/4: l along x
+    across = [box(l=4.0, w=2.0, yaw=y) for y in (1.2, -1.5, math.pi / 2, 2.0)]  # otherwise l along y
+    iou = G.nearest_bev_iou(T(car), T(*turned, *across))
+    assert iou[0].tolist() == pytest.approx([1.0] * 4 + [1.0 / 3.0] * 4, abs=1e-6)  # across: 2 x 2 / (8 + 8 - 4)
+    assert G.bev_iou(T(car), T(turned[0])).item() < 0.8  # the exact IoU does see the 0.3 rad turn
+    assert G.nearest_bev_rectangles(T(across[0]))[0].tolist() == pytest.approx([-1.0, -2.0, 1.0, 2.0], abs=1e-9)
+    # shifted along x by 1 m: overlap 3 x 2 of 8 + 8 - 6; disjoint; an empty side
+    shifted = G.nearest_bev_iou(T(car), T(box(x=1.0, l=4.0, w=2.0, yaw=0.2), box(x=9.0, l=4.0, w=2.0)))
+    assert shifted[0].tolist() == pytest.approx([0.6, 0.0], abs=1e-6)
+    assert G.nearest_bev_iou(torch.zeros(0, 7), T(car)).shape == (0, 1)
+    # axis-aligned boxes (yaw 0 / pi/2, as anchors are): equal to the exact rotated IoU
+    rng = random.Random(1)
+    aligned = T(*[box(rng.uniform(-3, 3), rng.uniform(-3, 3), 0, rng.uniform(0.5, 4), rng.uniform(0.5, 2), 1,
+                      rng.choice([0.0, math.pi / 2, math.pi, -math.pi / 2])) for _ in range(40)])
+    exact = G.bev_iou(aligned, aligned)
+    assert (exact > 0).sum() > 60 and torch.allclose(G.nearest_bev_iou(aligned, aligned), exact, atol=1e-5)
+
+
 def test_bev_iou_matches_slow_reference_on_random_pairs():
     rng = random.Random(0)
     pairs = []
