@@ -125,16 +125,37 @@ def test_forward_proposals_and_predict(kitti_sample, one_thread):
         iou = geometry.bev_iou(boxes, boxes).fill_diagonal_(0)
         assert iou.max() <= model.cfg.roi_head.proposal_nms_iou_test + 1e-4  # NMS'd
         assert torch.all(out.roi_scores[b, ~valid] == 0)
-    # the final score rule: sqrt(p_rpn * sigmoid(iou))
+    # the final score rule (default iou: sigmoid(iou) alone, the reference teachers')
     p = torch.tensor([0.64, 0.25])
     logit = torch.logit(torch.tensor([0.25, 1.0 - 1e-6]))
-    assert torch.allclose(model.final_scores(p, logit), torch.tensor([0.4, 0.5]), atol=1e-4)
+    assert torch.allclose(model.final_scores(p, logit), torch.tensor([0.25, 1.0]), atol=1e-4)
     frames = model.select(out)
     low = model.cfg.rpn.postprocess.score_thresholds[0]
     for f in frames:
         assert torch.all(f.scores >= low) and torch.all(f.scores[:-1] >= f.scores[1:])
     detections = model.predict(voxels, 2)
     assert len(detections) == 2 and detections[0].boxes.shape[1] == 7
+
+
+def test_final_score_rule_reference_default_and_the_other_rules(tmp_path):
+    from clean_ros.models.two_stage_config import RoIHeadConfig
+
+    assert RoIHeadConfig().score_rule == "iou"  # reference: the teacher's final score is sigmoid(IoU logit)
+    for path in sorted(find_config("teacher_two_stage").parent.glob("teacher_two_stage*.yaml")):
+        assert load_two_stage_config(path).roi_head.score_rule == "iou", path.name
+    p = torch.tensor([0.64, 0.25, 0.0])
+    logit = torch.logit(torch.tensor([0.25, 1.0 - 1e-6, 0.5]))
+    expected = {"iou": [0.25, 1.0, 0.5], "sqrt": [0.4, 0.5, 0.0], "product": [0.16, 0.25, 0.0], "rpn": [0.64, 0.25, 0.0]}
+    for rule, values in expected.items():
+        model = _tiny_teacher(f"roi_head.score_rule={rule}")
+        assert torch.allclose(model.final_scores(p, logit), torch.tensor(values), atol=1e-4), rule
+    # the final score rule: sqrt(p_rpn * sigmoid(iou)), still read from a stored teacher config that names it
+    stored = tmp_path / "model.yaml"
+    stored.write_text(f"_base_: {find_config('teacher_two_stage_tiny')}\nroi_head: {{score_rule: sqrt}}\n")
+    model = TwoStageDetector(load_two_stage_config(stored))
+    assert torch.allclose(model.final_scores(p[:2], logit[:2]), torch.tensor([0.4, 0.5]), atol=1e-4)
+    with pytest.raises(ConfigError, match="score_rule"):
+        load_two_stage_config(find_config("teacher_two_stage_tiny"), ["roi_head.score_rule=mean"])
 
 
 def test_voxel_pooling_teacher_remembers_its_sparse_stage(kitti_sample, one_thread):

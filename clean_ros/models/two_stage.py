@@ -9,8 +9,9 @@ students since both come from the same anchor config) plus a class-agnostic RoI 
 Proposals: RPN decode (clean_ros.postprocess.decode, direction bins applied) -> best class probability per anchor ->
 top proposal_pre_nms -> rotated BEV NMS (class-agnostic) -> top R (train: num_proposals_train, eval: num_rois_test),
 padded to R with label -1 / score 0 (padding RoIs are unit boxes at the range origin; they are never reported).
-Final score of a refined box (roi_head.score_rule, default "sqrt"): sqrt(p_rpn * sigmoid(iou_logit)), the geometric
-mean of the RPN's class probability (of the RoI's class) and the predicted IoU quality; then the RPN's per-class
+Final score of a refined box (roi_head.score_rule): "iou" (default, the reference teachers): sigmoid(iou_logit), the
+predicted IoU quality alone; "sqrt": sqrt(p_rpn * sigmoid(iou_logit)), the geometric mean with the RPN's class
+probability of the RoI's class; "product", "rpn". The class is the RPN's either way. Then the RPN's per-class
 score thresholds and a rotated BEV NMS at roi_head.final_nms_iou.
 """
 from __future__ import annotations

@@ -39,8 +39,9 @@ class RoIHeadConfig:
     hard_bg_fraction); IoU-quality target 0 below iou_bg_threshold, 1 above iou_fg_threshold, linear between.
     gt_rois_train adds that many jittered copies of every ground-truth box to the proposals during training
     (the second stage sees well-placed RoIs from the first step, before the RPN is good).
-    Final score (score_rule): sqrt = sqrt(p_rpn * sigmoid(iou)); product = p_rpn * sigmoid(iou); iou = sigmoid(iou);
-    rpn = p_rpn. Final NMS: rotated BEV at final_nms_iou, keep final_post_max.
+    Final score (score_rule): iou = sigmoid(iou) (the reference two-stage teachers, default); sqrt =
+    sqrt(p_rpn * sigmoid(iou)) (this package's rule before issue 13; stored teacher configs that name it keep it);
+    product = p_rpn * sigmoid(iou); rpn = p_rpn. Final NMS: rotated BEV at final_nms_iou, keep final_post_max.
     """
 
     pool_sources: list[Literal["bev", "voxel"]] = field(default_factory=lambda: ["bev"])
@@ -65,7 +66,7 @@ class RoIHeadConfig:
     hard_bg_fraction: float = 0.8
     gt_rois_train: int = 0
     gt_jitter: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.15, 0.1, 0.1, 0.1, 0.15])  # x..yaw std
-    score_rule: Literal["sqrt", "product", "iou", "rpn"] = "sqrt"
+    score_rule: Literal["iou", "sqrt", "product", "rpn"] = "iou"
     final_nms_iou: float = 0.1
     final_post_max: int = 100
     loss: RoILossConfig = field(default_factory=RoILossConfig)
