@@ -38,6 +38,22 @@ def test_accept_rule_score_and_general_form():
     assert no_gt.boxes.shape[0] == 0
 
 
+def test_accept_rule_iou_is_3d_by_default_and_bev_on_request():
+    assert LabelAssignConfig().iou_type == "3d"  # the reference's max_g IoU(j, g) is a 3D IoU
+    gt = torch.tensor([car(5.0, 0.0)])
+    lifted = car(5.0, 0.0)
+    lifted[2] += 0.78  # same footprint (BEV IoU 1), half the height shared: 3D IoU 0.78 / (2 * 1.56 - 0.78) = 1/3
+    teacher = TeacherBoxes(torch.tensor([lifted]), torch.tensor([0.9]), torch.tensor([0]))
+    rule = dict(thresholds=[0.5, 0.5, 0.5], iou_power=1.0)  # p = 1: IoU alone decides
+    assert accept_teacher_boxes(teacher, gt, torch.tensor([0]), LabelAssignConfig(**rule)).boxes.shape[0] == 0
+    bev = accept_teacher_boxes(teacher, gt, torch.tensor([0]), LabelAssignConfig(**rule, iou_type="bev"))
+    assert bev.boxes.shape[0] == 1
+    rule["thresholds"] = [0.3, 0.3, 0.3]  # 1/3 > 0.3: the 3D rule accepts it too
+    assert accept_teacher_boxes(teacher, gt, torch.tensor([0]), LabelAssignConfig(**rule)).boxes.shape[0] == 1
+    with pytest.raises(ValueError, match="iou_type"):
+        LabelAssignConfig(iou_type="2d")
+
+
 def test_merge_puts_teacher_boxes_in_front_and_handles_empty_frames():
     gt = torch.tensor([[car(1, 1), [0.0] * 7], [[0.0] * 7, [0.0] * 7]])
     labels = torch.tensor([[0, -1], [-1, -1]])

@@ -22,6 +22,11 @@ from typing import Literal
 METHODS = ("none", "cakd", "label_assign", "clean", "logit_kd", "feature_kd", "sparsekd", "pointdistiller")
 
 
+def _one_of(section: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{section}.{key} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 def _positive(section: str, **values: float) -> None:
     for key, value in values.items():
         if value is None or value <= 0:
@@ -53,13 +58,18 @@ class CaKDConfig:
 
 @dataclass
 class LabelAssignConfig:
-    """Accept teacher final box j of class c if max_g IoU(j, g)^p * s_j^(1 - p) > thresholds[c] (p = iou_power)."""
+    """Accept teacher final box j of class c if max_g IoU(j, g)^p * s_j^(1 - p) > thresholds[c] (p = iou_power).
+
+    iou_type: the IoU of that rule, "3d" (the reference's) or rotated "bev" (this package's before issue 13).
+    """
 
     thresholds: list[float] = field(default_factory=lambda: [0.7, 0.7, 0.7])  # per class (KITTI 0.7, Waymo 0.5)
     iou_power: float = 0.0  # p; the references use 0 (score only)
+    iou_type: Literal["3d", "bev"] = "3d"
     max_boxes: int = 0  # keep at most this many accepted boxes per frame (highest score first); 0 = all
 
     def __post_init__(self):
+        _one_of("label_assign", "iou_type", self.iou_type, ("3d", "bev"))
         if not 0.0 <= self.iou_power <= 1.0:
             raise ValueError(f"label_assign.iou_power must be in [0, 1], got {self.iou_power}")
         if self.max_boxes < 0:
@@ -99,7 +109,9 @@ class SparseKDConfig:
     Center heads: G = the GT Gaussian heatmap. Anchor heads: the pivotal positions are the positive anchors
     (G = 1 there, 0 elsewhere); anchor_mask "positives" uses m = 1 at positive anchors, "positives_x_teacher"
     the full formula with G = positives. reg_weight: smooth-L1 KD of the regression outputs on the same mask.
-    label_kd: add the teacher's dense-head peaks (no NMS) with score > label_kd_threshold to the GT.
+    label_kd: add the teacher's dense-head peaks (no NMS) with score > label_kd_threshold to the GT, in front of it
+    (label_kd_position "front", the reference's order) or after it ("back", this package's before issue 13); the
+    order matters because target assignment gives the first of equally good boxes the anchor.
     teacher_init: teacher-guided initialisation (build_distillation applies it to the student).
     """
 
@@ -111,9 +123,11 @@ class SparseKDConfig:
     label_kd: bool = False
     label_kd_threshold: float = 0.6
     label_kd_max_boxes: int = 100  # per frame, highest scores first (no NMS: bounds the target-assignment cost)
+    label_kd_position: Literal["front", "back"] = "front"
     teacher_init: bool = False
 
     def __post_init__(self):
+        _one_of("sparsekd", "label_kd_position", self.label_kd_position, ("front", "back"))
         for key in ("weight", "reg_weight", "teacher_threshold"):
             if getattr(self, key) < 0:
                 raise ValueError(f"sparsekd.{key} must be >= 0, got {getattr(self, key)}")
@@ -127,19 +141,30 @@ class PointDistillerConfig:
     Per frame: the top num_nodes voxels (by point count or by the teacher feature's max), a kNN graph (k
     neighbours, self excluded) in TEACHER feature space, edges [neighbour ; centre], separate trainable 1x1
     conv + BN + ReLU encoders (teacher, student) to embed_channels, loss = weight * mean_i w_i mean (e_S - e_T)^2
-    with w = N * softmax(importance / temperature). importance: teacher max class probability in the node's
-    BEV cell ("teacher_score"), the teacher feature's max ("teacher_feature") or none ("uniform").
+    with w = N * softmax(importance / temperature). importance: the node voxel's point count ("points"), teacher
+    max class probability in the node's BEV cell ("teacher_score"), the teacher feature's max ("teacher_feature")
+    or none ("uniform").
+
+    Defaults: the authors' released PointPillars 4x setting (github.com/RunpeiDong/PointDistiller:
+    configs/pointpillars/hv_pointpillars_secfpn_6x8_160e_kitti-3d-3class_student_4x.py `kd_cfg` num_voxels 6000,
+    kneighbours 128, temperature 1e-2; mmdet3d/models/detectors/voxelnet.py: nodes = top voxels by point count,
+    reweight = N * softmax(point count / temperature), loss = 2 * mean(reweighted squared error), 32-channel edge
+    encoders). Their N counts voxels over a batch of 6 frames; ours counts per frame. Before issue 13 the
+    defaults were num_nodes 256, k 8, temperature 1.0, importance teacher_score, weight 1.0.
     """
 
-    num_nodes: int = 256
-    k: int = 8
+    num_nodes: int = 6000
+    k: int = 128
     embed_channels: int = 32
-    temperature: float = 1.0
+    temperature: float = 0.01
     select_by: Literal["points", "teacher_feature"] = "points"
-    importance: Literal["teacher_score", "teacher_feature", "uniform"] = "teacher_score"
-    weight: float = 1.0
+    importance: Literal["points", "teacher_score", "teacher_feature", "uniform"] = "points"
+    weight: float = 2.0
 
     def __post_init__(self):
+        _one_of("pointdistiller", "select_by", self.select_by, ("points", "teacher_feature"))
+        _one_of("pointdistiller", "importance", self.importance,
+                ("points", "teacher_score", "teacher_feature", "uniform"))
         _positive("pointdistiller", num_nodes=self.num_nodes, k=self.k, embed_channels=self.embed_channels,
                   temperature=self.temperature)
         if self.weight < 0:

@@ -1,7 +1,8 @@
 """Two-stage-oriented label-assignment distillation (METHOD.md section 3) and the padded-GT merge it needs.
 
 The teacher's final (second-stage, post-NMS) boxes are accepted when max_g IoU(j, g)^p * s_j^(1 - p) >
-theta_{class(j)} (p = 0: score only, the references' choice), and put in FRONT of the ground truth. Because the
+theta_{class(j)} (p = 0: score only, the references' choice; IoU: 3D as the reference, or rotated BEV, by
+cfg.iou_type), and put in FRONT of the ground truth. Because the
 hook edits the (B, M, 7) / (B, M) tensors before DetectionTask builds targets, the union drives every target of
 the student: anchor labels and regression, heatmap Gaussians and the IoU-branch targets.
 """
@@ -45,8 +46,8 @@ def accept_teacher_boxes(teacher: TeacherBoxes, gt_boxes: torch.Tensor, gt_label
                          cfg: LabelAssignConfig) -> TeacherBoxes:
     """One frame: the teacher boxes passing max_g IoU^p * s^(1-p) > theta_class, highest score first.
 
-    IoU is BEV IoU with any trained GT box of the frame (labels >= 0); with no GT the IoU term is 0, so p > 0
-    accepts nothing there and p = 0 accepts by score alone.
+    IoU (3D or rotated BEV, cfg.iou_type) with any trained GT box of the frame (labels >= 0); with no GT the IoU
+    term is 0, so p > 0 accepts nothing there and p = 0 accepts by score alone.
     """
     num_classes = len(cfg.thresholds)
     labels = teacher.labels.long()
@@ -58,7 +59,8 @@ def accept_teacher_boxes(teacher: TeacherBoxes, gt_boxes: torch.Tensor, gt_label
     if cfg.iou_power > 0:
         valid = gt_labels >= 0
         if valid.any() and teacher.boxes.shape[0]:
-            best_iou = geometry.bev_iou(teacher.boxes.float(), gt_boxes[valid].float()).max(dim=1).values
+            iou = geometry.iou_3d if cfg.iou_type == "3d" else geometry.bev_iou
+            best_iou = iou(teacher.boxes.float(), gt_boxes[valid].float()).max(dim=1).values
         else:
             best_iou = scores.new_zeros(scores.shape)
         quality = best_iou.clamp(min=0).pow(cfg.iou_power) * scores.pow(1.0 - cfg.iou_power)

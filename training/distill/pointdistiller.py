@@ -7,8 +7,9 @@ Per frame of the batch:
 4. separate trainable 1x1 conv + BN + ReLU encoders map teacher (2 C_T) and student (2 C_S) edges to C';
 5. loss = weight * mean_i w_i * mean_{k, c} (e^S - e^T)^2 with w = N * softmax(importance / tau) over the nodes,
    averaged over the frames that have at least two nodes.
-importance: the teacher's max class probability in the node's BEV cell (teacher_score), the teacher feature's max
-(teacher_feature) or 0 (uniform: w = 1).
+importance: the node voxel's point count (points, the reference's), the teacher's max class probability in the
+node's BEV cell (teacher_score), the teacher feature's max (teacher_feature) or 0 (uniform: w = 1). Default N, K,
+tau, importance and weight: the authors' released setting (training/distill/config.py PointDistillerConfig).
 Features are the encoder outputs (V, C) of the pillar / voxel encoder, read with forward hooks (student: on
 model.encoder; teacher: TeacherRunner). Each network voxelises the raw points itself on one grid; teacher features
 are paired with the student's voxels by grid cell (match_voxels), and nodes are drawn from the voxels both have.
@@ -118,6 +119,8 @@ class PointDistillerLoss(nn.Module):
                    ) -> torch.Tensor:
         if self.cfg.importance == "uniform":
             return teacher_features.new_zeros(nodes.shape[0]).float()
+        if self.cfg.importance == "points":
+            return ctx.batch.voxels.num_points[nodes].float()
         if self.cfg.importance == "teacher_feature":
             return teacher_features[nodes].float().max(dim=1).values
         teacher = self.runner.dense_output(ctx.batch)

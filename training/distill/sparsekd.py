@@ -8,7 +8,9 @@ Anchor heads: the pivotal positions are the positive anchors of the student's ta
 "positives" gives m = 1 there, "positives_x_teacher" the formula with G = 1[positive]. Sums run over the batch.
 
 Label KD (a TargetHook): the teacher's dense-head peaks (center head: local maxima; anchor head: every anchor),
-without NMS, with score > threshold, appended to the GT.
+without NMS, with score > threshold, added to the GT: in front of it (label_kd_position "front", the reference's
+order) or after it ("back"). Target assignment gives an anchor to the first of equally good boxes, so the order
+decides which box (and heading) a tied anchor learns.
 """
 from __future__ import annotations
 
@@ -78,7 +80,7 @@ def dense_head_boxes(runner: TeacherRunner, batch: Batch, threshold: float, max_
 
 
 class LabelKDHook:
-    """TargetHook: the teacher's confident dense-head boxes appended to the GT."""
+    """TargetHook: the teacher's confident dense-head boxes added in front of (or after) the GT."""
 
     def __init__(self, cfg: SparseKDConfig, runner: TeacherRunner):
         self.cfg, self.runner = cfg, runner
@@ -86,6 +88,8 @@ class LabelKDHook:
     def __call__(self, batch: Batch, gt_boxes: torch.Tensor, gt_labels: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         extra = dense_head_boxes(self.runner, batch, self.cfg.label_kd_threshold, self.cfg.label_kd_max_boxes)
+        if self.cfg.label_kd_position == "front":
+            return merge_ground_truth(gt_boxes, gt_labels, front=extra)
         return merge_ground_truth(gt_boxes, gt_labels, back=extra)
 
 
