@@ -81,6 +81,43 @@ def test_box_on_an_anchor_is_its_positive_with_zero_residual(anchor_model):
     assert t.labels[0, far] == 0 and t.iou_targets[0, far] == 0
 
 
+def test_anchor_matching_nearest_axis_aligned_by_default_rotated_on_request(anchor_model):
+    from clean_ros.config import ConfigError
+    from clean_ros.models.configs import HeadConfig
+    from clean_ros import geometry
+
+    cfg, model = anchor_model
+    assert HeadConfig().anchor_matching == "nearest_bev" and cfg.head.anchor_matching == "nearest_bev"
+    grid, anchors, classes = model.grid, model.anchors, model.anchor_classes
+    p = _position(grid, 40, 20, 0)
+    box = anchors[p].clone()
+    box[6] = 0.5  # turned 0.5 rad: the nearest axis-aligned rectangle is the yaw-0 anchor's own
+    car = (classes == 0).nonzero().squeeze(1)
+    nearest = assign_anchor_targets(anchors, classes, box.view(1, 1, 7), torch.tensor([[0]]), cfg.head.anchors)
+    flat = box.clone()
+    flat[6] = 0.0
+    iou = _axis_aligned_iou(anchors[car].double().numpy(), flat.double().numpy())  # independent of geometry.py
+    assert np.array_equal(nearest.labels[0, car].numpy(), _expected_labels(iou, 0.6, 0.45))
+    assert np.allclose(nearest.iou_targets[0, car].numpy(), iou, atol=1e-5) and nearest.iou_targets[0, p] == 1.0
+    rotated = assign_anchor_targets(anchors, classes, box.view(1, 1, 7), torch.tensor([[0]]), cfg.head.anchors,
+                                    matching="rotated_bev")
+    exact = geometry.bev_iou(anchors[car], box.view(1, 7))[:, 0].double().numpy()
+    assert np.array_equal(rotated.labels[0, car].numpy(), _expected_labels(exact, 0.6, 0.45))
+    assert rotated.iou_targets[0, p] == pytest.approx(float(exact.max()), abs=1e-6) and exact.max() < 0.8
+    assert int(nearest.positives.sum()) > int(rotated.positives.sum()) >= 1
+    # build_targets follows the config
+    rot_cfg = load_detector_config(find_config("pointpillars_tiny"), ["head.anchor_matching=rotated_bev"])
+    out = model.head_output(model.head(torch.zeros(1, cfg.bev_backbone.out_channels, grid.height, grid.width)),
+                            torch.zeros(1))
+    assert torch.equal(build_targets(out, box.view(1, 1, 7), torch.tensor([[0]]), rot_cfg).labels, rotated.labels)
+    assert torch.equal(build_targets(out, box.view(1, 1, 7), torch.tensor([[0]]), cfg).labels, nearest.labels)
+    with pytest.raises(ValueError, match="anchor matching"):
+        assign_anchor_targets(anchors, classes, box.view(1, 1, 7), torch.tensor([[0]]), cfg.head.anchors,
+                              matching="exact")
+    with pytest.raises(ConfigError, match="anchor_matching"):
+        load_detector_config(find_config("pointpillars_tiny"), ["head.anchor_matching=rotated"])
+
+
 def test_best_anchor_is_forced_positive_and_ignore_band(anchor_model):
     cfg, model = anchor_model
     grid, anchors, classes = model.grid, model.anchors, model.anchor_classes

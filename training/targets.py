@@ -1,7 +1,9 @@
 """Training targets of the one-stage heads, from padded ground truth (B, M, 7) + labels (B, M) (-1 = padding / not
 trained). The label-assignment distillation prepends teacher boxes to these tensors, so they are plain tensors.
 
-Anchor head (per class, rotated BEV IoU of that class's anchors with that class's boxes):
+Anchor head (per class, the matching IoU of that class's anchors with that class's boxes, head.anchor_matching:
+  nearest_bev (default, the reference's) = nearest axis-aligned BEV IoU, geometry.nearest_bev_iou; rotated_bev =
+  exact rotated BEV IoU, geometry.bev_iou):
   positive: IoU >= matched threshold, or the best anchor(s) of a box (if that IoU > 0);
   negative: IoU < unmatched threshold (and not positive); ignored: in between.
   Box targets: geometry.encode_boxes of the matched box; direction bin of its yaw; IoU-branch target: the
@@ -62,10 +64,19 @@ def direction_bins(yaw: torch.Tensor, dir_offset: float, num_bins: int) -> torch
     return torch.floor(shifted / period).long().clamp(0, num_bins - 1)
 
 
+# IoU that matches anchors to boxes (HeadConfig.anchor_matching).
+ANCHOR_MATCHING = {"nearest_bev": geometry.nearest_bev_iou, "rotated_bev": geometry.bev_iou}
+
+
 def assign_anchor_targets(anchors: torch.Tensor, anchor_classes: torch.Tensor, gt_boxes: torch.Tensor,
                           gt_labels: torch.Tensor, classes: Sequence[AnchorClassConfig], dir_offset: float = 0.78539,
-                          num_dir_bins: int = 2) -> AnchorTargets:
-    """Anchors (P, 7) with class (P,); gt (B, M, 7) / (B, M) -> AnchorTargets."""
+                          num_dir_bins: int = 2, matching: str = "nearest_bev") -> AnchorTargets:
+    """Anchors (P, 7) with class (P,); gt (B, M, 7) / (B, M) -> AnchorTargets; matching: a key of ANCHOR_MATCHING.
+
+    Of equally good boxes an anchor takes the first (torch's max returns the first maximum), so the order of the
+    boxes matters where they tie (label-assignment / label-KD boxes in front of the GT win those anchors)."""
+    if matching not in ANCHOR_MATCHING:
+        raise ValueError(f"anchor matching must be one of {', '.join(ANCHOR_MATCHING)}, got {matching!r}")
     _check_gt(gt_boxes, gt_labels, len(classes))
     batch, num_anchors = gt_boxes.shape[0], anchors.shape[0]
     device = anchors.device
@@ -83,7 +94,7 @@ def assign_anchor_targets(anchors: torch.Tensor, anchor_classes: torch.Tensor, g
                 labels[b, a_idx] = 0
                 continue
             gt = gt_boxes[b, g_idx].to(anchors.dtype)
-            iou = geometry.bev_iou(anchors[a_idx], gt)  # (Pc, Mc)
+            iou = ANCHOR_MATCHING[matching](anchors[a_idx], gt)  # (Pc, Mc)
             best_iou, best_gt = iou.max(dim=1)
             gt_best = iou.max(dim=0).values  # (Mc,)
             # The best anchor(s) of each box are positive even below the threshold (if they overlap at all).
@@ -185,5 +196,5 @@ def build_targets(output: HeadOutput, gt_boxes: torch.Tensor, gt_labels: torch.T
     with torch.no_grad():
         if output.head_type == "anchor":
             return assign_anchor_targets(output.anchors, output.anchor_classes, gt_boxes, gt_labels, cfg.head.anchors,
-                                         cfg.head.dir_offset, cfg.head.num_dir_bins)
+                                         cfg.head.dir_offset, cfg.head.num_dir_bins, cfg.head.anchor_matching)
         return assign_center_targets(output.grid, gt_boxes, gt_labels, cfg.num_classes, cfg.head)

@@ -176,6 +176,9 @@ class HeadConfig:
 
     type: Literal["anchor", "center"] = "anchor"
     anchors: list[AnchorClassConfig] = field(default_factory=list)
+    # IoU that matches anchors to boxes in training (training/targets.py): nearest axis-aligned BEV IoU (the
+    # reference detectors') or exact rotated BEV IoU (this package's before issue 13). Training only.
+    anchor_matching: Literal["nearest_bev", "rotated_bev"] = "nearest_bev"
     iou_branch: bool = False
     num_dir_bins: int = 2
     dir_offset: float = 0.78539
