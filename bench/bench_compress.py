@@ -33,17 +33,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import json
 
+    from clean_ros.config import load_config
     from training.efficiency import measure_models
-    from training.pipeline.steps import CLEAN_MODELS, load_model, make_task
+    from training.pipeline.config import CompressConfig
+    from training.pipeline.steps import CompressPipeline, make_task
 
     frame = Path(json.loads(efficiency.read_text())["frame"])
+    pipeline = CompressPipeline(load_config(CompressConfig, args.run / "config.yaml"), args.run, print, False)
     models = {}
-    keys = dict(CLEAN_MODELS)
-    keys.update({p.name: p.name for p in sorted(stages.glob("baseline_*"))})
-    for key, stage in keys.items():
-        if (stages / stage / "model.json").is_file():
-            kind, cfg, module = load_model(stages / stage)
-            models[key] = make_task(kind, cfg, module)
+    for key in pipeline.available_models():  # the run's reported models, each with its evaluation gate
+        models[key] = make_task(*pipeline.load_reported(key))
     print(f"run {args.run}: {len(models)} models, frame {frame}, {args.threads} thread(s), load average "
           f"{os.getloadavg()}")
     cfg = SimpleNamespace(threads=args.threads, warmup=args.warmup, repeats=args.repeats)

@@ -66,8 +66,11 @@ class TeacherSection:
 @dataclass
 class StudentSection:
     config: str = "config/train/pointpillars_tiny.yaml"  # training YAML of the one-stage student
-    epochs: int = 20  # baseline and distilled students
+    epochs: int = 20  # the full-width student without KD (what importance is scored on and pruning inherits)
     set: list[str] = field(default_factory=list)
+    # Also train the full-width student with distill.method from the trained baseline's weights ("student_cakd"):
+    # a comparison row only, not on the path to the final student (METHOD.md section 4, order of stages).
+    kd_row: bool = False
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -119,17 +122,26 @@ class FinetuneSection:
 
 @dataclass
 class IoURefineSection:
-    """IoU-aware redundancy elimination: add the IoU branch to the fine-tuned student, train it (with the same
-    distillation, so its targets include the label-assignment boxes), then gate scores before NMS."""
+    """IoU-aware redundancy elimination: the pruned student has an IoU branch, trained with the same distillation
+    (its targets include the label-assignment boxes); the gate rescores before NMS.
+
+    epochs 0 (default): the branch is trained jointly with the pruned student's KD schedule (finetune stage), and
+    "student_pruned" is that model without the gate. epochs > 0: a separate stage adds the branch to the fine-tuned
+    student afterwards and trains it for that many epochs (the earlier pipeline)."""
 
     enabled: bool = True
-    epochs: int = 5
+    epochs: int = 0
     gate: IoUGateConfig = field(default_factory=lambda: IoUGateConfig(mode="hard"))
     set: list[str] = field(default_factory=list)
+    compare_soft: bool = False  # also report the final student with the soft gate (gate.alphas): an ablation row
+
+    @property
+    def joint(self) -> bool:
+        return self.enabled and self.epochs == 0
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"iou_refine.epochs must be >= 1, got {self.epochs}")
+        if self.epochs < 0:
+            raise ValueError(f"iou_refine.epochs must be >= 0, got {self.epochs}")
         if self.enabled and self.gate.mode == "none":
             raise ValueError("iou_refine.gate.mode must be 'hard' or 'soft' (or set iou_refine.enabled=false)")
 
@@ -144,7 +156,12 @@ class BaselineConfig:
     name: str = ""
     method: str = "none"
     architecture: Literal["student", "pruned"] = "student"
-    epochs: int = 0  # 0 = student.epochs
+    # scratch: random weights; pruned: the pruned network's inherited weights (as the final student), so a KD
+    # method is compared with CLEAN's at the same size, from the same start, with the same schedule
+    init: Literal["scratch", "pruned"] = "scratch"
+    # 0 = the schedule of the model it is compared with: student.epochs (full width), student.epochs +
+    # finetune.epochs (pruned widths from scratch: same total epochs as the final student), finetune.epochs (init pruned)
+    epochs: int = 0
     distill: list[str] = field(default_factory=list)
     # the stage whose model teaches this baseline: "teacher" (the two-stage teacher) or another model stage, e.g.
     # "student_baseline" (PointDistiller needs a teacher that encodes the student's own voxels / pillars)
@@ -159,6 +176,8 @@ class BaselineConfig:
             raise ValueError(f"baseline {self.name}: method must be one of {list(METHODS)}, got {self.method!r}")
         if self.epochs < 0:
             raise ValueError(f"baseline {self.name}: epochs must be >= 0")
+        if self.init == "pruned" and self.architecture != "pruned":
+            raise ValueError(f"baseline {self.name}: init 'pruned' needs architecture 'pruned'")
 
 
 @dataclass

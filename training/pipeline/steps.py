@@ -38,9 +38,17 @@ MODEL_FILE = "model.pt"
 MODEL_CONFIG = "model.yaml"
 MODEL_INFO = "model.json"
 
-# Report keys of the CLEAN models -> the stage whose model they are.
-CLEAN_MODELS = {"teacher": "teacher", "student_baseline": "student_baseline", "student_cakd": "student_cakd",
-                "student_pruned": "finetune", "student_final": "iou_refine"}
+# Report keys of the CLEAN models, in report order (student_cakd only with student.kd_row).
+CLEAN_MODELS = ("teacher", "student_baseline", "student_cakd", "student_pruned", "student_final")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A reported model: the stage that stores it and, optionally, the IoU gate mode it is evaluated with
+    (None = as stored; "none" = gate off; "soft" = the soft gate with iou_refine.gate's alphas)."""
+
+    stage: str
+    gate: str | None = None
 
 
 class PipelineInterrupted(Exception):
@@ -55,6 +63,14 @@ def save_model(folder: Path, module: torch.nn.Module, cfg: Any, kind: str, extra
     atomic_torch_save({k: v.detach().cpu() for k, v in module.state_dict().items()}, folder / MODEL_FILE)
     save_yaml(cfg, folder / MODEL_CONFIG)
     atomic_write_json(folder / MODEL_INFO, {"kind": kind, **(extra or {})})
+
+
+def with_gate(cfg: DetectorConfig, gate: str | None, template) -> DetectorConfig:
+    """cfg (in place: the module built from it shares it) with its IoU gate mode replaced for evaluation."""
+    if gate is not None:
+        cfg.postprocess.iou_gate = type(template)(mode=gate, thresholds=list(template.thresholds),
+                                                  alphas=list(template.alphas))
+    return cfg
 
 
 def load_model(folder: Path) -> tuple[str, Any, torch.nn.Module]:
@@ -214,27 +230,34 @@ class CompressPipeline:
 
     def train_student(self, folder: Path, epochs: int, stage_set: list[str], distill_cfg=None,
                       model_cfg: DetectorConfig | None = None, init_state: dict | None = None,
-                      strict: bool = True, kind_extra: dict | None = None, teacher_stage: str = "teacher") -> dict:
+                      strict: bool = True, kind_extra: dict | None = None, teacher_stage: str = "teacher",
+                      init_from: str = "random") -> dict:
+        """Train a one-stage student; init_state (the weights of stage `init_from`) replaces the random init."""
         from clean_ros.models.detector import build_detector
         from training.task import DetectionTask
 
+        from training.trainer import seed_everything
+
         train_cfg = self.train_config(self.cfg.student.config, epochs, [*self.cfg.student.set, *stage_set],
                                       model_cfg=model_cfg)
+        seed_everything(train_cfg.seed, train_cfg.deterministic)  # the init must not depend on earlier stages
         student = build_detector(train_cfg.model)
         if init_state is not None:
             missing, unexpected = student.load_state_dict(init_state, strict=strict)
             if unexpected or any("iou" not in name for name in missing):
                 raise RuntimeError(f"inherited weights do not fit: missing {missing}, unexpected {unexpected}")
-        terms, hooks = [], []
+        terms, hooks, voxelizers = [], [], {}
         if distill_cfg is not None and distill_cfg.method != "none":
             parts = self.distill_parts(distill_cfg, student, teacher_stage)
-            terms, hooks = parts.loss_terms, parts.target_hooks
-        task = DetectionTask(train_cfg.model, student, loss_terms=terms, target_hooks=hooks)
+            terms, hooks, voxelizers = parts.loss_terms, parts.target_hooks, parts.voxelizers
+        task = DetectionTask(train_cfg.model, student, loss_terms=terms, target_hooks=hooks,
+                             extra_voxelizers=voxelizers)
         summary = self.fit(folder, train_cfg, task)
         save_model(folder, task.model, train_cfg.model, "detector", kind_extra)
         from clean_ros.models.flops import count_parameters
 
         summary["params"] = count_parameters(task.model)
+        summary["initial_weights"] = init_from if init_state is not None else "random"
         return summary
 
     # ------------------------------------------------------------------ stage list
@@ -248,24 +271,32 @@ class CompressPipeline:
             Stage("teacher", "two-stage teacher (train)" if not c.teacher.checkpoint else "two-stage teacher (load)",
                   self.stage_teacher, {**common, "teacher": c.teacher}, ("data",),
                   0 if c.teacher.checkpoint else train_frames * c.teacher.epochs, "teacher"),
-            Stage("student_baseline", "one-stage student without KD", self.stage_student_baseline,
+            Stage("student_baseline", "full-width student without KD", self.stage_student_baseline,
                   {**common, "student": c.student}, ("data",), train_frames * c.student.epochs, "student"),
-            Stage("student_cakd", f"student distilled with method {c.distill.method!r}", self.stage_student_cakd,
-                  {**common, "student": c.student, "distill": c.distill}, ("data", "teacher"),
-                  train_frames * c.student.epochs * 1.5, "student"),
-            Stage("importance", f"{c.prune.criterion} filter importance on training frames", self.stage_importance,
-                  {"prune": c.prune, "data": c.data}, ("student_cakd",)),
+        ]
+        if c.student.kd_row:
+            stages.append(Stage("student_cakd", f"full-width student, method {c.distill.method!r}, from the trained "
+                                "baseline (comparison row)", self.stage_student_cakd,
+                                {**common, "student": c.student, "distill": c.distill},
+                                ("data", "teacher", "student_baseline"), train_frames * c.student.epochs * 1.5,
+                                "student"))
+        joint = {"iou_refine": c.iou_refine} if c.iou_refine.joint else {}
+        stages += [
+            Stage("importance", f"{c.prune.criterion} filter importance of the trained student on training frames",
+                  self.stage_importance, {"prune": c.prune, "data": c.data}, ("student_baseline",)),
             Stage("prune", f"keep {c.prune.keep_ratio:.0%} of the filters (physical surgery)", self.stage_prune,
-                  {"prune": c.prune}, ("importance", "student_cakd")),
-            Stage("finetune", "KD fine-tune of the pruned student", self.stage_finetune,
-                  {**common, "student": c.student, "distill": c.distill, "finetune": c.finetune},
+                  {"prune": c.prune}, ("importance", "student_baseline")),
+            Stage("finetune", f"pruned student, method {c.distill.method!r}, from its inherited weights"
+                  + (f" (+ IoU branch, {c.iou_refine.gate.mode} gate)" if joint else ""), self.stage_finetune,
+                  {**common, "student": c.student, "distill": c.distill, "finetune": c.finetune, **joint},
                   ("prune", "teacher"), train_frames * c.finetune.epochs * 1.5, "student"),
         ]
-        if c.iou_refine.enabled:
+        if c.iou_refine.enabled and not c.iou_refine.joint:
             stages.append(Stage("iou_refine", f"IoU branch + {c.iou_refine.gate.mode} gate", self.stage_iou_refine,
                                 {**common, "student": c.student, "distill": c.distill, "iou_refine": c.iou_refine},
                                 ("finetune", "teacher"), train_frames * c.iou_refine.epochs * 1.5, "student"))
-        known = {"teacher", "student_baseline", "student_cakd", "finetune", "iou_refine"}
+        known = {"teacher", "student_baseline", "finetune"} | ({"student_cakd"} if c.student.kd_row else set()) | (
+            {"iou_refine"} if c.iou_refine.enabled and not c.iou_refine.joint else set())
         for baseline in c.baselines:
             if baseline.method != "none" and baseline.teacher not in known:
                 raise ConfigError(f"baselines[{baseline.name}].teacher {baseline.teacher!r}: not a model stage before "
@@ -276,7 +307,7 @@ class CompressPipeline:
                 deps.append(baseline.teacher)
             if baseline.architecture == "pruned":
                 deps.append("prune")
-            epochs = baseline.epochs or c.student.epochs
+            epochs = self.baseline_epochs(baseline)
             stages.append(Stage(f"baseline_{baseline.name}",
                                 f"baseline {baseline.name} ({baseline.method}, {baseline.architecture} widths)",
                                 lambda folder, b=baseline: self.stage_baseline(folder, b),
@@ -297,14 +328,44 @@ class CompressPipeline:
                             tuple(s.name for s in stages)))
         return stages
 
+    def baseline_epochs(self, baseline) -> int:
+        """A baseline's epochs; 0 = the schedule of the model it is compared with (see BaselineConfig.epochs)."""
+        if baseline.epochs:
+            return baseline.epochs
+        c = self.cfg
+        if baseline.init == "pruned":
+            return c.finetune.epochs
+        return c.student.epochs + c.finetune.epochs if baseline.architecture == "pruned" else c.student.epochs
+
+    def model_refs(self) -> dict[str, ModelRef]:
+        """report key -> (stage, gate override) of every model this config reports, in report order."""
+        c = self.cfg
+        refs = {"teacher": ModelRef("teacher"), "student_baseline": ModelRef("student_baseline")}
+        if c.student.kd_row:
+            refs["student_cakd"] = ModelRef("student_cakd")
+        if c.iou_refine.joint:  # one trained model, evaluated without and with its gate
+            refs["student_pruned"] = ModelRef("finetune", gate="none")
+            refs["student_final"] = ModelRef("finetune")
+        else:
+            refs["student_pruned"] = ModelRef("finetune")
+            refs["student_final"] = ModelRef("iou_refine" if c.iou_refine.enabled else "finetune")
+        if c.iou_refine.enabled and c.iou_refine.compare_soft:
+            refs["student_final_soft_gate"] = ModelRef(refs["student_final"].stage, gate="soft")
+        for baseline in c.baselines:
+            refs[f"baseline_{baseline.name}"] = ModelRef(f"baseline_{baseline.name}")
+        return refs
+
     def model_stages(self) -> dict[str, str]:
         """report key -> stage of every model this config produces."""
-        models = dict(CLEAN_MODELS)
-        if not self.cfg.iou_refine.enabled:
-            models["student_final"] = "finetune"
-        for baseline in self.cfg.baselines:
-            models[f"baseline_{baseline.name}"] = f"baseline_{baseline.name}"
-        return models
+        return {key: ref.stage for key, ref in self.model_refs().items()}
+
+    def load_reported(self, key: str) -> tuple[str, Any, torch.nn.Module]:
+        """(kind, config, module) of a reported model, with its evaluation gate applied."""
+        ref = self.model_refs()[key]
+        kind, cfg, module = load_model(self.stages_dir / ref.stage)
+        if kind != "two_stage":
+            with_gate(cfg, ref.gate, self.cfg.iou_refine.gate)
+        return kind, cfg, module
 
     def _train_frames_estimate(self) -> float:
         if self.cfg.data.source == "simulate":
@@ -359,6 +420,9 @@ class CompressPipeline:
         train_cfg = self.train_config(t.config, t.epochs, t.set)
         if train_cfg.two_stage is None:
             raise ConfigError(f"teacher.config {t.config}: needs a two_stage section (a two-stage teacher)")
+        from training.trainer import seed_everything
+
+        seed_everything(train_cfg.seed, train_cfg.deterministic)  # the init must not depend on earlier stages
         task = build_task(train_cfg)
         if t.checkpoint:
             from training.checkpoint import CheckpointError, load_model_weights
@@ -380,7 +444,9 @@ class CompressPipeline:
         return self.train_student(folder, self.cfg.student.epochs, [])
 
     def stage_student_cakd(self, folder: Path) -> dict:
-        return self.train_student(folder, self.cfg.student.epochs, [], distill_cfg=self.cfg.distill)
+        _, _, trained = load_model(self.stages_dir / "student_baseline")
+        return self.train_student(folder, self.cfg.student.epochs, [], distill_cfg=self.cfg.distill,
+                                  init_state=trained.state_dict(), init_from="student_baseline")
 
     def stage_importance(self, folder: Path) -> dict:
         from training.data.config import DataConfig
@@ -389,7 +455,10 @@ class CompressPipeline:
         from training.checkpoint import atomic_torch_save
         from training.prune import score_filters
 
-        kind, model_cfg, detector = load_model(self.stages_dir / "student_cakd")
+        from training.trainer import seed_everything
+
+        seed_everything(self.cfg.training.seed)
+        kind, model_cfg, detector = load_model(self.stages_dir / "student_baseline")  # the trained student
         p, d = self.cfg.prune, self.cfg.data
         data_cfg = DataConfig(root=str(self.data_root), train_split=d.train_split, val_split=d.val_split,
                               class_names=tuple(model_cfg.class_names),
@@ -402,14 +471,14 @@ class CompressPipeline:
         atomic_torch_save({"scores": scores.scores, "criterion": scores.criterion, "num_frames": scores.num_frames,
                            "frames_without_detections": scores.frames_without_detections},
                           folder / "importance.pt")
-        return {"criterion": scores.criterion, "num_frames": scores.num_frames,
+        return {"scored": "student_baseline", "criterion": scores.criterion, "num_frames": scores.num_frames,
                 "frames_without_detections": scores.frames_without_detections,
                 "layers": len(scores.layers), "filters": int(sum(v.numel() for v in scores.scores.values()))}
 
     def stage_prune(self, folder: Path) -> dict:
         from training.prune import ImportanceScores, build_graph, prune_detector
 
-        kind, model_cfg, detector = load_model(self.stages_dir / "student_cakd")
+        kind, model_cfg, detector = load_model(self.stages_dir / "student_baseline")  # inherits its weights
         p = self.cfg.prune
         stored = torch.load(self.stages_dir / "importance" / "importance.pt", map_location="cpu", weights_only=True)
         layers = build_graph(detector, p.prune_encoder, p.prune_backbone_3d)
@@ -424,23 +493,28 @@ class CompressPipeline:
                 "layers": [vars(change).copy() for change in report.layers]}
 
     def stage_finetune(self, folder: Path) -> dict:
-        pruned_dir = self.stages_dir / "prune"
-        _, pruned_cfg, pruned = load_model(pruned_dir)
-        return self.train_student(folder, self.cfg.finetune.epochs, self.cfg.finetune.set,
-                                  distill_cfg=self.cfg.distill, model_cfg=pruned_cfg, init_state=pruned.state_dict())
+        _, pruned_cfg, pruned = load_model(self.stages_dir / "prune")
+        joint = self.cfg.iou_refine.joint
+        model_cfg = self.with_iou_branch(pruned_cfg) if joint else pruned_cfg
+        return self.train_student(folder, self.cfg.finetune.epochs,
+                                  [*self.cfg.finetune.set, *(self.cfg.iou_refine.set if joint else [])],
+                                  distill_cfg=self.cfg.distill, model_cfg=model_cfg, init_state=pruned.state_dict(),
+                                  strict=not joint, init_from="prune")
 
-    def stage_iou_refine(self, folder: Path) -> dict:
-        _, cfg, model = load_model(self.stages_dir / "finetune")
+    def with_iou_branch(self, cfg: DetectorConfig) -> DetectorConfig:
         data = to_dict(cfg)
         data["head"]["iou_branch"] = True
         data["postprocess"]["iou_gate"] = to_dict(self.cfg.iou_refine.gate)
         try:
-            refined_cfg = load_config(DetectorConfig, data=data)
+            return load_config(DetectorConfig, data=data)
         except ConfigError as exc:
             raise ConfigError(f"iou_refine.gate: {exc}") from None
+
+    def stage_iou_refine(self, folder: Path) -> dict:
+        _, cfg, model = load_model(self.stages_dir / "finetune")
         return self.train_student(folder, self.cfg.iou_refine.epochs, self.cfg.iou_refine.set,
-                                  distill_cfg=self.cfg.distill, model_cfg=refined_cfg,
-                                  init_state=model.state_dict(), strict=False)
+                                  distill_cfg=self.cfg.distill, model_cfg=self.with_iou_branch(cfg),
+                                  init_state=model.state_dict(), strict=False, init_from="finetune")
 
     def stage_baseline(self, folder: Path, baseline) -> dict:
         from training.distill.config import DistillConfig
@@ -450,12 +524,15 @@ class CompressPipeline:
                                       overrides=[f"method={baseline.method}", *baseline.distill])
         except ConfigError as exc:
             raise ConfigError(f"baselines[{baseline.name}].distill: {exc}") from None
-        model_cfg = None
+        model_cfg, init_state = None, None
         if baseline.architecture == "pruned":
-            _, model_cfg, _ = load_model(self.stages_dir / "prune")  # widths only: trained from scratch
+            _, model_cfg, pruned = load_model(self.stages_dir / "prune")
+            if baseline.init == "pruned":  # the final student's start: inherited weights
+                init_state = pruned.state_dict()
         try:
-            return self.train_student(folder, baseline.epochs or self.cfg.student.epochs, [],
-                                      distill_cfg=distill_cfg, model_cfg=model_cfg, teacher_stage=baseline.teacher)
+            return self.train_student(folder, self.baseline_epochs(baseline), [], distill_cfg=distill_cfg,
+                                      model_cfg=model_cfg, init_state=init_state, teacher_stage=baseline.teacher,
+                                      init_from="prune")
         except (ValueError, ConfigError) as exc:  # the method refuses this teacher / student pairing
             shutil.rmtree(folder / "train", ignore_errors=True)
             first = str(exc).strip().splitlines()[0]
@@ -487,8 +564,8 @@ class CompressPipeline:
 
         results = {}
         e = self.cfg.evaluation
-        for key, model_dir in self.available_models().items():
-            kind, cfg, module = load_model(model_dir)
+        for key in self.available_models():
+            kind, cfg, module = self.load_reported(key)
             task = make_task(kind, cfg, module).to(self.device)
             dense_cfg = cfg.rpn if kind == "two_stage" else cfg
             dataset = self._eval_dataset(dense_cfg)
@@ -508,8 +585,8 @@ class CompressPipeline:
         from training.efficiency import measure_models
 
         models = {}
-        for key, model_dir in self.available_models().items():
-            kind, cfg, module = load_model(model_dir)
+        for key in self.available_models():
+            kind, cfg, module = self.load_reported(key)
             models[key] = make_task(kind, cfg, module)
         frame_path = self._efficiency_frame()
         result = measure_models(models, frame_path, self.cfg.efficiency, log=self.log)
@@ -535,8 +612,7 @@ class CompressPipeline:
             from clean_ros.bundle import load_bundle, save_bundle
         except ImportError:
             raise StageSkipped("bundle (clean_ros.bundle) not available yet") from None
-        final_stage = self.model_stages()["student_final"]
-        kind, cfg, module = load_model(self.stages_dir / final_stage)
+        kind, cfg, module = self.load_reported("student_final")
         row = build_rows(self.stages_dir, self.model_stages()).get("student_final", {})
         out = self.root / "bundle"
         save_bundle(out, module.eval(), cfg, training_config=to_dict(self.cfg),
