@@ -117,6 +117,27 @@ def test_report_json_has_every_field(smoke):
 
 
 @pytest.mark.slow
+def test_distillation_diagnostics_are_logged_per_epoch(smoke):
+    """report.json `diagnostics`: per epoch of the KD stage every loss part and its gradient norm, CaKD's selected
+    positions, label assignment's accepted pseudo boxes and their precision against the ground truth."""
+    out = smoke[0]
+    report = json.loads((out / "report.json").read_text())
+    epochs = report["diagnostics"]["training"]["finetune"]
+    assert [e["epoch"] for e in epochs] == sorted({e["epoch"] for e in epochs}) and len(epochs) == 2
+    for entry in epochs:
+        assert set(entry["loss"]) >= {"total", "cls", "box", "dir", "cakd"}
+        assert set(entry["grad_norm"]) >= {"cls", "box", "dir", "cakd"}
+        assert entry["grad_norm"]["box"] > 0 and entry["grad_norm"]["cls"] > 0
+        assert "cakd/selected_per_frame" in entry["kd"] and "label_assign/accepted_per_frame" in entry["kd"]
+        if entry["kd"]["label_assign/accepted_per_frame"] > 0:
+            precision = entry["pseudo_box_precision"]
+            assert 0.0 <= precision["iou70"] <= precision["iou50"] <= 1.0
+    assert "Distillation diagnostics" in (out / "report.md").read_text()
+    assert "kd" not in report["diagnostics"]["training"]["student_baseline"][-1] or not \
+        report["diagnostics"]["training"]["student_baseline"][-1]["kd"]
+
+
+@pytest.mark.slow
 def test_pruning_and_kd_start_from_the_trained_full_width_student(smoke):
     """Importance is scored on the trained no-KD student, the pruned network inherits its weights (every kept BN
     statistic is one of the trained student's), and the KD stage starts from the pruned network's weights."""

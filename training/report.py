@@ -47,6 +47,11 @@ def build_report(cfg, stages_dir: Path, model_stages: dict[str, str], stage_orde
     metrics = read_json(stages_dir / "evaluate" / "metrics.json") or {}
     prune = read_json(stages_dir / "prune" / "prune_report.json") or {}
     eval_frames = {k: v.get("frames") for k, v in metrics.items()}
+    training = {}
+    for marker_dir in folders:
+        summary = (read_json(marker_dir / "done.json") or {}).get("summary") or {}
+        if summary.get("per_epoch"):
+            training[marker_dir.name] = summary["per_epoch"]
     return {
         "models": ordered,
         "skipped": skipped,
@@ -61,11 +66,36 @@ def build_report(cfg, stages_dir: Path, model_stages: dict[str, str], stage_orde
         if prune else None,
         "commit": git_commit(short=True),
         "name": cfg.name,
+        # per training stage and epoch: losses, per-part gradient norms, KD diagnostics, pseudo-box precision
+        "diagnostics": {"training": training},
     }
 
 
 def _fmt(value, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def diagnostics_markdown(diagnostics: dict) -> list[str]:
+    """The last epoch of every distilled training stage: how hard each KD term pulls against the classification
+    loss, where CaKD acts, and how good the accepted pseudo boxes are."""
+    rows = []
+    for stage, epochs in (diagnostics.get("training") or {}).items():
+        last = epochs[-1] if epochs else {}
+        kd, grads = last.get("kd") or {}, last.get("grad_norm") or {}
+        if not kd:
+            continue
+        precision = last.get("pseudo_box_precision") or {}
+        kd_grads = ", ".join(f"{k} {v:.3g}" for k, v in grads.items() if k not in ("cls", "box", "dir", "iou"))
+        rows.append(f"| {stage} | {last.get('epoch')} | {grads.get('cls', float('nan')):.3g} | {kd_grads or '-'} | "
+                    f"{_fmt(kd.get('cakd/selected_per_frame'), 1)} | {_fmt(kd.get('cakd/student_logit'))} / "
+                    f"{_fmt(kd.get('cakd/teacher_logit'))} | {_fmt(kd.get('label_assign/accepted_per_frame'), 1)} | "
+                    f"{_fmt(precision.get('iou50'))} / {_fmt(precision.get('iou70'))} |")
+    if not rows:
+        return []
+    return ["", "Distillation diagnostics (last epoch; every epoch in report.json `diagnostics`):", "",
+            "| stage | epoch | grad norm cls | grad norm KD terms | CaKD positions / frame | mean student / teacher "
+            "logit there | pseudo boxes / frame | their precision BEV IoU 0.5 / 0.7 |",
+            "|---|---:|---:|---|---:|---:|---:|---:|", *rows]
 
 
 def markdown(report: dict, cfg) -> str:
@@ -104,6 +134,7 @@ def markdown(report: dict, cfg) -> str:
         lines += ["", f"Pruning: {p['criterion']} criterion, keep ratio {p['keep_ratio']}, parameters "
                       f"{p['params_before']:,} -> {p['params_after']:,} (per-layer widths in "
                       f"stages/prune/prune_report.md and plots/widths.png)."]
+    lines += diagnostics_markdown(report.get("diagnostics") or {})
     lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["stage_seconds"].items()
                                                   if v is not None), "",
               "Plots: plots/ap_vs_gflops.png, plots/ap_vs_latency.png, plots/widths.png.", ""]

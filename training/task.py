@@ -63,6 +63,7 @@ class StepResult(NamedTuple):
     parts: dict[str, torch.Tensor]
     output: HeadOutput
     targets: Targets
+    diagnostics: Mapping[str, float] = {}  # "<term or hook>/<what>" -> value of this step (logged, not optimised)
 
     def as_floats(self) -> dict[str, float]:
         return {"total": float(self.total.detach()), **{k: float(v.detach()) for k, v in self.parts.items()}}
@@ -111,7 +112,17 @@ class DetectionTask(nn.Module):
         ctx = self.loss_context(batch, output)
         parts = dict(ctx.detection.parts)
         total = add_loss_terms(self.loss_terms, ctx, parts, ctx.detection.total)
-        return StepResult(total, parts, output, ctx.targets)
+        return StepResult(total, parts, output, ctx.targets, self.step_diagnostics())
+
+    def step_diagnostics(self) -> dict[str, float]:
+        """What the loss terms and target hooks report of the step just run (their optional `diagnostics()`)."""
+        out = {}
+        for part in (*self.loss_terms, *self.target_hooks):
+            report = getattr(part, "diagnostics", None)
+            if callable(report):
+                name = getattr(part, "name", type(part).__name__)
+                out.update({f"{name}/{key}": float(value) for key, value in report().items()})
+        return out
 
     def loss_context(self, batch: Batch, output: HeadOutput) -> LossContext:
         """The start of every task's step: the target hooks edit the ground truth, the head's targets are assigned

@@ -263,6 +263,9 @@ class Trainer:
             parts = {k: float(v.detach()) for k, v in result.parts.items()}
             raise FloatingPointError(f"loss is not finite at epoch {self.state.epoch} iteration "
                                      f"{self.state.iteration}: {parts}; try a lower optimizer.lr_max")
+        logged = not ((self.state.global_step + 1) % self.cfg.log_interval
+                      and self.state.iteration + 1 != self.iters_per_epoch)
+        part_norms = self._part_grad_norms(result.parts) if logged else {}
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(result.total).backward()
         grad_norm = None
@@ -272,14 +275,32 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        if (self.state.global_step + 1) % self.cfg.log_interval and self.state.iteration + 1 != self.iters_per_epoch:
+        if not logged:
             return None
         values = torch.stack([result.total.detach().float(), *(v.detach().float() for v in result.parts.values())])
         values = self.ctx.all_reduce_mean(values).tolist()
         losses = dict(zip(["total", *result.parts], values))
         if grad_norm is not None:
             losses["grad_norm"] = float(self.ctx.all_reduce_mean(grad_norm.detach().float().reshape(1))[0])
+        losses.update(part_norms)
+        losses.update({f"diag/{key}": value for key, value in result.diagnostics.items()})
         return losses
+
+    def _part_grad_norms(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
+        """"grad/<part>" -> L2 norm of that loss part's gradient over the trained parameters (how hard each term
+        pulls, e.g. a KD term against the classification loss). Skipped under DDP (its reducer owns backward)."""
+        if not self.cfg.log_grad_norms or self.ctx.distributed:
+            return {}
+        params = [p for p in self.task.parameters() if p.requires_grad]
+        norms = {}
+        for name, loss in parts.items():
+            if not loss.requires_grad:
+                norms[f"grad/{name}"] = 0.0
+                continue
+            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            squares = [g.detach().float().pow(2).sum() for g in grads if g is not None]
+            norms[f"grad/{name}"] = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+        return norms
 
     def _stop_requested(self) -> bool:
         limit = self.cfg.max_iterations

@@ -104,6 +104,22 @@ class CaKDLoss:
 
     def __init__(self, cfg: CaKDConfig, runner: TeacherRunner, student_head: HeadConfig):
         self.cfg, self.runner, self.head = cfg, runner, student_head
+        self._diagnostics: dict[str, float] = {}
+
+    def diagnostics(self) -> dict[str, float]:
+        """Of the last step: selected positions per frame, mean student max-class logit and mean teacher IoU logit
+        over them (the term pulls the first toward the second)."""
+        return dict(self._diagnostics)
+
+    def _record(self, output: HeadOutput, selected: list[torch.Tensor], targets: list[torch.Tensor]) -> None:
+        count = sum(int(s.numel()) for s in selected)
+        self._diagnostics = {"selected_per_frame": count / max(1, len(selected))}
+        if count:
+            with torch.no_grad():
+                student = output.cls_logits.float().max(dim=-1).values
+                self._diagnostics["student_logit"] = float(torch.cat(
+                    [student[b, s] for b, s in enumerate(selected)]).mean())
+                self._diagnostics["teacher_logit"] = float(torch.cat([t.float() for t in targets]).mean())
 
     def settings(self, head_type: str) -> tuple[float, float, int]:
         """(weight, score threshold, post-NMS max) for an anchor or center student."""
@@ -131,8 +147,10 @@ class CaKDLoss:
         weight = self.settings(ctx.output.head_type)[0]
         selected = self.select(ctx.output)
         if not any(s.numel() for s in selected):
+            self._record(ctx.output, selected, [])
             return cakd_loss(ctx.output.cls_logits, selected, [s.new_zeros(0) for s in selected], weight)
         targets = self.teacher_targets(ctx, selected)
+        self._record(ctx.output, selected, targets)
         return cakd_loss(ctx.output.cls_logits, selected, targets, weight)
 
 

@@ -72,12 +72,33 @@ def accept_teacher_boxes(teacher: TeacherBoxes, gt_boxes: torch.Tensor, gt_label
     return TeacherBoxes(teacher.boxes[keep], teacher.scores[keep], labels[keep])
 
 
+def pseudo_box_hits(accepted: TeacherBoxes, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
+                    thresholds: Sequence[float] = (0.5, 0.7)) -> list[int]:
+    """How many accepted teacher boxes of one frame overlap a ground-truth box of their class with BEV IoU >= each
+    threshold (a box is right or wrong on its own: not a one-to-one matching)."""
+    valid = gt_labels >= 0
+    if not accepted.boxes.shape[0] or not valid.any():
+        return [0 for _ in thresholds]
+    iou = geometry.bev_iou(accepted.boxes.float(), gt_boxes[valid].float())
+    iou = torch.where(accepted.labels.view(-1, 1) == gt_labels[valid].view(1, -1), iou, torch.zeros_like(iou))
+    best = iou.max(dim=1).values
+    return [int((best >= t).sum()) for t in thresholds]
+
+
 class LabelAssignHook:
     """TargetHook: accepted final teacher boxes in front of the GT (shares the runner's per-step cache)."""
+
+    name = "label_assign"
 
     def __init__(self, cfg: LabelAssignConfig, runner: TeacherRunner):
         self.cfg, self.runner = cfg, runner
         self.last_accepted: list[TeacherBoxes] = []  # for logging / tests
+        self._diagnostics: dict[str, float] = {}
+
+    def diagnostics(self) -> dict[str, float]:
+        """Of the last step, per frame: accepted pseudo boxes and how many of them are right at BEV IoU 0.5 / 0.7
+        against the ground truth (precision = right / accepted, computed over an epoch by the report)."""
+        return dict(self._diagnostics)
 
     def __call__(self, batch: Batch, gt_boxes: torch.Tensor, gt_labels: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +107,13 @@ class LabelAssignHook:
             raise RuntimeError(f"teacher returned {len(detections)} frames for a batch of {gt_boxes.shape[0]}")
         accepted = [accept_teacher_boxes(d, gt_boxes[b], gt_labels[b], self.cfg) for b, d in enumerate(detections)]
         self.last_accepted = accepted
+        with torch.no_grad():
+            hits = [pseudo_box_hits(a, gt_boxes[b], gt_labels[b]) for b, a in enumerate(accepted)]
+        frames = max(1, len(accepted))
+        self._diagnostics = {"accepted_per_frame": sum(int(a.boxes.shape[0]) for a in accepted) / frames,
+                             "right_iou50_per_frame": sum(h[0] for h in hits) / frames,
+                             "right_iou70_per_frame": sum(h[1] for h in hits) / frames}
         return merge_ground_truth(gt_boxes, gt_labels, front=accepted)
 
 
-__all__ = ["LabelAssignHook", "accept_teacher_boxes", "merge_ground_truth"]
+__all__ = ["LabelAssignHook", "accept_teacher_boxes", "merge_ground_truth", "pseudo_box_hits"]

@@ -213,7 +213,8 @@ class CompressPipeline:
                                       f"{result.checkpoint}")
         losses = read_last_losses(run_root / "epochs.csv")
         return {"frames": len(train_set), "epochs": train_cfg.epochs, "steps": result.global_step,
-                "train_seconds": round(result.seconds, 1), "final_losses": losses}
+                "train_seconds": round(result.seconds, 1), "final_losses": losses,
+                "per_epoch": epoch_diagnostics(run_root / "epochs.csv")}
 
     def load_teacher(self, stage: str = "teacher"):
         kind, cfg, module = load_model(self.stages_dir / stage)
@@ -662,6 +663,39 @@ def read_last_losses(path: Path) -> dict:
                 out[key[5:]] = round(float(value), 5)
             except ValueError:
                 pass
+    return out
+
+
+def epoch_diagnostics(path: Path) -> list[dict]:
+    """Per epoch of a training stage (means over its logged steps, from the trainer's epochs.csv): every loss part,
+    each part's gradient norm, the KD terms' diagnostics and, with label assignment, the pseudo boxes accepted per
+    frame and their precision at BEV IoU 0.5 / 0.7 against the ground truth."""
+    import csv
+
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return []
+    out = []
+    for row in rows:
+        values = {}
+        for key, text in row.items():
+            try:
+                values[key] = float(text)
+            except (TypeError, ValueError):
+                continue
+        entry = {"epoch": int(values.get("epoch", len(out) + 1)),
+                 "loss": {k[5:]: round(v, 5) for k, v in values.items()
+                          if k.startswith("loss_") and "/" not in k[5:] and k != "loss_grad_norm"},
+                 "grad_norm": {k[10:]: round(v, 5) for k, v in values.items() if k.startswith("loss_grad/")},
+                 "kd": {k[10:]: round(v, 4) for k, v in values.items() if k.startswith("loss_diag/")}}
+        accepted = entry["kd"].get("label_assign/accepted_per_frame")
+        if accepted:
+            entry["pseudo_box_precision"] = {
+                f"iou{t}": round(entry["kd"].get(f"label_assign/right_iou{t}_per_frame", 0.0) / accepted, 4)
+                for t in (50, 70)}
+        out.append(entry)
     return out
 
 
