@@ -341,7 +341,7 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
+def replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished temp directory to `out`; an existing bundle is swapped out, then removed."""
     if not out.exists():
         os.rename(tmp, out)
@@ -423,7 +423,7 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
         os.chmod(tmp / MANIFEST_NAME, 0o644)
         _validate_manifest(tmp, manifest)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -432,4 +432,4 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
 
 __all__ = ["Bundle", "BundleError", "SCHEMA_VERSION", "MANIFEST_NAME", "WEIGHTS_NAME", "DENSE_ONNX_NAME",
            "ENCODER_ONNX_NAME", "load_bundle", "save_bundle", "verify_files", "sha256_file",
-           "default_point_features"]
+           "default_point_features", "replace_dir"]

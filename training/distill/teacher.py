@@ -205,6 +205,10 @@ def load_teacher(config: str, checkpoint: str = "") -> nn.Module:
     from training.checkpoint import load_model_weights
     from training.config_paths import find_config
 
+    from training.teacher_package import is_teacher_package, load_teacher_package
+
+    if checkpoint and is_teacher_package(checkpoint):  # a shipped teacher folder carries its own config
+        return load_teacher_package(checkpoint)[1]
     if not config:
         raise ValueError("distill.teacher_config is empty: name the teacher's config")
     path = find_config(config)

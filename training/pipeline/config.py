@@ -55,7 +55,9 @@ class DataSection:
 class TeacherSection:
     config: str = "config/train/teacher_two_stage_tiny.yaml"  # training YAML with a `two_stage` section
     epochs: int = 20
-    checkpoint: str = ""  # load these weights instead of training (a training checkpoint or a state_dict)
+    # load instead of training: a teacher folder (models/teacher: its own config + safetensors weights) or a training
+    # checkpoint / state_dict of `config`'s model; "" = train `config` for `epochs`
+    checkpoint: str = ""
     set: list[str] = field(default_factory=list)  # overrides of the teacher's TrainConfig
 
     def __post_init__(self):

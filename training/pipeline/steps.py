@@ -33,6 +33,7 @@ from clean_ros.models.configs import DetectorConfig
 from clean_ros.models.two_stage_config import TwoStageConfig
 from training.pipeline.config import CompressConfig
 from training.pipeline.stages import Stage, StageSkipped, atomic_write_json, read_json
+from training.teacher_package import TeacherPackageError, is_teacher_package, load_teacher_package, read_manifest
 
 MODEL_FILE = "model.pt"
 MODEL_CONFIG = "model.yaml"
@@ -270,7 +271,8 @@ class CompressPipeline:
             Stage("data", "simulate the dataset" if c.data.source == "simulate" else "check the KITTI dataset",
                   self.stage_data, {"data": c.data}),
             Stage("teacher", "two-stage teacher (train)" if not c.teacher.checkpoint else "two-stage teacher (load)",
-                  self.stage_teacher, {**common, "teacher": c.teacher}, ("data",),
+                  self.stage_teacher, {**common, "teacher": c.teacher, "weights": self._teacher_fingerprint()},
+                  ("data",),
                   0 if c.teacher.checkpoint else train_frames * c.teacher.epochs, "teacher"),
             Stage("student_baseline", "full-width student without KD", self.stage_student_baseline,
                   {**common, "student": c.student}, ("data",), train_frames * c.student.epochs, "student"),
@@ -328,6 +330,16 @@ class CompressPipeline:
         stages.append(Stage("report", "report.json, report.md, plots", self.stage_report, {},
                             tuple(s.name for s in stages)))
         return stages
+
+    def _teacher_fingerprint(self) -> str:
+        """The shipped teacher's weights hash (a new teacher in the same folder re-runs the stage), else ""."""
+        path = self.cfg.teacher.checkpoint
+        if path and is_teacher_package(path):
+            try:
+                return read_manifest(path)["files"]["weights.safetensors"]["sha256"]
+            except (TeacherPackageError, KeyError, TypeError):
+                return "unreadable"  # the stage itself reports what is wrong
+        return ""
 
     def baseline_epochs(self, baseline) -> int:
         """A baseline's epochs; 0 = the schedule of the model it is compared with (see BaselineConfig.epochs)."""
@@ -418,6 +430,14 @@ class CompressPipeline:
         from training.teacher_task import build_task
 
         t = self.cfg.teacher
+        if t.checkpoint and is_teacher_package(t.checkpoint):  # a shipped teacher: its own config and weights
+            try:
+                cfg, model, manifest = load_teacher_package(t.checkpoint)
+            except TeacherPackageError as exc:
+                raise ConfigError(f"teacher.checkpoint: {exc}") from None
+            save_model(folder, model, cfg, "two_stage")
+            return {"loaded": t.checkpoint, "params": manifest["params"],
+                    "teacher_metrics": manifest.get("metrics", {})}
         train_cfg = self.train_config(t.config, t.epochs, t.set)
         if train_cfg.two_stage is None:
             raise ConfigError(f"teacher.config {t.config}: needs a two_stage section (a two-stage teacher)")

@@ -1,0 +1,94 @@
+"""The teacher folder (training/teacher_package.py): weights-only, verified, loads without executing code."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from distill_helpers import real_teacher
+from training.teacher_package import (TeacherPackageError, is_teacher_package, load_teacher_package,
+                                      save_teacher_package)
+
+
+@pytest.fixture
+def package(tmp_path):
+    torch.manual_seed(3)
+    model = real_teacher()
+    out = save_teacher_package(tmp_path / "teacher", model, model.cfg, {"command": "test"}, {"map3d_r40_moderate": 1.0},
+                               readme="# teacher\n")
+    return out, model
+
+
+def test_round_trip_gives_the_same_weights_and_config(package):
+    out, model = package
+    assert is_teacher_package(out) and not is_teacher_package(out.parent)
+    cfg, loaded, manifest = load_teacher_package(out)
+    assert cfg == model.cfg and not loaded.training
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    assert manifest["params"] == sum(p.numel() for p in model.parameters())
+    assert manifest["provenance"] == {"command": "test"} and manifest["metrics"]["map3d_r40_moderate"] == 1.0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "manifest.json", "teacher.yaml",
+                                                     "weights.safetensors"]
+    assert not list(out.parent.glob(".teacher.tmp-*"))  # the temporary folder was renamed into place
+
+
+def test_tampered_weights_are_refused_by_hash(package):
+    out, _ = package
+    data = bytearray((out / "weights.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (out / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(TeacherPackageError, match="hash mismatch for weights.safetensors"):
+        load_teacher_package(out)
+
+
+def test_a_pickle_planted_as_weights_is_never_unpickled(package, tmp_path):
+    import hashlib
+    import pickle
+
+    out, _ = package
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (out / "weights.safetensors").write_bytes(pickle.dumps(Payload()))
+    manifest = json.loads((out / "manifest.json").read_text())  # an attacker also fixes the hash
+    manifest["files"]["weights.safetensors"]["sha256"] = hashlib.sha256(
+        (out / "weights.safetensors").read_bytes()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TeacherPackageError, match="does not fit"):
+        load_teacher_package(out)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda out: (out / "manifest.json").unlink(), "not a clean_ros teacher folder"),
+    (lambda out: (out / "manifest.json").write_text("{"), "invalid JSON"),
+    (lambda out: (out / "teacher.yaml").unlink(), "missing"),
+])
+def test_broken_folders_give_one_clear_error(package, damage, message):
+    out, _ = package
+    damage(out)
+    with pytest.raises(TeacherPackageError, match=message):
+        load_teacher_package(out)
+
+
+def test_compress_loads_a_teacher_folder_with_its_own_config(package, tmp_path):
+    """teacher.checkpoint may name a teacher folder: the stage stores exactly those weights and that config."""
+    from clean_ros.config import load_config
+    from training.pipeline.config import CompressConfig
+    from training.pipeline.steps import CompressPipeline, load_model
+
+    out, model = package
+    cfg = load_config(CompressConfig, data={"teacher": {"checkpoint": str(out)}})
+    pipeline = CompressPipeline(cfg, tmp_path / "run", log=lambda line: None, progress=False)
+    folder = tmp_path / "run" / "stages" / "teacher"
+    folder.mkdir(parents=True)
+    summary = pipeline.stage_teacher(folder)
+    assert summary["loaded"] == str(out) and summary["teacher_metrics"]["map3d_r40_moderate"] == 1.0
+    kind, stored_cfg, stored = load_model(folder)
+    assert kind == "two_stage" and stored_cfg == model.cfg
+    assert all(torch.equal(stored.state_dict()[k], v) for k, v in model.state_dict().items())

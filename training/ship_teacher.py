@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Evaluate a trained two-stage teacher on held-out frames and write it as a teacher folder (weights-only).
+
+    python training/ship_teacher.py --run runs/teacher_two_stage_sim --out models/teacher \\
+        --eval-root data/sim_heldout --eval-split val [--set roi_head.score_rule=iou]
+
+Reads the run's config.yaml and checkpoints/last.pt, evaluates KITTI 3D / BEV AP (R40, moderate) on the held-out
+split, and writes models/teacher/ (training/teacher_package.py: manifest with provenance, metrics and sha256,
+teacher.yaml, weights.safetensors, README.md). `--set` changes inference-only settings of the teacher's config
+(e.g. its final score rule). Errors are one line and exit 2; nothing is written then.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clean_ros.config import ConfigError, add_override_argument, apply_overrides, load_config, to_dict  # noqa: E402
+
+EXIT_USAGE = 2
+
+
+def evaluate_teacher(model, cfg, root: Path, split: str, batch_size: int = 2, progress: bool = False) -> dict:
+    """KITTI AP of the teacher's final (second-stage) detections on a KITTI-layout split."""
+    import torch
+
+    from clean_ros import kitti_eval
+    from training.data.config import DataConfig
+    from training.data.kitti_dataset import KittiDataset
+    from training.evaluation import kitti_metrics, predict_annotations
+    from training.teacher_task import TeacherTask
+
+    rpn = cfg.rpn
+    data_cfg = DataConfig(root=str(root), val_split=split, class_names=tuple(rpn.class_names),
+                          point_cloud_range=tuple(rpn.point_cloud_range), num_point_features=rpn.num_point_features)
+    dataset = KittiDataset(data_cfg, split, training=False)
+    tic = time.perf_counter()
+    gt, dt, _ = predict_annotations(TeacherTask(cfg, model), dataset, batch_size, 0, torch.device("cpu"),
+                                    progress=progress)
+    result = kitti_eval.evaluate(gt, dt, classes=tuple(rpn.class_names))
+    ap3d = {c: round(float(result[c]["3d_R40"][1]), 2) for c in rpn.class_names}
+    bev = {c: round(float(result[c]["bev_R40"][1]), 2) for c in rpn.class_names}
+    return {"split": f"{root}:{split}", "frames": len(gt), "ap3d_r40_moderate": ap3d,
+            "map3d_r40_moderate": round(sum(ap3d.values()) / len(ap3d), 2), "apbev_r40_moderate": bev,
+            "seconds": round(time.perf_counter() - tic, 1), "kitti": kitti_metrics(result)}
+
+
+def _train_seconds(run: Path) -> float | None:
+    try:
+        with (run / "epochs.csv").open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return round(sum(float(r.get("seconds") or 0) for r in rows), 1) or None
+    except (OSError, ValueError):
+        return None
+
+
+def readme(manifest: dict) -> str:
+    m, p = manifest["metrics"], manifest["provenance"]
+    ap = m.get("ap3d_r40_moderate", {})
+    lines = [f"# The shipped teacher: `{manifest['name']}`", "",
+             "A two-stage detector (SECOND RPN + RoI head with an IoU-quality logit) trained only on simulated "
+             "scans. `make compress` loads it (`teacher.checkpoint: models/teacher`); it is weights-only "
+             "(safetensors) and loads without executing code. Details: docs/TEACHER.md.", "",
+             f"- parameters: {manifest['params']:,}",
+             f"- held-out KITTI 3D AP R40 moderate on {m.get('frames')} simulated frames ({m.get('split')}): "
+             + ", ".join(f"{c} {v:.2f}" for c, v in ap.items()) + f"; mAP {m.get('map3d_r40_moderate')}",
+             f"- trained by: `{p.get('command')}` on `{p.get('data')}`",
+             f"- training: {p.get('epochs')} epochs, {p.get('train_seconds')} s on {p.get('machine')}",
+             f"- commit of the training code: `{p.get('commit')}`", "",
+             "sha256 of the files are in manifest.json.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, required=True, help="the teacher's training run folder")
+    ap.add_argument("--out", type=Path, default=Path("models/teacher"))
+    ap.add_argument("--eval-root", type=Path, required=True, help="KITTI-layout root with held-out frames")
+    ap.add_argument("--eval-split", default="val")
+    ap.add_argument("--data", default="", help="how the training data was made (recorded in the provenance)")
+    add_override_argument(ap)
+    args = ap.parse_args(argv)
+    try:
+        import os
+        import platform
+
+        from clean_ros.models.two_stage import TwoStageDetector
+        from clean_ros.models.two_stage_config import TwoStageConfig
+        from clean_ros.provenance import git_commit
+        from training.checkpoint import CheckpointError, load_model_weights
+        from training.config import TrainConfig
+        from training.teacher_package import save_teacher_package
+
+        run_cfg = load_config(TrainConfig, args.run / "config.yaml")
+        if run_cfg.two_stage is None:
+            raise ConfigError(f"{args.run / 'config.yaml'}: not a two-stage teacher run (no two_stage section)")
+        cfg = load_config(TwoStageConfig, data=apply_overrides(to_dict(run_cfg.two_stage), args.overrides))
+        model = TwoStageDetector(cfg)
+        model.load_state_dict(load_model_weights(args.run / "checkpoints" / "last.pt"))
+        model.eval()
+        metrics = evaluate_teacher(model, cfg, args.eval_root, args.eval_split)
+        provenance = {"command": f"python training/train.py --config config/train/{run_cfg.name}.yaml",
+                      "data": args.data or run_cfg.data.root, "epochs": run_cfg.epochs,
+                      "train_seconds": _train_seconds(args.run),
+                      "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+                      "commit": git_commit(short=True), "inference_overrides": list(args.overrides)}
+        manifest = {"name": cfg.name, "params": sum(p.numel() for p in model.parameters()),
+                    "metrics": metrics, "provenance": provenance}
+        save_teacher_package(args.out, model, cfg, provenance, metrics, readme(manifest))
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {args.out}: mAP {metrics['map3d_r40_moderate']} {metrics['ap3d_r40_moderate']} on "
+          f"{metrics['frames']} held-out frames")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
