@@ -284,3 +284,36 @@ def test_second_process_on_the_same_run_folder_is_refused(tmp_path):
         proc = run_compress(out, timeout=120)
     assert proc.returncode == 2 and "another training/compress.py is already running" in proc.stderr
     assert not (out / "stages").exists()
+
+
+def test_simulated_data_gets_disjoint_train_val_and_test_splits(tmp_path):
+    """Tune on val, report on holdout: the data stage splits the held-out frames into both and reports on holdout."""
+    from clean_ros.config import load_config
+    from training.pipeline.config import CompressConfig
+    from training.pipeline.steps import CompressPipeline
+
+    cfg = load_config(CompressConfig, data={"data": {"report_split": "holdout", "simulate": {
+        "frames": 12, "val_fraction": 0.5, "test_frames": 4, "overrides": {"sensor": {"azimuth_resolution_deg": 2.0}}}}})
+    pipeline = CompressPipeline(cfg, tmp_path / "run", log=lambda line: None, progress=False)
+    folder = tmp_path / "run" / "stages" / "data"
+    folder.mkdir(parents=True)
+    summary = pipeline.stage_data(folder)
+    sets = {name: (pipeline.data_root / "ImageSets" / f"{name}.txt").read_text().split()
+            for name in ("train", "val", "holdout")}
+    assert [len(sets[n]) for n in ("train", "val", "holdout")] == [6, 2, 4]
+    assert not (set(sets["train"]) & set(sets["val"]) or set(sets["train"]) & set(sets["holdout"])
+                or set(sets["val"]) & set(sets["holdout"]))
+    assert summary["frames"] == {"train": 6, "val": 2, "holdout": 4}
+    from clean_ros.models.configs import load_detector_config
+    from training.config_paths import find_config
+
+    student_cfg = load_detector_config(find_config("pointpillars_tiny"))
+    assert list(pipeline._eval_dataset(student_cfg).frame_ids) == sets["holdout"]
+
+
+def test_test_frames_must_leave_validation_frames():
+    from clean_ros.config import ConfigError, load_config
+    from training.pipeline.config import CompressConfig
+
+    with pytest.raises(ConfigError, match="test_frames"):
+        load_config(CompressConfig, data={"data": {"simulate": {"frames": 10, "val_fraction": 0.4, "test_frames": 4}}})

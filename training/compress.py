@@ -60,8 +60,21 @@ def load(args):
             raise UsageError(f"{label} {path}: file not found")
     cfg.teacher.config = str(_resolve(cfg.teacher.config))
     cfg.student.config = str(_resolve(cfg.student.config))
-    if cfg.teacher.checkpoint and not Path(cfg.teacher.checkpoint).is_file():
-        raise UsageError(f"teacher.checkpoint {cfg.teacher.checkpoint}: file not found")
+    if cfg.teacher.checkpoint:
+        from training.teacher_package import TeacherPackageError, is_teacher_package, read_manifest
+
+        checkpoint = _resolve(cfg.teacher.checkpoint)
+        if checkpoint.is_dir():
+            if not is_teacher_package(checkpoint):
+                raise UsageError(f"teacher.checkpoint {cfg.teacher.checkpoint}: a folder without manifest.json, not a "
+                                 "teacher folder (training/ship_teacher.py writes one)")
+            try:
+                read_manifest(checkpoint)
+            except TeacherPackageError as exc:
+                raise UsageError(f"teacher.checkpoint: {exc}") from None
+        elif not checkpoint.is_file():
+            raise UsageError(f"teacher.checkpoint {cfg.teacher.checkpoint}: file not found")
+        cfg.teacher.checkpoint = str(checkpoint)
     if cfg.data.source == "kitti" and not Path(cfg.data.root).is_dir():
         raise UsageError(f"data.root {cfg.data.root}: dataset folder not found (expected the KITTI object layout "
                          f"<root>/training/{{velodyne,label_2,calib}}, <root>/ImageSets/)")

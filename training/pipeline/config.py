@@ -20,9 +20,12 @@ from training.prune.config import PruneConfig
 class SimulateConfig:
     """Simulated KITTI-layout data (training/sim), generated on first run into runs/NAME/stages/data/dataset."""
 
-    frames: int = 200  # labelled frames, split into train / val by val_fraction
+    frames: int = 200  # labelled frames, split into train / held-out by val_fraction
     seed: int = 0
     val_fraction: float = 0.2
+    # of the held-out frames, this many form the separate reported split (data.report_split, default name
+    # "holdout"; not "test", which KITTI reserves for the unlabelled testing/ folder); the rest stay `val` (tuning)
+    test_frames: int = 0
     workers: int = 1  # processes generating frames
     overrides: dict[str, Any] = field(default_factory=dict)  # training.sim SimConfig values, e.g. {sensor: {...}}
 
@@ -33,6 +36,10 @@ class SimulateConfig:
             raise ValueError(f"simulate.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.workers < 1 or self.seed < 0:
             raise ValueError("simulate.workers must be >= 1 and simulate.seed >= 0")
+        held_out = self.frames - int(round(self.frames * (1.0 - self.val_fraction)))
+        if self.test_frames < 0 or (self.test_frames and self.test_frames >= held_out):
+            raise ValueError(f"simulate.test_frames must be >= 0 and leave some of the ~{held_out} held-out frames "
+                             f"for validation, got {self.test_frames}")
 
 
 @dataclass
@@ -40,8 +47,14 @@ class DataSection:
     source: Literal["simulate", "kitti"] = "simulate"
     root: str = ""  # kitti: the dataset root (KITTI object layout); simulate: ignored
     train_split: str = "train"
-    val_split: str = "val"  # the held-out split every model is evaluated on
+    val_split: str = "val"  # held-out frames for tuning
+    # the held-out split the evaluate stage reports every model on ("" = val_split); tune on val, report on test
+    report_split: str = ""
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
+
+    @property
+    def eval_split(self) -> str:
+        return self.report_split or self.val_split
 
     def __post_init__(self):
         if self.source == "kitti" and not self.root:
@@ -49,6 +62,11 @@ class DataSection:
         if self.train_split == self.val_split:
             raise ValueError(f"data.train_split and data.val_split must differ (held-out evaluation), both are "
                              f"{self.train_split!r}")
+        if self.source == "simulate" and self.report_split == "test":
+            raise ValueError("data.report_split 'test' names KITTI's unlabelled testing/ folder; call the simulated "
+                             "held-out split something else, e.g. 'holdout'")
+        if self.report_split == self.train_split:
+            raise ValueError(f"data.report_split must be a held-out split, not the training split {self.train_split!r}")
 
 
 @dataclass

@@ -319,7 +319,7 @@ class CompressPipeline:
                                 "student"))
         model_stages = tuple(stage for stage in self.model_stages().values())
         stages += [
-            Stage("evaluate", f"every model on split {c.data.val_split!r} (KITTI AP R40)", self.stage_evaluate,
+            Stage("evaluate", f"every model on split {c.data.eval_split!r} (KITTI AP R40)", self.stage_evaluate,
                   {"evaluation": c.evaluation, "data": c.data}, ("data", *model_stages)),
             Stage("efficiency", "params, GFLOPs, CPU latency at batch 1", self.stage_efficiency,
                   {"efficiency": c.efficiency}, ("data", *model_stages)),
@@ -410,15 +410,19 @@ class CompressPipeline:
                      f"{sim_cfg.sensor.azimuth_resolution_deg} deg) into {self.data_root}")
             stats = simulate_dataset(sim_cfg, self.data_root, s.frames, s.seed, s.workers, progress=self.progress)
             summary = {k: round(float(v), 3) for k, v in stats.items()}
-            # the simulator names its splits train / val; honour other names by listing them too
             sets = self.data_root / "ImageSets"
+            if s.test_frames:  # the last test_frames held-out frames become the reported split
+                held_out = (sets / "val.txt").read_text().split()
+                (sets / "val.txt").write_text("\n".join(held_out[:-s.test_frames]) + "\n")
+                (sets / f"{d.report_split or 'holdout'}.txt").write_text("\n".join(held_out[-s.test_frames:]) + "\n")
+            # the simulator names its splits train / val; honour other names by listing them too
             for wanted, have in ((d.train_split, "train"), (d.val_split, "val")):
                 if wanted != have:
                     (sets / f"{wanted}.txt").write_text((sets / f"{have}.txt").read_text())
         else:
             summary = {}
         counts = {}
-        for split in (d.train_split, d.val_split):
+        for split in dict.fromkeys((d.train_split, d.val_split, d.eval_split)):
             try:
                 counts[split] = len(KittiDataset(DataConfig(root=str(self.data_root)), split))
             except Exception as exc:  # KittiLayoutError and friends: a user's dataset
@@ -577,7 +581,7 @@ class CompressPipeline:
                               class_names=tuple(model_cfg.class_names),
                               point_cloud_range=tuple(model_cfg.point_cloud_range),
                               num_point_features=model_cfg.num_point_features, fov_crop=fov_crop)
-        return KittiDataset(data_cfg, d.val_split, training=False)
+        return KittiDataset(data_cfg, d.eval_split, training=False)
 
     def stage_evaluate(self, folder: Path) -> dict:
         from training import kitti_eval
@@ -625,7 +629,7 @@ class CompressPipeline:
 
         d = self.cfg.data
         dataset = KittiDataset(DataConfig(root=str(self.data_root), train_split=d.train_split,
-                                          val_split=d.val_split), d.val_split, training=False)
+                                          val_split=d.eval_split), d.eval_split, training=False)
         return dataset.split_dir / "velodyne" / f"{dataset.frame_ids[0]}.bin"
 
     def stage_export(self, folder: Path) -> dict:
