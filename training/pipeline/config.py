@@ -183,6 +183,8 @@ class BaselineConfig:
     # finetune.epochs (pruned widths from scratch: same total epochs as the final student), finetune.epochs (init pruned)
     epochs: int = 0
     distill: list[str] = field(default_factory=list)
+    # train with the IoU branch and evaluate with iou_refine.gate, as the final student (ablations of CLEAN's KD)
+    iou_gate: bool = False
     # the stage whose model teaches this baseline: "teacher" (the two-stage teacher) or another model stage, e.g.
     # "student_baseline" (PointDistiller needs a teacher that encodes the student's own voxels / pillars)
     teacher: str = "teacher"

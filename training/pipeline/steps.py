@@ -314,7 +314,8 @@ class CompressPipeline:
             stages.append(Stage(f"baseline_{baseline.name}",
                                 f"baseline {baseline.name} ({baseline.method}, {baseline.architecture} widths)",
                                 lambda folder, b=baseline: self.stage_baseline(folder, b),
-                                {**common, "student": c.student, "distill": c.distill, "baseline": baseline},
+                                {**common, "student": c.student, "distill": c.distill, "baseline": baseline,
+                                 **({"iou_refine": c.iou_refine} if baseline.iou_gate else {})},
                                 tuple(deps), train_frames * epochs * (1.5 if baseline.method != "none" else 1.0),
                                 "student"))
         model_stages = tuple(stage for stage in self.model_stages().values())
@@ -554,10 +555,14 @@ class CompressPipeline:
             _, model_cfg, pruned = load_model(self.stages_dir / "prune")
             if baseline.init == "pruned":  # the final student's start: inherited weights
                 init_state = pruned.state_dict()
+        if baseline.iou_gate:
+            if model_cfg is None:
+                model_cfg = self.train_config(self.cfg.student.config, 1, list(self.cfg.student.set)).model
+            model_cfg = self.with_iou_branch(model_cfg)
         try:
             return self.train_student(folder, self.baseline_epochs(baseline), [], distill_cfg=distill_cfg,
                                       model_cfg=model_cfg, init_state=init_state, teacher_stage=baseline.teacher,
-                                      init_from="prune")
+                                      init_from="prune", strict=not baseline.iou_gate)
         except (ValueError, ConfigError) as exc:  # the method refuses this teacher / student pairing
             shutil.rmtree(folder / "train", ignore_errors=True)
             first = str(exc).strip().splitlines()[0]
