@@ -317,3 +317,30 @@ def test_test_frames_must_leave_validation_frames():
 
     with pytest.raises(ConfigError, match="test_frames"):
         load_config(CompressConfig, data={"data": {"simulate": {"frames": 10, "val_fraction": 0.4, "test_frames": 4}}})
+
+
+@pytest.mark.slow
+def test_a_seeded_training_stage_repeats_exactly_whatever_ran_before(tmp_path):
+    """Issue 13 item 6: two identical runs gave different teachers because the model was built from whatever RNG
+    state earlier stages left. Each training stage now seeds before building its model: the teacher stage run after
+    different amounts of earlier random work gives bit-identical weights."""
+    import torch
+
+    from clean_ros.config import load_config
+    from training.pipeline.config import CompressConfig
+    from training.pipeline.steps import CompressPipeline
+
+    cfg = load_config(CompressConfig, SMOKE, ["data.simulate.frames=4", "data.simulate.val_fraction=0.5"])
+    pipeline = CompressPipeline(cfg, tmp_path / "run", log=lambda line: None, progress=False)
+    (tmp_path / "run" / "stages" / "data").mkdir(parents=True)
+    pipeline.stage_data(tmp_path / "run" / "stages" / "data")
+    weights = []
+    for draws in (3, 11):
+        torch.rand(draws)  # earlier work consumed the global generator differently
+        folder = tmp_path / f"teacher_{draws}"
+        folder.mkdir()
+        pipeline.stage_teacher(folder)
+        weights.append(torch.load(folder / "model.pt", weights_only=True))
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
