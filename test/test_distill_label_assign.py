@@ -70,7 +70,9 @@ def test_merge_puts_teacher_boxes_in_front_and_handles_empty_frames():
 def test_label_assignment_targets_include_accepted_teacher_boxes(head):
     torch.manual_seed(4)
     cfg_t = small_cfg()
-    cfg = small_cfg("pointpillars_tiny", "head.iou_branch=true") if head == "anchor" else small_cfg(
+    # iou_target=anchor: the anchor's own IoU, exactly 1 on the teacher box (the predicted-box target: test_targets.py)
+    cfg = small_cfg("pointpillars_tiny", "head.iou_branch=true",
+                    "head.loss.iou_target=anchor") if head == "anchor" else small_cfg(
         "centerpoint_pillar_tiny", "head.iou_branch=true", "head.shared_conv_width=16", "head.head_conv_width=8")
     student = build_detector(cfg)
     # Teacher box exactly on a Car anchor of cell (row 20, col 30) in frame 1 (a frame with no GT);

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from clean_ros.config import ConfigError
 from clean_ros.models.configs import LossConfig, load_detector_config
 from clean_ros.models.detector import build_detector
-from clean_ros.postprocess import decode_anchor_boxes
+from clean_ros.postprocess import decode_anchor_boxes, postprocess_tensors
 from training.config_paths import find_config
-from training.losses import (anchor_losses, center_focal_loss, center_losses, detection_loss, sigmoid_focal_loss,
-                             smooth_l1)
+from training.losses import (anchor_losses, balanced_iou_branch_loss, center_focal_loss, center_losses, detection_loss,
+                             iou_branch_loss, sigmoid_focal_loss, smooth_l1)
 from training.targets import (assign_anchor_targets, assign_center_targets, build_targets, direction_bins,
                               gaussian_radius)
 
@@ -133,6 +134,154 @@ def test_best_anchor_is_forced_positive_and_ignore_band(anchor_model):
     assert torch.allclose(t.box_targets[0, p], expected_residual, atol=1e-6)
 
 
+# --------------------------------------------------------------------------- IoU-branch targets
+def _decode_reference(residual: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+    """The residual coder written out (docs/HELPERS.md), independent of geometry.decode_boxes."""
+    diagonal = math.hypot(anchor[3], anchor[4])
+    return np.array([anchor[0] + residual[0] * diagonal, anchor[1] + residual[1] * diagonal,
+                     anchor[2] + residual[2] * anchor[5], *(np.exp(residual[3:6]) * anchor[3:6]),
+                     anchor[6] + residual[6]])
+
+
+def _iou_reference(a: np.ndarray, b: np.ndarray, three_d: bool, samples: int = 700) -> float:
+    """IoU of two rotated boxes by counting BEV sample points inside each (z overlap exact), independent of
+    geometry.py; accurate to about 1%."""
+    reach = max(math.hypot(a[3], a[4]), math.hypot(b[3], b[4])) / 2
+    lo = np.minimum(a[:2], b[:2]) - reach
+    hi = np.maximum(a[:2], b[:2]) + reach
+    xs = np.linspace(lo[0], hi[0], samples, endpoint=False) + (hi[0] - lo[0]) / samples / 2
+    ys = np.linspace(lo[1], hi[1], samples, endpoint=False) + (hi[1] - lo[1]) / samples / 2
+    gx, gy = np.meshgrid(xs, ys)
+    cell = (hi[0] - lo[0]) * (hi[1] - lo[1]) / samples ** 2
+
+    def inside(box):
+        dx, dy = gx - box[0], gy - box[1]
+        c, s = math.cos(box[6]), math.sin(box[6])
+        return (np.abs(c * dx + s * dy) <= box[3] / 2) & (np.abs(-s * dx + c * dy) <= box[4] / 2)
+
+    inter = (inside(a) & inside(b)).sum() * cell
+    if not three_d:
+        return inter / (a[3] * a[4] + b[3] * b[4] - inter)
+    z_overlap = max(0.0, min(a[2] + a[5] / 2, b[2] + b[5] / 2) - max(a[2] - a[5] / 2, b[2] - b[5] / 2))
+    inter *= z_overlap
+    return inter / (a[3] * a[4] * a[5] + b[3] * b[4] * b[5] - inter)
+
+
+def _scene(model):
+    """Frame 0: a turned Car, a Pedestrian at a cell corner, a Cyclist; frame 1: one Car and a padding row."""
+    grid, anchors = model.grid, model.anchors
+    car = anchors[_position(grid, 40, 20, 0)].clone()
+    car[[0, 1, 6]] += torch.tensor([0.2, -0.1, 0.3])
+    ped = anchors[_position(grid, 10, 10, 2)].clone()
+    ped[:2] += torch.tensor([grid.cell_x / 2, grid.cell_y / 2])  # equally far from four cell centres
+    cyc = anchors[_position(grid, 60, 30, 4)].clone()
+    cyc[6] = -1.0
+    other = anchors[_position(grid, 30, 60, 1)].clone()
+    gt = torch.stack([torch.stack([car, ped, cyc]), torch.stack([other, torch.zeros(7), torch.zeros(7)])])
+    return gt, torch.tensor([[0, 1, 2], [0, -1, -1]])
+
+
+def _head_output(cfg, model, box_preds=None):
+    grid = model.grid
+    out = model.head_output(model.head(torch.zeros(2, cfg.bev_backbone.out_channels, grid.height, grid.width)),
+                            torch.zeros(2))
+    return out if box_preds is None else out._replace(box_preds=box_preds)
+
+
+@pytest.mark.parametrize("mode", ["predicted", "predicted_bev"])
+def test_predicted_iou_targets_match_brute_force(anchor_model, mode):
+    cfg, model = anchor_model
+    cfg = load_detector_config(find_config("pointpillars_tiny"), [f"head.loss.iou_target={mode}"])
+    gt, labels = _scene(model)
+    box_preds = torch.randn(2, model.grid.num_positions, 7, generator=torch.Generator().manual_seed(3)) * 0.15
+    t = build_targets(_head_output(cfg, model, box_preds), gt, labels, cfg)
+    plain = assign_anchor_targets(model.anchors, model.anchor_classes, gt, labels, cfg.head.anchors)
+    assert torch.equal(t.labels, plain.labels) and torch.equal(t.matched_gt, plain.matched_gt)
+    frames, positions = t.positives.nonzero(as_tuple=True)
+    assert set((t.labels[frames, positions] - 1).tolist()) == {0, 1, 2}  # every class has positives
+    anchors, boxes = model.anchors.double().numpy(), box_preds.double().numpy()
+    for b, p in zip(frames.tolist(), positions.tolist()):
+        predicted = _decode_reference(boxes[b, p], anchors[p])
+        assigned = gt[b, t.matched_gt[b, p]].double().numpy()
+        expected = _iou_reference(predicted, assigned, three_d=mode == "predicted")
+        assert float(t.iou_targets[b, p]) == pytest.approx(expected, abs=0.02), (b, p)
+    assert (t.iou_targets[~t.positives] == 0).all()  # every other anchor: 0, whatever its own overlap
+    assert (plain.iou_targets[~t.positives] > 0).any()
+    # a perfect regression scores 1 at every positive, whatever the class
+    perfect = build_targets(_head_output(cfg, model, plain.box_targets.clone()), gt, labels, cfg)
+    assert torch.allclose(perfect.iou_targets[perfect.positives], torch.ones(len(frames)), atol=1e-4)
+
+
+def test_anchor_iou_target_option_keeps_the_anchor_overlap(anchor_model):
+    _, model = anchor_model
+    cfg = load_detector_config(find_config("pointpillars_tiny"), ["head.loss.iou_target=anchor"])
+    gt, labels = _scene(model)
+    t = build_targets(_head_output(cfg, model, torch.randn(2, model.grid.num_positions, 7)), gt, labels, cfg)
+    plain = assign_anchor_targets(model.anchors, model.anchor_classes, gt, labels, cfg.head.anchors)
+    assert torch.equal(t.iou_targets, plain.iou_targets)
+    assert LossConfig().iou_target == "predicted" and LossConfig().iou_loss == "balanced"
+    with pytest.raises(ConfigError, match="iou_target: 'bogus' is not one of"):
+        load_detector_config(find_config("pointpillars_tiny"), ["head.loss.iou_target=bogus"])
+
+
+def _well_localised_output(cfg, model, gt, labels, targets_mode):
+    """Every object detected (class logit +4 at its positive anchors, -10 elsewhere; residuals exact) and an IoU
+    branch that outputs exactly its training target: the best a branch trained on that target can do."""
+    assign = load_detector_config(find_config("pointpillars_tiny"), [f"head.loss.iou_target={targets_mode}"])
+    plain = assign_anchor_targets(model.anchors, model.anchor_classes, gt, labels, cfg.head.anchors)
+    out = _head_output(cfg, model, plain.box_targets.clone())
+    t = build_targets(out, gt, labels, assign)
+    cls = torch.full_like(out.cls_logits, -10.0)
+    frames, positions = t.positives.nonzero(as_tuple=True)
+    cls[frames, positions, t.labels[frames, positions] - 1] = 4.0
+    dirs = torch.nn.functional.one_hot(t.dir_targets, 2).float() * 20 - 10
+    return out._replace(cls_logits=cls, dir_logits=dirs, iou_logits=torch.logit(t.iou_targets.clamp(1e-4, 1 - 1e-4))), t
+
+
+def test_hard_gate_keeps_every_class_of_well_localised_detections(anchor_model):
+    """The gate removes poorly localised boxes, never a class: with the predicted-box target a Pedestrian that
+    sits between four cells keeps its detection. The anchor's own IoU there (0.177 < tau_ped 0.2) would remove
+    it even with a branch that learned its target perfectly, the defect behind iou_target=predicted."""
+    _, model = anchor_model
+    gated = load_detector_config(find_config("pointpillars_tiny"),
+                                 ["head.iou_branch=true", "postprocess.iou_gate.mode=hard"])
+    ungated = load_detector_config(find_config("pointpillars_tiny"), ["head.iou_branch=true"])
+    assert gated.postprocess.iou_gate.thresholds == [0.5, 0.2, 0.2]
+    gt, labels = _scene(model)
+    out, t = _well_localised_output(gated, model, gt, labels, "predicted")
+    plain_frames = postprocess_tensors(out, ungated)
+    assert sorted(plain_frames[0].labels.tolist()) == [0, 1, 2] and plain_frames[1].labels.tolist() == [0]
+    for plain, kept in zip(plain_frames, postprocess_tensors(out, gated)):
+        assert sorted(kept.labels.tolist()) == sorted(plain.labels.tolist())
+        assert torch.allclose(kept.scores, plain.scores)
+    ped = (t.labels[0] == 2)
+    assert (t.iou_targets[0, ped] > 0.99).all()
+    out_anchor, t_anchor = _well_localised_output(gated, model, gt, labels, "anchor")
+    assert float(t_anchor.iou_targets[0, ped].max()) == pytest.approx(0.1444 / (0.96 - 0.1444), abs=1e-4)
+    assert sorted(postprocess_tensors(out_anchor, ungated)[0].labels.tolist()) == [0, 1, 2]
+    assert 1 not in postprocess_tensors(out_anchor, gated)[0].labels.tolist()
+
+
+def test_balanced_iou_loss_lets_a_blind_branch_reach_the_pedestrian_threshold(anchor_model):
+    """A branch that cannot tell positions apart (one shared logit) settles at the loss's minimum: over all
+    positions / positives (METHOD.md) that is ~0, below every gate threshold; balanced it is half the positives'
+    mean target. Why the all_positions loss held the pedestrian branch near 0 on the default grid."""
+    _, model = anchor_model
+    cfg = load_detector_config(find_config("pointpillars_tiny"), ["head.iou_branch=true"])
+    gt, labels = _scene(model)
+    out, t = _well_localised_output(cfg, model, gt, labels, "predicted")
+    grid_q = torch.linspace(0.005, 0.995, 199)
+    positives, negatives = t.labels > 0, t.labels == 0
+
+    def best_q(loss):
+        losses = [loss(torch.full_like(out.iou_logits, float(torch.logit(q)))).item() for q in grid_q]
+        return float(grid_q[int(np.argmin(losses))])
+
+    assert best_q(lambda u: iou_branch_loss(u, t.iou_targets, positives.sum())) < 0.01
+    balanced = best_q(lambda u: balanced_iou_branch_loss(u, t.iou_targets, positives, negatives))
+    assert balanced == pytest.approx(0.5, abs=0.003)  # (mean target 1 + mean target 0) / 2
+
+
 def test_prepended_boxes_and_untrained_labels(anchor_model):
     cfg, model = anchor_model
     grid, anchors, classes = model.grid, model.anchors, model.anchor_classes
@@ -230,9 +379,18 @@ def test_anchor_losses_zero_when_perfect_and_exact_when_not(anchor_model):
     shifted[0, first, 0] += 1.0
     box = anchor_losses(perfect._replace(box_preds=shifted), t, loss_cfg).parts["box"].item()
     assert box == pytest.approx(2.0 * (1 - (1 / 9) / 2) / num_pos, rel=1e-5)
-    # IoU branch predicting 0 everywhere: sum of squared targets / positives
-    silent = anchor_losses(perfect._replace(iou_logits=torch.full_like(perfect.iou_logits, -60)), t, loss_cfg)
+    # IoU branch predicting 0 everywhere. all_positions: sum of squared targets / positives
+    silent_logits = perfect._replace(iou_logits=torch.full_like(perfect.iou_logits, -60))
+    silent = anchor_losses(silent_logits, t, LossConfig(iou_loss="all_positions"))
     assert silent.parts["iou"].item() == pytest.approx(float((t.iou_targets ** 2).sum()) / num_pos, rel=1e-5)
+    # balanced (default): mean squared target over the positives + over the negatives; ignored anchors add nothing
+    negatives = t.labels == 0
+    expected = (float((t.iou_targets[t.labels > 0] ** 2).mean()) + float((t.iou_targets[negatives] ** 2).mean()))
+    assert anchor_losses(silent_logits, t, loss_cfg).parts["iou"].item() == pytest.approx(expected, rel=1e-5)
+    ignored_noise = silent_logits.iou_logits.clone()
+    ignored_noise[t.labels == -1] = 5.0
+    assert anchor_losses(silent_logits._replace(iou_logits=ignored_noise), t, loss_cfg).parts["iou"].item() \
+        == pytest.approx(expected, rel=1e-5)
     # ignored anchors contribute nothing to classification
     ignored = t.labels == -1
     assert ignored.any()

@@ -2,10 +2,14 @@
 
 Anchor head: sigmoid focal classification (alpha 0.25, gamma 2) over positives + negatives, smooth-L1 box
 regression (beta 1/9) with the sin-difference trick for yaw, direction-bin cross-entropy, each normalised by
-the frame's number of positive anchors and averaged over the batch; IoU branch: MSE between sigmoid(u) and its
-target over all positions, divided by the batch's positives.
+the frame's number of positive anchors and averaged over the batch; IoU branch (LossConfig.iou_loss):
+  balanced (default): mean squared error of sigmoid(u) over the batch's positive anchors plus that over its
+    negative anchors; ignored anchors add nothing. Positives and negatives weigh the same whatever their counts.
+  all_positions (METHOD.md section 5): squared error summed over all positions, divided by the batch's positives.
+    With ~1,800 negatives per positive and sigmoid(u) starting at 0.01 it holds the branch near 0 for classes
+    with few positives: the hard gate then removed every pedestrian (docs/DISTILL.md, IoU gate).
 Center head: CenterNet focal loss on the Gaussian heatmap (normalised by the number of objects), L1 on the
-per-object regression, IoU-branch MSE as above.
+per-object regression, IoU-branch MSE summed over all positions divided by the number of objects.
 """
 from __future__ import annotations
 
@@ -68,6 +72,14 @@ def iou_branch_loss(iou_logits: torch.Tensor, iou_targets: torch.Tensor, num_pos
     return ((torch.sigmoid(iou_logits) - iou_targets) ** 2).sum() / num_positives.clamp(min=1)
 
 
+def balanced_iou_branch_loss(iou_logits: torch.Tensor, iou_targets: torch.Tensor, positives: torch.Tensor,
+                             negatives: torch.Tensor) -> torch.Tensor:
+    """Mean of (sigmoid(u) - target)^2 over the positives plus its mean over the negatives (each count >= 1)."""
+    squared = (torch.sigmoid(iou_logits) - iou_targets) ** 2
+    return ((squared * positives).sum() / positives.sum().clamp(min=1)
+            + (squared * negatives).sum() / negatives.sum().clamp(min=1))
+
+
 def anchor_losses(output: HeadOutput, targets: AnchorTargets, cfg: LossConfig) -> LossBreakdown:
     batch, _, num_classes = output.cls_logits.shape
     positives = targets.labels > 0
@@ -86,7 +98,11 @@ def anchor_losses(output: HeadOutput, targets: AnchorTargets, cfg: LossConfig) -
         ce = F.cross_entropy(output.dir_logits.transpose(1, 2), targets.dir_targets, reduction="none")
         parts["dir"] = cfg.dir_weight * (ce * reg_weights).sum() / batch
     if output.iou_logits is not None:
-        parts["iou"] = cfg.iou_weight * iou_branch_loss(output.iou_logits, targets.iou_targets, positives.sum())
+        if cfg.iou_loss == "balanced":
+            iou = balanced_iou_branch_loss(output.iou_logits, targets.iou_targets, positives, negatives)
+        else:
+            iou = iou_branch_loss(output.iou_logits, targets.iou_targets, positives.sum())
+        parts["iou"] = cfg.iou_weight * iou
     return LossBreakdown(sum(parts.values()), parts)
 
 

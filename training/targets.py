@@ -6,8 +6,14 @@ Anchor head (per class, the matching IoU of that class's anchors with that class
   exact rotated BEV IoU, geometry.bev_iou):
   positive: IoU >= matched threshold, or the best anchor(s) of a box (if that IoU > 0);
   negative: IoU < unmatched threshold (and not positive); ignored: in between.
-  Box targets: geometry.encode_boxes of the matched box; direction bin of its yaw; IoU-branch target: the
-  anchor's best same-class IoU where > 0.
+  Box targets: geometry.encode_boxes of the matched box; direction bin of its yaw.
+  IoU-branch target (LossConfig.iou_target, docs/DISTILL.md "IoU-aware redundancy elimination"):
+    predicted (default): at each positive anchor, the 3D IoU of the box the head predicts there (decoded
+      residuals, no gradient) with its assigned box; 0 at every other anchor. Localisation quality of the
+      predicted box, class-agnostic, the quantity the IoU gate is meant to judge.
+    predicted_bev: the same with rotated BEV IoU.
+    anchor (METHOD.md section 5 as written): the anchor's own matching IoU with its best same-class box, at
+      every anchor where > 0, whatever its box regression does.
 Center head: CenterPoint Gaussian heatmap (radius from the box's size in feature cells, min overlap), per-object
   pixel index, sub-pixel offset, z, log size, sin/cos yaw; IoU-branch target 1 at the centre pixels.
 Vectorised over anchors / pixels; loops only over batch and classes.
@@ -29,7 +35,7 @@ class AnchorTargets(NamedTuple):
     labels: torch.Tensor  # (B, P) int64: -1 ignore, 0 background, k + 1 = class k
     box_targets: torch.Tensor  # (B, P, 7) residuals (zero where not positive)
     dir_targets: torch.Tensor  # (B, P) int64 direction bin (0 where not positive)
-    iou_targets: torch.Tensor  # (B, P) best same-class BEV IoU where > 0
+    iou_targets: torch.Tensor  # (B, P) best same-class matching IoU where > 0 (build_targets: per iou_target)
     matched_gt: torch.Tensor  # (B, P) int64 index into the M boxes of the frame, -1 where not positive
 
     @property
@@ -189,12 +195,38 @@ def assign_center_targets(grid: FeatureGrid, gt_boxes: torch.Tensor, gt_labels: 
     return CenterTargets(heatmaps, indices, mask, labels, box_targets, iou_targets)
 
 
+def predicted_iou_targets(box_preds: torch.Tensor, anchors: torch.Tensor, targets: AnchorTargets,
+                          gt_boxes: torch.Tensor, three_d: bool = True) -> torch.Tensor:
+    """(B, P) IoU-branch targets: at each positive anchor the IoU (3D, or rotated BEV) of the box decoded from
+    box_preds (B, P, 7) there with the box it is assigned (gt_boxes (B, M, 7), targets.matched_gt); 0 elsewhere.
+
+    Heading bins do not matter: both IoUs are unchanged by a half-turn of the box. Call without gradient.
+    """
+    iou_targets = torch.zeros_like(targets.iou_targets)
+    frame, position = targets.positives.nonzero(as_tuple=True)
+    if frame.numel() == 0:
+        return iou_targets
+    predicted = geometry.decode_boxes(box_preds[frame, position].to(anchors.dtype), anchors[position])
+    assigned = gt_boxes[frame, targets.matched_gt[frame, position]].to(anchors.dtype)
+    iou = geometry.iou_3d_aligned(predicted, assigned) if three_d else geometry.bev_iou_aligned(predicted, assigned)
+    iou_targets[frame, position] = iou.clamp(0.0, 1.0).to(iou_targets.dtype)
+    return iou_targets
+
+
 def build_targets(output: HeadOutput, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, cfg: DetectorConfig) -> Targets:
-    """Targets for a HeadOutput (anchor or center head) from padded ground truth."""
+    """Targets for a HeadOutput (anchor or center head) from padded ground truth; the anchor head's IoU-branch
+    targets as cfg.head.loss.iou_target says."""
     gt_boxes = gt_boxes.to(output.cls_logits.device)
     gt_labels = gt_labels.to(output.cls_logits.device).long()
     with torch.no_grad():
         if output.head_type == "anchor":
-            return assign_anchor_targets(output.anchors, output.anchor_classes, gt_boxes, gt_labels, cfg.head.anchors,
-                                         cfg.head.dir_offset, cfg.head.num_dir_bins, cfg.head.anchor_matching)
+            targets = assign_anchor_targets(output.anchors, output.anchor_classes, gt_boxes, gt_labels,
+                                            cfg.head.anchors, cfg.head.dir_offset, cfg.head.num_dir_bins,
+                                            cfg.head.anchor_matching)
+            mode = cfg.head.loss.iou_target
+            if mode == "anchor":
+                return targets
+            iou = predicted_iou_targets(output.box_preds, output.anchors, targets, gt_boxes,
+                                        three_d=mode == "predicted")
+            return targets._replace(iou_targets=iou)
         return assign_center_targets(output.grid, gt_boxes, gt_labels, cfg.num_classes, cfg.head)

@@ -168,6 +168,11 @@ class LossConfig:
     focal_gamma: float = 2.0
     smooth_l1_beta: float = 1.0 / 9.0
     code_weights: list[float] = field(default_factory=list)  # per regression channel, empty = all 1
+    # Anchor head's IoU branch (docs/DISTILL.md "IoU-aware redundancy elimination"; the center head keeps METHOD.md
+    # section 5's): target = 3D / BEV IoU of the predicted box with its assigned box at positives, or the anchor's
+    # own IoU (training/targets.py); loss = balanced positives / negatives or over all positions (training/losses.py)
+    iou_target: Literal["predicted", "predicted_bev", "anchor"] = "predicted"
+    iou_loss: Literal["balanced", "all_positions"] = "balanced"
 
 
 @dataclass
