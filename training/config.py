@@ -64,6 +64,10 @@ class TrainConfig:
     eval_batch_size: int = 0  # 0 = batch_size
     workers: int = 4  # DataLoader worker processes per training process
     seed: int = 0
+    # torch threads of the training process (0 = torch's default). 1 on a 2-core machine: with more, OpenMP threads
+    # spin against the data worker and other jobs (measured 0.4 s/it idle but 5-9 s/it under load with 2 threads,
+    # 0.47 s/it with 1 thread under the same load)
+    threads: int = 0
     amp: bool = True  # mixed precision (autocast + GradScaler); used on CUDA only, ignored on CPU
     deterministic: bool = False  # torch.use_deterministic_algorithms(True, warn_only=True) + cudnn deterministic
     sync_batchnorm: bool = True  # with more than one process: batch-norm statistics over the global batch

@@ -126,6 +126,10 @@ def _main(args) -> int:
     ctx = init_distributed(args.device)
     try:
         logger = setup_logging(Path(run_root) / "train.log" if ctx.is_main else None, ctx.is_main)
+        if cfg.threads > 0:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
         try:
             if not cfg.augment.gt_sampling_config.database_path:  # default: next to the data, per split
