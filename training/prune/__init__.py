@@ -6,8 +6,9 @@ globally, rebuild a physically smaller detector with inherited weights. See docs
 """
 from training.prune.config import PruneConfig
 from training.prune.graph import Consumer, PrunableLayer, build_graph
-from training.prune.importance import ImportanceScores, check_training_split, score_filters
+from training.prune.importance import ImportanceScores, check_training_split, l1_scores, score_filters
 from training.prune.surgery import LayerChange, PruneReport, prune_detector, prune_with_keep, select_filters
 
 __all__ = ["PruneConfig", "Consumer", "PrunableLayer", "build_graph", "ImportanceScores", "check_training_split",
-           "score_filters", "LayerChange", "PruneReport", "prune_detector", "prune_with_keep", "select_filters"]
+           "score_filters", "l1_scores", "LayerChange", "PruneReport", "prune_detector", "prune_with_keep",
+           "select_filters"]

@@ -7,6 +7,11 @@ For filter f: P = sigmoid(class logits) of the unpruned model, P^(f) = the same 
                       unpruned model's own post-processing (clean_ros.postprocess.postprocess_tensors positions)
   unmasked (CaKDP):   the same mean over every position.
 Frames where the unpruned model detects nothing contribute 0 to the masked criterion (counted in the result).
+  l1 (ablation "L1-norm pruning instead of category importance"): I_f = ||W_f||_1 / mean_g ||W_g||_1 over the
+                      filters g of the same layer; data-free (score_filters reads no batch). The ranking is global
+                      (section 4), and raw L1 norms are not comparable across layers: they grow with the fan-in
+                      (in_channels x kernel taps), so without the per-layer mean the widest-input layers would keep
+                      everything. Same layers as the category criteria (build_graph), so surgery is unchanged.
 
 Vectorised: the unpruned pass runs once per batch; K = filters_per_pass variants then share one forward pass as
 K replicas along the batch dimension, and a forward hook multiplies the scored conv's OUTPUT (before its BN) by
@@ -154,11 +159,14 @@ def score_filters(detector: Detector, batches: Iterable, cfg: PruneConfig | None
     """Importance of every prunable filter over the first cfg.num_frames frames of `batches` (training frames).
 
     batches: an iterable of training.data.sample.Batch (e.g. the training DataLoader). layers: the pruning
-    graph (default build_graph(detector, cfg.prune_encoder, cfg.prune_backbone_3d)).
+    graph (default build_graph(detector, cfg.prune_encoder, cfg.prune_backbone_3d)). With cfg.criterion "l1"
+    the scores come from the weights alone (l1_scores) and `batches` is not iterated.
     """
     cfg = cfg or PruneConfig()
     check_training_split(batches)
     layers = layers if layers is not None else build_graph(detector, cfg.prune_encoder, cfg.prune_backbone_3d)
+    if cfg.criterion == "l1":  # weights only: the batches are never iterated
+        return l1_scores(detector, layers)
     modules = dict(detector.named_modules())
     device = next(detector.parameters()).device
     scores = {layer.name: torch.zeros(layer.width, dtype=torch.float64, device=device) for layer in layers}
@@ -188,6 +196,31 @@ def score_filters(detector: Detector, batches: Iterable, cfg: PruneConfig | None
     finally:
         detector.train(was_training)
     return ImportanceScores(layers, {k: v.cpu() for k, v in scores.items()}, cfg.criterion, frames, empty)
+
+
+def _output_dim(kind: str) -> int:
+    """The output-filter dim of a prunable layer's weight: transposed conv [in, out, kh, kw]; conv [out, in, kh, kw],
+    linear [out, in] and spconv [out, kz, ky, kx, in] have it first."""
+    return 1 if kind == "deconv" else 0
+
+
+@torch.no_grad()
+def l1_scores(detector: Detector, layers: list[PrunableLayer]) -> ImportanceScores:
+    """L1-norm criterion: each filter's weight L1 norm divided by its layer's mean filter norm (float64).
+
+    Per-layer normalisation because the ranking is global: a layer's raw norms scale with its fan-in, so they are
+    not comparable with another layer's. A layer whose weights are all zero keeps scores of 0."""
+    modules = dict(detector.named_modules())
+    scores = {}
+    for layer in layers:
+        weight = modules[layer.name].weight.detach().double()
+        dim = _output_dim(layer.kind)
+        norms = weight.abs().transpose(0, dim).reshape(weight.shape[dim], -1).sum(dim=1)
+        if norms.numel() != layer.width:
+            raise ValueError(f"{layer.name}: weight has {norms.numel()} output filters, the graph says {layer.width}")
+        mean = norms.mean()
+        scores[layer.name] = (norms / mean if mean > 0 else norms).cpu()
+    return ImportanceScores(layers, scores, "l1", num_frames=0, frames_without_detections=0)
 
 
 def _concat(cache: _BEVCache, canvas: torch.Tensor) -> torch.Tensor:
@@ -260,4 +293,4 @@ def _score_layer(detector: Detector, modules: dict[str, nn.Module], layer: Pruna
         out[filters] += (change * weights.unsqueeze(0)).sum(dim=(1, 2))
 
 
-__all__ = ["ImportanceScores", "score_filters", "check_training_split"]
+__all__ = ["ImportanceScores", "score_filters", "l1_scores", "check_training_split"]
