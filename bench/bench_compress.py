@@ -33,16 +33,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import json
 
-    from clean_ros.config import load_config
+    from clean_ros.yaml_config import load_config
     from training.efficiency import measure_models
-    from training.pipeline.config import CompressConfig
-    from training.pipeline.steps import CompressPipeline, make_task
+    from training.compression.compress_config import CompressConfig
+    from training.compression.graph import CompressionGraph
+    from training.compression.stored_models import make_task
 
     frame = Path(json.loads(efficiency.read_text())["frame"])
-    pipeline = CompressPipeline(load_config(CompressConfig, args.run / "config.yaml"), args.run, print, False)
+    graph = CompressionGraph(load_config(CompressConfig, args.run / "config.yaml"), args.run, print, False)
     models = {}
-    for key in pipeline.available_models():  # the run's reported models, each with its evaluation gate
-        models[key] = make_task(*pipeline.load_reported(key))
+    for key in graph.available_models():  # the run's reported models, each with its evaluation gate
+        models[key] = make_task(*graph.load_reported(key))
     print(f"run {args.run}: {len(models)} models, frame {frame}, {args.threads} thread(s), load average "
           f"{os.getloadavg()}")
     cfg = SimpleNamespace(threads=args.threads, warmup=args.warmup, repeats=args.repeats)

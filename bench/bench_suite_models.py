@@ -49,7 +49,7 @@ def _from_compress(manifest: Path) -> bool:
         provenance = json.loads(manifest.read_text()).get("provenance") or {}
     except (OSError, json.JSONDecodeError):
         return False
-    return str(provenance.get("method", "")).startswith("compress:")  # what training/pipeline/steps.py writes
+    return str(provenance.get("method", "")).startswith("compress:")  # what training/compression/stage_outputs.py writes
 
 
 DEFAULT_RUN = "compress_default"  # `make compress` writes runs/compress_default
@@ -80,13 +80,13 @@ def find_final_student() -> tuple[str, Path | None, Path | None]:
 def models_under_test() -> dict[str, dict]:
     """{key: {"task": DetectionTask-like, "model": nn.Module, "cfg", "bundle": Path | None, "source": str}};
     a key whose model is not available maps to {"missing": reason}."""
-    from clean_ros.bundle import load_bundle
-    from clean_ros.models.configs import load_detector_config
+    from clean_ros.inference.bundle import load_bundle
+    from clean_ros.models.detector_config import load_detector_config
     from clean_ros.models.detector import build_detector
     from clean_ros.models.two_stage import TwoStageDetector
     from clean_ros.models.two_stage_config import load_two_stage_config
     from training.config_paths import find_config
-    from training.pipeline.steps import load_model, make_task
+    from training.compression.stored_models import load_model, make_task
 
     out: dict[str, dict] = {}
     # The teacher of the run that produced the final student when there is one, else the newest stored teacher.
@@ -144,8 +144,8 @@ def frame_file(points: np.ndarray, workdir: Path) -> Path:
 
 
 def pipeline_latency(bundle: Path, backend: str, points: np.ndarray, args) -> dict:
-    from clean_ros.backends import BackendError, BackendUnavailable
-    from clean_ros.pipeline import Pipeline
+    from clean_ros.inference.backends import BackendError, BackendUnavailable
+    from clean_ros.inference.pipeline import Pipeline
 
     try:
         pipe = Pipeline.from_bundle(bundle, backend=backend, device=args.device, intra_op_threads=args.threads)

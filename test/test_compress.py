@@ -165,7 +165,7 @@ def test_final_student_bundle_loads_and_detects(smoke):
     import numpy as np
     import torch
 
-    from clean_ros.bundle import load_bundle
+    from clean_ros.inference.bundle import load_bundle
     from training.data.kitti_dataset import read_velodyne
 
     out = smoke[0]
@@ -187,7 +187,7 @@ def test_final_student_bundle_loads_and_detects(smoke):
 
     scan = sorted((out / "stages" / "data" / "dataset" / "training" / "velodyne").glob("*.bin"))[0]
     batch = Collator.from_config(cfg, training=False)([_sample(read_velodyne(scan))])
-    from clean_ros.postprocess import postprocess
+    from clean_ros.inference.postprocess import postprocess
 
     with torch.no_grad():
         detections = postprocess(detector.eval()(batch.voxels, 1), cfg)
@@ -244,7 +244,7 @@ def test_missing_config_file_exits_2(tmp_path):
 def test_stage_store_hashes_skip_force_and_dependants(tmp_path):
     """The resumable-stage bookkeeping on its own: skip when unchanged, re-run a changed stage and its
     dependants, --force re-runs a stage and (new run_id) its dependants."""
-    from training.pipeline.stages import Stage, StageStore
+    from training.compression.stage_store import Stage, StageStore
 
     calls: list[str] = []
 
@@ -288,32 +288,33 @@ def test_second_process_on_the_same_run_folder_is_refused(tmp_path):
 
 def test_simulated_data_gets_disjoint_train_val_and_test_splits(tmp_path):
     """Tune on val, report on holdout: the data stage splits the held-out frames into both and reports on holdout."""
-    from clean_ros.config import load_config
-    from training.pipeline.config import CompressConfig
-    from training.pipeline.steps import CompressPipeline
+    from clean_ros.yaml_config import load_config
+    from training.compression.compress_config import CompressConfig
+    from training.compression.run_context import CompressRun
+    from training.compression.stage_data import prepare_data
 
     cfg = load_config(CompressConfig, data={"data": {"report_split": "holdout", "simulate": {
         "frames": 12, "val_fraction": 0.5, "test_frames": 4, "overrides": {"sensor": {"azimuth_resolution_deg": 2.0}}}}})
-    pipeline = CompressPipeline(cfg, tmp_path / "run", log=lambda line: None, progress=False)
+    run = CompressRun(cfg, tmp_path / "run", log=lambda line: None, progress=False)
     folder = tmp_path / "run" / "stages" / "data"
     folder.mkdir(parents=True)
-    summary = pipeline.stage_data(folder)
-    sets = {name: (pipeline.data_root / "ImageSets" / f"{name}.txt").read_text().split()
+    summary = prepare_data(run, folder)
+    sets = {name: (run.data_root / "ImageSets" / f"{name}.txt").read_text().split()
             for name in ("train", "val", "holdout")}
     assert [len(sets[n]) for n in ("train", "val", "holdout")] == [6, 2, 4]
     assert not (set(sets["train"]) & set(sets["val"]) or set(sets["train"]) & set(sets["holdout"])
                 or set(sets["val"]) & set(sets["holdout"]))
     assert summary["frames"] == {"train": 6, "val": 2, "holdout": 4}
-    from clean_ros.models.configs import load_detector_config
+    from clean_ros.models.detector_config import load_detector_config
     from training.config_paths import find_config
 
     student_cfg = load_detector_config(find_config("pointpillars_tiny"))
-    assert list(pipeline._eval_dataset(student_cfg).frame_ids) == sets["holdout"]
+    assert list(run.datasets.split(cfg.data.eval_split, student_cfg).frame_ids) == sets["holdout"]
 
 
 def test_test_frames_must_leave_validation_frames():
-    from clean_ros.config import ConfigError, load_config
-    from training.pipeline.config import CompressConfig
+    from clean_ros.yaml_config import ConfigError, load_config
+    from training.compression.compress_config import CompressConfig
 
     with pytest.raises(ConfigError, match="test_frames"):
         load_config(CompressConfig, data={"data": {"simulate": {"frames": 10, "val_fraction": 0.4, "test_frames": 4}}})
@@ -326,20 +327,22 @@ def test_a_seeded_training_stage_repeats_exactly_whatever_ran_before(tmp_path):
     different amounts of earlier random work gives bit-identical weights."""
     import torch
 
-    from clean_ros.config import load_config
-    from training.pipeline.config import CompressConfig
-    from training.pipeline.steps import CompressPipeline
+    from clean_ros.yaml_config import load_config
+    from training.compression.compress_config import CompressConfig
+    from training.compression.run_context import CompressRun
+    from training.compression.stage_data import prepare_data
+    from training.compression.stage_teacher import teacher
 
     cfg = load_config(CompressConfig, SMOKE, ["data.simulate.frames=4", "data.simulate.val_fraction=0.5"])
-    pipeline = CompressPipeline(cfg, tmp_path / "run", log=lambda line: None, progress=False)
+    run = CompressRun(cfg, tmp_path / "run", log=lambda line: None, progress=False)
     (tmp_path / "run" / "stages" / "data").mkdir(parents=True)
-    pipeline.stage_data(tmp_path / "run" / "stages" / "data")
+    prepare_data(run, tmp_path / "run" / "stages" / "data")
     weights = []
     for draws in (3, 11):
         torch.rand(draws)  # earlier work consumed the global generator differently
         folder = tmp_path / f"teacher_{draws}"
         folder.mkdir()
-        pipeline.stage_teacher(folder)
+        teacher(run, folder)
         weights.append(torch.load(folder / "model.pt", weights_only=True))
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:

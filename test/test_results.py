@@ -235,10 +235,10 @@ def test_stage_store_skips_a_linked_stage_and_never_writes_into_it(tmp_path):
 
 def test_results_config_rows_and_shared_stage_hashes():
     """The config produces every main-run row key, and a variant's shared stages hash like the main run's."""
-    from training.compression.steps import CompressPipeline
+    from training.compression.graph import CompressionGraph
 
     main_cfg = load_config(CompressConfig, RESULTS_YAML, ["training.seed=1"])
-    main = CompressPipeline(main_cfg, Path("unused"), log=lambda _: None, progress=False)
+    main = CompressionGraph(main_cfg, Path("unused"), log=lambda _: None, progress=False)
     assert set(main.model_refs()) == set(MAIN_KEYS)
     assert {spec.key for spec in results.ROWS if spec.variant is None} == set(MAIN_KEYS)
     baselines = {b.name: b for b in main_cfg.baselines}
@@ -254,7 +254,7 @@ def test_results_config_rows_and_shared_stage_hashes():
         overrides = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--set"]
         cfg = load_config(CompressConfig, RESULTS_YAML, overrides)
         assert cfg.prune.criterion == variant and cfg.baselines == [] and not cfg.export.enabled
-        stages = {s.name: s for s in CompressPipeline(cfg, Path("unused"), log=lambda _: None,
+        stages = {s.name: s for s in CompressionGraph(cfg, Path("unused"), log=lambda _: None,
                                                       progress=False).stages()}
         for name in results.SHARED_STAGES:
             assert stages[name].deps == main_stages[name].deps

@@ -78,16 +78,18 @@ def test_broken_folders_give_one_clear_error(package, damage, message):
 
 def test_compress_loads_a_teacher_folder_with_its_own_config(package, tmp_path):
     """teacher.checkpoint may name a teacher folder: the stage stores exactly those weights and that config."""
-    from clean_ros.config import load_config
-    from training.pipeline.config import CompressConfig
-    from training.pipeline.steps import CompressPipeline, load_model
+    from clean_ros.yaml_config import load_config
+    from training.compression.compress_config import CompressConfig
+    from training.compression.run_context import CompressRun
+    from training.compression.stage_teacher import teacher
+    from training.compression.stored_models import load_model
 
     out, model = package
     cfg = load_config(CompressConfig, data={"teacher": {"checkpoint": str(out)}})
-    pipeline = CompressPipeline(cfg, tmp_path / "run", log=lambda line: None, progress=False)
+    run = CompressRun(cfg, tmp_path / "run", log=lambda line: None, progress=False)
     folder = tmp_path / "run" / "stages" / "teacher"
     folder.mkdir(parents=True)
-    summary = pipeline.stage_teacher(folder)
+    summary = teacher(run, folder)
     assert summary["loaded"] == str(out) and summary["teacher_metrics"]["map3d_r40_moderate"] == 1.0
     kind, stored_cfg, stored = load_model(folder)
     assert kind == "two_stage" and stored_cfg == model.cfg

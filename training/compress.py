@@ -23,7 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clean_ros.config import ConfigError, add_override_argument  # noqa: E402
+from clean_ros.yaml_config import ConfigError, add_override_argument  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "config" / "compress" / "default.yaml"
@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load(args):
-    from clean_ros.config import load_config
-    from training.pipeline.config import CompressConfig
+    from clean_ros.yaml_config import load_config
+    from training.compression.compress_config import CompressConfig
 
     if not args.config.is_file():
         raise UsageError(f"{args.config}: config file not found")
@@ -100,11 +100,11 @@ def _lock_run_folder(root: Path):
     return handle
 
 
-def _check_stage_configs(cfg, pipeline) -> None:
+def _check_stage_configs(cfg, run) -> None:
     """Load every training config once up front, so that a bad override fails before hours of work."""
-    pipeline.train_config(cfg.teacher.config, cfg.teacher.epochs, cfg.teacher.set)
-    pipeline.train_config(cfg.student.config, cfg.student.epochs, cfg.student.set)
-    pipeline.train_config(cfg.student.config, cfg.finetune.epochs, [*cfg.student.set, *cfg.finetune.set])
+    run.train_config(cfg.teacher.config, cfg.teacher.epochs, cfg.teacher.set)
+    run.train_config(cfg.student.config, cfg.student.epochs, cfg.student.set)
+    run.train_config(cfg.student.config, cfg.finetune.epochs, [*cfg.student.set, *cfg.finetune.set])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,15 +120,16 @@ def _main(args) -> int:
     cfg = load(args)
     import torch
 
-    from clean_ros.config import save_yaml
-    from training.pipeline.stages import StageStore, fmt_seconds
-    from training.pipeline.steps import CompressPipeline, PipelineInterrupted
+    from clean_ros.yaml_config import save_yaml
+    from training.compression.stage_store import StageStore, fmt_seconds
+    from training.compression.graph import CompressionGraph
+    from training.compression.training_run import TrainingInterrupted
     from training.run_dir import setup_logging
 
     root = args.out or Path("runs") / cfg.name
     progress = not args.no_progress and sys.stderr.isatty()
-    pipeline = CompressPipeline(cfg, root, log=print, progress=progress)
-    stages = pipeline.stages()
+    graph = CompressionGraph(cfg, root, log=print, progress=progress)
+    stages = graph.stages()
     names = [s.name for s in stages]
     if args.list_stages:
         print("\n".join(names))
@@ -136,12 +137,12 @@ def _main(args) -> int:
     unknown = [f for f in args.force if f != "all" and f not in names]
     if unknown:
         raise UsageError(f"--force {unknown[0]}: no such stage; stages: {', '.join(names)}, or all")
-    _check_stage_configs(cfg, pipeline)
+    _check_stage_configs(cfg, graph.run)
 
     root.mkdir(parents=True, exist_ok=True)
     lock = _lock_run_folder(root)  # noqa: F841  (held until the process exits)
     logger = setup_logging(root / "compress.log", True)
-    pipeline.log = logger.info
+    graph.run.log = logger.info
     save_yaml(cfg, root / "config.yaml")
     torch.set_num_threads(cfg.training.threads)
     store = StageStore(root, log=logger.info)
@@ -150,7 +151,7 @@ def _main(args) -> int:
                 f"(resolved: {root / 'config.yaml'}), {cfg.training.threads} torch thread(s)")
     try:
         store.run_all(stages)
-    except (PipelineInterrupted, KeyboardInterrupt) as exc:
+    except (TrainingInterrupted, KeyboardInterrupt) as exc:
         logger.warning(f"interrupted ({exc or 'Ctrl-C'}); run the same command again to continue where it stopped")
         return EXIT_INTERRUPTED
     except FileNotFoundError as exc:

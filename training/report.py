@@ -14,7 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from clean_ros.provenance import git_commit
-from training.pipeline.stages import atomic_write_json, atomic_write_text, read_json
+from training.compression.plots import plot_all
+from training.compression.report_rows import build_rows
+from training.compression.stage_store import atomic_write_json, atomic_write_text, read_json
 
 MODEL_DESCRIPTIONS = {
     "teacher": "two-stage teacher",
@@ -26,8 +28,6 @@ MODEL_DESCRIPTIONS = {
 
 
 def build_report(cfg, stages_dir: Path, model_stages: dict[str, str], stage_order: list[str] | None = None) -> dict:
-    from training.pipeline.steps import build_rows
-
     rows = build_rows(stages_dir, model_stages)
     ordered = {key: rows[key] for key in model_stages if key in rows}
     skipped, seconds = {}, {}
@@ -143,8 +143,6 @@ def markdown(report: dict, cfg) -> str:
 
 def write_report(root: Path, cfg, stages_dir: Path, model_stages: dict[str, str],
                  stage_order: list[str] | None = None) -> list[Path]:
-    from training.pipeline.plots import plot_all
-
     report = build_report(cfg, stages_dir, model_stages, stage_order)
     report["config"] = str(root / "config.yaml")
     written = plot_all(root / "plots", report, read_json(stages_dir / "prune" / "prune_report.json"))

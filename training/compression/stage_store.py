@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from clean_ros import atomic
-from clean_ros.config import to_dict
+from clean_ros.yaml_config import to_dict
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

@@ -1,4 +1,4 @@
-"""CompressConfig: one compression run, from data to bundle. Loaded with clean_ros.config.load_config (YAML with
+"""CompressConfig: one compression run, from data to bundle. Loaded with clean_ros.yaml_config.load_config (YAML with
 `_base_`, `--set a.b=value` overrides, unknown keys rejected); the resolved config is saved as runs/NAME/config.yaml.
 
 Models come from the project's own training YAMLs (teacher: config/train/teacher_two_stage_tiny.yaml, student:
@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from clean_ros.models.configs import IoUGateConfig
-from training.distill.config import DistillConfig
-from training.prune.config import PruneConfig
+from clean_ros.models.detector_config import IoUGateConfig
+from training.distill.distill_config import DistillConfig
+from training.prune.prune_config import PruneConfig
 
 
 @dataclass
@@ -190,7 +190,7 @@ class BaselineConfig:
     teacher: str = "teacher"
 
     def __post_init__(self):
-        from training.distill.config import METHODS
+        from training.distill.distill_config import METHODS
 
         if not self.name or not self.name.replace("_", "").isalnum():
             raise ValueError(f"baseline name must be a non-empty identifier (letters, digits, _), got {self.name!r}")

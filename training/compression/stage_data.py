@@ -1,0 +1,54 @@
+"""Stage `data`: simulate the dataset into the run folder (or check a KITTI root) and count each split's frames."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from clean_ros.yaml_config import ConfigError
+from training.compression.run_context import CompressRun
+
+
+def prepare_data(run: CompressRun, folder: Path) -> dict:
+    d = run.cfg.data
+    if d.source == "simulate":
+        summary = _simulate(run)
+    else:
+        summary = {}
+    counts = {}
+    for split in dict.fromkeys((d.train_split, d.val_split, d.eval_split)):
+        try:
+            counts[split] = len(run.datasets.split(split))
+        except Exception as exc:  # KittiLayoutError and friends: a user's dataset
+            raise ConfigError(f"data: {exc}") from None
+    summary["frames"] = counts
+    return summary
+
+
+def _simulate(run: CompressRun) -> dict:
+    from training.sim.sim_config import SimConfigError, config_from_dict
+    from training.simulate import simulate_dataset
+
+    d, s = run.cfg.data, run.cfg.data.simulate
+    overrides = copy.deepcopy(s.overrides)
+    overrides.setdefault("dataset", {})["val_fraction"] = s.val_fraction
+    try:
+        sim_cfg = config_from_dict(overrides, "data.simulate.overrides")
+    except SimConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    run.log(f"    simulating {s.frames} frames (seed {s.seed}, azimuth "
+            f"{sim_cfg.sensor.azimuth_resolution_deg} deg) into {run.data_root}")
+    stats = simulate_dataset(sim_cfg, run.data_root, s.frames, s.seed, s.workers, progress=run.progress)
+    summary = {k: round(float(v), 3) for k, v in stats.items()}
+    sets = run.data_root / "ImageSets"
+    if s.test_frames:  # the last test_frames held-out frames become the reported split
+        held_out = (sets / "val.txt").read_text().split()
+        (sets / "val.txt").write_text("\n".join(held_out[:-s.test_frames]) + "\n")
+        (sets / f"{d.report_split or 'holdout'}.txt").write_text("\n".join(held_out[-s.test_frames:]) + "\n")
+    # the simulator names its splits train / val; honour other names by listing them too
+    for wanted, have in ((d.train_split, "train"), (d.val_split, "val")):
+        if wanted != have:
+            (sets / f"{wanted}.txt").write_text((sets / f"{have}.txt").read_text())
+    return summary
+
+
+__all__ = ["prepare_data"]

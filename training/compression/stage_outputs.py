@@ -1,0 +1,93 @@
+"""The stages after training, over every reported model (refs: report key -> ModelRef, from the graph):
+
+  evaluate    every model on the same held-out split (data.eval_split), KITTI 3D AP R40 -> metrics.json
+  efficiency  params, GFLOPs, CPU latency p50/p95 at batch 1 (training.efficiency) -> efficiency.json
+  export      the final student as a bundle (clean_ros.inference.bundle.save_bundle), loaded back to prove it
+  report      report.json, report.md, plots (training/report.py)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from clean_ros.yaml_config import ConfigError, to_dict
+from training.compression.report_rows import build_rows
+from training.compression.run_context import CompressRun
+from training.compression.stage_store import StageSkipped, atomic_write_json
+from training.compression.stored_models import ModelRef, available_models, load_reported, make_task
+from training.report import write_report
+
+
+def _reported(run: CompressRun, refs: dict[str, ModelRef], key: str):
+    return load_reported(run.stages_dir, refs[key], run.cfg.iou_refine.gate)
+
+
+def evaluate(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict:
+    from clean_ros.metrics import kitti_eval
+    from training.evaluate_task import kitti_metrics, predict_annotations
+
+    results = {}
+    e = run.cfg.evaluation
+    for key in available_models(run.stages_dir, refs):
+        kind, cfg, module = _reported(run, refs, key)
+        task = make_task(kind, cfg, module).to(run.device)
+        dense_cfg = cfg.rpn if kind == "two_stage" else cfg
+        dataset = run.datasets.split(run.cfg.data.eval_split, dense_cfg)
+        gt, dt, _ = predict_annotations(task, dataset, e.batch_size, 0, run.device, e.max_frames,
+                                        progress=run.progress)
+        result = kitti_eval.evaluate(gt, dt, classes=tuple(dense_cfg.class_names))
+        ap = {cls: float(result[cls]["3d_R40"][1]) for cls in dense_cfg.class_names}
+        results[key] = {"ap3d_r40_moderate": ap, "map3d_r40_moderate": float(sum(ap.values()) / len(ap)),
+                        "frames": len(gt), "detections_per_frame": sum(len(x) for x in dt) / max(len(dt), 1),
+                        "kitti": kitti_metrics(result)}
+        run.log(f"    {key}: mAP {results[key]['map3d_r40_moderate']:.2f} "
+                f"({', '.join(f'{c} {v:.2f}' for c, v in ap.items())}) on {len(gt)} frames")
+    atomic_write_json(folder / "metrics.json", results)
+    return {"models": sorted(results)}
+
+
+def efficiency(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict:
+    from training.efficiency import measure_models
+
+    models = {}
+    for key in available_models(run.stages_dir, refs):
+        models[key] = make_task(*_reported(run, refs, key))
+    frame_path = _efficiency_frame(run)
+    result = measure_models(models, frame_path, run.cfg.efficiency, log=run.log)
+    atomic_write_json(folder / "efficiency.json", result)
+    return {"frame": str(frame_path), "points": result["frame_points"]}
+
+
+def _efficiency_frame(run: CompressRun) -> Path:
+    if run.cfg.efficiency.frame:
+        path = Path(run.cfg.efficiency.frame)
+        if not path.is_file():
+            raise ConfigError(f"efficiency.frame {path}: file not found")
+        return path
+    return run.datasets.first_scan(run.cfg.data.eval_split)
+
+
+def export(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict:
+    try:
+        from clean_ros.inference.bundle import load_bundle, save_bundle
+    except ImportError:
+        raise StageSkipped("bundle (clean_ros.inference.bundle) not available yet") from None
+    c = run.cfg
+    kind, cfg, module = _reported(run, refs, "student_final")
+    row = build_rows(run.stages_dir, {key: ref.stage for key, ref in refs.items()}).get("student_final", {})
+    out = run.root / "bundle"
+    save_bundle(out, module.eval(), cfg, training_config=to_dict(c),
+                provenance={"method": f"compress:{c.distill.method}+prune+iou_gate",
+                            "teacher": Path(c.teacher.config).stem,
+                            "pruning_ratio": round(1.0 - c.prune.keep_ratio, 6)},
+                metrics=row, export_onnx=c.export.onnx)
+    bundle = load_bundle(out)  # proves it loads (manifest, hashes, weights)
+    return {"bundle": str(out), "files": sorted(bundle.manifest["files"])}
+
+
+def report(run: CompressRun, folder: Path, refs: dict[str, ModelRef], stage_order: list[str]) -> dict:
+    paths = write_report(run.root, run.cfg, run.stages_dir, {key: ref.stage for key, ref in refs.items()},
+                         stage_order)
+    return {"files": [str(p.relative_to(run.root)) for p in paths]}
+
+
+__all__ = ["evaluate", "efficiency", "export", "report"]

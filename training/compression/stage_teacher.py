@@ -1,0 +1,60 @@
+"""Stage `teacher`: the two-stage teacher, loaded from a teacher folder (models/teacher, training/ship_teacher.py)
+or a checkpoint, or trained with TeacherTask for teacher.epochs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from clean_ros.yaml_config import ConfigError
+from training.compression.compress_config import TeacherSection
+from training.compression.run_context import CompressRun
+from training.compression.stored_models import save_model
+from training.compression.training_run import fit
+from training.teacher_package import TeacherPackageError, is_teacher_package, load_teacher_package, read_manifest
+
+
+def teacher(run: CompressRun, folder: Path) -> dict:
+    from clean_ros.models.flops import count_parameters
+    from training.teacher_task import build_task
+    from training.trainer import seed_everything
+
+    t = run.cfg.teacher
+    if t.checkpoint and is_teacher_package(t.checkpoint):  # a shipped teacher: its own config and weights
+        try:
+            cfg, model, manifest = load_teacher_package(t.checkpoint)
+        except TeacherPackageError as exc:
+            raise ConfigError(f"teacher.checkpoint: {exc}") from None
+        save_model(folder, model, cfg, "two_stage")
+        return {"loaded": t.checkpoint, "params": manifest["params"],
+                "teacher_metrics": manifest.get("metrics", {})}
+    train_cfg = run.train_config(t.config, t.epochs, t.set)
+    if train_cfg.two_stage is None:
+        raise ConfigError(f"teacher.config {t.config}: needs a two_stage section (a two-stage teacher)")
+    seed_everything(train_cfg.seed, train_cfg.deterministic)  # the init must not depend on earlier stages
+    task = build_task(train_cfg)
+    if t.checkpoint:
+        from training.checkpoint import CheckpointError, load_model_weights
+
+        try:
+            task.model.load_state_dict(load_model_weights(t.checkpoint))
+        except (CheckpointError, RuntimeError) as exc:
+            raise ConfigError(f"teacher.checkpoint {t.checkpoint}: {str(exc).splitlines()[0]}") from None
+        summary = {"loaded": t.checkpoint}
+    else:
+        summary = fit(run, folder, train_cfg, task)
+    save_model(folder, task.model, train_cfg.two_stage, "two_stage")
+    summary["params"] = count_parameters(task.model)
+    return summary
+
+
+def teacher_fingerprint(section: TeacherSection) -> str:
+    """The shipped teacher's weights hash (a new teacher in the same folder re-runs the stage), else ""."""
+    path = section.checkpoint
+    if path and is_teacher_package(path):
+        try:
+            return read_manifest(path)["files"]["weights.safetensors"]["sha256"]
+        except (TeacherPackageError, KeyError, TypeError):
+            return "unreadable"  # the stage itself reports what is wrong
+    return ""
+
+
+__all__ = ["teacher", "teacher_fingerprint"]
