@@ -22,8 +22,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from clean_ros import defaults  # noqa: E402
-from clean_ros.backends import BackendError, BackendUnavailable  # noqa: E402
-from clean_ros.pipeline import STAGES, Pipeline  # noqa: E402
+from clean_ros.inference.backends import BackendError, BackendUnavailable  # noqa: E402
+from clean_ros.inference.pipeline import STAGES, Pipeline  # noqa: E402
 from suite import percentile, synthetic_scan  # noqa: E402
 
 FRAME = ROOT.parent / "shared/data/kitti_sample/training/velodyne/000000.bin"

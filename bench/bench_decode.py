@@ -14,8 +14,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clean_ros.messages import to_detection3d_array, to_marker_array  # noqa: E402
-from clean_ros.pointcloud import make_pointcloud2, read_points  # noqa: E402
+from clean_ros.ros.messages import to_detection3d_array, to_marker_array  # noqa: E402
+from clean_ros.cloud.pointcloud import read_points  # noqa: E402
+from clean_ros.ros.pointcloud_msg import make_pointcloud2  # noqa: E402
 from clean_ros.types import Detections  # noqa: E402
 from suite import emit, figure, time_call  # noqa: E402  (emit / figure: machine-readable lines for run_all.py only)
 

@@ -22,11 +22,11 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from clean_ros.models.configs import load_detector_config  # noqa: E402
+from clean_ros.models.detector_config import load_detector_config  # noqa: E402
 from clean_ros.models.detector import build_detector  # noqa: E402
 from clean_ros.models.two_stage import TwoStageDetector  # noqa: E402
 from clean_ros.models.two_stage_config import RoIHeadConfig, TwoStageConfig  # noqa: E402
-from clean_ros.voxelize import voxelize_batch  # noqa: E402
+from clean_ros.inference.voxelize import voxelize_batch  # noqa: E402
 from training.config_paths import find_config  # noqa: E402
 from training.data.sample import Batch  # noqa: E402
 from training.distill import METHODS, DistillConfig, build_distillation  # noqa: E402

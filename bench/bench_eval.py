@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clean_ros.geometry import bev_iou, nms_bev  # noqa: E402
-from clean_ros.kitti import KittiObjects  # noqa: E402
-from training.kitti_eval import evaluate, format_results  # noqa: E402
+from clean_ros.cloud.geometry import bev_iou, nms_bev  # noqa: E402
+from clean_ros.cloud.kitti import KittiObjects  # noqa: E402
+from clean_ros.metrics.kitti_eval import evaluate, format_results  # noqa: E402
 from suite import percentile, sample_call  # noqa: E402  (bench/suite.py, beside this script)
 
 SIZES = {"Car": (1.53, 1.63, 3.88), "Van": (2.2, 1.9, 5.0), "Pedestrian": (1.76, 0.66, 0.84),

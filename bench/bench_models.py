@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clean_ros.models.configs import load_detector_config  # noqa: E402
+from clean_ros.models.detector_config import load_detector_config  # noqa: E402
 from clean_ros.models.detector import build_detector  # noqa: E402
 from clean_ros.models.flops import count_flops  # noqa: E402
-from clean_ros.postprocess import postprocess  # noqa: E402
-from clean_ros.voxelize import voxelize  # noqa: E402
+from clean_ros.inference.postprocess import postprocess  # noqa: E402
+from clean_ros.inference.voxelize import voxelize  # noqa: E402
 from training.config_paths import find_config  # noqa: E402
 from suite import device_sync, synthetic_scan  # noqa: E402  (bench/suite.py, beside this script)
 

@@ -45,9 +45,9 @@ def _bundle(args, workdir: Path) -> Path:
           "(timings are representative of that architecture, detections are not)")
     import torch
 
-    from clean_ros.bundle import save_bundle
-    from clean_ros.config import load_config
-    from clean_ros.models.configs import DetectorConfig
+    from clean_ros.inference.bundle import save_bundle
+    from clean_ros.yaml_config import load_config
+    from clean_ros.models.detector_config import DetectorConfig
     from clean_ros.models.detector import build_detector
 
     torch.manual_seed(0)
@@ -83,9 +83,9 @@ def main() -> int:
     from sensor_msgs.msg import PointCloud2
     from vision_msgs.msg import Detection3DArray
 
-    from clean_ros.messages import parse_stage_timing
-    from clean_ros.node_process import DriverNode, NodeProcess
-    from clean_ros.pointcloud import make_pointcloud2
+    from clean_ros.ros.messages import parse_stage_timing
+    from clean_ros.ros.node_process import DriverNode, NodeProcess
+    from clean_ros.ros.pointcloud_msg import make_pointcloud2
 
     clouds = _clouds()
     workdir = Path(tempfile.mkdtemp(prefix="bench_node_"))

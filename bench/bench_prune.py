@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clean_ros.models.configs import load_detector_config  # noqa: E402
+from clean_ros.models.detector_config import load_detector_config  # noqa: E402
 from clean_ros.models.detector import build_detector  # noqa: E402
-from clean_ros.voxelize import voxelize_batch  # noqa: E402
+from clean_ros.inference.voxelize import voxelize_batch  # noqa: E402
 from training.config_paths import find_config  # noqa: E402
 from training.prune import PruneConfig, build_graph, prune_detector, score_filters  # noqa: E402
 

@@ -39,7 +39,7 @@ def matmul_gflops(size: int, repeats: int, warmup: int, device) -> tuple[float, 
 def parts(entry: dict, points: torch.Tensor, device):
     """(full forward fn, full MACs, dense fn, dense MACs) of one model on the frame's voxels."""
     from clean_ros.models.flops import count_flops
-    from clean_ros.voxelize import voxelize
+    from clean_ros.inference.voxelize import voxelize
 
     model = entry["model"].to(device).eval()
     detector = model.rpn if hasattr(model, "rpn") else model

@@ -72,7 +72,7 @@ def marginal_costs(sizes: list[int], times: list[float]) -> list[float]:
 
 
 def cloud_scaling(args, points: np.ndarray) -> None:
-    from clean_ros.pipeline import Pipeline
+    from clean_ros.inference.pipeline import Pipeline
 
     pipe = Pipeline.from_bundle(args.bundle, backend=args.backend, device=args.device,
                                 intra_op_threads=args.threads)
@@ -127,9 +127,9 @@ def cloud_scaling(args, points: np.ndarray) -> None:
 
 
 def grid_scaling(args, points: np.ndarray) -> None:
-    from clean_ros.models.configs import load_detector_config
+    from clean_ros.models.detector_config import load_detector_config
     from clean_ros.models.detector import build_detector
-    from clean_ros.voxelize import grid_size, voxelize
+    from clean_ros.inference.voxelize import grid_size, voxelize
     from training.config_paths import find_config
 
     tensor = torch.from_numpy(points).to(args.device)

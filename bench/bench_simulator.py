@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from training.sim.config import load_config  # noqa: E402
+from training.sim.sim_config import load_config  # noqa: E402
 from training.sim.generate import frame_rngs, scan_scene  # noqa: E402
 from training.sim.scene import sample_scene  # noqa: E402
 from training.simulate import simulate_dataset  # noqa: E402

@@ -29,7 +29,7 @@ DEFAULT_FRAME = REPO.parent / "shared/data/kitti_sample/training/velodyne/000000
 def voxel_input(frame: Path, max_voxels: int = 40000):
     """(features (V, 4) = mean of the voxel's points, coords (V, 4) [0, z, y, x], spatial shape [nz+1, ny, nx])."""
     points = torch.from_numpy(np.fromfile(frame, dtype=np.float32).reshape(-1, 4))
-    from clean_ros.voxelize import grid_size, voxelize
+    from clean_ros.inference.voxelize import grid_size, voxelize
     voxels = voxelize(points, POINT_CLOUD_RANGE, VOXEL_SIZE, max_points_per_voxel=5, max_voxels=max_voxels)
     nx, ny, nz = grid_size(POINT_CLOUD_RANGE, VOXEL_SIZE)
     mean = voxels.features[..., :4].sum(1) / voxels.num_points.clamp(min=1)[:, None].float()

@@ -23,14 +23,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clean_ros.config import load_config  # noqa: E402
-from clean_ros.models.configs import DetectorConfig  # noqa: E402
+from clean_ros.yaml_config import load_config  # noqa: E402
+from clean_ros.models.detector_config import DetectorConfig  # noqa: E402
 from clean_ros.models.detector import build_detector  # noqa: E402
 from clean_ros.models.flops import count_flops  # noqa: E402
 from clean_ros.models.two_stage import TwoStageDetector  # noqa: E402
 from clean_ros.models.two_stage_config import TwoStageConfig  # noqa: E402
-from clean_ros.postprocess import postprocess  # noqa: E402
-from clean_ros.voxelize import voxelize  # noqa: E402
+from clean_ros.inference.postprocess import postprocess  # noqa: E402
+from clean_ros.inference.voxelize import voxelize  # noqa: E402
 from training.config_paths import find_config  # noqa: E402
 from suite import sample_call  # noqa: E402  (bench/suite.py, beside this script)
 
@@ -89,12 +89,12 @@ def compare_stages(args) -> None:
     second stage's on the same frames."""
     import yaml
 
-    from training.config import load_train_config
+    from training.train_config import load_train_config
     from training.data.augment import Augmentor
     from training.data.kitti_dataset import KittiDataset
-    from training.evaluation import evaluate_task
+    from training.evaluate_task import evaluate_task
     from training.run_dir import RunDir
-    from training.sim.config import config_from_dict
+    from training.sim.sim_config import config_from_dict
     from training.simulate import simulate_dataset
     from training.teacher_task import build_task
     from training.trainer import Trainer, seed_everything

@@ -56,7 +56,7 @@ def main() -> int:
                          "than a second thread gains)")
     args = ap.parse_args()
 
-    from training.sim.config import config_from_dict
+    from training.sim.sim_config import config_from_dict
     from training.simulate import simulate_dataset
 
     py = sys.executable

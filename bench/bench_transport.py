@@ -53,7 +53,7 @@ except BaseException:
 
 
 def _message(points: np.ndarray, stamp: int):
-    from clean_ros.pointcloud import make_pointcloud2
+    from clean_ros.ros.pointcloud_msg import make_pointcloud2
 
     return make_pointcloud2(points, ("x", "y", "z", "intensity"), (float(stamp), "velodyne"))
 

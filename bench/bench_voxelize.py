@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clean_ros.voxelize import voxelize_with_stats  # noqa: E402
+from clean_ros.inference.voxelize import voxelize_with_stats  # noqa: E402
 from suite import sample_call, synthetic_scan  # noqa: E402  (bench/suite.py, beside this script)
 
 FRAME = Path(__file__).resolve().parents[2] / "shared/data/kitti_sample/training/velodyne/000000.bin"

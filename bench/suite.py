@@ -289,7 +289,7 @@ def load_frame(path: Path = KITTI_FRAME):
     if Path(path).is_file():
         return np.fromfile(path, dtype=np.float32).reshape(-1, 4), f"KITTI {Path(path).name}"
     sys.path.insert(0, str(ROOT))
-    from training.sim.config import config_from_dict
+    from training.sim.sim_config import config_from_dict
     from training.simulate import simulate_dataset
 
     with tempfile.TemporaryDirectory(prefix="bench_frame_") as tmp:

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from clean_ros.models.configs import load_detector_config
+from clean_ros.models.detector_config import load_detector_config
 from clean_ros.models.detector import HeadOutput, build_detector
-from clean_ros.postprocess import decode
+from clean_ros.inference.postprocess import decode
 from clean_ros.types import Detections
-from clean_ros.voxelize import voxelize_batch
+from clean_ros.inference.voxelize import voxelize_batch
 from training.config_paths import find_config
 from training.data.sample import Batch
 from training.distill.teacher import TEACHER_VOXELS, teacher_voxelizer

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from clean_ros.geometry import bev_iou, points_in_boxes
+from clean_ros.cloud.geometry import bev_iou, points_in_boxes
 from training.data.augment import Augmentor, draw_object_noise, flip_x, move_objects, rotate_z, scale
-from training.data.config import AugmentConfig, DataConfig, GTSamplingConfig
+from training.data.data_config import AugmentConfig, DataConfig, GTSamplingConfig
 from training.data.gt_database import (GTDatabase, GTDatabaseError, GTSampler, build_gt_database,
                                        collision_free_candidates)
 from training.data.kitti_dataset import KittiDataset

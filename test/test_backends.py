@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from clean_ros import geometry
-from clean_ros.backends import BackendError, choose_backend
-from clean_ros.backends.tensorrt_backend import EngineCache, engine_key, tensorrt_unavailable_reason
-from clean_ros.bundle import load_bundle
-from clean_ros.kitti import Calibration, labels_from_lidar_boxes, read_labels
-from clean_ros.pipeline import Pipeline
-from training.kitti_eval import evaluate
+from clean_ros.cloud import geometry
+from clean_ros.inference.backends import BackendError, choose_backend
+from clean_ros.inference.backends.tensorrt_backend import EngineCache, engine_key, tensorrt_unavailable_reason
+from clean_ros.inference.bundle import load_bundle
+from clean_ros.cloud.kitti import Calibration, labels_from_lidar_boxes, read_labels
+from clean_ros.inference.pipeline import Pipeline
+from clean_ros.metrics.kitti_eval import evaluate
 
 from conftest import read_velodyne
 
@@ -49,7 +49,7 @@ def pipelines(bundle_path):
 @pytest.fixture(scope="module")
 def sim_frames(tmp_path_factory):
     """Two simulated, labelled frames (points, labels, calib), generated with an unseen seed."""
-    from training.sim.config import SimConfig
+    from training.sim.sim_config import SimConfig
     from training.sim.generate import generate_frame
     from training.sim.writer import write_frame
 
@@ -264,8 +264,8 @@ SECOND_SMALL = ["name=second_small", "point_cloud_range=[0.0, -6.4, -3.0, 12.8, 
 def test_hybrid_sparse_student_torch_sparse_part_onnx_dense_part(kitti_frames, tmp_path):
     """SECOND: voxel encoder + sparse 3D backbone stay in torch, only the dense BEV part is in model.onnx."""
     pytest.importorskip("onnxruntime")
-    from clean_ros.models.configs import load_detector_config
-    from clean_ros.bundle import save_bundle
+    from clean_ros.models.detector_config import load_detector_config
+    from clean_ros.inference.bundle import save_bundle
     from test_bundle import trained_like
     from training.config_paths import find_config
 
@@ -294,8 +294,8 @@ def test_hybrid_sparse_student_torch_sparse_part_onnx_dense_part(kitti_frames, t
 
 
 def test_auto_falls_through_when_a_backend_cannot_start(bundle_path, monkeypatch):
-    import clean_ros.backends as backends
-    from clean_ros.backends import BackendUnavailable
+    import clean_ros.inference.backends as backends
+    from clean_ros.inference.backends import BackendUnavailable
 
     real = backends.create_backend
 

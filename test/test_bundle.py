@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from clean_ros.bundle import (SCHEMA_VERSION, BundleError, load_bundle, save_bundle, sha256_file)
-from clean_ros.models.configs import load_detector_config
+from clean_ros.inference.bundle import (SCHEMA_VERSION, BundleError, load_bundle, save_bundle, sha256_file)
+from clean_ros.models.detector_config import load_detector_config
 from clean_ros.models.detector import build_detector
-from clean_ros.voxelize import voxelize_with_stats
+from clean_ros.inference.voxelize import voxelize_with_stats
 from training.config_paths import find_config
 
 # A 3-class PointPillars small enough to export in a second: 12.8 m x 12.8 m at 0.32 m, narrow widths.
@@ -133,7 +133,7 @@ def test_training_settings_stay_in_the_bundle_and_the_runtime_ignores_them(saved
     """docs/BUNDLE.md "Config schema": loss weights, target-assignment thresholds and max_voxels_train stay in
     detector_config (a bundle's model can be fine-tuned or its loss measured without its YAML; bundles written
     before this decision load unchanged), and nothing the runtime computes depends on them."""
-    from clean_ros.pipeline import Pipeline
+    from clean_ros.inference.pipeline import Pipeline
 
     path, _, cfg = saved
     b = load_bundle(path)
@@ -288,7 +288,7 @@ def test_save_is_atomic_and_replaces_only_when_complete(saved, tmp_path, monkeyp
     assert set(p.name for p in out.iterdir()) == {"manifest.json", "weights.safetensors"}
     assert load_bundle(out).onnx_path is None
 
-    import clean_ros.onnx_export as onnx_export
+    import clean_ros.inference.onnx_export as onnx_export
 
     def boom(*args, **kwargs):
         raise RuntimeError("export failed half way")
@@ -314,7 +314,7 @@ def test_save_rejects_unserialisable_metadata(saved, tmp_path):
 
 # ------------------------------------------------------------------------------------------- training/export.py
 def test_export_cli_turns_a_trainer_checkpoint_into_a_bundle(saved, tmp_path, capsys):
-    from clean_ros.config import save_yaml
+    from clean_ros.yaml_config import save_yaml
     from training import export
     from training.checkpoint import TrainingState, atomic_torch_save, build_checkpoint
 

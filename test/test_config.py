@@ -1,4 +1,4 @@
-"""clean_ros.config: YAML + _base_ inheritance + --set overrides, strict keys, type checks, round trip."""
+"""clean_ros.yaml_config: YAML + _base_ inheritance + --set overrides, strict keys, type checks, round trip."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,8 +8,8 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
-from clean_ros.config import ConfigError, apply_overrides, load_config, read_yaml, save_yaml, to_dict
-from clean_ros.models.configs import DetectorConfig, load_detector_config
+from clean_ros.yaml_config import ConfigError, apply_overrides, load_config, read_yaml, save_yaml, to_dict
+from clean_ros.models.detector_config import DetectorConfig, load_detector_config
 from training.config_paths import find_config
 
 

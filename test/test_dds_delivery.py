@@ -32,7 +32,7 @@ import numpy as np
 import rclpy
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
-from clean_ros.pointcloud import make_pointcloud2
+from clean_ros.ros.pointcloud_msg import make_pointcloud2
 
 mode, count, rate, num_points = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 qos = QoSProfile(depth=10 if mode == "sub" else 1, reliability=ReliabilityPolicy.BEST_EFFORT,

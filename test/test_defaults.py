@@ -22,14 +22,14 @@ NODE_PARAMETERS = {"backend": "BACKEND", "device": "DEVICE", "num_threads": "NUM
 
 # (file, option) -> the defaults name its default must equal; its help text, where it names a default, too
 TOOL_OPTIONS = {
-    ("clean_ros/replay.py", "--backend"): "BACKEND",
-    ("clean_ros/replay.py", "--device"): "DEVICE",
-    ("clean_ros/replay.py", "--num-threads"): "NUM_THREADS",
-    ("clean_ros/replay.py", "--intensity-scale"): "INTENSITY_SCALE",
-    ("clean_ros/replay.py", "--warmup"): "WARMUP_ITERATIONS",
-    ("clean_ros/infer.py", "--backend"): "BACKEND",
-    ("clean_ros/infer.py", "--device"): "DEVICE",
-    ("clean_ros/infer.py", "--intensity-scale"): "INTENSITY_SCALE",
+    ("clean_ros/ros/replay.py", "--backend"): "BACKEND",
+    ("clean_ros/ros/replay.py", "--device"): "DEVICE",
+    ("clean_ros/ros/replay.py", "--num-threads"): "NUM_THREADS",
+    ("clean_ros/ros/replay.py", "--intensity-scale"): "INTENSITY_SCALE",
+    ("clean_ros/ros/replay.py", "--warmup"): "WARMUP_ITERATIONS",
+    ("clean_ros/tools/infer.py", "--backend"): "BACKEND",
+    ("clean_ros/tools/infer.py", "--device"): "DEVICE",
+    ("clean_ros/tools/infer.py", "--intensity-scale"): "INTENSITY_SCALE",
     ("bench/bench_node.py", "--threads"): "NUM_THREADS",
     ("bench/bench_node.py", "--backend"): "BACKEND",
     ("bench/bench_node.py", "--rate"): "EXPECTED_RATE_HZ",
@@ -91,8 +91,8 @@ def test_tool_option_defaults_are_the_defaults(path, option):
 
 
 def test_bag_topics_and_backend_names_are_the_defaults():
-    from clean_ros import bag
-    from clean_ros.backends import BACKEND_NAMES
+    from clean_ros.ros import bag
+    from clean_ros.inference.backends import BACKEND_NAMES
 
     assert bag.POINTS_TOPIC == defaults.INPUT_TOPIC
     assert bag.DETECTIONS_TOPIC == defaults.OUTPUT_TOPIC
@@ -105,7 +105,7 @@ def test_node_declares_the_defaults_and_the_params_file_repeats_every_value(defa
     """A node started without a params file: its shared defaults are clean_ros.defaults, and every value that
     config/detector.yaml sets is the node's own default (the file documents the defaults, it changes none)."""
     rclpy = pytest.importorskip("rclpy")
-    from clean_ros.detector_node import DetectorNode
+    from clean_ros.ros.detector_node import DetectorNode
 
     params = _params_file()
     context = rclpy.Context()

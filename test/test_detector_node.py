@@ -3,8 +3,8 @@
 bundle, real rclpy/Fast DDS between the processes. The node is started once for the module and reused.
 
 The model is the embedded default bundle (models/default) when present, otherwise a randomly initialised
-pointpillars_tiny bundle written by clean_ros.bundle.save_bundle (the tests check plumbing, headers, parameters
-and robustness, not accuracy).
+pointpillars_tiny bundle written by clean_ros.inference.bundle.save_bundle (the tests check plumbing, headers,
+parameters and robustness, not accuracy).
 """
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from vision_msgs.msg import Detection3DArray  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
-from clean_ros.detector_node import NODE_NAME, launch_command  # noqa: E402
-from clean_ros.messages import parse_stage_timing  # noqa: E402
-from clean_ros.node_diagnostics import STATUS_NAME, parse_diagnostic_values  # noqa: E402
-from clean_ros.node_process import DriverNode, NodeProcess, random_domain_id  # noqa: E402
-from clean_ros.pointcloud import make_pointcloud2  # noqa: E402
+from clean_ros.ros.detector_node import NODE_NAME, launch_command  # noqa: E402
+from clean_ros.ros.messages import parse_stage_timing  # noqa: E402
+from clean_ros.ros.node_diagnostics import STATUS_NAME, parse_diagnostic_values  # noqa: E402
+from clean_ros.ros.node_process import DriverNode, NodeProcess, random_domain_id  # noqa: E402
+from clean_ros.ros.pointcloud_msg import make_pointcloud2  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = REPO / "models" / "default"
@@ -49,10 +49,10 @@ def bundle_path(tmp_path_factory) -> Path:
         return DEFAULT_BUNDLE
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     script = ("import sys, torch; torch.manual_seed(0)\n"
-              "from clean_ros.config import load_config\n"
-              "from clean_ros.models.configs import DetectorConfig\n"
+              "from clean_ros.yaml_config import load_config\n"
+              "from clean_ros.models.detector_config import DetectorConfig\n"
               "from clean_ros.models.detector import build_detector\n"
-              "from clean_ros.bundle import save_bundle\n"
+              "from clean_ros.inference.bundle import save_bundle\n"
               "cfg = load_config(DetectorConfig, 'config/pointpillars_tiny.yaml')\n"
               "save_bundle(sys.argv[1], build_detector(cfg).eval(), cfg, "
               "provenance={'method': 'random init (node tests)'})\n")
@@ -383,7 +383,7 @@ def test_use_sim_time_input_age_follows_clock(kitti_sample, bundle_path):
 # Pure helpers of the node (no node, no test double needed)
 
 def test_postprocess_validation_and_conversion():
-    from clean_ros.detector_node import to_pipeline_changes, validate_postprocess
+    from clean_ros.ros.detector_node import to_pipeline_changes, validate_postprocess
 
     current = {"score_thresholds": [0.1, 0.1, 0.1], "nms_iou": 0.1, "nms_pre_max": 100, "nms_post_max": 50,
                "iou_gate_thresholds": [0.5, 0.2, 0.2]}
@@ -401,7 +401,7 @@ def test_postprocess_validation_and_conversion():
 
 
 def test_decimate_keeps_at_most_max_points_as_a_view():
-    from clean_ros.detector_node import decimate
+    from clean_ros.ros.detector_node import decimate
 
     points = np.arange(2_000_003 * 4, dtype=np.float32).reshape(-1, 4)
     out = decimate(points, 1_000_000)
@@ -441,7 +441,8 @@ def test_unusable_configuration_stops_with_one_clear_line(parameters, expected):
 # only here, because a real backend cannot be made to fail on demand; every other test uses the real Pipeline.
 
 class FailingPipeline:
-    """TEST DOUBLE of clean_ros.pipeline.Pipeline: fails on 13-point clouds, reports a voxel overflow otherwise."""
+    """TEST DOUBLE of clean_ros.inference.pipeline.Pipeline: fails on 13-point clouds, reports a voxel overflow
+    otherwise."""
 
     backend_name = "torch"
     class_names = ("Car", "Pedestrian", "Cyclist")
@@ -449,7 +450,7 @@ class FailingPipeline:
     bundle = None
 
     def __init__(self):
-        from clean_ros.models.configs import PostProcessConfig
+        from clean_ros.models.detector_config import PostProcessConfig
 
         self.postprocess_settings = PostProcessConfig()
 
@@ -460,9 +461,9 @@ class FailingPipeline:
         pass
 
     def __call__(self, points):
-        from clean_ros.pipeline import PipelineResult
+        from clean_ros.inference.pipeline import PipelineResult
         from clean_ros.types import Detections
-        from clean_ros.voxelize import VoxelStats
+        from clean_ros.inference.voxelize import VoxelStats
 
         if len(points) == 13:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -474,8 +475,8 @@ class FailingPipeline:
 def test_backend_failure_and_voxel_overflow_are_answered_and_reported_in_process():
     from rclpy.parameter import Parameter as RclpyParameter
 
-    from clean_ros.detector_node import DetectorNode
-    from clean_ros.node_diagnostics import ERROR, assess
+    from clean_ros.ros.detector_node import DetectorNode
+    from clean_ros.ros.node_diagnostics import ERROR, assess
 
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=random_domain_id())

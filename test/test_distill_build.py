@@ -1,4 +1,4 @@
-"""Configuration and assembly (training/distill/config.py, build_distillation): loading DistillConfig, the
+"""Configuration and assembly (training/distill/distill_config.py, build_distillation): loading DistillConfig, the
 terms and hooks of each method, and clear refusals of unusable configurations and teacher/student pairings."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from clean_ros.models.detector import build_detector
 from training.distill import DistillConfig, build_distillation
-from training.distill.config import LabelAssignConfig, LogitKDConfig, SparseKDConfig
+from training.distill.distill_config import LabelAssignConfig, LogitKDConfig, SparseKDConfig
 from training.distill.logit_kd import LogitKDLoss
 from training.distill.sparsekd import LabelKDHook
 from training.distill.teacher import TeacherRunner
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_distill_config_loads_with_overrides_and_rejects_bad_values(tmp_path):
-    from clean_ros.config import ConfigError, load_config
+    from clean_ros.yaml_config import ConfigError, load_config
     path = tmp_path / "d.yaml"
     path.write_text("method: clean\ncakd: {weight_anchor: 0.3}\n")
     cfg = load_config(DistillConfig, path, ["label_assign.thresholds=[0.5, 0.6, 0.6]"])

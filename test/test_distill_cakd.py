@@ -10,7 +10,7 @@ import torch
 from clean_ros.models.detector import build_detector
 from training.distill import DistillConfig, build_distillation
 from training.distill.cakd import CaKDLoss, cakd_loss, map_cells, teacher_positions
-from training.distill.config import CaKDConfig
+from training.distill.distill_config import CaKDConfig
 from training.distill.teacher import TeacherRunner
 from training.task import DetectionTask, LossContext
 

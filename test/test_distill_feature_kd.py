@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clean_ros.models.detector import build_detector
-from training.distill.config import FeatureKDConfig
+from training.distill.distill_config import FeatureKDConfig
 from training.distill.feature_kd import FeatureKDLoss
 from training.distill.teacher import TeacherRunner
 from training.task import DetectionTask

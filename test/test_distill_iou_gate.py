@@ -1,12 +1,12 @@
-"""IoU-aware redundancy elimination, the third part of the CLEAN method (the IoU gate of clean_ros.postprocess):
-it removes a low-quality duplicate that plain NMS keeps."""
+"""IoU-aware redundancy elimination, the third part of the CLEAN method (the IoU gate of
+clean_ros.inference.postprocess): it removes a low-quality duplicate that plain NMS keeps."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from clean_ros.models.detector import HeadOutput, build_detector
-from clean_ros.postprocess import postprocess_tensors
+from clean_ros.inference.postprocess import postprocess_tensors
 
 from distill_helpers import small_cfg
 
@@ -28,7 +28,7 @@ def test_iou_gate_removes_a_low_quality_duplicate_that_plain_nms_keeps():
     iou[0, first], iou[0, second] = 3.0, -2.0  # sigmoid 0.95 / 0.12 (< tau_car 0.5)
     out = HeadOutput(cls, torch.zeros(1, p, 7), torch.zeros(1, p, 2), iou, model.anchors, model.anchor_classes,
                      grid, torch.zeros(1, 1, grid.height, grid.width), "anchor")
-    from clean_ros.geometry import bev_iou
+    from clean_ros.cloud.geometry import bev_iou
     overlap = float(bev_iou(model.anchors[first:first + 1], model.anchors[second:second + 1]))
     assert 0.2 < overlap < 0.5  # overlapping, but below the NMS threshold
     plain = postprocess_tensors(out, cfg)[0]

@@ -10,7 +10,7 @@ import torch
 
 from clean_ros.models.detector import build_detector
 from training.distill import DistillConfig, build_distillation
-from training.distill.config import LabelAssignConfig
+from training.distill.distill_config import LabelAssignConfig
 from training.distill.label_assign import accept_teacher_boxes, merge_ground_truth
 from training.distill.teacher import TeacherBoxes
 from training.targets import build_targets

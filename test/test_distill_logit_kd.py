@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clean_ros.models.detector import build_detector
-from training.distill.config import LogitKDConfig
+from training.distill.distill_config import LogitKDConfig
 from training.distill.logit_kd import LogitKDLoss, logit_kd_loss
 from training.distill.teacher import TeacherRunner
 from training.task import DetectionTask

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clean_ros.models.detector import build_detector
-from training.distill.config import PointDistillerConfig
+from training.distill.distill_config import PointDistillerConfig
 from training.distill.pointdistiller import PointDistillerLoss, edge_features, knn_graph
 from training.distill.teacher import TeacherRunner
 from training.task import DetectionTask

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clean_ros.models.detector import build_detector
-from training.distill.config import SparseKDConfig
+from training.distill.distill_config import SparseKDConfig
 from training.distill.label_assign import merge_ground_truth
 from training.distill.sparsekd import LabelKDHook, SparseKDLoss, pivotal_mask
 from training.distill.teacher import TeacherBoxes, TeacherRunner

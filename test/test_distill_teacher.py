@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from clean_ros.models.detector import build_detector
-from clean_ros.postprocess import decode
+from clean_ros.inference.postprocess import decode
 from training.distill import DistillConfig, build_distillation
-from training.distill.config import CaKDConfig, LabelAssignConfig
+from training.distill.distill_config import CaKDConfig, LabelAssignConfig
 from training.distill.teacher import TeacherRunner
 from training.task import DetectionTask
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from clean_ros.models.configs import load_detector_config
+from clean_ros.models.detector_config import load_detector_config
 from clean_ros.models.detector import build_detector
 from clean_ros.models.sparse_backbone import bev_channels_of
 from training.config_paths import find_config

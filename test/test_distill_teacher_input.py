@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from clean_ros.models.detector import build_detector
-from clean_ros.voxelize import Voxels, voxelize_batch
+from clean_ros.inference.voxelize import Voxels, voxelize_batch
 from distill_helpers import real_teacher, small_cfg
 from training.data.loader import Collator
 from training.data.sample import Sample

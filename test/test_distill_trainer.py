@@ -7,7 +7,7 @@ import torch
 
 from clean_ros.models.detector import build_detector
 from training.distill import DistillConfig, build_distillation
-from training.distill.config import CaKDConfig
+from training.distill.distill_config import CaKDConfig
 from training.task import DetectionTask
 
 from distill_helpers import small_cfg, real_teacher
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def sim_root(tmp_path_factory):
-    from training.sim.config import config_from_dict
+    from training.sim.sim_config import config_from_dict
     from training.simulate import simulate_dataset
 
     out = tmp_path_factory.mktemp("sim_distill")
@@ -29,9 +29,9 @@ def sim_root(tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["clean", "feature_kd"])
 def test_distillation_runs_in_the_trainer_and_checkpoints_adapters(sim_root, tmp_path, method):
-    from clean_ros.config import load_config, to_dict
+    from clean_ros.yaml_config import load_config, to_dict
     from training import checkpoint as ckpt_io
-    from training.config import TrainConfig
+    from training.train_config import TrainConfig
     from training.data.kitti_dataset import KittiDataset
     from training.run_dir import RunDir
     from training.trainer import Trainer

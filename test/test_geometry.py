@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from clean_ros import geometry as G
+from clean_ros.cloud import geometry as G
 
 
 def box(x=0.0, y=0.0, z=0.0, l=1.0, w=1.0, h=1.0, yaw=0.0):

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clean_ros import infer
-from clean_ros.pcd import PcdFormatError, read_pcd, write_pcd
+from clean_ros.tools import infer
+from clean_ros.cloud.pcd import PcdFormatError, read_pcd, write_pcd
 from conftest import read_velodyne
 
 
@@ -117,7 +117,7 @@ def test_bin_and_pcd_inputs_give_the_same_json_predictions(bundle_path, kitti_sa
     threshold = min(json.loads((bundle_path / "manifest.json").read_text())["postprocess"]["score_thresholds"])
     assert all(len(d["box"]) == 7 and threshold <= d["score"] <= 1 for d in a["detections"])
 
-    from clean_ros.pipeline import Pipeline
+    from clean_ros.inference.pipeline import Pipeline
 
     pipe = Pipeline.from_bundle(bundle_path, backend="torch")
     dets = pipe(points).detections

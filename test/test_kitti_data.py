@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from clean_ros.geometry import points_in_boxes
-from clean_ros.kitti import (Calibration, KittiFormatError, boxes_camera_to_lidar, boxes_lidar_to_camera,
-                             difficulty_levels, normalize_yaw_np, read_labels)
-from training.data.config import DataConfig, VoxelConfig
+from clean_ros.cloud.geometry import points_in_boxes
+from clean_ros.cloud.kitti import (Calibration, KittiFormatError, boxes_camera_to_lidar, boxes_lidar_to_camera,
+                                   difficulty_levels, normalize_yaw_np, read_labels)
+from training.data.data_config import DataConfig, VoxelConfig
 from training.data.kitti_dataset import (KittiDataset, KittiLayoutError, camera_fov_mask, crop_to_range,
                                          read_png_shape, read_velodyne)
 from training.data.loader import Collator, make_dataloader, set_epoch

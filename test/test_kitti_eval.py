@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clean_ros.kitti import KittiObjects, format_labels, read_labels
-from training.kitti_eval import (evaluate, format_results, image_overlap, mean_ap_3d_moderate, recall_thresholds)
+from clean_ros.cloud.kitti import KittiObjects, format_labels, read_labels
+from clean_ros.metrics.kitti_eval import (evaluate, format_results, image_overlap, mean_ap_3d_moderate,
+                                          recall_thresholds)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/kitti_sample"

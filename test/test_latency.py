@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from clean_ros.latency import (EventLog, RateMeter, RollingStageStats, SequenceGapCounter, StampGapCounter,
-                               format_latency, latency_summary, percentile_items)
-from clean_ros.node_diagnostics import ERROR, FASTDDS_HINT, OK, WARN, HealthSnapshot, assess
+from clean_ros.metrics.latency import (EventLog, RateMeter, RollingStageStats, SequenceGapCounter, StampGapCounter,
+                                       format_latency, latency_summary, percentile_items)
+from clean_ros.ros.node_diagnostics import ERROR, FASTDDS_HINT, OK, WARN, HealthSnapshot, assess
 
 
 def test_percentiles_match_numpy_over_the_window_only():

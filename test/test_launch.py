@@ -3,7 +3,7 @@ the Fast DDS profile handling.
 
 `launch` / `launch_ros` are not on PyPI (and PyPI's `launch` is an unrelated package), so unless the real ones are
 importable the launch file is loaded against minimal stand-in modules that record what it builds. The command the
-node would run is then compared with clean_ros.detector_node.launch_command, which is how the node tests start the
+node would run is then compared with clean_ros.ros.detector_node.launch_command, which is how the node tests start the
 node.
 """
 from __future__ import annotations
@@ -165,7 +165,7 @@ def test_executable_is_the_console_script_of_detector_node_main():
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
     assert config["install"]["install_scripts"] == "$base/lib/clean_ros"   # where ros2 launch looks for it
-    from clean_ros import detector_node
+    from clean_ros.ros import detector_node
 
     assert callable(detector_node.main)
 
@@ -181,8 +181,8 @@ def _resolve(value, context):
 
 def test_node_command_equals_what_the_tests_run(description):
     """What launch_ros would execute (resolved with the defaults plus some overrides) is the command line of
-    clean_ros.detector_node.launch_command with the same parameters, which test_detector_node and bench_node use."""
-    from clean_ros.detector_node import launch_command
+    clean_ros.ros.detector_node.launch_command with the same parameters, which test_detector_node and bench_node use."""
+    from clean_ros.ros.detector_node import launch_command
 
     arguments = {a.name: a.default_value for a in _by_type(description, DeclareLaunchArgument)}
     context = types.SimpleNamespace(launch_configurations={**arguments, "input_topic": "/lidar/points",

@@ -13,7 +13,7 @@ from std_msgs.msg import Header  # noqa: E402
 from vision_msgs.msg import Detection3DArray  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
-from clean_ros.messages import (  # noqa: E402
+from clean_ros.ros.messages import (  # noqa: E402
     STAGE_TIMING_NAME, from_detection3d_array, parse_stage_timing, quaternion_to_yaw, stage_timing_message,
     to_detection3d_array, to_marker_array, yaw_to_quaternion)
 from clean_ros.types import Detections  # noqa: E402

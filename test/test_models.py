@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from clean_ros.models.anchors import generate_anchors
-from clean_ros.models.configs import load_detector_config
+from clean_ros.models.detector_config import load_detector_config
 from clean_ros.models.detector import HeadOutput, build_detector
 from clean_ros.models.flops import count_flops, count_parameters
 from clean_ros.models.pillar import PillarFeatureNet, PillarScatter
 from clean_ros.models.vfe import MeanVFE
-from clean_ros.voxelize import voxelize_batch
+from clean_ros.inference.voxelize import voxelize_batch
 from conftest import read_velodyne
 from training.config_paths import find_config
 
@@ -176,8 +176,8 @@ def test_pruned_widths_rebuild_from_config_alone():
     out = model(_voxels(cfg, [_random_cloud(np.random.default_rng(0), cfg, 800)]), 1)
     assert out.bev_features.shape[1] == 10
     # a config saved from the pruned model rebuilds the same shapes
-    from clean_ros.config import to_dict, load_config
-    from clean_ros.models.configs import DetectorConfig
+    from clean_ros.yaml_config import to_dict, load_config
+    from clean_ros.models.detector_config import DetectorConfig
     again = build_detector(load_config(DetectorConfig, data=to_dict(cfg)))
     assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in state.items()}
 

@@ -8,8 +8,9 @@ import pytest
 pytest.importorskip("sensor_msgs")
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 
-from clean_ros.pointcloud import (  # noqa: E402
-    CloudFormatError, InputContract, check_input_contract, cloud_dtype, make_pointcloud2, read_points)
+from clean_ros.cloud.pointcloud import (  # noqa: E402
+    CloudFormatError, InputContract, check_input_contract, cloud_dtype, read_points)
+from clean_ros.ros.pointcloud_msg import make_pointcloud2  # noqa: E402
 
 FRAME = Path(__file__).resolve().parents[2] / "shared/data/kitti_sample/training/velodyne/000000.bin"
 XYZI = ("x", "y", "z", "intensity")

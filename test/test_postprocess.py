@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from clean_ros.models.anchors import FeatureGrid
-from clean_ros.models.configs import load_detector_config
+from clean_ros.models.detector_config import load_detector_config
 from clean_ros.models.detector import HeadOutput
-from clean_ros.postprocess import apply_iou_gate, postprocess, postprocess_tensors
+from clean_ros.inference.postprocess import apply_iou_gate, postprocess, postprocess_tensors
 from clean_ros.types import Detections
 from training.config_paths import find_config
 

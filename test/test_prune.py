@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from clean_ros.config import load_config, save_yaml
-from clean_ros.models.configs import DetectorConfig, load_detector_config
+from clean_ros.yaml_config import load_config, save_yaml
+from clean_ros.models.detector_config import DetectorConfig, load_detector_config
 from clean_ros.models.detector import build_detector
 from clean_ros.models.flops import count_parameters
-from clean_ros.postprocess import postprocess_tensors
-from clean_ros.voxelize import voxelize_batch
+from clean_ros.inference.postprocess import postprocess_tensors
+from clean_ros.inference.voxelize import voxelize_batch
 from training.config_paths import find_config
 from training.prune import (ImportanceScores, PruneConfig, build_graph, check_training_split, prune_detector,
                             prune_with_keep, score_filters, select_filters)

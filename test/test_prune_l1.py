@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from clean_ros.config import ConfigError, load_config
-from clean_ros.models.configs import load_detector_config
+from clean_ros.yaml_config import ConfigError, load_config
+from clean_ros.models.detector_config import load_detector_config
 from clean_ros.models.detector import build_detector
 from training.config_paths import find_config
 from training.prune import PruneConfig, build_graph, prune_detector, score_filters, select_filters

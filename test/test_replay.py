@@ -1,4 +1,5 @@
-"""clean_ros.replay (fast and realtime modes, evaluation, recording) end to end on bags written by clean_ros.bag.
+"""clean_ros.ros.replay (fast and realtime modes, evaluation, recording) end to end on bags written by
+clean_ros.ros.bag.
 
 The accuracy check is not circular: the reference runs the Pipeline on the simulator's .bin files directly (no
 bag), converts the detections with the frame's calib file into KITTI label files, and scores them with
@@ -21,11 +22,11 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("rosbags")
 
-from clean_ros.bag import write_kitti_bag  # noqa: E402
-from clean_ros.kitti import Calibration, labels_from_lidar_boxes  # noqa: E402
-from clean_ros.replay import main  # noqa: E402
-from clean_ros.replay_eval import evaluate_replay  # noqa: E402
-from clean_ros.replay_frames import FrameResult, GroundTruthFrame  # noqa: E402
+from clean_ros.ros.bag import write_kitti_bag  # noqa: E402
+from clean_ros.cloud.kitti import Calibration, labels_from_lidar_boxes  # noqa: E402
+from clean_ros.ros.replay import main  # noqa: E402
+from clean_ros.ros.replay_eval import evaluate_replay  # noqa: E402
+from clean_ros.ros.replay_frames import FrameResult, GroundTruthFrame  # noqa: E402
 
 pytestmark = pytest.mark.ros
 REPO = Path(__file__).resolve().parents[1]
@@ -60,8 +61,8 @@ def _write_full_precision_labels(path: Path, objs) -> None:
 def test_fast_replay_ap_equals_offline_evaluation(sim_bag, tmp_path, capsys):
     import torch
 
-    from clean_ros.bag import BagReader
-    from clean_ros.pipeline import Pipeline
+    from clean_ros.ros.bag import BagReader
+    from clean_ros.inference.pipeline import Pipeline
 
     root, bag = sim_bag
     report_path, record = tmp_path / "report.json", tmp_path / "dets_bag"
@@ -106,7 +107,7 @@ def test_fast_replay_ap_equals_offline_evaluation(sim_bag, tmp_path, capsys):
     # The recorded bag holds the same detections, with the clouds' stamps.
     from vision_msgs.msg import Detection3DArray
 
-    from clean_ros.messages import from_detection3d_array
+    from clean_ros.ros.messages import from_detection3d_array
     with BagReader(record) as reader:
         recorded = list(reader.messages("/detections", Detection3DArray))
     assert len(recorded) == 6 and report["recorded_frames"] == 6
@@ -193,7 +194,7 @@ def test_bag_without_ground_truth_gives_latency_only(kitti_sample, tmp_path, cap
 
 def test_undecodable_message_is_a_clear_error(tmp_path, capsys):
     """A /points message whose bytes are not a PointCloud2 (e.g. written with another definition)."""
-    from clean_ros.bag import POINTS_TYPE, BagWriter
+    from clean_ros.ros.bag import POINTS_TYPE, BagWriter
 
     bag = tmp_path / "garbage"
     with BagWriter(bag) as writer:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from clean_ros.geometry import points_in_boxes
-from clean_ros.kitti import Calibration, boxes_camera_to_lidar, difficulty_levels, read_labels
+from clean_ros.cloud.geometry import points_in_boxes
+from clean_ros.cloud.kitti import Calibration, boxes_camera_to_lidar, difficulty_levels, read_labels
 from training.sim.calib import KITTI_CALIB_TEXT
-from training.sim.config import SimConfigError, config_from_dict, load_config
+from training.sim.sim_config import SimConfigError, config_from_dict, load_config
 from training.sim.generate import generate_frame, scan_scene
 from training.sim.ground import Ground
 from training.sim.scene import SceneBuilder, model_parts
@@ -182,7 +182,7 @@ def test_config_errors_are_clear(tmp_path):
 
 def test_generated_dataset_loads_through_kitti_dataset(dataset):
     kitti_dataset = pytest.importorskip("training.data.kitti_dataset", reason="KITTI dataset class not in the tree")
-    from training.data.config import DataConfig
+    from training.data.data_config import DataConfig
 
     config = DataConfig(root=str(dataset))
     sizes = {split: len(kitti_dataset.KittiDataset(config, split)) for split in ("train", "val", "test")}

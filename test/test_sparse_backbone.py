@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clean_ros.config import ConfigError
+from clean_ros.yaml_config import ConfigError
 from clean_ros.models import sparse as sp
-from clean_ros.models.configs import Backbone3DConfig, load_detector_config
+from clean_ros.models.detector_config import Backbone3DConfig, load_detector_config
 from clean_ros.models.detector import build_detector
 from clean_ros.models.flops import count_flops, sparse_conv_macs
 from clean_ros.models.sparse_backbone import SparseBackbone3D, bev_channels_of, height_compression
 from clean_ros.models.sparse_layout import output_shape, stage_shapes
-from clean_ros.voxelize import voxelize_batch
+from clean_ros.inference.voxelize import voxelize_batch
 from conftest import read_velodyne
 from training.config_paths import find_config
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from clean_ros.config import ConfigError
-from clean_ros.models.configs import LossConfig, load_detector_config
+from clean_ros.yaml_config import ConfigError
+from clean_ros.models.detector_config import LossConfig, load_detector_config
 from clean_ros.models.detector import build_detector
-from clean_ros.postprocess import decode_anchor_boxes, postprocess_tensors
+from clean_ros.inference.postprocess import decode_anchor_boxes, postprocess_tensors
 from training.config_paths import find_config
 from training.losses import (anchor_losses, balanced_iou_branch_loss, center_focal_loss, center_losses, detection_loss,
                              iou_branch_loss, sigmoid_focal_loss, smooth_l1)
@@ -83,9 +83,9 @@ def test_box_on_an_anchor_is_its_positive_with_zero_residual(anchor_model):
 
 
 def test_anchor_matching_nearest_axis_aligned_by_default_rotated_on_request(anchor_model):
-    from clean_ros.config import ConfigError
-    from clean_ros.models.configs import HeadConfig
-    from clean_ros import geometry
+    from clean_ros.yaml_config import ConfigError
+    from clean_ros.models.detector_config import HeadConfig
+    from clean_ros.cloud import geometry
 
     cfg, model = anchor_model
     assert HeadConfig().anchor_matching == "nearest_bev" and cfg.head.anchor_matching == "nearest_bev"

@@ -24,9 +24,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "training" / "train.py"
 
-from clean_ros.config import ConfigError, dump_yaml  # noqa: E402
+from clean_ros.yaml_config import ConfigError, dump_yaml  # noqa: E402
 from training import checkpoint as ckpt_io  # noqa: E402
-from training.config import load_train_config, train_config_from_yaml_text  # noqa: E402
+from training.train_config import load_train_config, train_config_from_yaml_text  # noqa: E402
 from training.distributed import GlobalBatchNorm, convert_batchnorm  # noqa: E402
 from training.trainer import EpochSampler  # noqa: E402
 
@@ -44,7 +44,7 @@ NO_AUGMENT = {"gt_sampling": False, "global_rotation": False, "global_scaling": 
 
 @pytest.fixture(scope="session")
 def sim_root(tmp_path_factory) -> Path:
-    from training.sim.config import config_from_dict
+    from training.sim.sim_config import config_from_dict
     from training.simulate import simulate_dataset
 
     out = tmp_path_factory.mktemp("sim8")
@@ -88,7 +88,7 @@ def test_training_learns_tiny_overfit(sim_root, tmp_path, one_thread):
     the loss down > 5x and the KITTI AP from 0 to well above chance (measured on the 2-core dev machine: Car 57.5, mAP 37.5, 16 s)."""
     from training.data.augment import Augmentor
     from training.data.kitti_dataset import KittiDataset
-    from training.evaluation import evaluate_task
+    from training.evaluate_task import evaluate_task
     from training.run_dir import RunDir
     from training.task import DetectionTask
     from training.trainer import METRIC_NAME, Trainer, seed_everything

@@ -10,14 +10,14 @@ import math
 import pytest
 import torch
 
-from clean_ros import geometry
-from clean_ros.config import ConfigError
+from clean_ros.cloud import geometry
+from clean_ros.yaml_config import ConfigError
 from clean_ros.models.anchors import FeatureGrid
 from clean_ros.models.roi_head import (VoxelVolume, bev_grid_points, sample_bev, sample_volume,
                                        voxel_grid_points)
 from clean_ros.models.two_stage import Proposals, TwoStageDetector
 from clean_ros.models.two_stage_config import load_two_stage_config
-from clean_ros.voxelize import voxelize_batch
+from clean_ros.inference.voxelize import voxelize_batch
 from conftest import read_velodyne
 from training.config_paths import find_config
 from training.roi_targets import iou_quality_targets, roi_box_targets, sample_rois
@@ -226,7 +226,7 @@ def test_sample_rois_balance_and_targets():
 
 # --------------------------------------------------------------------------- training
 def _fixed_batch(cfg, kitti_sample, frame_ids):
-    from training.data.config import DataConfig
+    from training.data.data_config import DataConfig
     from training.data.kitti_dataset import KittiDataset
     from training.data.loader import Collator
 
@@ -343,7 +343,7 @@ def test_train_cli_trains_the_teacher_and_resumes(kitti_sample, tmp_path):
                             text=True, timeout=240, env=env, cwd=repo)
     assert second.returncode in (0, 130), second.stderr[-2000:]
     assert len((run / "losses.csv").read_text().splitlines()) == 3  # header + steps 1 and 2
-    from training.config import load_train_config
+    from training.train_config import load_train_config
 
     bad = dict(config, model={**rpn, "max_voxels_test": 1234})
     path.write_text(yaml.safe_dump(bad))

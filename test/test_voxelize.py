@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from clean_ros.voxelize import Voxelizer, grid_size, voxelize, voxelize_batch, voxelize_with_stats
+from clean_ros.inference.voxelize import Voxelizer, grid_size, voxelize, voxelize_batch, voxelize_with_stats
 
 
 def reference_voxelize(points: np.ndarray, pc_range, voxel_size, max_points, max_voxels, batch_index=0):

@@ -16,8 +16,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clean_ros.atomic import atomic_write_json  # noqa: E402
-from clean_ros.kitti import KittiFormatError, KittiObjects, read_labels  # noqa: E402
-from training.kitti_eval import CLASSES, evaluate, format_results, mean_ap_3d_moderate  # noqa: E402
+from clean_ros.cloud.kitti import KittiFormatError, KittiObjects, read_labels  # noqa: E402
+from clean_ros.metrics.kitti_eval import CLASSES, evaluate, format_results, mean_ap_3d_moderate  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 

@@ -7,7 +7,7 @@
 
 --config: a training config (its `model:` section is used) or a detector config (config/*.yaml). The checkpoint's
 weights must fit that model exactly. Metrics default to the checkpoint's last evaluation. The bundle is written
-atomically (clean_ros.bundle.save_bundle); errors print one line and exit with status 2.
+atomically (clean_ros.inference.bundle.save_bundle); errors print one line and exit with status 2.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clean_ros.bundle import BundleError, save_bundle  # noqa: E402
-from clean_ros.config import ConfigError, add_override_argument, load_config, read_yaml  # noqa: E402
-from clean_ros.models.configs import DetectorConfig  # noqa: E402
+from clean_ros.inference.bundle import BundleError, save_bundle  # noqa: E402
+from clean_ros.yaml_config import ConfigError, add_override_argument, load_config, read_yaml  # noqa: E402
+from clean_ros.models.detector_config import DetectorConfig  # noqa: E402
 from training.checkpoint import CheckpointError, load_model_weights  # noqa: E402
 
 EXIT_BAD_INPUT = 2
@@ -35,8 +35,8 @@ def load_configs(path: Path, overrides: list[str]) -> tuple[DetectorConfig, dict
     """(detector config, training config as a plain dict or None) from a training or a detector YAML."""
     raw = read_yaml(path)
     if "model" in raw:
-        from training.config import TrainConfig
-        from clean_ros.config import to_dict
+        from training.train_config import TrainConfig
+        from clean_ros.yaml_config import to_dict
 
         train_cfg = load_config(TrainConfig, path, overrides)
         return train_cfg.model, to_dict(train_cfg)

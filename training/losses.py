@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from clean_ros.models.configs import DetectorConfig, LossConfig
+from clean_ros.models.detector_config import DetectorConfig, LossConfig
 from clean_ros.models.detector import HeadOutput
 from training.targets import AnchorTargets, CenterTargets, Targets, build_targets
 

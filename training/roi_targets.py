@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from clean_ros import geometry
+from clean_ros.cloud import geometry
 from clean_ros.models.two_stage import Proposals
 from clean_ros.models.two_stage_config import RoIHeadConfig
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from clean_ros.atomic import atomic_open
-from clean_ros.config import save_yaml
+from clean_ros.yaml_config import save_yaml
 
 LOGGER_NAME = "clean_ros.train"
 

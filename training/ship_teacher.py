@@ -20,7 +20,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clean_ros.config import ConfigError, add_override_argument, apply_overrides, load_config, to_dict  # noqa: E402
+from clean_ros.yaml_config import (ConfigError, add_override_argument, apply_overrides, load_config,  # noqa: E402
+                                   to_dict)
 
 EXIT_USAGE = 2
 
@@ -29,10 +30,10 @@ def evaluate_teacher(model, cfg, root: Path, split: str, batch_size: int = 2, pr
     """KITTI AP of the teacher's final (second-stage) detections on a KITTI-layout split."""
     import torch
 
-    from clean_ros import kitti_eval
-    from training.data.config import DataConfig
+    from clean_ros.metrics import kitti_eval
+    from training.data.data_config import DataConfig
     from training.data.kitti_dataset import KittiDataset
-    from training.evaluation import kitti_metrics, predict_annotations
+    from training.evaluate_task import kitti_metrics, predict_annotations
     from training.teacher_task import TeacherTask
 
     rpn = cfg.rpn
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         from clean_ros.models.two_stage_config import TwoStageConfig
         from clean_ros.provenance import git_commit
         from training.checkpoint import CheckpointError, load_model_weights
-        from training.config import TrainConfig
+        from training.train_config import TrainConfig
         from training.teacher_package import save_teacher_package
 
         run_cfg = load_config(TrainConfig, args.run / "config.yaml")

@@ -18,7 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.sim.config import SimConfig, SimConfigError, load_config  # noqa: E402
+from training.sim.sim_config import SimConfig, SimConfigError, load_config  # noqa: E402
 from training.sim.generate import generate_frame  # noqa: E402
 from training.sim.writer import write_frame, write_image_sets  # noqa: E402
 

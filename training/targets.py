@@ -25,9 +25,9 @@ from typing import NamedTuple, Sequence, Union
 
 import torch
 
-from clean_ros import geometry
+from clean_ros.cloud import geometry
 from clean_ros.models.anchors import FeatureGrid
-from clean_ros.models.configs import AnchorClassConfig, DetectorConfig, HeadConfig
+from clean_ros.models.detector_config import AnchorClassConfig, DetectorConfig, HeadConfig
 from clean_ros.models.detector import HeadOutput
 
 

@@ -24,11 +24,11 @@ from typing import Callable, Mapping, NamedTuple, Protocol, Sequence, runtime_ch
 import torch
 from torch import nn
 
-from clean_ros.models.configs import DetectorConfig
+from clean_ros.models.detector_config import DetectorConfig
 from clean_ros.models.detector import Detector, HeadOutput, build_detector
-from clean_ros.postprocess import postprocess
+from clean_ros.inference.postprocess import postprocess
 from clean_ros.types import Detections
-from clean_ros.voxelize import Voxelizer
+from clean_ros.inference.voxelize import Voxelizer
 from training.data.sample import Batch
 from training.losses import LossBreakdown, compute_losses
 from training.targets import Targets, build_targets

@@ -20,8 +20,8 @@ from typing import Any, Mapping
 
 import torch
 
-from clean_ros.bundle import BundleError, replace_dir, sha256_file, verify_files
-from clean_ros.config import ConfigError, load_config, save_yaml
+from clean_ros.inference.bundle import BundleError, replace_dir, sha256_file, verify_files
+from clean_ros.yaml_config import ConfigError, load_config, save_yaml
 
 FORMAT = "clean_ros.teacher"
 SCHEMA_VERSION = 1

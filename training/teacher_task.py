@@ -67,7 +67,7 @@ class TeacherTask(DetectionTask):
     @torch.no_grad()
     def predict_rpn(self, batch: Batch) -> list[Detections]:
         """The RPN's own detections (its one-stage post-processing), to compare the stages."""
-        from clean_ros.postprocess import postprocess
+        from clean_ros.inference.postprocess import postprocess
 
         model: TwoStageDetector = self.model
         was_training = model.training

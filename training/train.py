@@ -17,8 +17,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clean_ros.config import ConfigError, add_override_argument, dump_yaml, load_config  # noqa: E402
-from clean_ros.kitti import KittiFormatError  # noqa: E402
+from clean_ros.yaml_config import ConfigError, add_override_argument, dump_yaml, load_config  # noqa: E402
+from clean_ros.cloud.kitti import KittiFormatError  # noqa: E402
 from training.checkpoint import CheckpointError  # noqa: E402
 
 EXIT_USAGE = 2
@@ -84,7 +84,7 @@ def _main(args) -> int:
     import torch  # noqa: F401  (heavy imports after argument parsing)
 
     from training import checkpoint as ckpt_io
-    from training.config import TrainConfig, load_train_config
+    from training.train_config import TrainConfig, load_train_config
     from training.data.augment import Augmentor
     from training.data.gt_database import GTDatabaseError, build_gt_database
     from training.data.kitti_dataset import KittiDataset

@@ -34,13 +34,13 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clean_ros.atomic import atomic_open
-from clean_ros.config import dump_yaml
+from clean_ros.yaml_config import dump_yaml
 from training import checkpoint as ckpt_io
 from training.checkpoint import TrainingState
-from training.config import TrainConfig
+from training.train_config import TrainConfig
 from training.data.loader import Collator, _WorkerSeeder
 from training.distributed import DistContext, convert_batchnorm
-from training.evaluation import evaluate_task
+from training.evaluate_task import evaluate_task
 from training.run_dir import RunDir, get_logger
 from training.task import DetectionTask
 

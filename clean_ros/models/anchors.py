@@ -11,7 +11,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from clean_ros.models.configs import AnchorClassConfig, DetectorConfig
+from clean_ros.models.detector_config import AnchorClassConfig, DetectorConfig
 
 
 class FeatureGrid(NamedTuple):

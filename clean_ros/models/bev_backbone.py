@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clean_ros.models.configs import BEVBackboneConfig
+from clean_ros.models.detector_config import BEVBackboneConfig
 
 
 def _conv_bn_relu(conv: nn.Module, width: int) -> list[nn.Module]:

@@ -18,11 +18,11 @@ from clean_ros.models.anchor_head import AnchorHead, flatten_anchor_map
 from clean_ros.models.anchors import FeatureGrid, feature_grid, generate_anchors
 from clean_ros.models.bev_backbone import BEVBackbone
 from clean_ros.models.center_head import CenterHead
-from clean_ros.models.configs import DetectorConfig
+from clean_ros.models.detector_config import DetectorConfig
 from clean_ros.models.pillar import PillarFeatureNet, PillarScatter
 from clean_ros.models.sparse_backbone import SparseBackbone3D, SparseBackboneOutput
 from clean_ros.models.vfe import MeanVFE
-from clean_ros.voxelize import Voxels
+from clean_ros.inference.voxelize import Voxels
 
 
 class HeadOutput(NamedTuple):

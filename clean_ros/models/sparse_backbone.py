@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from clean_ros.models import sparse as sp
-from clean_ros.models.configs import Backbone3DConfig
+from clean_ros.models.detector_config import Backbone3DConfig
 from clean_ros.models.sparse_layout import OUT_CONV, ConvSpec, down_conv, input_shape, output_shape
 
 

@@ -1,7 +1,7 @@
 """SECOND's sparse 3D backbone layout, written once.
 
 `clean_ros.models.sparse_backbone` builds its strided convs from these specs, and `stage_shapes` derives the
-(z, y, x) extent of every stage from the same specs, so the config checks (`clean_ros.models.configs`) know the
+(z, y, x) extent of every stage from the same specs, so the config checks (`clean_ros.models.detector_config`) know the
 output shape without importing spconv.
 
   stage 0: SubM convs (stride 1, shape unchanged)
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from clean_ros.models.configs import Backbone3DConfig
+    from clean_ros.models.detector_config import Backbone3DConfig
 
 SPARSE_NUM_STAGES = 4
 

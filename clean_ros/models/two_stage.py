@@ -6,7 +6,8 @@ students since both come from the same anchor config) plus a class-agnostic RoI 
     iou_logits, boxes = model.roi_forward(out.rpn, rois, out.voxel_features)   # RoIs from outside (CaKD)
     detections = model.predict(voxels, batch_size)         # list[Detections]
 
-Proposals: RPN decode (clean_ros.postprocess.decode, direction bins applied) -> best class probability per anchor ->
+Proposals: RPN decode (clean_ros.inference.postprocess.decode, direction bins applied) -> best class probability per
+anchor ->
 top proposal_pre_nms -> rotated BEV NMS (class-agnostic) -> top R (train: num_proposals_train, eval: num_rois_test),
 padded to R with label -1 / score 0 (padding RoIs are unit boxes at the range origin; they are never reported).
 Final score of a refined box (roi_head.score_rule): "iou" (default, the reference teachers): sigmoid(iou_logit), the
@@ -21,14 +22,14 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from clean_ros import geometry
+from clean_ros.cloud import geometry
 from clean_ros.models.detector import Detector, HeadOutput
 from clean_ros.models.roi_head import RoIHead, VoxelVolume
 from clean_ros.models.sparse import to_dense
 from clean_ros.models.two_stage_config import TwoStageConfig
-from clean_ros.postprocess import FrameDetections, decode, to_detections
+from clean_ros.inference.postprocess import FrameDetections, decode, to_detections
 from clean_ros.types import Detections
-from clean_ros.voxelize import Voxels
+from clean_ros.inference.voxelize import Voxels
 
 _CLASS_OFFSET = 1.0e4  # BEV shift between classes for class-aware NMS in one call
 

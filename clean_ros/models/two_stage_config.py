@@ -1,5 +1,5 @@
 """Dataclass configs of the two-stage teacher (clean_ros.models.two_stage): its RPN is any one-stage
-DetectorConfig (clean_ros.models.configs) with an anchor head, plus the RoI head (clean_ros.models.roi_head) and
+DetectorConfig (clean_ros.models.detector_config) with an anchor head, plus the RoI head (clean_ros.models.roi_head) and
 the second stage's losses."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
 
-from clean_ros.config import load_config
-from clean_ros.models.configs import DetectorConfig
+from clean_ros.yaml_config import load_config
+from clean_ros.models.detector_config import DetectorConfig
 from clean_ros.models.sparse_layout import SPARSE_NUM_STAGES
 
 

@@ -11,9 +11,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from clean_ros.geometry import bev_iou, points_in_boxes
-from clean_ros.kitti import normalize_yaw_np
-from training.data.config import AugmentConfig
+from clean_ros.cloud.geometry import bev_iou, points_in_boxes
+from clean_ros.cloud.kitti import normalize_yaw_np
+from training.data.data_config import AugmentConfig
 from training.data.gt_database import GTDatabase, GTSampler
 from training.data.sample import Sample
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from clean_ros.atomic import atomic_open
-from clean_ros.geometry import bev_iou, points_in_boxes
-from training.data.config import GTSamplingConfig
+from clean_ros.cloud.geometry import bev_iou, points_in_boxes
+from training.data.data_config import GTSamplingConfig
 from training.data.sample import Sample, class_indices
 
 FORMAT_VERSION = 1
@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from clean_ros.kitti import KittiFormatError
-    from training.data.config import DataConfig
+    from clean_ros.cloud.kitti import KittiFormatError
+    from training.data.data_config import DataConfig
     from training.data.kitti_dataset import KittiDataset
 
     parser = argparse.ArgumentParser(description="Build the GT database of a KITTI split (saved as .npz).")

@@ -18,9 +18,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from clean_ros.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiFormatError, KittiObjects, boxes_camera_to_lidar,
-                             difficulty_levels, read_labels)
-from training.data.config import DataConfig
+from clean_ros.cloud.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiFormatError, KittiObjects,
+                                   boxes_camera_to_lidar, difficulty_levels, read_labels)
+from training.data.data_config import DataConfig
 from training.data.sample import Sample, class_indices
 
 DONT_CARE = "DontCare"

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from clean_ros.voxelize import Voxelizer
+from clean_ros.inference.voxelize import Voxelizer
 from training.data.sample import Batch, Sample
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from clean_ros.kitti import Calibration, KittiObjects
-from clean_ros.voxelize import Voxels, VoxelStats
+from clean_ros.cloud.kitti import Calibration, KittiObjects
+from clean_ros.inference.voxelize import Voxels, VoxelStats
 
 
 def class_indices(names: np.ndarray, class_names: tuple[str, ...]) -> np.ndarray:

@@ -17,8 +17,8 @@ from torch import nn
 
 from clean_ros.models.detector import Detector
 from training.distill.cakd import CaKDLoss
-from training.distill.config import (METHODS, CaKDConfig, DistillConfig, FeatureKDConfig, LabelAssignConfig,
-                                     LogitKDConfig, PointDistillerConfig, SparseKDConfig)
+from training.distill.distill_config import (METHODS, CaKDConfig, DistillConfig, FeatureKDConfig, LabelAssignConfig,
+                                             LogitKDConfig, PointDistillerConfig, SparseKDConfig)
 from training.distill.feature_kd import FeatureKDLoss
 from training.distill.label_assign import LabelAssignHook
 from training.distill.logit_kd import LogitKDLoss

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import torch
 
-from clean_ros import geometry
+from clean_ros.cloud import geometry
 from clean_ros.models.anchors import FeatureGrid
-from clean_ros.models.configs import HeadConfig
+from clean_ros.models.detector_config import HeadConfig
 from clean_ros.models.detector import HeadOutput
-from clean_ros.postprocess import decode_anchor_boxes, decode_center_boxes
-from training.distill.config import CaKDConfig
+from clean_ros.inference.postprocess import decode_anchor_boxes, decode_center_boxes
+from training.distill.distill_config import CaKDConfig
 from training.distill.teacher import TeacherRunner
 from training.task import LossContext
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.distill.config import FeatureKDConfig
+from training.distill.distill_config import FeatureKDConfig
 from training.distill.teacher import TeacherRunner
 from training.task import LossContext
 

@@ -12,9 +12,9 @@ from typing import Sequence
 
 import torch
 
-from clean_ros import geometry
+from clean_ros.cloud import geometry
 from training.data.sample import Batch
-from training.distill.config import LabelAssignConfig
+from training.distill.distill_config import LabelAssignConfig
 from training.distill.teacher import TeacherBoxes, TeacherRunner
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from clean_ros.models.detector import HeadOutput
-from training.distill.config import LogitKDConfig
+from training.distill.distill_config import LogitKDConfig
 from training.distill.teacher import TeacherRunner
 from training.task import LossContext
 

@@ -9,7 +9,7 @@ Per frame of the batch:
    averaged over the frames that have at least two nodes.
 importance: the node voxel's point count (points, the reference's), the teacher's max class probability in the
 node's BEV cell (teacher_score), the teacher feature's max (teacher_feature) or 0 (uniform: w = 1). Default N, K,
-tau, importance and weight: the authors' released setting (training/distill/config.py PointDistillerConfig).
+tau, importance and weight: the authors' released setting (training/distill/distill_config.py PointDistillerConfig).
 Features are the encoder outputs (V, C) of the pillar / voxel encoder, read with forward hooks (student: on
 model.encoder; teacher: TeacherRunner). Each network voxelises the raw points itself on one grid; teacher features
 are paired with the student's voxels by grid cell (match_voxels), and nodes are drawn from the voxels both have.
@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from clean_ros.models.detector import Detector, HeadOutput
-from clean_ros.voxelize import Voxels
-from training.distill.config import PointDistillerConfig
+from clean_ros.inference.voxelize import Voxels
+from training.distill.distill_config import PointDistillerConfig
 from training.distill.teacher import TeacherRunner
 from training.task import LossContext
 

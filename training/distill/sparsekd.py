@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from clean_ros.postprocess import decode
+from clean_ros.inference.postprocess import decode
 from training.data.sample import Batch
-from training.distill.config import SparseKDConfig
+from training.distill.distill_config import SparseKDConfig
 from training.distill.label_assign import merge_ground_truth
 from training.distill.logit_kd import check_same_layout
 from training.distill.teacher import TeacherBoxes, TeacherRunner

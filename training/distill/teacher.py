@@ -23,8 +23,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from clean_ros.models.detector import Detector, HeadOutput
-from clean_ros.postprocess import postprocess_tensors
-from clean_ros.voxelize import Voxelizer, Voxels
+from clean_ros.inference.postprocess import postprocess_tensors
+from clean_ros.inference.voxelize import Voxelizer, Voxels
 from training.data.sample import Batch
 from training.task import Frozen
 
@@ -198,8 +198,8 @@ class TeacherRunner:
 def load_teacher(config: str, checkpoint: str = "") -> nn.Module:
     """The teacher named by a config (name under config/ or a YAML path) with weights from a training checkpoint
     (or a bare state_dict). A config with an `rpn` section is a TwoStageDetector, anything else a Detector."""
-    from clean_ros.config import read_yaml
-    from clean_ros.models.configs import load_detector_config
+    from clean_ros.yaml_config import read_yaml
+    from clean_ros.models.detector_config import load_detector_config
     from clean_ros.models.detector import build_detector
     from clean_ros.models.two_stage_config import load_two_stage_config
     from training.checkpoint import load_model_weights

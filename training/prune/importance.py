@@ -4,7 +4,8 @@ output filter of a prunable layer is zeroed.
 For filter f: P = sigmoid(class logits) of the unpruned model, P^(f) = the same with f's conv weights zeroed
 (BN untouched, so the channel becomes BN's constant after ReLU).
   masked (CLEAN):     I_f = sum_frames 1/|M| sum_{i in M} sum_c |P^(f)_ic - P_ic|,  M = positions kept by the
-                      unpruned model's own post-processing (clean_ros.postprocess.postprocess_tensors positions)
+                      unpruned model's own post-processing (positions of
+                      clean_ros.inference.postprocess.postprocess_tensors)
   unmasked (CaKDP):   the same mean over every position.
 Frames where the unpruned model detects nothing contribute 0 to the masked criterion (counted in the result).
   l1 (ablation "L1-norm pruning instead of category importance"): I_f = ||W_f||_1 / mean_g ||W_g||_1 over the
@@ -36,8 +37,8 @@ from torch import nn
 from clean_ros.models import sparse as sp
 from clean_ros.models.detector import Detector
 from clean_ros.models.sparse_backbone import height_compression
-from clean_ros.postprocess import postprocess_tensors
-from training.prune.config import PruneConfig
+from clean_ros.inference.postprocess import postprocess_tensors
+from training.prune.prune_config import PruneConfig
 from training.prune.graph import PrunableLayer, build_graph
 
 

@@ -31,8 +31,8 @@ import torch
 from spconv.pytorch.conv import SparseConvolution
 from torch import nn
 
-from clean_ros.config import load_config, to_dict
-from clean_ros.models.configs import DetectorConfig
+from clean_ros.yaml_config import load_config, to_dict
+from clean_ros.models.detector_config import DetectorConfig
 from clean_ros.models.detector import Detector, build_detector
 from clean_ros.models.flops import count_parameters
 from training.prune.graph import Consumer, PrunableLayer

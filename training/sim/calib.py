@@ -4,7 +4,7 @@ These numbers are facts of the KITTI rig; they are embedded so the simulator doe
 """
 from __future__ import annotations
 
-from clean_ros.kitti import Calibration
+from clean_ros.cloud.kitti import Calibration
 
 KITTI_CALIB_TEXT = """\
 P0: 7.070493000000e+02 0.000000000000e+00 6.040814000000e+02 0.000000000000e+00 0.000000000000e+00 7.070493000000e+02 1.805066000000e+02 0.000000000000e+00 0.000000000000e+00 0.000000000000e+00 1.000000000000e+00 0.000000000000e+00

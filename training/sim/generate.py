@@ -5,9 +5,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from clean_ros.kitti import Calibration
+from clean_ros.cloud.kitti import Calibration
 from training.sim.calib import KITTI_IMAGE_SHAPE, kitti_calibration
-from training.sim.config import SimConfig
+from training.sim.sim_config import SimConfig
 from training.sim.labels import FrameLabels, make_labels
 from training.sim.raycast import cast
 from training.sim.scene import Scene, sample_scene

@@ -10,9 +10,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from clean_ros.kitti import (Calibration, KittiObjects, boxes_lidar_to_camera, normalize_yaw_np, observation_angle,
-                             project_boxes_to_image)
-from training.sim.config import LabelConfig
+from clean_ros.cloud.kitti import (Calibration, KittiObjects, boxes_lidar_to_camera, normalize_yaw_np,
+                                   observation_angle, project_boxes_to_image)
+from training.sim.sim_config import LabelConfig
 from training.sim.shapes import Primitives, extents_along_axes
 
 

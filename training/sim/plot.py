@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from clean_ros.atomic import atomic_open
-from clean_ros.geometry import points_in_boxes
-from clean_ros.kitti import Calibration, boxes_camera_to_lidar, read_labels
-from training.sim.config import SimConfig
+from clean_ros.cloud.geometry import points_in_boxes
+from clean_ros.cloud.kitti import Calibration, boxes_camera_to_lidar, read_labels
+from training.sim.sim_config import SimConfig
 from training.sim.generate import generate_frame
 
 CLASS_COLOURS = {"Car": "tab:red", "Van": "tab:orange", "Truck": "tab:brown", "Pedestrian": "tab:blue",

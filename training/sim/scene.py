@@ -10,8 +10,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from clean_ros.kitti import normalize_yaw_np
-from training.sim.config import SceneConfig, SensorConfig
+from clean_ros.cloud.kitti import normalize_yaw_np
+from training.sim.sim_config import SceneConfig, SensorConfig
 from training.sim.ground import Ground
 from training.sim import shapes
 from training.sim.shapes import Material, PartList, Primitives, local_bounds, rot_z, transform

@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from training.sim.config import SensorConfig
+from training.sim.sim_config import SensorConfig
 from training.sim.shapes import MATERIAL_DROPOUT, MATERIAL_RANGE_NOISE
 
 

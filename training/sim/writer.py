@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from clean_ros.atomic import atomic_write_bytes
-from clean_ros.kitti import write_labels
+from clean_ros.cloud.kitti import write_labels
 from training.sim.calib import KITTI_CALIB_TEXT
 from training.sim.generate import Frame
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clean_ros.backends.base import Backend, BackendError, BackendUnavailable
-from clean_ros.onnx_export import ENCODER_INPUTS, DENSE_INPUT
+from clean_ros.inference.backends.base import Backend, BackendError, BackendUnavailable
+from clean_ros.inference.onnx_export import ENCODER_INPUTS, DENSE_INPUT
 
 
 def _ort():

@@ -1,4 +1,4 @@
-"""sensor_msgs/PointCloud2 <-> numpy, without sensor_msgs_py (not on PyPI), plus the input-contract check.
+"""sensor_msgs/PointCloud2 -> numpy without ROS or sensor_msgs_py (not on PyPI), plus the input-contract check.
 
 The decoder reads only the fields it is asked for, straight out of ``msg.data``:
 
@@ -10,10 +10,11 @@ The decoder reads only the fields it is asked for, straight out of ``msg.data``:
 
 No Python loop runs over points. Every size is checked against ``len(msg.data)`` before anything is allocated, so a
 hostile header (huge width, tiny data) is a ``CloudFormatError``, not a memory blow-up.
+
+The writer (make_pointcloud2) builds ROS messages, so it lives in clean_ros.ros.pointcloud_msg.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
@@ -27,7 +28,7 @@ _POINTFIELD_DTYPES = {
 }
 _DATATYPE_NAMES = {INT8: "INT8", UINT8: "UINT8", INT16: "INT16", UINT16: "UINT16", INT32: "INT32",
                    UINT32: "UINT32", FLOAT32: "FLOAT32", FLOAT64: "FLOAT64"}
-_NUMPY_TO_DATATYPE = {dt.str[1:]: code for code, dt in _POINTFIELD_DTYPES.items()}
+NUMPY_TO_DATATYPE = {dt.str[1:]: code for code, dt in _POINTFIELD_DTYPES.items()}
 
 REQUIRED_FIELDS = ("x", "y", "z")
 DEFAULT_FIELDS = ("x", "y", "z", "intensity")
@@ -272,79 +273,6 @@ def read_points(msg, fields: Sequence[str] = DEFAULT_FIELDS, intensity_scale: fl
     info = CloudInfo(width, height, num_in, len(points), removed, missing, field_dtypes, tuple(by_name),
                      zero_copy, row_padding, big_endian)
     return points, info
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Writing (tests, tools, bag writing)
-
-def _header_of(header):
-    from std_msgs.msg import Header
-    from builtin_interfaces.msg import Time
-
-    if isinstance(header, Header):
-        return header
-    stamp, frame_id = header
-    if not isinstance(stamp, Time):
-        seconds = float(stamp)
-        sec = math.floor(seconds)
-        stamp = Time(sec=int(sec), nanosec=min(int(round((seconds - sec) * 1e9)), 999_999_999))
-    return Header(stamp=stamp, frame_id=str(frame_id))
-
-
-def make_pointcloud2(points: np.ndarray, field_names: Sequence[str], header, *,
-                     dtypes: Mapping[str, str | np.dtype] | None = None, big_endian: bool = False,
-                     height: int = 1, row_padding: int = 0, point_padding: int = 0,
-                     is_dense: bool | None = None):
-    """Build a sensor_msgs/PointCloud2 from an (N, F) array.
-
-    header: a std_msgs/Header, or (stamp, frame_id) with stamp a builtin_interfaces/Time or float seconds.
-    dtypes: per-field numpy dtype ("u1", "u2", "f8", ...; default float32), values are cast (ints rounded).
-    big_endian, height (organised: N must divide), row_padding (extra bytes after each row) and point_padding
-    (extra bytes after each point) exist to produce every layout real drivers send, for tests and tools.
-    msg.data gets ``bytes`` (assigning a numpy array to it is ~150 ms slower for 2 MB).
-    """
-    from sensor_msgs.msg import PointCloud2, PointField
-
-    points = np.asarray(points)
-    field_names = tuple(field_names)
-    if points.ndim != 2 or points.shape[1] != len(field_names):
-        raise ValueError(f"points must be (N, {len(field_names)}) for fields {field_names}, got {points.shape}")
-    n = len(points)
-    if height < 1 or n % height:
-        raise ValueError(f"cannot arrange {n} points in {height} rows")
-    width = n // height
-    dtypes = dict(dtypes or {})
-    order = ">" if big_endian else "<"
-    scalar = [np.dtype(dtypes.get(name, "f4")).newbyteorder(order) for name in field_names]
-    offsets = np.concatenate([[0], np.cumsum([d.itemsize for d in scalar])]).astype(int)
-    point_step = int(offsets[-1]) + int(point_padding)
-    row_step = width * point_step + int(row_padding)
-
-    msg = PointCloud2()
-    msg.header = _header_of(header)
-    msg.height, msg.width = int(height), int(width)
-    msg.fields = [PointField(name=name, offset=int(off), datatype=_NUMPY_TO_DATATYPE[d.str[1:]], count=1)
-                  for name, off, d in zip(field_names, offsets, scalar)]
-    msg.is_bigendian = bool(big_endian)
-    msg.point_step, msg.row_step = point_step, row_step
-    if is_dense is None:
-        is_dense = bool(np.isfinite(points).all()) if points.dtype.kind == "f" else True
-    msg.is_dense = bool(is_dense)
-
-    plain = (not big_endian and not row_padding and not point_padding and all(d == np.float32 for d in scalar))
-    if plain:
-        msg.data = np.ascontiguousarray(points, dtype=np.float32).tobytes()
-        return msg
-    rows = np.zeros((height, row_step), np.uint8)
-    structured = np.dtype({"names": list(field_names), "formats": scalar, "offsets": [int(o) for o in offsets[:-1]],
-                           "itemsize": point_step})
-    packed = np.zeros(n, structured)
-    for j, (name, d) in enumerate(zip(field_names, scalar)):
-        column = points[:, j]
-        packed[name] = np.rint(column) if d.kind in "iu" else column
-    rows[:, :width * point_step] = packed.view(np.uint8).reshape(height, width * point_step)
-    msg.data = rows.tobytes()
-    return msg
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from clean_ros.config import ConfigError, load_config
-from clean_ros.models.configs import DetectorConfig
+from clean_ros.yaml_config import ConfigError, load_config
+from clean_ros.models.detector_config import DetectorConfig
 from clean_ros.models.two_stage_config import TwoStageConfig
-from training.data.config import AugmentConfig, DataConfig
+from training.data.data_config import AugmentConfig, DataConfig
 
 _DATA_DEFAULTS = DataConfig()
 

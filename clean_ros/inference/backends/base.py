@@ -27,7 +27,8 @@ class BackendUnavailable(BackendError):
 
 class Backend(ABC):
     name: str = "?"
-    selection_reason: str = ""  # why this backend runs (set by clean_ros.backends.open_backend; the node logs it)
+    # why this backend runs (set by clean_ros.inference.backends.open_backend; the node logs it)
+    selection_reason: str = ""
 
     def __init__(self, output_names: Sequence[str], output_device: str | torch.device = "cpu"):
         self.output_names = tuple(output_names)

@@ -1,6 +1,6 @@
 """Fast replay: in process, frame by frame, deterministic, no drops. Each cloud of the bag is decoded with
-clean_ros.pointcloud.read_points and run through clean_ros.pipeline.Pipeline exactly as the detector node's callback
-does (same bundle, same post-processing settings)."""
+clean_ros.cloud.pointcloud.read_points and run through clean_ros.inference.pipeline.Pipeline exactly as the detector
+node's callback does (same bundle, same post-processing settings)."""
 from __future__ import annotations
 
 import sys
@@ -8,14 +8,14 @@ import time
 
 import numpy as np
 
-from clean_ros.bag import BagReader, stamp_ns
-from clean_ros.replay_frames import FrameResult, ReplayError, cloud_messages
+from clean_ros.ros.bag import BagReader, stamp_ns
+from clean_ros.ros.replay_frames import FrameResult, ReplayError, cloud_messages
 
 
 def run_fast(reader: BagReader, pipeline, points_topic: str, intensity_scale: float = 1.0,
              progress: bool = False) -> list[FrameResult]:
     """Every cloud through the pipeline, as the node's callback does it (decode -> Pipeline)."""
-    from clean_ros.pointcloud import CloudFormatError, read_points
+    from clean_ros.cloud.pointcloud import CloudFormatError, read_points
 
     results = []
     for index, (_, msg) in enumerate(cloud_messages(reader, points_topic)):

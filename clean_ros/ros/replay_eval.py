@@ -1,8 +1,8 @@
 """Accuracy of a replay: KITTI-style AP of the replayed detections against the bag's ground truth.
 
-The evaluator is clean_ros/kitti_eval.py, the same one training/evaluate.py uses. The protocol is chosen from what
-the bag carries:
-  kitti   ground truth with the KITTI annotation in Detection3D.id (clean_ros.bag writes it): the devkit protocol
+The evaluator is clean_ros/metrics/kitti_eval.py, the same one training/evaluate.py uses. The protocol is chosen from
+what the bag carries:
+  kitti   ground truth with the KITTI annotation in Detection3D.id (clean_ros.ros.bag writes it): the devkit protocol
           with its easy / moderate / hard difficulties. Boxes go back to the camera frame with the frame's calib
           (/kitti/calib) and detections get their projected image box, so the image-height rule applies exactly
           as in training/evaluate.py. Without calib, an axis permutation stands in for the camera and detections
@@ -19,9 +19,9 @@ import math
 
 import numpy as np
 
-from clean_ros.kitti import Calibration
-from clean_ros.kitti_eval import CLASSES, evaluate
-from clean_ros.replay_frames import FrameResult, GroundTruthFrame
+from clean_ros.cloud.kitti import Calibration
+from clean_ros.metrics.kitti_eval import CLASSES, evaluate
+from clean_ros.ros.replay_frames import FrameResult, GroundTruthFrame
 
 RANGE_BANDS = ((0.0, 30.0), (30.0, 50.0), (50.0, math.inf))
 
@@ -36,7 +36,7 @@ def _axes_calibration():
 
 def _objects(boxes: np.ndarray, names, calib, scores=None, bbox=None, truncation=None, occlusion=None, alpha=None):
     """KittiObjects (camera frame) of LiDAR boxes; image box projected with calib unless given."""
-    from clean_ros.kitti import KittiObjects, labels_from_lidar_boxes
+    from clean_ros.cloud.kitti import KittiObjects, labels_from_lidar_boxes
 
     objs = labels_from_lidar_boxes(np.asarray(boxes, np.float64).reshape(-1, 7), np.asarray(names, dtype="<U32"),
                                    scores, calib)

@@ -1,7 +1,8 @@
-"""Evaluate a DetectionTask on a split: predictions -> KITTI label rows -> training.kitti_eval (AP R40 / R11).
+"""Evaluate a DetectionTask on a split: predictions -> KITTI label rows -> clean_ros.metrics.kitti_eval (AP R40 /
+R11).
 
 Predictions come from the task's own post-processing (the one the vehicle runs) and are written in the camera
-frame with clean_ros.kitti.labels_from_lidar_boxes; the ground truth is each frame's untouched label file
+frame with clean_ros.cloud.kitti.labels_from_lidar_boxes; the ground truth is each frame's untouched label file
 (DontCare included), so the official difficulty / ignore rules apply.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from clean_ros.kitti import KittiObjects, labels_from_lidar_boxes
+from clean_ros.cloud.kitti import KittiObjects, labels_from_lidar_boxes
 from training.data.loader import Collator, make_dataloader
 from training.task import DetectionTask
 
@@ -53,7 +54,7 @@ def predict_annotations(task: DetectionTask, dataset: Dataset, batch_size: int, 
 def evaluate_task(task: DetectionTask, dataset: Dataset, cfg, device: torch.device,
                   progress: bool = False) -> dict[str, float]:
     """KITTI metrics of `task` on `dataset` as a flat {name: float} dict, incl. trainer.METRIC_NAME."""
-    from training import kitti_eval
+    from clean_ros.metrics import kitti_eval
 
     gt_annos, dt_annos, _ = predict_annotations(task, dataset, cfg.effective_eval_batch_size, cfg.workers, device,
                                                 cfg.eval_max_frames, progress)

@@ -29,8 +29,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 import clean_ros
-from clean_ros.config import ConfigError, from_dict, to_dict
-from clean_ros.models.configs import DetectorConfig, PostProcessConfig
+from clean_ros.yaml_config import ConfigError, from_dict, to_dict
+from clean_ros.models.detector_config import DetectorConfig, PostProcessConfig
 from clean_ros.provenance import git_commit
 
 FORMAT = "clean_ros.bundle"
@@ -168,8 +168,8 @@ class Bundle:
         return self._listed(ENCODER_ONNX_NAME)
 
     def input_contract(self, frame_id: str | None = None):
-        """The clean_ros.pointcloud.InputContract this model was trained with."""
-        from clean_ros.pointcloud import InputContract
+        """The clean_ros.cloud.pointcloud.InputContract this model was trained with."""
+        from clean_ros.cloud.pointcloud import InputContract
 
         return InputContract(point_features=self.point_features, point_cloud_range=self.point_cloud_range,
                              feature_ranges=self.feature_ranges, frame_id=frame_id)
@@ -396,7 +396,7 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
         export_info: dict[str, Any] = {"dense_onnx": None, "encoder_onnx": None}
         if export_onnx:
-            from clean_ros.onnx_export import export_dense_onnx, export_encoder_onnx
+            from clean_ros.inference.onnx_export import export_dense_onnx, export_encoder_onnx
 
             export_info["dense_onnx"] = export_dense_onnx(detector, detector_cfg, tmp / DENSE_ONNX_NAME)
             if export_encoder and detector_cfg.encoder.type == "pillar" and detector_cfg.backbone_3d.type == "none":

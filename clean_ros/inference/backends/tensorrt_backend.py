@@ -23,9 +23,9 @@ from typing import Mapping, Sequence
 import torch
 
 from clean_ros.atomic import atomic_write_bytes
-from clean_ros.backends.base import Backend, BackendError, BackendUnavailable
-from clean_ros.bundle import sha256_file
-from clean_ros.onnx_export import DENSE_INPUT, ENCODER_INPUTS
+from clean_ros.inference.backends.base import Backend, BackendError, BackendUnavailable
+from clean_ros.inference.bundle import sha256_file
+from clean_ros.inference.onnx_export import DENSE_INPUT, ENCODER_INPUTS
 
 LOG = logging.getLogger("clean_ros.backends")
 DEFAULT_CACHE_DIR = Path("~/.cache/clean_ros/engines")

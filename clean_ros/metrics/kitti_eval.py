@@ -20,7 +20,7 @@ in vectorised numpy):
   similarity (1 + cos(alpha_gt - alpha_det)) / 2 summed over true positives instead of the TP count.
 - Overlaps: 2D IoU of pixel boxes; BEV IoU of (x, z, l, w, ry) rectangles in the camera x-z plane; 3D IoU =
   BEV intersection x overlap of the vertical extents [y - h, y] / union volume. The rotated-rectangle
-  intersection comes from clean_ros.geometry (one implementation of polygon overlap in the project).
+  intersection comes from clean_ros.cloud.geometry (one implementation of polygon overlap in the project).
 
 Instead of re-running the per-frame matching for every threshold in Python, all frames and all thresholds are
 matched at once: the GT loop runs over "the k-th GT of every frame" (k up to the most GTs in one frame), with the
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from clean_ros.geometry import bev_intersection_aligned
-from clean_ros.kitti import KittiObjects
+from clean_ros.cloud.geometry import bev_intersection_aligned
+from clean_ros.cloud.kitti import KittiObjects
 
 CLASSES = ("Car", "Pedestrian", "Cyclist")
 MIN_OVERLAP = {"car": 0.7, "pedestrian": 0.5, "cyclist": 0.5}  # same for 2D, BEV and 3D

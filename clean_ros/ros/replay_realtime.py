@@ -1,5 +1,5 @@
 """Realtime replay: the detector node runs as a subprocess, exactly as the launch file starts it
-(clean_ros.node_process: Fast DDS large-data profile, private ROS_DOMAIN_ID, localhost discovery); the bag's clouds
+(clean_ros.ros.node_process: Fast DDS large-data profile, private ROS_DOMAIN_ID, localhost discovery); the bag's clouds
 are published best-effort at the recorded rate and the node's Detection3DArray answers and ~/stage_latency records
 are collected. A frame the node never answered is a drop and counts as a frame without detections in the AP (what a
 vehicle would have had)."""
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from clean_ros import defaults
-from clean_ros.bag import LATENCY_TOPIC, POINTS_TYPE, BagReader, stamp_ns
-from clean_ros.replay_frames import FrameResult, ReplayError, cloud_messages
+from clean_ros.ros.bag import LATENCY_TOPIC, POINTS_TYPE, BagReader, stamp_ns
+from clean_ros.ros.replay_frames import FrameResult, ReplayError, cloud_messages
 
 NODE_NAMESPACE = "/replay"
 
@@ -28,9 +28,9 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
     from sensor_msgs.msg import PointCloud2
     from vision_msgs.msg import Detection3DArray
 
-    from clean_ros.messages import from_detection3d_array, parse_stage_timing
-    from clean_ros.node_diagnostics import STATUS_NAME, parse_diagnostic_values
-    from clean_ros.node_process import DriverNode, NodeProcess
+    from clean_ros.ros.messages import from_detection3d_array, parse_stage_timing
+    from clean_ros.ros.node_diagnostics import STATUS_NAME, parse_diagnostic_values
+    from clean_ros.ros.node_process import DriverNode, NodeProcess
 
     reader.require(points_topic, POINTS_TYPE)
     input_topic, output_topic = f"{NODE_NAMESPACE}/points", f"{NODE_NAMESPACE}/detections"

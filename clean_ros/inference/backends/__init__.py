@@ -1,4 +1,4 @@
-"""Inference backends behind one interface (clean_ros.backends.base.Backend), and `auto` selection.
+"""Inference backends behind one interface (clean_ros.inference.backends.base.Backend), and `auto` selection.
 
 auto = TensorRT if importable and a CUDA GPU is present, else ONNX Runtime (if installed and the bundle has
 model.onnx), else PyTorch. The choice and the reason are logged in one line on logger "clean_ros.backends".
@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
-from clean_ros.backends.base import Backend, BackendError, BackendUnavailable
+from clean_ros.inference.backends.base import Backend, BackendError, BackendUnavailable
 from clean_ros.defaults import BACKENDS as BACKEND_NAMES
 
-LOG = logging.getLogger("clean_ros.backends")
+LOG = logging.getLogger("clean_ros.backends")  # the logger keeps its documented name from before the move to inference/
 
 
 class BackendChoice(NamedTuple):
@@ -25,7 +25,7 @@ def choose_backend(requested: str, bundle, device: str = "cpu") -> BackendChoice
         raise BackendError(f"unknown backend {requested!r}; choose one of {', '.join(BACKEND_NAMES)}")
     if requested != "auto":
         return BackendChoice(requested, "requested explicitly")
-    from clean_ros.backends.tensorrt_backend import tensorrt_unavailable_reason
+    from clean_ros.inference.backends.tensorrt_backend import tensorrt_unavailable_reason
 
     skipped = []
     trt_reason = tensorrt_unavailable_reason()
@@ -56,12 +56,12 @@ def create_backend(name: str, bundle, detector, device: str = "cpu", *, fp16: bo
         raise BackendError(f"backend {name}: bundle {bundle.path} has no model.onnx (saved with export_onnx=False)")
     encoder_onnx = bundle.encoder_onnx_path if use_encoder_onnx else None
     if name == "onnxruntime":
-        from clean_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+        from clean_ros.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(bundle.onnx_path, detector.dense_output_names, encoder_onnx, device=device,
                                   intra_op_threads=intra_op_threads, output_device=device)
     if name == "tensorrt":
-        from clean_ros.backends.tensorrt_backend import TensorRTBackend
+        from clean_ros.inference.backends.tensorrt_backend import TensorRTBackend
 
         export = bundle.manifest["export"]
         bev_shape = export["dense_onnx"]["inputs"]["bev"]
@@ -93,7 +93,7 @@ def open_backend(requested: str, bundle, detector, device: str = "cpu", **kwargs
     raise BackendError("no backend could be created: " + "; ".join(reasons))
 
 
-from clean_ros.backends.torch_backend import TorchBackend  # noqa: E402
+from clean_ros.inference.backends.torch_backend import TorchBackend  # noqa: E402
 
 __all__ = ["Backend", "BackendError", "BackendUnavailable", "BackendChoice", "BACKEND_NAMES", "choose_backend",
            "create_backend", "open_backend", "TorchBackend"]

@@ -1,4 +1,4 @@
-"""ONNX export of a Detector's graph parts, used by clean_ros.bundle.save_bundle.
+"""ONNX export of a Detector's graph parts, used by clean_ros.inference.bundle.save_bundle.
 
 What goes to ONNX and what stays in torch (docs/BUNDLE.md, "Export"):
 - model.onnx: Detector.dense_module() = BEV backbone + head. Input "bev" (1, C, ny, nx) float32, outputs the head's
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clean_ros.models.configs import DetectorConfig
-from clean_ros.voxelize import voxelize_with_stats
+from clean_ros.models.detector_config import DetectorConfig
+from clean_ros.inference.voxelize import voxelize_with_stats
 
 OPSET = 17
 ENCODER_INPUTS = ("features", "num_points", "coords")

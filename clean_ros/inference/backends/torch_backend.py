@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from clean_ros.backends.base import Backend, BackendError
+from clean_ros.inference.backends.base import Backend, BackendError
 
 
 class TorchBackend(Backend):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clean_ros.bag import CALIB_TOPIC, CALIB_TYPE, GT_TYPE, POINTS_TYPE, BagReader, decode_kitti_id, stamp_ns
+from clean_ros.ros.bag import CALIB_TOPIC, CALIB_TYPE, GT_TYPE, POINTS_TYPE, BagReader, decode_kitti_id, stamp_ns
 
 
 class ReplayError(Exception):
@@ -40,7 +40,7 @@ def load_side_topics(reader: BagReader, gt_topic: str) -> tuple[dict[int, Ground
     from std_msgs.msg import String
     from vision_msgs.msg import Detection3DArray
 
-    from clean_ros.messages import from_detection3d_array
+    from clean_ros.ros.messages import from_detection3d_array
 
     calibs: dict[int, str] = {}
     if CALIB_TOPIC in reader.topics and reader.topics[CALIB_TOPIC].msgtype == CALIB_TYPE:

@@ -6,12 +6,12 @@
         if not node.wait_ready(client, lambda: publisher.get_subscription_count() > 0, timeout_s=120):
             raise ...(node.log_tail())
 
-- Start: exactly as launch/detector.launch.py starts the node (clean_ros.detector_node.launch_command: the params
+- Start: exactly as launch/detector.launch.py starts the node (clean_ros.ros.detector_node.launch_command: the params
   file, then per-parameter overrides), on a private random ROS_DOMAIN_ID with localhost discovery and the Fast DDS
   large-data profile, output to a log file (a temporary one, removed at stop, unless log_path is given).
 - Ready: the driver's rclpy node is spun until the caller's predicate holds (typically: the node subscribed to the
   driver's cloud publisher), the node process exited, or the timeout passed.
-- Stop: clean_ros.detector_node.stop_node_process (SIGINT, then kill after a timeout).
+- Stop: clean_ros.ros.detector_node.stop_node_process (SIGINT, then kill after a timeout).
 
 The driving process publishes the large clouds itself, so the same profile must be in effect there: it is read when
 the first DDS participant of a process is created, which is why the constructor sets it (unless already set) before
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from clean_ros.detector_node import launch_command, stop_node_process
+from clean_ros.ros.detector_node import launch_command, stop_node_process
 from clean_ros.package_share import SOURCE_ROOT, package_path
 
 PROFILE_FILE = "config/fastdds_large_data.xml"

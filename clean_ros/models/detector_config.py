@@ -1,4 +1,4 @@
-"""Dataclass configs of a whole one-stage detector (loaded through clean_ros.config).
+"""Dataclass configs of a whole one-stage detector (loaded through clean_ros.yaml_config).
 
 Every layer width is an explicit list, so a physically pruned network (arbitrary per-layer widths, including
 the conv inside every block and every deblock) is rebuilt from its saved config alone.
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
 
-from clean_ros.config import load_config
+from clean_ros.yaml_config import load_config
 from clean_ros.models.sparse_layout import SPARSE_NUM_STAGES, output_shape, stage_shapes
-from clean_ros.voxelize import grid_size as voxel_grid_size
+from clean_ros.inference.voxelize import grid_size as voxel_grid_size
 
 
 @dataclass

@@ -12,8 +12,8 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
-from clean_ros import geometry
-from clean_ros.models.configs import DetectorConfig, HeadConfig, IoUGateConfig, PostProcessConfig
+from clean_ros.cloud import geometry
+from clean_ros.models.detector_config import DetectorConfig, HeadConfig, IoUGateConfig, PostProcessConfig
 from clean_ros.models.detector import HeadOutput
 from clean_ros.types import Detections
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from clean_ros.latency import EventLog, Percentiles, percentile_items
+from clean_ros.metrics.latency import EventLog, Percentiles, percentile_items
 
 OK, WARN, ERROR = 0, 1, 2
 BUSY_UTILIZATION = 0.8       # callback time / wall time above which a low input rate is blamed on the node

@@ -6,10 +6,10 @@
     result.detections, result.timings_ms, result.voxel_stats
 
 Stages (timed, after CUDA synchronisation when on GPU):
-  preprocess   points -> voxels (clean_ros.voxelize, with overflow stats)
+  preprocess   points -> voxels (clean_ros.inference.voxelize, with overflow stats)
   inference    voxels -> BEV canvas (pillar encoder: backend's encoder.onnx/engine if it has one, else torch;
                scatter and any sparse 3D backbone: torch) -> backend dense part -> raw head maps
-  postprocess  raw maps -> HeadOutput (Detector.head_output) -> decode, IoU gate, NMS (clean_ros.postprocess)
+  postprocess  raw maps -> HeadOutput (Detector.head_output) -> decode, IoU gate, NMS (clean_ros.inference.postprocess)
 The hybrid path for sparse-3D (SECOND) students is the same code: Detector.encode runs the voxel encoder and the
 sparse backbone in torch, the backend runs only the dense BEV part.
 
@@ -28,12 +28,12 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from clean_ros.backends import Backend, open_backend
-from clean_ros.bundle import Bundle, load_bundle
-from clean_ros.models.configs import DetectorConfig, IoUGateConfig, PostProcessConfig
-from clean_ros.postprocess import postprocess
+from clean_ros.inference.backends import Backend, open_backend
+from clean_ros.inference.bundle import Bundle, load_bundle
+from clean_ros.models.detector_config import DetectorConfig, IoUGateConfig, PostProcessConfig
+from clean_ros.inference.postprocess import postprocess
 from clean_ros.types import Detections
-from clean_ros.voxelize import Voxels, VoxelStats, voxelize_with_stats
+from clean_ros.inference.voxelize import Voxels, VoxelStats, voxelize_with_stats
 
 STAGES = ("preprocess", "inference", "postprocess")
 # Flat names accepted by update_postprocess (the node maps ROS parameters onto them one to one).
@@ -233,7 +233,7 @@ class Pipeline:
 
     def warmup(self, iterations: int = 3, num_points: int = 20000) -> None:
         """Run a few synthetic frames (allocations, kernel selection, engine start-up), results discarded."""
-        from clean_ros.onnx_export import example_cloud
+        from clean_ros.inference.onnx_export import example_cloud
 
         cloud = example_cloud(self.detector_config, num_points).numpy()
         for _ in range(max(int(iterations), 0)):

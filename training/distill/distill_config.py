@@ -1,7 +1,7 @@
 """Distillation configs: one DistillConfig with a `method` switch and one sub-config per method.
 
 Every hyper-parameter of every method is a value here (METHOD.md section 9: the references hard-code several).
-Defaults are the METHOD.md values for KITTI. Loaded through clean_ros.config like every other config, so a run's
+Defaults are the METHOD.md values for KITTI. Loaded through clean_ros.yaml_config like every other config, so a run's
 resolved config records all of them.
 
 method:

@@ -1,0 +1,245 @@
+"""Offline inference on files, through the same Pipeline as the ROS node.
+
+    python -m clean_ros.infer [--bundle DIR] [--backend auto|torch|onnxruntime|tensorrt] [--device cpu|cuda]
+                              [--out PRED_DIR] [--png DIR] [--calib FILE_or_DIR] [--intensity-scale S] INPUT...
+
+INPUT: .bin (KITTI float32 x y z intensity), .pcd (ascii / binary), a folder of such files, or a KITTI split folder
+(training/ or testing/ with velodyne/ and calib/: the frame's calib/<id>.txt is used automatically).
+
+--out: one file per frame. With a calibration: KITTI label format, 16 columns (score last), in the camera frame,
+readable by training/evaluate.py. Without: <id>.json with LiDAR-frame boxes:
+    {"frame": id, "frame_convention": "lidar: x forward, y left, z up; box = centre x y z, l w h, yaw about +z",
+     "class_names": [...], "detections": [{"class": "Car", "score": 0.91, "box": [x, y, z, l, w, h, yaw]}, ...]}
+--png: a bird's-eye view per frame (points + boxes coloured by class).
+
+Each frame prints one line: detections per class and the stage times. A frame without detections also prints the
+input-contract findings (range, intensity scale, ...), the usual reasons a model sees nothing.
+Bad input: one clear "error: ..." line, exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clean_ros import defaults
+from clean_ros.atomic import atomic_open, atomic_write_text
+
+EXIT_BAD_INPUT = 2
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
+POINT_SUFFIXES = (".bin", ".pcd")
+LIDAR_CONVENTION = "lidar: x forward, y left, z up; box = centre x y z, l w h, yaw about +z (0 = l along +x)"
+
+
+class InferError(Exception):
+    """Input the user has to fix."""
+
+
+@dataclass
+class Frame:
+    frame_id: str
+    path: Path
+    calib_path: Path | None
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def _calib_for(stem: str, calib: Path | None, kitti_calib_dir: Path | None) -> Path | None:
+    if calib is not None:
+        if calib.is_dir():
+            candidate = calib / f"{stem}.txt"
+            return candidate if candidate.is_file() else None
+        return calib
+    if kitti_calib_dir is not None:
+        candidate = kitti_calib_dir / f"{stem}.txt"
+        return candidate if candidate.is_file() else None
+    return None
+
+
+def collect_frames(inputs: list[Path], calib: Path | None) -> list[Frame]:
+    if calib is not None and not calib.exists():
+        raise InferError(f"--calib {calib}: no such file or directory")
+    frames: list[Frame] = []
+    for item in inputs:
+        if item.is_dir():
+            kitti_calib = None
+            if (item / "velodyne").is_dir():  # a KITTI split folder
+                kitti_calib = item / "calib" if (item / "calib").is_dir() else None
+                item = item / "velodyne"
+            files = sorted(p for p in item.iterdir() if p.suffix.lower() in POINT_SUFFIXES)
+            if not files:
+                raise InferError(f"{item}: no .bin or .pcd files (nor a velodyne/ folder)")
+            frames += [Frame(p.stem, p, _calib_for(p.stem, calib, kitti_calib)) for p in files]
+        elif item.is_file():
+            if item.suffix.lower() not in POINT_SUFFIXES:
+                raise InferError(f"{item}: unsupported file type {item.suffix!r} (use .bin or .pcd)")
+            kitti_calib = item.parent.parent / "calib" if item.parent.name == "velodyne" else None
+            frames.append(Frame(item.stem, item, _calib_for(item.stem, calib, kitti_calib)))
+        else:
+            raise InferError(f"{item}: no such file or directory")
+    return frames
+
+
+def read_frame_points(path: Path, num_features: int, intensity_scale: float = 1.0) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(N, 4) float32 x y z intensity from a .bin or .pcd file, and the fields it really had."""
+    if path.suffix.lower() == ".pcd":
+        from clean_ros.cloud.pcd import read_pcd
+
+        cloud = read_pcd(path)
+        points, fields = cloud.points, tuple(f for f in cloud.fields if f not in cloud.missing_fields)
+    else:
+        raw = np.fromfile(path, dtype=np.float32)
+        if raw.size % 4:
+            raise InferError(f"{path}: {raw.size * 4} bytes is not a whole number of KITTI points "
+                             f"(4 float32 = 16 bytes each)")
+        points, fields = raw.reshape(-1, 4), ("x", "y", "z", "intensity")
+    if points.shape[1] < num_features:
+        raise InferError(f"{path}: {points.shape[1]} values per point, the model needs {num_features}")
+    if intensity_scale != 1.0 and points.shape[1] > 3:
+        points = points.copy()
+        points[:, 3] *= intensity_scale
+    return points, fields
+
+
+# ------------------------------------------------------------------------------------------- outputs
+def write_predictions(out_dir: Path, frame: Frame, detections, calib) -> Path:
+    from clean_ros.cloud.kitti import labels_from_lidar_boxes, write_labels
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if calib is not None:
+        path = out_dir / f"{frame.frame_id}.txt"
+        write_labels(path, labels_from_lidar_boxes(detections.boxes, detections.names, detections.scores, calib))
+        return path
+    path = out_dir / f"{frame.frame_id}.json"
+    rows = [{"class": str(n), "score": round(float(s), 6), "box": [round(float(v), 5) for v in b]}
+            for n, s, b in zip(detections.names, detections.scores, detections.boxes)]
+    atomic_write_text(path, json.dumps({"frame": frame.frame_id, "frame_convention": LIDAR_CONVENTION,
+                                         "class_names": list(detections.class_names), "detections": rows},
+                                        indent=1) + "\n")
+    return path
+
+
+_CLASS_COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown")
+
+
+def write_bev_png(path: Path, points: np.ndarray, detections, point_cloud_range) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from clean_ros.cloud.geometry import boxes_to_corners_bev
+
+    r = point_cloud_range
+    fig, ax = plt.subplots(figsize=(8, 8 * (r[4] - r[1]) / max(r[3] - r[0], 1e-6)), dpi=100)
+    keep = (points[:, 0] >= r[0]) & (points[:, 0] < r[3]) & (points[:, 1] >= r[1]) & (points[:, 1] < r[4])
+    ax.scatter(points[keep, 0], points[keep, 1], s=0.2, c="0.4", linewidths=0)
+    if len(detections):
+        corners = boxes_to_corners_bev(torch.from_numpy(detections.boxes.astype(np.float32))).numpy()
+        for box, label, score in zip(corners, detections.labels, detections.scores):
+            colour = _CLASS_COLOURS[int(label) % len(_CLASS_COLOURS)]
+            closed = np.vstack([box, box[:1]])
+            ax.plot(closed[:, 0], closed[:, 1], color=colour, linewidth=1.2)
+            ax.text(box[:, 0].mean(), box[:, 1].mean(), f"{score:.2f}", color=colour, fontsize=6)
+        for i, name in enumerate(detections.class_names):
+            ax.plot([], [], color=_CLASS_COLOURS[i % len(_CLASS_COLOURS)], label=name)
+        ax.legend(loc="upper right", fontsize=7)
+    ax.set_xlim(r[0], r[3])
+    ax.set_ylim(r[1], r[4])
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (m, forward)")
+    ax.set_ylabel("y (m, left)")
+    ax.set_title(f"{path.stem}: {len(detections)} detections")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png")
+    plt.close(fig)
+
+
+def summary_line(frame_id: str, detections, timings_ms: dict) -> str:
+    counts = np.bincount(detections.labels, minlength=len(detections.class_names)) if len(detections) else \
+        np.zeros(len(detections.class_names), dtype=int)
+    per_class = ", ".join(f"{n} {c}" for n, c in zip(detections.class_names, counts))
+    total = sum(timings_ms.values())
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in timings_ms.items())
+    return f"{frame_id}: {len(detections)} detections ({per_class}) | {total:.1f} ms ({stages})"
+
+
+# ------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m clean_ros.infer",
+                                 description="Run a clean_ros model bundle on .bin / .pcd files or a KITTI folder.")
+    ap.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help=".bin / .pcd files or folders")
+    ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="model bundle (default: models/default)")
+    ap.add_argument("--backend", default=defaults.BACKEND, choices=list(defaults.BACKENDS))
+    ap.add_argument("--device", default=defaults.DEVICE, help="cpu or cuda[:N]")
+    ap.add_argument("--out", type=Path, help="write predictions here (KITTI .txt with calib, else .json)")
+    ap.add_argument("--png", type=Path, help="write a bird's-eye-view PNG per frame here")
+    ap.add_argument("--calib", type=Path, help="KITTI calib file for all frames, or a folder of <id>.txt")
+    ap.add_argument("--intensity-scale", type=float, default=defaults.INTENSITY_SCALE,
+                    help="multiply intensity by this (0-255 sensors: 0.00392156862745098)")
+    ap.add_argument("--score-threshold", type=float, help="override every class's score threshold")
+    ap.add_argument("--threads", type=int, default=0, help="torch / onnxruntime CPU threads (0 = default)")
+    ap.add_argument("--quiet", action="store_true", help="only errors and the final line")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    from clean_ros.inference.backends import BackendError
+    from clean_ros.inference.bundle import BundleError
+    from clean_ros.cloud.kitti import Calibration, KittiFormatError
+    from clean_ros.cloud.pcd import PcdFormatError
+
+    try:
+        frames = collect_frames(args.inputs, args.calib)
+        import torch
+
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        from clean_ros.inference.pipeline import Pipeline
+
+        if not (args.bundle / "manifest.json").exists() and args.bundle == DEFAULT_BUNDLE:
+            raise InferError(f"the default bundle {DEFAULT_BUNDLE} is missing; pass --bundle DIR")
+        pipeline = Pipeline.from_bundle(args.bundle, backend=args.backend, device=args.device,
+                                        intra_op_threads=args.threads)
+        if args.score_threshold is not None:
+            pipeline.update_postprocess(score_thresholds=args.score_threshold)
+        contract = pipeline.bundle.input_contract()
+        pipeline.warmup(1)
+        total = 0
+        for frame in frames:
+            points, fields = read_frame_points(frame.path, len(pipeline.point_features), args.intensity_scale)
+            result = pipeline(points)
+            dets = result.detections
+            total += len(dets)
+            if not args.quiet:
+                print(summary_line(frame.frame_id, dets, result.timings_ms), flush=True)
+            if len(dets) == 0:
+                from clean_ros.cloud.pointcloud import check_points_contract
+
+                findings = check_points_contract(points, contract, fields)
+                why = "; ".join(str(f) for f in findings) or "the input matches the model's contract (range, " \
+                                                            "intensity): the scene may simply hold no objects"
+                print(f"  no detections in {frame.frame_id}: {why}", flush=True)
+            if args.out is not None:
+                calib = Calibration.from_file(frame.calib_path) if frame.calib_path is not None else None
+                write_predictions(args.out, frame, dets, calib)
+            if args.png is not None:
+                write_bev_png(args.png / f"{frame.frame_id}.png", points, dets, pipeline.bundle.point_cloud_range)
+        print(f"{len(frames)} frames, {total} detections, backend {pipeline.backend.describe()}"
+              + (f", predictions in {args.out}" if args.out else ""))
+        return 0
+    except (InferError, BundleError, BackendError, KittiFormatError, PcdFormatError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
