@@ -2,7 +2,7 @@
 infer and the benchmarks read them from here, so they cannot drift apart.
 
 config/detector.yaml and launch/detector.launch.py repeat some of these values (YAML cannot import Python);
-test/test_defaults.py fails when one of them, or a tool's command-line default, differs from this module.
+test/clean_ros/test_defaults.py fails when one of them, or a tool's command-line default, differs from this module.
 Score thresholds and the rest of the post-processing settings are not here: they come from the model bundle.
 Pure constants, no imports: the launch file and every tool can read them at no cost.
 """

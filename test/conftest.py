@@ -1,4 +1,8 @@
-"""Shared fixtures: the real KITTI sample frames and small helpers."""
+"""Shared fixtures of the whole suite: the real KITTI sample frames, the default bundle and small helpers.
+
+The test tree mirrors the source tree (test/clean_ros/..., test/training/..., test/bench, test/project); fixtures
+used by one folder live in that folder's conftest.py, plain helpers in shared_helpers.py (and
+training/distill/distill_helpers.py for the distillation tests)."""
 from __future__ import annotations
 
 import sys
@@ -7,11 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # tests run from a checkout without installing the package
-    sys.path.insert(0, str(REPO_ROOT))
+TEST_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = TEST_ROOT.parent
+# tests run from a checkout without installing the package; helper modules are imported by name from any folder
+for folder in (REPO_ROOT, TEST_ROOT, TEST_ROOT / "training" / "distill"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
-KITTI_SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/kitti_sample"
+from shared_helpers import DEFAULT_BUNDLE, KITTI_SAMPLE, read_velodyne  # noqa: E402,F401  (read_velodyne: kept here)
 
 
 @pytest.fixture(scope="session")
@@ -20,11 +27,6 @@ def kitti_sample() -> Path:
     if not (KITTI_SAMPLE / "training" / "velodyne").is_dir():
         pytest.skip(f"KITTI sample frames not found at {KITTI_SAMPLE}")
     return KITTI_SAMPLE
-
-
-def read_velodyne(path: Path) -> np.ndarray:
-    """(N, 4) float32 points of a KITTI .bin file (test helper, no validation)."""
-    return np.fromfile(path, dtype=np.float32).reshape(-1, 4)
 
 
 @pytest.fixture
@@ -44,30 +46,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-DEFAULT_BUNDLE = REPO_ROOT / "models" / "default"
-
-
 @pytest.fixture(scope="session")
 def default_bundle() -> Path:
     """The embedded default bundle (models/default); the test is skipped when it is absent."""
     if not (DEFAULT_BUNDLE / "manifest.json").is_file():
         pytest.skip(f"default bundle not found at {DEFAULT_BUNDLE}")
     return DEFAULT_BUNDLE
-
-
-@pytest.fixture(scope="module")
-def plain_pair():
-    """Distillation tests: a tiny PointPillars config, a detector as teacher and an identical copy as student
-    (one pair per test module; distill_helpers.py has the other distillation helpers)."""
-    import copy
-
-    import torch
-
-    from clean_ros.models.detector import build_detector
-    from distill_helpers import small_cfg
-
-    torch.manual_seed(6)
-    cfg = small_cfg()
-    teacher = build_detector(cfg)
-    student = copy.deepcopy(teacher)
-    return cfg, teacher, student

@@ -1,6 +1,6 @@
 """Sparse 3D convolution layers that are correct on CPU (and wherever spconv has no CUDA kernels).
 
-Why this module exists (spconv 2.3.8, CPU-only wheel; evidence in test/test_sparse_cpu.py):
+Why this module exists (spconv 2.3.8, CPU-only wheel; evidence in test/clean_ros/models/test_sparse_cpu.py):
   * ``SpconvOps.scatter_add_cpu`` races when OpenMP runs more than one thread: its parallel loop shares
     the row pointers ``buf``/``out_ptr`` between threads (captured by reference), so with
     ``torch.set_num_threads(>1)`` some output rows of SparseConv3d / SubMConv3d silently receive

@@ -19,7 +19,7 @@ from training.distill.pointdistiller import match_voxels
 from training.distill.teacher import TEACHER_VOXELS, teacher_voxelizer
 from training.task import DetectionTask
 
-from conftest import read_velodyne
+from shared_helpers import read_velodyne
 
 
 def _sample(points: np.ndarray) -> Sample:

@@ -12,7 +12,7 @@ import pytest
 
 from clean_ros import defaults
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # node parameter -> the defaults name it must equal (in the node, config/detector.yaml and the launch file)
 NODE_PARAMETERS = {"backend": "BACKEND", "device": "DEVICE", "num_threads": "NUM_THREADS",

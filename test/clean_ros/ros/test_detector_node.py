@@ -34,7 +34,7 @@ from clean_ros.ros.node_diagnostics import STATUS_NAME, parse_diagnostic_values 
 from clean_ros.ros.node_process import DriverNode, NodeProcess, random_domain_id  # noqa: E402
 from clean_ros.ros.pointcloud_msg import make_pointcloud2  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 DEFAULT_BUNDLE = REPO / "models" / "default"
 NS = "/node_test"
 SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)

@@ -17,7 +17,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose  # noqa: E402
 
-FRAME = Path(__file__).resolve().parents[2] / "shared/data/kitti_sample/training/velodyne/000000.bin"
+FRAME = Path(__file__).resolve().parents[4] / "shared/data/kitti_sample/training/velodyne/000000.bin"
 
 
 def _cloud_message(points: np.ndarray, stamp_sec: int, frame_id: str) -> PointCloud2:

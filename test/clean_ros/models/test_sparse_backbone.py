@@ -16,7 +16,7 @@ from clean_ros.models.flops import count_flops, sparse_conv_macs
 from clean_ros.models.sparse_backbone import SparseBackbone3D, bev_channels_of, height_compression
 from clean_ros.models.sparse_layout import output_shape, stage_shapes
 from clean_ros.inference.voxelize import voxelize_batch
-from conftest import read_velodyne
+from shared_helpers import read_velodyne
 from training.config_paths import find_config
 
 

@@ -29,7 +29,7 @@ from clean_ros.ros.replay_eval import evaluate_replay  # noqa: E402
 from clean_ros.ros.replay_frames import FrameResult, GroundTruthFrame  # noqa: E402
 
 pytestmark = pytest.mark.ros
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 BUNDLE = REPO / "models" / "default"
 SIM_YAML = "sensor:\n  azimuth_resolution_deg: 0.36\ndataset:\n  val_fraction: 0.5\n"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = ROOT / "launch" / "detector.launch.py"
 EXPECTED_ARGUMENTS = {"input_topic": "/points", "output_topic": "/detections", "bundle_path": "", "backend": "auto",
                       "device": "cpu", "use_sim_time": "false", "log_level": "info"}

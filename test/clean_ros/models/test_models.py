@@ -14,7 +14,7 @@ from clean_ros.models.flops import count_flops, count_parameters
 from clean_ros.models.pillar import PillarFeatureNet, PillarScatter
 from clean_ros.models.vfe import MeanVFE
 from clean_ros.inference.voxelize import voxelize_batch
-from conftest import read_velodyne
+from shared_helpers import read_velodyne
 from training.config_paths import find_config
 
 TINY = ["pointpillars_tiny", "centerpoint_pillar_tiny"]

@@ -12,7 +12,7 @@ from clean_ros.cloud.pointcloud import (  # noqa: E402
     CloudFormatError, InputContract, check_input_contract, cloud_dtype, read_points)
 from clean_ros.ros.pointcloud_msg import make_pointcloud2  # noqa: E402
 
-FRAME = Path(__file__).resolve().parents[2] / "shared/data/kitti_sample/training/velodyne/000000.bin"
+FRAME = Path(__file__).resolve().parents[4] / "shared/data/kitti_sample/training/velodyne/000000.bin"
 XYZI = ("x", "y", "z", "intensity")
 KITTI_RANGE = (0.0, -39.68, -3.0, 69.12, 39.68, 1.0)
 

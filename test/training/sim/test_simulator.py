@@ -18,7 +18,7 @@ from training.sim.ground import Ground
 from training.sim.scene import SceneBuilder, model_parts
 from training.simulate import simulate_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 # coarse azimuth keeps a frame well under a second; everything else is the default sensor and scene
 FAST = {"sensor": {"azimuth_resolution_deg": 0.4}, "dataset": {"val_fraction": 0.5, "test_frames": 1}}
 

@@ -90,7 +90,7 @@ def test_matches_reference_with_voxel_count_overflow(rng):
 
 
 def test_matches_reference_for_pillars_on_a_real_frame_slice(kitti_sample):
-    from conftest import read_velodyne
+    from shared_helpers import read_velodyne
 
     pts = read_velodyne(kitti_sample / "training/velodyne/000000.bin")[::40].copy()  # ~3k points
     pc_range = (0, -39.68, -3, 69.12, 39.68, 1)

@@ -15,7 +15,7 @@ from training import results
 from training.compression.compress_config import CompressConfig
 from training.compression.stage_store import Stage, StageStore, atomic_write_json, config_hash
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RESULTS_YAML = REPO / "config" / "compress" / "results.yaml"
 MAIN_KEYS = ["teacher", "student_baseline", "baseline_width_only", "student_final", "student_pruned",
              "student_final_soft_gate", "baseline_no_cakd", "baseline_no_label_assign", "baseline_sparsekd",

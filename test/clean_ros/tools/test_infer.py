@@ -10,7 +10,7 @@ import pytest
 
 from clean_ros.tools import infer
 from clean_ros.cloud.pcd import PcdFormatError, read_pcd, write_pcd
-from conftest import read_velodyne
+from shared_helpers import read_velodyne
 
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 COMPRESS = REPO / "training" / "compress.py"
 SMOKE = REPO / "config" / "compress" / "smoke.yaml"
 CLEAN_MODELS = ("teacher", "student_baseline", "student_pruned", "student_final")

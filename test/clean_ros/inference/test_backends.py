@@ -24,7 +24,7 @@ from clean_ros.cloud.kitti import Calibration, labels_from_lidar_boxes, read_lab
 from clean_ros.inference.pipeline import Pipeline
 from clean_ros.metrics.kitti_eval import evaluate
 
-from conftest import read_velodyne
+from shared_helpers import read_velodyne
 
 RTOL = 1e-4
 SIM_SEED = 123  # the default bundle was trained on seed 0: these frames are unseen

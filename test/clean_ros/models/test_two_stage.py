@@ -18,7 +18,7 @@ from clean_ros.models.roi_head import (VoxelVolume, bev_grid_points, sample_bev,
 from clean_ros.models.two_stage import Proposals, TwoStageDetector
 from clean_ros.models.two_stage_config import load_two_stage_config
 from clean_ros.inference.voxelize import voxelize_batch
-from conftest import read_velodyne
+from shared_helpers import read_velodyne
 from training.config_paths import find_config
 from training.roi_targets import iou_quality_targets, roi_box_targets, sample_rois
 

@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("rclpy")
 pytestmark = pytest.mark.ros
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 PROFILE = ROOT / "config" / "fastdds_large_data.xml"
 NUM_CLOUDS = 30
 RATE_HZ = 10.0

@@ -17,8 +17,8 @@ from clean_ros.cloud.kitti import KittiObjects, format_labels, read_labels
 from clean_ros.metrics.kitti_eval import (evaluate, format_results, image_overlap, mean_ap_3d_moderate,
                                           recall_thresholds)
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/kitti_sample"
+REPO = Path(__file__).resolve().parents[3]
+SAMPLE = Path(__file__).resolve().parents[4] / "shared/data/kitti_sample"
 KEYS = ("3d_R40", "bev_R40", "bbox_R40", "aos_R40", "3d_R11", "bev_R11", "bbox_R11", "aos_R11")
 
 

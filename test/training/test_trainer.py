@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "training" / "train.py"
 
 from clean_ros.yaml_config import ConfigError, dump_yaml  # noqa: E402
