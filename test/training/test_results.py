@@ -1,6 +1,7 @@
-"""training/results.py: aggregation of report.json trees into the results table (means, sample stds, the
-"no difference" rule, missing rows / seeds), the variant run folders (symlinks to the main run's shared stages,
-skipped by the stage store, never written), the commands it would run, its errors. No test runs compress."""
+"""training/results.py and training/results_table.py: aggregation of report.json trees into the results table (means,
+sample stds, the "no difference" rule, missing rows / seeds), the variant run folders (symlinks to the main run's
+shared stages, skipped by the stage store, never written), the commands it would run, its errors.
+No test runs compress."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from clean_ros.yaml_config import load_config
-from training import results
+from training import results, results_table
 from training.compression.compress_config import CompressConfig
 from training.compression.stage_store import Stage, StageStore, atomic_write_json, config_hash
 
@@ -73,11 +74,11 @@ def _tree(out: Path, seeds=(0, 1, 2), drop: dict | None = None, variant_seeds=(0
 
 def test_aggregation_means_and_sample_stds(tmp_path):
     _tree(tmp_path)
-    reports = results.find_reports(tmp_path)
+    reports = results_table.find_reports(tmp_path)
     assert sorted(reports, key=str) == [None, "l1"] and sorted(reports[None]) == [0, 1, 2]
-    rows = {row.spec.row: row for row in results.aggregate(reports)}
+    rows = {row.spec.row: row for row in results_table.aggregate(reports)}
     assert "unmasked" not in rows  # no variant run of it: no row
-    for spec in results.ROWS:
+    for spec in results_table.ROWS:
         if spec.variant is not None:
             continue
         row, values = rows[spec.row], MAPS[spec.key]
@@ -86,7 +87,7 @@ def test_aggregation_means_and_sample_stds(tmp_path):
         assert row.map.std == pytest.approx(statistics.stdev(values))  # sample std (n - 1)
         assert row.ap["Car"].mean == pytest.approx(statistics.mean(values) + 3.0)
         assert row.ap["Pedestrian"].std == pytest.approx(statistics.stdev(values))
-    final = rows[results.CLEAN]
+    final = rows[results_table.CLEAN]
     assert final.params.mean == pytest.approx(201_000) and final.gflops.mean == pytest.approx(0.6)
     assert final.latency_p50.mean == pytest.approx(21.0)
     assert rows["teacher"].latency_p50.mean == pytest.approx(100.0)
@@ -94,25 +95,25 @@ def test_aggregation_means_and_sample_stds(tmp_path):
     assert l1.spec.key == "student_final" and l1.map.mean == pytest.approx(59.0)
     assert l1.map.std == pytest.approx(1.0)
     # rows come in the table's order
-    order = [spec.row for spec in results.ROWS]
-    got = [row.spec.row for row in results.aggregate(reports)]
+    order = [spec.row for spec in results_table.ROWS]
+    got = [row.spec.row for row in results_table.aggregate(reports)]
     assert got == [name for name in order if name in got]
 
 
 def test_no_difference_rule():
-    clean = results.Stat([60.0, 61.0, 62.0])  # std 1.0
-    assert results.versus(results.Stat([59.5, 60.5, 61.5]), clean) == "no difference"  # |-0.5| <= 1
-    assert results.versus(results.Stat([57.0, 58.0, 59.0]), clean) == "-3.00"
-    wide = results.Stat([50.0, 60.0, 70.0])  # std 10: the larger std decides
-    assert results.versus(wide, clean) == "no difference"
-    assert results.versus(results.Stat([65.0, 66.0, 67.0]), clean) == "+5.00"
+    clean = results_table.Stat([60.0, 61.0, 62.0])  # std 1.0
+    assert results_table.versus(results_table.Stat([59.5, 60.5, 61.5]), clean) == "no difference"  # |-0.5| <= 1
+    assert results_table.versus(results_table.Stat([57.0, 58.0, 59.0]), clean) == "-3.00"
+    wide = results_table.Stat([50.0, 60.0, 70.0])  # std 10: the larger std decides
+    assert results_table.versus(wide, clean) == "no difference"
+    assert results_table.versus(results_table.Stat([65.0, 66.0, 67.0]), clean) == "+5.00"
     # fewer seeds: the rule still applies with 2, is flagged; with 1 there is no spread
-    assert results.versus(results.Stat([55.0, 56.0]), clean) == "-5.50 (n<3 seeds)"
-    assert results.versus(results.Stat([60.9, 61.1]), clean) == "no difference (n<3 seeds)"
-    assert results.versus(results.Stat([61.0]), clean) == "+0.00 (n<3 seeds)"
-    assert results.fmt_stat(results.Stat([1.0, 2.0, 3.0])) == "2.00 ± 1.00"
-    assert results.fmt_stat(results.Stat([4.0])) == "4.00"
-    assert results.Stat([4.0]).std is None
+    assert results_table.versus(results_table.Stat([55.0, 56.0]), clean) == "-5.50 (n<3 seeds)"
+    assert results_table.versus(results_table.Stat([60.9, 61.1]), clean) == "no difference (n<3 seeds)"
+    assert results_table.versus(results_table.Stat([61.0]), clean) == "+0.00 (n<3 seeds)"
+    assert results_table.fmt_stat(results_table.Stat([1.0, 2.0, 3.0])) == "2.00 ± 1.00"
+    assert results_table.fmt_stat(results_table.Stat([4.0])) == "4.00"
+    assert results_table.Stat([4.0]).std is None
 
 
 def test_table_with_missing_rows_and_seeds(tmp_path):
@@ -154,17 +155,18 @@ def test_table_with_missing_rows_and_seeds(tmp_path):
 
 def test_goals_met_and_not_met(tmp_path):
     _tree(tmp_path)
-    rows = results.aggregate(results.find_reports(tmp_path))
-    text = "\n".join(results.goals(rows))
+    rows = results_table.aggregate(results_table.find_reports(tmp_path))
+    text = "\n".join(results_table.goals(rows))
     assert "(mean over seeds): **met**" in text
     # beyond the spread: every method (SparseKD, the closest: 59.0 ± 1.0 vs 61.5 ± 1.0)
     assert "Beyond the spread (difference > the larger std): no-KD student, pruned widths (width-only), SparseKD" in text
     # a method that beats CLEAN on the mean
     by_row = {row.spec.row: row for row in rows}
-    by_row["logit_kd"].map = results.Stat([70.0, 71.0, 72.0])
-    text = "\n".join(results.goals(list(by_row.values())))
+    by_row["logit_kd"].map = results_table.Stat([70.0, 71.0, 72.0])
+    text = "\n".join(results_table.goals(list(by_row.values())))
     assert "**not met**" in text and "not beaten: logit KD (71.00)" in text
-    assert results.goals([r for r in rows if r.spec.row != results.CLEAN]) == ["- Not measured: no CLEAN final row yet."]
+    assert results_table.goals([r for r in rows if r.spec.row != results_table.CLEAN]) == \
+        ["- Not measured: no CLEAN final row yet."]
 
 
 def _finished_stage(folder: Path, digest: str) -> None:
@@ -240,7 +242,7 @@ def test_results_config_rows_and_shared_stage_hashes():
     main_cfg = load_config(CompressConfig, RESULTS_YAML, ["training.seed=1"])
     main = CompressionGraph(main_cfg, Path("unused"), log=lambda _: None, progress=False)
     assert set(main.model_refs()) == set(MAIN_KEYS)
-    assert {spec.key for spec in results.ROWS if spec.variant is None} == set(MAIN_KEYS)
+    assert {spec.key for spec in results_table.ROWS if spec.variant is None} == set(MAIN_KEYS)
     baselines = {b.name: b for b in main_cfg.baselines}
     for name in ("no_cakd", "no_label_assign", "sparsekd", "logit_kd", "feature_kd", "pointdistiller"):
         b = baselines[name]
