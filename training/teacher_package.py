@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import torch
 
-from clean_ros.inference.bundle import BundleError, replace_dir, sha256_file, verify_files
+from clean_ros.inference.bundle import BundleError, read_folder_manifest, replace_dir, sha256_file, verify_files
 from clean_ros.yaml_config import ConfigError, load_config, save_yaml
 
 FORMAT = "clean_ros.teacher"
@@ -70,14 +70,7 @@ def save_teacher_package(out: str | Path, model: torch.nn.Module, cfg, provenanc
 def read_manifest(folder: str | Path) -> dict:
     folder = Path(folder)
     path = folder / MANIFEST_NAME
-    if not folder.is_dir():
-        raise TeacherPackageError(f"{folder}: teacher folder does not exist")
-    if not path.is_file():
-        raise TeacherPackageError(f"{folder}: no {MANIFEST_NAME}: not a clean_ros teacher folder")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TeacherPackageError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    manifest = read_folder_manifest(folder, "teacher folder", TeacherPackageError)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise TeacherPackageError(f"{path}: format is not {FORMAT!r}")
     if manifest.get("schema_version", 0) > SCHEMA_VERSION:

@@ -313,22 +313,28 @@ def verify_files(bundle: Path, manifest: dict) -> None:
                               f"{entry['sha256'][:16]}...; the file was modified or corrupted after export")
 
 
+def read_folder_manifest(folder: Path, kind: str, error: type[Exception] = BundleError) -> Any:
+    """The parsed manifest.json of a model folder (a bundle, a teacher), or `error` with one line saying what is
+    wrong: no such folder, a file instead of a folder, no manifest, unreadable, invalid JSON (with its line)."""
+    if not folder.exists():
+        raise error(f"{folder}: {kind} directory does not exist")
+    if not folder.is_dir():
+        raise error(f"{folder}: a {kind} is a directory (with {MANIFEST_NAME}), this is a file")
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise error(f"{folder}: no {MANIFEST_NAME}: not a clean_ros {kind}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read: {exc}") from None
+
+
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     """Read and validate a bundle directory (see the module docstring). Raises BundleError."""
     bundle = Path(path)
-    if not bundle.exists():
-        raise BundleError(f"{bundle}: bundle directory does not exist")
-    if not bundle.is_dir():
-        raise BundleError(f"{bundle}: a bundle is a directory (with {MANIFEST_NAME}), this is a file")
-    manifest_path = bundle / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise BundleError(f"{bundle}: no {MANIFEST_NAME}: not a clean_ros bundle")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{manifest_path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{manifest_path}: cannot read: {exc}") from None
+    manifest = read_folder_manifest(bundle, "bundle", BundleError)
     _validate_manifest(bundle, manifest)
     cfg = _detector_config_of(bundle, manifest)
     if verify:
@@ -432,4 +438,4 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
 
 __all__ = ["Bundle", "BundleError", "SCHEMA_VERSION", "MANIFEST_NAME", "WEIGHTS_NAME", "DENSE_ONNX_NAME",
            "ENCODER_ONNX_NAME", "load_bundle", "save_bundle", "verify_files", "sha256_file",
-           "default_point_features", "replace_dir"]
+           "default_point_features", "replace_dir", "read_folder_manifest"]
