@@ -38,7 +38,8 @@ def main() -> int:
         return 0
     from sensor_msgs.msg import PointCloud2
 
-    from clean_ros.ros.bag import POINTS_TOPIC, BagReader, write_kitti_bag
+    from clean_ros.ros.bag import POINTS_TOPIC, BagReader
+    from clean_ros.ros.kitti_bag import write_kitti_bag
     from clean_ros.ros.replay import main as replay_main
 
     print(f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

@@ -1,5 +1,6 @@
-"""rosbag2 files for replay: write a KITTI-layout dataset (real or simulated) as a bag, read bags back, and record
-replayed detections (record_detections).
+"""rosbag2 files for replay: the bag layout, the atomic writer and the reader, recording replayed detections
+(record_detections), and the ``python -m clean_ros.bag`` command line. Writing a KITTI-layout dataset as a bag
+(``from-kitti``) is clean_ros.ros.kitti_bag.
 
     python -m clean_ros.bag from-kitti KITTI_ROOT OUT_BAG [--split val] [--rate 10] [--format mcap|db3]
                                        [--distro kilted|humble] [--max-frames N] [--start-time S]
@@ -15,11 +16,6 @@ Bag layout written by ``from-kitti`` (docs/REPLAY.md has the full description):
   /kitti/calib   std_msgs/msg/String             the frame's KITTI calib file text, verbatim (camera projection:
                                                  lets replay apply the image-height rule of the KITTI protocol)
 
-Frame k has header stamp ``start + k / rate`` and is written at that log time on every topic. DontCare rows are
-not written: they carry no 3D box, and in the KITTI protocol they only change the 2D image metric, which replay
-does not report (BEV and 3D AP are unchanged without them). Every other class (Van, Truck, Person_sitting, Tram,
-Misc, ...) is written under its KITTI name: the evaluator needs Van / Person_sitting as the neighbour classes.
-
 Serialisation: rclpy messages through ``rclpy.serialization.serialize_message`` (byte-identical to what a ROS
 node records); the rosbags typestore only supplies message definitions and type hashes (vision_msgs registered
 from its .msg files). rosbag2 version 9 for Kilted/Jazzy, version 8 for Humble. The bag is written under a
@@ -28,7 +24,6 @@ temporary name and renamed when complete: an interrupted run never leaves a half
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import sys
@@ -47,11 +42,9 @@ GT_TOPIC = "/ground_truth"
 CALIB_TOPIC = "/kitti/calib"
 DETECTIONS_TOPIC = defaults.OUTPUT_TOPIC                  # recorded replay detections (record_detections)
 LATENCY_TOPIC = defaults.STAGE_LATENCY_TOPIC              # the node's per-frame stage latency, also recorded
-FRAME_ID = "velodyne"
 POINTS_TYPE = "sensor_msgs/msg/PointCloud2"
 GT_TYPE = "vision_msgs/msg/Detection3DArray"
 CALIB_TYPE = "std_msgs/msg/String"
-DEFAULT_START_S = 1_600_000_000.0  # a fixed, plausible epoch: the same dataset always gives the same bag
 KITTI_ID_PREFIX = "kitti"  # Detection3D.id = "kitti;diff=1;trunc=0.0;occ=0;bbox=l,t,r,b;alpha=a"
 VISION_MSGS = ("ObjectHypothesis", "ObjectHypothesisWithPose", "BoundingBox3D", "Detection3D", "Detection3DArray")
 DISTROS = {"kilted": ("ROS2_KILTED", 9), "jazzy": ("ROS2_JAZZY", 9), "humble": ("ROS2_HUMBLE", 8)}
@@ -192,108 +185,12 @@ class BagWriter:
             shutil.rmtree(self._tmp_parent, ignore_errors=True)
 
 
-# ------------------------------------------------------------------------------------------- from KITTI
-def frame_ids(root: Path, split: str) -> tuple[list[str], Path, str]:
-    """Frame ids of the split, their directory (training/ or testing/) and a note on how they were chosen."""
-    base = root / ("testing" if split == "test" else "training")
-    listing = root / "ImageSets" / f"{split}.txt"
-    velodyne = base / "velodyne"
-    if not velodyne.is_dir():
-        raise BagError(f"{velodyne}: no velodyne directory (expected the KITTI object layout under {root})")
-    if listing.is_file():
-        ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-        note = f"split '{split}' from {listing}"
-    else:
-        ids = sorted(p.stem for p in velodyne.glob("*.bin"))
-        note = f"{listing} not found: all {len(ids)} frames of {velodyne}"
-    if not ids:
-        raise BagError(f"{listing if listing.is_file() else velodyne}: no frames")
-    missing = [i for i in ids if not (velodyne / f"{i}.bin").is_file()]
-    if missing:
-        raise BagError(f"{velodyne}: {len(missing)} frame(s) of {listing} missing, e.g. {missing[0]}.bin")
-    return ids, base, note
-
-
-def _stamp(time_ns: int):
+# ------------------------------------------------------------------------------------------- recorded detections
+def stamp_from_ns(time_ns: int):
+    """builtin_interfaces/Time of a time in nanoseconds (the inverse of stamp_ns)."""
     from builtin_interfaces.msg import Time
 
     return Time(sec=time_ns // 1_000_000_000, nanosec=time_ns % 1_000_000_000)
-
-
-def ground_truth_message(objs, calib, header):
-    """Detection3DArray of one frame's KITTI labels (DontCare dropped), boxes in the LiDAR frame."""
-    from clean_ros.cloud.kitti import boxes_camera_to_lidar, difficulty_levels
-    from clean_ros.ros.messages import to_detection3d_array
-    from clean_ros.types import Detections
-
-    objs = objs.select(objs.names != "DontCare")
-    n = len(objs)
-    boxes = boxes_camera_to_lidar(objs.location, objs.dimensions, objs.rotation_y, calib) if n else np.zeros((0, 7))
-    class_names = tuple(dict.fromkeys(objs.names.tolist()))
-    labels = np.array([class_names.index(name) for name in objs.names], dtype=np.int64)
-    msg = to_detection3d_array(Detections(boxes, np.ones(n, np.float32), labels, class_names), header)
-    levels = difficulty_levels(objs) if n else np.zeros(0, np.int64)
-    for i, det in enumerate(msg.detections):
-        det.id = encode_kitti_id(KittiAnnotation(int(levels[i]), float(objs.truncation[i]), int(objs.occlusion[i]),
-                                                 tuple(float(v) for v in objs.bbox[i]), float(objs.alpha[i])))
-    return msg
-
-
-def write_kitti_bag(root: str | os.PathLike, out: str | os.PathLike, split: str = "val", rate_hz: float = 10.0,
-                    fmt: str = "mcap", distro: str = "kilted", max_frames: int = 0,
-                    start_s: float = DEFAULT_START_S) -> dict:
-    """Write the split of a KITTI-layout dataset as a bag; returns a summary (frames, ids, note, ...)."""
-    from std_msgs.msg import Header, String
-
-    from clean_ros.tools.infer import InferError, read_frame_points
-    from clean_ros.cloud.kitti import Calibration, KittiFormatError, read_labels
-    from clean_ros.ros.pointcloud_msg import make_pointcloud2
-
-    root = Path(root)
-    if not root.is_dir():
-        raise BagError(f"{root}: dataset root does not exist")
-    if not (rate_hz > 0 and math.isfinite(rate_hz)):
-        raise BagError(f"--rate {rate_hz}: must be a positive number of frames per second")
-    ids, base, note = frame_ids(root, split)
-    if max_frames > 0:
-        ids = ids[:max_frames]
-    labelled = (base / "label_2").is_dir()
-    start_ns, period_ns = int(round(start_s * 1e9)), int(round(1e9 / rate_hz))
-    n_boxes = 0
-    try:
-        with BagWriter(out, fmt, distro) as bag:
-            bag.add_topic(POINTS_TOPIC, POINTS_TYPE, best_effort=True)
-            if labelled:
-                bag.add_topic(GT_TOPIC, GT_TYPE)
-            has_calib = (base / "calib").is_dir()
-            if has_calib:
-                bag.add_topic(CALIB_TOPIC, CALIB_TYPE)
-            for k, frame in enumerate(ids):
-                time_ns = start_ns + k * period_ns
-                header = Header(stamp=_stamp(time_ns), frame_id=FRAME_ID)
-                points, _ = read_frame_points(base / "velodyne" / f"{frame}.bin", 4)
-                bag.write(POINTS_TOPIC, time_ns, make_pointcloud2(points[:, :4], ("x", "y", "z", "intensity"),
-                                                                  header))
-                calib_path = base / "calib" / f"{frame}.txt"
-                calib_text = calib_path.read_text() if has_calib else None
-                if has_calib:
-                    bag.write(CALIB_TOPIC, time_ns, String(data=calib_text))
-                if labelled:
-                    label_path = base / "label_2" / f"{frame}.txt"
-                    if not label_path.is_file():
-                        raise BagError(f"{label_path}: label file missing")
-                    if calib_text is None:
-                        raise BagError(f"{calib_path}: calibration needed to put the labels in the LiDAR frame")
-                    gt = ground_truth_message(read_labels(label_path),
-                                              Calibration.from_text(calib_text, str(calib_path)), header)
-                    n_boxes += len(gt.detections)
-                    bag.write(GT_TOPIC, time_ns, gt)
-    except (KittiFormatError, InferError) as exc:
-        raise BagError(str(exc)) from None
-    except OSError as exc:
-        raise BagError(f"{exc.filename or out}: {exc.strerror}") from None
-    return {"frames": len(ids), "ids": ids, "note": note, "ground_truth": labelled, "boxes": n_boxes,
-            "rate_hz": rate_hz, "format": fmt, "distro": distro}
 
 
 def record_detections(out: str | os.PathLike, results, class_names: tuple[str, ...], fmt: str = "mcap") -> int:
@@ -312,7 +209,7 @@ def record_detections(out: str | os.PathLike, results, class_names: tuple[str, .
         for r in results:
             if not r.answered:
                 continue
-            header = Header(stamp=_stamp(r.stamp_ns), frame_id=r.frame_id)
+            header = Header(stamp=stamp_from_ns(r.stamp_ns), frame_id=r.frame_id)
             labels = np.array([names.index(n) for n in r.names], dtype=np.int64)
             bag.write(DETECTIONS_TOPIC, r.stamp_ns, to_detection3d_array(Detections(r.boxes, r.scores, labels, names),
                                                                          header))
@@ -408,6 +305,9 @@ def stamp_ns(header) -> int:
 
 # ------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
+    # imported here, not at the top: kitti_bag writes with this module's BagWriter (it imports this module)
+    from clean_ros.ros.kitti_bag import DEFAULT_START_S, write_kitti_bag
+
     parser = argparse.ArgumentParser(prog="python -m clean_ros.bag", description="rosbag2 tools for replay.")
     sub = parser.add_subparsers(dest="command", required=True)
     kitti = sub.add_parser("from-kitti", help="write a KITTI-layout dataset (real or simulated) as a bag")
@@ -442,4 +342,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m clean_ros.ros.bag`, this file is __main__, a second copy of the module: run the importable
+    # clean_ros.ros.bag's main, whose BagError is the one clean_ros.ros.kitti_bag raises.
+    from clean_ros.ros.bag import main as module_main
+
+    sys.exit(module_main())

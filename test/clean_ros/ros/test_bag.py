@@ -1,5 +1,5 @@
-"""clean_ros.ros.bag: a KITTI folder written as a rosbag2 (.mcap and .db3) reads back with identical clouds and
-boxes."""
+"""clean_ros.ros.kitti_bag and clean_ros.ros.bag: a KITTI folder written as a rosbag2 (.mcap and .db3) reads back
+with identical clouds and boxes."""
 from __future__ import annotations
 
 import json
@@ -19,8 +19,9 @@ from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from vision_msgs.msg import Detection3DArray  # noqa: E402
 
-from clean_ros.ros.bag import (CALIB_TOPIC, DEFAULT_START_S, GT_TOPIC, POINTS_TOPIC, BagError, BagReader,  # noqa: E402
-                               KittiAnnotation, decode_kitti_id, encode_kitti_id, main, stamp_ns, write_kitti_bag)
+from clean_ros.ros.bag import (CALIB_TOPIC, GT_TOPIC, POINTS_TOPIC, BagError, BagReader,  # noqa: E402
+                               KittiAnnotation, decode_kitti_id, encode_kitti_id, main, stamp_ns)
+from clean_ros.ros.kitti_bag import DEFAULT_START_S, write_kitti_bag  # noqa: E402
 from clean_ros.cloud.kitti import Calibration, boxes_camera_to_lidar, difficulty_levels, read_labels  # noqa: E402
 from clean_ros.ros.messages import from_detection3d_array  # noqa: E402
 from clean_ros.cloud.pointcloud import read_points  # noqa: E402

@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("rosbags")
 
-from clean_ros.ros.bag import write_kitti_bag  # noqa: E402
+from clean_ros.ros.kitti_bag import write_kitti_bag  # noqa: E402
 from clean_ros.cloud.kitti import Calibration, labels_from_lidar_boxes  # noqa: E402
 from clean_ros.ros.replay import main  # noqa: E402
 from clean_ros.ros.replay_eval import evaluate_replay  # noqa: E402
