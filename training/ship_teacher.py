@@ -12,7 +12,6 @@ teacher.yaml, weights.safetensors, README.md). `--set` changes inference-only se
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -52,12 +51,14 @@ def evaluate_teacher(model, cfg, root: Path, split: str, batch_size: int = 2, pr
 
 
 def _train_seconds(run: Path) -> float | None:
+    """The trainer's own "finished N epochs (S steps) in X s" line of the run's train.log (last one)."""
+    import re
+
     try:
-        with (run / "epochs.csv").open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        return round(sum(float(r.get("seconds") or 0) for r in rows), 1) or None
-    except (OSError, ValueError):
+        found = re.findall(r"finished \d+ epochs \(\d+ steps\) in ([0-9.]+) s", (run / "train.log").read_text())
+    except OSError:
         return None
+    return float(found[-1]) if found else None
 
 
 def readme(manifest: dict) -> str:
@@ -72,7 +73,8 @@ def readme(manifest: dict) -> str:
              + ", ".join(f"{c} {v:.2f}" for c, v in ap.items()) + f"; mAP {m.get('map3d_r40_moderate')}",
              f"- trained by: `{p.get('command')}` on `{p.get('data')}`",
              f"- training: {p.get('epochs')} epochs, {p.get('train_seconds')} s on {p.get('machine')}",
-             f"- commit of the training code: `{p.get('commit')}`", "",
+             f"- commit of the training code: `{p.get('train_commit')}`; written by ship_teacher.py at "
+             f"`{p.get('ship_commit')}`", "",
              "sha256 of the files are in manifest.json.", ""]
     return "\n".join(lines)
 
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-root", type=Path, required=True, help="KITTI-layout root with held-out frames")
     ap.add_argument("--eval-split", default="val")
     ap.add_argument("--data", default="", help="how the training data was made (recorded in the provenance)")
+    ap.add_argument("--train-commit", default="", help="commit of the code that trained the run (provenance)")
     add_override_argument(ap)
     args = ap.parse_args(argv)
     try:
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                       "data": args.data or run_cfg.data.root, "epochs": run_cfg.epochs,
                       "train_seconds": _train_seconds(args.run),
                       "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-                      "commit": git_commit(short=True), "inference_overrides": list(args.overrides)}
+                      "train_commit": args.train_commit or "unknown", "ship_commit": git_commit(short=True),
+                      "inference_overrides": list(args.overrides)}
         manifest = {"name": cfg.name, "params": sum(p.numel() for p in model.parameters()),
                     "metrics": metrics, "provenance": provenance}
         save_teacher_package(args.out, model, cfg, provenance, metrics, readme(manifest))

@@ -58,6 +58,7 @@ def save_teacher_package(out: str | Path, model: torch.nn.Module, cfg, provenanc
                     "params": count_parameters(model), "provenance": dict(provenance),
                     "metrics": dict(metrics or {}), "files": files}
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        _umask_permissions(tmp)
         replace_dir(tmp, out)
     except BaseException:
         import shutil
@@ -65,6 +66,17 @@ def save_teacher_package(out: str | Path, model: torch.nn.Module, cfg, provenanc
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _umask_permissions(folder: Path) -> None:
+    """mkdtemp makes a 0700 folder and safetensors 0600 files: give them the permissions a plain write would."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def read_manifest(folder: str | Path) -> dict:

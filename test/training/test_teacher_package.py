@@ -94,3 +94,15 @@ def test_compress_loads_a_teacher_folder_with_its_own_config(package, tmp_path):
     kind, stored_cfg, stored = load_model(folder)
     assert kind == "two_stage" and stored_cfg == model.cfg
     assert all(torch.equal(stored.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_folder_gets_ordinary_permissions(package):
+    import os
+    import stat
+
+    out, _ = package
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    for path in out.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
