@@ -106,3 +106,25 @@ def test_the_folder_gets_ordinary_permissions(package):
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
     for path in out.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+
+
+def test_the_shipped_teacher_loads_and_pairs_with_the_default_student():
+    """models/teacher (what make compress loads) verifies, is markedly heavier than the student, and has the
+    student's anchor layout, so CaKD and label assignment accept the pair."""
+    from pathlib import Path
+
+    from clean_ros.models.detector import build_detector
+    from clean_ros.models.detector_config import load_detector_config
+    from training.config_paths import find_config
+    from training.distill import DistillConfig, build_distillation
+
+    folder = Path(__file__).resolve().parents[2] / "models" / "teacher"
+    cfg, teacher, manifest = load_teacher_package(folder)
+    student = build_detector(load_detector_config(find_config("pointpillars_tiny")))
+    student_params = sum(p.numel() for p in student.parameters())
+    assert manifest["params"] == sum(p.numel() for p in teacher.parameters()) >= 4 * student_params
+    assert teacher.rpn.grid == student.grid
+    assert cfg.roi_head.score_rule == "iou"  # the reference's final score
+    assert manifest["metrics"]["map3d_r40_moderate"] >= 60.0 and manifest["metrics"]["frames"] >= 300
+    parts = build_distillation(DistillConfig(method="clean"), teacher, student)
+    assert parts.runner.is_two_stage and len(parts.loss_terms) == 1 and len(parts.target_hooks) == 1
