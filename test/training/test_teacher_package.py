@@ -128,3 +128,27 @@ def test_the_shipped_teacher_loads_and_pairs_with_the_default_student():
     assert manifest["metrics"]["map3d_r40_moderate"] >= 60.0 and manifest["metrics"]["frames"] >= 300
     parts = build_distillation(DistillConfig(method="clean"), teacher, student)
     assert parts.runner.is_two_stage and len(parts.loss_terms) == 1 and len(parts.target_hooks) == 1
+
+
+def test_the_teacher_stage_hash_follows_the_weights_not_the_folders_path(package, tmp_path):
+    import shutil
+
+    from clean_ros.yaml_config import load_config
+    from training.compression.compress_config import CompressConfig
+    from training.compression.graph import CompressionGraph
+    from training.teacher_package import save_teacher_package
+
+    out, model = package
+    copy = tmp_path / "elsewhere" / "teacher"
+    shutil.copytree(out, copy)
+
+    def teacher_config(path):
+        cfg = load_config(CompressConfig, data={"teacher": {"checkpoint": str(path)}})
+        graph = CompressionGraph(cfg, tmp_path / "run", log=lambda line: None, progress=False)
+        return next(s for s in graph.stages() if s.name == "teacher").config
+
+    assert teacher_config(out) == teacher_config(copy)  # same weights, another path: same stage
+    torch.manual_seed(99)
+    other = real_teacher()
+    save_teacher_package(copy, other, other.cfg, {"command": "test"})
+    assert teacher_config(out) != teacher_config(copy)  # other weights: the stage re-runs

@@ -48,7 +48,7 @@ class CompressionGraph:
                   partial(stage_data.prepare_data, run), {"data": c.data}),
             Stage("teacher", "two-stage teacher (train)" if not c.teacher.checkpoint else "two-stage teacher (load)",
                   partial(stage_teacher.teacher, run),
-                  {**common, "teacher": c.teacher, "weights": stage_teacher.teacher_fingerprint(c.teacher)},
+                  {**common, **stage_teacher.teacher_identity(c.teacher)},
                   ("data",),
                   0 if c.teacher.checkpoint else train_frames * c.teacher.epochs, "teacher"),
             Stage("student_baseline", "full-width student without KD", partial(stage_students.student_baseline, run),

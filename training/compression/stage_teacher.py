@@ -57,4 +57,16 @@ def teacher_fingerprint(section: TeacherSection) -> str:
     return ""
 
 
-__all__ = ["teacher", "teacher_fingerprint"]
+def teacher_identity(section: TeacherSection) -> dict:
+    """What the teacher stage's hash covers: a teacher folder by its weights' sha256 and config file, not by its
+    path (a moved checkout or another clone must not re-run every stage); anything else by the whole section."""
+    fingerprint = teacher_fingerprint(section)
+    if fingerprint:
+        from dataclasses import replace
+
+        return {"teacher": replace(section, checkpoint="<teacher folder>", config="", epochs=1, set=[]),
+                "weights": fingerprint}
+    return {"teacher": section, "weights": ""}
+
+
+__all__ = ["teacher", "teacher_fingerprint", "teacher_identity"]
