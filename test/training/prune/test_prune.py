@@ -87,6 +87,15 @@ def _raw_maps(detector, batch) -> dict[str, torch.Tensor]:
         return dict(zip(detector.head.output_names, detector.head(bev)))
 
 
+def _maps_with_removed_filters_zeroed(detector, graph, keep, batch) -> dict[str, torch.Tensor]:
+    """The unpruned detector's raw maps with every filter outside `keep` forced to output 0."""
+    forcing = _ForceOutputs(detector, graph, keep, "zero")
+    try:
+        return _raw_maps(detector, batch)
+    finally:
+        forcing.remove()
+
+
 def _zero_filter(detector, layer_name: str, kind: str, filters) -> None:
     weight = detector.get_submodule(layer_name).weight
     with torch.no_grad():
@@ -247,11 +256,7 @@ def test_surgery_exact_without_fold_every_layer(name, seed):
     keep = _random_keep(graph, seed)
     pruned, pruned_cfg, folded = prune_with_keep(detector, graph, keep, fold_constants=False)
     assert folded == []
-    forcing = _ForceOutputs(detector, graph, keep, "zero")
-    try:
-        reference = _raw_maps(detector, batch)
-    finally:
-        forcing.remove()
+    reference = _maps_with_removed_filters_zeroed(detector, graph, keep, batch)
     got = _raw_maps(pruned, batch)
     assert set(got) >= {"iou"} and (("cls" in got and "dir" in got) or "heatmap" in got)
     assert _max_error(got, reference) < 1e-5
@@ -280,11 +285,7 @@ def test_surgery_exact_without_fold_structural_variants(name, extra):
     graph = build_graph(detector, prune_encoder=True)
     keep = _random_keep(graph, 0)
     pruned, _, _ = prune_with_keep(detector, graph, keep, fold_constants=False)
-    forcing = _ForceOutputs(detector, graph, keep, "zero")
-    try:
-        reference = _raw_maps(detector, batch)
-    finally:
-        forcing.remove()
+    reference = _maps_with_removed_filters_zeroed(detector, graph, keep, batch)
     assert _max_error(_raw_maps(pruned, batch), reference) < 1e-5
     assert _max_error(_raw_maps(detector, batch), reference) > 1e-3
 
@@ -429,11 +430,7 @@ def test_height_compression_maps_kept_channel_c_to_c_times_D_plus_d():
     new = pruned.bev_backbone.blocks[0][0].weight
     assert new.shape[1] == 3 * depth
     assert torch.equal(new, old[:, [2, 3, 8, 9, 10, 11]])  # c = 1, 4, 5 -> 2c, 2c + 1
-    forcing = _ForceOutputs(detector, graph, keep, "zero")
-    try:
-        reference = _raw_maps(detector, batch)
-    finally:
-        forcing.remove()
+    reference = _maps_with_removed_filters_zeroed(detector, graph, keep, batch)
     assert _max_error(_raw_maps(pruned, batch), reference) < 1e-5
     # the reference code's mistake (channel-major c + C * d instead of c * D + d) is caught by the same check
     wrong = copy.deepcopy(graph)
