@@ -63,7 +63,6 @@ class StepResult(NamedTuple):
     parts: dict[str, torch.Tensor]
     output: HeadOutput
     targets: Targets
-    diagnostics: Mapping[str, float] = {}  # "<term or hook>/<what>" -> value of this step (logged, not optimised)
 
     def as_floats(self) -> dict[str, float]:
         return {"total": float(self.total.detach()), **{k: float(v.detach()) for k, v in self.parts.items()}}
@@ -112,10 +111,11 @@ class DetectionTask(nn.Module):
         ctx = self.loss_context(batch, output)
         parts = dict(ctx.detection.parts)
         total = add_loss_terms(self.loss_terms, ctx, parts, ctx.detection.total)
-        return StepResult(total, parts, output, ctx.targets, self.step_diagnostics())
+        return StepResult(total, parts, output, ctx.targets)
 
     def step_diagnostics(self) -> dict[str, float]:
-        """What the loss terms and target hooks report of the step just run (their optional `diagnostics()`)."""
+        """What the loss terms and target hooks report of the step just run (their optional `diagnostics()`); the
+        trainer asks only on logged steps, so the terms compute them only then."""
         out = {}
         for part in (*self.loss_terms, *self.target_hooks):
             report = getattr(part, "diagnostics", None)

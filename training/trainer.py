@@ -283,7 +283,8 @@ class Trainer:
         if grad_norm is not None:
             losses["grad_norm"] = float(self.ctx.all_reduce_mean(grad_norm.detach().float().reshape(1))[0])
         losses.update(part_norms)
-        losses.update({f"diag/{key}": value for key, value in result.diagnostics.items()})
+        diagnostics = getattr(self.task, "step_diagnostics", dict)()
+        losses.update({f"diag/{key}": value for key, value in diagnostics.items()})
         return losses
 
     def _part_grad_norms(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -104,22 +104,21 @@ class CaKDLoss:
 
     def __init__(self, cfg: CaKDConfig, runner: TeacherRunner, student_head: HeadConfig):
         self.cfg, self.runner, self.head = cfg, runner, student_head
-        self._diagnostics: dict[str, float] = {}
+        self._last: tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def diagnostics(self) -> dict[str, float]:
         """Of the last step: selected positions per frame, mean student max-class logit and mean teacher IoU logit
-        over them (the term pulls the first toward the second)."""
-        return dict(self._diagnostics)
-
-    def _record(self, output: HeadOutput, selected: list[torch.Tensor], targets: list[torch.Tensor]) -> None:
+        over them (the term pulls the first toward the second). Computed only when asked (logged steps)."""
+        if self._last is None:
+            return {}
+        cls_logits, selected, targets = self._last
         count = sum(int(s.numel()) for s in selected)
-        self._diagnostics = {"selected_per_frame": count / max(1, len(selected))}
+        out = {"selected_per_frame": count / max(1, len(selected))}
         if count:
-            with torch.no_grad():
-                student = output.cls_logits.float().max(dim=-1).values
-                self._diagnostics["student_logit"] = float(torch.cat(
-                    [student[b, s] for b, s in enumerate(selected)]).mean())
-                self._diagnostics["teacher_logit"] = float(torch.cat([t.float() for t in targets]).mean())
+            student = torch.cat([cls_logits[b, s].float().max(dim=-1).values for b, s in enumerate(selected)])
+            out["student_logit"] = float(student.mean())
+            out["teacher_logit"] = float(torch.cat([t.float() for t in targets]).mean())
+        return out
 
     def settings(self, head_type: str) -> tuple[float, float, int]:
         """(weight, score threshold, post-NMS max) for an anchor or center student."""
@@ -147,10 +146,10 @@ class CaKDLoss:
         weight = self.settings(ctx.output.head_type)[0]
         selected = self.select(ctx.output)
         if not any(s.numel() for s in selected):
-            self._record(ctx.output, selected, [])
+            self._last = (ctx.output.cls_logits.detach(), selected, [])
             return cakd_loss(ctx.output.cls_logits, selected, [s.new_zeros(0) for s in selected], weight)
         targets = self.teacher_targets(ctx, selected)
-        self._record(ctx.output, selected, targets)
+        self._last = (ctx.output.cls_logits.detach(), selected, targets)
         return cakd_loss(ctx.output.cls_logits, selected, targets, weight)
 
 

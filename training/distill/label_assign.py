@@ -93,12 +93,22 @@ class LabelAssignHook:
     def __init__(self, cfg: LabelAssignConfig, runner: TeacherRunner):
         self.cfg, self.runner = cfg, runner
         self.last_accepted: list[TeacherBoxes] = []  # for logging / tests
-        self._diagnostics: dict[str, float] = {}
+        self._last_gt: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def diagnostics(self) -> dict[str, float]:
         """Of the last step, per frame: accepted pseudo boxes and how many of them are right at BEV IoU 0.5 / 0.7
-        against the ground truth (precision = right / accepted, computed over an epoch by the report)."""
-        return dict(self._diagnostics)
+        against the ground truth (precision = right / accepted, computed over an epoch by the report). Computed
+        only when asked (logged steps)."""
+        if self._last_gt is None:
+            return {}
+        gt_boxes, gt_labels = self._last_gt
+        accepted = self.last_accepted
+        with torch.no_grad():
+            hits = [pseudo_box_hits(a, gt_boxes[b], gt_labels[b]) for b, a in enumerate(accepted)]
+        frames = max(1, len(accepted))
+        return {"accepted_per_frame": sum(int(a.boxes.shape[0]) for a in accepted) / frames,
+                "right_iou50_per_frame": sum(h[0] for h in hits) / frames,
+                "right_iou70_per_frame": sum(h[1] for h in hits) / frames}
 
     def __call__(self, batch: Batch, gt_boxes: torch.Tensor, gt_labels: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,12 +117,7 @@ class LabelAssignHook:
             raise RuntimeError(f"teacher returned {len(detections)} frames for a batch of {gt_boxes.shape[0]}")
         accepted = [accept_teacher_boxes(d, gt_boxes[b], gt_labels[b], self.cfg) for b, d in enumerate(detections)]
         self.last_accepted = accepted
-        with torch.no_grad():
-            hits = [pseudo_box_hits(a, gt_boxes[b], gt_labels[b]) for b, a in enumerate(accepted)]
-        frames = max(1, len(accepted))
-        self._diagnostics = {"accepted_per_frame": sum(int(a.boxes.shape[0]) for a in accepted) / frames,
-                             "right_iou50_per_frame": sum(h[0] for h in hits) / frames,
-                             "right_iou70_per_frame": sum(h[1] for h in hits) / frames}
+        self._last_gt = (gt_boxes.detach(), gt_labels)
         return merge_ground_truth(gt_boxes, gt_labels, front=accepted)
 
 
