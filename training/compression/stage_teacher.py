@@ -47,25 +47,23 @@ def teacher(run: CompressRun, folder: Path) -> dict:
 
 
 def teacher_fingerprint(section: TeacherSection) -> str:
-    """The shipped teacher's weights hash (a new teacher in the same folder re-runs the stage), else ""."""
+    """The teacher folder's weights and config hashes (a new teacher in the same folder re-runs the stage), else ""."""
     path = section.checkpoint
     if path and is_teacher_package(path):
         try:
-            return read_manifest(path)["files"]["weights.safetensors"]["sha256"]
+            files = read_manifest(path)["files"]
+            return f"{files['weights.safetensors']['sha256']}:{files['teacher.yaml']['sha256']}"
         except (TeacherPackageError, KeyError, TypeError):
             return "unreadable"  # the stage itself reports what is wrong
     return ""
 
 
 def teacher_identity(section: TeacherSection) -> dict:
-    """What the teacher stage's hash covers: a teacher folder by its weights' sha256 and config file, not by its
+    """What the teacher stage's hash covers: a teacher folder by the sha256 of its weights and config, not by its
     path (a moved checkout or another clone must not re-run every stage); anything else by the whole section."""
     fingerprint = teacher_fingerprint(section)
     if fingerprint:
-        from dataclasses import replace
-
-        return {"teacher": replace(section, checkpoint="<teacher folder>", config="", epochs=1, set=[]),
-                "weights": fingerprint}
+        return {"teacher": "<teacher folder>", "weights": fingerprint}
     return {"teacher": section, "weights": ""}
 
 
