@@ -297,3 +297,19 @@ def test_only_table_without_runs_is_an_error(tmp_path, capsys):
     assert results.main(["--only-table", "--out", str(tmp_path / "none"), "--table", str(tmp_path / "T.md")]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
     assert not (tmp_path / "T.md").exists()
+
+
+def test_results_config_reuses_the_default_runs_training_stages():
+    """results.yaml only adds rows to default.yaml: its compare_soft (an evaluation row) must not change the hash of
+    any training stage, or the table would re-train what the default runs already trained."""
+    from training.compression.graph import CompressionGraph
+
+    default_yaml = RESULTS_YAML.parent / "default.yaml"
+    graphs = [CompressionGraph(load_config(CompressConfig, path, ["training.seed=1"]), Path("unused"),
+                               log=lambda _: None, progress=False) for path in (default_yaml, RESULTS_YAML)]
+    default, full = ({s.name: s for s in g.stages()} for g in graphs)
+    assert graphs[1].cfg.iou_refine.compare_soft and not graphs[0].cfg.iou_refine.compare_soft
+    for name in ("data", "teacher", "student_baseline", "importance", "prune", "finetune",
+                 "baseline_width_only"):
+        assert config_hash(full[name].config) == config_hash(default[name].config), name
+    assert config_hash(full["evaluate"].config) == config_hash(default["evaluate"].config)

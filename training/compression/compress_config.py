@@ -8,7 +8,7 @@ teammates' own config dataclasses (training.distill.DistillConfig, training.prun
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Optional
 
 from clean_ros.models.detector_config import IoUGateConfig
@@ -158,6 +158,11 @@ class IoURefineSection:
     @property
     def joint(self) -> bool:
         return self.enabled and self.epochs == 0
+
+    def training_identity(self) -> "IoURefineSection":
+        """This section as a training stage hashes it: compare_soft only adds an evaluation row, so turning it on
+        must not re-train the students (the results table re-uses the default runs' stages)."""
+        return replace(self, compare_soft=False)
 
     def __post_init__(self):
         if self.epochs < 0:

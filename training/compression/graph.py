@@ -60,7 +60,7 @@ class CompressionGraph:
                                 {**common, "student": c.student, "distill": c.distill},
                                 ("data", "teacher", "student_baseline"), train_frames * c.student.epochs * 1.5,
                                 "student"))
-        joint = {"iou_refine": c.iou_refine} if c.iou_refine.joint else {}
+        joint = {"iou_refine": c.iou_refine.training_identity()} if c.iou_refine.joint else {}
         stages += [
             Stage("importance", f"{c.prune.criterion} filter importance of the trained student on training frames",
                   partial(stage_pruning.importance, run), {"prune": c.prune, "data": c.data}, ("student_baseline",)),
@@ -75,7 +75,8 @@ class CompressionGraph:
         if c.iou_refine.enabled and not c.iou_refine.joint:
             stages.append(Stage("iou_refine", f"IoU branch + {c.iou_refine.gate.mode} gate",
                                 partial(stage_students.iou_refine, run),
-                                {**common, "student": c.student, "distill": c.distill, "iou_refine": c.iou_refine},
+                                {**common, "student": c.student, "distill": c.distill,
+                                 "iou_refine": c.iou_refine.training_identity()},
                                 ("finetune", "teacher"), train_frames * c.iou_refine.epochs * 1.5, "student"))
         known = {"teacher", "student_baseline", "finetune"} | ({"student_cakd"} if c.student.kd_row else set()) | (
             {"iou_refine"} if c.iou_refine.enabled and not c.iou_refine.joint else set())
@@ -94,7 +95,7 @@ class CompressionGraph:
                                 f"baseline {baseline.name} ({baseline.method}, {baseline.architecture} widths)",
                                 partial(stage_students.baseline, run, spec=baseline, epochs=epochs),
                                 {**common, "student": c.student, "distill": c.distill, "baseline": baseline,
-                                 **({"iou_refine": c.iou_refine} if baseline.iou_gate else {})},
+                                 **({"iou_refine": c.iou_refine.training_identity()} if baseline.iou_gate else {})},
                                 tuple(deps), train_frames * epochs * (1.5 if baseline.method != "none" else 1.0),
                                 "student"))
         refs = self.model_refs()
