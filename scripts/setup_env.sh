@@ -5,7 +5,7 @@
 #   CLEAN_ROS_CUDA=cu126 scripts/setup_env.sh   CUDA set: spconv-cu126, onnxruntime-gpu, tensorrt
 #   PYTHON=/path/to/python3.11 scripts/setup_env.sh   use that interpreter
 #
-# A stamp (hash of the variant, the pinned set and the vision_msgs sources) is written only after every step
+# A stamp (hash of the variant, the pinned set and the ci/ interface sources: vision_msgs, tf2_msgs) is written only after every step
 # succeeded. Same stamp -> nothing to do (seconds). Different stamp -> the pinned set changed: rebuild from scratch.
 # No stamp -> an earlier run was interrupted (say a registry failure): resume on top of it and finish.
 set -euo pipefail
@@ -28,7 +28,7 @@ stamp_of() {
   {
     echo "variant=$VARIANT"
     cat "$ROOT/requirements/base.txt" "$REQ"
-    find "$ROOT/ci/vision_msgs" -type f | LC_ALL=C sort | xargs cat
+    find "$ROOT/ci/vision_msgs" "$ROOT/ci/tf2_msgs" -type f | LC_ALL=C sort | xargs cat
   } | sha256sum | cut -d' ' -f1
 }
 WANT=$(stamp_of)
@@ -89,32 +89,39 @@ if ! "$VPY" -m pip install --disable-pip-version-check --no-input --retries "${P
   die "pip could not install the pinned set (registry or network failure?). Nothing is marked done: run the same command again and it resumes."
 fi
 
-# ---------------------------------------------------------------- vision_msgs interfaces (not on PyPI)
-if ! "$VPY" -c 'from vision_msgs.msg import Detection3DArray' >/dev/null 2>&1; then
-  say "building the vision_msgs interfaces into .venv (about 20 s)"
+# ---------------------------------------------------------------- interface packages not on PyPI (ci/<name>)
+# vision_msgs (what the node publishes) and tf2_msgs (/tf and /tf_static, read by clean_ros/ros/tf_buffer.py when
+# tf2_ros is not installed), each built from its interface files into the venv prefix.
+build_interfaces() {  # name, a Python import that proves it is installed
+  local name=$1 check=$2
+  "$VPY" -c "$check" >/dev/null 2>&1 && return 0
+  say "building the $name interfaces into .venv (about 20 s)"
+  local PYINC NPINC BUILD="$VENV/build/$name"
   PYINC=$("$VPY" -c "import sysconfig;print(sysconfig.get_paths()['include'])")
   NPINC=$("$VPY" -c "import numpy;print(numpy.get_include())")
   # The wheels' exported CMake files name the interpreter they were built with; point them at ours.
   grep -rl '/opt/python/cp311-cp311' "$VENV/share" --include='*.cmake' 2>/dev/null | xargs -r sed -i \
     -e "s#/opt/python/cp311-cp311/include/python3.11#$PYINC#g" \
     -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$NPINC#g" || true
-  BUILD="$VENV/build/vision_msgs"
   rm -rf "$BUILD"; mkdir -p "$BUILD"
   (
     export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH"
-    cmake -S "$ROOT/ci/vision_msgs" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV" -DPython3_EXECUTABLE="$VPY" \
+    cmake -S "$ROOT/ci/$name" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV" -DPython3_EXECUTABLE="$VPY" \
       -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release >"$BUILD.log" 2>&1 &&
     cmake --build "$BUILD" -j2 >>"$BUILD.log" 2>&1 &&
     cmake --install "$BUILD" >>"$BUILD.log" 2>&1
-  ) || die "building vision_msgs failed; the log is $BUILD.log (last lines: $(tail -n 5 "$BUILD.log" | tr '\n' ' '))"
-  "$VPY" -c 'from vision_msgs.msg import Detection3DArray' || die "vision_msgs was built but does not import; see $BUILD.log"
-fi
+  ) || die "building $name failed; the log is $BUILD.log (last lines: $(tail -n 5 "$BUILD.log" | tr '\n' ' '))"
+  "$VPY" -c "$check" || die "$name was built but does not import; see $BUILD.log"
+}
+build_interfaces vision_msgs 'from vision_msgs.msg import Detection3DArray'
+build_interfaces tf2_msgs 'from tf2_msgs.msg import TFMessage'
 
 # ---------------------------------------------------------------- final check, then the stamp
 "$VPY" - <<'EOF' || die "the environment was installed but a core import fails (above)."
 import torch, numpy, yaml, onnx, rclpy, rosbags, spconv  # noqa: F401
 from sensor_msgs.msg import PointCloud2  # noqa: F401
 from vision_msgs.msg import Detection3DArray  # noqa: F401
+from tf2_msgs.msg import TFMessage  # noqa: F401
 EOF
 printf '%s' "$WANT" >"$STAMP.tmp" && mv "$STAMP.tmp" "$STAMP"
 say ".venv ready ($VARIANT)."
