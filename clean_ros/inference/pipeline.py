@@ -14,7 +14,8 @@ The hybrid path for sparse-3D (SECOND) students is the same code: Detector.encod
 sparse backbone in torch, the backend runs only the dense BEV part.
 
 Post-processing settings come from the bundle and can be changed at run time through `update_postprocess`
-(validated; the old settings stay in force when a change is refused).
+(validated by clean_ros.inference.postprocess_settings, the one validator; the old settings stay in force when a
+change is refused).
 """
 from __future__ import annotations
 
@@ -23,22 +24,20 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from clean_ros.inference.backends import Backend, open_backend
 from clean_ros.inference.bundle import Bundle, load_bundle
-from clean_ros.models.detector_config import DetectorConfig, IoUGateConfig, PostProcessConfig
+from clean_ros.models.detector_config import DetectorConfig
 from clean_ros.inference.postprocess import postprocess
+# The one post-processing validator; POSTPROCESS_KEYS are the flat names update_postprocess accepts.
+from clean_ros.inference.postprocess_settings import POSTPROCESS_KEYS, PostProcessConfig, updated_postprocess
 from clean_ros.types import Detections
 from clean_ros.inference.voxelize import Voxels, VoxelStats, voxelize_with_stats
 
 STAGES = ("preprocess", "inference", "postprocess")
-# Flat names accepted by update_postprocess (the node maps ROS parameters onto them one to one).
-POSTPROCESS_KEYS = ("score_thresholds", "nms_iou", "nms_pre_max", "nms_post_max", "class_agnostic_nms",
-                    "peak_kernel", "iou_gate_mode", "iou_gate_thresholds", "iou_gate_alphas")
 
 
 @dataclass
@@ -46,91 +45,6 @@ class PipelineResult:
     detections: Detections
     timings_ms: dict[str, float]  # preprocess / inference / postprocess
     voxel_stats: VoxelStats
-
-
-# ------------------------------------------------------------------------------------------- settings checks
-def _per_class(name: str, value: Any, current: list[float], class_names: tuple[str, ...], lo: float,
-               hi: float) -> list[float]:
-    """A per-class list from a list (one per class), a single number (all classes) or {class name: value}."""
-    if isinstance(value, Mapping):
-        unknown = [k for k in value if k not in class_names]
-        if unknown:
-            raise ValueError(f"{name}: unknown class {unknown[0]!r}; classes: {', '.join(class_names)}")
-        out = list(current)
-        for key, v in value.items():
-            out[class_names.index(key)] = v
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        out = [value] * len(class_names)
-    elif isinstance(value, (list, tuple, np.ndarray)):
-        out = list(value)
-        if len(out) != len(class_names):
-            raise ValueError(f"{name}: needs {len(class_names)} values (one per class: {', '.join(class_names)}), "
-                             f"got {len(out)}")
-    else:
-        raise ValueError(f"{name}: expected a number, a list of {len(class_names)} numbers or {{class: number}}, "
-                         f"got {value!r}")
-    for c, v in zip(class_names, out):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not lo <= float(v) <= hi:
-            raise ValueError(f"{name}[{c}] = {v!r}: must be a number in [{lo:g}, {hi:g}]")
-    return [float(v) for v in out]
-
-
-def _int_in(name: str, value: Any, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < lo:
-        raise ValueError(f"{name} = {value!r}: must be an integer >= {lo}")
-    return int(value)
-
-
-def updated_postprocess(current: PostProcessConfig, changes: Mapping[str, Any], cfg: DetectorConfig
-                        ) -> PostProcessConfig:
-    """A validated copy of `current` with `changes` applied (keys: POSTPROCESS_KEYS, or iou_gate={...})."""
-    names = tuple(cfg.class_names)
-    new = copy.deepcopy(current)
-    gate: IoUGateConfig = new.iou_gate
-    changes = dict(changes)
-    if "iou_gate" in changes:
-        nested = changes.pop("iou_gate")
-        if not isinstance(nested, Mapping):
-            raise ValueError(f"iou_gate: expected a mapping with mode / thresholds / alphas, got {nested!r}")
-        for key, value in nested.items():
-            changes[f"iou_gate_{key}"] = value
-    for key, value in changes.items():
-        if key == "score_thresholds":
-            new.score_thresholds = _per_class(key, value, new.score_thresholds, names, 0.0, 1.0)
-        elif key == "nms_iou":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"nms_iou = {value!r}: must be a number in [0, 1]")
-            new.nms_iou = float(value)
-        elif key in ("nms_pre_max", "nms_post_max"):
-            setattr(new, key, _int_in(key, value, 0))  # 0 = no limit
-        elif key == "class_agnostic_nms":
-            if not isinstance(value, bool):
-                raise ValueError(f"class_agnostic_nms = {value!r}: must be true or false")
-            new.class_agnostic_nms = value
-        elif key == "peak_kernel":
-            kernel = _int_in(key, value, 1)
-            if kernel % 2 == 0:
-                raise ValueError(f"peak_kernel = {kernel}: must be odd (a centred window)")
-            new.peak_kernel = kernel
-        elif key == "iou_gate_mode":
-            if value not in ("none", "hard", "soft"):
-                raise ValueError(f"iou_gate_mode = {value!r}: must be one of none, hard, soft")
-            if value != "none" and not cfg.head.iou_branch:
-                raise ValueError(f"iou_gate_mode = {value!r}: this model has no IoU branch; only 'none' is possible")
-            gate.mode = value
-        elif key == "iou_gate_thresholds":
-            gate.thresholds = _per_class(key, value, gate.thresholds if len(gate.thresholds) == len(names)
-                                         else [0.0] * len(names), names, 0.0, 1.0)
-        elif key == "iou_gate_alphas":
-            gate.alphas = _per_class(key, value, gate.alphas if len(gate.alphas) == len(names)
-                                     else [0.0] * len(names), names, 0.0, 1.0)
-        else:
-            raise ValueError(f"unknown post-processing setting {key!r}; allowed: {', '.join(POSTPROCESS_KEYS)}")
-    if gate.mode == "hard" and len(gate.thresholds) != len(names):
-        raise ValueError(f"iou_gate_mode hard needs iou_gate_thresholds with {len(names)} values")
-    if gate.mode == "soft" and len(gate.alphas) != len(names):
-        raise ValueError(f"iou_gate_mode soft needs iou_gate_alphas with {len(names)} values")
-    return new
 
 
 # ------------------------------------------------------------------------------------------- the pipeline
@@ -172,7 +86,8 @@ class Pipeline:
 
     def update_postprocess(self, **changes) -> PostProcessConfig:
         """Apply validated changes, e.g. score_thresholds={"Car": 0.4}, nms_iou=0.1; ValueError if refused."""
-        new = updated_postprocess(self.detector_config.postprocess, changes, self.detector_config)
+        cfg = self.detector_config
+        new = updated_postprocess(cfg.postprocess, changes, cfg.class_names, iou_branch=cfg.head.iou_branch)
         self.detector_config = dataclasses.replace(self.detector_config, postprocess=new)
         return new
 

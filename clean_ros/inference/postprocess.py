@@ -1,4 +1,5 @@
-"""Post-processing: decode -> IoU gate -> per-class score threshold -> top-k -> rotated NMS -> top-k -> Detections.
+"""Post-processing: decode -> IoU gate -> per-class score threshold -> range-dependent per-class threshold (when
+set) -> top-k -> rotated NMS -> top-k -> Detections.
 
 One implementation for training evaluation, the ROS node and replay. Decoding and gating are batched tensor
 ops; only NMS runs per frame. `postprocess_tensors` also returns the kept position indices (what the masked
@@ -96,6 +97,16 @@ def apply_iou_gate(scores: torch.Tensor, iou_logits: torch.Tensor | None, gate: 
     return scores.clamp(min=0).pow(1 - alphas) * quality.pow(alphas)
 
 
+def range_thresholds(boxes: torch.Tensor, labels: torch.Tensor, cfg: PostProcessConfig,
+                     num_classes: int) -> torch.Tensor:
+    """The range-dependent score threshold of each box (K,): range_score_thresholds[label, band of its BEV distance]
+    (bands and layout: clean_ros.inference.postprocess_settings)."""
+    table = boxes.new_tensor(cfg.range_score_thresholds).view(num_classes, len(cfg.range_breakpoints) + 1)
+    distance = torch.hypot(boxes[:, 0], boxes[:, 1])
+    band = torch.bucketize(distance, boxes.new_tensor(cfg.range_breakpoints), right=True)
+    return table[labels, band]
+
+
 def _select_frame(boxes: torch.Tensor, scores: torch.Tensor, cfg: PostProcessConfig) -> FrameDetections:
     """One frame: boxes (P, 7), gated scores (P, C) -> kept detections."""
     num_classes = scores.shape[1]
@@ -109,6 +120,9 @@ def _select_frame(boxes: torch.Tensor, scores: torch.Tensor, cfg: PostProcessCon
         keep = scores >= thresholds.unsqueeze(0)
         positions, cand_labels = keep.nonzero(as_tuple=True)
         cand_scores = scores[positions, cand_labels]
+    if cfg.range_breakpoints:
+        keep = cand_scores >= range_thresholds(boxes[positions], cand_labels, cfg, num_classes)
+        positions, cand_labels, cand_scores = positions[keep], cand_labels[keep], cand_scores[keep]
     if cfg.nms_pre_max and cand_scores.numel() > cfg.nms_pre_max:
         top = cand_scores.topk(cfg.nms_pre_max).indices
         positions, cand_labels, cand_scores = positions[top], cand_labels[top], cand_scores[top]

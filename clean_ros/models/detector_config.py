@@ -19,6 +19,8 @@ from typing import Iterable, Literal
 from clean_ros.yaml_config import load_config
 from clean_ros.models.sparse_layout import SPARSE_NUM_STAGES, output_shape, stage_shapes
 from clean_ros.inference.voxelize import grid_size as voxel_grid_size
+# The post-processing settings live with their one validator (re-exported here: the config schema uses them).
+from clean_ros.inference.postprocess_settings import IoUGateConfig, PostProcessConfig, check_postprocess
 
 
 @dataclass
@@ -198,26 +200,6 @@ class HeadConfig:
 
 
 @dataclass
-class IoUGateConfig:
-    """IoU-aware rescoring. hard: s * 1[sigmoid(u) > threshold_c]; soft: s^(1-alpha_c) * sigmoid(u)^alpha_c."""
-
-    mode: Literal["none", "hard", "soft"] = "none"
-    thresholds: list[float] = field(default_factory=lambda: [0.5, 0.2, 0.2])
-    alphas: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-
-
-@dataclass
-class PostProcessConfig:
-    score_thresholds: list[float] = field(default_factory=lambda: [0.1, 0.1, 0.1])
-    nms_iou: float = 0.01
-    nms_pre_max: int = 4096
-    nms_post_max: int = 500
-    class_agnostic_nms: bool = True
-    peak_kernel: int = 3  # center head: max-pool window of the peak extraction
-    iou_gate: IoUGateConfig = field(default_factory=IoUGateConfig)
-
-
-@dataclass
 class DetectorConfig:
     name: str = "detector"
     class_names: list[str] = field(default_factory=lambda: ["Car", "Pedestrian", "Cyclist"])
@@ -244,16 +226,10 @@ class DetectorConfig:
             if names != list(self.class_names):
                 raise ValueError(f"head.anchors must list one entry per class in class_names order "
                                  f"{list(self.class_names)}, got {names}")
-        for key in ("score_thresholds",):
-            if len(getattr(self.postprocess, key)) != num_classes:
-                raise ValueError(f"postprocess.{key} needs {num_classes} values (one per class)")
-        gate = self.postprocess.iou_gate
-        if gate.mode != "none" and not self.head.iou_branch:
-            raise ValueError(f"postprocess.iou_gate.mode={gate.mode!r} needs head.iou_branch=true")
-        if gate.mode == "hard" and len(gate.thresholds) != num_classes:
-            raise ValueError(f"postprocess.iou_gate.thresholds needs {num_classes} values")
-        if gate.mode == "soft" and len(gate.alphas) != num_classes:
-            raise ValueError(f"postprocess.iou_gate.alphas needs {num_classes} values")
+        try:
+            check_postprocess(self.postprocess, self.class_names, self.head.iou_branch)
+        except ValueError as error:
+            raise ValueError(f"postprocess: {error}") from None
         if self.encoder.type == "mean_vfe" and self.backbone_3d.type != "sparse":
             raise ValueError("encoder.type=mean_vfe needs backbone_3d.type=sparse")
         grid = self.grid_size

@@ -66,7 +66,7 @@ def test_class_aware_nms_thresholds_and_topk():
     assert frame.positions.tolist() == [0, 3]  # pedestrians need 0.7 now (1 and 2 are gone, so 1 cannot suppress)
     frame = postprocess_tensors(_anchor_output(), _cfg("postprocess.nms_post_max=1"))[0]
     assert frame.positions.tolist() == [0]
-    frame = postprocess_tensors(_anchor_output(), _cfg("postprocess.nms_pre_max=2"))[0]
+    frame = postprocess_tensors(_anchor_output(), _cfg("postprocess.nms_pre_max=2", "postprocess.nms_post_max=2"))[0]
     assert frame.positions.tolist() == [0]  # top-2 before NMS are 0 and 1; 1 is suppressed
 
 
