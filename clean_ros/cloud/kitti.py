@@ -264,6 +264,14 @@ def project_boxes_to_image(location: np.ndarray, dimensions_hwl: np.ndarray, rot
     return box
 
 
+def boxes_in_image(bbox: np.ndarray) -> np.ndarray:
+    """(N,) True where a projected 2D box (project_boxes_to_image: clipped, zero behind the camera) keeps a
+    positive area, i.e. part of the 3D box is in the camera's view. KITTI labels only cover such boxes; a box
+    beside the image would otherwise reach the evaluator as a zero-width box of full height."""
+    bbox = np.asarray(bbox, dtype=np.float64).reshape(-1, 4)
+    return (bbox[:, 2] > bbox[:, 0]) & (bbox[:, 3] > bbox[:, 1])
+
+
 def observation_angle(location: np.ndarray, rotation_y: np.ndarray) -> np.ndarray:
     """KITTI alpha = rotation_y minus the viewing-ray angle, wrapped to [-pi, pi)."""
     return normalize_yaw_np(rotation_y - np.arctan2(location[:, 0], location[:, 2]))

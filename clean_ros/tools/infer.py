@@ -7,7 +7,9 @@ INPUT: .bin (KITTI float32 x y z intensity), .pcd (ascii / binary), a folder of 
 (training/ or testing/ with velodyne/ and calib/: the frame's calib/<id>.txt is used automatically).
 
 --out: one file per frame. With a calibration: KITTI label format, 16 columns (score last), in the camera frame,
-readable by training/evaluate.py. Without: <id>.json with LiDAR-frame boxes:
+readable by training/evaluate.py; only boxes at least partly in the camera image (what KITTI labels and the devkit
+cover; a 360-degree model's other boxes are in the .json output, written without a calibration).
+Without: <id>.json with LiDAR-frame boxes:
     {"frame": id, "frame_convention": "lidar: x forward, y left, z up; box = centre x y z, l w h, yaw about +z",
      "class_names": [...], "detections": [{"class": "Car", "score": 0.91, "box": [x, y, z, l, w, h, yaw]}, ...]}
 --png: a bird's-eye view per frame (points + boxes coloured by class).
@@ -107,12 +109,13 @@ def read_frame_points(path: Path, num_features: int, intensity_scale: float = 1.
 
 # ------------------------------------------------------------------------------------------- outputs
 def write_predictions(out_dir: Path, frame: Frame, detections, calib) -> Path:
-    from clean_ros.cloud.kitti import labels_from_lidar_boxes, write_labels
+    from clean_ros.cloud.kitti import boxes_in_image, labels_from_lidar_boxes, write_labels
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if calib is not None:
         path = out_dir / f"{frame.frame_id}.txt"
-        write_labels(path, labels_from_lidar_boxes(detections.boxes, detections.names, detections.scores, calib))
+        rows = labels_from_lidar_boxes(detections.boxes, detections.names, detections.scores, calib)
+        write_labels(path, rows.select(boxes_in_image(rows.bbox)))  # KITTI files hold what the camera sees
         return path
     path = out_dir / f"{frame.frame_id}.json"
     rows = [{"class": str(n), "score": round(float(s), 6), "box": [round(float(v), 5) for v in b]}
