@@ -1,0 +1,272 @@
+"""The real-data check (training/real_check.py) and its diagnostics (training/detection_diagnostics.py).
+
+On the six shared KITTI frames: it runs, its AP equals training/evaluate.py on the files `python -m clean_ros.infer`
+writes, and its counts agree with the labels. On a hand-built two-frame case (synthetic camera): recall by class
+and range band, false positives (camera view, devkit height, DontCare), confusions and detection counts with known
+answers. Bad input: one line, exit status 2.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from clean_ros.cloud.kitti import (Calibration, boxes_in_image, difficulty_levels, format_labels,
+                                   labels_from_lidar_boxes, parse_labels, read_labels)
+from clean_ros.types import Detections
+from shared_helpers import REPO_ROOT
+from training import real_check
+from training.detection_diagnostics import LabelledFrame, match_frame, summarize
+
+CLASSES = ("Car", "Pedestrian", "Cyclist")
+
+
+# ------------------------------------------------------------------------------------------- shared real frames
+@pytest.fixture(scope="module")
+def shared_run(kitti_sample, default_bundle, tmp_path_factory):
+    """infer + evaluate.py on the six frames, and the real-data check on the same frames (torch, one thread)."""
+    import io
+    from contextlib import redirect_stdout
+
+    from clean_ros.tools import infer
+    from training import evaluate as evaluate_cli
+
+    tmp = tmp_path_factory.mktemp("real_check")
+    split = kitti_sample / "training"
+    common = ["--bundle", str(default_bundle), "--backend", "torch", "--threads", "1"]
+    infer_out = io.StringIO()
+    with redirect_stdout(infer_out):
+        assert infer.main(common + ["--out", str(tmp / "pred_infer"), "--quiet", str(split)]) == 0
+        assert evaluate_cli.main(["--gt", str(split / "label_2"), "--pred", str(tmp / "pred_infer"),
+                                  "--out", str(tmp / "evaluate.json")]) == 0
+    check_out = io.StringIO()
+    with redirect_stdout(check_out):
+        code = real_check.main(common + [str(split), "--out", str(tmp / "report.json"),
+                                         "--save-predictions", str(tmp / "pred_check")])
+    assert code == 0
+    return {"tmp": tmp, "split": split, "infer_stdout": infer_out.getvalue(), "stdout": check_out.getvalue(),
+            "report": json.loads((tmp / "report.json").read_text()),
+            "evaluate": json.loads((tmp / "evaluate.json").read_text())}
+
+
+def test_ap_equals_evaluate_on_infer_predictions(shared_run):
+    report, reference = shared_run["report"], shared_run["evaluate"]["results"]
+    assert set(report["ap"]) == set(CLASSES)
+    for cls in CLASSES:
+        for metric in ("bev_R40", "3d_R40"):
+            assert report["ap"][cls][metric] == pytest.approx(reference[cls][metric], abs=1e-9), (cls, metric)
+    # the detections the check scores are exactly the rows infer writes
+    tmp = shared_run["tmp"]
+    infer_files = sorted(p.name for p in (tmp / "pred_infer").iterdir())
+    assert infer_files == sorted(p.name for p in (tmp / "pred_check").iterdir()) and len(infer_files) == 6
+    for name in infer_files:
+        assert (tmp / "pred_check" / name).read_text() == (tmp / "pred_infer" / name).read_text(), name
+    rows = sum(len(read_labels(tmp / "pred_infer" / n, require_score=True)) for n in infer_files)
+    assert report["detections"]["in_camera_view_total"] == rows
+    total = int(re.search(r"^6 frames, (\d+) detections", shared_run["infer_stdout"], re.M).group(1))
+    assert report["detections"]["total"] == total
+
+
+def test_counts_agree_with_the_labels(shared_run):
+    report = shared_run["report"]
+    assert report["frames"] == 6 and len(report["per_frame"]) == 6
+    # scored by the devkit (difficulty >= 0), straight from the label files
+    labels = [read_labels(p) for p in sorted((shared_run["split"] / "label_2").glob("*.txt"))]
+    names = np.concatenate([objs.names for objs in labels])
+    scored = np.concatenate([difficulty_levels(objs) for objs in labels]) >= 0
+    recall = report["recall"]["by_iou"]
+    for iou in ("0.5", "0.25"):
+        for cls in CLASSES:
+            entry = recall[iou][cls]
+            assert entry["all"]["total"] == int(((names == cls) & scored).sum())
+            assert sum(entry[b]["total"] for b in report["recall"]["range_bands"]) == entry["all"]["total"]
+            assert entry["all"]["found"] <= entry["all"]["total"]
+        assert recall["0.25"][cls]["all"]["found"] >= recall["0.5"][cls]["all"]["found"]
+    # the six frames: Car 3 and Pedestrian 2 scored; the 51 m / 58 m cars (< 25 px) and the occluded cyclist are not
+    assert [recall["0.5"][c]["all"]["total"] for c in CLASSES] == [3, 2, 0]
+    assert report["recall"]["labelled_but_not_scored"] == {"Car": 2, "Pedestrian": 0, "Cyclist": 1}
+    conf = report["confusion"]
+    assert conf["rows"] == ["Car", "Pedestrian", "Misc", "Truck"]
+    assert [sum(r) for r in conf["counts"]] == [3, 2, 1, 1]
+    fp = report["false_positives"]
+    assert fp["total"] == sum(f["false_positives"] for f in report["per_frame"])
+    assert fp["per_frame"] == pytest.approx(fp["total"] / 6)
+    assert "KITTI AP R40" in shared_run["stdout"] and "False positives per frame" in shared_run["stdout"]
+
+
+# ------------------------------------------------------------------------------------------- hand-built case
+def _camera() -> Calibration:
+    """Camera at the LiDAR origin looking along +x (camera x = -y, y = -z, z = x), f = 700 px, 1242 x 375 image."""
+    v2c = np.array([[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    p2 = np.array([[700.0, 0.0, 620.0, 0.0], [0.0, 700.0, 187.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    return Calibration(P2=p2, R0=np.eye(3), V2C=v2c)
+
+
+def _box(x, y, l, w, h):
+    return [x, y, -1.75 + h / 2, l, w, h, 0.0]
+
+
+GT = [("Car", _box(10, 0, 4, 1.8, 1.5)),          # found at 0.5 (exact detection), band 0-20
+      ("Car", _box(30, 2, 4, 2.0, 1.5)),          # detection 2 m ahead: IoU 1/3, found only at 0.25, band 20-40
+      ("Pedestrian", _box(8, -2, 0.8, 0.6, 1.7)),  # detected as a Cyclist
+      ("Cyclist", _box(45, 0, 1.8, 0.6, 1.7)),    # missed, band 40+
+      ("Van", _box(15, 5, 5, 2, 2)),              # detected as a Car: neither Car recall nor a false positive
+      ("Car", _box(20, -5, 4, 1.8, 1.5))]         # occlusion 3: not scored; its detection is no false positive
+DETS = [("Car", _box(10, 0, 4, 1.8, 1.5)), ("Car", _box(32, 2, 4, 2.0, 1.5)), ("Cyclist", _box(8, -2, 0.8, 0.6, 1.7)),
+        ("Car", _box(15, 5, 5, 2, 2)), ("Car", _box(20, -5, 4, 1.8, 1.5)),
+        ("Car", _box(25, -6, 4, 1.8, 1.5)),         # inside a DontCare region
+        ("Car", _box(12, -8, 4, 1.8, 1.5)),         # the false positive
+        ("Car", _box(-10, 0, 4, 1.8, 1.5)),         # behind the camera: not in view
+        ("Car", _box(3, 12, 4, 1.8, 1.5)),          # beside the image: not in view
+        ("Pedestrian", _box(60, 3, 0.8, 0.6, 1.7))]  # in view but < 25 px: the devkit ignores it
+
+
+def _detections(rows) -> Detections:
+    if not rows:
+        return Detections.empty(CLASSES)
+    return Detections(np.array([b for _, b in rows], np.float32), np.linspace(0.9, 0.5, len(rows)).astype(np.float32),
+                      np.array([CLASSES.index(n) for n, _ in rows], np.int64), CLASSES)
+
+
+def _hand_frames(with_dont_care: bool = True):
+    calib = _camera()
+    gt = labels_from_lidar_boxes(np.array([b for _, b in GT]), np.array([n for n, _ in GT]), None, calib)
+    gt.occlusion[5] = 3
+    gt.bbox[3, 3] = gt.bbox[3, 1] + 40.0  # the 45 m cyclist: 40 px tall, scored
+    dets = _detections(DETS)
+    text = format_labels(gt)
+    if with_dont_care:
+        d_box = labels_from_lidar_boxes(dets.boxes[5:6].astype(np.float64), np.array(["Car"]), None, calib).bbox[0]
+        pad = np.array([-3.0, -3.0, 3.0, 3.0])
+        text += "DontCare -1 -1 -10 " + " ".join(f"{v:.2f}" for v in d_box + pad) + \
+            " -1 -1 -1 -1000 -1000 -1000 -10\n"
+    frames = [LabelledFrame("a", parse_labels(text), calib), LabelledFrame("b", parse_labels(""), calib)]
+    return frames, [dets, _detections([("Pedestrian", _box(6, 1, 0.8, 0.6, 1.7))])]
+
+
+def test_hand_built_case_has_the_known_answers():
+    frames, dets = _hand_frames()
+    levels = difficulty_levels(frames[0].labels.select(frames[0].labels.names != "DontCare"))
+    assert (levels >= 0).tolist() == [True] * 5 + [False]  # the set-up: only the occluded car is not scored
+    matches = [match_frame(f, d) for f, d in zip(frames, dets)]
+    report = summarize(frames, matches, CLASSES)
+    r50, r25 = report["recall"]["by_iou"]["0.5"], report["recall"]["by_iou"]["0.25"]
+
+    def cells(entry):
+        return [(entry[k]["found"], entry[k]["total"]) for k in ("all", "0-20m", "20-40m", "40m+")]
+
+    assert cells(r50["Car"]) == [(1, 2), (1, 1), (0, 1), (0, 0)]
+    assert cells(r25["Car"]) == [(2, 2), (1, 1), (1, 1), (0, 0)]
+    assert cells(r25["Pedestrian"]) == [(0, 1), (0, 1), (0, 0), (0, 0)]
+    assert cells(r25["Cyclist"]) == [(0, 1), (0, 0), (0, 0), (0, 1)]
+    assert r50["Car"]["all"]["recall"] == 0.5 and r25["Cyclist"]["0-20m"]["recall"] is None
+    assert report["recall"]["labelled_but_not_scored"] == {"Car": 1, "Pedestrian": 0, "Cyclist": 0}
+    assert matches[0].best_same_class_iou[1] == pytest.approx(1 / 3, abs=1e-3)  # labels carry 2 decimals
+
+    fp = report["false_positives"]
+    assert (fp["total"], fp["per_frame"], fp["by_class"]) == (2, 1.0, {"Car": 1, "Pedestrian": 1, "Cyclist": 0})
+    assert matches[0].false_positive.tolist() == [False] * 6 + [True] + [False] * 3
+    assert [f["false_positives"] for f in report["per_frame"]] == [1, 1]
+
+    conf = report["confusion"]
+    assert conf["rows"] == ["Car", "Pedestrian", "Cyclist", "Van"]
+    assert conf["columns"] == ["Car", "Pedestrian", "Cyclist", "none"]
+    assert conf["counts"] == [[2, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0]]
+
+    det = report["detections"]
+    assert (det["total"], det["in_camera_view_total"], det["scored_total"]) == (11, 9, 8)
+    assert det["per_frame"] == 5.5
+    assert matches[0].detection_in_view.tolist() == [True] * 7 + [False, False, True]
+    assert matches[0].detection_scored.tolist() == [True] * 7 + [False, False, False]
+
+
+def test_dont_care_region_is_what_spares_the_detection():
+    frames, dets = _hand_frames(with_dont_care=False)
+    match = match_frame(frames[0], dets[0])
+    assert np.flatnonzero(match.false_positive).tolist() == [5, 6]
+
+
+def test_box_beside_the_image_would_reach_the_devkit_as_a_full_height_box():
+    calib = _camera()
+    rows = labels_from_lidar_boxes(np.array([_box(3, 12, 4, 1.8, 1.5), _box(10, 0, 4, 1.8, 1.5),
+                                             _box(-10, 0, 4, 1.8, 1.5)]), np.array(["Car"] * 3), None, calib)
+    beside = rows.bbox[0]
+    assert beside[2] == beside[0] and beside[3] - beside[1] >= 25  # zero width, tall: the devkit would score it
+    assert boxes_in_image(rows.bbox).tolist() == [False, True, False]
+
+
+# ------------------------------------------------------------------------------------------- folders and errors
+def _copy_split(kitti_sample, root, stems=("000000", "000003"), subs=("velodyne", "calib", "label_2")):
+    for sub in subs:
+        (root / sub).mkdir(parents=True)
+        for stem in stems:
+            src = next((kitti_sample / "training" / sub).glob(f"{stem}.*"))
+            shutil.copy(src, root / sub / src.name)
+    return root
+
+
+def test_kitti_root_with_image_sets_split(kitti_sample, default_bundle, tmp_path, capsys):
+    root = tmp_path / "kitti"
+    _copy_split(kitti_sample, root / "training", stems=("000000", "000003", "000004"))
+    (root / "ImageSets").mkdir()
+    (root / "ImageSets" / "val.txt").write_text("000003\n000004\n")
+    folder = real_check.resolve_folder(root, "val")
+    assert folder.frame_ids == ["000003", "000004"] and folder.split_dir == root / "training"
+    assert real_check.resolve_folder(root).frame_ids == ["000000", "000003", "000004"]
+    code = real_check.main(["--bundle", str(default_bundle), "--backend", "torch", "--quiet", str(root),
+                            "--split", "val", "--out", str(tmp_path / "r.json")])
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["frames"] == 2 and [f["frame"] for f in report["per_frame"]] == ["000003", "000004"]
+    assert report["recall"]["by_iou"]["0.5"]["Car"]["all"]["total"] == 2
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing_folder", "no such folder"),
+    ("no_labels", "label_2: missing"),
+    ("label_missing_for_a_frame", "1 of 2 frames have no .txt file, e.g. 000003.txt"),
+    ("unknown_split", "--split val: no"),
+    ("missing_bundle", "no such bundle folder"),
+    ("broken_bundle", "manifest"),
+    ("bad_scan", "not a multiple of 16 bytes"),
+])
+def test_bad_input_is_one_line_and_exit_2(case, expected, kitti_sample, default_bundle, tmp_path, capsys):
+    split = tmp_path / "training"
+    bundle = default_bundle
+    if case != "missing_folder":
+        _copy_split(kitti_sample, split, subs=("velodyne", "calib") if case == "no_labels" else
+                    ("velodyne", "calib", "label_2"))
+    if case == "label_missing_for_a_frame":
+        (split / "label_2" / "000003.txt").unlink()
+    if case == "missing_bundle":
+        bundle = tmp_path / "nope"
+    if case == "broken_bundle":
+        bundle = tmp_path / "empty_bundle"
+        bundle.mkdir()
+    if case == "bad_scan":
+        with open(split / "velodyne" / "000003.bin", "ab") as f:
+            f.write(b"\0\0\0")
+    args = ["--bundle", str(bundle), "--backend", "torch", "--quiet", str(split), "--out", str(tmp_path / "r.json")]
+    if case == "unknown_split":
+        args += ["--split", "val"]
+    assert real_check.main(args) == 2
+    assert expected in _error_line(capsys)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_command_line_error_has_no_traceback(tmp_path):
+    run = subprocess.run([sys.executable, str(REPO_ROOT / "training" / "real_check.py"), str(tmp_path / "nowhere")],
+                         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such folder"

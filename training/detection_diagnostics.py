@@ -1,0 +1,202 @@
+"""What a detector gets right and wrong on labelled real frames, beyond AP: recall, false positives, confusions.
+
+Used by training/real_check.py; pure numpy/torch, one frame at a time (IoU matrices from clean_ros.cloud.geometry,
+no loops over boxes). Boxes are compared in the LiDAR frame with the exact rotated BEV IoU.
+
+What counts, chosen to agree with what the KITTI devkit scores (clean_ros/metrics/kitti_eval.py):
+- Labelled objects: every label_2 row except DontCare. A row is *scored* when the devkit scores it at some
+  difficulty: 2D box height >= 25 px, occlusion <= 2, truncation <= 0.5 (clean_ros.cloud.kitti.difficulty_levels
+  >= 0). Label rows are in the camera's view by construction (they are annotated in the image).
+- Recall, per class of the bundle, at BEV IoU >= 0.5 and >= 0.25, overall and per range band of the object's BEV
+  distance from the sensor (0-20, 20-40, 40+ m): a scored object of class C is found when a detection of class C
+  overlaps it at the threshold. Van and Person_sitting rows are not Car / Pedestrian objects (the devkit ignores
+  them). A detection may find two objects (only possible below IoU 0.5, e.g. two people side by side); the AP is
+  the one-to-one measure.
+- Camera view: a detection is in it when part of its box is in the image (its projected 2D box, clipped to the
+  image, keeps a positive area: clean_ros.cloud.kitti.boxes_in_image); others are not scored at all (the AP of
+  training/real_check.py and `infer --out` files leave them out too).
+- False positives: detections the devkit scores - in the camera view, projected 2D box >= 25 px high (smaller ones
+  the devkit ignores at every difficulty) - that overlap no
+  labelled object of any class (any difficulty; Van, Truck, Misc... included) at BEV IoU >= 0.25 and lie in no
+  DontCare region (2D intersection / the detection's own area > the class's devkit minimum overlap, the devkit's
+  test).
+- Confusions: each scored labelled object (every class of the labels) -> the class of the detection that overlaps
+  it most in BEV, when that IoU >= 0.25, else "none". Rows therefore sum to the number of objects.
+- Detections per frame: all of them, those in the camera view, and those the devkit scores (whatever they match).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from clean_ros.cloud.geometry import bev_iou
+from clean_ros.cloud.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiObjects, boxes_in_image,
+                                   labels_from_lidar_boxes)
+from clean_ros.metrics.kitti_eval import MIN_HEIGHT, MIN_OVERLAP, image_overlap
+from clean_ros.types import Detections
+from training.data.kitti_dataset import DONT_CARE, ground_truth_from_annotations
+
+RANGE_BANDS = ((0.0, 20.0), (20.0, 40.0), (40.0, math.inf))
+RECALL_IOUS = (0.5, 0.25)
+MATCH_IOU = 0.25  # "overlaps a labelled object": false positives and confusions
+MIN_SCORED_HEIGHT = min(MIN_HEIGHT)  # px; the devkit ignores shorter boxes at every difficulty
+DEFAULT_MIN_OVERLAP = 0.5  # DontCare test for a bundle class the devkit does not know
+NONE = "none"
+
+
+def band_name(lo: float, hi: float) -> str:
+    return f"{lo:g}-{hi:g}m" if math.isfinite(hi) else f"{lo:g}m+"
+
+
+BAND_NAMES = tuple(band_name(lo, hi) for lo, hi in RANGE_BANDS)
+
+
+@dataclass
+class LabelledFrame:
+    """One real frame's labels as in label_2 (camera frame, DontCare rows included) and its calibration."""
+
+    frame_id: str
+    labels: KittiObjects
+    calib: Calibration
+    image_shape: tuple[int, int] = DEFAULT_IMAGE_SHAPE  # (height, width)
+
+
+@dataclass
+class FrameMatch:
+    """Per-object and per-detection results of one frame (objects = non-DontCare label rows)."""
+
+    object_names: np.ndarray  # (M,) str
+    object_scored: np.ndarray  # (M,) bool: the devkit scores it at some difficulty
+    object_range: np.ndarray  # (M,) BEV distance of the box centre from the sensor, m
+    best_same_class_iou: np.ndarray  # (M,) largest BEV IoU with a detection of its own class (0 if none)
+    detected_as: np.ndarray  # (M,) str: class of the most-overlapping detection at IoU >= MATCH_IOU, else "none"
+    detection_names: np.ndarray  # (N,) str
+    detection_in_view: np.ndarray  # (N,) bool: part of the box is in the camera image
+    detection_scored: np.ndarray  # (N,) bool: in the camera view and tall enough for the devkit
+    false_positive: np.ndarray  # (N,) bool
+
+
+def detections_as_labels(detections: Detections, calib: Calibration,
+                         image_shape: tuple[int, int] = DEFAULT_IMAGE_SHAPE) -> KittiObjects:
+    """Detections as KITTI label rows (camera frame, projected 2D box, alpha, score)."""
+    return labels_from_lidar_boxes(detections.boxes, np.asarray(detections.names, dtype=str),
+                                   np.asarray(detections.scores, dtype=np.float64), calib, image_shape)
+
+
+def _dont_care_covered(det_bbox: np.ndarray, det_names: np.ndarray, dont_care_bbox: np.ndarray) -> np.ndarray:
+    """(N,) True where a detection's 2D box lies in a DontCare region (the devkit's own-area test)."""
+    n, k = len(det_bbox), len(dont_care_bbox)
+    if n == 0 or k == 0:
+        return np.zeros(n, dtype=bool)
+    d_idx, k_idx = np.repeat(np.arange(n), k), np.tile(np.arange(k), n)
+    needed = np.array([MIN_OVERLAP.get(str(name).lower(), DEFAULT_MIN_OVERLAP) for name in det_names])
+    overlap = image_overlap(det_bbox[d_idx], dont_care_bbox[k_idx], own_area=True)
+    return np.bincount(d_idx[overlap > needed[d_idx]], minlength=n) > 0
+
+
+def match_frame(frame: LabelledFrame, detections: Detections) -> FrameMatch:
+    """Compare one frame's detections with its labels (see the module docstring for the rules)."""
+    boxes, _, names, difficulty = ground_truth_from_annotations(frame.labels, frame.calib, detections.class_names)
+    det_names = np.asarray(detections.names, dtype=str)
+    iou = bev_iou(torch.from_numpy(np.asarray(boxes, np.float64).reshape(-1, 7)),
+                  torch.from_numpy(np.asarray(detections.boxes, np.float64).reshape(-1, 7))).numpy()  # (M, N)
+    n_obj, n_det = iou.shape
+    same_class = names[:, None] == det_names[None, :]
+    best_same = np.where(same_class, iou, 0.0).max(1, initial=0.0)
+    best_any = iou.max(1, initial=0.0)
+    detected_as = np.full(n_obj, NONE, dtype=object)
+    if n_det:
+        hit = best_any >= MATCH_IOU
+        detected_as[hit] = det_names[iou.argmax(1)[hit]]
+
+    det_rows = detections_as_labels(detections, frame.calib, frame.image_shape)
+    height = np.trunc(np.abs(det_rows.bbox[:, 3] - det_rows.bbox[:, 1]))  # the devkit keeps it as an int
+    in_view = boxes_in_image(det_rows.bbox)
+    scored = in_view & (height >= MIN_SCORED_HEIGHT)
+    overlaps_object = iou.max(0, initial=0.0) >= MATCH_IOU
+    dont_care = frame.labels.select(frame.labels.names == DONT_CARE)
+    covered = _dont_care_covered(det_rows.bbox, det_names, dont_care.bbox)
+    return FrameMatch(object_names=names.astype(str), object_scored=difficulty >= 0,
+                      object_range=np.hypot(boxes[:, 0], boxes[:, 1]).astype(np.float64),
+                      best_same_class_iou=best_same, detected_as=np.asarray(detected_as, dtype=str),
+                      detection_names=det_names, detection_in_view=in_view, detection_scored=scored,
+                      false_positive=scored & ~overlaps_object & ~covered)
+
+
+def _ratio(found: int, total: int) -> float | None:
+    return found / total if total else None
+
+
+def _recall_table(matches: list[FrameMatch], class_names: tuple[str, ...]) -> dict:
+    names = np.concatenate([m.object_names for m in matches]) if matches else np.zeros(0, dtype=str)
+    scored = np.concatenate([m.object_scored for m in matches]) if matches else np.zeros(0, dtype=bool)
+    rng = np.concatenate([m.object_range for m in matches]) if matches else np.zeros(0)
+    best = np.concatenate([m.best_same_class_iou for m in matches]) if matches else np.zeros(0)
+    band = np.searchsorted(np.array([hi for _, hi in RANGE_BANDS[:-1]]), rng, side="right")
+    table: dict = {}
+    for iou in RECALL_IOUS:
+        per_class = {}
+        for cls in class_names:
+            counted = scored & (names == cls)
+            found = counted & (best >= iou)
+            entry = {"all": {"found": int(found.sum()), "total": int(counted.sum()),
+                             "recall": _ratio(int(found.sum()), int(counted.sum()))}}
+            totals = np.bincount(band[counted], minlength=len(RANGE_BANDS))
+            hits = np.bincount(band[found], minlength=len(RANGE_BANDS))
+            for b, name in enumerate(BAND_NAMES):
+                entry[name] = {"found": int(hits[b]), "total": int(totals[b]), "recall": _ratio(int(hits[b]),
+                                                                                              int(totals[b]))}
+            per_class[cls] = entry
+        table[f"{iou:g}"] = per_class
+    not_scored = {cls: int(((names == cls) & ~scored).sum()) for cls in class_names}
+    return {"iou_thresholds": list(RECALL_IOUS), "range_bands": list(BAND_NAMES), "by_iou": table,
+            "labelled_but_not_scored": not_scored}
+
+
+def _positions(values: np.ndarray, vocabulary: list[str]) -> np.ndarray:
+    """Index of each value in vocabulary (every value must be in it); a lookup per distinct value, not per row."""
+    distinct, inverse = np.unique(values, return_inverse=True)
+    lookup = np.array([vocabulary.index(v) for v in distinct.tolist()], dtype=np.int64)
+    return lookup[inverse] if len(values) else np.zeros(0, dtype=np.int64)
+
+
+def _confusion(matches: list[FrameMatch], class_names: tuple[str, ...]) -> dict:
+    names = np.concatenate([m.object_names[m.object_scored] for m in matches]) if matches else np.zeros(0, str)
+    detected = np.concatenate([m.detected_as[m.object_scored] for m in matches]) if matches else np.zeros(0, str)
+    present = set(names.tolist())
+    rows = [c for c in class_names if c in present] + sorted(present - set(class_names))
+    columns = list(class_names) + [NONE]
+    cells = _positions(names, rows) * len(columns) + _positions(detected, columns)
+    counts = np.bincount(cells, minlength=len(rows) * len(columns)).reshape(len(rows), len(columns))
+    return {"rows": rows, "columns": columns, "counts": counts.tolist(), "iou": MATCH_IOU}
+
+
+def summarize(frames: list[LabelledFrame], matches: list[FrameMatch], class_names: tuple[str, ...]) -> dict:
+    """Recall, false positives, confusions and detection counts over all frames (JSON-ready)."""
+    n = len(frames)
+    det_total = np.array([len(m.detection_names) for m in matches], dtype=np.int64)
+    det_view = np.array([int(m.detection_in_view.sum()) for m in matches], dtype=np.int64)
+    det_scored = np.array([int(m.detection_scored.sum()) for m in matches], dtype=np.int64)
+    fp = np.array([int(m.false_positive.sum()) for m in matches], dtype=np.int64)
+    fp_names = np.concatenate([m.detection_names[m.false_positive] for m in matches]) if matches else np.zeros(0, str)
+    return {
+        "frames": n,
+        "recall": _recall_table(matches, class_names),
+        "false_positives": {"total": int(fp.sum()), "per_frame": float(fp.sum()) / n if n else None,
+                            "by_class": {c: int((fp_names == c).sum()) for c in class_names}, "iou": MATCH_IOU},
+        "confusion": _confusion(matches, class_names),
+        "detections": {"total": int(det_total.sum()), "per_frame": float(det_total.sum()) / n if n else None,
+                       "in_camera_view_total": int(det_view.sum()),
+                       "in_camera_view_per_frame": float(det_view.sum()) / n if n else None,
+                       "scored_total": int(det_scored.sum()),
+                       "scored_per_frame": float(det_scored.sum()) / n if n else None},
+        "per_frame": [{"frame": f.frame_id, "detections": int(a), "in_camera_view": int(v), "scored_detections": int(b),
+                       "false_positives": int(c)} for f, a, v, b, c in zip(frames, det_total, det_view, det_scored, fp)],
+    }
+
+
+__all__ = ["RANGE_BANDS", "RECALL_IOUS", "MATCH_IOU", "BAND_NAMES", "LabelledFrame", "FrameMatch",
+           "detections_as_labels", "match_frame", "summarize"]

@@ -1,0 +1,242 @@
+"""The real-data check: run a model bundle on labelled real scans and print what it finds and what it gets wrong.
+
+    python training/real_check.py [--bundle models/default] FOLDER [--split NAME] [--out report.json]
+                                  [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--threads 1]
+                                  [--intensity-scale S] [--score-threshold T] [--save-predictions DIR] [--quiet]
+
+FOLDER is any folder in the KITTI object layout: a split folder holding velodyne/*.bin, label_2/*.txt and calib/*.txt
+(e.g. .../kitti_sample/training), or a KITTI root holding training/ (and optionally ImageSets/). Every scan is used,
+or only the frames listed in ImageSets/<NAME>.txt with --split NAME. image_2/<id>.png, when present, gives the
+image size (else KITTI's 1242 x 375).
+
+Each frame runs through clean_ros.inference.pipeline.Pipeline, the object the node, replay and `infer` use, on the
+whole scan. Printed (and written to --out as JSON, atomically):
+- KITTI AP R40, BEV and 3D, easy / moderate / hard per class: clean_ros/metrics/kitti_eval.py on the detections in
+  the camera's view (part of the box in the image) as a KITTI prediction file carries them (2 decimals), so the
+  figures equal training/evaluate.py on `infer --out` files;
+- recall of labelled objects at BEV IoU 0.5 and 0.25 by class and range band, false positives per frame, the
+  confusion matrix and detections per frame: training/detection_diagnostics.py (its docstring says what counts).
+Bad input (folder, bundle, a file) ends with one "error: ..." line and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from clean_ros import defaults  # noqa: E402
+from clean_ros.atomic import atomic_write_json  # noqa: E402
+from clean_ros.cloud.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiFormatError, KittiObjects,  # noqa: E402
+                                   format_labels, parse_labels, read_labels, write_labels)
+from clean_ros.metrics.kitti_eval import CLASSES, evaluate  # noqa: E402
+
+EXIT_BAD_INPUT = 2
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default"
+AP_METRICS = ("bev_R40", "3d_R40")
+
+
+class RealCheckError(Exception):
+    """Input the user has to fix; the message says what and where."""
+
+
+@dataclass
+class KittiFolder:
+    split_dir: Path  # holds velodyne/, label_2/, calib/
+    frame_ids: list[str]
+    source: str  # where the frame list came from
+
+
+def _read_listing(listing: Path) -> list[str]:
+    try:
+        return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RealCheckError(f"{listing}: cannot read the frame list: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def resolve_folder(folder: Path, split: str | None = None) -> KittiFolder:
+    """The split folder and its frame ids; every missing piece is a RealCheckError naming the path."""
+    if not folder.exists():
+        raise RealCheckError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise RealCheckError(f"{folder}: not a folder (expected a KITTI split folder with velodyne/, label_2/, calib/)")
+    if (folder / "velodyne").is_dir():
+        split_dir, listings = folder, [folder / "ImageSets", folder.parent / "ImageSets"]
+    elif (folder / "training" / "velodyne").is_dir():
+        split_dir, listings = folder / "training", [folder / "ImageSets"]
+    else:
+        raise RealCheckError(f"{folder}: no velodyne/ folder (nor training/velodyne/); expected the KITTI layout "
+                             f"velodyne/*.bin, label_2/*.txt, calib/*.txt")
+    for sub in ("label_2", "calib"):
+        if not (split_dir / sub).is_dir():
+            raise RealCheckError(f"{split_dir / sub}: missing; the real-data check needs labels and calibration")
+    if split is not None:
+        listing = next((d / f"{split}.txt" for d in listings if (d / f"{split}.txt").is_file()), None)
+        if listing is None:
+            raise RealCheckError(f"--split {split}: no {' or '.join(str(d / f'{split}.txt') for d in listings)}")
+        frame_ids, source = _read_listing(listing), str(listing)
+    else:
+        frame_ids = sorted(p.stem for p in (split_dir / "velodyne").glob("*.bin"))
+        source = str(split_dir / "velodyne")
+    if not frame_ids:
+        raise RealCheckError(f"{source}: no frames")
+    for sub, suffix in (("velodyne", ".bin"), ("label_2", ".txt"), ("calib", ".txt")):
+        missing = [f for f in frame_ids if not (split_dir / sub / f"{f}{suffix}").is_file()]
+        if missing:
+            raise RealCheckError(f"{split_dir / sub}: {len(missing)} of {len(frame_ids)} frames have no {suffix} "
+                                 f"file, e.g. {missing[0]}{suffix}")
+    return KittiFolder(split_dir, frame_ids, source)
+
+
+# ------------------------------------------------------------------------------------------- running
+def run_check(folder: KittiFolder, pipeline, intensity_scale: float = 1.0, save_predictions: Path | None = None,
+              log=print) -> dict:
+    """Run the pipeline on every frame and compute the report (AP + diagnostics)."""
+    from training.data.kitti_dataset import read_png_shape, read_velodyne
+    from training.detection_diagnostics import LabelledFrame, detections_as_labels, match_frame, summarize
+
+    frames, matches, gt_annos, dt_annos = [], [], [], []
+    for frame_id in folder.frame_ids:
+        d = folder.split_dir
+        points = read_velodyne(d / "velodyne" / f"{frame_id}.bin")
+        if intensity_scale != 1.0:
+            points[:, 3] *= np.float32(intensity_scale)
+        frame = LabelledFrame(frame_id, read_labels(d / "label_2" / f"{frame_id}.txt"),
+                              Calibration.from_file(d / "calib" / f"{frame_id}.txt"),
+                              read_png_shape(d / "image_2" / f"{frame_id}.png") or DEFAULT_IMAGE_SHAPE)
+        detections = pipeline(points).detections
+        match = match_frame(frame, detections)
+        rows = detections_as_labels(detections, frame.calib, frame.image_shape).select(match.detection_in_view)
+        if save_predictions is not None:
+            save_predictions.mkdir(parents=True, exist_ok=True)
+            write_labels(save_predictions / f"{frame_id}.txt", rows)
+        # the AP sees the detections as a prediction file carries them, like training/evaluate.py
+        as_file = parse_labels(format_labels(rows), source=f"{frame_id} predictions", require_score=True) \
+            if len(rows) else KittiObjects.empty(with_score=True)
+        frames.append(frame)
+        matches.append(match)
+        gt_annos.append(frame.labels)
+        dt_annos.append(as_file)
+        if log is not None:
+            log(f"{frame_id}: {len(detections)} detections ({int(match.detection_in_view.sum())} in the camera view, "
+                f"{int(match.detection_scored.sum())} scored by the devkit), {int(match.false_positive.sum())} "
+                f"false positives")
+    classes = tuple(c for c in pipeline.class_names if c in CLASSES)
+    ap = evaluate(gt_annos, dt_annos, classes) if classes else {}
+    report = summarize(frames, matches, tuple(pipeline.class_names))
+    report["ap"] = {c: {m: ap[c][m] for m in AP_METRICS} for c in classes}
+    report["ap_all_metrics"] = ap
+    report["ap_classes_not_evaluated"] = [c for c in pipeline.class_names if c not in CLASSES]
+    return report
+
+
+# ------------------------------------------------------------------------------------------- printing
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100.0 * value:.0f}%"
+
+
+def format_report(report: dict) -> str:
+    lines = [f"KITTI AP R40 (devkit protocol; {report['frames']} frames)   easy  moderate    hard"]
+    for cls, entry in report["ap"].items():
+        for metric in AP_METRICS:
+            e, m, h = entry[metric]
+            lines.append(f"  {cls:<11} {metric.split('_')[0].upper():<4}                  {e:7.2f} {m:9.2f} {h:7.2f}")
+    rec = report["recall"]
+    bands = rec["range_bands"]
+    lines.append("Recall of labelled objects the devkit scores (height >= 25 px, occlusion <= 2, truncation <= 0.5; "
+                 "DontCare, Van, Person_sitting not counted): found/total")
+    lines.append(f"  {'class':<11} {'BEV IoU':>7} " + " ".join(f"{c:>13}" for c in ["all"] + bands))
+    for iou_key, per_class in rec["by_iou"].items():
+        for cls, entry in per_class.items():
+            cells = [f"{entry[c]['found']}/{entry[c]['total']} {_pct(entry[c]['recall']):>4}" for c in ["all"] + bands]
+            lines.append(f"  {cls:<11} {float(iou_key):>7.2f} " + " ".join(f"{c:>13}" for c in cells))
+    unscored = {c: n for c, n in rec["labelled_but_not_scored"].items() if n}
+    if unscored:
+        lines.append("  labelled but not scored by the devkit (too small, occluded or truncated): "
+                     + ", ".join(f"{c} {n}" for c, n in unscored.items()))
+    fp, det = report["false_positives"], report["detections"]
+    per_frame = "-" if fp["per_frame"] is None else f"{fp['per_frame']:.2f}"
+    lines.append(f"False positives per frame: {per_frame} ({fp['total']} in {report['frames']} frames: "
+                 + ", ".join(f"{c} {n}" for c, n in fp["by_class"].items())
+                 + f"; scored detections overlapping no labelled object at BEV IoU >= {fp['iou']:g}, "
+                   "DontCare regions excluded)")
+    if det["per_frame"] is not None:
+        lines.append(f"Detections per frame: {det['per_frame']:.2f} (in the camera view {det['in_camera_view_per_frame']:.2f}, "
+                     f"scored by the devkit {det['scored_per_frame']:.2f})")
+    conf = report["confusion"]
+    lines.append(f"Confusions (labelled class -> class of the most-overlapping detection, BEV IoU >= {conf['iou']:g}):")
+    width = max([len(c) for c in conf["columns"]] + [5])
+    lines.append(f"  {'label':<14}" + " ".join(f"{c:>{width}}" for c in conf["columns"]))
+    for row, counts in zip(conf["rows"], conf["counts"]):
+        lines.append(f"  {row:<14}" + " ".join(f"{n:>{width}d}" for n in counts))
+    if not conf["rows"]:
+        lines.append("  (no labelled object the devkit scores)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python training/real_check.py",
+                                 description="Run a model bundle on a KITTI-layout folder of labelled real scans: "
+                                             "AP, recall, false positives, confusions.")
+    ap.add_argument("folder", type=Path, help="KITTI split folder (velodyne/, label_2/, calib/) or KITTI root")
+    ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="model bundle (default: models/default)")
+    ap.add_argument("--split", help="use only the frames of ImageSets/SPLIT.txt")
+    ap.add_argument("--out", type=Path, help="write the report as JSON here")
+    ap.add_argument("--backend", default=defaults.BACKEND, choices=list(defaults.BACKENDS))
+    ap.add_argument("--device", default=defaults.DEVICE, help="cpu or cuda[:N]")
+    ap.add_argument("--threads", type=int, default=defaults.NUM_THREADS,
+                    help="torch / onnxruntime CPU threads (0 = library default)")
+    ap.add_argument("--intensity-scale", type=float, default=defaults.INTENSITY_SCALE,
+                    help="multiply intensity by this (0-255 sensors: 0.00392156862745098)")
+    ap.add_argument("--score-threshold", type=float, help="override every class's score threshold")
+    ap.add_argument("--save-predictions", type=Path, help="also write the detections as KITTI prediction files here")
+    ap.add_argument("--quiet", action="store_true", help="no per-frame lines")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from clean_ros.inference.backends import BackendError
+    from clean_ros.inference.bundle import BundleError
+
+    try:
+        folder = resolve_folder(args.folder, args.split)
+        if not args.bundle.is_dir():
+            raise RealCheckError(f"--bundle {args.bundle}: no such bundle folder")
+        import torch
+
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        from clean_ros.inference.pipeline import Pipeline
+
+        pipeline = Pipeline.from_bundle(args.bundle, backend=args.backend, device=args.device,
+                                        intra_op_threads=args.threads)
+        if args.score_threshold is not None:
+            pipeline.update_postprocess(score_thresholds=args.score_threshold)
+        report = run_check(folder, pipeline, args.intensity_scale, args.save_predictions,
+                           log=None if args.quiet else print)
+        report = {"bundle": str(args.bundle), "folder": str(folder.split_dir), "frames_from": folder.source,
+                  "backend": pipeline.backend.describe(), "intensity_scale": args.intensity_scale, **report}
+        print(f"{args.bundle} on {len(folder.frame_ids)} frames of {folder.split_dir} "
+              f"(backend {pipeline.backend.describe()})")
+        print(format_report(report))
+        if args.out is not None:
+            atomic_write_json(args.out, report)
+            print(f"wrote {args.out}")
+        return 0
+    except (RealCheckError, BundleError, BackendError, KittiFormatError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
