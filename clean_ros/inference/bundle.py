@@ -31,6 +31,7 @@ import torch
 import clean_ros
 from clean_ros.yaml_config import ConfigError, from_dict, to_dict
 from clean_ros.models.detector_config import DetectorConfig, PostProcessConfig
+from clean_ros.inference.sensor_mount import TRAINING_SENSOR_HEIGHT_M
 from clean_ros.provenance import git_commit
 
 FORMAT = "clean_ros.bundle"
@@ -145,6 +146,12 @@ class Bundle:
     @property
     def voxel_size(self) -> tuple[float, ...]:
         return tuple(float(v) for v in self.manifest["voxel_size"])
+
+    @property
+    def sensor_height(self) -> float:
+        """Height (m) above the ground of the sensor the model was trained with (manifest field `sensor_height`;
+        bundles written before it existed: KITTI's HDL-64 at 1.73 m). clean_ros.inference.sensor_mount uses it."""
+        return float(self.manifest.get("sensor_height", TRAINING_SENSOR_HEIGHT_M))
 
     @property
     def postprocess(self) -> PostProcessConfig:
@@ -278,6 +285,11 @@ def _validate_manifest(bundle: Path, manifest: Any) -> None:
             raise BundleError(f"{where}: files[{name!r}]: bundle files must be plain names inside the bundle")
     if WEIGHTS_NAME not in manifest["files"]:
         raise BundleError(f"{where}: field 'files' does not list {WEIGHTS_NAME}")
+    height = manifest.get("sensor_height")  # optional (older bundles: KITTI's 1.73 m)
+    if height is not None and (isinstance(height, bool) or not isinstance(height, (int, float))
+                               or not 0.0 < height <= 100.0):
+        raise BundleError(f"{where}: field 'sensor_height' must be the training sensor's height above the ground "
+                          f"in metres (0 < h <= 100), got {json.dumps(height)[:60]}")
 
 
 def _detector_config_of(bundle: Path, manifest: dict) -> DetectorConfig:
@@ -368,14 +380,15 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
                 training_config: Any = None, provenance: Mapping[str, Any] | None = None,
                 metrics: Mapping[str, Any] | None = None, export_onnx: bool = True,
                 point_features: Sequence[str] | Sequence[Mapping[str, Any]] | None = None,
-                export_encoder: bool = True) -> Path:
+                export_encoder: bool = True, sensor_height: float | None = None) -> Path:
     """Write `detector` (a clean_ros Detector built from `detector_cfg`) as a bundle directory, atomically.
 
     training_config: any dataclass / mapping (stored as an opaque dict). provenance: teacher, method,
     pruning_ratio, ... (source_git_commit, created_utc and clean_ros_version are filled in). metrics: e.g. the
     compression report's row. point_features: names (ranges from the conventional table) or full entries;
     default x, y, z, intensity [0, 1]. export_onnx: also write model.onnx (+ encoder.onnx for pillar models
-    when export_encoder). An existing bundle at out_dir is replaced only once the new one is complete.
+    when export_encoder). sensor_height: the training sensor's height above the ground in metres (default
+    KITTI's 1.73 m). An existing bundle at out_dir is replaced only once the new one is complete.
     """
     from safetensors.torch import save_file
 
@@ -395,6 +408,7 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
     prov["created_utc"] = prov["created_utc"] or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     prov["clean_ros_version"] = clean_ros.__version__
     cfg_dict = to_dict(detector_cfg)
+    sensor_height = TRAINING_SENSOR_HEIGHT_M if sensor_height is None else sensor_height
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -423,6 +437,7 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
             "provenance": prov,
             "metrics": _json_safe(dict(metrics or {}), "metrics"),
             "export": export_info,
+            "sensor_height": float(sensor_height),
             "files": files,
         }
         _write_json(tmp / MANIFEST_NAME, manifest)

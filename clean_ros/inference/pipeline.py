@@ -13,6 +13,11 @@ Stages (timed, after CUDA synchronisation when on GPU):
 The hybrid path for sparse-3D (SECOND) students is the same code: Detector.encode runs the voxel encoder and the
 sparse backbone in torch, the backend runs only the dense BEV part.
 
+Frames: `set_sensor_mount(SensorMount(height, pitch, roll))` (clean_ros.inference.sensor_mount) makes every call move
+the points into a virtual level sensor at the bundle's training height (`bundle.sensor_height`) and the boxes back;
+`pipe(points, frames=ModelFrames(...))` gives the two transforms for one call instead (the node's TF case). Points
+are moved in preprocess, boxes in postprocess (their times include it); detections come back in the output frame.
+
 Post-processing settings come from the bundle and can be changed at run time through `update_postprocess`
 (validated by clean_ros.inference.postprocess_settings, the one validator; the old settings stay in force when a
 change is refused).
@@ -32,6 +37,8 @@ from clean_ros.inference.backends import Backend, open_backend
 from clean_ros.inference.bundle import Bundle, load_bundle
 from clean_ros.models.detector_config import DetectorConfig
 from clean_ros.inference.postprocess import postprocess
+from clean_ros.inference.sensor_mount import ModelFrames, SensorMount
+from clean_ros.cloud.transforms import Transform, transform_boxes, transform_points
 # The one post-processing validator; POSTPROCESS_KEYS are the flat names update_postprocess accepts.
 from clean_ros.inference.postprocess_settings import POSTPROCESS_KEYS, PostProcessConfig, updated_postprocess
 from clean_ros.types import Detections
@@ -72,6 +79,8 @@ class Pipeline:
         scales = [float(f.get("scale", 1.0)) for f in bundle.manifest["point_features"]]
         self._feature_scale = (torch.tensor(scales, dtype=torch.float32, device=self.device)
                                if any(s != 1.0 for s in scales) else None)
+        self.sensor_mount: SensorMount | None = None
+        self.frames: ModelFrames | None = None   # applied when a call gives none (set_sensor_mount)
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "auto", device: str = "cpu", *, verify: bool = True,
@@ -91,13 +100,23 @@ class Pipeline:
         self.detector_config = dataclasses.replace(self.detector_config, postprocess=new)
         return new
 
+    @property
+    def training_sensor_height(self) -> float:
+        """Height above the ground (m) of the sensor the model was trained with (the bundle's manifest)."""
+        return self.bundle.sensor_height
+
+    def set_sensor_mount(self, mount: SensorMount | None) -> None:
+        """Where the real sensor is (None: points are given to the model as they are); see the module docstring."""
+        self.sensor_mount = mount
+        self.frames = None if mount is None else ModelFrames.from_mount(mount, self.training_sensor_height)
+
     # -------------------------------------------------------------- stages
     def _now(self) -> float:
         if self._sync:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def _points_tensor(self, points: np.ndarray) -> torch.Tensor:
+    def _points_tensor(self, points: np.ndarray, to_model: Transform | None = None) -> torch.Tensor:
         if not isinstance(points, np.ndarray) or points.ndim != 2:
             raise ValueError(f"points must be a 2-D numpy array (N, F), got "
                              f"{type(points).__name__} {getattr(points, 'shape', '')}")
@@ -106,13 +125,16 @@ class Pipeline:
             raise ValueError(f"points have {points.shape[1]} columns but the model needs {need} "
                              f"({', '.join(self.point_features)})")
         points = points[:, :need]
+        if to_model is not None and not to_model.is_identity():
+            points = transform_points(points, to_model)
         if points.dtype != np.float32 or not points.flags.c_contiguous:
             points = np.ascontiguousarray(points, dtype=np.float32)
         tensor = torch.from_numpy(points).to(self.device)
         return tensor * self._feature_scale if self._feature_scale is not None else tensor
 
-    def preprocess(self, points: np.ndarray) -> tuple[Voxels, VoxelStats]:
-        return voxelize_with_stats(self._points_tensor(points), *self._voxel_args)
+    def preprocess(self, points: np.ndarray, to_model: Transform | None = None) -> tuple[Voxels, VoxelStats]:
+        """points (in the input frame; moved into the model frame by to_model when given) -> voxels."""
+        return voxelize_with_stats(self._points_tensor(points, to_model), *self._voxel_args)
 
     @torch.inference_mode()
     def bev_input(self, voxels: Voxels) -> torch.Tensor:
@@ -135,13 +157,19 @@ class Pipeline:
         output = self.detector.head_output(tuple(m.to(self.device) for m in maps), bev)
         return postprocess(output, self.detector_config)[0]
 
-    def __call__(self, points: np.ndarray) -> PipelineResult:
+    def __call__(self, points: np.ndarray, frames: ModelFrames | None = None) -> PipelineResult:
+        """points (N, F) in the input frame -> detections in the output frame (frames: this call's transforms;
+        None: the sensor mount's, if one is set, else none)."""
+        frames = self.frames if frames is None else frames
         t0 = self._now()
-        voxels, stats = self.preprocess(points)
+        voxels, stats = self.preprocess(points, frames.model_from_input if frames is not None else None)
         t1 = self._now()
         maps, bev = self.raw_outputs(voxels)
         t2 = self._now()
         detections = self.postprocess(maps, bev)
+        if frames is not None and len(detections) and not frames.output_from_model.is_identity():
+            detections = dataclasses.replace(
+                detections, boxes=transform_boxes(detections.boxes, frames.output_from_model).astype(np.float32))
         t3 = self._now()
         timings = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
         return PipelineResult(detections, timings, stats)

@@ -119,6 +119,7 @@ def test_manifest_records_contract_geometry_and_provenance(saved):
         assert entry["bytes"] == (path / name).stat().st_size
     assert m["export"]["dense_onnx"]["inputs"]["bev"] == [1, 8, 40, 40]
     assert b.input_contract().point_cloud_range == b.point_cloud_range
+    assert m["sensor_height"] == 1.73 and b.sensor_height == 1.73   # the training mount height (default KITTI's)
 
 
 def test_manifest_postprocess_section_is_authoritative(copy_of):
