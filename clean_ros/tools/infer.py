@@ -1,7 +1,8 @@
 """Offline inference on files, through the same Pipeline as the ROS node.
 
     python -m clean_ros.infer [--bundle DIR] [--backend auto|torch|onnxruntime|tensorrt] [--device cpu|cuda]
-                              [--out PRED_DIR] [--png DIR] [--calib FILE_or_DIR] [--intensity-scale S] INPUT...
+                              [--out PRED_DIR] [--png DIR] [--calib FILE_or_DIR] [--intensity-scale S]
+                              [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]] INPUT...
 
 INPUT: .bin (KITTI float32 x y z intensity), .pcd (ascii / binary), a folder of such files, or a KITTI split folder
 (training/ or testing/ with velodyne/ and calib/: the frame's calib/<id>.txt is used automatically).
@@ -13,6 +14,8 @@ Without: <id>.json with LiDAR-frame boxes:
     {"frame": id, "frame_convention": "lidar: x forward, y left, z up; box = centre x y z, l w h, yaw about +z",
      "class_names": [...], "detections": [{"class": "Car", "score": 0.91, "box": [x, y, z, l, w, h, yaw]}, ...]}
 --png: a bird's-eye view per frame (points + boxes coloured by class).
+--sensor-height (+ pitch, roll): where the sensor is when it is not mounted like the model's training sensor
+(clean_ros.inference.sensor_mount, the same setting as the node's sensor_height); boxes stay in the input frame.
 
 Each frame prints one line: detections per class and the stage times. A frame without detections also prints the
 input-contract findings (range, intensity scale, ...), the usual reasons a model sees nothing.
@@ -187,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--intensity-scale", type=float, default=defaults.INTENSITY_SCALE,
                     help="multiply intensity by this (0-255 sensors: 0.00392156862745098)")
     ap.add_argument("--score-threshold", type=float, help="override every class's score threshold")
+    ap.add_argument("--sensor-height", type=float, default=0.0,
+                    help="the sensor's height above the ground in metres (0 = as the model was trained: the "
+                         "bundle's sensor_height, KITTI 1.73 m); docs/NODE.md 'Where the sensor is'")
+    ap.add_argument("--sensor-pitch", type=float, default=0.0,
+                    help="the sensor's pitch in radians (positive = tilted nose down), with --sensor-height")
+    ap.add_argument("--sensor-roll", type=float, default=0.0,
+                    help="the sensor's roll in radians (positive = left side up), with --sensor-height")
     ap.add_argument("--threads", type=int, default=0, help="torch / onnxruntime CPU threads (0 = default)")
     ap.add_argument("--quiet", action="store_true", help="only errors and the final line")
     return ap
@@ -214,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
                                         intra_op_threads=args.threads)
         if args.score_threshold is not None:
             pipeline.update_postprocess(score_thresholds=args.score_threshold)
+        from clean_ros.inference.sensor_mount import SensorMount
+
+        pipeline.set_sensor_mount(SensorMount.from_settings(args.sensor_height, args.sensor_pitch, args.sensor_roll))
+        if pipeline.sensor_mount is not None and not args.quiet:
+            print(f"{pipeline.sensor_mount.describe()}: points moved to a virtual sensor at the model's "
+                  f"{pipeline.training_sensor_height:g} m; boxes reported in the sensor frame", flush=True)
         contract = pipeline.bundle.input_contract()
         pipeline.warmup(1)
         total = 0
