@@ -2,7 +2,7 @@
 """The CLEAN compression pipeline: teacher -> distilled student -> pruned -> fine-tuned -> IoU gate -> bundle.
 
     python training/compress.py [--config config/compress/default.yaml] [--set key.path=value ...]
-                                [--out runs/NAME] [--force STAGE|all] [--list-stages]
+                                [--out runs/NAME] [--force STAGE|all] [--list-stages] [--plan [--plan-iterations N]]
     make compress                       # the embedded default (config/compress/default.yaml), simulated data
 
 Stages (resumable; each writes runs/NAME/stages/<stage>/ and a done-marker keyed by its config hash; a re-run
@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--force", action="append", default=[], metavar="STAGE|all",
                     help="re-run this stage (and so everything that depends on it) even if it is done; repeatable")
     ap.add_argument("--list-stages", action="store_true", help="print the stages of this config and exit")
+    ap.add_argument("--plan", action="store_true",
+                    help="check the dataset and config, print frames, objects, models, stages and a time estimate, "
+                         "and exit without running or writing anything (training/compression/plan.py)")
+    ap.add_argument("--plan-iterations", type=int, default=2, metavar="N",
+                    help="--plan: training steps timed per model after one warm-up (0 = no timing); default 2")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars (also off when not a TTY)")
     return ap
 
@@ -138,6 +143,11 @@ def _main(args) -> int:
     if unknown:
         raise UsageError(f"--force {unknown[0]}: no such stage; stages: {', '.join(names)}, or all")
     _check_stage_configs(cfg, graph.run)
+    if args.plan:
+        from training.compression.plan import make_plan
+
+        print(make_plan(cfg, graph, max(0, args.plan_iterations)).to_text())
+        return 0
 
     root.mkdir(parents=True, exist_ok=True)
     lock = _lock_run_folder(root)  # noqa: F841  (held until the process exits)
