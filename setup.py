@@ -14,7 +14,8 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),
         ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
-        ("share/" + PACKAGE + "/config", glob("config/*.yaml") + glob("config/*.xml")),
+        # node parameters, the Fast DDS profile and the RViz preset (config/clean_ros.rviz, `rviz:=true`)
+        ("share/" + PACKAGE + "/config", glob("config/*.yaml") + glob("config/*.xml") + glob("config/*.rviz")),
         # the embedded default model bundle: the node's default bundle_path
         ("share/" + PACKAGE + "/models/default", [f for f in glob("models/default/*") if os.path.isfile(f)]),
     ],
@@ -24,5 +25,12 @@ setup(
     maintainer_email="dev@clean-ros.invalid",
     description="Compact LiDAR 3D object detection (CLEAN compression) and its ROS 2 detector node.",
     license="Apache-2.0",
-    entry_points={"console_scripts": ["detector_node = clean_ros.detector_node:main"]},
+    # `ros2 run clean_ros <name>` = `python -m clean_ros.<name>` (same options): setup.cfg puts them in lib/clean_ros
+    entry_points={"console_scripts": [
+        "detector_node = clean_ros.detector_node:main",
+        "infer = clean_ros.infer:main",
+        "replay = clean_ros.replay:main",
+        "bag = clean_ros.bag:main",
+        "build_engine = clean_ros.build_engine:main",
+    ]},
 )

@@ -3,6 +3,7 @@
     ros2 launch clean_ros detector.launch.py bundle_path:=/path/to/bundle backend:=onnxruntime
     ros2 launch clean_ros detector.launch.py input_topic:=/lidar/points output_topic:=/lidar/detections
     ros2 launch clean_ros detector.launch.py use_sim_time:=true        # with `ros2 bag play <bag> --clock`
+    ros2 launch clean_ros detector.launch.py rviz:=true rviz_fixed_frame:=base_link   # + RViz with our preset
 
 Every argument has a default; `ros2 launch clean_ros detector.launch.py --show-args` lists them.
 The node runs the `detector_node` console script (= `python -m clean_ros.detector_node`) with
@@ -10,12 +11,15 @@ The node runs the `detector_node` console script (= `python -m clean_ros.detecto
 The Fast DDS large-data profile is made the default profile of the node's process through
 FASTDDS_DEFAULT_PROFILES_FILE (see docs/NODE.md, "Large clouds"); fastdds_profile:='' means DDS defaults (the
 variable is then removed, not set to an empty string).
+rviz:=true also starts rviz2 with config/clean_ros.rviz, pointed at this launch's topics (clean_ros/ros/rviz_preset.py,
+docs/NODE.md "RViz preset").
 """
 import os
 import sys
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable, UnsetEnvironmentVariable
+from launch.actions import (DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable,
+                            UnsetEnvironmentVariable)
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -26,6 +30,7 @@ except ImportError:  # launched from a source checkout that is not on the Python
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from clean_ros.package_share import PACKAGE, package_path
 from clean_ros.defaults import BACKEND, BACKENDS, DEVICE, INPUT_TOPIC, NODE_NAME, OUTPUT_TOPIC  # noqa: E402
+from clean_ros.ros.rviz_preset import PRESET_FILE, parse_launch_bool, rviz_launch  # noqa: E402
 
 PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
 # Launch arguments passed to the node as parameters (after the params file, so they override it).
@@ -38,6 +43,22 @@ def _fastdds_profile(context, *args, **kwargs):
     if not profile:
         return [UnsetEnvironmentVariable(PROFILE_VARIABLE)]
     return [SetEnvironmentVariable(PROFILE_VARIABLE, profile)]
+
+
+def _rviz(context, *args, **kwargs):
+    """rviz:=true: rviz2 on the preset (or a copy adapted to this launch's topics), else nothing."""
+    def value(name):
+        return LaunchConfiguration(name).perform(context)
+
+    if not parse_launch_bool("rviz", value("rviz")):
+        return []
+    plan = rviz_launch(package_path("config/" + PRESET_FILE), value("input_topic"), value("output_topic"),
+                       value("rviz_fixed_frame"))
+    actions = [LogInfo(msg=plan.note)] if plan.note else []
+    if plan.start:
+        actions.append(Node(package="rviz2", executable="rviz2", output="screen", arguments=plan.arguments,
+                            parameters=[{"use_sim_time": parse_launch_bool("use_sim_time", value("use_sim_time"))}]))
+    return actions
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -57,6 +78,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("log_level", default_value="info", description="debug | info | warn | error"),
         DeclareLaunchArgument("fastdds_profile", default_value=os.path.join(share, "config", "fastdds_large_data.xml"),
                               description="Fast DDS XML profile for large clouds; empty = DDS defaults"),
+        DeclareLaunchArgument("rviz", default_value="false",
+                              description="true: also start rviz2 with config/clean_ros.rviz (cloud, markers, boxes)"),
+        DeclareLaunchArgument("rviz_fixed_frame", default_value="",
+                              description="RViz fixed frame (e.g. base_link); empty = the preset's (velodyne)"),
     ]
     # value_type=str: keep strings strings (an empty bundle_path would otherwise be YAML-evaluated to null).
     overrides = {name: ParameterValue(LaunchConfiguration(name), value_type=str) for name in NODE_PARAMETER_ARGUMENTS}
@@ -70,4 +95,5 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[LaunchConfiguration("params_file"), overrides],
         arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
     )
-    return LaunchDescription(arguments + [OpaqueFunction(function=_fastdds_profile), node])
+    return LaunchDescription(arguments + [OpaqueFunction(function=_fastdds_profile), node,
+                                          OpaqueFunction(function=_rviz)])

@@ -74,6 +74,10 @@ class OpaqueFunction(_Recorded):
     pass
 
 
+class LogInfo(_Recorded):
+    pass
+
+
 class Node(_Recorded):
     pass
 
@@ -93,7 +97,8 @@ def _stand_in_modules() -> dict[str, types.ModuleType]:
         "launch": module("launch", LaunchDescription=LaunchDescription),
         "launch.actions": module("launch.actions", DeclareLaunchArgument=DeclareLaunchArgument,
                                  SetEnvironmentVariable=SetEnvironmentVariable,
-                                 UnsetEnvironmentVariable=UnsetEnvironmentVariable, OpaqueFunction=OpaqueFunction),
+                                 UnsetEnvironmentVariable=UnsetEnvironmentVariable, OpaqueFunction=OpaqueFunction,
+                                 LogInfo=LogInfo),
         "launch.substitutions": module("launch.substitutions", LaunchConfiguration=LaunchConfiguration),
         "launch_ros": module("launch_ros"),
         "launch_ros.actions": module("launch_ros.actions", Node=Node),
@@ -119,7 +124,7 @@ def _by_type(description, cls):
 
 def test_arguments_and_defaults(description):
     arguments = {a.name: a for a in _by_type(description, DeclareLaunchArgument)}
-    assert set(arguments) == set(EXPECTED_ARGUMENTS) | {"params_file", "fastdds_profile"}
+    assert set(arguments) == set(EXPECTED_ARGUMENTS) | {"params_file", "fastdds_profile", "rviz", "rviz_fixed_frame"}
     for name, default in EXPECTED_ARGUMENTS.items():
         assert arguments[name].default_value == default, name
         assert arguments[name].kwargs.get("description"), f"argument {name} has no description"
@@ -203,7 +208,7 @@ def test_node_command_equals_what_the_tests_run(description):
 
 
 def test_fastdds_profile_set_by_default_and_unset_when_empty(description):
-    [opaque] = _by_type(description, OpaqueFunction)
+    [opaque] = [f for f in _by_type(description, OpaqueFunction) if f.kwargs["function"].__name__ == "_fastdds_profile"]
     entities = description.entities
     assert entities.index(opaque) < entities.index(_by_type(description, Node)[0])  # before the node starts
     function = opaque.kwargs["function"]
@@ -226,4 +231,4 @@ def test_real_launch_description_loads():
 
     description = get_launch_description_from_python_launch_file(str(LAUNCH_FILE))
     names = {a.name for a in description.get_launch_arguments()}
-    assert set(EXPECTED_ARGUMENTS) | {"params_file", "fastdds_profile"} == names
+    assert set(EXPECTED_ARGUMENTS) | {"params_file", "fastdds_profile", "rviz", "rviz_fixed_frame"} == names
