@@ -123,6 +123,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> int:
     cfg = load(args)
+    from training.compression.ranks import RanksDisagree, start_ranks
+    from training.distributed import cleanup_distributed
+
+    try:
+        ctx = start_ranks(cfg, cfg.training.device)
+    except RanksDisagree as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        return _run(args, cfg, ctx)
+    finally:
+        cleanup_distributed()
+
+
+def _run(args, cfg, ctx) -> int:
+    """The run on this process: every stage in order; under torchrun rank 0 alone writes the run folder's files."""
     import torch
 
     from clean_ros.yaml_config import save_yaml
@@ -132,12 +147,13 @@ def _main(args) -> int:
     from training.run_dir import setup_logging
 
     root = args.out or Path("runs") / cfg.name
-    progress = not args.no_progress and sys.stderr.isatty()
-    graph = CompressionGraph(cfg, root, log=print, progress=progress)
+    progress = not args.no_progress and sys.stderr.isatty() and ctx.is_main
+    graph = CompressionGraph(cfg, root, log=print, progress=progress, ctx=ctx)
     stages = graph.stages()
     names = [s.name for s in stages]
     if args.list_stages:
-        print("\n".join(names))
+        if ctx.is_main:
+            print("\n".join(names))
         return 0
     unknown = [f for f in args.force if f != "all" and f not in names]
     if unknown:
@@ -149,16 +165,20 @@ def _main(args) -> int:
         print(make_plan(cfg, graph, max(0, args.plan_iterations)).to_text())
         return 0
 
-    root.mkdir(parents=True, exist_ok=True)
-    lock = _lock_run_folder(root)  # noqa: F841  (held until the process exits)
-    logger = setup_logging(root / "compress.log", True)
+    if ctx.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = _lock_run_folder(root)  # noqa: F841  (held until the process exits)
+    logger = setup_logging(root / "compress.log" if ctx.is_main else None, ctx.is_main)
     graph.run.log = logger.info
-    save_yaml(cfg, root / "config.yaml")
     torch.set_num_threads(cfg.training.threads)
-    store = StageStore(root, log=logger.info)
-    store.force(names if "all" in args.force else args.force)
+    store = StageStore(root, log=logger.info, ctx=ctx)
+    if ctx.is_main:
+        save_yaml(cfg, root / "config.yaml")
+        store.force(names if "all" in args.force else args.force)
+    ranks = f", {ctx.world_size} ranks (torchrun)" if ctx.distributed else ""
     logger.info(f"compress {cfg.name}: {len(stages)} stages, run folder {root}, config {args.config} "
-                f"(resolved: {root / 'config.yaml'}), {cfg.training.threads} torch thread(s)")
+                f"(resolved: {root / 'config.yaml'}), {cfg.training.threads} torch thread(s){ranks}")
+    ctx.barrier()  # rank 0 has prepared the run folder
     try:
         store.run_all(stages)
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
@@ -169,7 +189,7 @@ def _main(args) -> int:
     total = sum(store.seconds.values())
     logger.info(f"done in {fmt_seconds(store.elapsed())} (stage time {fmt_seconds(total)}): {root / 'report.md'}")
     report = root / "report.md"
-    if report.is_file():
+    if ctx.is_main and report.is_file():
         print(report.read_text())
     return 0
 

@@ -46,6 +46,20 @@ class DistContext:
         dist.all_reduce(out)
         return out / self.world_size
 
+    def all_reduce_sum_(self, value: torch.Tensor) -> torch.Tensor:
+        """In-place sum over processes (no gradient); returns `value`."""
+        if self.distributed:
+            dist.all_reduce(value)
+        return value
+
+    def all_gather_object(self, obj) -> list:
+        """Every rank's value, in rank order (small picklable values between our own processes only)."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def broadcast_object(self, obj):
         """rank 0's value on every rank (small picklable values between our own processes only)."""
         if not self.distributed:
@@ -97,6 +111,18 @@ class _AllReduceSum(torch.autograd.Function):
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Differentiable all-reduce (sum)."""
     return _AllReduceSum.apply(tensor)
+
+
+def per_process_count(count: torch.Tensor) -> torch.Tensor:
+    """A loss normaliser counted over the batch (positives, peaks, objects), made world-size invariant: under DDP the
+    count over the GLOBAL batch divided by the number of processes. DDP averages the gradients of the processes, so
+    sum_r(local_sum_r / (N / W)) / W = (sum of every process's terms) / N: N processes with batch b then train like
+    one process with batch N * b. Without a process group it is `count` itself."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return count
+    total = count.detach().to(torch.float64).clone()
+    dist.all_reduce(total)
+    return (total / dist.get_world_size()).to(count.dtype if count.is_floating_point() else torch.float32)
 
 
 class GlobalBatchNorm(_BatchNorm):

@@ -8,6 +8,8 @@ the frame's number of positive anchors and averaged over the batch; IoU branch (
   all_positions (METHOD.md section 5): squared error summed over all positions, divided by the batch's positives.
     With ~1,800 negatives per positive and sigmoid(u) starting at 0.01 it holds the branch near 0 for classes
     with few positives: the hard gate then removed every pedestrian (docs/DISTILL.md, IoU gate).
+Normalisers counted over the batch go through training.distributed.per_process_count, so that N DDP processes train
+like one process with the global batch.
 Center head: CenterNet focal loss on the Gaussian heatmap (normalised by the number of objects), L1 on the
 per-object regression, IoU-branch MSE summed over all positions divided by the number of objects.
 """
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 
 from clean_ros.models.detector_config import DetectorConfig, LossConfig
 from clean_ros.models.detector import HeadOutput
+from training.distributed import per_process_count
 from training.targets import AnchorTargets, CenterTargets, Targets, build_targets
 
 
@@ -69,15 +72,15 @@ def _code_weights(cfg: LossConfig, n: int, like: torch.Tensor) -> torch.Tensor:
 
 def iou_branch_loss(iou_logits: torch.Tensor, iou_targets: torch.Tensor, num_positives: torch.Tensor) -> torch.Tensor:
     """Sum over all positions of (sigmoid(u) - target)^2, divided by the number of positives (>= 1)."""
-    return ((torch.sigmoid(iou_logits) - iou_targets) ** 2).sum() / num_positives.clamp(min=1)
+    return ((torch.sigmoid(iou_logits) - iou_targets) ** 2).sum() / per_process_count(num_positives).clamp(min=1)
 
 
 def balanced_iou_branch_loss(iou_logits: torch.Tensor, iou_targets: torch.Tensor, positives: torch.Tensor,
                              negatives: torch.Tensor) -> torch.Tensor:
     """Mean of (sigmoid(u) - target)^2 over the positives plus its mean over the negatives (each count >= 1)."""
     squared = (torch.sigmoid(iou_logits) - iou_targets) ** 2
-    return ((squared * positives).sum() / positives.sum().clamp(min=1)
-            + (squared * negatives).sum() / negatives.sum().clamp(min=1))
+    return ((squared * positives).sum() / per_process_count(positives.sum()).clamp(min=1)
+            + (squared * negatives).sum() / per_process_count(negatives.sum()).clamp(min=1))
 
 
 def anchor_losses(output: HeadOutput, targets: AnchorTargets, cfg: LossConfig) -> LossBreakdown:
@@ -113,7 +116,7 @@ def center_focal_loss(logits: torch.Tensor, heatmap: torch.Tensor, alpha: float 
     peak = heatmap.eq(1).float()
     pos = torch.log(prob) * (1 - prob).pow(alpha) * peak
     neg = torch.log(1 - prob) * prob.pow(alpha) * (1 - heatmap).pow(beta) * (1 - peak)
-    return -(pos.sum() + neg.sum()) / peak.sum().clamp(min=1)
+    return -(pos.sum() + neg.sum()) / per_process_count(peak.sum()).clamp(min=1)
 
 
 def center_losses(output: HeadOutput, targets: CenterTargets, cfg: LossConfig) -> LossBreakdown:
@@ -123,7 +126,7 @@ def center_losses(output: HeadOutput, targets: CenterTargets, cfg: LossConfig) -
     mask = targets.mask.unsqueeze(-1).float()
     num_objects = targets.mask.sum()
     reg = ((gathered - targets.box_targets).abs() * mask * _code_weights(cfg, channels, gathered)).sum()
-    reg = reg / num_objects.clamp(min=1)
+    reg = reg / per_process_count(num_objects).clamp(min=1)
     parts = {"heatmap": cfg.heatmap_weight * heatmap, "reg": cfg.reg_weight * reg}
     if output.iou_logits is not None:
         parts["iou"] = cfg.iou_weight * iou_branch_loss(output.iou_logits, targets.iou_targets, num_objects)

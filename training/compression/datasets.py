@@ -38,18 +38,22 @@ class DatasetBuilder:
 
         return KittiDataset(self.data_config(model_cfg, fov_crop), name, training=False)
 
-    def train_set(self, train_cfg):
+    def train_set(self, train_cfg, ctx=None):
         """A training stage's TRAIN frames with its augmentation; builds the GT database it samples from if missing
-        (train_cfg.augment.gt_sampling_config.database_path: next to the data stage's outputs)."""
+        (train_cfg.augment.gt_sampling_config.database_path: next to the data stage's outputs). Under torchrun
+        (ctx: training.distributed.DistContext) rank 0 builds it while the other ranks wait."""
         from training.data.augment import Augmentor
         from training.data.gt_database import GTDatabaseError, build_gt_database
         from training.data.kitti_dataset import KittiDataset
 
         gt_db = Path(train_cfg.augment.gt_sampling_config.database_path)
         try:
-            if train_cfg.augment.gt_sampling and not gt_db.is_file():
+            main = ctx is None or ctx.is_main
+            if main and train_cfg.augment.gt_sampling and not gt_db.is_file():
                 self.log(f"    building GT database {gt_db.name} from split {train_cfg.data.train_split!r}")
                 build_gt_database(KittiDataset(train_cfg.data, train_cfg.data.train_split, training=False), gt_db)
+            if ctx is not None:
+                ctx.barrier()
             augmentor = Augmentor(train_cfg.augment, tuple(train_cfg.model.class_names))
         except GTDatabaseError as exc:
             raise ConfigError(str(exc)) from None

@@ -15,6 +15,9 @@
   export            the final student as a bundle
   report            report.json, report.md, plots
 
+Under torchrun every rank builds the same graph; the stages marked `parallel` (training, importance, evaluate) run on
+every rank and shard their work, the others run on rank 0 alone (stage_store.StageStore.run_all).
+
 Each Stage carries the config values it reads (hashed with its dependencies' run ids, stage_store.StageStore) and
 calls its body with the run's CompressRun. model_refs() names the reported models and the stages that store them.
 """
@@ -32,12 +35,14 @@ from training.compression.compress_config import BaselineConfig, CompressConfig
 from training.compression.run_context import CompressRun
 from training.compression.stage_store import Stage
 from training.compression.stored_models import ModelRef, available_models, load_reported
+from training.distributed import DistContext
 
 
 class CompressionGraph:
-    def __init__(self, cfg: CompressConfig, root: Path, log: Callable[[str], None], progress: bool):
+    def __init__(self, cfg: CompressConfig, root: Path, log: Callable[[str], None], progress: bool,
+                 ctx: DistContext | None = None):
         self.cfg = cfg
-        self.run = CompressRun(cfg, root, log, progress)
+        self.run = CompressRun(cfg, root, log, progress, ctx)
 
     def stages(self) -> list[Stage]:
         c, run = self.cfg, self.run
@@ -50,34 +55,38 @@ class CompressionGraph:
                   partial(stage_teacher.teacher, run),
                   {**common, **stage_teacher.teacher_identity(c.teacher)},
                   ("data",),
-                  0 if c.teacher.checkpoint else train_frames * c.teacher.epochs, "teacher"),
+                  0 if c.teacher.checkpoint else train_frames * c.teacher.epochs, "teacher",
+                  parallel=not c.teacher.checkpoint),
             Stage("student_baseline", "full-width student without KD", partial(stage_students.student_baseline, run),
-                  {**common, "student": c.student}, ("data",), train_frames * c.student.epochs, "student"),
+                  {**common, "student": c.student}, ("data",), train_frames * c.student.epochs, "student",
+                  parallel=True),
         ]
         if c.student.kd_row:
             stages.append(Stage("student_cakd", f"full-width student, method {c.distill.method!r}, from the trained "
                                 "baseline (comparison row)", partial(stage_students.student_cakd, run),
                                 {**common, "student": c.student, "distill": c.distill},
                                 ("data", "teacher", "student_baseline"), train_frames * c.student.epochs * 1.5,
-                                "student"))
+                                "student", parallel=True))
         joint = {"iou_refine": c.iou_refine.training_identity()} if c.iou_refine.joint else {}
         stages += [
             Stage("importance", f"{c.prune.criterion} filter importance of the trained student on training frames",
-                  partial(stage_pruning.importance, run), {"prune": c.prune, "data": c.data}, ("student_baseline",)),
+                  partial(stage_pruning.importance, run), {"prune": c.prune, "data": c.data}, ("student_baseline",),
+                  parallel=True),
             Stage("prune", f"keep {c.prune.keep_ratio:.0%} of the filters (physical surgery)",
                   partial(stage_pruning.prune, run), {"prune": c.prune}, ("importance", "student_baseline")),
             Stage("finetune", f"pruned student, method {c.distill.method!r}, from its inherited weights"
                   + (f" (+ IoU branch, {c.iou_refine.gate.mode} gate)" if joint else ""),
                   partial(stage_students.finetune, run),
                   {**common, "student": c.student, "distill": c.distill, "finetune": c.finetune, **joint},
-                  ("prune", "teacher"), train_frames * c.finetune.epochs * 1.5, "student"),
+                  ("prune", "teacher"), train_frames * c.finetune.epochs * 1.5, "student", parallel=True),
         ]
         if c.iou_refine.enabled and not c.iou_refine.joint:
             stages.append(Stage("iou_refine", f"IoU branch + {c.iou_refine.gate.mode} gate",
                                 partial(stage_students.iou_refine, run),
                                 {**common, "student": c.student, "distill": c.distill,
                                  "iou_refine": c.iou_refine.training_identity()},
-                                ("finetune", "teacher"), train_frames * c.iou_refine.epochs * 1.5, "student"))
+                                ("finetune", "teacher"), train_frames * c.iou_refine.epochs * 1.5, "student",
+                                parallel=True))
         known = {"teacher", "student_baseline", "finetune"} | ({"student_cakd"} if c.student.kd_row else set()) | (
             {"iou_refine"} if c.iou_refine.enabled and not c.iou_refine.joint else set())
         for baseline in c.baselines:
@@ -97,13 +106,13 @@ class CompressionGraph:
                                 {**common, "student": c.student, "distill": c.distill, "baseline": baseline,
                                  **({"iou_refine": c.iou_refine.training_identity()} if baseline.iou_gate else {})},
                                 tuple(deps), train_frames * epochs * (1.5 if baseline.method != "none" else 1.0),
-                                "student"))
+                                "student", parallel=True))
         refs = self.model_refs()
         model_stages = tuple(ref.stage for ref in refs.values())
         stages += [
             Stage("evaluate", f"every model on split {c.data.eval_split!r} (KITTI AP R40)",
                   partial(stage_outputs.evaluate, run, refs=refs),
-                  {"evaluation": c.evaluation, "data": c.data}, ("data", *model_stages)),
+                  {"evaluation": c.evaluation, "data": c.data}, ("data", *model_stages), parallel=True),
             Stage("efficiency", "params, GFLOPs, CPU latency at batch 1",
                   partial(stage_outputs.efficiency, run, refs=refs),
                   {"efficiency": c.efficiency}, ("data", *model_stages)),

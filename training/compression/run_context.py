@@ -1,5 +1,6 @@
 """CompressRun: what every stage body reads. The compression config, the run folder and its stage folders, the
-dataset (builder), the device, the log, and each training stage's TrainConfig."""
+dataset (builder), the device, the process group (`ctx`: one process, or a torchrun rank), the log, and each training
+stage's TrainConfig."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,11 +13,14 @@ from clean_ros.yaml_config import ConfigError
 from training.compression.compress_config import CompressConfig
 from training.compression.datasets import DatasetBuilder
 from training.compression.train_configs import stage_train_config
+from training.distributed import DistContext
 
 
 class CompressRun:
-    def __init__(self, cfg: CompressConfig, root: Path, log: Callable[[str], None], progress: bool):
+    def __init__(self, cfg: CompressConfig, root: Path, log: Callable[[str], None], progress: bool,
+                 ctx: DistContext | None = None):
         self.cfg = cfg
+        self.ctx = ctx or DistContext()
         self.root = Path(root)
         self.stages_dir = self.root / "stages"
         self.log = log  # compress.py points it at the run's logger once the run folder exists
@@ -37,7 +41,7 @@ class CompressRun:
             use_cuda = torch.cuda.is_available() if want == "auto" else want == "cuda"
             if use_cuda and not torch.cuda.is_available():
                 raise ConfigError("training.device=cuda: no CUDA device available")
-            self._device = torch.device("cuda" if use_cuda else "cpu")
+            self._device = torch.device("cuda", self.ctx.local_rank) if use_cuda else torch.device("cpu")
         return self._device
 
     def stage_dir(self, stage: str) -> Path:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch.utils.data import Subset
+
 from clean_ros.yaml_config import ConfigError, to_dict
 from training.compression.report_rows import build_rows
 from training.compression.run_context import CompressRun
+from training.compression.stage_pruning import shard_indices
 from training.compression.stage_store import StageSkipped, atomic_write_json
 from training.compression.stored_models import ModelRef, available_models, load_reported, make_task
 from training.report import write_report
@@ -27,13 +30,21 @@ def evaluate(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict:
 
     results = {}
     e = run.cfg.evaluation
+    ctx = run.ctx
     for key in available_models(run.stages_dir, refs):
         kind, cfg, module = _reported(run, refs, key)
         task = make_task(kind, cfg, module).to(run.device)
         dense_cfg = cfg.rpn if kind == "two_stage" else cfg
         dataset = run.datasets.split(run.cfg.data.eval_split, dense_cfg)
-        gt, dt, _ = predict_annotations(task, dataset, e.batch_size, 0, run.device, e.max_frames,
-                                        progress=run.progress)
+        count = min(e.max_frames, len(dataset)) if e.max_frames else len(dataset)
+        shard = shard_indices(count, ctx.rank, ctx.world_size)  # torchrun: rank r predicts frames r, r + W, ...
+        gt, dt, ids = predict_annotations(task, Subset(dataset, shard), e.batch_size, 0, run.device,
+                                          progress=run.progress and ctx.is_main)
+        if ctx.distributed:  # rank 0 gathers every frame's annotations back into the split's order
+            gathered = ctx.all_gather_object((shard, gt, dt))
+            if not ctx.is_main:
+                continue
+            gt, dt = gather_in_order(gathered, count)
         result = kitti_eval.evaluate(gt, dt, classes=tuple(dense_cfg.class_names))
         ap = {cls: float(result[cls]["3d_R40"][1]) for cls in dense_cfg.class_names}
         results[key] = {"ap3d_r40_moderate": ap, "map3d_r40_moderate": float(sum(ap.values()) / len(ap)),
@@ -41,8 +52,19 @@ def evaluate(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict:
                         "kitti": kitti_metrics(result)}
         run.log(f"    {key}: mAP {results[key]['map3d_r40_moderate']:.2f} "
                 f"({', '.join(f'{c} {v:.2f}' for c, v in ap.items())}) on {len(gt)} frames")
+    if not ctx.is_main:
+        return {}
     atomic_write_json(folder / "metrics.json", results)
     return {"models": sorted(results)}
+
+
+def gather_in_order(per_rank: list[tuple[list[int], list, list]], count: int) -> tuple[list, list]:
+    """(gt, dt) lists over all frames in split order, from each rank's (indices, gt, dt)."""
+    gt, dt = [None] * count, [None] * count
+    for indices, rank_gt, rank_dt in per_rank:
+        for slot, (g, d) in zip(indices, zip(rank_gt, rank_dt)):
+            gt[slot], dt[slot] = g, d
+    return gt, dt
 
 
 def efficiency(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict:
@@ -90,4 +112,4 @@ def report(run: CompressRun, folder: Path, refs: dict[str, ModelRef], stage_orde
     return {"files": [str(p.relative_to(run.root)) for p in paths]}
 
 
-__all__ = ["evaluate", "efficiency", "export", "report"]
+__all__ = ["evaluate", "efficiency", "export", "report", "gather_in_order"]

@@ -3,6 +3,7 @@ trained full-width student (never a held-out split), then the global top-rho fil
 network that inherits the student's weights."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,15 +23,51 @@ def importance(run: CompressRun, folder: Path) -> dict:
     kind, model_cfg, detector = load_model(run.stage_dir("student_baseline"))  # the trained student
     p = run.cfg.prune
     train_set = run.datasets.split(run.cfg.data.train_split, model_cfg)  # TRAIN frames, never the eval split
+    ctx = run.ctx
+    if ctx.distributed:  # torchrun: rank r scores frames r, r + W, ... of the first num_frames; sums are reduced
+        shard = shard_indices(min(p.num_frames, len(train_set)), ctx.rank, ctx.world_size)
+        train_set = TrainSubset(train_set, shard)
+        p = replace(p, num_frames=len(shard))
     loader = make_dataloader(train_set, batch_size=p.batch_size, shuffle=False, num_workers=0,
                              collate=Collator.from_config(model_cfg, training=False))
     scores = score_filters(detector.to(run.device), _progress(loader, run.progress, "importance"), p)
+    if ctx.distributed and scores.criterion != "l1":  # l1 scores come from the weights: the same on every rank
+        scores = reduce_scores(scores, ctx)
+    if not ctx.is_main:
+        return {}
     atomic_torch_save({"scores": scores.scores, "criterion": scores.criterion, "num_frames": scores.num_frames,
                        "frames_without_detections": scores.frames_without_detections},
                       folder / "importance.pt")
     return {"scored": "student_baseline", "criterion": scores.criterion, "num_frames": scores.num_frames,
             "frames_without_detections": scores.frames_without_detections,
             "layers": len(scores.layers), "filters": int(sum(v.numel() for v in scores.scores.values()))}
+
+
+def shard_indices(count: int, rank: int, world_size: int) -> list[int]:
+    """This rank's share of `count` items: rank r takes r, r + W, ... (every item once over all ranks)."""
+    return list(range(rank, count, world_size))
+
+
+def reduce_scores(scores, ctx):
+    """Sum every rank's importance sums (float64) and frame counts: the scores of all the frames scored."""
+    from training.prune import ImportanceScores
+
+    totals = {}
+    for name in sorted(scores.scores):
+        totals[name] = ctx.all_reduce_sum_(scores.scores[name].to(torch.float64).clone())
+    counts = ctx.all_reduce_sum_(torch.tensor([scores.num_frames, scores.frames_without_detections],
+                                              dtype=torch.int64))
+    return ImportanceScores(scores.layers, totals, scores.criterion, int(counts[0]), int(counts[1]))
+
+
+class TrainSubset(torch.utils.data.Subset):
+    """A subset that still says which split it is (score_filters refuses frames that are not training frames)."""
+
+    def __init__(self, dataset, indices):
+        super().__init__(dataset, indices)
+        for name in ("split", "config"):
+            if hasattr(dataset, name):
+                setattr(self, name, getattr(dataset, name))
 
 
 def prune(run: CompressRun, folder: Path) -> dict:
@@ -66,4 +103,4 @@ def _progress(iterable, enabled: bool, desc: str):
     return _Wrapped(iterable)
 
 
-__all__ = ["importance", "prune"]
+__all__ = ["importance", "prune", "reduce_scores", "shard_indices"]

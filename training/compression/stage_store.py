@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from clean_ros import atomic
 from clean_ros.yaml_config import to_dict
+from training.distributed import DistContext
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -69,6 +70,7 @@ class Stage:
     deps: tuple[str, ...] = ()
     cost: float = 0.0
     unit: str = "fixed"
+    parallel: bool = False  # under torchrun the body runs on every rank (it shards its work), else on rank 0 only
 
 
 class StageSkipped(Exception):
@@ -76,8 +78,9 @@ class StageSkipped(Exception):
 
 
 class StageStore:
-    def __init__(self, root: Path, log: Callable[[str], None] = print):
+    def __init__(self, root: Path, log: Callable[[str], None] = print, ctx: DistContext | None = None):
         self.root = Path(root)
+        self.ctx = ctx or DistContext()  # torchrun: every rank has a store over the same (shared) run folder
         self.folder = self.root / "stages"
         self.log = log
         self.start = time.perf_counter()
@@ -107,42 +110,61 @@ class StageStore:
                 shutil.rmtree(self.stage_dir(name))
 
     def run_all(self, stages: list[Stage]) -> None:
+        """Run the stages in order. Under torchrun every rank calls this: rank 0 alone decides (skip / run), prepares
+        the stage folder and writes the markers; a `parallel` stage's body runs on every rank (data-parallel
+        training, sharded scoring and evaluation), any other stage's on rank 0 while the others wait."""
+        ctx = self.ctx
         total = len(stages)
         for index, stage in enumerate(stages, 1):
             folder = self.stage_dir(stage.name)
-            digest = self.hash_of(stage)
-            marker = self.done(stage.name)
-            if marker and marker.get("hash") == digest:
-                self.summaries[stage.name] = marker.get("summary", {})
-                self.seconds[stage.name] = float(marker.get("seconds", 0.0))
-                self.log(f"[{index}/{total}] {stage.name}: skipped (done, config unchanged; "
-                         f"took {fmt_seconds(marker.get('seconds', 0))} then)")
+            plan = self._plan(stage, index, total, stages) if ctx.is_main else None
+            plan = ctx.broadcast_object(plan)  # also the sync point: rank 0 has prepared the folder
+            if plan["action"] == "skip":
+                self.summaries[stage.name] = plan["summary"]
+                self.seconds[stage.name] = plan["seconds"]
                 continue
-            started = read_json(folder / "started.json")
-            if folder.exists() and (started is None or started.get("hash") != digest or marker):
-                shutil.rmtree(folder)  # stale: another config, or a finished result we are told to redo
-            resumed = folder.exists()
-            folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(folder / "started.json", {"hash": digest, "stage": stage.name})
-            elapsed = time.perf_counter() - self.start
-            eta = self._eta(stages[index - 1:])
-            self.log(f"[{index}/{total}] {stage.name}: {stage.title}{' (resuming)' if resumed else ''} | elapsed "
-                     f"{fmt_seconds(elapsed)} | ETA {eta}")
             tic = time.perf_counter()
-            try:
-                summary = stage.run(folder) or {}
-            except StageSkipped as exc:
-                summary = {"skipped": str(exc)}
-                self.log(f"    skipped: {exc}")
+            summary: dict = {}
+            if stage.parallel or ctx.is_main:
+                try:
+                    summary = stage.run(folder) or {}
+                except StageSkipped as exc:
+                    summary = {"skipped": str(exc)}
+                    self.log(f"    skipped: {exc}")
+            ctx.barrier()  # every rank has finished the stage's body (rank 0's outputs are complete)
             seconds = time.perf_counter() - tic
-            if stage.cost > 0 and stage.unit != "fixed" and not resumed:
+            if stage.cost > 0 and stage.unit != "fixed" and not plan["resumed"]:
                 self.rates[stage.unit] = seconds / stage.cost
-            atomic_write_json(folder / "done.json", {
-                "stage": stage.name, "hash": digest, "run_id": uuid.uuid4().hex, "seconds": round(seconds, 2),
-                "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "summary": summary})
-            self.summaries[stage.name] = summary
+            if ctx.is_main:
+                atomic_write_json(folder / "done.json", {
+                    "stage": stage.name, "hash": plan["hash"], "run_id": uuid.uuid4().hex,
+                    "seconds": round(seconds, 2), "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "summary": summary})
+                self.log(f"    {stage.name} finished in {fmt_seconds(seconds)}")
+            self.summaries[stage.name] = ctx.broadcast_object(summary)
             self.seconds[stage.name] = seconds
-            self.log(f"    {stage.name} finished in {fmt_seconds(seconds)}")
+
+    def _plan(self, stage: Stage, index: int, total: int, stages: list[Stage]) -> dict:
+        """(rank 0) skip a done stage whose hash agrees; else prepare its folder (wiped when stale) for a run."""
+        folder = self.stage_dir(stage.name)
+        digest = self.hash_of(stage)
+        marker = self.done(stage.name)
+        if marker and marker.get("hash") == digest:
+            self.log(f"[{index}/{total}] {stage.name}: skipped (done, config unchanged; "
+                     f"took {fmt_seconds(marker.get('seconds', 0))} then)")
+            return {"action": "skip", "summary": marker.get("summary", {}),
+                    "seconds": float(marker.get("seconds", 0.0))}
+        started = read_json(folder / "started.json")
+        if folder.exists() and (started is None or started.get("hash") != digest or marker):
+            shutil.rmtree(folder)  # stale: another config, or a finished result we are told to redo
+        resumed = folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "started.json", {"hash": digest, "stage": stage.name})
+        elapsed = time.perf_counter() - self.start
+        eta = self._eta(stages[index - 1:])
+        self.log(f"[{index}/{total}] {stage.name}: {stage.title}{' (resuming)' if resumed else ''} | elapsed "
+                 f"{fmt_seconds(elapsed)} | ETA {eta}")
+        return {"action": "run", "hash": digest, "resumed": resumed}
 
     def _eta(self, remaining: list[Stage]) -> str:
         total = 0.0

@@ -41,7 +41,8 @@ def teacher(run: CompressRun, folder: Path) -> dict:
         summary = {"loaded": t.checkpoint}
     else:
         summary = fit(run, folder, train_cfg, task)
-    save_model(folder, task.model, train_cfg.two_stage, "two_stage")
+    if run.ctx.is_main:  # trained data-parallel: every rank holds the same weights
+        save_model(folder, task.model, train_cfg.two_stage, "two_stage")
     summary["params"] = count_parameters(task.model)
     return summary
 

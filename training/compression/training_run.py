@@ -32,10 +32,11 @@ def fit(run: CompressRun, folder: Path, train_cfg, task) -> dict:
         run.log(f"    resuming the trainer from {last} (epoch {resume['epoch']}, iteration "
                 f"{resume['iteration']})")
     seed_everything(train_cfg.seed, train_cfg.deterministic)
-    train_set = run.datasets.train_set(train_cfg)
-    run_dir = RunDir(run_root, tensorboard=run.cfg.training.tensorboard)
+    ctx = run.ctx
+    train_set = run.datasets.train_set(train_cfg, ctx)
+    run_dir = RunDir(run_root, enabled=ctx.is_main, tensorboard=run.cfg.training.tensorboard)
     run_dir.save_config(train_cfg)
-    ctx = DistContext(device=run.device)
+    ctx = DistContext(rank=ctx.rank, local_rank=ctx.local_rank, world_size=ctx.world_size, device=run.device)
     try:
         trainer = Trainer(train_cfg, task, train_set, None, run_dir, ctx, progress=run.progress,
                           resume=resume, config_yaml=dump_yaml(train_cfg))
@@ -45,10 +46,14 @@ def fit(run: CompressRun, folder: Path, train_cfg, task) -> dict:
         first = str(exc).strip().splitlines()[0]
         run.log(f"    cannot resume from {last} ({first}): starting the stage's training afresh")
         run_dir.close()
-        shutil.rmtree(run_root)
+        ctx.barrier()  # every rank has read the checkpoint before rank 0 removes it
+        if ctx.is_main:
+            shutil.rmtree(run_root)
+        ctx.barrier()
         return fit(run, folder, train_cfg, task)
     result = trainer.fit()
     run_dir.close()
+    ctx.barrier()  # rank 0 may still be writing the last checkpoint
     if result.status != "finished":
         raise TrainingInterrupted(f"training interrupted ({trainer.stop.reason or 'stopped'}); checkpoint "
                                   f"{result.checkpoint}")
@@ -95,7 +100,8 @@ def train_student(run: CompressRun, folder: Path, epochs: int, stage_set: list[s
     task = DetectionTask(train_cfg.model, student, loss_terms=terms, target_hooks=hooks,
                          extra_voxelizers=voxelizers)
     summary = fit(run, folder, train_cfg, task)
-    save_model(folder, task.model, train_cfg.model, "detector", kind_extra)
+    if run.ctx.is_main:  # every rank holds the same weights after DDP training
+        save_model(folder, task.model, train_cfg.model, "detector", kind_extra)
     summary["params"] = count_parameters(task.model)
     summary["initial_weights"] = init_from if init_state is not None else "random"
     return summary
