@@ -2,12 +2,15 @@
 
     python training/real_check.py [--bundle models/default] FOLDER [--split NAME] [--out report.json]
                                   [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--threads 1]
-                                  [--intensity-scale S] [--score-threshold T] [--save-predictions DIR] [--quiet]
+                                  [--intensity-scale S] [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]]
+                                  [--score-threshold T] [--save-predictions DIR] [--quiet]
 
 FOLDER is any folder in the KITTI object layout: a split folder holding velodyne/*.bin, label_2/*.txt and calib/*.txt
 (e.g. .../kitti_sample/training), or a KITTI root holding training/ (and optionally ImageSets/). Every scan is used,
 or only the frames listed in ImageSets/<NAME>.txt with --split NAME. image_2/<id>.png, when present, gives the
-image size (else KITTI's 1242 x 375).
+image size (else KITTI's 1242 x 375). --intensity-scale and --sensor-height / pitch / roll are the settings of
+`python -m clean_ros.infer` and the node (a sensor mounted unlike the model's training sensor); boxes stay in the
+scan's frame, so the labels' calibration still applies.
 
 Each frame runs through clean_ros.inference.pipeline.Pipeline, the object the node, replay and `infer` use, on the
 whole scan. Printed (and written to --out as JSON, atomically):
@@ -148,6 +151,11 @@ def format_report(report: dict) -> str:
             lines.append(f"  {cls:<11} {metric.split('_')[0].upper():<4}                  {e:7.2f} {m:9.2f} {h:7.2f}")
     rec = report["recall"]
     bands = rec["range_bands"]
+    totals = next(iter(rec["by_iou"].values()))  # the object totals are the same at every IoU
+    unmeasured = [c for c in report["ap"] if totals[c]["all"]["total"] == 0]
+    if unmeasured:
+        lines.append(f"  ({', '.join(unmeasured)}: no labelled object the devkit scores in these frames; the devkit "
+                     f"reports AP 0, which is not a measurement)")
     lines.append("Recall of labelled objects the devkit scores (height >= 25 px, occlusion <= 2, truncation <= 0.5; "
                  "DontCare, Van, Person_sitting not counted): found/total")
     lines.append(f"  {'class':<11} {'BEV IoU':>7} " + " ".join(f"{c:>13}" for c in ["all"] + bands))
@@ -194,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torch / onnxruntime CPU threads (0 = library default)")
     ap.add_argument("--intensity-scale", type=float, default=defaults.INTENSITY_SCALE,
                     help="multiply intensity by this (0-255 sensors: 0.00392156862745098)")
+    ap.add_argument("--sensor-height", type=float, default=0.0,
+                    help="the sensor's height above the ground, m (0 = as the model was trained), as in infer")
+    ap.add_argument("--sensor-pitch", type=float, default=0.0, help="rad, positive = nose down; with --sensor-height")
+    ap.add_argument("--sensor-roll", type=float, default=0.0, help="rad, positive = left side up; with --sensor-height")
     ap.add_argument("--score-threshold", type=float, help="override every class's score threshold")
     ap.add_argument("--save-predictions", type=Path, help="also write the detections as KITTI prediction files here")
     ap.add_argument("--quiet", action="store_true", help="no per-frame lines")
@@ -219,12 +231,17 @@ def main(argv: list[str] | None = None) -> int:
                                         intra_op_threads=args.threads)
         if args.score_threshold is not None:
             pipeline.update_postprocess(score_thresholds=args.score_threshold)
+        from clean_ros.inference.sensor_mount import SensorMount
+
+        pipeline.set_sensor_mount(SensorMount.from_settings(args.sensor_height, args.sensor_pitch, args.sensor_roll))
         report = run_check(folder, pipeline, args.intensity_scale, args.save_predictions,
                            log=None if args.quiet else print)
         report = {"bundle": str(args.bundle), "folder": str(folder.split_dir), "frames_from": folder.source,
-                  "backend": pipeline.backend.describe(), "intensity_scale": args.intensity_scale, **report}
+                  "backend": pipeline.backend.describe(), "intensity_scale": args.intensity_scale,
+                  "sensor_mount": None if pipeline.sensor_mount is None else pipeline.sensor_mount.describe(), **report}
+        mount = "" if pipeline.sensor_mount is None else f"; {pipeline.sensor_mount.describe()}"
         print(f"{args.bundle} on {len(folder.frame_ids)} frames of {folder.split_dir} "
-              f"(backend {pipeline.backend.describe()})")
+              f"(backend {pipeline.backend.describe()}{mount})")
         print(format_report(report))
         if args.out is not None:
             atomic_write_json(args.out, report)

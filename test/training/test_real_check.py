@@ -97,6 +97,7 @@ def test_counts_agree_with_the_labels(shared_run):
     assert fp["total"] == sum(f["false_positives"] for f in report["per_frame"])
     assert fp["per_frame"] == pytest.approx(fp["total"] / 6)
     assert "KITTI AP R40" in shared_run["stdout"] and "False positives per frame" in shared_run["stdout"]
+    assert "(Cyclist: no labelled object the devkit scores in these frames" in shared_run["stdout"]
 
 
 # ------------------------------------------------------------------------------------------- hand-built case
@@ -270,3 +271,21 @@ def test_command_line_error_has_no_traceback(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert run.returncode == 2
     assert run.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such folder"
+
+
+def test_sensor_height_setting_undoes_a_higher_mount(shared_run, default_bundle, tmp_path, capsys):
+    """The same six scans seen from 0.5 m higher (points 0.5 m lower): with --sensor-height 2.23 (KITTI's 1.73 + 0.5)
+    the check gives the figures of the original scans."""
+    split = _copy_split(shared_run["split"].parent, tmp_path / "training",
+                        stems=tuple(f["frame"] for f in shared_run["report"]["per_frame"]))
+    for scan in (split / "velodyne").glob("*.bin"):
+        points = np.fromfile(scan, np.float32).reshape(-1, 4)
+        points[:, 2] -= 0.5
+        points.tofile(scan)
+    assert real_check.main(["--bundle", str(default_bundle), "--backend", "torch", "--threads", "1", "--quiet",
+                            str(split), "--sensor-height", "2.23", "--out", str(tmp_path / "r.json")]) == 0
+    assert "sensor 2.23 m above the ground" in capsys.readouterr().out
+    report, original = json.loads((tmp_path / "r.json").read_text()), shared_run["report"]
+    assert report["recall"] == original["recall"] and report["confusion"] == original["confusion"]
+    assert report["per_frame"] == original["per_frame"]
+    assert report["ap"]["Car"]["bev_R40"] == pytest.approx(original["ap"]["Car"]["bev_R40"], abs=1e-9)
