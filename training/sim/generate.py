@@ -9,7 +9,7 @@ from clean_ros.cloud.kitti import Calibration
 from training.sim.calib import KITTI_IMAGE_SHAPE, kitti_calibration
 from training.sim.sim_config import SimConfig
 from training.sim.labels import FrameLabels, make_labels
-from training.sim.raycast import cast
+from training.sim.raycast import Foliage, cast
 from training.sim.scene import Scene, sample_scene
 from training.sim.sensor import measure, ray_grid
 
@@ -21,6 +21,7 @@ class Frame(NamedTuple):
     point_owner: np.ndarray  # (N,) scene object of each return, -1 = background
     labels: FrameLabels
     scene: Scene
+    labels_all: FrameLabels | None = None  # every object around the sensor (LabelConfig.write_all_around)
 
 
 def frame_rngs(seed: int, index: int, split: str = "training") -> tuple[np.random.Generator, np.random.Generator]:
@@ -35,17 +36,20 @@ def scan_scene(scene: Scene, cfg: SimConfig, rng: np.random.Generator,
     calib = calib or kitti_calibration()
     grid = ray_grid(cfg.sensor)
     n_objects = len(scene.names)
-    hits = cast(scene.prims, scene.ground, grid, cfg.sensor.max_range, n_objects)
+    hits = cast(scene.prims, scene.ground, grid, cfg.sensor.max_range, n_objects,
+                foliage=Foliage(cfg.sensor.vegetation_porosity, cfg.sensor.vegetation_depth, rng))
     n_beams, n_cols = len(grid.elevation), grid.n_columns
     # top beam first, as the scanner reports them
     order = np.arange(n_beams * n_cols).reshape(n_beams, n_cols)[::-1].ravel()
     order = order[np.isfinite(hits.range[order])]
     points, kept = measure(hits.range[order], grid.directions[order], hits.cos_incidence[order], hits.albedo[order],
-                           hits.material[order], cfg.sensor, rng)
+                           hits.material[order], cfg.sensor, rng, beam=order // n_cols)
     owner = hits.owner[order][kept]
-    labels = make_labels(scene.prims, scene.names, scene.boxes, points, owner, hits.unobstructed_rays,
-                         hits.visible_rays, calib, cfg.labels, KITTI_IMAGE_SHAPE)
-    return Frame(points, owner, labels, scene)
+    label_args = (scene.prims, scene.names, scene.boxes, points, owner, hits.unobstructed_rays, hits.visible_rays,
+                  calib, cfg.labels, KITTI_IMAGE_SHAPE)
+    labels = make_labels(*label_args)
+    labels_all = make_labels(*label_args, all_around=True) if cfg.labels.write_all_around else None
+    return Frame(points, owner, labels, scene, labels_all)
 
 
 def generate_frame(cfg: SimConfig, seed: int, index: int, split: str = "training") -> Frame:

@@ -98,16 +98,25 @@ def _truncation_and_bbox(boxes: np.ndarray, location, dims, rotation_y, calib: C
 
 def make_labels(prims: Primitives, names: np.ndarray, object_boxes: np.ndarray, points: np.ndarray,
                 point_owner: np.ndarray, unobstructed: np.ndarray, visible: np.ndarray, calib: Calibration,
-                cfg: LabelConfig, image_shape: tuple[int, int]) -> FrameLabels:
+                cfg: LabelConfig, image_shape: tuple[int, int], all_around: bool = False) -> FrameLabels:
+    """Labels of the objects with at least cfg.min_points returns: inside the camera image (KITTI's label_2), or
+    anywhere around the sensor with all_around (label_all; rows of objects outside the image have truncation 1 and
+    an empty 2D box)."""
     m = len(names)
     of_object = point_owner >= 0
-    seen = in_image(points[of_object, :3].astype(np.float64), calib, image_shape)
-    points_in_image = np.bincount(point_owner[of_object][seen], minlength=m)[:m]
-    keep = np.flatnonzero(points_in_image >= cfg.min_points)
+    if all_around:
+        counted = np.bincount(point_owner[of_object], minlength=m)[:m]
+    else:
+        seen = in_image(points[of_object, :3].astype(np.float64), calib, image_shape)
+        counted = np.bincount(point_owner[of_object][seen], minlength=m)[:m]
+    keep = np.flatnonzero(counted >= cfg.min_points)
     boxes, rotation_y = label_boxes(prims, object_boxes[:, 6], points, point_owner, cfg.box_padding)
     boxes, rotation_y = boxes[keep], rotation_y[keep]
     location, dims, _ = boxes_lidar_to_camera(boxes, calib)
     truncation, bbox = _truncation_and_bbox(boxes, location, dims, rotation_y, calib, image_shape)
+    if all_around:
+        outside = truncation >= 1.0
+        bbox[outside] = 0.0
     occlusion = occlusion_levels(unobstructed[keep], visible[keep], cfg.occlusion_thresholds)
     objects = KittiObjects(names=names[keep], truncation=np.round(truncation, 2), occlusion=occlusion,
                            alpha=observation_angle(location, rotation_y), bbox=bbox, dimensions=dims,

@@ -1,7 +1,7 @@
 """Bird's-eye-view picture of a simulated frame next to a real KITTI frame, each with its label boxes.
 
     python -m training.sim.plot --real-root ../shared/data/kitti_sample/training --frame 000001 \
-        --out docs/img/sim_vs_real_bev.png
+        --out docs/img/sim_vs_real_bev.png [--preset realistic]
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from clean_ros.atomic import atomic_open
 from clean_ros.cloud.geometry import points_in_boxes
 from clean_ros.cloud.kitti import Calibration, boxes_camera_to_lidar, read_labels
-from training.sim.sim_config import SimConfig
+from training.sim.sim_config import PRESETS, config_from_dict
 from training.sim.generate import generate_frame
 
 CLASS_COLOURS = {"Car": "tab:red", "Van": "tab:orange", "Truck": "tab:brown", "Pedestrian": "tab:blue",
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frame", default="000001")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--index", type=int, default=0, help="simulated frame index")
+    ap.add_argument("--preset", default="default", choices=sorted(PRESETS), help="simulator preset of the frame")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     import matplotlib
@@ -80,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     labels = labels.select(labels.names != "DontCare")
     real_boxes = boxes_camera_to_lidar(labels.location, labels.dimensions, labels.rotation_y, calib)
 
-    sim = generate_frame(SimConfig(), args.seed, args.index)
+    sim = generate_frame(config_from_dict({}, preset=args.preset), args.seed, args.index)
     fig, axes = plt.subplots(1, 2, figsize=(11, 6.2), dpi=110)
     draw_bev(axes[0], sim.points, sim.labels.boxes, sim.labels.objects.names,
-             f"simulated (seed {args.seed}, frame {args.index}): {len(sim.points)} points, "
+             f"simulated ({args.preset}, seed {args.seed}, frame {args.index}): {len(sim.points)} points, "
              f"{len(sim.labels.boxes)} labels")
     draw_bev(axes[1], real, real_boxes, labels.names,
              f"real KITTI training/{args.frame}: {len(real)} points, {len(real_boxes)} labels")

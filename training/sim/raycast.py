@@ -12,7 +12,7 @@ import numpy as np
 
 from training.sim.ground import Ground
 from training.sim.sensor import RayGrid
-from training.sim.shapes import ALBEDO, Kind, Primitives, extents_along_axes
+from training.sim.shapes import ALBEDO, Kind, Material, Primitives, extents_along_axes
 
 GROUND = -1  # hit_prim of a terrain return
 NO_HIT = -2
@@ -30,6 +30,29 @@ class Hits(NamedTuple):
     albedo: np.ndarray  # (R,)
     unobstructed_rays: np.ndarray  # (n_objects,) rays that would hit the object if it were alone
     visible_rays: np.ndarray  # (n_objects,) rays whose nearest hit is the object
+
+
+class Foliage(NamedTuple):
+    """Vegetation is not a solid surface: a ray passes through a leaf-covered primitive with probability porosity,
+    else it returns at an exponentially distributed depth inside it (mean depth m, at most 3x). That gives the
+    scattered, volumetric returns of real bushes and crowns. porosity = depth = 0: solid (the default preset)."""
+
+    porosity: float
+    depth: float
+    rng: np.random.Generator | None
+
+
+def _through_foliage(t: np.ndarray, material: np.ndarray, foliage: Foliage | None) -> np.ndarray:
+    if foliage is None or (foliage.porosity <= 0 and foliage.depth <= 0):
+        return t
+    leafy = np.flatnonzero(material == Material.VEGETATION)
+    t = t.copy()
+    rng = foliage.rng
+    if foliage.porosity > 0:
+        t[leafy[rng.random(len(leafy)) < foliage.porosity]] = np.inf
+    if foliage.depth > 0:
+        t[leafy] += np.minimum(rng.exponential(foliage.depth, len(leafy)), 3 * foliage.depth)
+    return t
 
 
 def candidate_pairs(prims: Primitives, grid: RayGrid, max_range: float) -> tuple[np.ndarray, np.ndarray]:
@@ -136,10 +159,12 @@ def _ellipsoids(o, d, semi):
     return np.where(ok, t, np.inf), np.nan_to_num(cos)
 
 
-def cast(prims: Primitives, ground: Ground | None, grid: RayGrid, max_range: float, n_objects: int) -> Hits:
+def cast(prims: Primitives, ground: Ground | None, grid: RayGrid, max_range: float, n_objects: int,
+         foliage: Foliage | None = None) -> Hits:
     n_rays = len(grid.directions)
     rays, prim = candidate_pairs(prims, grid, max_range)
     t, cos = intersect_pairs(prims, rays, prim, grid.directions)
+    t = _through_foliage(t, prims.material[prim], foliage)
     hit = t < max_range
     rays, prim, t, cos = rays[hit], prim[hit], t[hit], cos[hit]
 

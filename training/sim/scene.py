@@ -14,6 +14,9 @@ from clean_ros.cloud.kitti import normalize_yaw_np
 from training.sim.sim_config import SceneConfig, SensorConfig
 from training.sim.ground import Ground
 from training.sim import shapes
+from training.sim.car_families import family_parts, sample_family
+from training.sim.people import pedestrian_variant
+from training.sim.roadside import add_roadside_extras
 from training.sim.shapes import Material, PartList, Primitives, local_bounds, rot_z, transform
 
 # KITTI class size statistics: mean and std of (h, w, l), with clipping bounds.
@@ -40,7 +43,12 @@ def sample_size(name: str, rng: np.random.Generator) -> tuple[float, float, floa
     return float(l), float(w), float(h)
 
 
-def model_parts(name: str, rng: np.random.Generator) -> PartList:
+def model_parts(name: str, rng: np.random.Generator, cfg: SceneConfig | None = None) -> PartList:
+    """Parts of one object of KITTI class `name`; cfg's realistic options choose car families / pedestrian variety."""
+    if cfg is not None and cfg.car_families and name in ("Car", "Van"):
+        return family_parts(sample_family(name, rng), rng, cfg.dark_car_fraction)
+    if cfg is not None and cfg.pedestrian_variety and name == "Pedestrian":
+        return pedestrian_variant(sample_size(name, rng), rng)[0]
     l, w, h = sample_size(name, rng)
     if name == "Car":
         return shapes.car_parts(l, w, h, rng)
@@ -171,11 +179,13 @@ def sample_scene(cfg: SceneConfig, sensor: SensorConfig, rng: np.random.Generato
                  front: bool):
         for _ in range(count):
             name = name_choice()
-            parts = model_parts(name, rng)
+            parts = model_parts(name, rng, cfg)
             for _attempt in range(40):
                 s, u, yaw = slot(name)
                 x, y = ground.to_world(s, u)
                 if in_front(x, y) == front and b.try_add(parts, float(x), float(y), yaw, name):
+                    if name == "Pedestrian" and cfg.group_probability > 0 and rng.random() < cfg.group_probability:
+                        _add_companions(b, cfg, float(x), float(y), yaw)
                     break
 
     def vehicle_name():
@@ -227,6 +237,8 @@ def sample_scene(cfg: SceneConfig, sensor: SensorConfig, rng: np.random.Generato
         return rng.uniform(*s_range), side * (hw - 1.0), heading + rng.choice([0.0, np.pi])
 
     count = lambda lo_hi: int(rng.integers(lo_hi[0], lo_hi[1] + 1))  # noqa: E731
+    if cfg.parked_row_probability > 0:
+        _add_parked_rows(b, ground, cfg, s_range)
     populate(vehicle_name, vehicle_slot, count(cfg.cars), front=True)
     populate(lambda: "Pedestrian", pedestrian_slot, count(cfg.pedestrians), front=True)
     populate(lambda: "Cyclist", cyclist_slot, count(cfg.cyclists), front=True)
@@ -235,7 +247,42 @@ def sample_scene(cfg: SceneConfig, sensor: SensorConfig, rng: np.random.Generato
     slots = {"Car": vehicle_slot, "Van": vehicle_slot, "Pedestrian": pedestrian_slot, "Cyclist": cyclist_slot}
     populate(extra, lambda n: slots[n](n), count(cfg.extra_objects), front=False)
     _add_clutter(b, ground, cfg, s_range)
+    if cfg.hedges_per_100m or cfg.fences_per_100m or cfg.street_furniture[1] or cfg.riderless_bicycles[1]:
+        add_roadside_extras(b, ground, cfg, s_range)
     return b.build()
+
+
+def _add_parked_rows(b: SceneBuilder, ground: Ground, cfg: SceneConfig, s_range) -> None:
+    """Per kerb side, with probability parked_row_probability: cars parked nose to tail along 15-60 m."""
+    rng = b.rng
+    for side in (-1, 1):
+        if rng.random() >= cfg.parked_row_probability:
+            continue
+        s = rng.uniform(s_range[0], s_range[1] - 20.0)
+        end = s + rng.uniform(15.0, 60.0)
+        while s < end:
+            name = "Van" if rng.random() < cfg.van_fraction else "Car"
+            facing = (0.0 if side < 0 else np.pi) + (np.pi if rng.random() < 0.2 else 0.0)
+            centre = s + 2.4
+            x, y = ground.to_world(centre, side * (ground.road_half_width - 1.1 + rng.normal(0, 0.08)))
+            if b.try_add(model_parts(name, rng, cfg), float(x), float(y), ground.road_heading + facing
+                         + rng.normal(0, 0.03), name, margin=0.2):
+                s = centre + b.objects[-1].box[3] / 2 + rng.uniform(0.4, 2.0)
+                if rng.random() < 0.1:  # a gap: a driveway, a missing car
+                    s += rng.uniform(4.0, 10.0)
+            else:
+                s += 1.0
+
+
+def _add_companions(b: SceneBuilder, cfg: SceneConfig, x: float, y: float, yaw: float) -> None:
+    """1-3 people walking beside / behind the pedestrian at (x, y) with heading yaw (a group)."""
+    rng = b.rng
+    c, s = np.cos(yaw), np.sin(yaw)
+    for k in range(1, int(rng.integers(1, 4)) + 1):
+        along, across = rng.normal(0, 0.3) - 0.9 * (k // 2), (0.7 + rng.uniform(0, 0.2)) * (1 if k % 2 else -1)
+        cx, cy = x + c * along - s * across, y + s * along + c * across
+        b.try_add(model_parts("Pedestrian", rng, cfg), float(cx), float(cy), yaw + rng.normal(0, 0.15), "Pedestrian",
+                  margin=0.05)
 
 
 def _segment_box(ground: Ground, s: float, u: float, length: float, width: float, z0: float, height: float,

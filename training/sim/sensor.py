@@ -39,9 +39,11 @@ def ray_grid(cfg: SensorConfig) -> RayGrid:
 
 
 def measure(ranges: np.ndarray, directions: np.ndarray, cos_incidence: np.ndarray, albedo: np.ndarray,
-            material: np.ndarray, cfg: SensorConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+            material: np.ndarray, cfg: SensorConfig, rng: np.random.Generator,
+            beam: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Turn exact hits into returns: noisy range, material/range dependent dropout, reflectance in [0, 1].
 
+    beam: (N,) laser index of each hit, needed by the per-laser options (beam_gain_spread, beam_dropout_spread).
     Returns (N, 4) float32 points (x, y, z, reflectance) and the (N,) bool mask of hits kept.
     """
     n = len(ranges)
@@ -52,8 +54,35 @@ def measure(ranges: np.ndarray, directions: np.ndarray, cos_incidence: np.ndarra
     # KITTI's reflectance is nearly flat over incidence until grazing angles, where it falls to 0 (far road)
     grazing = np.clip((cos_incidence - 0.04) / 0.10, 0.0, 1.0) ** 0.7
     intensity = 1.2 * albedo * grazing * (1.0 + cfg.intensity_noise * rng.normal(0.0, 1.0, n))
+    # the realistic preset's effects draw after the ones above, so the default stream of random numbers is unchanged
+    keep, intensity = _laser_effects(ranges, cos_incidence, albedo, keep, intensity, cfg, rng, beam)
     # KITTI stores reflectance with two decimals
     intensity = np.round(np.clip(intensity, 0.0, 1.0), 2)
     xyz = directions * noisy[:, None]
     points = np.concatenate([xyz, intensity[:, None]], 1).astype(np.float32)
     return points[keep], keep
+
+
+def _laser_effects(ranges, cos_incidence, albedo, keep, intensity, cfg: SensorConfig, rng: np.random.Generator,
+                   beam: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-laser gain and dropout (each of the 64 lasers has its own calibration) and the loss of weak echoes:
+    a dark or steeply inclined surface far away returns too little light (black cars at 40 m+, far road)."""
+    n = len(ranges)
+    if (cfg.beam_gain_spread > 0 or cfg.beam_dropout_spread > 0) and beam is None:
+        raise ValueError("measure: the per-laser options need each hit's beam index")
+    if cfg.beam_gain_spread > 0:
+        n_beams = int(beam.max()) + 1 if n else 1
+        gain = np.clip(rng.normal(1.0, cfg.beam_gain_spread, n_beams), 0.5, 1.6)
+        intensity = intensity * gain[beam]
+    if cfg.beam_dropout_spread > 0:
+        n_beams = int(beam.max()) + 1 if n else 1
+        keep = keep & (rng.random(n) >= rng.uniform(0.0, cfg.beam_dropout_spread, n_beams)[beam])
+    if cfg.min_signal > 0:
+        signal = albedo * cos_incidence * (20.0 / np.maximum(ranges, 1e-3)) ** 2
+        # soft threshold: the echo survives with probability signal / min_signal below it
+        keep = keep & (rng.random(n) * cfg.min_signal < signal)
+    start, end = cfg.weak_echo_range
+    if end > 0:
+        effective = ranges * (0.3 / np.maximum(albedo, 0.05)) ** 0.25
+        intensity = np.where(rng.random(n) < np.clip((effective - start) / (end - start), 0.0, 1.0), 0.0, intensity)
+    return keep, intensity

@@ -33,6 +33,7 @@ class Material(IntEnum):
     CLOTH_SKIN = 11
     WOOD = 12
     PLASTIC = 13
+    RETROREFLECTOR = 14  # number plates, lamp reflectors, traffic signs: the brightest returns of a real scan
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ MATERIALS = {
     Material.CLOTH_SKIN: MaterialProps(0.25, 0.08, 0.0, 0.0),
     Material.WOOD: MaterialProps(0.30, 0.05, 0.0, 0.0),
     Material.PLASTIC: MaterialProps(0.20, 0.08, 0.0, 0.0),
+    Material.RETROREFLECTOR: MaterialProps(0.85, 0.10, 0.0, 0.0),
 }
 ALBEDO = np.array([MATERIALS[m].albedo for m in Material])
 ALBEDO_SPREAD = np.array([MATERIALS[m].albedo_spread for m in Material])
@@ -114,8 +116,9 @@ def rot_x(a: float) -> np.ndarray:
 class PartList:
     """Accumulates primitives of one model in its local frame (a few dozen per object: scene construction only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, albedo: dict | None = None) -> None:
         self.rows: list[tuple] = []
+        self.albedo = dict(albedo or {})  # fixed albedo of some materials (a black car's paint); others are drawn
 
     def box(self, centre, half, material, rotation=None) -> "PartList":
         self.rows.append((Kind.BOX, centre, np.eye(3) if rotation is None else rotation, half, material))
@@ -142,7 +145,7 @@ class PartList:
         n = len(self.rows)
         kind = np.array([r[0] for r in self.rows], np.int8)
         material = np.array([r[4] for r in self.rows], np.int8)
-        albedo_by_material = dict(albedo_by_material or {})
+        albedo_by_material = {**self.albedo, **(albedo_by_material or {})}
         for m in np.unique(material):
             if m not in albedo_by_material:
                 albedo_by_material[m] = float(np.clip(rng.normal(ALBEDO[m], ALBEDO_SPREAD[m]), 0.02, 0.95))
@@ -279,9 +282,8 @@ def pedestrian_parts(l: float, w: float, h: float, rng: np.random.Generator, pha
     return p
 
 
-def cyclist_parts(l: float, w: float, h: float, rng: np.random.Generator) -> PartList:
-    """Bicycle (two wheels, frame, handlebar) plus a rider (legs, torso, arms, head)."""
-    p = PartList()
+def bicycle_frame(p: PartList, l: float, w: float) -> dict:
+    """Wheels, frame tubes and handlebar of a bicycle of length l and bar width w; returns its key points."""
     wheel_r = min(0.34, (l - 0.05) / 5.1)
     wheel_x = l / 2 - wheel_r
     for x in (-wheel_x, wheel_x):
@@ -295,6 +297,14 @@ def cyclist_parts(l: float, w: float, h: float, rng: np.random.Generator) -> Par
         p.limb(a, b, 0.02, Material.METAL)
     p.limb((head_tube[0] - 0.05, -(w / 2 - 0.02), bar_z), (head_tube[0] - 0.05, w / 2 - 0.02, bar_z), 0.02,
            Material.METAL)
+    return {"crank": crank, "saddle": saddle, "head_tube": head_tube, "bar_z": bar_z}
+
+
+def cyclist_parts(l: float, w: float, h: float, rng: np.random.Generator) -> PartList:
+    """Bicycle (two wheels, frame, handlebar) plus a rider (legs, torso, arms, head)."""
+    p = PartList()
+    frame = bicycle_frame(p, l, w)
+    crank, saddle, head_tube, bar_z = frame["crank"], frame["saddle"], frame["head_tube"], frame["bar_z"]
     # rider
     hip = np.array([saddle[0], 0.0, saddle[2] + 0.08])
     shoulder_z = h - 0.32

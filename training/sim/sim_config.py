@@ -29,6 +29,16 @@ class SensorConfig:
     dropout: float = 0.03  # base probability that a return is lost
     far_dropout: float = 0.5  # extra loss probability at max range, growing with (range / max_range) ** 2
     intensity_noise: float = 0.08  # relative
+    # Options of the realistic preset (0 = off, today's behaviour; see PRESETS):
+    beam_gain_spread: float = 0.0  # relative std of each laser's intensity gain (HDL-64E lasers differ: ring stripes)
+    beam_dropout_spread: float = 0.0  # each laser loses up to this much more of its returns (uniform per laser)
+    min_signal: float = 0.0  # a return is lost when albedo * cos(incidence) * (20 m / range)^2 falls below this
+    vegetation_porosity: float = 0.0  # probability that a ray passes through a vegetation primitive
+    vegetation_depth: float = 0.0  # m, mean depth at which a ray is returned inside foliage (exponential)
+    # weak far echoes read reflectance 0: the chance rises linearly from 0 at the first range to 1 at the second
+    # (m, for a surface of albedo 0.3; darker ones sooner, retroreflectors later). (0, 0) = off. Real KITTI scans:
+    # ~25 % zeros at 30-40 m, ~50 % at 40-50 m, ~80 % beyond 50 m.
+    weak_echo_range: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,16 @@ class SceneConfig:
     trees_per_100m: float = 8.0
     poles_per_100m: float = 5.0
     clutter: tuple[int, int] = (4, 14)
+    # Options of the realistic preset (0 / False = off, today's behaviour; see PRESETS and training/sim/roadside.py):
+    car_families: bool = False  # sedan / hatchback / estate / SUV / van shapes, number plates and lamps
+    dark_car_fraction: float = 0.0  # of the cars, painted black or dark grey (few, weak returns at range)
+    pedestrian_variety: bool = False  # children, standing / walking / bag-carrying poses
+    group_probability: float = 0.0  # a pedestrian comes with 1-3 companions walking together
+    parked_row_probability: float = 0.0  # per kerb side: a row of parked cars, nose to tail
+    riderless_bicycles: tuple[int, int] = (0, 0)  # parked bicycles (not labelled: KITTI labels ridden bikes only)
+    hedges_per_100m: float = 0.0  # per side: hedges / bush clusters of porous foliage along the pavement
+    fences_per_100m: float = 0.0  # per side: post-and-rail fences, guard rails
+    street_furniture: tuple[int, int] = (0, 0)  # signs, bus shelters, hydrants, cones, planters, benches
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,9 @@ class LabelConfig:
     # blocked-ray fraction thresholds for KITTI occlusion 1, 2 and 3
     occlusion_thresholds: tuple[float, float, float] = (0.1, 0.5, 0.85)
     box_padding: float = 0.02  # m added to l, w, h so 2-decimal rounding keeps every point inside
+    # also write label_all/: every object with returns all around the sensor (same KITTI text format, camera
+    # coordinates), for training 360-degree models; label_2 stays the camera-visible objects KITTI evaluation scores
+    write_all_around: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +104,25 @@ class SimConfig:
         return dataclasses.asdict(self)
 
 
+# Named starting points: a config file or dict is applied on top of its preset (key `preset`, or --preset).
+# "default" is today's simulator (the running experiments' data); "realistic" turns on the elements that close the
+# measured gap to real HDL-64E KITTI scans (docs/SIMULATOR.md) and labels all around the sensor.
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "realistic": {
+        "sensor": {"beam_gain_spread": 0.12, "beam_dropout_spread": 0.06, "min_signal": 0.001,
+                   "vegetation_porosity": 0.55, "vegetation_depth": 0.35, "weak_echo_range": [20.0, 75.0],
+                   "lower_block_deg": [-8.83, -23.9]},
+        "scene": {"cars": [3, 14], "pedestrians": [0, 7], "cyclists": [0, 3], "extra_objects": [12, 30],
+                  "max_ground_slope": 0.03, "clutter": [8, 20], "trees_per_100m": 10.0,
+                  "car_families": True, "dark_car_fraction": 0.25, "pedestrian_variety": True,
+                  "group_probability": 0.25, "parked_row_probability": 0.5, "riderless_bicycles": [0, 4],
+                  "hedges_per_100m": 6.0, "fences_per_100m": 2.0, "street_furniture": [4, 12]},
+        "labels": {"write_all_around": True},
+    },
+}
+
+
 def _build(cls, values: dict, where: str):
     if not isinstance(values, dict):
         raise SimConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
@@ -95,6 +137,10 @@ def _build(cls, values: dict, where: str):
         key = f"{where}.{name}"
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, key)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise SimConfigError(f"{key}: expected true or false, got {value!r}")
+            kwargs[name] = value
         elif isinstance(default, tuple):
             if not isinstance(value, (list, tuple)) or len(value) != len(default):
                 raise SimConfigError(f"{key}: expected a list of {len(default)} numbers, got {value!r}")
@@ -110,15 +156,32 @@ def _number(value, kind, key):
     return kind(value)
 
 
-def config_from_dict(values: dict | None, source: str = "<config>") -> SimConfig:
-    cfg = _build(SimConfig, values or {}, source)
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def config_from_dict(values: dict | None, source: str = "<config>", preset: str | None = None) -> SimConfig:
+    """A SimConfig from `values` applied on top of a preset (argument `preset`, else the key `preset`, else default)."""
+    if values is not None and not isinstance(values, dict):
+        raise SimConfigError(f"{source}: expected a mapping, got {type(values).__name__}")
+    values = dict(values or {})
+    name = values.pop("preset", None) if preset is None else preset
+    values.pop("preset", None)
+    name = "default" if name is None else name
+    if name not in PRESETS:
+        raise SimConfigError(f"{source}: unknown preset {name!r}; known: {sorted(PRESETS)}")
+    cfg = _build(SimConfig, _merged(PRESETS[name], values), source)
     _validate(cfg, source)
     return cfg
 
 
-def load_config(path: str | Path | None) -> SimConfig:
+def load_config(path: str | Path | None, preset: str | None = None) -> SimConfig:
+    """The config of a YAML file (None: no file) on top of `preset` (None: the file's `preset` key, else default)."""
     if path is None:
-        return SimConfig()
+        return config_from_dict({}, f"preset {preset or 'default'}", preset)
     path = Path(path)
     try:
         values = yaml.safe_load(path.read_text())
@@ -126,7 +189,9 @@ def load_config(path: str | Path | None) -> SimConfig:
         raise SimConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise SimConfigError(f"{path}: not valid YAML: {exc}") from None
-    return config_from_dict(values, str(path))
+    if values is not None and not isinstance(values, dict):
+        raise SimConfigError(f"{path}: expected a mapping of sections, got {type(values).__name__}")
+    return config_from_dict(values, str(path), preset)
 
 
 def _validate(cfg: SimConfig, source: str) -> None:
@@ -140,7 +205,18 @@ def _validate(cfg: SimConfig, source: str) -> None:
         (cfg.dataset.test_frames >= 0, "dataset.test_frames must be >= 0"),
         (cfg.labels.min_points >= 1, "labels.min_points must be >= 1"),
     ]
-    for name in ("cars", "pedestrians", "cyclists", "misc", "extra_objects", "lanes", "clutter"):
+    for name in ("beam_gain_spread", "beam_dropout_spread", "min_signal", "vegetation_depth"):
+        checks.append((getattr(s, name) >= 0, f"sensor.{name} must be >= 0"))
+    checks.append((0 <= s.vegetation_porosity < 1, "sensor.vegetation_porosity must be in [0, 1)"))
+    checks.append((s.weak_echo_range == (0.0, 0.0) or 0 <= s.weak_echo_range[0] < s.weak_echo_range[1],
+                   "sensor.weak_echo_range must be [start, end] with 0 <= start < end (or [0, 0]: off)"))
+    sc = cfg.scene
+    for name in ("dark_car_fraction", "group_probability", "parked_row_probability"):
+        checks.append((0 <= getattr(sc, name) <= 1, f"scene.{name} must be a probability in [0, 1]"))
+    for name in ("hedges_per_100m", "fences_per_100m"):
+        checks.append((getattr(sc, name) >= 0, f"scene.{name} must be >= 0"))
+    for name in ("cars", "pedestrians", "cyclists", "misc", "extra_objects", "lanes", "clutter", "riderless_bicycles",
+                 "street_furniture"):
         lo, hi = getattr(cfg.scene, name)
         checks.append((0 <= lo <= hi, f"scene.{name} must be [low, high] with 0 <= low <= high"))
     checks.append((cfg.scene.lanes[0] >= 1, "scene.lanes needs at least one lane"))

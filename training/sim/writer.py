@@ -11,24 +11,32 @@ from training.sim.calib import KITTI_CALIB_TEXT
 from training.sim.generate import Frame
 
 
-def split_dirs(root: Path, split: str, labelled: bool) -> dict[str, Path]:
+ALL_AROUND_LABELS = "label_all"  # every object around the sensor; label_2 holds the camera-visible ones
+
+
+def split_dirs(root: Path, split: str, labelled: bool, all_around: bool = False) -> dict[str, Path]:
     dirs = {"velodyne": root / split / "velodyne", "calib": root / split / "calib"}
     if labelled:
         dirs["label_2"] = root / split / "label_2"
+    if labelled and all_around:
+        dirs[ALL_AROUND_LABELS] = root / split / ALL_AROUND_LABELS
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     return dirs
 
 
 def write_frame(root: Path, split: str, index: int, frame: Frame) -> None:
-    """velodyne/%06d.bin (float32 x, y, z, reflectance), calib/%06d.txt and, for training, label_2/%06d.txt."""
+    """velodyne/%06d.bin (float32 x, y, z, reflectance), calib/%06d.txt and, for training, label_2/%06d.txt
+    (and label_all/%06d.txt when the frame has all-around labels)."""
     labelled = split == "training"
-    dirs = split_dirs(root, split, labelled)
+    dirs = split_dirs(root, split, labelled, frame.labels_all is not None)
     name = f"{index:06d}"
     atomic_write_bytes(dirs["velodyne"] / f"{name}.bin", np.ascontiguousarray(frame.points, dtype="<f4").tobytes())
     atomic_write_bytes(dirs["calib"] / f"{name}.txt", KITTI_CALIB_TEXT.encode())
     if labelled:
         write_labels(dirs["label_2"] / f"{name}.txt", frame.labels.objects)
+        if frame.labels_all is not None:
+            write_labels(dirs[ALL_AROUND_LABELS] / f"{name}.txt", frame.labels_all.objects)
 
 
 def split_indices(n_frames: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

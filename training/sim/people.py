@@ -1,0 +1,39 @@
+"""Pedestrian variety (realistic preset, SceneConfig.pedestrian_variety): children, poses and carried things.
+
+The default preset's pedestrians are adults walking or standing with the arms along the body. Real pavements also
+hold children, people standing still, and people with a shoulder bag, a backpack or a shopping bag, which change
+the silhouette and the tight box (a backpack makes the box longer, a bag wider). Sizes of adults come from the
+caller (KITTI's statistics); a child is 1.0-1.4 m tall.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from training.sim.shapes import Material, PartList, pedestrian_parts
+
+POSES = ("walking", "standing", "backpack", "shoulder_bag", "carrying_bag")
+CHILD_FRACTION = 0.12
+
+
+def pedestrian_variant(adult_lwh: tuple[float, float, float], rng: np.random.Generator,
+                       pose: str | None = None) -> tuple[PartList, str]:
+    """(parts, pose) of one pedestrian; adult_lwh is an adult's (l, w, h) sampled by the caller."""
+    l, w, h = adult_lwh
+    if rng.random() < CHILD_FRACTION:
+        h = float(rng.uniform(1.0, 1.4))
+        w, l = w * h / 1.76, l * h / 1.76
+    pose = pose or str(rng.choice(POSES, p=[0.40, 0.25, 0.13, 0.12, 0.10]))
+    if pose == "standing":
+        phase = rng.uniform(-0.15, 0.15)
+    else:
+        phase = rng.choice([-1, 1]) * rng.uniform(0.5, 1.0)
+    p = pedestrian_parts(l, w, h, rng, phase=phase)
+    if pose == "backpack":  # behind the torso, shoulder blades to waist
+        p.box((-0.11 - 0.08, 0.0, 0.66 * h), (0.08, 0.14 * w / 0.66, 0.15 * h / 1.76), Material.CLOTH_SKIN)
+    elif pose == "shoulder_bag":  # hanging at the hip on one side
+        side = rng.choice([-1, 1])
+        p.box((0.0, side * (w / 2 + 0.05), 0.52 * h), (0.14, 0.05, 0.12), Material.CLOTH_SKIN)
+    elif pose == "carrying_bag":  # a shopping bag below one hand
+        side = rng.choice([-1, 1])
+        p.box((0.0, side * (w / 2 + 0.03), 0.36 * h), (0.17, 0.06, 0.16), Material.PLASTIC)
+    return p, pose

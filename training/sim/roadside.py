@@ -1,0 +1,150 @@
+"""Roadside elements of the realistic preset: hedges and bush clusters, fences and guard rails, street furniture and
+parked bicycles. None of them is labelled: they are what a detector must learn NOT to call an object.
+
+Measured on the real KITTI frames (docs/SIMULATOR.md): a real street is lined with foliage that returns a thick,
+scattered band of points (see SensorConfig.vegetation_porosity / vegetation_depth for the scattering), with
+person-sized and car-sized things that are neither (cabinets, signs, shelters, bicycle racks). A detector trained
+without them calls every bush a pedestrian.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from training.sim.shapes import Material, PartList, bicycle_frame
+
+
+# --------------------------------------------------------------------------- models (origin at the bottom centre)
+def hedge_parts(length: float, rng: np.random.Generator) -> PartList:
+    """A hedge along x: overlapping foliage blobs of a common height and thickness, with a ragged top."""
+    height, thick = rng.uniform(0.8, 2.2), rng.uniform(0.7, 1.6)
+    n = max(2, int(np.ceil(length / 1.1)))
+    p = PartList()
+    for x in np.linspace(-length / 2 + 0.5, length / 2 - 0.5, n):
+        hz = height * rng.uniform(0.85, 1.1) / 2
+        p.ellipsoid((x + rng.normal(0, 0.1), rng.normal(0, 0.08), hz), (0.75, thick / 2, hz), Material.VEGETATION)
+    return p
+
+
+def bush_cluster_parts(rng: np.random.Generator) -> PartList:
+    p = PartList()
+    for _ in range(int(rng.integers(2, 6))):
+        r = rng.uniform(0.3, 0.9)
+        p.ellipsoid((rng.uniform(-1.0, 1.0), rng.uniform(-0.6, 0.6), r * 0.7), (r * rng.uniform(1.0, 1.6), r, r * 0.7),
+                    Material.VEGETATION)
+    return p
+
+
+def fence_parts(length: float, rng: np.random.Generator) -> PartList:
+    """Along x: a post-and-rail fence, a guard rail or a railing of vertical bars."""
+    kind = int(rng.integers(3))
+    p = PartList()
+    if kind == 0:  # posts and two rails, wood or metal
+        material = Material.WOOD if rng.random() < 0.5 else Material.METAL
+        height = rng.uniform(0.9, 1.5)
+        for x in np.arange(-length / 2, length / 2 + 1e-6, rng.uniform(2.0, 3.0)):
+            p.box((x, 0.0, height / 2), (0.05, 0.05, height / 2), material)
+        for z in (0.35 * height, 0.85 * height):
+            p.box((0.0, 0.0, z), (length / 2, 0.02, 0.05), material)
+    elif kind == 1:  # guard rail: a steel beam on posts
+        for x in np.arange(-length / 2, length / 2 + 1e-6, 2.0):
+            p.box((x, -0.08, 0.35), (0.06, 0.04, 0.35), Material.METAL)
+        p.box((0.0, 0.0, 0.6), (length / 2, 0.04, 0.16), Material.METAL)
+    else:  # railing: top rail and vertical bars 15 cm apart
+        length = min(length, 12.0)
+        height = rng.uniform(0.9, 1.3)
+        p.box((0.0, 0.0, height - 0.03), (length / 2, 0.03, 0.03), Material.METAL)
+        for x in np.arange(-length / 2, length / 2 + 1e-6, 0.15):
+            p.box((x, 0.0, (height - 0.06) / 2), (0.012, 0.012, (height - 0.06) / 2), Material.METAL)
+    return p
+
+
+def bicycle_parts(rng: np.random.Generator) -> PartList:
+    """A parked bicycle without a rider."""
+    p = PartList()
+    bicycle_frame(p, rng.uniform(1.55, 1.85), rng.uniform(0.45, 0.62))
+    return p
+
+
+FURNITURE = ("sign", "shelter", "hydrant", "cones", "planter", "cabinet", "column", "bench", "meter")
+
+
+def furniture_parts(rng: np.random.Generator, kind: str | None = None) -> PartList:
+    kind = kind or str(rng.choice(FURNITURE))
+    p = PartList()
+    if kind == "sign":  # traffic sign: a pole and a retroreflective plate
+        h = rng.uniform(2.0, 3.0)
+        p.cylinder((0, 0, h / 2), 0.035, h / 2, Material.METAL)
+        p.box((0, 0, h - 0.35), (0.015, 0.32, 0.32), Material.RETROREFLECTOR)
+    elif kind == "shelter":  # bus shelter: glass back and side walls, roof, posts
+        l, d, h = rng.uniform(3.0, 5.0), rng.uniform(1.2, 1.8), rng.uniform(2.3, 2.6)
+        p.box((0, d / 2, h / 2), (l / 2, 0.02, h / 2 - 0.05), Material.GLASS)
+        for x in (-l / 2, l / 2):
+            p.box((x, 0, h / 2), (0.02, d / 2, h / 2 - 0.05), Material.GLASS)
+            p.box((x, -d / 2, h / 2), (0.04, 0.04, h / 2), Material.METAL)
+        p.box((0, 0, h - 0.04), (l / 2 + 0.1, d / 2 + 0.1, 0.04), Material.METAL)
+    elif kind == "hydrant":
+        p.cylinder((0, 0, 0.35), 0.12, 0.35, Material.METAL)
+        p.ellipsoid((0, 0, 0.72), (0.12, 0.12, 0.08), Material.METAL)
+    elif kind == "cones":
+        for i in range(int(rng.integers(2, 7))):
+            p.cylinder((i * rng.uniform(0.8, 1.6), 0, 0.36), 0.12, 0.36, Material.RETROREFLECTOR if i % 2 else
+                       Material.PLASTIC)
+    elif kind == "planter":  # a box with a bush on it
+        l, h = rng.uniform(0.8, 2.0), rng.uniform(0.4, 0.8)
+        p.box((0, 0, h / 2), (l / 2, 0.4, h / 2), Material.BUILDING)
+        p.ellipsoid((0, 0, h + 0.35), (l / 2, 0.45, 0.45), Material.VEGETATION)
+    elif kind == "cabinet":  # electrical cabinet: person-sized, box-shaped
+        p.box((0, 0, 0.65), (rng.uniform(0.3, 0.6), rng.uniform(0.2, 0.3), rng.uniform(0.55, 0.75)), Material.METAL)
+    elif kind == "column":  # advertising column
+        r, h = rng.uniform(0.5, 0.7), rng.uniform(2.5, 3.2)
+        p.cylinder((0, 0, h / 2), r, h / 2, Material.BUILDING)
+    elif kind == "bench":
+        l = rng.uniform(1.5, 2.2)
+        p.box((0, 0, 0.45), (l / 2, 0.22, 0.03), Material.WOOD)
+        p.box((0, -0.22, 0.7), (l / 2, 0.02, 0.18), Material.WOOD)
+        for x in (-l / 2 + 0.1, l / 2 - 0.1):
+            p.box((x, 0, 0.21), (0.03, 0.2, 0.21), Material.METAL)
+    else:  # parking meter / ticket machine
+        p.cylinder((0, 0, 0.55), 0.05, 0.55, Material.METAL)
+        p.box((0, 0, 1.25), (0.12, 0.15, 0.2), Material.METAL)
+    return p
+
+
+# --------------------------------------------------------------------------- placement
+def add_roadside_extras(b, ground, cfg, s_range: tuple[float, float]) -> None:
+    """Place the options' hedges, fences, furniture and bicycles beside the road of `ground` (a SceneBuilder b)."""
+    rng = b.rng
+    hw, pw, heading = ground.road_half_width, ground.pavement_width, ground.road_heading
+    span = s_range[1] - s_range[0]
+
+    def put(parts, s, u, yaw, margin=0.05, attempts=1):
+        for _ in range(attempts):
+            x, y = ground.to_world(s, u)
+            if b.try_add(parts, float(x), float(y), yaw, None, margin=margin):
+                return True
+            s = s + rng.uniform(-3.0, 3.0)
+        return False
+
+    for side in (-1, 1):
+        for _ in range(rng.poisson(cfg.hedges_per_100m * span / 100.0)):
+            s = rng.uniform(*s_range)
+            u = side * (hw + pw - rng.uniform(0.4, 0.8) if rng.random() < 0.5 else hw + pw + rng.uniform(0.5, 8.0))
+            parts = hedge_parts(rng.uniform(3.0, 12.0), rng) if rng.random() < 0.6 else bush_cluster_parts(rng)
+            put(parts, s, u, heading + rng.normal(0, 0.03), margin=0.0, attempts=3)
+        for _ in range(rng.poisson(cfg.fences_per_100m * span / 100.0)):
+            u = side * (hw + pw + rng.uniform(0.1, 1.0) if rng.random() < 0.7 else hw + 0.5)
+            put(fence_parts(rng.uniform(6.0, 25.0), rng), rng.uniform(*s_range), u, heading, margin=0.0, attempts=3)
+    for _ in range(int(rng.integers(cfg.street_furniture[0], cfg.street_furniture[1] + 1))):
+        side = rng.choice([-1, 1])
+        put(furniture_parts(rng), rng.uniform(*s_range), side * rng.uniform(hw + 0.4, hw + pw + 1.0),
+            heading + rng.choice([0.0, np.pi]) + rng.normal(0, 0.05), attempts=5)
+    n_bikes = int(rng.integers(cfg.riderless_bicycles[0], cfg.riderless_bicycles[1] + 1))
+    while n_bikes > 0:  # singly, or a few side by side at a rack
+        side, s = rng.choice([-1, 1]), rng.uniform(*s_range)
+        u = side * rng.uniform(hw + 0.5, hw + pw - 0.3)
+        rack = int(min(n_bikes, rng.integers(1, 5)))
+        across = rng.random() < 0.6  # racks hold bikes across the pavement
+        for k in range(rack):
+            yaw = heading + (np.pi / 2 if across else 0.0) + rng.choice([0.0, np.pi]) + rng.normal(0, 0.08)
+            put(bicycle_parts(rng), s + k * 0.75, u, yaw, margin=0.02, attempts=2)
+        n_bikes -= rack
