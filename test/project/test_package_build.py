@@ -39,6 +39,7 @@ def test_colcon_build_installs_launch_and_config(tmp_path):
     assert (share / "launch" / "detector.launch.py").is_file()
     assert (share / "config" / "detector.yaml").is_file()
     assert (share / "config" / "fastdds_large_data.xml").is_file()
+    assert (share / "config" / "clean_ros.rviz").is_file()              # the RViz preset (rviz:=true)
     if (ROOT / "models" / "default" / "manifest.json").exists():
         assert (share / "models" / "default" / "manifest.json").is_file()
         assert (share / "models" / "default" / "weights.safetensors").is_file()
@@ -57,6 +58,17 @@ def test_colcon_build_installs_launch_and_config(tmp_path):
     assert Path(found["package_share"]).is_relative_to(tmp_path / "install"), found
     assert found["params_file"] == str(share / "config" / "detector.yaml")
     assert found["fastdds_profile"] == str(share / "config" / "fastdds_large_data.xml")
+    # `ros2 run clean_ros <tool>` runs lib/clean_ros/<tool>: every console script is there and answers --help
+    from test_entry_points import HELP_MARKERS, expected_scripts
+
+    scripts = tmp_path / "install" / "clean_ros" / "lib" / "clean_ros"
+    assert {p.name for p in scripts.iterdir()} == expected_scripts()
+    runs = {name: subprocess.Popen([str(scripts / name), "--help"], cwd=tmp_path, env={**env, "OMP_NUM_THREADS": "1"},
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name in sorted(expected_scripts())}
+    for name, process in runs.items():
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0 and HELP_MARKERS[name] in out, f"installed {name} --help: {err[-2000:]}"
     shutil.rmtree(tmp_path / "build", ignore_errors=True)
 
 
