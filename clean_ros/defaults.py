@@ -24,3 +24,12 @@ STAGE_LATENCY_TOPIC = f"/{NODE_NAME}/stage_latency"   # the node's ~/stage_laten
 
 INTENSITY_SCALE = 1.0                 # input intensity multiplier (0-255 sensors on a [0, 1] model: 1 / 255)
 EXPECTED_RATE_HZ = 10.0               # sensor rate
+
+# Input boxes [x_min, y_min, z_min, x_max, y_max, z_max] (m, the model's input frame); both off by default (node
+# parameters crop_box_enabled / exclusion_box_enabled). The exclusion box's default is an example: a car around a
+# roof-mounted sensor.
+CROP_BOX = (-80.0, -80.0, -5.0, 80.0, 80.0, 5.0)
+EXCLUSION_BOX = (-2.5, -1.2, -2.5, 2.5, 1.2, 0.5)
+# Range bands (m, BEV distance) of the range-dependent score thresholds when the bundle sets none (they start off).
+RANGE_BREAKPOINTS = (30.0, 50.0)
+MAX_POINTS = 1_000_000                # clouds above this are decimated (every k-th point) by the node and replay

@@ -65,6 +65,7 @@ class HealthSnapshot:
     backend_reason: str = ""                    # why this backend runs (Pipeline's backend selection)
     low_rate_fraction: float = 0.8
     use_sim_time: bool = False
+    extra_items: Mapping[str, str] = field(default_factory=dict)   # appended as they are (e.g. the input boxes)
 
 
 def assess(s: HealthSnapshot) -> tuple[int, str, dict[str, str]]:
@@ -145,6 +146,7 @@ def assess(s: HealthSnapshot) -> tuple[int, str, dict[str, str]]:
         "bundle": s.bundle,
         "contract": "ok" if not s.contract_findings else "; ".join(c for c, _ in s.contract_findings),
     })
+    items.update(s.extra_items)
     return level, message, items
 
 

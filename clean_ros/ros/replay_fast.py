@@ -1,6 +1,7 @@
-"""Fast replay: in process, frame by frame, deterministic, no drops. Each cloud of the bag is decoded with
-clean_ros.cloud.pointcloud.read_points and run through clean_ros.inference.pipeline.Pipeline exactly as the detector
-node's callback does (same bundle, same post-processing settings)."""
+"""Fast replay: in process, frame by frame, deterministic, no drops. Each cloud of the bag goes through
+clean_ros.cloud.model_input.points_for_model (decode, crop / exclusion boxes, decimation to max_points) and
+clean_ros.inference.pipeline.Pipeline exactly as the detector node's callback does (same bundle, same
+post-processing settings, same input steps)."""
 from __future__ import annotations
 
 import sys
@@ -8,24 +9,27 @@ import time
 
 import numpy as np
 
+from clean_ros.cloud.model_input import NO_FILTER, BoxFilter
+from clean_ros.defaults import MAX_POINTS
 from clean_ros.ros.bag import BagReader, stamp_ns
 from clean_ros.ros.replay_frames import FrameResult, ReplayError, cloud_messages
 
 
 def run_fast(reader: BagReader, pipeline, points_topic: str, intensity_scale: float = 1.0,
-             progress: bool = False) -> list[FrameResult]:
-    """Every cloud through the pipeline, as the node's callback does it (decode -> Pipeline)."""
-    from clean_ros.cloud.pointcloud import CloudFormatError, read_points
+             progress: bool = False, *, max_points: int = MAX_POINTS,
+             boxes: BoxFilter = NO_FILTER) -> list[FrameResult]:
+    """Every cloud through the pipeline, as the node's callback does it (points_for_model -> Pipeline)."""
+    from clean_ros.cloud.model_input import points_for_model
+    from clean_ros.cloud.pointcloud import CloudFormatError
 
     results = []
     for index, (_, msg) in enumerate(cloud_messages(reader, points_topic)):
         t0 = time.perf_counter()
         try:
-            points, _ = read_points(msg, pipeline.point_features, intensity_scale=intensity_scale)
+            points = points_for_model(msg, pipeline.point_features, intensity_scale=intensity_scale,
+                                      max_points=max_points, boxes=boxes).points
         except CloudFormatError as exc:
             raise ReplayError(f"cloud {index} on {points_topic}: {exc}") from None
-        if not points.flags.c_contiguous or not points.flags.writeable:
-            points = np.ascontiguousarray(points)
         t1 = time.perf_counter()
         result = pipeline(points)
         t2 = time.perf_counter()

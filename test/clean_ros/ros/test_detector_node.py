@@ -28,10 +28,11 @@ from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from vision_msgs.msg import Detection3DArray  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
-from clean_ros.ros.detector_node import NODE_NAME, launch_command  # noqa: E402
+from clean_ros.defaults import NODE_NAME  # noqa: E402
 from clean_ros.ros.messages import parse_stage_timing  # noqa: E402
 from clean_ros.ros.node_diagnostics import STATUS_NAME, parse_diagnostic_values  # noqa: E402
-from clean_ros.ros.node_process import DriverNode, NodeProcess, random_domain_id  # noqa: E402
+from clean_ros.ros.node_process import (DriverNode, NodeProcess, launch_command, random_domain_id,  # noqa: E402
+                                        run_node_once)
 from clean_ros.ros.pointcloud_msg import make_pointcloud2  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
@@ -382,32 +383,34 @@ def test_use_sim_time_input_age_follows_clock(kitti_sample, bundle_path):
 # ---------------------------------------------------------------------------------------------------------------
 # Pure helpers of the node (no node, no test double needed)
 
-def test_postprocess_validation_and_conversion():
-    from clean_ros.ros.detector_node import to_pipeline_changes, validate_postprocess
-
-    current = {"score_thresholds": [0.1, 0.1, 0.1], "nms_iou": 0.1, "nms_pre_max": 100, "nms_post_max": 50,
-               "iou_gate_thresholds": [0.5, 0.2, 0.2]}
-    assert validate_postprocess({"nms_post_max": 100}, current, 3) is None
-    assert "must not exceed nms_pre_max" in validate_postprocess({"nms_post_max": 101}, current, 3)
-    assert "must not exceed" in validate_postprocess({"nms_pre_max": 10}, current, 3)
-    assert validate_postprocess({"nms_pre_max": 0}, current, 3) is None          # 0 = no limit
-    assert "needs 3 values" in validate_postprocess({"score_thresholds": [0.5]}, current, 3)
-    assert "finite" in validate_postprocess({"iou_gate_thresholds": [0.5, float("nan"), 0.2]}, current, 3)
+def test_ros_parameters_map_onto_the_one_postprocess_validator():
+    """The node has no validator of its own: ROS values become Pipeline keywords, which postprocess_settings checks."""
     import array
+
+    from clean_ros.inference.postprocess_settings import PostProcessConfig, updated_postprocess
+    from clean_ros.ros.node_parameters import postprocess_values, to_pipeline_changes
 
     changes = to_pipeline_changes({"score_thresholds": array.array("d", [0.5, 0.4, 0.3]), "nms_pre_max": 7})
     assert changes == {"score_thresholds": [0.5, 0.4, 0.3], "nms_pre_max": 7}
     assert type(changes["score_thresholds"]) is list
-
-
-def test_decimate_keeps_at_most_max_points_as_a_view():
-    from clean_ros.ros.detector_node import decimate
-
-    points = np.arange(2_000_003 * 4, dtype=np.float32).reshape(-1, 4)
-    out = decimate(points, 1_000_000)
-    assert len(out) <= 1_000_000 and np.shares_memory(out, points)
-    np.testing.assert_array_equal(out[1], points[3])                 # every 3rd point
-    assert decimate(points, 0) is points and decimate(points[:10], 100).shape == (10, 4)
+    current = postprocess_values(PostProcessConfig())
+    assert current["range_thresholds_enabled"] is False and current["range_breakpoints"] == [30.0, 50.0]
+    assert current["range_score_thresholds"] == [0.1] * 9            # neutral table: the class thresholds
+    # disabled: the lists are edited one at a time (no consistency check), the pipeline keeps the table off
+    assert to_pipeline_changes({"range_breakpoints": [20.0]}, current) == {"range_breakpoints": [],
+                                                                          "range_score_thresholds": []}
+    with pytest.raises(ValueError, match="strictly ascending"):
+        to_pipeline_changes({"range_breakpoints": [20.0, 10.0]}, current)
+    # enabled: both lists go to the validator, which checks that they fit together
+    enabled = to_pipeline_changes({"range_thresholds_enabled": True}, current)
+    assert enabled == {"range_breakpoints": [30.0, 50.0], "range_score_thresholds": [0.1] * 9}
+    with pytest.raises(ValueError, match="range_score_thresholds needs 6 values"):
+        updated_postprocess(PostProcessConfig(), to_pipeline_changes({"range_thresholds_enabled": True,
+                                                                      "range_breakpoints": [40.0]}, current),
+                            ("Car", "Pedestrian", "Cyclist"), iou_branch=False)
+    with pytest.raises(ValueError, match=r"nms_post_max \(101\) must not exceed nms_pre_max \(100\)"):
+        updated_postprocess(PostProcessConfig(), to_pipeline_changes({"nms_pre_max": 100, "nms_post_max": 101}),
+                            ("Car", "Pedestrian", "Cyclist"), iou_branch=False)
 
 
 def test_launch_command_formats_parameters_for_ros_args():
@@ -426,12 +429,8 @@ def test_launch_command_formats_parameters_for_ros_args():
     ({"intensity_scale": 1}, "parameter 'intensity_scale'"),
 ])
 def test_unusable_configuration_stops_with_one_clear_line(parameters, expected):
-    env = {**os.environ, "ROS_DOMAIN_ID": str(random_domain_id()),
-           "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-    result = subprocess.run(launch_command(REPO / "config" / "detector.yaml", parameters), cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output[-2000:]
+    code, output = run_node_once(parameters, params_file=REPO / "config" / "detector.yaml", cwd=REPO)
+    assert code == 2, output[-2000:]
     assert "FATAL" in output and expected in output, output[-2000:]
     assert "Traceback" not in output, output[-2000:]
 
@@ -488,12 +487,12 @@ def test_backend_failure_and_voxel_overflow_are_answered_and_reported_in_process
         rng = np.random.default_rng(0)
         node._on_cloud(_cloud(rng.uniform(0, 10, (13, 4)).astype(np.float32), 7000), None)
         assert published[-1].header.stamp.sec == 7000 and len(published[-1].detections) == 0
-        assert node.events.count("backend_error") == 1 and node.frames_processed == 0
+        assert node.accounting.events.count("backend_error") == 1 and node.accounting.frames_processed == 0
         level, message, _ = assess(node.health_snapshot())
         assert level == ERROR and "illegal memory access" in message
         node._on_cloud(_cloud(rng.uniform(0, 10, (100, 4)).astype(np.float32), 7001), None)
-        assert published[-1].header.stamp.sec == 7001 and node.frames_processed == 1
-        assert node.events.count("voxel_overflow") == 1
+        assert published[-1].header.stamp.sec == 7001 and node.accounting.frames_processed == 1
+        assert node.accounting.events.count("voxel_overflow") == 1
         _, message, items = assess(node.health_snapshot())
         assert "12 of 40012 voxels and 30 points dropped" in message
         assert items["inference_ms_p50"] == "2.000" and items["backend_error_count"] == "1"
