@@ -3,6 +3,7 @@
     python -m clean_ros.replay BAG --bundle DIR [--mode fast|realtime] [--out report.json] [--record OUT_BAG]
                                [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--num-threads N]
                                [--points-topic /points] [--gt-topic /ground_truth] [--rate-scale 1.0]
+                               [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]]
 
 This module is the command line; the work is done by:
   clean_ros/ros/replay_frames.py    the bag's clouds, ground truth and calib; per-frame results (FrameResult)
@@ -15,6 +16,9 @@ This module is the command line; the work is done by:
                                 else per range band (0-30 / 30-50 / 50+ m); BEV and 3D, R40
   clean_ros/metrics/latency.py          latency_summary: per-stage n, mean, p50/p90/p95/p99, max
   clean_ros/ros/bag.py              record_detections (--record)
+
+--sensor-height (+ pitch, roll): where the bag's sensor is, the node's sensor_height setting
+(clean_ros.inference.sensor_mount): fast mode sets it on the Pipeline, realtime mode passes it to the node.
 
 Matching: detections belong to the ground-truth message with the same header stamp (ns). Without ground truth in
 the bag the report holds latency only and says why.
@@ -52,6 +56,12 @@ def replay(args) -> dict:
         raise ReplayError(f"{args.record}: exists already (--record never overwrites)")
     if args.mode == "realtime" and not (args.bundle / "manifest.json").is_file():
         raise ReplayError(f"{args.bundle}: not a model bundle (no manifest.json)")
+    from clean_ros.inference.sensor_mount import SensorMount
+
+    try:
+        mount = SensorMount.from_settings(args.sensor_height, args.sensor_pitch, args.sensor_roll)
+    except ValueError as exc:
+        raise ReplayError(str(exc)) from None
     reader = BagReader(args.bag)
     try:
         reader.require(args.points_topic, POINTS_TYPE)
@@ -67,6 +77,7 @@ def replay(args) -> dict:
                                                 intra_op_threads=args.num_threads)
             except (BundleError, BackendError, ValueError, OSError) as exc:
                 raise ReplayError(f"{args.bundle}: cannot load the bundle: {exc}") from None
+            pipeline.set_sensor_mount(mount)
             class_names = tuple(pipeline.class_names)
             backend = pipeline.backend_name
             pipeline.warmup(args.warmup)
@@ -83,7 +94,10 @@ def replay(args) -> dict:
             results, mode_stats = run_realtime(reader, args.bundle, args.points_topic, backend=args.backend,
                                                device=args.device, num_threads=args.num_threads,
                                                rate_scale=args.rate_scale, drain_s=args.drain_s,
-                                               log_path=args.node_log)
+                                               log_path=args.node_log, node_parameters=(
+                                                   {} if mount is None else {"sensor_height": mount.height,
+                                                                             "sensor_pitch": mount.pitch,
+                                                                             "sensor_roll": mount.roll}))
             backend = mode_stats.pop("node_backend")
     finally:
         reader.close()
@@ -119,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="fast mode: as the node parameter")
     parser.add_argument("--warmup", type=int, default=defaults.WARMUP_ITERATIONS,
                         help="fast mode: warm-up runs before timing")
+    parser.add_argument("--sensor-height", type=float, default=0.0,
+                        help="the sensor's height above the ground in metres (0 = as the model was trained); "
+                             "docs/NODE.md 'Where the sensor is'")
+    parser.add_argument("--sensor-pitch", type=float, default=0.0, help="radians, positive = nose down")
+    parser.add_argument("--sensor-roll", type=float, default=0.0, help="radians, positive = left side up")
     parser.add_argument("--rate-scale", type=float, default=1.0, help="realtime: publish at recorded rate x this")
     parser.add_argument("--drain-s", type=float, default=10.0, help="realtime: wait this long for late answers")
     parser.add_argument("--node-log", type=Path, help="realtime: write the node's output here")

@@ -20,7 +20,7 @@ NODE_NAMESPACE = "/replay"
 def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend: str = defaults.BACKEND,
                  device: str = defaults.DEVICE, num_threads: int = defaults.NUM_THREADS, rate_scale: float = 1.0,
                  startup_timeout_s: float = 180.0, drain_s: float = 10.0, domain_id: int | None = None,
-                 log_path: Path | None = None
+                 log_path: Path | None = None, node_parameters: dict | None = None
                  ) -> tuple[list[FrameResult], dict]:
     """Publish the bag's clouds to a node subprocess at the recorded rate (x rate_scale); collect the answers."""
     from diagnostic_msgs.msg import DiagnosticArray
@@ -56,7 +56,8 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
     frame_id = ""
     with NodeProcess({"bundle_path": str(Path(bundle).resolve()), "backend": backend, "device": device,
                       "num_threads": int(num_threads), "input_topic": input_topic, "output_topic": output_topic,
-                      "publish_markers": False}, domain_id=domain_id, log_path=log_path) as node_process:
+                      "publish_markers": False, **(node_parameters or {})},  # e.g. sensor_height
+                     domain_id=domain_id, log_path=log_path) as node_process:
         domain_id = node_process.domain_id
         client = DriverNode("clean_ros_replay", domain_id)
         try:
