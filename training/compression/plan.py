@@ -112,9 +112,14 @@ class Plan:
             lines.append(f"  {i:>2} {s.name:<26}{epochs:>7}{iters:>12}{est:>10}  {s.title}"
                          + (f" [{s.note}]" if s.note else ""))
         total = self.total_seconds
+        unknown = [s.name for s in self.stages if s.seconds is None]
         timed = ", ".join(f"{k} {v:.3f} s" for k, v in self.step_seconds.items())
-        lines.append(f"estimate: {'~' + fmt_seconds(total) if total is not None else 'not measured'} in all"
-                     + (f" (one training step: {timed})" if timed else " (--plan-iterations 0: no timing)"))
+        if not self.step_seconds:
+            lines.append("estimate: not measured (--plan-iterations 0: no timing)")
+        else:
+            lines.append(f"estimate: ~{fmt_seconds(total or 0.0)} in all"
+                         + (f" + the stages marked ? ({', '.join(unknown)})" if unknown else "")
+                         + f" (one training step: {timed})")
         lines += [f"warning: {w}" for w in self.warnings]
         lines.append(f"checks passed: {'; '.join(self.checks)} (plan took {self.plan_seconds:.1f} s)")
         return "\n".join(lines)

@@ -74,7 +74,7 @@ def test_plan_on_a_kitti_folder_prints_data_models_stages_and_estimate(kitti, tm
 def test_plan_without_timing_reports_not_measured(kitti, tmp_path, capsys, one_thread):
     code, text, err = run_plan(capsys, plan(kitti, tmp_path / "run", "--plan-iterations", "0"))
     assert code == 0, err
-    assert "(--plan-iterations 0: no timing)" in text
+    assert "estimate: not measured (--plan-iterations 0: no timing)" in text
     assert re.search(r"\d+ student_baseline\s+2\s+4\s+\?", text), text
 
 
