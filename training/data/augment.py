@@ -48,7 +48,7 @@ def scale(points: np.ndarray, boxes: np.ndarray, factor: float) -> tuple[np.ndar
     return points, boxes
 
 
-def _first_box_of_point(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def first_box_of_point(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """(N,) index of the first box containing each point, -1 for none."""
     inside = points_in_boxes(torch.from_numpy(points[:, :3]), torch.from_numpy(boxes)).numpy()
     return np.where(inside.any(1), inside.argmax(1), -1) if inside.shape[1] else np.full(len(points), -1)
@@ -57,7 +57,7 @@ def _first_box_of_point(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 def move_objects(points: np.ndarray, boxes: np.ndarray, translation: np.ndarray,
                  rotation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rotate each box about its centre by rotation[i] and shift it by translation[i], with the points inside it."""
-    owner = _first_box_of_point(points, boxes)
+    owner = first_box_of_point(points, boxes)
     points, new_boxes = points.copy(), boxes.copy()
     moved = np.flatnonzero(owner >= 0)
     o = owner[moved]

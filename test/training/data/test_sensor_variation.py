@@ -1,0 +1,109 @@
+"""Sensor-variation transforms: beam reduction halves the rows, dropout/intensity do what they say, a mounting
+change moves points and boxes together and is undone by the Pipeline's SensorMount."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from clean_ros.cloud.geometry import points_in_boxes
+from clean_ros.cloud.transforms import transform_boxes, transform_points
+from clean_ros.inference.sensor_mount import SensorMount
+from training.data.sensor_variation import (change_mounting, drop_points, elevation_deg, elevation_rows, keep_rows,
+                                            scale_intensity, sensor_rows)
+
+HDL64_ELEVATIONS = np.concatenate([np.linspace(2.0, -8.33, 32), np.linspace(-8.83, -24.9, 32)])
+
+
+def scan(elevations=HDL64_ELEVATIONS, n_azimuth=90, seed=0):
+    """A shuffled synthetic scan: one row per elevation, random ranges, intensity 0.5."""
+    rng = np.random.default_rng(seed)
+    el = np.deg2rad(np.repeat(elevations, n_azimuth))
+    az = rng.uniform(-np.pi, np.pi, len(el))
+    r = rng.uniform(4.0, 60.0, len(el))
+    points = np.stack([r * np.cos(el) * np.cos(az), r * np.cos(el) * np.sin(az), r * np.sin(el),
+                       np.full(len(el), 0.5)], 1).astype(np.float32)
+    return points[rng.permutation(len(points))]
+
+
+def test_beam_reduction_keeps_every_other_row():
+    points = scan()
+    rows = elevation_rows(points)
+    assert rows.count == 64
+    for phase in (0, 1):
+        kept = keep_rows(points, rows.row, keep_every=2, phase=phase)
+        assert len(kept) == len(points) // 2
+        kept_rows = elevation_rows(kept)
+        assert kept_rows.count == 32
+        np.testing.assert_allclose(kept_rows.elevation_deg, np.sort(HDL64_ELEVATIONS)[phase::2], atol=0.02)
+    with pytest.raises(ValueError, match="phase"):
+        keep_rows(points, rows.row, keep_every=2, phase=2)
+
+
+def test_sensor_rows_fall_back_to_elevation_for_a_shuffled_cloud():
+    points = scan()
+    np.testing.assert_array_equal(sensor_rows(points).row, elevation_rows(points).row)
+
+
+def test_drop_points_keeps_the_fraction_and_is_seeded():
+    points = scan()
+    kept = drop_points(points, 0.3, np.random.default_rng(5))
+    assert abs(len(kept) / len(points) - 0.3) < 0.02
+    np.testing.assert_array_equal(kept, drop_points(points, 0.3, np.random.default_rng(5)))
+    assert len(drop_points(points, 1.0, np.random.default_rng(0))) == len(points)
+    assert len(drop_points(points, 0.0, np.random.default_rng(0))) == 0
+    with pytest.raises(ValueError, match="keep_fraction"):
+        drop_points(points, 1.5, np.random.default_rng(0))
+
+
+def test_scale_intensity_scale_gamma_and_clip():
+    points = np.array([[1, 0, 0, 0.25], [1, 0, 0, 0.81], [1, 0, 0, 1.0]], np.float32)
+    out = scale_intensity(points, scale=1.5, gamma=0.5)
+    np.testing.assert_allclose(out[:, 3], [0.75, 1.0, 1.0], atol=1e-6)  # 1.5 * sqrt(0.81) = 1.35 -> clipped
+    np.testing.assert_array_equal(out[:, :3], points[:, :3])
+    assert points[0, 3] == pytest.approx(0.25)  # input untouched
+    with pytest.raises(ValueError, match="gamma"):
+        scale_intensity(points, gamma=0.0)
+
+
+def test_height_shift_lowers_points_and_boxes_together():
+    points = np.array([[10.0, 2.0, -1.73, 0.3], [5.0, -1.0, -0.5, 0.7]], np.float32)
+    boxes = np.array([[10.0, 2.0, -1.0, 4.0, 2.0, 1.5, 0.4]])
+    p, b = change_mounting(points, boxes, height_shift=0.3)
+    np.testing.assert_allclose(p[:, 2], points[:, 2] - 0.3, atol=1e-6)
+    np.testing.assert_allclose(p[:, [0, 1, 3]], points[:, [0, 1, 3]])
+    np.testing.assert_allclose(b[:, 2], -1.3)
+    np.testing.assert_allclose(b[:, [0, 1, 3, 4, 5, 6]], boxes[:, [0, 1, 3, 4, 5, 6]])
+
+
+def test_pitch_nose_down_raises_the_road_ahead_and_boxes_follow_their_points():
+    rng = np.random.default_rng(0)
+    boxes = np.array([[20.0, 3.0, -0.9, 4.0, 1.8, 1.6, 0.7], [12.0, -6.0, -0.8, 0.8, 0.8, 1.8, -1.2]])
+    # points well inside each box (inner half), so a tilt of ~1 degree cannot move them out
+    local = rng.uniform(-0.25, 0.25, (200, 3)) * boxes[[0] * 100 + [1] * 100, 3:6]
+    owner = np.repeat([0, 1], 100)
+    c, s = np.cos(boxes[owner, 6]), np.sin(boxes[owner, 6])
+    xyz = boxes[owner, :3] + np.stack([c * local[:, 0] - s * local[:, 1], s * local[:, 0] + c * local[:, 1],
+                                       local[:, 2]], 1)
+    road = np.array([[30.0, 0.0, -1.73, 0.2]])
+    points = np.concatenate([np.c_[xyz, np.full(200, 0.5)], road]).astype(np.float32)
+    pitch, roll = math.radians(1.5), math.radians(-1.0)
+    p, b = change_mounting(points, boxes, height_shift=0.2, pitch=pitch, roll=roll)
+    assert p[-1, 2] > -1.73 + 30 * math.sin(pitch) - 0.2 - 0.05  # nose down: the road 30 m ahead rises ~0.79 m
+    inside = points_in_boxes(torch.from_numpy(p[:200, :3].astype(np.float64)), torch.from_numpy(b)).numpy()
+    np.testing.assert_array_equal(inside.argmax(1), owner)
+    assert inside.any(1).all()
+    # the Pipeline's documented setting undoes it exactly (points) / up to the dropped box tilt (boxes)
+    back = SensorMount(1.73 + 0.2, pitch, roll).model_from_sensor(1.73)
+    np.testing.assert_allclose(transform_points(p, back), points, atol=1e-4)
+    restored = transform_boxes(b, back)
+    np.testing.assert_allclose(restored[:, :6], boxes[:, :6], atol=1e-6)
+    np.testing.assert_allclose(restored[:, 6], boxes[:, 6], atol=1e-3)  # yaw: off by ~pitch * roll / 2 (heading)
+
+
+def test_elevation_measured_from_a_raised_origin():
+    points = np.array([[10.0, 0.0, 0.2, 0.0]], np.float32)
+    assert elevation_deg(points, origin_height=0.2)[0] == pytest.approx(0.0, abs=1e-5)
+    assert elevation_deg(points)[0] == pytest.approx(math.degrees(math.atan2(0.2, 10.0)), abs=1e-4)
