@@ -42,6 +42,7 @@ FAMILIES: dict[str, Family] = {
 }
 CAR_FAMILIES = tuple(name for name, fam in FAMILIES.items() if fam.weight > 0)
 DARK_PAINT = (0.03, 0.08)  # albedo range of black / dark grey paint
+PAINT = (0.17, 0.07)  # albedo mean and std of other paint
 
 
 def sample_family(name: str, rng: np.random.Generator) -> str:
@@ -64,7 +65,9 @@ def family_parts(family: str, rng: np.random.Generator, dark_fraction: float = 0
     fam = FAMILIES[family]
     l, w, h = family_size(family, rng)
     u = lambda lo_hi: float(rng.uniform(*lo_hi))  # noqa: E731
-    paint = {Material.CAR_PAINT: u(DARK_PAINT)} if rng.random() < dark_fraction else {}
+    # real car paint is glossy: most of the light is reflected away, so it reads darker than KITTI's old default
+    dark = rng.random() < dark_fraction
+    paint = {Material.CAR_PAINT: u(DARK_PAINT) if dark else float(np.clip(rng.normal(*PAINT), 0.06, 0.45))}
     p = PartList(albedo=paint)
     mirror = 0.09
     body_w = w - 2 * mirror
@@ -90,6 +93,10 @@ def family_parts(family: str, rng: np.random.Generator, dark_fraction: float = 0
           cabin_h / 2), Material.GLASS)
     p.box(((roof_front + roof_rear) / 2, 0.0, h - 0.035), ((roof_front - roof_rear) / 2, cabin_w / 2, 0.035),
           Material.CAR_PAINT)
+    # seats and headrests behind the glass (rays through a window return from them)
+    seat_top = belt + cabin_h * 0.55
+    p.box(((roof_front + roof_rear) / 2, 0.0, (belt - 0.1 + seat_top) / 2),
+          ((roof_front - roof_rear) / 2 - 0.1, cabin_w / 2 - 0.08, (seat_top - belt + 0.1) / 2), Material.CLOTH_SKIN)
     # raked windscreen and rear window: thin slabs from the belt line to the roof edge
     for x_base, x_top, tilt in ((x_front, roof_front, rake), (x_rear, roof_rear, -rear_rake)):
         slab = np.hypot(x_base - x_top, cabin_h)

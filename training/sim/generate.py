@@ -11,7 +11,7 @@ from training.sim.sim_config import SimConfig
 from training.sim.labels import FrameLabels, make_labels
 from training.sim.raycast import Foliage, cast
 from training.sim.scene import Scene, sample_scene
-from training.sim.sensor import measure, ray_grid
+from training.sim.sensor import ego_blocked, ego_body_boxes, laser_origin_heights, measure, ray_grid
 
 SPLITS = {"training": 0, "testing": 1}
 
@@ -36,14 +36,20 @@ def scan_scene(scene: Scene, cfg: SimConfig, rng: np.random.Generator,
     calib = calib or kitti_calibration()
     grid = ray_grid(cfg.sensor)
     n_objects = len(scene.names)
+    origin_z = laser_origin_heights(grid, cfg.sensor)
     hits = cast(scene.prims, scene.ground, grid, cfg.sensor.max_range, n_objects,
-                foliage=Foliage(cfg.sensor.vegetation_porosity, cfg.sensor.vegetation_depth, rng))
+                foliage=Foliage(cfg.sensor.vegetation_porosity, cfg.sensor.vegetation_depth, rng,
+                                cfg.sensor.glass_porosity), origin_z=origin_z)
     n_beams, n_cols = len(grid.elevation), grid.n_columns
     # top beam first, as the scanner reports them
     order = np.arange(n_beams * n_cols).reshape(n_beams, n_cols)[::-1].ravel()
-    order = order[np.isfinite(hits.range[order])]
+    returned = np.isfinite(hits.range)
+    if cfg.sensor.ego_vehicle:
+        returned &= ~ego_blocked(grid.directions, origin_z, ego_body_boxes(rng, cfg.sensor.mount_height))
+    order = order[returned[order]]
     points, kept = measure(hits.range[order], grid.directions[order], hits.cos_incidence[order], hits.albedo[order],
-                           hits.material[order], cfg.sensor, rng, beam=order // n_cols)
+                           hits.material[order], cfg.sensor, rng, beam=order // n_cols,
+                           origin_z=None if origin_z is None else origin_z[order])
     owner = hits.owner[order][kept]
     label_args = (scene.prims, scene.names, scene.boxes, points, owner, hits.unobstructed_rays, hits.visible_rays,
                   calib, cfg.labels, KITTI_IMAGE_SHAPE)

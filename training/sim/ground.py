@@ -23,6 +23,8 @@ class Ground:
     lane_width: float
     kerb_height: float
     pavement_width: float
+    camber: float = 0.0  # cross-fall of the road from its crown to the kerbs (dz / du), e.g. 0.02
+
 
     @property
     def road_half_width(self) -> float:
@@ -45,6 +47,9 @@ class Ground:
         z = self.base + self.slope[0] * x + self.slope[1] * y
         for a, kx, ky, ph in self.undulation:  # a couple of waves
             z = z + a * (np.sin(kx * x + ky * y + ph) - np.sin(ph))
+        if self.camber:  # zero under the sensor, falling towards the kerbs (the crown is at the centre line)
+            z = z - self.camber * (np.minimum(np.abs(self.lateral(x, y)), self.road_half_width)
+                                   - min(abs(self.road_centre), self.road_half_width))
         return z
 
     def height(self, x, y):
@@ -56,25 +61,32 @@ class Ground:
         for a, kx, ky, ph in self.undulation:
             c = a * np.cos(kx * x + ky * y + ph)
             gx, gy = gx + c * kx, gy + c * ky
+        if self.camber:
+            u = self.lateral(x, y)
+            fall = -self.camber * np.sign(u) * (np.abs(u) < self.road_half_width)
+            gx, gy = gx + fall * -np.sin(self.road_heading), gy + fall * np.cos(self.road_heading)
         return gx, gy
 
-    def intersect(self, directions: np.ndarray, max_range: float, iterations: int = 3):
-        """Rays from the origin -> (t (R,), inf where none; cos of incidence (R,); material (R,) int8)."""
+    def intersect(self, directions: np.ndarray, max_range: float, iterations: int = 3,
+                  origin_z: np.ndarray | None = None):
+        """Rays from the origin (or from (0, 0, origin_z) per ray) -> (t (R,), inf where none; cos of incidence (R,);
+        material (R,) int8)."""
         with np.errstate(invalid="ignore", divide="ignore"):  # rays that miss carry inf/nan until masked
-            return self._intersect(directions, max_range, iterations)
+            return self._intersect(directions, max_range, iterations, origin_z)
 
-    def _intersect(self, directions: np.ndarray, max_range: float, iterations: int):
+    def _intersect(self, directions: np.ndarray, max_range: float, iterations: int, origin_z: np.ndarray | None):
         n = len(directions)
         best = np.full(n, np.inf)
         denom = directions[:, 2] - self.slope[0] * directions[:, 0] - self.slope[1] * directions[:, 1]
         # only rays that meet the sloped base plane within reach (with headroom for undulation and the kerb)
         candidates = np.flatnonzero((denom < -1e-6) & ((self.base - 0.5) / np.minimum(denom, -1e-6) < max_range * 1.2))
         dx, dy, dz = directions[candidates].T
+        z0 = 0.0 if origin_z is None else origin_z[candidates]
         for offset, on_pavement in ((0.0, False), (self.kerb_height, True)):
-            t = (self.base + offset) / denom[candidates]
+            t = (self.base + offset - z0) / denom[candidates]
             for _ in range(iterations):
                 x, y = t * dx, t * dy
-                f = t * dz - self.road_height(x, y) - offset
+                f = z0 + t * dz - self.road_height(x, y) - offset
                 gx, gy = self._gradient(x, y)
                 t = t - f / (dz - gx * dx - gy * dy)
             x, y = t * dx, t * dy

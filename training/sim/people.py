@@ -1,7 +1,7 @@
 """Pedestrian variety (realistic preset, SceneConfig.pedestrian_variety): children, poses and carried things.
 
-The default preset's pedestrians are adults walking or standing with the arms along the body. Real pavements also
-hold children, people standing still, and people with a shoulder bag, a backpack or a shopping bag, which change
+The default preset's pedestrians are adults walking or standing with the arms along the body, with thin limbs.
+Real people wear clothes (thicker trousers and sleeves, often a coat), and real pavements also hold children, people standing still, and people with a shoulder bag, a backpack or a shopping bag, which change
 the silhouette and the tight box (a backpack makes the box longer, a bag wider). Sizes of adults come from the
 caller (KITTI's statistics); a child is 1.0-1.4 m tall.
 """
@@ -27,7 +27,13 @@ def pedestrian_variant(adult_lwh: tuple[float, float, float], rng: np.random.Gen
         phase = rng.uniform(-0.15, 0.15)
     else:
         phase = rng.choice([-1, 1]) * rng.uniform(0.5, 1.0)
-    p = pedestrian_parts(l, w, h, rng, phase=phase)
+    # clothes: trousers and sleeves thicker than the default limbs, a coat over torso and hips (real pedestrians
+    # return about twice the default model's points at the same range)
+    p = PartList(albedo={Material.CLOTH_SKIN: float(np.clip(rng.normal(0.32, 0.08), 0.08, 0.6))})
+    p = pedestrian_parts(l, w, h, rng, phase=phase, parts=p, leg_r=rng.uniform(0.07, 0.095) * h / 1.76,
+                         arm_r=rng.uniform(0.05, 0.065) * h / 1.76)
+    if rng.random() < 0.6:
+        p.ellipsoid((0.0, 0.0, 0.62 * h), (rng.uniform(0.13, 0.18), 0.2 * w / 0.66 + 0.02, 0.2 * h), Material.CLOTH_SKIN)
     if pose == "backpack":  # behind the torso, shoulder blades to waist
         p.box((-0.11 - 0.08, 0.0, 0.66 * h), (0.08, 0.14 * w / 0.66, 0.15 * h / 1.76), Material.CLOTH_SKIN)
     elif pose == "shoulder_bag":  # hanging at the hip on one side

@@ -35,19 +35,24 @@ class Hits(NamedTuple):
 class Foliage(NamedTuple):
     """Vegetation is not a solid surface: a ray passes through a leaf-covered primitive with probability porosity,
     else it returns at an exponentially distributed depth inside it (mean depth m, at most 3x). That gives the
-    scattered, volumetric returns of real bushes and crowns. porosity = depth = 0: solid (the default preset)."""
+    scattered, volumetric returns of real bushes and crowns. porosity = depth = 0: solid (the default preset).
+    glass_porosity: a ray passes through a window with this probability (and may return from the car's interior)."""
 
     porosity: float
     depth: float
     rng: np.random.Generator | None
+    glass_porosity: float = 0.0
 
 
 def _through_foliage(t: np.ndarray, material: np.ndarray, foliage: Foliage | None) -> np.ndarray:
-    if foliage is None or (foliage.porosity <= 0 and foliage.depth <= 0):
+    if foliage is None or (foliage.porosity <= 0 and foliage.depth <= 0 and foliage.glass_porosity <= 0):
         return t
     leafy = np.flatnonzero(material == Material.VEGETATION)
     t = t.copy()
     rng = foliage.rng
+    if foliage.glass_porosity > 0:
+        glass = np.flatnonzero(material == Material.GLASS)
+        t[glass[rng.random(len(glass)) < foliage.glass_porosity]] = np.inf
     if foliage.porosity > 0:
         t[leafy[rng.random(len(leafy)) < foliage.porosity]] = np.inf
     if foliage.depth > 0:
@@ -55,13 +60,21 @@ def _through_foliage(t: np.ndarray, material: np.ndarray, foliage: Foliage | Non
     return t
 
 
-def candidate_pairs(prims: Primitives, grid: RayGrid, max_range: float) -> tuple[np.ndarray, np.ndarray]:
-    """(ray index, primitive index) pairs whose rays can reach the primitive's bounding box."""
+def candidate_pairs(prims: Primitives, grid: RayGrid, max_range: float,
+                    origin_z_span: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """(ray index, primitive index) pairs whose rays can reach the primitive's bounding box.
+
+    origin_z_span: (lowest, highest) height of the rays' origins above the sensor origin: a ray from (0, 0, h)
+    meets a box where a ray from the origin meets the box lowered by h, so the box is stretched by that span.
+    """
     n_cols = grid.n_columns
     if prims.count == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     ext = extents_along_axes(prims)
     lo, hi = prims.centre - ext, prims.centre + ext
+    if origin_z_span != (0.0, 0.0):
+        lo[:, 2] -= max(origin_z_span[1], 0.0)
+        hi[:, 2] -= min(origin_z_span[0], 0.0)
     gap_x = np.maximum.reduce([lo[:, 0], -hi[:, 0], np.zeros(len(lo))])
     gap_y = np.maximum.reduce([lo[:, 1], -hi[:, 1], np.zeros(len(lo))])
     d_min = np.hypot(gap_x, gap_y)
@@ -93,11 +106,16 @@ def candidate_pairs(prims: Primitives, grid: RayGrid, max_range: float) -> tuple
     return beam * n_cols + col, prim
 
 
-def intersect_pairs(prims: Primitives, rays: np.ndarray, prim: np.ndarray, directions: np.ndarray):
-    """Distance along each (ray, primitive) pair (inf on a miss) and the cosine of incidence."""
+def intersect_pairs(prims: Primitives, rays: np.ndarray, prim: np.ndarray, directions: np.ndarray,
+                    origin_z: np.ndarray | None = None):
+    """Distance along each (ray, primitive) pair (inf on a miss) and the cosine of incidence; rays start at the
+    sensor origin, or at (0, 0, origin_z[ray])."""
     rot = prims.rotation[prim]
     d = np.einsum("nji,nj->ni", rot, directions[rays])  # ray direction in the primitive frame
-    o = -np.einsum("nji,nj->ni", rot, prims.centre[prim])  # sensor origin in the primitive frame
+    centre = prims.centre[prim]
+    if origin_z is not None:
+        centre = centre - np.stack([np.zeros(len(rays)), np.zeros(len(rays)), origin_z[rays]], 1)
+    o = -np.einsum("nji,nj->ni", rot, centre)  # ray origin in the primitive frame
     size = prims.size[prim]
     kind = prims.kind[prim]
     t = np.full(len(rays), np.inf)
@@ -160,10 +178,12 @@ def _ellipsoids(o, d, semi):
 
 
 def cast(prims: Primitives, ground: Ground | None, grid: RayGrid, max_range: float, n_objects: int,
-         foliage: Foliage | None = None) -> Hits:
+         foliage: Foliage | None = None, origin_z: np.ndarray | None = None) -> Hits:
+    """origin_z: (R,) height of each ray's origin above the sensor origin (HDL-64 lasers sit above it), or None."""
     n_rays = len(grid.directions)
-    rays, prim = candidate_pairs(prims, grid, max_range)
-    t, cos = intersect_pairs(prims, rays, prim, grid.directions)
+    span = (0.0, 0.0) if origin_z is None else (float(origin_z.min()), float(origin_z.max()))
+    rays, prim = candidate_pairs(prims, grid, max_range, span)
+    t, cos = intersect_pairs(prims, rays, prim, grid.directions, origin_z)
     t = _through_foliage(t, prims.material[prim], foliage)
     hit = t < max_range
     rays, prim, t, cos = rays[hit], prim[hit], t[hit], cos[hit]
@@ -173,7 +193,7 @@ def cast(prims: Primitives, ground: Ground | None, grid: RayGrid, max_range: flo
     best_prim = np.full(n_rays, NO_HIT, np.int64)
     material = np.zeros(n_rays, np.int8)
     if ground is not None:
-        g_t, g_cos, g_mat = ground.intersect(grid.directions, max_range)
+        g_t, g_cos, g_mat = ground.intersect(grid.directions, max_range, origin_z=origin_z)
         on_ground = np.isfinite(g_t)
         best_t[on_ground], best_cos[on_ground], best_prim[on_ground] = g_t[on_ground], g_cos[on_ground], GROUND
         material[on_ground] = g_mat[on_ground]

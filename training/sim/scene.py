@@ -5,7 +5,7 @@ overlap test; their sizes follow KITTI's class statistics.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -149,12 +149,21 @@ def sample_ground(cfg: SceneConfig, sensor: SensorConfig, rng: np.random.Generat
     k = 2 * np.pi / wavelength
     undulation = np.stack([rng.uniform(0, cfg.max_undulation, n_waves) / n_waves, k * np.cos(direction),
                            k * np.sin(direction), rng.uniform(0, 2 * np.pi, n_waves)], 1)
-    return Ground(base=-sensor.mount_height,
-                  slope=tuple(rng.uniform(-cfg.max_ground_slope, cfg.max_ground_slope, 2)),
-                  undulation=undulation,
-                  road_heading=float(np.deg2rad(rng.uniform(-cfg.max_road_heading_deg, cfg.max_road_heading_deg))),
-                  road_centre=-u_ego, n_lanes=n_lanes, lane_width=cfg.lane_width,
-                  kerb_height=float(rng.uniform(0.10, 0.18)), pavement_width=float(rng.uniform(2.0, 5.0)))
+    ground = Ground(base=-sensor.mount_height,
+                    slope=tuple(rng.uniform(-cfg.max_ground_slope, cfg.max_ground_slope, 2)),
+                    undulation=undulation,
+                    road_heading=float(np.deg2rad(rng.uniform(-cfg.max_road_heading_deg, cfg.max_road_heading_deg))),
+                    road_centre=-u_ego, n_lanes=n_lanes, lane_width=cfg.lane_width,
+                    kerb_height=float(rng.uniform(0.10, 0.18)), pavement_width=float(rng.uniform(2.0, 5.0)))
+    if cfg.max_camber > 0 or cfg.ground_roughness > 0:  # realistic preset: drawn after the default's numbers
+        n_short = 4 if cfg.ground_roughness > 0 else 0
+        k = 2 * np.pi / rng.uniform(4.0, 15.0, n_short)
+        direction = rng.uniform(0, 2 * np.pi, n_short)
+        short = np.stack([rng.uniform(0, cfg.ground_roughness, n_short) / 2, k * np.cos(direction),
+                          k * np.sin(direction), rng.uniform(0, 2 * np.pi, n_short)], 1)
+        ground = replace(ground, undulation=np.concatenate([ground.undulation, short]),
+                         camber=float(rng.uniform(0.0, cfg.max_camber)))
+    return ground
 
 
 def sample_scene(cfg: SceneConfig, sensor: SensorConfig, rng: np.random.Generator) -> Scene:

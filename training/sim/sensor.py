@@ -38,12 +38,59 @@ def ray_grid(cfg: SensorConfig) -> RayGrid:
     return RayGrid(elevation, azimuth, directions)
 
 
+def laser_origin_heights(grid: RayGrid, cfg: SensorConfig) -> np.ndarray | None:
+    """(R,) height of each ray's laser above the sensor origin (SensorConfig.laser_heights), None when all are 0."""
+    upper, lower = cfg.laser_heights
+    if upper == 0 and lower == 0:
+        return None
+    boundary = np.deg2rad((min(cfg.upper_block_deg) + max(cfg.lower_block_deg)) / 2)
+    return np.repeat(np.where(grid.elevation > boundary, upper, lower), grid.n_columns)
+
+
+def ego_body_boxes(rng: np.random.Generator, mount_height: float) -> tuple[np.ndarray, np.ndarray]:
+    """(lo (K, 3), hi (K, 3)) axis-aligned boxes of the carrying car around the sensor: its roof (0.25-0.45 m below
+    the lasers, the sensor off its centre), its body below and a rig mast beside the sensor. Random per frame, so
+    a detector learns the blind pattern of no particular car."""
+    roof_z = -rng.uniform(0.2, 0.4)
+    dx, dy = rng.uniform(-0.4, 0.4), rng.uniform(-0.25, 0.25)  # sensor position relative to the roof centre
+    roof_l, roof_w = rng.uniform(1.8, 2.8), rng.uniform(1.3, 1.6)
+    body_l, body_w = rng.uniform(4.2, 4.9), rng.uniform(1.7, 1.9)
+    body_top = roof_z - rng.uniform(0.35, 0.55)
+    ground = -mount_height
+    mast_az, mast_d = rng.uniform(-np.pi, np.pi), rng.uniform(0.3, 0.9)
+    mast = np.array([mast_d * np.cos(mast_az), mast_d * np.sin(mast_az)])
+    mast_r, mast_top = rng.uniform(0.02, 0.05), -rng.uniform(0.05, 0.3)
+    lo = np.array([[-dx - roof_l / 2, -dy - roof_w / 2, body_top], [-dx - body_l / 2, -dy - body_w / 2, ground + 0.25],
+                   [mast[0] - mast_r, mast[1] - mast_r, roof_z]])
+    hi = np.array([[-dx + roof_l / 2, -dy + roof_w / 2, roof_z], [-dx + body_l / 2, -dy + body_w / 2, body_top],
+                   [mast[0] + mast_r, mast[1] + mast_r, mast_top]])
+    return lo, hi
+
+
+def ego_blocked(directions: np.ndarray, origin_z: np.ndarray | None, boxes: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(R,) True for rays that hit the carrying car (no return: the scanner discards its own body)."""
+    lo, hi = boxes
+    origin = np.zeros((len(directions), 3))
+    if origin_z is not None:
+        origin[:, 2] = origin_z
+    blocked = np.zeros(len(directions), bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = 1.0 / directions
+        for box_lo, box_hi in zip(lo, hi):  # a handful of boxes; each test is vectorised over all rays
+            t1, t2 = (box_lo - origin) * inv, (box_hi - origin) * inv
+            t_near, t_far = np.nan_to_num(np.minimum(t1, t2), nan=-np.inf).max(1), \
+                np.nan_to_num(np.maximum(t1, t2), nan=np.inf).min(1)
+            blocked |= (t_near <= t_far) & (t_far > 0)
+    return blocked
+
+
 def measure(ranges: np.ndarray, directions: np.ndarray, cos_incidence: np.ndarray, albedo: np.ndarray,
             material: np.ndarray, cfg: SensorConfig, rng: np.random.Generator,
-            beam: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+            beam: np.ndarray | None = None, origin_z: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Turn exact hits into returns: noisy range, material/range dependent dropout, reflectance in [0, 1].
 
     beam: (N,) laser index of each hit, needed by the per-laser options (beam_gain_spread, beam_dropout_spread).
+    origin_z: (N,) height of each hit's laser above the sensor origin (ranges are measured from there), or None.
     Returns (N, 4) float32 points (x, y, z, reflectance) and the (N,) bool mask of hits kept.
     """
     n = len(ranges)
@@ -59,6 +106,8 @@ def measure(ranges: np.ndarray, directions: np.ndarray, cos_incidence: np.ndarra
     # KITTI stores reflectance with two decimals
     intensity = np.round(np.clip(intensity, 0.0, 1.0), 2)
     xyz = directions * noisy[:, None]
+    if origin_z is not None:
+        xyz[:, 2] += origin_z
     points = np.concatenate([xyz, intensity[:, None]], 1).astype(np.float32)
     return points[keep], keep
 

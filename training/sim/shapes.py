@@ -258,14 +258,15 @@ def trailer_parts(l: float, w: float, h: float, rng: np.random.Generator) -> Par
     return p
 
 
-def pedestrian_parts(l: float, w: float, h: float, rng: np.random.Generator, phase: float | None = None) -> PartList:
-    """Two legs, torso, two arms, head. Stride and arm swing follow the sampled box length/width."""
-    p = PartList()
+def pedestrian_parts(l: float, w: float, h: float, rng: np.random.Generator, phase: float | None = None,
+                     leg_r: float = 0.065, arm_r: float = 0.045, parts: PartList | None = None) -> PartList:
+    """Two legs, torso, two arms, head. Stride and arm swing follow the sampled box length/width.
+    parts: add to this PartList (e.g. one with a fixed clothes albedo) instead of a new one."""
+    p = PartList() if parts is None else parts
     head_r = 0.105 * h / 1.76
     hip_z = 0.50 * h
     shoulder_z = 0.81 * h
     hip_w = 0.09 * h / 1.76
-    leg_r, arm_r = 0.065, 0.045
     torso_half = np.array([0.11, 0.17 * w / 0.66, (shoulder_z - hip_z) / 2 + 0.04])
     phase = rng.uniform(-1, 1) if phase is None else phase
     stride = max(l - 2 * leg_r - 0.04, 0.05) * phase  # foot separation along x

@@ -35,10 +35,15 @@ class SensorConfig:
     min_signal: float = 0.0  # a return is lost when albedo * cos(incidence) * (20 m / range)^2 falls below this
     vegetation_porosity: float = 0.0  # probability that a ray passes through a vegetation primitive
     vegetation_depth: float = 0.0  # m, mean depth at which a ray is returned inside foliage (exponential)
+    glass_porosity: float = 0.0  # probability that a ray passes through a window (to the seats behind it)
     # weak far echoes read reflectance 0: the chance rises linearly from 0 at the first range to 1 at the second
     # (m, for a surface of albedo 0.3; darker ones sooner, retroreflectors later). (0, 0) = off. Real KITTI scans:
     # ~25 % zeros at 30-40 m, ~50 % at 40-50 m, ~80 % beyond 50 m.
     weak_echo_range: tuple[float, float] = (0.0, 0.0)
+    # height of the lasers above the sensor origin (upper block, lower block), m: a real HDL-64's lasers sit above
+    # the origin of its cloud, so a row's apparent elevation drifts with range (measured on KITTI: ~0.22 / ~0.12 m)
+    laser_heights: tuple[float, float] = (0.0, 0.0)
+    ego_vehicle: bool = False  # the carrying car's roof and a rig mast hide the lowest lasers in some directions
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ class SceneConfig:
     poles_per_100m: float = 5.0
     clutter: tuple[int, int] = (4, 14)
     # Options of the realistic preset (0 / False = off, today's behaviour; see PRESETS and training/sim/roadside.py):
+    max_camber: float = 0.0  # road cross-fall from the crown to the kerbs (dz/du), drawn uniformly up to this
+    ground_roughness: float = 0.0  # m, amplitude of short (4-15 m) ground waves
     car_families: bool = False  # sedan / hatchback / estate / SUV / van shapes, number plates and lamps
     dark_car_fraction: float = 0.0  # of the cars, painted black or dark grey (few, weak returns at range)
     pedestrian_variety: bool = False  # children, standing / walking / bag-carrying poses
@@ -110,14 +117,15 @@ class SimConfig:
 PRESETS: dict[str, dict] = {
     "default": {},
     "realistic": {
-        "sensor": {"beam_gain_spread": 0.12, "beam_dropout_spread": 0.06, "min_signal": 0.001,
-                   "vegetation_porosity": 0.55, "vegetation_depth": 0.35, "weak_echo_range": [20.0, 75.0],
-                   "lower_block_deg": [-8.83, -23.9]},
+        "sensor": {"beam_gain_spread": 0.12, "beam_dropout_spread": 0.04, "min_signal": 0.001,
+                   "vegetation_porosity": 0.55, "vegetation_depth": 0.35, "glass_porosity": 0.5, "weak_echo_range": [15.0, 70.0],
+                   "lower_block_deg": [-8.83, -23.9], "laser_heights": [0.22, 0.12], "ego_vehicle": True},
         "scene": {"cars": [3, 14], "pedestrians": [0, 7], "cyclists": [0, 3], "extra_objects": [12, 30],
-                  "max_ground_slope": 0.03, "clutter": [8, 20], "trees_per_100m": 10.0,
+                  "max_ground_slope": 0.025, "max_camber": 0.03, "ground_roughness": 0.06,
+                  "building_probability": 0.45, "clutter": [12, 28], "trees_per_100m": 14.0,
                   "car_families": True, "dark_car_fraction": 0.25, "pedestrian_variety": True,
                   "group_probability": 0.25, "parked_row_probability": 0.5, "riderless_bicycles": [0, 4],
-                  "hedges_per_100m": 6.0, "fences_per_100m": 2.0, "street_furniture": [4, 12]},
+                  "hedges_per_100m": 12.0, "fences_per_100m": 3.0, "street_furniture": [6, 16]},
         "labels": {"write_all_around": True},
     },
 }
@@ -208,12 +216,13 @@ def _validate(cfg: SimConfig, source: str) -> None:
     for name in ("beam_gain_spread", "beam_dropout_spread", "min_signal", "vegetation_depth"):
         checks.append((getattr(s, name) >= 0, f"sensor.{name} must be >= 0"))
     checks.append((0 <= s.vegetation_porosity < 1, "sensor.vegetation_porosity must be in [0, 1)"))
+    checks.append((0 <= s.glass_porosity < 1, "sensor.glass_porosity must be in [0, 1)"))
     checks.append((s.weak_echo_range == (0.0, 0.0) or 0 <= s.weak_echo_range[0] < s.weak_echo_range[1],
                    "sensor.weak_echo_range must be [start, end] with 0 <= start < end (or [0, 0]: off)"))
     sc = cfg.scene
     for name in ("dark_car_fraction", "group_probability", "parked_row_probability"):
         checks.append((0 <= getattr(sc, name) <= 1, f"scene.{name} must be a probability in [0, 1]"))
-    for name in ("hedges_per_100m", "fences_per_100m"):
+    for name in ("hedges_per_100m", "fences_per_100m", "max_camber", "ground_roughness"):
         checks.append((getattr(sc, name) >= 0, f"scene.{name} must be >= 0"))
     for name in ("cars", "pedestrians", "cyclists", "misc", "extra_objects", "lanes", "clutter", "riderless_bicycles",
                  "street_furniture"):
