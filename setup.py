@@ -28,6 +28,7 @@ setup(
     # `ros2 run clean_ros <name>` = `python -m clean_ros.<name>` (same options): setup.cfg puts them in lib/clean_ros
     entry_points={"console_scripts": [
         "detector_node = clean_ros.detector_node:main",
+        "detector_lifecycle_node = clean_ros.detector_lifecycle_node:main",
         "infer = clean_ros.infer:main",
         "replay = clean_ros.replay:main",
         "bag = clean_ros.bag:main",

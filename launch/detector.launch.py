@@ -4,6 +4,7 @@
     ros2 launch clean_ros detector.launch.py input_topic:=/lidar/points output_topic:=/lidar/detections
     ros2 launch clean_ros detector.launch.py use_sim_time:=true        # with `ros2 bag play <bag> --clock`
     ros2 launch clean_ros detector.launch.py rviz:=true rviz_fixed_frame:=base_link   # + RViz with our preset
+    ros2 launch clean_ros detector.launch.py lifecycle:=true        # the managed node: ros2 lifecycle set ... configure
 
 Every argument has a default; `ros2 launch clean_ros detector.launch.py --show-args` lists them.
 The node runs the `detector_node` console script (= `python -m clean_ros.detector_node`) with
@@ -11,6 +12,8 @@ The node runs the `detector_node` console script (= `python -m clean_ros.detecto
 The Fast DDS large-data profile is made the default profile of the node's process through
 FASTDDS_DEFAULT_PROFILES_FILE (see docs/NODE.md, "Large clouds"); fastdds_profile:='' means DDS defaults (the
 variable is then removed, not set to an empty string).
+lifecycle:=true starts the managed node instead (console script `detector_lifecycle_node` = `python -m
+clean_ros.detector_lifecycle_node`, same parameters; it waits unconfigured for `ros2 lifecycle set`, docs/NODE.md "Lifecycle").
 rviz:=true also starts rviz2 with config/clean_ros.rviz, pointed at this launch's topics (clean_ros/ros/rviz_preset.py,
 docs/NODE.md "RViz preset").
 """
@@ -20,6 +23,7 @@ import sys
 from launch import LaunchDescription
 from launch.actions import (DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable,
                             UnsetEnvironmentVariable)
+from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -78,6 +82,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("log_level", default_value="info", description="debug | info | warn | error"),
         DeclareLaunchArgument("fastdds_profile", default_value=os.path.join(share, "config", "fastdds_large_data.xml"),
                               description="Fast DDS XML profile for large clouds; empty = DDS defaults"),
+        DeclareLaunchArgument("lifecycle", default_value="false",
+                              description="true: the managed (lifecycle) node, unconfigured until `ros2 lifecycle set`"),
         DeclareLaunchArgument("rviz", default_value="false",
                               description="true: also start rviz2 with config/clean_ros.rviz (cloud, markers, boxes)"),
         DeclareLaunchArgument("rviz_fixed_frame", default_value="",
@@ -86,14 +92,11 @@ def generate_launch_description() -> LaunchDescription:
     # value_type=str: keep strings strings (an empty bundle_path would otherwise be YAML-evaluated to null).
     overrides = {name: ParameterValue(LaunchConfiguration(name), value_type=str) for name in NODE_PARAMETER_ARGUMENTS}
     overrides["use_sim_time"] = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
-    node = Node(
-        package=PACKAGE,
-        executable="detector_node",
-        name=NODE_NAME,
-        output="screen",
-        emulate_tty=True,
-        parameters=[LaunchConfiguration("params_file"), overrides],
-        arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
-    )
-    return LaunchDescription(arguments + [OpaqueFunction(function=_fastdds_profile), node,
+    node = dict(package=PACKAGE, name=NODE_NAME, output="screen", emulate_tty=True,
+                parameters=[LaunchConfiguration("params_file"), overrides],
+                arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")])
+    lifecycle = LaunchConfiguration("lifecycle")
+    plain_node = Node(executable="detector_node", condition=UnlessCondition(lifecycle), **node)
+    managed_node = Node(executable="detector_lifecycle_node", condition=IfCondition(lifecycle), **node)
+    return LaunchDescription(arguments + [OpaqueFunction(function=_fastdds_profile), plain_node, managed_node,
                                           OpaqueFunction(function=_rviz)])

@@ -8,7 +8,7 @@
             raise ...(node.log_tail())
 
 - Start: exactly as launch/detector.launch.py starts the node (launch_command: the console script's module, the params
-  file, then per-parameter overrides; executable "lifecycle_detector_node" for the managed node), on a private random
+  file, then per-parameter overrides; executable "detector_lifecycle_node" for the managed node), on a private random
   ROS_DOMAIN_ID with localhost discovery and the Fast DDS large-data profile, output to a log file (a temporary one,
   removed at stop, unless log_path is given).
 - Ready: the driver's rclpy node is spun until the caller's predicate holds (typically: the node subscribed to the
@@ -38,7 +38,7 @@ from clean_ros.package_share import SOURCE_ROOT, package_path
 PROFILE_FILE = "config/fastdds_large_data.xml"
 PARAMS_FILE = "config/detector.yaml"
 # console script (setup.py, the launch file's executable) -> the module `python -m` runs
-EXECUTABLES = {"detector_node": "clean_ros.detector_node", "lifecycle_detector_node": "clean_ros.ros.lifecycle_node"}
+EXECUTABLES = {"detector_node": "clean_ros.detector_node", "detector_lifecycle_node": "clean_ros.detector_lifecycle_node"}
 
 
 def random_domain_id() -> int:
@@ -61,7 +61,7 @@ def launch_command(params_file: str | os.PathLike, parameters: Mapping[str, Any]
                    log_level: str = "info", python: str | None = None,
                    executable: str = "detector_node") -> list[str]:
     """The command line that starts the node as launch/detector.launch.py does (console script `detector_node` =
-    `python -m clean_ros.detector_node`, `lifecycle_detector_node` = `python -m clean_ros.ros.lifecycle_node`):
+    `python -m clean_ros.detector_node`, `detector_lifecycle_node` = `python -m clean_ros.detector_lifecycle_node`):
     params file first, then per-parameter overrides, then the log level."""
     command = [python or sys.executable, "-m", EXECUTABLES[executable], "--ros-args", "--params-file",
                str(params_file)]
@@ -173,6 +173,20 @@ class DriverNode:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.spin_period_s = spin_period_s
+
+    def call(self, srv_type, service: str, request, timeout_s: float = 30.0):
+        """Call a service of the node (e.g. lifecycle_msgs/srv/ChangeState at /<node>/change_state) and spin until
+        the response; TimeoutError when the service is absent or does not answer within timeout_s."""
+        clients = self.__dict__.setdefault("_clients", {})
+        client = clients.get(service)
+        if client is None:
+            client = clients[service] = self.node.create_client(srv_type, service)
+        if not client.wait_for_service(timeout_sec=timeout_s):
+            raise TimeoutError(f"service {service} not available within {timeout_s} s")
+        future = client.call_async(request)
+        if not self.spin_until(future.done, timeout_s):
+            raise TimeoutError(f"service {service} did not answer within {timeout_s} s")
+        return future.result()
 
     def spin_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
         """Handle callbacks until predicate() or timeout_s passed; returns predicate()."""

@@ -3,7 +3,7 @@ the Fast DDS profile handling.
 
 `launch` / `launch_ros` are not on PyPI (and PyPI's `launch` is an unrelated package), so unless the real ones are
 importable the launch file is loaded against minimal stand-in modules that record what it builds. The command the
-node would run is then compared with clean_ros.ros.detector_node.launch_command, which is how the node tests start the
+node would run is then compared with clean_ros.ros.node_process.launch_command, which is how the node tests start the
 node.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = ROOT / "launch" / "detector.launch.py"
 EXPECTED_ARGUMENTS = {"input_topic": "/points", "output_topic": "/detections", "bundle_path": "", "backend": "auto",
-                      "device": "cpu", "use_sim_time": "false", "log_level": "info"}
+                      "device": "cpu", "use_sim_time": "false", "log_level": "info", "lifecycle": "false"}
 
 
 def _real_launch_available() -> bool:
@@ -82,6 +82,14 @@ class Node(_Recorded):
     pass
 
 
+class IfCondition(_Recorded):
+    pass
+
+
+class UnlessCondition(_Recorded):
+    pass
+
+
 class LaunchDescription:
     def __init__(self, entities):
         self.entities = list(entities)
@@ -100,6 +108,7 @@ def _stand_in_modules() -> dict[str, types.ModuleType]:
                                  UnsetEnvironmentVariable=UnsetEnvironmentVariable, OpaqueFunction=OpaqueFunction,
                                  LogInfo=LogInfo),
         "launch.substitutions": module("launch.substitutions", LaunchConfiguration=LaunchConfiguration),
+        "launch.conditions": module("launch.conditions", IfCondition=IfCondition, UnlessCondition=UnlessCondition),
         "launch_ros": module("launch_ros"),
         "launch_ros.actions": module("launch_ros.actions", Node=Node),
         "launch_ros.parameter_descriptions": module("launch_ros.parameter_descriptions",
@@ -120,6 +129,25 @@ def description(monkeypatch):
 
 def _by_type(description, cls):
     return [e for e in description.entities if isinstance(e, cls)]
+
+
+def _detector_node(description, lifecycle: bool = False) -> Node:
+    """The plain detector node (lifecycle:=false, the default) or the managed one (lifecycle:=true)."""
+    wanted = IfCondition if lifecycle else UnlessCondition
+    [node] = [n for n in _by_type(description, Node) if isinstance(n.kwargs.get("condition"), wanted)]
+    return node
+
+
+def test_lifecycle_argument_picks_the_managed_node_with_the_same_parameters(description):
+    plain, managed = _detector_node(description), _detector_node(description, lifecycle=True)
+    assert len(_by_type(description, Node)) == 2
+    assert (plain.kwargs["executable"], managed.kwargs["executable"]) == ("detector_node", "detector_lifecycle_node")
+    for node in (plain, managed):
+        assert node.kwargs["condition"].args[0].name == "lifecycle"
+    same = {k: v for k, v in plain.kwargs.items() if k not in ("executable", "condition")}
+    assert same == {k: v for k, v in managed.kwargs.items() if k not in ("executable", "condition")}
+    text = (ROOT / "setup.py").read_text()
+    assert re.search(r'"detector_lifecycle_node\s*=\s*clean_ros\.detector_lifecycle_node:main"', text)
 
 
 def test_arguments_and_defaults(description):
@@ -143,12 +171,12 @@ def test_argument_defaults_and_node_name_are_clean_ros_defaults(description):
     assert {name: arguments[name] for name in ("input_topic", "output_topic", "backend", "device")} == {
         "input_topic": defaults.INPUT_TOPIC, "output_topic": defaults.OUTPUT_TOPIC, "backend": defaults.BACKEND,
         "device": defaults.DEVICE}
-    [node] = _by_type(description, Node)
+    node = _detector_node(description)
     assert node.kwargs["name"] == defaults.NODE_NAME
 
 
 def test_node_package_executable_and_parameters(description):
-    [node] = _by_type(description, Node)
+    node = _detector_node(description)
     kw = node.kwargs
     assert (kw["package"], kw["executable"], kw["name"]) == ("clean_ros", "detector_node", "clean_ros_detector")
     params_file, overrides = kw["parameters"]
@@ -186,13 +214,13 @@ def _resolve(value, context):
 
 def test_node_command_equals_what_the_tests_run(description):
     """What launch_ros would execute (resolved with the defaults plus some overrides) is the command line of
-    clean_ros.ros.detector_node.launch_command with the same parameters, which test_detector_node and bench_node use."""
-    from clean_ros.ros.detector_node import launch_command
+    clean_ros.ros.node_process.launch_command with the same parameters, which test_detector_node and bench_node use."""
+    from clean_ros.ros.node_process import launch_command
 
     arguments = {a.name: a.default_value for a in _by_type(description, DeclareLaunchArgument)}
     context = types.SimpleNamespace(launch_configurations={**arguments, "input_topic": "/lidar/points",
                                                            "use_sim_time": "true", "log_level": "warn"})
-    [node] = _by_type(description, Node)
+    node = _detector_node(description)
     params_file, overrides = node.kwargs["parameters"]
     resolved = {name: _resolve(value, context) for name, value in overrides.items()}
     log_level = _resolve(node.kwargs["arguments"][2], context)

@@ -75,7 +75,6 @@ class Harness(DriverNode):
         self.node.create_subscription(Detection3DArray, f"{NS}/detections", self.detections.append, 50)
         self.node.create_subscription(DiagnosticArray, f"/{NODE_NAME}/stage_latency", self.timings.append, 50)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
-        self.param_client = self.node.create_client(SetParameters, f"/{NODE_NAME}/set_parameters")
 
     def answer(self, stamp_sec: int, stamp_nsec: int = 0):
         for msg in self.detections:
@@ -110,10 +109,7 @@ class Harness(DriverNode):
                 parameter.value = ParameterValue(type=ParameterType.PARAMETER_DOUBLE_ARRAY,
                                                  double_array_value=[float(v) for v in value])
             request.parameters.append(parameter)
-        assert self.param_client.wait_for_service(timeout_sec=30.0)
-        future = self.param_client.call_async(request)
-        assert self.spin_until(future.done, 30.0), "set_parameters did not answer"
-        return future.result().results
+        return self.call(SetParameters, f"/{NODE_NAME}/set_parameters", request).results
 
 
 @pytest.fixture(scope="module")
