@@ -77,8 +77,9 @@ def test_colcon_build_installs_launch_and_config(tmp_path):
 _LOAD_LAUNCH_FILE = """
 import importlib.util, json, sys
 from unittest import mock
-stand_ins = {name: mock.MagicMock() for name in ("launch", "launch.actions", "launch.substitutions", "launch_ros",
-                                                  "launch_ros.actions", "launch_ros.parameter_descriptions")}
+stand_ins = {name: mock.MagicMock() for name in ("launch", "launch.actions", "launch.conditions", "launch.substitutions",
+                                                  "launch_ros", "launch_ros.actions",
+                                                  "launch_ros.parameter_descriptions")}
 sys.modules.update(stand_ins)
 spec = importlib.util.spec_from_file_location("installed_launch", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
