@@ -16,7 +16,10 @@ Anchor head (per class, the matching IoU of that class's anchors with that class
       every anchor where > 0, whatever its box regression does.
 Center head: CenterPoint Gaussian heatmap (radius from the box's size in feature cells, min overlap), per-object
   pixel index, sub-pixel offset, z, log size, sin/cos yaw; IoU-branch target 1 at the centre pixels.
-Vectorised over anchors / pixels; loops only over batch and classes.
+Anchor head: vectorised over anchors and over the frames of the batch (one IoU call per class against every
+frame's boxes of that class, padded; a loop over classes only), so a batch of B frames costs about B single
+frames' arithmetic without B times the Python / per-call overhead (tested equal to assigning each frame alone).
+Center head: vectorised over pixels and objects, a loop over frames.
 """
 from __future__ import annotations
 
@@ -74,6 +77,15 @@ def direction_bins(yaw: torch.Tensor, dir_offset: float, num_bins: int) -> torch
 ANCHOR_MATCHING = {"nearest_bev": geometry.nearest_bev_iou, "rotated_bev": geometry.bev_iou}
 
 
+def class_box_slots(gt_labels: torch.Tensor, cls: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per frame, the indices of its boxes of class `cls` in their order, padded to the batch's largest count S:
+    (slots (B, S) int64 index into M, valid (B, S) bool). Padding slots point at any box and are not valid."""
+    in_class = gt_labels == cls
+    width = int(in_class.sum(dim=1).max()) if in_class.numel() else 0
+    order = torch.sort((~in_class).to(torch.int8), dim=1, stable=True).indices[:, :width]
+    return order, in_class.gather(1, order)
+
+
 def assign_anchor_targets(anchors: torch.Tensor, anchor_classes: torch.Tensor, gt_boxes: torch.Tensor,
                           gt_labels: torch.Tensor, classes: Sequence[AnchorClassConfig], dir_offset: float = 0.78539,
                           num_dir_bins: int = 2, matching: str = "nearest_bev") -> AnchorTargets:
@@ -91,32 +103,39 @@ def assign_anchor_targets(anchors: torch.Tensor, anchor_classes: torch.Tensor, g
     dir_targets = torch.zeros((batch, num_anchors), dtype=torch.long, device=device)
     iou_targets = anchors.new_zeros((batch, num_anchors))
     matched_gt = torch.full((batch, num_anchors), -1, dtype=torch.long, device=device)
-    class_anchor_index = [(anchor_classes == c).nonzero().squeeze(1) for c in range(len(classes))]
-    for b in range(batch):
-        for c, spec in enumerate(classes):
-            a_idx = class_anchor_index[c]
-            g_idx = (gt_labels[b] == c).nonzero().squeeze(1)
-            if g_idx.numel() == 0:
-                labels[b, a_idx] = 0
-                continue
-            gt = gt_boxes[b, g_idx].to(anchors.dtype)
-            iou = ANCHOR_MATCHING[matching](anchors[a_idx], gt)  # (Pc, Mc)
-            best_iou, best_gt = iou.max(dim=1)
-            gt_best = iou.max(dim=0).values  # (Mc,)
-            # The best anchor(s) of each box are positive even below the threshold (if they overlap at all).
-            forced = ((iou == gt_best.unsqueeze(0)) & (gt_best > 0).unsqueeze(0)).any(dim=1)
-            positive = (best_iou >= spec.matched_threshold) | forced
-            negative = (best_iou < spec.unmatched_threshold) & ~positive
-            class_labels = torch.full_like(best_gt, -1)
-            class_labels[negative] = 0
-            class_labels[positive] = c + 1
-            labels[b, a_idx] = class_labels
-            iou_targets[b, a_idx] = best_iou.clamp(min=0)
-            pos_anchor = a_idx[positive]
-            matched = gt[best_gt[positive]]
-            box_targets[b, pos_anchor] = geometry.encode_boxes(matched, anchors[pos_anchor])
-            dir_targets[b, pos_anchor] = direction_bins(matched[:, 6], dir_offset, num_dir_bins)
-            matched_gt[b, pos_anchor] = g_idx[best_gt[positive]]
+    match_iou = ANCHOR_MATCHING[matching]
+    for c, spec in enumerate(classes):  # the whole batch at once, per class
+        a_idx = (anchor_classes == c).nonzero().squeeze(1)
+        slot_box, slot_valid = class_box_slots(gt_labels, c)  # (B, S): the frame's class-c boxes first, in order
+        if slot_box.shape[1] == 0:
+            labels[:, a_idx] = 0
+            continue
+        gt = gt_boxes.gather(1, slot_box.unsqueeze(-1).expand(-1, -1, 7)).to(anchors.dtype)  # (B, S, 7)
+        # One IoU call against the batch's class-c boxes, spread into the padded slots; padding slots hold -1 so
+        # they never match or win a tie.
+        valid = slot_valid.reshape(-1).nonzero().squeeze(1)
+        iou = anchors.new_full((a_idx.numel(), slot_valid.numel()), -1.0)
+        iou[:, valid] = match_iou(anchors[a_idx], gt.reshape(-1, 7)[valid])
+        iou = iou.reshape(-1, batch, gt.shape[1])  # (Pc, B, S)
+        best_iou, best_slot = iou.max(dim=2)  # (Pc, B); first maximum: of equal boxes the earlier one, as per frame
+        gt_best = iou.max(dim=0).values  # (B, S)
+        # The best anchor(s) of each box are positive even below the threshold (if they overlap at all).
+        forced = ((iou == gt_best) & (gt_best > 0)).any(dim=2)
+        best_iou, best_slot, forced = best_iou.t(), best_slot.t(), forced.t()  # (B, Pc)
+        positive = (best_iou >= spec.matched_threshold) | forced
+        negative = (best_iou < spec.unmatched_threshold) & ~positive  # frames without class-c boxes: all (-1)
+        class_labels = torch.full_like(best_slot, -1)
+        class_labels[negative] = 0
+        class_labels[positive] = c + 1
+        labels[:, a_idx] = class_labels
+        iou_targets[:, a_idx] = best_iou.clamp(min=0)
+        frame, position = positive.nonzero(as_tuple=True)
+        pos_anchor = a_idx[position]
+        slot = best_slot[frame, position]
+        matched = gt[frame, slot]
+        box_targets[frame, pos_anchor] = geometry.encode_boxes(matched, anchors[pos_anchor])
+        dir_targets[frame, pos_anchor] = direction_bins(matched[:, 6], dir_offset, num_dir_bins)
+        matched_gt[frame, pos_anchor] = slot_box[frame, slot]
     return AnchorTargets(labels, box_targets, dir_targets, iou_targets, matched_gt)
 
 

@@ -12,6 +12,7 @@
   the sampler; the global RNG states are restored at the point where they were captured.
 - SIGINT / SIGTERM: the current step finishes, a checkpoint is written, fit() returns "interrupted". All
   processes agree on the stop step (one all-reduce of the flag per step).
+- glibc malloc keeps freed memory for the next step (training/allocator.py, docs/BENCH.md "Training step").
 - Logs (rank 0): tqdm, TensorBoard, losses.csv / epochs.csv, periodic KITTI evaluation; best.pt by mAP.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from clean_ros.atomic import atomic_open
 from clean_ros.yaml_config import dump_yaml
 from training import checkpoint as ckpt_io
+from training.allocator import retain_freed_memory
 from training.checkpoint import TrainingState
 from training.train_config import TrainConfig
 from training.data.loader import Collator, _WorkerSeeder
@@ -172,6 +174,11 @@ class Trainer:
         self.progress = progress and self.ctx.is_main
         self.device = self.ctx.device
         self.use_amp = cfg.amp and self.device.type == "cuda"
+        # Re-use freed activations instead of page-faulting them back every step (training/allocator.py): without
+        # it batch 2 trained fewer samples/s than batch 1.
+        allocator = retain_freed_memory()
+        if self.ctx.is_main:
+            self.log.info(allocator.reason)
 
         if cfg.batchnorm_momentum is not None:
             for module in task.model.modules():
