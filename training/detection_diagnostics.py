@@ -77,6 +77,7 @@ class FrameMatch:
     detection_in_view: np.ndarray  # (N,) bool: part of the box is in the camera image
     detection_scored: np.ndarray  # (N,) bool: in the camera view and tall enough for the devkit
     false_positive: np.ndarray  # (N,) bool
+    detection_rows: KittiObjects  # (N,) the detections as KITTI label rows (camera frame, projected 2D box)
 
 
 def detections_as_labels(detections: Detections, calib: Calibration,
@@ -123,7 +124,7 @@ def match_frame(frame: LabelledFrame, detections: Detections) -> FrameMatch:
                       object_range=np.hypot(boxes[:, 0], boxes[:, 1]).astype(np.float64),
                       best_same_class_iou=best_same, detected_as=np.asarray(detected_as, dtype=str),
                       detection_names=det_names, detection_in_view=in_view, detection_scored=scored,
-                      false_positive=scored & ~overlaps_object & ~covered)
+                      false_positive=scored & ~overlaps_object & ~covered, detection_rows=det_rows)
 
 
 def _ratio(found: int, total: int) -> float | None:
@@ -193,8 +194,9 @@ def summarize(frames: list[LabelledFrame], matches: list[FrameMatch], class_name
                        "in_camera_view_per_frame": float(det_view.sum()) / n if n else None,
                        "scored_total": int(det_scored.sum()),
                        "scored_per_frame": float(det_scored.sum()) / n if n else None},
-        "per_frame": [{"frame": f.frame_id, "detections": int(a), "in_camera_view": int(v), "scored_detections": int(b),
-                       "false_positives": int(c)} for f, a, v, b, c in zip(frames, det_total, det_view, det_scored, fp)],
+        "per_frame": [{"frame": f.frame_id, "detections": int(a), "in_camera_view": int(v),
+                       "scored_detections": int(b), "false_positives": int(c)}
+                      for f, a, v, b, c in zip(frames, det_total, det_view, det_scored, fp)],
     }
 
 

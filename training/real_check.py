@@ -3,14 +3,16 @@
     python training/real_check.py [--bundle models/default] FOLDER [--split NAME] [--out report.json]
                                   [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--threads 1]
                                   [--intensity-scale S] [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]]
-                                  [--score-threshold T] [--save-predictions DIR] [--quiet]
+                                  [--emulate-sensor SPEC] [--score-threshold T] [--save-predictions DIR] [--quiet]
 
 FOLDER is any folder in the KITTI object layout: a split folder holding velodyne/*.bin, label_2/*.txt and calib/*.txt
 (e.g. .../kitti_sample/training), or a KITTI root holding training/ (and optionally ImageSets/). Every scan is used,
 or only the frames listed in ImageSets/<NAME>.txt with --split NAME. image_2/<id>.png, when present, gives the
 image size (else KITTI's 1242 x 375). --intensity-scale and --sensor-height / pitch / roll are the settings of
 `python -m clean_ros.infer` and the node (a sensor mounted unlike the model's training sensor); boxes stay in the
-scan's frame, so the labels' calibration still applies.
+scan's frame, so the labels' calibration still applies. --emulate-sensor "height=0.5,pitch=0.02,beams=32,intensity=0.6"
+re-mounts the real scans as another sensor would record them (training/sensor_emulation.py); detections are mapped
+back to the scan's frame before they are compared with the labels.
 
 Each frame runs through clean_ros.inference.pipeline.Pipeline, the object the node, replay and `infer` use, on the
 whole scan. Printed (and written to --out as JSON, atomically):
@@ -24,6 +26,7 @@ Bad input (folder, bundle, a file) ends with one "error: ..." line and exit stat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +62,8 @@ def _read_listing(listing: Path) -> list[str]:
     try:
         return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise RealCheckError(f"{listing}: cannot read the frame list: {getattr(exc, 'strerror', None) or exc}") from None
+        why = getattr(exc, "strerror", None) or exc
+        raise RealCheckError(f"{listing}: cannot read the frame list: {why}") from None
 
 
 def resolve_folder(folder: Path, split: str | None = None) -> KittiFolder:
@@ -98,23 +102,27 @@ def resolve_folder(folder: Path, split: str | None = None) -> KittiFolder:
 
 # ------------------------------------------------------------------------------------------- running
 def run_check(folder: KittiFolder, pipeline, intensity_scale: float = 1.0, save_predictions: Path | None = None,
-              log=print) -> dict:
-    """Run the pipeline on every frame and compute the report (AP + diagnostics)."""
+              log=print, emulation=None) -> dict:
+    """Run the pipeline on every frame and compute the report (AP + diagnostics); emulation: a SensorEmulation."""
     from training.data.kitti_dataset import read_png_shape, read_velodyne
-    from training.detection_diagnostics import LabelledFrame, detections_as_labels, match_frame, summarize
+    from training.detection_diagnostics import LabelledFrame, match_frame, summarize
 
     frames, matches, gt_annos, dt_annos = [], [], [], []
-    for frame_id in folder.frame_ids:
+    for index, frame_id in enumerate(folder.frame_ids):
         d = folder.split_dir
         points = read_velodyne(d / "velodyne" / f"{frame_id}.bin")
+        if emulation is not None:
+            points = emulation.apply(points, np.random.default_rng((emulation.seed, index)))
         if intensity_scale != 1.0:
             points[:, 3] *= np.float32(intensity_scale)
         frame = LabelledFrame(frame_id, read_labels(d / "label_2" / f"{frame_id}.txt"),
                               Calibration.from_file(d / "calib" / f"{frame_id}.txt"),
                               read_png_shape(d / "image_2" / f"{frame_id}.png") or DEFAULT_IMAGE_SHAPE)
         detections = pipeline(points).detections
+        if emulation is not None:
+            detections = dataclasses.replace(detections, boxes=emulation.boxes_to_scan_frame(detections.boxes))
         match = match_frame(frame, detections)
-        rows = detections_as_labels(detections, frame.calib, frame.image_shape).select(match.detection_in_view)
+        rows = match.detection_rows.select(match.detection_in_view)
         if save_predictions is not None:
             save_predictions.mkdir(parents=True, exist_ok=True)
             write_labels(save_predictions / f"{frame_id}.txt", rows)
@@ -126,9 +134,9 @@ def run_check(folder: KittiFolder, pipeline, intensity_scale: float = 1.0, save_
         gt_annos.append(frame.labels)
         dt_annos.append(as_file)
         if log is not None:
-            log(f"{frame_id}: {len(detections)} detections ({int(match.detection_in_view.sum())} in the camera view, "
-                f"{int(match.detection_scored.sum())} scored by the devkit), {int(match.false_positive.sum())} "
-                f"false positives")
+            log(f"{frame_id}: {len(points)} points, {len(detections)} detections "
+                f"({int(match.detection_in_view.sum())} in the camera view, {int(match.detection_scored.sum())} "
+                f"scored by the devkit), {int(match.false_positive.sum())} false positives")
     classes = tuple(c for c in pipeline.class_names if c in CLASSES)
     ap = evaluate(gt_annos, dt_annos, classes) if classes else {}
     report = summarize(frames, matches, tuple(pipeline.class_names))
@@ -174,8 +182,8 @@ def format_report(report: dict) -> str:
                  + f"; scored detections overlapping no labelled object at BEV IoU >= {fp['iou']:g}, "
                    "DontCare regions excluded)")
     if det["per_frame"] is not None:
-        lines.append(f"Detections per frame: {det['per_frame']:.2f} (in the camera view {det['in_camera_view_per_frame']:.2f}, "
-                     f"scored by the devkit {det['scored_per_frame']:.2f})")
+        lines.append(f"Detections per frame: {det['per_frame']:.2f} (in the camera view "
+                     f"{det['in_camera_view_per_frame']:.2f}, scored by the devkit {det['scored_per_frame']:.2f})")
     conf = report["confusion"]
     lines.append(f"Confusions (labelled class -> class of the most-overlapping detection, BEV IoU >= {conf['iou']:g}):")
     width = max([len(c) for c in conf["columns"]] + [5])
@@ -206,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the sensor's height above the ground, m (0 = as the model was trained), as in infer")
     ap.add_argument("--sensor-pitch", type=float, default=0.0, help="rad, positive = nose down; with --sensor-height")
     ap.add_argument("--sensor-roll", type=float, default=0.0, help="rad, positive = left side up; with --sensor-height")
+    ap.add_argument("--emulate-sensor", metavar="SPEC",
+                    help="re-mount the scans as another sensor: height=M,pitch=RAD,roll=RAD,beams=N,intensity=S,"
+                         "gamma=G,keep=F,seed=I (training/sensor_emulation.py)")
     ap.add_argument("--score-threshold", type=float, help="override every class's score threshold")
     ap.add_argument("--save-predictions", type=Path, help="also write the detections as KITTI prediction files here")
     ap.add_argument("--quiet", action="store_true", help="no per-frame lines")
@@ -218,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     from clean_ros.inference.bundle import BundleError
 
     try:
+        emulation = None
+        if args.emulate_sensor is not None:
+            from training.sensor_emulation import SensorEmulation
+
+            emulation = SensorEmulation.parse(args.emulate_sensor)
         folder = resolve_folder(args.folder, args.split)
         if not args.bundle.is_dir():
             raise RealCheckError(f"--bundle {args.bundle}: no such bundle folder")
@@ -235,11 +251,13 @@ def main(argv: list[str] | None = None) -> int:
 
         pipeline.set_sensor_mount(SensorMount.from_settings(args.sensor_height, args.sensor_pitch, args.sensor_roll))
         report = run_check(folder, pipeline, args.intensity_scale, args.save_predictions,
-                           log=None if args.quiet else print)
+                           log=None if args.quiet else print, emulation=emulation)
         report = {"bundle": str(args.bundle), "folder": str(folder.split_dir), "frames_from": folder.source,
                   "backend": pipeline.backend.describe(), "intensity_scale": args.intensity_scale,
-                  "sensor_mount": None if pipeline.sensor_mount is None else pipeline.sensor_mount.describe(), **report}
+                  "sensor_mount": None if pipeline.sensor_mount is None else pipeline.sensor_mount.describe(),
+                  "emulation": None if emulation is None else emulation.describe(), **report}
         mount = "" if pipeline.sensor_mount is None else f"; {pipeline.sensor_mount.describe()}"
+        mount += "" if emulation is None else f"; {emulation.describe()}"
         print(f"{args.bundle} on {len(folder.frame_ids)} frames of {folder.split_dir} "
               f"(backend {pipeline.backend.describe()}{mount})")
         print(format_report(report))
