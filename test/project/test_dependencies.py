@@ -24,7 +24,7 @@ ROSDEP_KEY_OF_MODULE = {"numpy": "python3-numpy", "yaml": "python3-yaml", "matpl
 # release package lists: rviz2, rviz_default_plugins, launch, launch_ros (jazzy/distribution.yaml);
 # vision_msgs_rviz_plugins (released with vision_msgs: kilted 4.2.0; jazzy 4.1.1 is packaged as
 # ros-jazzy-vision-msgs-rviz-plugins); ament_index_python (kilted); tf2_ros_py is the package holding the tf2_ros
-# Python module (ros2/geometry2). rclpy, rcl_interfaces, builtin_interfaces, lifecycle_msgs, the common_interfaces
+# Python module and tf2_ros its C++ counterpart (both packages of ros2/geometry2). rclpy, rcl_interfaces, builtin_interfaces, lifecycle_msgs, the common_interfaces
 # messages and tf2_msgs are ROS 2 core packages (ros_core); python3-* are long-standing rosdep/python.yaml keys that
 # ROS core packages depend on themselves. vision_msgs is in both distributions (kilted list above; jazzy: apt).
 # A key outside this list fails the test until someone checks it and adds it here.
@@ -32,7 +32,7 @@ KNOWN_ROSDEP_KEYS = {
     # ROS packages (Jazzy and Kilted)
     "rclpy", "lifecycle_msgs", "rcl_interfaces", "builtin_interfaces", "ament_index_python",
     "sensor_msgs", "std_msgs", "geometry_msgs", "vision_msgs", "visualization_msgs", "diagnostic_msgs",
-    "tf2_ros_py", "tf2_msgs", "launch", "launch_ros", "rviz2", "rviz_default_plugins", "vision_msgs_rviz_plugins",
+    "tf2_ros_py", "tf2_ros", "tf2_msgs", "launch", "launch_ros", "rviz2", "rviz_default_plugins", "vision_msgs_rviz_plugins",
     # rosdep system keys (rosdep/python.yaml)
     "python3-numpy", "python3-yaml", "python3-matplotlib", "python3-pytest",
 }
@@ -136,6 +136,8 @@ def test_package_xml_keys_are_known_rosdep_keys():
     declared = {e.text.strip() for tag in ("buildtool_depend", "exec_depend", "depend", "test_depend")
                 for e in root.findall(tag)}
     assert declared - KNOWN_ROSDEP_KEYS == set(), "check these keys in ros/rosdistro, then add them to the list"
+    listed = [e.text.strip() for e in root.findall("exec_depend")]
+    assert sorted({k for k in listed if listed.count(k) > 1}) == [], "declared twice"
     # the build type is not a key: rosdep install stops on it (ros2/ros2_documentation#508, ros2cli#428)
     assert "ament_python" not in declared and root.findtext("export/build_type") == "ament_python"
     for key in ("rclpy", "sensor_msgs", "vision_msgs", "visualization_msgs", "diagnostic_msgs", "tf2_ros_py",
