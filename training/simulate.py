@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Generate a synthetic KITTI-format 3D object dataset (simulated Velodyne HDL-64E street scenes).
 
-    python training/simulate.py --out data/sim --frames 500 --seed 0 [--config sim.yaml] [--workers 2]
+    python training/simulate.py --out data/sim --frames 500 --seed 0 [--preset realistic] [--config sim.yaml]
+        [--workers 2]
 
 Writes OUT/training/{velodyne,label_2,calib}, OUT/ImageSets/{train,val,trainval}.txt and, with
-dataset.test_frames > 0, OUT/testing/{velodyne,calib} + ImageSets/test.txt. Every file is written atomically;
+dataset.test_frames > 0, OUT/testing/{velodyne,calib} + ImageSets/test.txt; with labels.write_all_around (on in the
+realistic preset) also OUT/training/label_all (every object around the sensor). --config values apply on top of
+the preset (training/sim/sim_config.py PRESETS; docs/SIMULATOR.md). Every file is written atomically;
 the same arguments always give byte-identical files.
 """
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.sim.sim_config import SimConfig, SimConfigError, load_config  # noqa: E402
+from training.sim.sim_config import PRESETS, SimConfig, SimConfigError, load_config  # noqa: E402
 from training.sim.generate import generate_frame  # noqa: E402
 from training.sim.writer import write_frame, write_image_sets  # noqa: E402
 
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="dataset root to create (KITTI object layout)")
     ap.add_argument("--frames", type=int, required=True, help="number of labelled training frames")
     ap.add_argument("--seed", type=int, default=0, help="random seed; same seed and config -> identical files")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                    help="starting point of the options (default: the config's `preset` key, else 'default')")
     ap.add_argument("--config", type=Path, default=None, help="YAML overriding sensor/scene/labels/dataset options")
     ap.add_argument("--workers", type=int, default=1, help="processes generating frames in parallel")
     ap.add_argument("--quiet", action="store_true", help="no progress output")
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed < 0:
         ap.error("--seed must be >= 0")
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, args.preset)
         stats = simulate_dataset(cfg, args.out, args.frames, args.seed, args.workers, progress=not args.quiet)
     except SimConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -23,6 +23,10 @@ class DataConfig:
     point_cloud_range: tuple[float, ...] = VOXEL_POINT_CLOUD_RANGE
     fov_crop: bool = True  # keep only points seen by the front camera (KITTI labels and evaluation cover only those)
     num_point_features: int = 4  # x, y, z, reflectance
+    # label folder (under training/) the train split reads: "label_all" = every object around the sensor (the
+    # simulator's realistic preset writes it; for 360-degree models, with fov_crop false). Every other split reads
+    # label_2, the camera-visible objects KITTI evaluation scores.
+    train_labels: str = "label_2"
 
     def __post_init__(self) -> None:
         self.class_names = tuple(self.class_names)
@@ -32,6 +36,12 @@ class DataConfig:
             raise ValueError(f"point_cloud_range must be [xmin, ymin, zmin, xmax, ymax, zmax], got {self.point_cloud_range}")
         if self.num_point_features < 3:
             raise ValueError(f"num_point_features must be >= 3, got {self.num_point_features}")
+        if not self.train_labels or "/" in self.train_labels or self.train_labels in (".", ".."):
+            raise ValueError(f"train_labels must be a folder name under training/, e.g. label_all, got "
+                             f"{self.train_labels!r}")
+        if self.train_labels != "label_2" and self.fov_crop:
+            raise ValueError(f"train_labels {self.train_labels!r} holds objects outside the camera's view: set "
+                             f"fov_crop: false (the crop would leave their boxes without points)")
 
 
 @dataclass
@@ -41,6 +51,51 @@ class GTSamplingConfig:
     sample_counts: dict[str, int] = field(default_factory=lambda: {"Car": 15, "Pedestrian": 15, "Cyclist": 15})
     min_points: dict[str, int] = field(default_factory=lambda: {"Car": 5, "Pedestrian": 5, "Cyclist": 5})
     excluded_difficulties: tuple[int, ...] = (-1,)  # database objects of these KITTI difficulty levels are not pasted
+
+
+@dataclass
+class SensorVariationConfig:
+    """Sensor-generalisation augmentations (issue 14; docs/SIM_TO_REAL.md "Sensor augmentations"), each off by
+    default. Applied after GT sampling (pasted objects vary too): beam reduction -> density dropout -> intensity;
+    the mounting change comes last, after the global transforms. Angles in radians (SensorMount convention:
+    pitch positive = nose down, roll positive = left side up)."""
+
+    beam_reduction: bool = False  # with beam_reduction_probability: keep every beam_keep_every-th laser row
+    beam_reduction_probability: float = 0.5
+    beam_keep_every: int = 2  # 2: a 64-beam scan becomes a 32-beam one (random phase: even or odd rows)
+    density_dropout: bool = False  # keep each point with a probability drawn per frame from density_keep_range
+    density_keep_range: tuple[float, float] = (0.5, 1.0)
+    intensity: bool = False  # intensity -> clip(scale * intensity ** gamma, 0, 1)
+    intensity_scale_range: tuple[float, float] = (0.6, 1.4)
+    intensity_gamma_range: tuple[float, float] = (0.7, 1.4)
+    mounting_height: bool = False  # the sensor mounted higher (+) or lower (-) by a draw from height_shift_range (m)
+    height_shift_range: tuple[float, float] = (-0.3, 0.3)
+    mounting_tilt: bool = False  # pitch and roll drawn from their ranges
+    pitch_range: tuple[float, float] = (-0.035, 0.035)
+    roll_range: tuple[float, float] = (-0.035, 0.035)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0.0 <= self.beam_reduction_probability <= 1.0, "beam_reduction_probability must be in [0, 1]"),
+            (self.beam_keep_every >= 1, "beam_keep_every must be >= 1"),
+            (0.0 <= self.density_keep_range[0] <= self.density_keep_range[1] <= 1.0,
+             "density_keep_range must be [low, high] with 0 <= low <= high <= 1"),
+            (0.0 <= self.intensity_scale_range[0] <= self.intensity_scale_range[1],
+             "intensity_scale_range must be [low, high] with 0 <= low <= high"),
+            (0.0 < self.intensity_gamma_range[0] <= self.intensity_gamma_range[1],
+             "intensity_gamma_range must be [low, high] with 0 < low <= high"),
+            (self.height_shift_range[0] <= self.height_shift_range[1], "height_shift_range low > high"),
+        ]
+        for name in ("pitch_range", "roll_range"):
+            lo, hi = getattr(self, name)
+            checks.append((-math.pi / 4 <= lo <= hi <= math.pi / 4, f"{name} must be [low, high] radians within +-pi/4"))
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def any_enabled(self) -> bool:
+        return self.beam_reduction or self.density_dropout or self.intensity or self.mounting_height or self.mounting_tilt
 
 
 @dataclass
@@ -57,10 +112,13 @@ class AugmentConfig:
     object_rotation_range: tuple[float, float] = (-math.pi / 20, math.pi / 20)
     object_noise_attempts: int = 10  # noise draws tried per object; the first collision-free one is used
     shuffle_points: bool = True  # training: random point order, so max_voxels drops a random subset of voxels
+    sensor: SensorVariationConfig = field(default_factory=SensorVariationConfig)  # all off by default
 
     def __post_init__(self) -> None:
         if isinstance(self.gt_sampling_config, dict):
             self.gt_sampling_config = GTSamplingConfig(**self.gt_sampling_config)
+        if isinstance(self.sensor, dict):
+            self.sensor = SensorVariationConfig(**self.sensor)
         lo, hi = self.scaling_range
         if not 0 < lo <= hi:
             raise ValueError(f"scaling_range must satisfy 0 < low <= high, got {self.scaling_range}")

@@ -124,13 +124,15 @@ class KittiDataset(torch.utils.data.Dataset):
         if not self.root.is_dir():
             raise KittiLayoutError(f"{self.root}: KITTI root directory not found")
         self.split_dir = self.root / ("testing" if split == config.test_split else "training")
-        self.has_labels = (self.split_dir / "label_2").is_dir()
+        # the train split may read all-around labels (DataConfig.train_labels); evaluation splits read label_2
+        self.label_dir = config.train_labels if split == config.train_split else "label_2"
+        self.has_labels = (self.split_dir / self.label_dir).is_dir()
         for sub in ("velodyne", "calib"):
             if not (self.split_dir / sub).is_dir():
                 raise KittiLayoutError(f"{self.split_dir / sub}: missing; expected the KITTI object layout "
                                        f"<root>/{{training,testing}}/{{velodyne,calib,label_2}}")
         if self.split_dir.name == "training" and not self.has_labels:
-            raise KittiLayoutError(f"{self.split_dir / 'label_2'}: missing; split {split!r} needs labels")
+            raise KittiLayoutError(f"{self.split_dir / self.label_dir}: missing; split {split!r} needs labels")
         self.frame_ids = self._read_frame_ids()
 
     def _read_frame_ids(self) -> list[str]:
@@ -164,7 +166,7 @@ class KittiDataset(torch.utils.data.Dataset):
             shape = read_png_shape(d / "image_2" / f"{frame_id}.png") or DEFAULT_IMAGE_SHAPE
             points = points[camera_fov_mask(points, calib, shape)]
         if self.has_labels:
-            annotations = read_labels(d / "label_2" / f"{frame_id}.txt")
+            annotations = read_labels(d / self.label_dir / f"{frame_id}.txt")
         else:
             annotations = KittiObjects.empty()
         boxes, labels, names, difficulty = ground_truth_from_annotations(annotations, calib, self.config.class_names)

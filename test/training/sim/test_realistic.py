@@ -1,0 +1,274 @@
+"""Simulator realistic preset: presets, car families, pedestrians, roadside clutter, porous vegetation, sensor effects,
+all-around labels (label_all) and the data option that trains on them. The default preset must not change."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clean_ros.cloud.kitti import Calibration, boxes_camera_to_lidar, format_labels, read_labels
+from training.sim.car_families import CAR_FAMILIES, FAMILIES, family_parts, sample_family
+from training.sim.generate import generate_frame, scan_scene
+from training.sim.ground import Ground
+from training.sim.people import pedestrian_variant
+from training.sim.roadside import add_roadside_extras, hedge_parts
+from training.sim.scene import SceneBuilder, model_parts, sample_scene
+from training.sim.sensor import ego_blocked, ego_body_boxes, laser_origin_heights, ray_grid
+from training.sim.shapes import Material, local_bounds
+from training.sim.sim_config import PRESETS, SimConfig, SimConfigError, config_from_dict, load_config
+from training.sim.writer import ALL_AROUND_LABELS, write_frame
+from training.simulate import simulate_dataset
+
+REPO = Path(__file__).resolve().parents[3]
+COARSE = {"sensor": {"azimuth_resolution_deg": 0.4}}
+
+
+def _flat_ground() -> Ground:
+    return Ground(-1.73, (0.0, 0.0), np.zeros((0, 4)), 0.0, 0.0, 4, 3.5, 0.15, 3.0)
+
+
+def _local_size(parts) -> np.ndarray:
+    lo, hi = local_bounds(parts.build(np.random.default_rng(0)))
+    return hi - lo
+
+
+# --------------------------------------------------------------------------- presets
+def test_default_preset_output_is_unchanged():
+    """The running experiments' data: same points and labels as before the realistic options existed."""
+    frame = generate_frame(config_from_dict(COARSE), 7, 0)
+    assert len(frame.points) == 54132
+    assert abs(float(frame.points[:, :3].astype(np.float64).sum()) - (-111379.3)) < 1.0
+    assert frame.labels_all is None
+    lines = format_labels(frame.labels.objects).splitlines()
+    assert len(lines) == 15
+    assert lines[0] == "Car 0.00 0 1.72 551.31 175.53 592.39 214.33 1.76 1.46 3.65 -1.56 1.54 33.96 1.67"
+    assert lines[4].startswith("Truck 0.18 0 -1.89 786.75 0.00 1241.00 374.00 3.22 2.42 10.13")
+
+
+def test_presets_load_and_config_applies_on_top(tmp_path):
+    assert load_config(None) == SimConfig() == config_from_dict({}, preset="default")
+    realistic = config_from_dict({}, preset="realistic")
+    assert realistic.scene.car_families and realistic.scene.pedestrian_variety and realistic.sensor.ego_vehicle
+    assert realistic.labels.write_all_around
+    assert realistic.sensor.laser_heights == (0.22, 0.12)
+    assert realistic.scene.extra_objects[0] >= 10  # objects all around the sensor
+    # a file's `preset` key, then its own values on top; --preset wins over the key
+    path = tmp_path / "sim.yaml"
+    path.write_text("preset: realistic\nscene:\n  cars: [1, 2]\n")
+    cfg = load_config(path)
+    assert cfg.scene.cars == (1, 2) and cfg.scene.car_families
+    assert not load_config(path, preset="default").scene.car_families
+    with pytest.raises(SimConfigError, match="unknown preset 'fancy'"):
+        config_from_dict({"preset": "fancy"})
+    with pytest.raises(SimConfigError, match="scene.car_families: expected true or false"):
+        config_from_dict({"scene": {"car_families": 1}})
+    with pytest.raises(SimConfigError, match="vegetation_porosity"):
+        config_from_dict({"sensor": {"vegetation_porosity": 1.0}})
+    assert set(PRESETS) == {"default", "realistic"}
+
+
+def test_cli_preset_writes_label_all_and_rejects_unknown_preset(tmp_path):
+    cfg = tmp_path / "coarse.yaml"
+    cfg.write_text("sensor:\n  azimuth_resolution_deg: 0.8\n")
+    run = subprocess.run([sys.executable, str(REPO / "training/simulate.py"), "--out", str(tmp_path / "o"), "--frames",
+                          "1", "--preset", "realistic", "--config", str(cfg), "--quiet"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "o/training" / ALL_AROUND_LABELS / "000000.txt").is_file()
+    bad = subprocess.run([sys.executable, str(REPO / "training/simulate.py"), "--out", str(tmp_path / "p"), "--frames",
+                          "1", "--preset", "fancy"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "invalid choice: 'fancy'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# --------------------------------------------------------------------------- shapes
+def test_car_families_have_their_dimensions_and_silhouettes():
+    rng = np.random.default_rng(0)
+    for family in FAMILIES:
+        sizes = np.array([_local_size(family_parts(family, rng)) for _ in range(60)])
+        mean = sizes.mean(0)
+        np.testing.assert_allclose(mean, FAMILIES[family].size_mean, atol=0.12, err_msg=family)
+    tall = {f: np.mean([_local_size(family_parts(f, rng))[2] for _ in range(30)]) for f in FAMILIES}
+    assert tall["van"] > tall["suv"] > tall["estate"] > tall["sedan"]
+    # the cabin (glass) ends well before the tail on a sedan (a boot), near the tail on an estate
+    def rear_overhang(family):
+        parts = family_parts(family, np.random.default_rng(3))
+        prims = parts.build(np.random.default_rng(0))
+        lo, _ = local_bounds(prims)
+        glass = prims.select(prims.material == Material.GLASS)
+        return float(local_bounds(glass)[0][0] - lo[0])
+    assert rear_overhang("sedan") > 0.6 > 0.35 > rear_overhang("estate")
+    # every family carries retroreflective plates and lamps; the car mix keeps KITTI's mean Car box
+    prims = family_parts("hatchback", rng).build(rng)
+    assert (prims.material == Material.RETROREFLECTOR).sum() == 6
+    picks = [sample_family("Car", rng) for _ in range(400)]
+    assert set(picks) == set(CAR_FAMILIES) and sample_family("Van", rng) == "van"
+    mix_l = np.mean([FAMILIES[f].size_mean[0] for f in picks])
+    assert 3.8 < mix_l < 4.2
+
+
+def test_dark_paint_and_scene_option_pick_family_models():
+    rng = np.random.default_rng(1)
+    dark = family_parts("sedan", rng, dark_fraction=1.0).build(rng)
+    assert dark.albedo[dark.material == Material.CAR_PAINT].max() <= 0.08
+    cfg = config_from_dict({}, preset="realistic").scene
+    prims = model_parts("Car", np.random.default_rng(2), cfg).build(np.random.default_rng(0))
+    assert (prims.material == Material.RETROREFLECTOR).any()  # a family car, not the default model
+    default = model_parts("Car", np.random.default_rng(2)).build(np.random.default_rng(0))
+    assert not (default.material == Material.RETROREFLECTOR).any()
+
+
+def test_pedestrian_variety_children_poses_and_groups():
+    rng = np.random.default_rng(4)
+    heights, poses = [], set()
+    for _ in range(200):
+        parts, pose = pedestrian_variant((0.84, 0.66, 1.76), rng)
+        heights.append(_local_size(parts)[2])
+        poses.add(pose)
+    heights = np.array(heights)
+    assert poses == {"walking", "standing", "backpack", "shoulder_bag", "carrying_bag"}
+    assert 0.05 < (heights < 1.45).mean() < 0.25  # children
+    backpack, _ = pedestrian_variant((0.5, 0.6, 1.76), np.random.default_rng(5), pose="backpack")
+    standing, _ = pedestrian_variant((0.5, 0.6, 1.76), np.random.default_rng(5), pose="standing")
+    assert _local_size(backpack)[0] > _local_size(standing)[0]  # the backpack makes the box longer
+    # groups: with group_probability 1 every pedestrian has a companion within 2 m
+    cfg = config_from_dict({"scene": {"group_probability": 1.0, "pedestrians": [3, 3], "cars": [0, 0],
+                                      "cyclists": [0, 0], "extra_objects": [0, 0], "misc": [0, 0]}})
+    scene = sample_scene(cfg.scene, cfg.sensor, np.random.default_rng(6))
+    peds = scene.boxes[scene.names == "Pedestrian"]
+    assert len(peds) > 3
+    gaps = np.linalg.norm(peds[:, None, :2] - peds[None, :, :2], axis=-1) + np.eye(len(peds)) * 1e9
+    assert (gaps.min(1) < 2.0).all()
+
+
+def test_roadside_extras_are_unlabelled_and_bicycles_have_no_rider():
+    cfg = config_from_dict({"scene": {"riderless_bicycles": [5, 5], "street_furniture": [6, 6],
+                                      "hedges_per_100m": 5.0, "fences_per_100m": 3.0}}).scene
+    b = SceneBuilder(_flat_ground(), np.random.default_rng(0))
+    add_roadside_extras(b, _flat_ground(), cfg, (-40.0, 40.0))
+    scene = b.build()
+    assert len(scene.names) == 0 and scene.prims.count > 50 and (scene.prims.owner == -1).all()
+    materials = set(scene.prims.material.tolist())
+    assert {Material.VEGETATION, Material.TYRE, Material.METAL} <= materials
+    assert Material.CLOTH_SKIN not in materials  # parked bicycles: no rider
+
+
+# --------------------------------------------------------------------------- sensor and vegetation
+def _hedge_returns(porosity: float, depth: float):
+    cfg = config_from_dict({"sensor": {"azimuth_resolution_deg": 0.2, "vegetation_porosity": porosity,
+                                       "vegetation_depth": depth}})
+    b = SceneBuilder(_flat_ground(), np.random.default_rng(0))
+    assert b.try_add(hedge_parts(8.0, np.random.default_rng(1)), 10.0, 0.0, np.pi / 2, None)  # across the view
+    frame = scan_scene(b.build(), cfg, np.random.default_rng(2))
+    near = (np.abs(frame.points[:, 1]) < 3.0) & (frame.points[:, 2] > -1.3) & (frame.points[:, 0] < 20)
+    return frame, frame.points[near]
+
+
+def test_vegetation_returns_are_scattered_in_depth_and_unlabelled():
+    solid_frame, solid = _hedge_returns(0.0, 0.0)
+    leafy_frame, leafy = _hedge_returns(0.55, 0.35)
+    assert len(solid) > 200 and len(leafy) > 100
+    assert len(solid_frame.labels.objects) == 0 and len(leafy_frame.labels.objects) == 0
+    # depth spread of the returns seen through one small window (0.25 m cells across y, z): the default's range
+    # noise on a surface (vegetation's 0.25 m noise std) vs a thick band of returns from inside the foliage
+    def depth_spread(points):
+        cell = np.unique(np.floor(points[:, 1:3] / 0.25).astype(np.int64), axis=0, return_inverse=True)[1].ravel()
+        n = np.bincount(cell)
+        mean = np.bincount(cell, points[:, 0]) / n
+        var = np.bincount(cell, (points[:, 0] - mean[cell]) ** 2) / n
+        return float(np.sqrt(var[n >= 3]).mean())
+    assert depth_spread(leafy) > depth_spread(solid) + 0.1
+    assert len(leafy) < 0.8 * len(solid)  # some rays pass through the foliage
+
+
+def test_lasers_above_origin_shift_elevation_with_range_and_ego_body_blocks_low_rays():
+    cfg = config_from_dict({}, preset="realistic").sensor
+    grid = ray_grid(cfg)
+    heights = laser_origin_heights(grid, cfg)
+    top = np.argmax(grid.elevation)
+    assert heights[top * grid.n_columns] == 0.22 and heights[0] == 0.12
+    assert laser_origin_heights(grid, SimConfig().sensor) is None
+    boxes = ego_body_boxes(np.random.default_rng(0), cfg.mount_height)
+    blocked = ego_blocked(grid.directions, heights, boxes).reshape(len(grid.elevation), grid.n_columns)
+    assert blocked[0].mean() > 0.2  # the lowest laser hits the roof in many directions
+    assert not blocked[grid.elevation > np.deg2rad(-5)].any()  # upper lasers clear it
+    # a wall 20 m ahead: a laser 0.22 m up sees it 0.22 m higher than one at the origin would
+    b = SceneBuilder(_flat_ground(), np.random.default_rng(0))
+    from training.sim.shapes import PartList
+    b.add_background(PartList().box((20.0, 0.0, 2.0), (0.1, 5.0, 4.0), Material.BUILDING).build(
+        np.random.default_rng(0)))
+    plain = scan_scene(b.build(), config_from_dict(COARSE), np.random.default_rng(1)).points
+    raised = scan_scene(b.build(), config_from_dict({**COARSE, "sensor": {"azimuth_resolution_deg": 0.4,
+                                                                          "laser_heights": [0.22, 0.12]}}),
+                        np.random.default_rng(1)).points
+    upper_plain = np.sort(plain[(plain[:, 0] > 19) & (plain[:, 2] > 0.05), 2])
+    upper_raised = np.sort(raised[(raised[:, 0] > 19) & (raised[:, 2] > 0.27), 2])
+    assert abs((upper_raised[:20] - 0.22) - upper_plain[:20]).max() < 0.1
+
+
+def test_weak_far_echoes_read_zero_reflectance():
+    cfg = config_from_dict({**COARSE, "scene": {"extra_objects": [0, 0]}})
+    weak = config_from_dict({"sensor": {"azimuth_resolution_deg": 0.4, "weak_echo_range": [15.0, 70.0]}})
+    plain = generate_frame(cfg, 3, 0).points
+    faded = generate_frame(weak, 3, 0).points
+    far = lambda p: np.hypot(p[:, 0], p[:, 1]) > 50  # noqa: E731
+    near = lambda p: np.hypot(p[:, 0], p[:, 1]) < 12  # noqa: E731
+    assert (faded[far(faded), 3] == 0).mean() > 0.6 > (plain[far(plain), 3] == 0).mean()
+    assert (faded[near(faded), 3] == 0).mean() < 0.05
+
+
+# --------------------------------------------------------------------------- all-around labels
+def test_label_all_holds_objects_behind_the_car_label_2_does_not(tmp_path):
+    cfg = config_from_dict({**COARSE, "labels": {"write_all_around": True}})
+    b = SceneBuilder(_flat_ground(), np.random.default_rng(0))
+    assert b.try_add(model_parts("Car", np.random.default_rng(1)), 15.0, -1.0, 0.0, "Car")  # ahead
+    assert b.try_add(model_parts("Car", np.random.default_rng(2)), -14.0, 2.0, np.pi, "Car")  # behind
+    assert b.try_add(model_parts("Pedestrian", np.random.default_rng(3)), 0.5, 9.0, 0.0, "Pedestrian")  # beside
+    frame = scan_scene(b.build(), cfg, np.random.default_rng(4))
+    assert list(frame.labels.object_index) == [0]
+    assert sorted(frame.labels_all.object_index) == [0, 1, 2]
+    write_frame(tmp_path, "training", 0, frame)
+    calib = Calibration.from_file(tmp_path / "training/calib/000000.txt")
+    front = read_labels(tmp_path / "training/label_2/000000.txt")
+    around = read_labels(tmp_path / f"training/{ALL_AROUND_LABELS}/000000.txt")
+    assert list(front.names) == ["Car"] and list(around.names) == ["Car", "Car", "Pedestrian"]
+    boxes = boxes_camera_to_lidar(around.location, around.dimensions, around.rotation_y, calib)
+    np.testing.assert_allclose(boxes[:, :2], frame.scene.boxes[:, :2], atol=0.15)
+    assert around.location[1, 2] < 0  # behind the camera
+    assert around.truncation[1] == 1.0 and (around.bbox[1] == 0).all()
+    np.testing.assert_array_equal(around.location[0], front.location[0])  # the same row for the shared object
+
+
+def test_train_split_reads_label_all_when_configured(tmp_path):
+    from training.data.data_config import DataConfig
+    from training.data.kitti_dataset import KittiDataset, KittiLayoutError
+
+    cfg = config_from_dict({"sensor": {"azimuth_resolution_deg": 0.8}, "dataset": {"val_fraction": 0.5},
+                            "labels": {"write_all_around": True}, "scene": {"extra_objects": [25, 25]}})
+    simulate_dataset(cfg, tmp_path / "d", n_frames=2, seed=3, progress=False)
+    wide = (-40.0, -40.0, -3.0, 40.0, 40.0, 1.0)
+    around = DataConfig(root=str(tmp_path / "d"), train_labels="label_all", fov_crop=False, point_cloud_range=wide)
+    front = DataConfig(root=str(tmp_path / "d"), fov_crop=False, point_cloud_range=wide)
+    train_all, train_front = KittiDataset(around, "train")[0], KittiDataset(front, "train")[0]
+    assert (train_all.gt_boxes[:, 0] < 0).any()  # objects behind the sensor
+    assert not (train_front.gt_boxes[:, 0] < 0).any()
+    assert len(train_all.gt_boxes) > len(train_front.gt_boxes)
+    val = KittiDataset(around, "val")[0]  # evaluation splits keep label_2
+    assert not (val.gt_boxes[:, 0] < 0).any()
+    with pytest.raises(ValueError, match="fov_crop: false"):
+        DataConfig(root=str(tmp_path / "d"), train_labels="label_all")
+    with pytest.raises(KittiLayoutError, match="label_none: missing"):
+        KittiDataset(DataConfig(root=str(tmp_path / "d"), train_labels="label_none", fov_crop=False), "train")
+
+
+def test_realistic_frame_end_to_end():
+    cfg = config_from_dict({"sensor": {"azimuth_resolution_deg": 0.4}}, preset="realistic")
+    frame = generate_frame(cfg, 0, 1)
+    points = frame.points
+    assert np.isfinite(points).all() and points[:, 3].min() >= 0 and points[:, 3].max() <= 1
+    assert set(frame.labels.object_index) <= set(frame.labels_all.object_index)
+    assert len(frame.labels_all.object_index) > len(frame.labels.object_index)
+    assert (points[:, 3] >= 0.7).any()  # plates, lamps, signs
+    assert (frame.point_owner == -1).mean() > 0.8
