@@ -336,6 +336,91 @@ def test_runtime_parameters_take_effect_and_invalid_values_are_rejected(running)
     assert all(r.successful for r in results), [r.reason for r in results]
 
 
+def _record(harness, sec):
+    assert harness.spin_until(lambda: any(t.header.stamp.sec == sec for t in harness.timings), 10.0)
+    record = next(t for t in harness.timings if t.header.stamp.sec == sec)
+    return {kv.key: kv.value for kv in record.status[0].values}
+
+
+def test_crop_and_exclusion_boxes_at_runtime(running):
+    """crop_box / exclusion_box set with `ros2 param set` (SetParameters): the model sees exactly the points inside
+    the crop box and outside the exclusion box; the removed points are counted; a bad box is refused with why."""
+    harness, _, points, _ = running
+    crop, ego = [0.0, -10.0, -3.0, 20.0, 10.0, 1.0], [0.0, -2.0, -3.0, 6.0, 2.0, 1.0]
+    xyz = points[:, :3]
+    in_crop = np.all((xyz >= crop[:3]) & (xyz <= crop[3:]), axis=1)
+    in_ego = np.all((xyz >= ego[:3]) & (xyz <= ego[3:]), axis=1)
+    try:
+        results = harness.set_parameters(crop_box=crop, crop_box_enabled=True, exclusion_box=ego,
+                                         exclusion_box_enabled=True)
+        assert all(r.successful for r in results), [r.reason for r in results]
+        answer = harness.send_and_wait(_cloud(points, 6500))
+        values = _record(harness, 6500)
+        assert int(values["num_points"]) == int((in_crop & ~in_ego).sum())
+        assert int(values["points_outside_crop"]) == int((~in_crop).sum())
+        assert int(values["points_excluded"]) == int((in_crop & in_ego).sum()) > 0
+        for det in answer.detections:          # nothing is detected far from the points the model saw
+            assert -3.0 < det.bbox.center.position.x < 23.0 and abs(det.bbox.center.position.y) < 13.0
+        # an exclusion box around everything: an empty cloud, answered empty, reported with the reason
+        [result] = harness.set_parameters(exclusion_box=[-100.0, -100.0, -10.0, 100.0, 100.0, 10.0])
+        assert result.successful, result.reason
+        empty = harness.send_and_wait(_cloud(points, 6501))
+        assert len(empty.detections) == 0 and _record(harness, 6501)["processed"] == "false"
+        first_frame = int((in_crop & in_ego).sum())
+
+        def both_frames_counted(values):
+            return int(values.get("points_excluded_total", "0")) > first_frame
+
+        assert harness.spin_until(lambda: _latest_status(harness, both_frames_counted) is not None, 10.0)
+        status, values = _latest_status(harness, both_frames_counted)
+        assert values["crop_box"] == "0 -10 -3 20 10 1" and values["exclusion_box"] == "-100 -100 -10 100 100 10"
+        assert int(values["points_excluded_total"]) == first_frame + int(in_crop.sum())
+        assert f"{int((~in_crop).sum())} outside crop_box, {int(in_crop.sum())} inside exclusion_box" in status.message
+        # refused: min above max, wrong length; the accepted boxes stay in force
+        for bad, reason in (([0.0, 5.0, 0.0, 1.0, 1.0, 1.0], "min must be below max"), ([1.0, 2.0], "6 values")):
+            [result] = harness.set_parameters(crop_box=bad)
+            assert not result.successful and reason in result.reason, result.reason
+    finally:
+        results = harness.set_parameters(crop_box_enabled=False, exclusion_box_enabled=False)
+        assert all(r.successful for r in results)
+    assert int(_record(harness, harness.send_and_wait(_cloud(points, 6502)).header.stamp.sec)["num_points"]) == \
+        len(points)
+
+
+def test_range_dependent_thresholds_at_runtime(running):
+    """Beyond 8 m a box needs score 1.0 (none has it); nearer ones keep the per-class threshold."""
+    harness, _, points, _ = running
+
+    def distances(answer):
+        return sorted(round(math.hypot(d.bbox.center.position.x, d.bbox.center.position.y), 4)
+                      for d in answer.detections)
+
+    try:
+        [result] = harness.set_parameters(score_thresholds=[0.05, 0.05, 0.05])
+        assert result.successful, result.reason
+        before = distances(harness.send_and_wait(_cloud(points, 6600)))
+        near = [d for d in before if d < 8.0]
+        assert near and len(near) < len(before), before        # the scene has boxes on both sides of 8 m
+        # while disabled the lists can be changed one at a time (here: 1 breakpoint -> 2 bands x 3 classes)
+        for values in ({"range_breakpoints": [8.0]}, {"range_score_thresholds": [0.0, 1.0] * 3},
+                       {"range_thresholds_enabled": True}):
+            [result] = harness.set_parameters(**values)
+            assert result.successful, (values, result.reason)
+        assert distances(harness.send_and_wait(_cloud(points, 6601))) == near
+        # enabled: a table that does not fit the breakpoints is refused with the reason, the old one stays
+        [result] = harness.set_parameters(range_breakpoints=[8.0, 40.0])
+        assert not result.successful and "range_score_thresholds needs 9 values" in result.reason
+        [result] = harness.set_parameters(range_score_thresholds=[0.0, 1.5] * 3)
+        assert not result.successful and "range_score_thresholds[1]" in result.reason
+        assert distances(harness.send_and_wait(_cloud(points, 6602))) == near
+        [result] = harness.set_parameters(range_thresholds_enabled=False)
+        assert result.successful, result.reason
+        assert distances(harness.send_and_wait(_cloud(points, 6603))) == before   # off again: the far boxes are back
+    finally:
+        results = harness.set_parameters(range_thresholds_enabled=False, score_thresholds=[0.1, 0.1, 0.1])
+        assert all(r.successful for r in results), [r.reason for r in results]
+
+
 def test_node_stops_cleanly_on_sigint(running):
     """Last test of the module: SIGINT ends the node with status 0 and a summary line."""
     _, process, _, log_path = running
