@@ -125,7 +125,7 @@ def rviz_launch(preset: Path, input_topic: str, output_topic: str, fixed_frame: 
         atomic_write_text(path, f"# {preset} adapted by the clean_ros launch file: " + "; ".join(changes) + "\n"
                           + yaml.safe_dump(adapted_preset(config, input_topic, output_topic, with_detections),
                                            sort_keys=False))
-    arguments = ["-d", str(path)] + (["-f", fixed_frame] if fixed_frame.strip() else [])
+    arguments = ["-d", str(path)] + (["-f", fixed_frame.strip()] if fixed_frame.strip() else [])
     return RvizLaunch(True, path, arguments, ("RViz preset: " + "; ".join(changes)) if changes else None)
 
 

@@ -87,7 +87,7 @@ def test_default_topics_with_plugin_open_the_preset_itself(tmp_path):
     assert plan.start and plan.note is None
     assert plan.arguments == ["-d", str(PRESET)]
     assert list(tmp_path.iterdir()) == [], "nothing is written when the preset fits"
-    framed = rviz_launch(PRESET, defaults.INPUT_TOPIC, defaults.OUTPUT_TOPIC, "base_link",
+    framed = rviz_launch(PRESET, defaults.INPUT_TOPIC, defaults.OUTPUT_TOPIC, " base_link ",
                          installed=_installed("rviz2", "vision_msgs_rviz_plugins"), scratch_dir=tmp_path)
     assert framed.arguments == ["-d", str(PRESET), "-f", "base_link"]
 
