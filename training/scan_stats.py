@@ -173,8 +173,8 @@ class ScanStatistics:
 def surface_of_points(owner: np.ndarray, names: np.ndarray, is_ground: np.ndarray) -> np.ndarray:
     """(N,) index into SURFACES: the class of the box a point is in (other labelled classes -> 'other objects'),
     else ground, else rest."""
-    class_of_box = np.array([SURFACES.index(n) if n in CLASSES else SURFACES.index("other objects") for n in names],
-                            np.int64) if len(names) else np.zeros(0, np.int64)
+    match = np.asarray(names, dtype=str).reshape(-1, 1) == np.asarray(SURFACES, dtype=str).reshape(1, -1)
+    class_of_box = np.where(match.any(1) & (match.argmax(1) > 0), match.argmax(1), SURFACES.index("other objects"))
     return np.where(owner >= 0, class_of_box[np.maximum(owner, 0)] if len(names) else 0,
                     np.where(is_ground, SURFACES.index("ground"), SURFACES.index("rest")))
 

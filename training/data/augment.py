@@ -1,7 +1,8 @@
 """Training augmentation, applied consistently to points and boxes (numpy, LiDAR frame).
 
-Order (each step a config switch): GT-database sampling -> per-object noise -> x-flip -> global rotation about z
--> global scaling -> point shuffle. The pure transforms take explicit parameters; Augmentor draws them from the
+Order (each step a config switch): GT-database sampling -> sensor variation (beam reduction, density dropout,
+intensity; training/data/sensor_variation.py) -> per-object noise -> x-flip -> global rotation about z -> global
+scaling -> mounting change (height, pitch, roll) -> point shuffle. The pure transforms take explicit parameters; Augmentor draws them from the
 generator it is given, so a frame's augmentation is a function of that generator's seed.
 """
 from __future__ import annotations
@@ -16,6 +17,8 @@ from clean_ros.cloud.kitti import normalize_yaw_np
 from training.data.data_config import AugmentConfig
 from training.data.gt_database import GTDatabase, GTSampler
 from training.data.sample import Sample
+from training.data.sensor_variation import (change_mounting, drop_points, elevation_rows, keep_rows,
+                                            scale_intensity)
 
 
 # --------------------------------------------------------------------------- pure transforms
@@ -123,6 +126,8 @@ class Augmentor:
         if self.gt_sampler is not None:
             sample = self.gt_sampler(sample, rng)
         points, boxes = sample.points, sample.gt_boxes
+        if cfg.sensor.any_enabled:
+            points = self._vary_sensor(points, rng)
         if cfg.object_noise and len(boxes):
             t, r = draw_object_noise(boxes, rng, cfg.object_translation_std, cfg.object_rotation_range,
                                      cfg.object_noise_attempts)
@@ -133,6 +138,30 @@ class Augmentor:
             points, boxes = rotate_z(points, boxes, rng.uniform(*cfg.rotation_range))
         if cfg.global_scaling:
             points, boxes = scale(points, boxes, rng.uniform(*cfg.scaling_range))
+        if cfg.sensor.mounting_height or cfg.sensor.mounting_tilt:
+            points, boxes = self._vary_mounting(points, boxes, rng)
         if cfg.shuffle_points:
             points = points[rng.permutation(len(points))]
         return replace(sample, points=points.astype(np.float32, copy=False), gt_boxes=boxes.astype(np.float32))
+
+    def _vary_sensor(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Beam reduction, density dropout, intensity response; a draw only for the enabled steps.
+
+        Rows come from elevation peaks (exact on simulated scans, whose rays share one origin); this runs after GT
+        sampling, so pasted objects lose the same rows as the scene."""
+        s = self.config.sensor
+        if s.beam_reduction and rng.random() < s.beam_reduction_probability:
+            phase = int(rng.integers(s.beam_keep_every))
+            points = keep_rows(points, elevation_rows(points).row, s.beam_keep_every, phase)
+        if s.density_dropout:
+            points = drop_points(points, rng.uniform(*s.density_keep_range), rng)
+        if s.intensity:
+            points = scale_intensity(points, rng.uniform(*s.intensity_scale_range), rng.uniform(*s.intensity_gamma_range))
+        return points
+
+    def _vary_mounting(self, points: np.ndarray, boxes: np.ndarray,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        s = self.config.sensor
+        height = rng.uniform(*s.height_shift_range) if s.mounting_height else 0.0
+        pitch, roll = (rng.uniform(*s.pitch_range), rng.uniform(*s.roll_range)) if s.mounting_tilt else (0.0, 0.0)
+        return change_mounting(points, boxes, height, pitch, roll)

@@ -107,3 +107,79 @@ def test_elevation_measured_from_a_raised_origin():
     points = np.array([[10.0, 0.0, 0.2, 0.0]], np.float32)
     assert elevation_deg(points, origin_height=0.2)[0] == pytest.approx(0.0, abs=1e-5)
     assert elevation_deg(points)[0] == pytest.approx(math.degrees(math.atan2(0.2, 10.0)), abs=1e-4)
+
+
+# --------------------------------------------------------------------------- through the Augmentor and its config
+from clean_ros.yaml_config import ConfigError, from_dict  # noqa: E402
+from training.data.augment import Augmentor  # noqa: E402
+from training.data.data_config import AugmentConfig, SensorVariationConfig  # noqa: E402
+from training.data.sample import Sample  # noqa: E402
+
+NO_AUG = dict(gt_sampling=False, random_flip_x=False, global_rotation=False, global_scaling=False,
+              object_noise=False, shuffle_points=False)
+
+
+def sample_of(points, boxes):
+    m = len(boxes)
+    return Sample("000000", points, boxes.astype(np.float32), np.zeros(m, np.int64), np.array(["Car"] * m),
+                  np.zeros(m, np.int64))
+
+
+def augment(sample, seed=0, **sensor):
+    cfg = AugmentConfig(**NO_AUG, sensor=SensorVariationConfig(**sensor))
+    return Augmentor(cfg, ("Car",))(sample, np.random.default_rng(seed))
+
+
+BOX = np.array([[15.0, 2.0, -0.9, 4.0, 1.8, 1.6, 0.3]])
+
+
+def test_defaults_are_off_and_leave_the_sample_unchanged():
+    assert not AugmentConfig().sensor.any_enabled
+    points = scan()
+    out = augment(sample_of(points, BOX))
+    np.testing.assert_array_equal(out.points, points)
+    np.testing.assert_array_equal(out.gt_boxes, BOX.astype(np.float32))
+
+
+def test_augmentor_beam_reduction_halves_the_rows():
+    out = augment(sample_of(scan(), BOX), beam_reduction=True, beam_reduction_probability=1.0)
+    assert elevation_rows(out.points).count == 32 and len(out.points) == len(scan()) // 2
+    np.testing.assert_array_equal(out.gt_boxes, BOX.astype(np.float32))
+    never = augment(sample_of(scan(), BOX), beam_reduction=True, beam_reduction_probability=0.0)
+    assert len(never.points) == len(scan())
+
+
+def test_augmentor_density_and_intensity():
+    points = scan()
+    out = augment(sample_of(points, BOX), density_dropout=True, density_keep_range=(0.5, 0.5))
+    assert abs(len(out.points) / len(points) - 0.5) < 0.02
+    out = augment(sample_of(points, BOX), intensity=True, intensity_scale_range=(0.4, 0.4),
+                  intensity_gamma_range=(2.0, 2.0))
+    np.testing.assert_allclose(out.points[:, 3], 0.4 * 0.5 ** 2, atol=1e-6)
+
+
+def test_augmentor_mounting_moves_points_and_boxes_together():
+    points = np.array([[15.0, 2.0, -0.9, 0.5], [15.5, 2.3, -0.5, 0.5], [30.0, 0.0, -1.73, 0.2]], np.float32)
+    out = augment(sample_of(points, BOX), mounting_height=True, height_shift_range=(0.25, 0.25))
+    np.testing.assert_allclose(out.points[:, 2], points[:, 2] - 0.25, atol=1e-6)
+    np.testing.assert_allclose(out.gt_boxes[:, 2], BOX[:, 2] - 0.25, atol=1e-6)
+    tilted = augment(sample_of(points, BOX), seed=3, mounting_tilt=True, pitch_range=(0.03, 0.03),
+                     roll_range=(-0.02, -0.02))
+    expected_points, expected_boxes = change_mounting(points, BOX, 0.0, 0.03, -0.02)
+    np.testing.assert_allclose(tilted.points, expected_points, atol=1e-6)
+    np.testing.assert_allclose(tilted.gt_boxes, expected_boxes, atol=1e-5)
+    inside = points_in_boxes(torch.from_numpy(tilted.points[:2, :3].astype(np.float64)),
+                             torch.from_numpy(tilted.gt_boxes.astype(np.float64)))
+    assert inside.all()
+
+
+def test_sensor_config_from_yaml_mapping_and_bad_values():
+    cfg = from_dict(AugmentConfig, {"sensor": {"beam_reduction": True, "pitch_range": [-0.01, 0.02]}})
+    assert cfg.sensor.beam_reduction and cfg.sensor.pitch_range == (-0.01, 0.02) and cfg.sensor.any_enabled
+    assert AugmentConfig(sensor={"intensity": True}).sensor.intensity
+    with pytest.raises(ValueError, match="density_keep_range must be"):
+        SensorVariationConfig(density_keep_range=(0.8, 0.5))
+    with pytest.raises(ValueError, match="pitch_range must be"):
+        SensorVariationConfig(pitch_range=(-1.0, 0.0))
+    with pytest.raises(ConfigError, match="beam_keep"):
+        from_dict(AugmentConfig, {"sensor": {"beam_keep": 2}})
