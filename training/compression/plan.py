@@ -341,20 +341,12 @@ def make_plan(cfg: CompressConfig, graph, iterations: int = DEFAULT_ITERATIONS,
 
 def _simulate_sample(cfg: CompressConfig, folder: Path, frames: int):
     """Simulate `frames` frames with the run's simulator settings into `folder`: (DatasetBuilder, s per frame)."""
-    import copy
-
     from training.compression.datasets import DatasetBuilder
-    from training.sim.sim_config import SimConfigError, config_from_dict
+    from training.compression.stage_data import simulator_config
     from training.simulate import simulate_dataset
 
     s = cfg.data.simulate
-    overrides = copy.deepcopy(s.overrides)
-    overrides.setdefault("dataset", {})["val_fraction"] = s.val_fraction
-    try:
-        sim_cfg = config_from_dict(overrides, "data.simulate.overrides")
-    except SimConfigError as exc:
-        raise ConfigError(str(exc)) from None
-    stats = simulate_dataset(sim_cfg, folder, frames, s.seed, 1, progress=False)
+    stats = simulate_dataset(simulator_config(s), folder, frames, s.seed, 1, progress=False)
     return DatasetBuilder(cfg.data, folder, lambda line: None), stats["seconds"] / max(stats["frames"], 1)
 
 

@@ -24,17 +24,23 @@ def prepare_data(run: CompressRun, folder: Path) -> dict:
     return summary
 
 
-def _simulate(run: CompressRun) -> dict:
+def simulator_config(section):
+    """The training.sim SimConfig of a data.simulate section (its overrides + val_fraction); ConfigError if bad."""
     from training.sim.sim_config import SimConfigError, config_from_dict
+
+    overrides = copy.deepcopy(section.overrides)
+    overrides.setdefault("dataset", {})["val_fraction"] = section.val_fraction
+    try:
+        return config_from_dict(overrides, "data.simulate.overrides")
+    except SimConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _simulate(run: CompressRun) -> dict:
     from training.simulate import simulate_dataset
 
     d, s = run.cfg.data, run.cfg.data.simulate
-    overrides = copy.deepcopy(s.overrides)
-    overrides.setdefault("dataset", {})["val_fraction"] = s.val_fraction
-    try:
-        sim_cfg = config_from_dict(overrides, "data.simulate.overrides")
-    except SimConfigError as exc:
-        raise ConfigError(str(exc)) from None
+    sim_cfg = simulator_config(s)
     run.log(f"    simulating {s.frames} frames (seed {s.seed}, azimuth "
             f"{sim_cfg.sensor.azimuth_resolution_deg} deg) into {run.data_root}")
     stats = simulate_dataset(sim_cfg, run.data_root, s.frames, s.seed, s.workers, progress=run.progress)
@@ -51,4 +57,4 @@ def _simulate(run: CompressRun) -> dict:
     return summary
 
 
-__all__ = ["prepare_data"]
+__all__ = ["prepare_data", "simulator_config"]
