@@ -9,8 +9,10 @@ model's feature order, intensity scaled) -> crop box (keep points inside) and ex
 e.g. the ego vehicle and its mounts), axis-aligned in the model's input frame, one vectorised mask -> decimation to
 ``max_points`` (every k-th point) -> a C-contiguous float32 array the Pipeline voxelises.
 
-Boxes are (x_min, y_min, z_min, x_max, y_max, z_max) in metres; a point is inside when min <= p <= max on all three
-axes. Bad input raises CloudFormatError (undecodable) or ValueError (a malformed box); the node turns either into a
+Boxes are (x_min, y_min, z_min, x_max, y_max, z_max) in metres, axis-aligned in the model's input frame; a point
+is inside when min <= p <= max on all three axes. When the points reach the model through a transform (TF
+model_frame, a sensor mount), pass it as ``model_from_input``: the boxes are then tested on the transformed
+coordinates (the returned points stay in the input frame; the Pipeline applies the transform). Bad input raises CloudFormatError (undecodable) or ValueError (a malformed box); the node turns either into a
 diagnostic and an empty answer.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from clean_ros.cloud.pointcloud import CloudInfo, read_points
+from clean_ros.cloud.transforms import Transform, transform_points
 
 Box = tuple[float, float, float, float, float, float]
 
@@ -59,7 +62,8 @@ class BoxFilter:
         return self.crop is not None or self.exclusion is not None
 
     def keep_mask(self, points: np.ndarray) -> tuple[np.ndarray, int, int]:
-        """(bool mask of points to keep, points outside the crop box, points inside the exclusion box)."""
+        """(bool mask of points to keep, points outside the crop box, points inside the exclusion box); points:
+        (N, >= 3) in the boxes' frame."""
         keep = _inside(points, self.crop) if self.crop is not None else np.ones(len(points), dtype=bool)
         outside_crop = int(len(points) - np.count_nonzero(keep)) if self.crop is not None else 0
         excluded = 0
@@ -110,13 +114,17 @@ class ModelInput:
 
 
 def points_for_model(msg, point_features: Sequence[str], *, intensity_scale: float = 1.0, max_points: int = 0,
-                     boxes: BoxFilter = NO_FILTER) -> ModelInput:
-    """Decode -> crop/exclusion boxes -> decimation (see the module docstring); CloudFormatError if undecodable."""
+                     boxes: BoxFilter = NO_FILTER, model_from_input: Transform | None = None) -> ModelInput:
+    """Decode -> crop/exclusion boxes (in the model frame: model_from_input applied to the coordinates they test)
+    -> decimation (see the module docstring); CloudFormatError if undecodable."""
     points, cloud = read_points(msg, tuple(point_features), intensity_scale=intensity_scale)
     decoded = len(points)
     outside = excluded = 0
     if boxes.active and decoded:
-        keep, outside, excluded = boxes.keep_mask(points)
+        in_model_frame = points
+        if model_from_input is not None and not model_from_input.is_identity():
+            in_model_frame = transform_points(points[:, :3], model_from_input)
+        keep, outside, excluded = boxes.keep_mask(in_model_frame)
         if outside or excluded:
             points = points[keep]
     before = len(points)

@@ -44,6 +44,21 @@ def test_crop_and_exclusion_boxes_count_what_they_remove():
     assert (only.num_outside_crop, only.num_excluded, len(only.points)) == (0, 9, 354)
 
 
+def test_boxes_are_tested_in_the_model_frame():
+    """A model frame 1.5 m below the sensor (model z = sensor z + 1.5): a box z in [1, 2] in the model frame keeps
+    the sensor's z = 0 layer only; the points come back unchanged, in the input frame."""
+    from clean_ros.cloud.transforms import Transform
+
+    points, msg = _grid_cloud()
+    lifted = Transform.from_euler(translation=(0.0, 0.0, 1.5))
+    prepared = points_for_model(msg, FIELDS, boxes=BoxFilter(crop=(-5, -5, 1.0, 5, 5, 2.0)), model_from_input=lifted)
+    assert len(prepared.points) == 121 and np.all(prepared.points[:, 2] == 0.0)
+    # a rotation about z by 90 degrees: model x = -sensor y; crop model x in [3, 5] keeps sensor y in [-5, -3]
+    turned = Transform.from_euler(yaw=np.pi / 2)
+    prepared = points_for_model(msg, FIELDS, boxes=BoxFilter(crop=(3, -5, -1, 5, 5, 1)), model_from_input=turned)
+    assert len(prepared.points) == 3 * 11 * 3 and np.all(prepared.points[:, 1] <= -3)
+
+
 def test_decimation_after_the_boxes_and_intensity_scale():
     points, msg = _grid_cloud()
     prepared = points_for_model(msg, FIELDS, intensity_scale=2.0, max_points=100,
