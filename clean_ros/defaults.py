@@ -32,4 +32,10 @@ CROP_BOX = (-80.0, -80.0, -5.0, 80.0, 80.0, 5.0)
 EXCLUSION_BOX = (-2.5, -1.2, -2.5, 2.5, 1.2, 0.5)
 # Range bands (m, BEV distance) of the range-dependent score thresholds when the bundle sets none (they start off).
 RANGE_BREAKPOINTS = (30.0, 50.0)
+# Frames (docs/NODE.md "Frames (TF)", "Where the sensor is"): "" = the cloud's own frame; a TF lookup at the cloud's
+# stamp may wait TF_TIMEOUT_S; SENSOR_HEIGHT 0 = off (points reach the model as they are; infer / replay use it too).
+TARGET_FRAME = ""
+MODEL_FRAME = ""
+TF_TIMEOUT_S = 0.05
+SENSOR_HEIGHT = 0.0
 MAX_POINTS = 1_000_000                # clouds above this are decimated (every k-th point) by the node and replay

@@ -11,8 +11,11 @@ points (clean_ros.cloud.model_input.points_for_model: decode, crop / exclusion b
   most ``qos_depth`` frames ever wait; older ones are overwritten by DDS. Missed frames are counted by
   clean_ros.ros.frame_accounting (DDS sequence numbers, header-stamp gaps).
 - Header in = header out: the Detection3DArray, every Detection3D, the markers and the stage-latency record carry
-  the input cloud's header. Every frame that arrives is answered, with an empty array when it could not be
-  processed (undecodable, empty, backend failure), and the node keeps running.
+  the input cloud's header (with target_frame set, the boxes' frame_id is target_frame; the stamp is kept). Every
+  frame that arrives is answered, with an empty array when it could not be processed (undecodable, empty, backend
+  failure), and the node keeps running; only a frame whose TF lookup fails is skipped (no answer, a diagnostic).
+- Frames (clean_ros.ros.tf_frames): target_frame / model_frame through TF at the cloud's stamp (tf2_ros where
+  installed, else clean_ros.ros.tf_buffer), or sensor_height / pitch / roll without TF (the Pipeline's sensor mount).
 - Latency: per-frame stages on ``~/stage_latency`` (diagnostic_msgs/DiagnosticArray, header = the cloud's);
   rolling p50/p95/p99, rates, drops and problems at 1 Hz on /diagnostics.
 - The input contract (fields, value ranges, range crop) is checked on the first cloud and after a frame_id change.
@@ -38,6 +41,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Header
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
@@ -50,6 +54,9 @@ from clean_ros.ros.messages import stage_timing_message, to_detection3d_array, t
 from clean_ros.ros.node_diagnostics import HealthSnapshot, assess, to_diagnostic_array
 # launch_command / stop_node_process moved to node_process (the one node-process harness); importable here as before.
 from clean_ros.ros.node_process import launch_command, stop_node_process  # noqa: F401
+from clean_ros.inference.sensor_mount import SensorMount
+from clean_ros.ros.tf_buffer import create_tf
+from clean_ros.ros.tf_frames import FrameLookupError, FrameResolver, validate_frame_settings
 from clean_ros.ros.node_parameters import (ARRAY_PARAMS, BOX_PARAMS, POSTPROCESS_PARAMS, ParameterReader,
                                            StartupError, box_filter, check_plain_change, postprocess_specs,
                                            postprocess_values, to_pipeline_changes)
@@ -57,6 +64,8 @@ from clean_ros.types import Detections
 
 PACKAGE = "clean_ros"
 STAGES = ("decode", "preprocess", "inference", "postprocess", "publish", "total")
+TF_STAGE = "tf"      # the TF lookups of a frame: in the stage record only while target_frame / model_frame is set
+SKIPPED = object()  # a frame whose TF lookup failed: no answer
 # How long a warning of one kind stays quiet after it was logged (seconds).
 LOG_THROTTLE_S = 5.0
 PROBLEM_HOLD_S = 5.0         # a problem stays on /diagnostics this long after it last happened
@@ -106,6 +115,9 @@ class DetectorCore:
         self.contract_findings: list = []
         self.subscription = None
         self.diagnostics_timer = None
+        self.frame_settings = self._read_frame_settings()
+        self.tf = None                       # TfBackend while TF is needed and a model is loaded
+        self.frames: FrameResolver | None = None
         self._declaring = False
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -119,9 +131,41 @@ class DetectorCore:
         self._warm_up(self.params.get("warmup_iterations"))
         self.contract = self._input_contract()
         self.contract_pending = True
+        self._start_frames()
+
+    def _read_frame_settings(self) -> tuple[str, str, float, SensorMount | None]:
+        """(target_frame, model_frame, tf_timeout_s, sensor mount), checked together (StartupError if not)."""
+        read = self.params.get
+        try:
+            mount = SensorMount.from_settings(read("sensor_height"), read("sensor_pitch"), read("sensor_roll"))
+        except ValueError as error:
+            raise StartupError(str(error)) from None
+        target, model, timeout = read("target_frame"), read("model_frame"), read("tf_timeout_s")
+        problem = validate_frame_settings(target, model, timeout, mount)
+        if problem:
+            raise StartupError(problem)
+        return target, model, timeout, mount
+
+    def _start_frames(self) -> None:
+        """The sensor mount on the Pipeline; a TF buffer + listener when target_frame or model_frame is set."""
+        target, model, timeout, mount = self.frame_settings
+        if mount is not None:
+            self.pipeline.set_sensor_mount(mount)
+            self.get_logger().info(f"{mount.describe()}: points moved to a virtual sensor at the bundle's training "
+                                   f"height {self.pipeline.training_sensor_height:g} m, boxes moved back")
+        if (target or model) and self.tf is None:
+            self.tf = create_tf(self)
+            self.get_logger().info(f"TF ({self.tf.name}): points into '{model or '<cloud frame>'}', boxes into "
+                                   f"'{target or '<cloud frame>'}', lookups at the cloud's stamp wait up to "
+                                   f"tf_timeout_s={timeout:g} s")
+        self.frames = FrameResolver(self.tf, target, model, timeout, getattr(self.pipeline, "frames", None))
 
     def _free_model(self) -> None:
         """Drop the pipeline (weights, backend session, engine) and the device's cached memory."""
+        if self.tf is not None:
+            self.tf.close()
+            self.tf = None
+        self.frames = None
         self.pipeline = None
         import gc
 
@@ -323,7 +367,10 @@ class DetectorCore:
         if arrival is None:
             return
         stage_ms: dict[str, float] = {}
-        detections, num_points, ran = self._detect(msg, arrival, stage_ms)
+        frames = self._model_frames(msg, arrival, stage_ms)
+        if frames is SKIPPED:
+            return
+        detections, num_points, ran = self._detect(msg, arrival, stage_ms, frames)
         self._publish(detections, msg.header, stage_ms, start, num_points, ran, arrival)
         # The check decodes the cloud once more: at most once a second, even if a hostile stream flips frame_id.
         if self.contract_pending and time.monotonic() - self.last_contract_check >= CONTRACT_CHECK_MIN_PERIOD_S:
@@ -351,13 +398,28 @@ class DetectorCore:
             return None
         return arrival
 
-    def _detect(self, msg: PointCloud2, arrival: Arrival, stage_ms: dict[str, float]):
+    def _model_frames(self, msg: PointCloud2, arrival: Arrival, stage_ms: dict[str, float]):
+        """This cloud's transforms (None: the Pipeline's own), or SKIPPED when a TF lookup failed (logged and
+        counted; stage "tf")."""
+        if self.frames is None or not self.frames.uses_tf:
+            return None
+        t0 = time.perf_counter()
+        try:
+            return self.frames.frames_for(msg.header.frame_id, msg.header.stamp)
+        except FrameLookupError as error:
+            self.accounting.events.record("tf_lookup_failed", arrival.time, str(error)[:300])
+            self._log("tf").warning(f"{error}; frame skipped", throttle_duration_sec=LOG_THROTTLE_S)
+            return SKIPPED
+        finally:
+            stage_ms[TF_STAGE] = 1e3 * (time.perf_counter() - t0)
+
+    def _detect(self, msg: PointCloud2, arrival: Arrival, stage_ms: dict[str, float], frames=None):
         """points -> model -> boxes: (detections, number of points, whether the model ran); never raises."""
         empty = Detections.empty(self.class_names)
         prepared = self._points(msg, arrival, stage_ms)
         if prepared is None:
             return empty, 0, False
-        detections = self._run_model(prepared.points, arrival, stage_ms)
+        detections = self._run_model(prepared.points, arrival, stage_ms, frames)
         if detections is None:
             return empty, len(prepared.points), False
         return detections, len(prepared.points), True
@@ -404,10 +466,10 @@ class DetectorCore:
             return None
         return prepared
 
-    def _run_model(self, points, arrival: Arrival, stage_ms: dict[str, float]) -> Detections | None:
+    def _run_model(self, points, arrival: Arrival, stage_ms: dict[str, float], frames=None) -> Detections | None:
         """Pipeline on the points (stages preprocess, inference, postprocess); None on a backend failure."""
         try:
-            result = self.pipeline(points)
+            result = self.pipeline(points, frames) if frames is not None else self.pipeline(points)
         except Exception as error:  # noqa: BLE001 - a backend failure on one frame must not stop the node
             self.accounting.events.record("backend_error", arrival.time, repr(error)[:300])
             self._log("backend").error(f"backend '{self.pipeline.backend_name}' failed on a frame of "
@@ -431,10 +493,13 @@ class DetectorCore:
                  ran: bool, arrival: Arrival) -> None:
         """Detections (+ markers while someone listens) and the frame's stage record, all with the input header."""
         t_publish = time.perf_counter()
+        out_header = header
+        if self.frames is not None and self.frames.target_frame:  # boxes are in target_frame, at the cloud's stamp
+            out_header = Header(stamp=header.stamp, frame_id=self.frames.target_frame)
         try:
-            self.detections_pub.publish(to_detection3d_array(detections, header))
+            self.detections_pub.publish(to_detection3d_array(detections, out_header))
             if self.publish_markers and self.markers_pub.get_subscription_count() > 0:
-                self.markers_pub.publish(to_marker_array(detections, header, lifetime_s=self.marker_lifetime_s))
+                self.markers_pub.publish(to_marker_array(detections, out_header, lifetime_s=self.marker_lifetime_s))
         except Exception as error:  # noqa: BLE001 - a publish failure must not stop the node
             self._log("publish").error(f"publishing failed: {error!r}", throttle_duration_sec=LOG_THROTTLE_S)
         end = time.perf_counter()
@@ -449,7 +514,10 @@ class DetectorCore:
             extra["input_age_ms"] = f"{1e3 * arrival.age_s:.3f}"
             extra["end_to_end_ms"] = f"{1e3 * arrival.age_s + stage_ms['total']:.3f}"
         try:
-            self.timing_pub.publish(stage_timing_message({k: stage_ms.get(k, 0.0) for k in STAGES}, header,
+            stages = {k: stage_ms.get(k, 0.0) for k in STAGES}
+            if TF_STAGE in stage_ms:
+                stages[TF_STAGE] = stage_ms[TF_STAGE]
+            self.timing_pub.publish(stage_timing_message(stages, header,
                                                          self.hardware_id, extra))
         except Exception as error:  # noqa: BLE001
             self._log("publish").error(f"publishing stage latency failed: {error!r}",
@@ -476,6 +544,10 @@ class DetectorCore:
             "points_outside_crop_total": str(a.points_outside_crop_total),
             "points_excluded_total": str(a.points_excluded_total),
         }
+        target, model, _, mount = self.frame_settings
+        input_boxes.update({"target_frame": target or "(cloud frame)", "model_frame": model or "(cloud frame)",
+                            "tf": self.tf.name if self.tf is not None else "off",
+                            "sensor_mount": mount.describe() if mount is not None else "off"})
         return HealthSnapshot(
             now=time.monotonic(), started=a.started, input_topic=self.input_topic,
             expected_rate_hz=a.expected_rate_hz, received_rate_hz=received, processed_rate_hz=processed,

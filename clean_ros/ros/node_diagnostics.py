@@ -29,6 +29,7 @@ PROBLEMS: Mapping[str, tuple[int, str]] = {
     "stale_frame_dropped": (WARN, "frames older than max_input_age_s dropped"),
     "stamp_backwards": (WARN, "header stamps went backwards"),
     "frame_id_changed": (WARN, "input frame_id changed"),
+    "tf_lookup_failed": (WARN, "TF lookup failed, frame skipped"),
 }
 
 

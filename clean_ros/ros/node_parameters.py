@@ -24,7 +24,8 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from clean_ros.cloud.model_input import BoxFilter, check_box
 from clean_ros.defaults import (BACKEND, BACKENDS, CROP_BOX, DEVICE, EXCLUSION_BOX, EXPECTED_RATE_HZ, INPUT_TOPIC,
                                 INTENSITY_SCALE, MAX_POINTS, NODE_NAME, NUM_THREADS, OUTPUT_TOPIC, RANGE_BREAKPOINTS,
-                                WARMUP_ITERATIONS)
+                                WARMUP_ITERATIONS, TARGET_FRAME, MODEL_FRAME, TF_TIMEOUT_S, SENSOR_HEIGHT)
+from clean_ros.inference.sensor_mount import MAX_TILT_RAD
 from clean_ros.inference.postprocess_settings import check_range_breakpoints
 
 
@@ -99,7 +100,22 @@ STATIC_PARAMETERS: tuple[ParameterSpec, ...] = (
     P("exclusion_box_enabled", False, "remove the points inside exclusion_box (e.g. the ego vehicle and its mounts)"),
     P("exclusion_box", list(EXCLUSION_BOX), "[x_min, y_min, z_min, x_max, y_max, z_max] in metres, the model's "
       "input frame; points inside are removed while exclusion_box_enabled"),
+    # frames (read-only; clean_ros.ros.tf_frames, docs/NODE.md "Frames (TF)" and "Where the sensor is")
+    P("target_frame", TARGET_FRAME, "frame the boxes are published in (e.g. base_link), through TF at the cloud's "
+      "stamp; empty = the cloud's frame", read_only=True),
+    P("model_frame", MODEL_FRAME, "frame the points are given to the model in (e.g. a level virtual sensor at the "
+      "model's training height), through TF; empty = the cloud's frame", read_only=True),
+    P("tf_timeout_s", TF_TIMEOUT_S, "how long a TF lookup at the cloud's stamp may wait; a frame whose lookup fails "
+      "is skipped and reported", read_only=True, float_range=(0.0, 10.0)),
+    P("sensor_height", SENSOR_HEIGHT, "without TF: the sensor's height above the ground (m); points are moved to a "
+      "virtual sensor at the bundle's training height and boxes back; 0 = off", read_only=True,
+      float_range=(0.0, 100.0)),
+    P("sensor_pitch", 0.0, "with sensor_height: the sensor's pitch in radians (positive = nose down)",
+      read_only=True, float_range=(-MAX_TILT_RAD, MAX_TILT_RAD)),
+    P("sensor_roll", 0.0, "with sensor_height: the sensor's roll in radians (positive = left side up)",
+      read_only=True, float_range=(-MAX_TILT_RAD, MAX_TILT_RAD)),
 )
+FRAME_PARAMS = ("target_frame", "model_frame", "tf_timeout_s", "sensor_height", "sensor_pitch", "sensor_roll")
 STATIC_BY_NAME: Mapping[str, ParameterSpec] = {spec.name: spec for spec in STATIC_PARAMETERS}
 BOX_PARAMS = ("crop_box_enabled", "crop_box", "exclusion_box_enabled", "exclusion_box")
 

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="fast mode: as the node parameter")
     parser.add_argument("--warmup", type=int, default=defaults.WARMUP_ITERATIONS,
                         help="fast mode: warm-up runs before timing")
-    parser.add_argument("--sensor-height", type=float, default=0.0,
+    parser.add_argument("--sensor-height", type=float, default=defaults.SENSOR_HEIGHT,
                         help="the sensor's height above the ground in metres (0 = as the model was trained); "
                              "docs/NODE.md 'Where the sensor is'")
     parser.add_argument("--sensor-pitch", type=float, default=0.0, help="radians, positive = nose down")

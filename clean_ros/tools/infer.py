@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--intensity-scale", type=float, default=defaults.INTENSITY_SCALE,
                     help="multiply intensity by this (0-255 sensors: 0.00392156862745098)")
     ap.add_argument("--score-threshold", type=float, help="override every class's score threshold")
-    ap.add_argument("--sensor-height", type=float, default=0.0,
+    ap.add_argument("--sensor-height", type=float, default=defaults.SENSOR_HEIGHT,
                     help="the sensor's height above the ground in metres (0 = as the model was trained: the "
                          "bundle's sensor_height, KITTI 1.73 m); docs/NODE.md 'Where the sensor is'")
     ap.add_argument("--sensor-pitch", type=float, default=0.0,

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 NODE_PARAMETERS = {"backend": "BACKEND", "device": "DEVICE", "num_threads": "NUM_THREADS",
                    "warmup_iterations": "WARMUP_ITERATIONS", "input_topic": "INPUT_TOPIC",
                    "output_topic": "OUTPUT_TOPIC", "intensity_scale": "INTENSITY_SCALE",
-                   "expected_rate_hz": "EXPECTED_RATE_HZ"}
+                   "expected_rate_hz": "EXPECTED_RATE_HZ", "target_frame": "TARGET_FRAME",
+                   "model_frame": "MODEL_FRAME", "tf_timeout_s": "TF_TIMEOUT_S", "sensor_height": "SENSOR_HEIGHT"}
 
 # (file, option) -> the defaults name its default must equal; its help text, where it names a default, too
 TOOL_OPTIONS = {
@@ -30,6 +31,8 @@ TOOL_OPTIONS = {
     ("clean_ros/tools/infer.py", "--backend"): "BACKEND",
     ("clean_ros/tools/infer.py", "--device"): "DEVICE",
     ("clean_ros/tools/infer.py", "--intensity-scale"): "INTENSITY_SCALE",
+    ("clean_ros/tools/infer.py", "--sensor-height"): "SENSOR_HEIGHT",
+    ("clean_ros/ros/replay.py", "--sensor-height"): "SENSOR_HEIGHT",
     ("bench/bench_node.py", "--threads"): "NUM_THREADS",
     ("bench/bench_node.py", "--backend"): "BACKEND",
     ("bench/bench_node.py", "--rate"): "EXPECTED_RATE_HZ",

@@ -1,0 +1,141 @@
+"""Frames through TF in the detector node (a real node subprocess, started as the launch file starts it, with the TF
+buffer this environment has: clean_ros.ros.tf_buffer; tf2_ros where installed).
+
+The node runs with target_frame=base_link and model_frame=velodyne while the test publishes a static transform
+base_link -> velodyne (rotated 90 degrees, lifted 1.9 m, 1.2 m forward) on /tf_static:
+- a KITTI cloud in its sensor frame (velodyne) and the same scene given directly in the target frame (base_link) give
+  the same boxes, published in base_link with the input stamps, equal to the offline Pipeline's boxes moved by the
+  transform;
+- a cloud in a frame TF does not know is skipped (no answer), reported on /diagnostics, and the node keeps working.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs interfaces not built (scripts/setup_env.sh builds ci/tf2_msgs)")
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import PointCloud2  # noqa: E402
+from tf2_msgs.msg import TFMessage  # noqa: E402
+from vision_msgs.msg import Detection3DArray  # noqa: E402
+
+from clean_ros.cloud.transforms import Transform, transform_boxes, transform_points  # noqa: E402
+from clean_ros.ros.messages import from_detection3d_array  # noqa: E402
+from clean_ros.ros.node_diagnostics import STATUS_NAME, parse_diagnostic_values  # noqa: E402
+from clean_ros.ros.node_process import DriverNode, NodeProcess  # noqa: E402
+from clean_ros.ros.pointcloud_msg import make_pointcloud2  # noqa: E402
+from clean_ros.ros.tf_buffer import tf_static_qos, transform_to_msg  # noqa: E402
+from shared_helpers import DEFAULT_BUNDLE, read_velodyne  # noqa: E402
+
+pytestmark = pytest.mark.ros
+NS = "/tf_test"
+# Reliable input: large best-effort clouds need the Fast DDS profile in this (publishing) process, which an earlier
+# test of the same pytest process may have created its participant without (docs/NODE.md "Large clouds").
+CLOUD_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+VELODYNE_ON_BASE = Transform.from_euler(0.0, 0.0, math.pi / 2, (1.2, 0.0, 1.9))
+FIELDS = ("x", "y", "z", "intensity")
+
+
+class Harness(DriverNode):
+    def __init__(self, domain_id: int):
+        super().__init__("tf_test_harness", domain_id, spin_period_s=0.05)
+        self.detections: list[Detection3DArray] = []
+        self.diagnostics: list[DiagnosticArray] = []
+        self.cloud_pub = self.node.create_publisher(PointCloud2, f"{NS}/points", CLOUD_QOS)
+        self.static_pub = self.node.create_publisher(TFMessage, "/tf_static", tf_static_qos())
+        self.node.create_subscription(Detection3DArray, f"{NS}/detections", self.detections.append, 50)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
+        self.log_tail = lambda: ""
+
+    def answer(self, stamp_sec: int):
+        return next((m for m in self.detections if m.header.stamp.sec == stamp_sec), None)
+
+    def send_and_wait(self, msg: PointCloud2, timeout: float = 60.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.cloud_pub.publish(msg)   # again every 5 s while unanswered
+            if self.spin_until(lambda: self.answer(msg.header.stamp.sec) is not None, 5.0):
+                return self.answer(msg.header.stamp.sec)
+        raise AssertionError(f"no answer to the cloud stamped {msg.header.stamp.sec} s within {timeout} s; node "
+                             f"health: {self.health().get('message')}; node log: {self.log_tail()}")
+
+    def health(self) -> dict[str, str]:
+        for msg in reversed(self.diagnostics):
+            for status in msg.status:
+                if status.name == STATUS_NAME:
+                    return {"message": status.message, **parse_diagnostic_values(status)}
+        return {}
+
+
+@pytest.fixture(scope="module")
+def tf_node(tmp_path_factory):
+    if not (DEFAULT_BUNDLE / "manifest.json").is_file():
+        pytest.skip("embedded default bundle models/default is absent")
+    log = tmp_path_factory.mktemp("tf_node") / "node.log"
+    parameters = {"bundle_path": str(DEFAULT_BUNDLE), "backend": "torch", "num_threads": 1, "warmup_iterations": 0,
+                  "input_topic": f"{NS}/points", "output_topic": f"{NS}/detections", "publish_markers": False,
+                  "qos_reliability": "reliable",
+                  "target_frame": "base_link", "model_frame": "velodyne", "tf_timeout_s": 0.3}
+    with NodeProcess(parameters, log_path=log) as node:
+        harness = Harness(node.domain_id)
+        harness.log_tail = node.log_tail
+        try:
+            harness.static_pub.publish(TFMessage(transforms=[transform_to_msg(VELODYNE_ON_BASE, "base_link",
+                                                                              "velodyne")]))
+            ready = node.wait_ready(harness, lambda: harness.cloud_pub.get_subscription_count() > 0, 120.0)
+            assert ready, node.log_tail()
+            yield node, harness
+        finally:
+            harness.close()
+
+
+def test_boxes_in_the_target_frame_match_the_scene_given_directly_in_it(tf_node, kitti_sample):
+    node, harness = tf_node
+    points = read_velodyne(kitti_sample / "training" / "velodyne" / "000000.bin")
+    in_sensor = harness.send_and_wait(make_pointcloud2(points, FIELDS, (10.0, "velodyne")))
+    in_base = harness.send_and_wait(make_pointcloud2(transform_points(points, VELODYNE_ON_BASE), FIELDS,
+                                                     (11.0, "base_link")))
+    for msg, stamp in ((in_sensor, 10), (in_base, 11)):
+        assert msg.header.frame_id == "base_link" and msg.header.stamp.sec == stamp
+        assert all(d.header.frame_id == "base_link" for d in msg.detections)
+    boxes_a, scores_a, names_a = from_detection3d_array(in_sensor)
+    boxes_b, scores_b, names_b = from_detection3d_array(in_base)
+
+    import torch
+
+    from clean_ros.inference.pipeline import Pipeline
+
+    torch.set_num_threads(1)
+    reference = Pipeline.from_bundle(DEFAULT_BUNDLE, backend="torch")(points).detections
+    expected = transform_boxes(reference.boxes, VELODYNE_ON_BASE)
+    assert len(expected) > 0 and len(boxes_a) == len(boxes_b) == len(expected)
+    order = np.argsort(-reference.scores)
+    for boxes, scores, names in ((boxes_a, scores_a, names_a), (boxes_b, scores_b, names_b)):
+        got = np.argsort(-scores)
+        assert [names[i] for i in got] == [str(n) for n in reference.names[order]]
+        np.testing.assert_allclose(boxes[got, :6], expected[order, :6], atol=2e-2)
+        yaw_error = np.angle(np.exp(1j * (boxes[got, 6] - expected[order, 6])))
+        np.testing.assert_allclose(yaw_error, 0.0, atol=2e-2)
+    # not the sensor-frame boxes relabelled: the centres were lifted by 1.9 m
+    np.testing.assert_allclose(np.sort(boxes_a[:, 2]), np.sort(reference.boxes[:, 2]) + 1.9, atol=2e-2)
+
+def test_a_failed_lookup_skips_the_frame_reports_it_and_the_node_keeps_working(tf_node, kitti_sample):
+    node, harness = tf_node
+    points = read_velodyne(kitti_sample / "training" / "velodyne" / "000001.bin")
+    harness.cloud_pub.publish(make_pointcloud2(points, FIELDS, (20.0, "mystery_lidar")))
+    harness.spin_until(lambda: "tf_lookup_failed" in harness.health().get("message", "")
+                       or harness.health().get("tf_lookup_failed_count", "0") != "0", 30.0)
+    health = harness.health()
+    assert int(health.get("tf_lookup_failed_count", "0")) >= 1, health
+    assert "TF lookup failed" in health["message"] and "mystery_lidar" in health["message"], health["message"]
+    assert harness.answer(20) is None                          # skipped: nothing published for that stamp
+    assert node.process.poll() is None                         # alive
+    answer = harness.send_and_wait(make_pointcloud2(points, FIELDS, (21.0, "velodyne")))
+    assert answer.header.frame_id == "base_link"               # the next good frame is answered
+    assert "mystery_lidar" in node.log_text() and "frame skipped" in node.log_text()   # the throttled warning
