@@ -162,7 +162,9 @@ def _run(args, cfg, ctx) -> int:
     if args.plan:
         from training.compression.plan import make_plan
 
-        print(make_plan(cfg, graph, max(0, args.plan_iterations)).to_text())
+        plan = make_plan(cfg, graph, max(0, args.plan_iterations))  # every rank checks and times its own device
+        if ctx.is_main:
+            print(plan.to_text())
         return 0
 
     if ctx.is_main:

@@ -26,7 +26,6 @@ yet is sized from its config; a few frames are simulated into a temporary folder
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -267,7 +266,7 @@ def make_plan(cfg: CompressConfig, graph, iterations: int = DEFAULT_ITERATIONS,
     start = time.perf_counter()
     run = graph.run
     stages = graph.stages()
-    world_size = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    world_size = run.ctx.world_size  # torchrun: iterations per process
     student_cfg = run.train_config(cfg.student.config, cfg.student.epochs, cfg.student.set)
     model_cfg = student_cfg.model
     class_names = list(model_cfg.class_names)
