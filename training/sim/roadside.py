@@ -117,10 +117,10 @@ def add_roadside_extras(b, ground, cfg, s_range: tuple[float, float]) -> None:
     hw, pw, heading = ground.road_half_width, ground.pavement_width, ground.road_heading
     span = s_range[1] - s_range[0]
 
-    def put(parts, s, u, yaw, margin=0.05, attempts=1):
+    def put(parts, s, u, yaw, margin=0.05, attempts=1, objects_only=False):
         for _ in range(attempts):
             x, y = ground.to_world(s, u)
-            if b.try_add(parts, float(x), float(y), yaw, None, margin=margin):
+            if b.try_add(parts, float(x), float(y), yaw, None, margin=margin, objects_only=objects_only):
                 return True
             s = s + rng.uniform(-3.0, 3.0)
         return False
@@ -130,7 +130,7 @@ def add_roadside_extras(b, ground, cfg, s_range: tuple[float, float]) -> None:
             s = rng.uniform(*s_range)
             u = side * (hw + pw - rng.uniform(0.4, 0.8) if rng.random() < 0.5 else hw + pw + rng.uniform(0.5, 8.0))
             parts = hedge_parts(rng.uniform(3.0, 12.0), rng) if rng.random() < 0.6 else bush_cluster_parts(rng)
-            put(parts, s, u, heading + rng.normal(0, 0.03), margin=0.0, attempts=3)
+            put(parts, s, u, heading + rng.normal(0, 0.03), margin=0.1, attempts=3, objects_only=True)
         for _ in range(rng.poisson(cfg.fences_per_100m * span / 100.0)):
             u = side * (hw + pw + rng.uniform(0.1, 1.0) if rng.random() < 0.7 else hw + 0.5)
             put(fence_parts(rng.uniform(6.0, 25.0), rng), rng.uniform(*s_range), u, heading, margin=0.0, attempts=3)

@@ -110,17 +110,22 @@ class SceneBuilder:
         self.objects: list[PlacedObject] = []
         self.names: list[str] = []
         self.footprints = np.zeros((0, 5))
+        self.object_footprints = np.zeros((0, 5))  # labelled objects (and the ego car) only
 
     def ground_z(self, x: float, y: float) -> float:
         return float(self.ground.height(np.float64(x), np.float64(y))) if self.ground is not None else -1.73
 
-    def try_add(self, parts: PartList, x: float, y: float, yaw: float, name: str | None, margin: float = 0.3) -> bool:
+    def try_add(self, parts: PartList, x: float, y: float, yaw: float, name: str | None, margin: float = 0.3,
+                objects_only: bool = False) -> bool:
+        """Place parts unless their footprint overlaps another's; objects_only: test only against labelled objects
+        (foliage may grow into trees, poles and walls, never into a car or a person)."""
         placed = place(parts, x, y, self.ground_z(x, y), yaw, self.rng, owner=len(self.objects) if name else -1)
         footprint = placed.box[[0, 1, 3, 4, 6]]
-        if footprints_overlap(footprint, self.footprints, margin):
+        if footprints_overlap(footprint, self.object_footprints if objects_only else self.footprints, margin):
             return False
         self.footprints = np.vstack([self.footprints, footprint])
         if name:
+            self.object_footprints = np.vstack([self.object_footprints, footprint])
             self.objects.append(placed)
             self.names.append(name)
         else:
@@ -169,7 +174,7 @@ def sample_ground(cfg: SceneConfig, sensor: SensorConfig, rng: np.random.Generat
 def sample_scene(cfg: SceneConfig, sensor: SensorConfig, rng: np.random.Generator) -> Scene:
     ground = sample_ground(cfg, sensor, rng)
     b = SceneBuilder(ground, rng)
-    b.footprints = np.array([[-0.3, 0.0, 5.0, 2.2, 0.0]])  # the ego car
+    b.footprints = b.object_footprints = np.array([[-0.3, 0.0, 5.0, 2.2, 0.0]])  # the ego car
     hw, pw, heading = ground.road_half_width, ground.pavement_width, ground.road_heading
     s_range = (-90.0, 130.0)
     lot = None

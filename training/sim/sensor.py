@@ -52,17 +52,17 @@ def ego_body_boxes(rng: np.random.Generator, mount_height: float) -> tuple[np.nd
     the lasers, the sensor off its centre), its body below and a rig mast beside the sensor. Random per frame, so
     a detector learns the blind pattern of no particular car."""
     roof_z = -rng.uniform(0.2, 0.4)
-    dx, dy = rng.uniform(-0.4, 0.4), rng.uniform(-0.25, 0.25)  # sensor position relative to the roof centre
-    roof_l, roof_w = rng.uniform(1.8, 2.8), rng.uniform(1.3, 1.6)
-    body_l, body_w = rng.uniform(4.2, 4.9), rng.uniform(1.7, 1.9)
-    body_top = roof_z - rng.uniform(0.35, 0.55)
+    dy = rng.uniform(-0.25, 0.25)  # the sensor sits off the car's centre line
+    roof_front, roof_back, roof_half_w = rng.uniform(0.6, 1.3), rng.uniform(0.8, 1.8), rng.uniform(0.6, 0.8)
+    body_front, body_back, body_half_w = rng.uniform(1.8, 2.6), rng.uniform(2.0, 2.8), rng.uniform(0.85, 0.95)
+    body_top = roof_z - rng.uniform(0.45, 0.7)
     ground = -mount_height
     mast_az, mast_d = rng.uniform(-np.pi, np.pi), rng.uniform(0.3, 0.9)
     mast = np.array([mast_d * np.cos(mast_az), mast_d * np.sin(mast_az)])
     mast_r, mast_top = rng.uniform(0.02, 0.05), -rng.uniform(0.05, 0.3)
-    lo = np.array([[-dx - roof_l / 2, -dy - roof_w / 2, body_top], [-dx - body_l / 2, -dy - body_w / 2, ground + 0.25],
+    lo = np.array([[-roof_back, -dy - roof_half_w, body_top], [-body_back, -dy - body_half_w, ground + 0.25],
                    [mast[0] - mast_r, mast[1] - mast_r, roof_z]])
-    hi = np.array([[-dx + roof_l / 2, -dy + roof_w / 2, roof_z], [-dx + body_l / 2, -dy + body_w / 2, body_top],
+    hi = np.array([[roof_front, -dy + roof_half_w, roof_z], [body_front, -dy + body_half_w, body_top],
                    [mast[0] + mast_r, mast[1] + mast_r, mast_top]])
     return lo, hi
 

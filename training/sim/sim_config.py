@@ -121,11 +121,10 @@ PRESETS: dict[str, dict] = {
                    "vegetation_porosity": 0.55, "vegetation_depth": 0.35, "glass_porosity": 0.5, "weak_echo_range": [15.0, 70.0],
                    "lower_block_deg": [-8.83, -23.9], "laser_heights": [0.22, 0.12], "ego_vehicle": True},
         "scene": {"cars": [3, 14], "pedestrians": [0, 7], "cyclists": [0, 3], "extra_objects": [12, 30],
-                  "max_ground_slope": 0.025, "max_camber": 0.03, "ground_roughness": 0.06,
-                  "building_probability": 0.45, "clutter": [12, 28], "trees_per_100m": 14.0,
+                  "max_ground_slope": 0.015, "max_camber": 0.03, "ground_roughness": 0.06, "clutter": [12, 28], "trees_per_100m": 14.0,
                   "car_families": True, "dark_car_fraction": 0.25, "pedestrian_variety": True,
                   "group_probability": 0.25, "parked_row_probability": 0.5, "riderless_bicycles": [0, 4],
-                  "hedges_per_100m": 12.0, "fences_per_100m": 3.0, "street_furniture": [6, 16]},
+                  "hedges_per_100m": 20.0, "fences_per_100m": 3.0, "street_furniture": [6, 16]},
         "labels": {"write_all_around": True},
     },
 }
