@@ -143,11 +143,21 @@ def _teacher_task(cfg: CompressConfig, run):
     return build_task(train_cfg), not t.checkpoint
 
 
-def _prunable_filters(student, cfg: CompressConfig) -> tuple[int, int]:
+def pruning_line(student, cfg: CompressConfig) -> tuple[str, int]:
+    """(line, prunable filters): how many filters the keep ratio keeps, and the size of the uniform network of that
+    width (training.compression.width_ladder; the importance ranking decides the real per-layer widths)."""
+    from clean_ros.models.detector import build_detector
+    from clean_ros.models.flops import count_parameters
+    from training.compression.width_ladder import uniform_width_config
     from training.prune.graph import build_graph
 
-    layers = build_graph(student, cfg.prune.prune_encoder, cfg.prune.prune_backbone_3d)
-    return len(layers), sum(layer.width for layer in layers)
+    p = cfg.prune
+    layers = build_graph(student, p.prune_encoder, p.prune_backbone_3d)
+    filters = sum(layer.width for layer in layers)
+    uniform = build_detector(uniform_width_config(student.cfg, p.keep_ratio, p.prune_encoder, p.prune_backbone_3d))
+    return (f"pruning: {filters:,d} filters in {len(layers)} layers; keep {p.keep_ratio:g} -> "
+            f"{int(round(filters * p.keep_ratio)):,d}, which ones by the importance ranking (the uniform "
+            f"x{p.keep_ratio:g} network would have {count_parameters(uniform):,d} params)"), filters
 
 
 # --------------------------------------------------------------------------- timing
@@ -305,9 +315,7 @@ def make_plan(cfg: CompressConfig, graph, iterations: int = DEFAULT_ITERATIONS,
                             infer.get("teacher")),
                   ModelPlan("student", model_cfg.head.type, measured["student"]["params"],
                             measured["student"]["gflops"], infer.get("student"))]
-        layers, filters = _prunable_filters(student, cfg)
-        pruning = (f"pruning: {filters:,d} filters in {layers} layers; keep {cfg.prune.keep_ratio:g} -> "
-                   f"{int(round(filters * cfg.prune.keep_ratio)):,d} (which ones: the importance stage's ranking)")
+        pruning, filters = pruning_line(student, cfg)
         steps = {}
         if iterations:
             steps = _time_steps(cfg, run, source, train_name, student_cfg, teacher_task, teacher_trained,

@@ -57,7 +57,8 @@ def test_plan_on_a_kitti_folder_prints_data_models_stages_and_estimate(kitti, tm
     # params of the smoke models (teacher_two_stage_tiny; pointpillars_tiny narrowed by smoke.yaml's student.set)
     assert re.search(r"teacher\s+two-stage\s+550,864 params\s+\d+\.\d\d GMACs\s+\d+\.\d ms", text), text
     assert re.search(r"student\s+anchor\s+57,976 params", text), text
-    assert "pruning: 248 filters in 11 layers; keep 0.5 -> 124" in text
+    assert "pruning: 248 filters in 11 layers; keep 0.5 -> 124, which ones by the importance ranking (the uniform " \
+           "x0.5 network would have 16,256 params)" in text
     # every stage of the graph in order; 4 training frames at batch 2 = 2 iterations per epoch
     names = [m.group(1) for m in (re.match(r"\s+\d+ (\w+)\s", line) for line in lines) if m]
     assert names == ["data", "teacher", "student_baseline", "importance", "prune", "finetune", "evaluate",
@@ -157,3 +158,17 @@ def test_plan_of_a_simulated_dataset_sizes_it_from_the_config(tmp_path, capsys, 
     # two frames were simulated into a temporary folder to time the data stage and the models
     assert re.search(r"\d+ data\s+-\s+-\s+\d\d:\d\d  simulate the dataset \[simulate\]", text), text
     assert re.search(r"\d+ teacher\s+1\s+3\s+\d\d:\d\d", text), text  # 6 frames at batch 2
+
+
+def test_plan_counts_an_already_simulated_dataset_and_writes_nothing(kitti, tmp_path, capsys, one_thread):
+    out = tmp_path / "run"
+    (out / "stages" / "data").mkdir(parents=True)
+    (out / "stages" / "data" / "dataset").symlink_to(kitti, target_is_directory=True)  # a finished data stage
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    kitti_before = sorted(p.relative_to(kitti) for p in kitti.rglob("*"))
+    code, text, err = run_plan(capsys, ["--config", str(SMOKE), "--out", str(out), "--plan", "--plan-iterations", "0"])
+    assert code == 0, err
+    assert f"data: simulated, {out / 'stages' / 'data' / 'dataset'} (already generated)" in text
+    assert re.search(r"train 'train'\s+4\s+3\s+1\s+1$", text, re.M), text
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert sorted(p.relative_to(kitti) for p in kitti.rglob("*")) == kitti_before  # no GT database, nothing
