@@ -95,7 +95,7 @@ class Plan:
         classes = list(next((s.objects for s in self.splits if s.objects is not None), {}) or {})
         lines.append("  " + f"{'split':<16}{'frames':>8}" + "".join(f"{c:>12}" for c in classes))
         for s in self.splits:
-            counts = "".join(f"{(s.objects or {}).get(c, '-') if s.objects is not None else '-':>12}" for c in classes)
+            counts = "".join(f"{(s.objects or {}).get(c, '-'):>12}" for c in classes)
             lines.append(f"  {s.role + ' ' + repr(s.name):<16}{s.frames:>8}{counts}")
         lines.append(f"models (params, GMACs and batch-1 latency on {self.frame}):")
         for m in self.models:
