@@ -15,8 +15,9 @@ sparse backbone in torch, the backend runs only the dense BEV part.
 
 Frames: `set_sensor_mount(SensorMount(height, pitch, roll))` (clean_ros.inference.sensor_mount) makes every call move
 the points into a virtual level sensor at the bundle's training height (`bundle.sensor_height`) and the boxes back;
-`pipe(points, frames=ModelFrames(...))` gives the two transforms for one call instead (the node's TF case). Points
-are moved in preprocess, boxes in postprocess (their times include it); detections come back in the output frame.
+`pipe(points, frames=ModelFrames(...))` gives the two transforms for one call instead (the node's TF case).
+Detections come back in the output frame; moving points and boxes is timed as its own stage, "frames" (present only
+when a transform was applied).
 
 Post-processing settings come from the bundle and can be changed at run time through `update_postprocess`
 (validated by clean_ros.inference.postprocess_settings, the one validator; the old settings stay in force when a
@@ -38,7 +39,7 @@ from clean_ros.inference.bundle import Bundle, load_bundle
 from clean_ros.models.detector_config import DetectorConfig
 from clean_ros.inference.postprocess import postprocess
 from clean_ros.inference.sensor_mount import ModelFrames, SensorMount
-from clean_ros.cloud.transforms import Transform, transform_boxes, transform_points
+from clean_ros.cloud.transforms import transform_boxes, transform_points
 # The one post-processing validator; POSTPROCESS_KEYS are the flat names update_postprocess accepts.
 from clean_ros.inference.postprocess_settings import POSTPROCESS_KEYS, PostProcessConfig, updated_postprocess
 from clean_ros.types import Detections
@@ -116,7 +117,7 @@ class Pipeline:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def _points_tensor(self, points: np.ndarray, to_model: Transform | None = None) -> torch.Tensor:
+    def _points_tensor(self, points: np.ndarray) -> torch.Tensor:
         if not isinstance(points, np.ndarray) or points.ndim != 2:
             raise ValueError(f"points must be a 2-D numpy array (N, F), got "
                              f"{type(points).__name__} {getattr(points, 'shape', '')}")
@@ -125,16 +126,13 @@ class Pipeline:
             raise ValueError(f"points have {points.shape[1]} columns but the model needs {need} "
                              f"({', '.join(self.point_features)})")
         points = points[:, :need]
-        if to_model is not None and not to_model.is_identity():
-            points = transform_points(points, to_model)
         if points.dtype != np.float32 or not points.flags.c_contiguous:
             points = np.ascontiguousarray(points, dtype=np.float32)
         tensor = torch.from_numpy(points).to(self.device)
         return tensor * self._feature_scale if self._feature_scale is not None else tensor
 
-    def preprocess(self, points: np.ndarray, to_model: Transform | None = None) -> tuple[Voxels, VoxelStats]:
-        """points (in the input frame; moved into the model frame by to_model when given) -> voxels."""
-        return voxelize_with_stats(self._points_tensor(points, to_model), *self._voxel_args)
+    def preprocess(self, points: np.ndarray) -> tuple[Voxels, VoxelStats]:
+        return voxelize_with_stats(self._points_tensor(points), *self._voxel_args)
 
     @torch.inference_mode()
     def bev_input(self, voxels: Voxels) -> torch.Tensor:
@@ -161,17 +159,25 @@ class Pipeline:
         """points (N, F) in the input frame -> detections in the output frame (frames: this call's transforms;
         None: the sensor mount's, if one is set, else none)."""
         frames = self.frames if frames is None else frames
+        to_model = None if frames is None or frames.model_from_input.is_identity() else frames.model_from_input
+        to_output = None if frames is None or frames.output_from_model.is_identity() else frames.output_from_model
+        t_in = self._now()
+        if to_model is not None:
+            points = transform_points(points, to_model)
         t0 = self._now()
-        voxels, stats = self.preprocess(points, frames.model_from_input if frames is not None else None)
+        voxels, stats = self.preprocess(points)
         t1 = self._now()
         maps, bev = self.raw_outputs(voxels)
         t2 = self._now()
         detections = self.postprocess(maps, bev)
-        if frames is not None and len(detections) and not frames.output_from_model.is_identity():
-            detections = dataclasses.replace(
-                detections, boxes=transform_boxes(detections.boxes, frames.output_from_model).astype(np.float32))
         t3 = self._now()
+        if to_output is not None and len(detections):
+            detections = dataclasses.replace(detections,
+                                             boxes=transform_boxes(detections.boxes, to_output).astype(np.float32))
+        t_out = self._now()
         timings = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
+        if to_model is not None or to_output is not None:
+            timings["frames"] = (t0 - t_in + t_out - t3) * 1e3
         return PipelineResult(detections, timings, stats)
 
     def warmup(self, iterations: int = 3, num_points: int = 20000) -> None:

@@ -64,7 +64,9 @@ from clean_ros.types import Detections
 
 PACKAGE = "clean_ros"
 STAGES = ("decode", "preprocess", "inference", "postprocess", "publish", "total")
-TF_STAGE = "tf"      # the TF lookups of a frame: in the stage record only while target_frame / model_frame is set
+# TF lookups + moving points and boxes between frames (the Pipeline's "frames" time); in the stage record only while
+# target_frame, model_frame or sensor_height is set.
+FRAMES_STAGE = "frames"
 SKIPPED = object()  # a frame whose TF lookup failed: no answer
 # How long a warning of one kind stays quiet after it was logged (seconds).
 LOG_THROTTLE_S = 5.0
@@ -400,7 +402,7 @@ class DetectorCore:
 
     def _model_frames(self, msg: PointCloud2, arrival: Arrival, stage_ms: dict[str, float]):
         """This cloud's transforms (None: the Pipeline's own), or SKIPPED when a TF lookup failed (logged and
-        counted; stage "tf")."""
+        counted; stage "frames")."""
         if self.frames is None or not self.frames.uses_tf:
             return None
         t0 = time.perf_counter()
@@ -411,7 +413,7 @@ class DetectorCore:
             self._log("tf").warning(f"{error}; frame skipped", throttle_duration_sec=LOG_THROTTLE_S)
             return SKIPPED
         finally:
-            stage_ms[TF_STAGE] = 1e3 * (time.perf_counter() - t0)
+            stage_ms[FRAMES_STAGE] = 1e3 * (time.perf_counter() - t0)   # the lookups; + the moves below
 
     def _detect(self, msg: PointCloud2, arrival: Arrival, stage_ms: dict[str, float], frames=None):
         """points -> model -> boxes: (detections, number of points, whether the model ran); never raises."""
@@ -478,6 +480,8 @@ class DetectorCore:
             return None
         for stage in ("preprocess", "inference", "postprocess"):
             stage_ms[stage] = float(result.timings_ms.get(stage, 0.0))
+        if FRAMES_STAGE in result.timings_ms:
+            stage_ms[FRAMES_STAGE] = stage_ms.get(FRAMES_STAGE, 0.0) + float(result.timings_ms[FRAMES_STAGE])
         stats = result.voxel_stats
         if stats is not None and stats.overflowed:
             detail = (f"{stats.num_overflow_voxels} of {stats.num_occupied_voxels} voxels and "
@@ -515,8 +519,8 @@ class DetectorCore:
             extra["end_to_end_ms"] = f"{1e3 * arrival.age_s + stage_ms['total']:.3f}"
         try:
             stages = {k: stage_ms.get(k, 0.0) for k in STAGES}
-            if TF_STAGE in stage_ms:
-                stages[TF_STAGE] = stage_ms[TF_STAGE]
+            if FRAMES_STAGE in stage_ms:
+                stages[FRAMES_STAGE] = stage_ms[FRAMES_STAGE]
             self.timing_pub.publish(stage_timing_message(stages, header,
                                                          self.hardware_id, extra))
         except Exception as error:  # noqa: BLE001

@@ -65,9 +65,12 @@ def test_pipeline_with_the_mount_reproduces_the_training_height_boxes_in_the_sen
 
     pipeline.set_sensor_mount(mount)
     try:
-        mounted = pipeline(other_points).detections
+        result = pipeline(other_points)
     finally:
         pipeline.set_sensor_mount(None)
+    mounted = result.detections
+    assert result.timings_ms["frames"] > 0                      # moving points and boxes is timed on its own
+    assert "frames" not in pipeline(points).timings_ms
     assert len(mounted) == len(reference)
     order = np.argsort(-mounted.scores)
     ref_order = np.argsort(-reference.scores)

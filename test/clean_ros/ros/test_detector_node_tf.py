@@ -25,8 +25,9 @@ from sensor_msgs.msg import PointCloud2  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 from vision_msgs.msg import Detection3DArray  # noqa: E402
 
+from clean_ros.defaults import NODE_NAME  # noqa: E402
 from clean_ros.cloud.transforms import Transform, transform_boxes, transform_points  # noqa: E402
-from clean_ros.ros.messages import from_detection3d_array  # noqa: E402
+from clean_ros.ros.messages import from_detection3d_array, parse_stage_timing  # noqa: E402
 from clean_ros.ros.node_diagnostics import STATUS_NAME, parse_diagnostic_values  # noqa: E402
 from clean_ros.ros.node_process import DriverNode, NodeProcess  # noqa: E402
 from clean_ros.ros.pointcloud_msg import make_pointcloud2  # noqa: E402
@@ -47,10 +48,12 @@ class Harness(DriverNode):
         super().__init__("tf_test_harness", domain_id, spin_period_s=0.05)
         self.detections: list[Detection3DArray] = []
         self.diagnostics: list[DiagnosticArray] = []
+        self.timings: list[DiagnosticArray] = []
         self.cloud_pub = self.node.create_publisher(PointCloud2, f"{NS}/points", CLOUD_QOS)
         self.static_pub = self.node.create_publisher(TFMessage, "/tf_static", tf_static_qos())
         self.node.create_subscription(Detection3DArray, f"{NS}/detections", self.detections.append, 50)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
+        self.node.create_subscription(DiagnosticArray, f"/{NODE_NAME}/stage_latency", self.timings.append, 50)
         self.log_tail = lambda: ""
 
     def answer(self, stamp_sec: int):
@@ -122,6 +125,10 @@ def test_boxes_in_the_target_frame_match_the_scene_given_directly_in_it(tf_node,
         np.testing.assert_allclose(boxes[got, :6], expected[order, :6], atol=2e-2)
         yaw_error = np.angle(np.exp(1j * (boxes[got, 6] - expected[order, 6])))
         np.testing.assert_allclose(yaw_error, 0.0, atol=2e-2)
+    # the frame's TF work is timed as the 'frames' stage of its stage-latency record (header = the cloud's)
+    assert harness.spin_until(lambda: any(t.header.stamp.sec == 11 for t in harness.timings), 10.0)
+    record = next(t for t in harness.timings if t.header.stamp.sec == 11)
+    assert record.header.frame_id == "base_link" and 0.0 < parse_stage_timing(record)["frames"] < 1000.0
     # not the sensor-frame boxes relabelled: the centres were lifted by 1.9 m
     np.testing.assert_allclose(np.sort(boxes_a[:, 2]), np.sort(reference.boxes[:, 2]) + 1.9, atol=2e-2)
 
