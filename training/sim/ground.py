@@ -24,6 +24,9 @@ class Ground:
     kerb_height: float
     pavement_width: float
     camber: float = 0.0  # cross-fall of the road from its crown to the kerbs (dz / du), e.g. 0.02
+    # a crossing street (an intersection): road surface without kerb across |along - cross_centre| < half width
+    cross_centre: float = 0.0
+    cross_half_width: float = 0.0  # 0: no intersection
 
 
     @property
@@ -36,6 +39,17 @@ class Ground:
     def lateral(self, x, y):
         """Signed distance from the road centre line (positive to the left of the road direction)."""
         return -np.sin(self.road_heading) * x + np.cos(self.road_heading) * y - self.road_centre
+
+    def in_cross_street(self, x, y):
+        """True where (x, y) lies on the crossing street's band (never when there is none)."""
+        if self.cross_half_width <= 0:
+            return np.zeros(np.shape(x), bool)
+        return np.abs(self.along(x, y) - self.cross_centre) < self.cross_half_width
+
+    def crosses(self, s0: float, s1: float) -> bool:
+        """Whether the along-road interval [s0, s1] meets the crossing street."""
+        return self.cross_half_width > 0 and s0 < self.cross_centre + self.cross_half_width and \
+            s1 > self.cross_centre - self.cross_half_width
 
     def to_world(self, s, u):
         """(along, lateral) road coordinates -> (x, y)."""
@@ -54,7 +68,8 @@ class Ground:
 
     def height(self, x, y):
         """Surface height including the raised pavement."""
-        return self.road_height(x, y) + self.kerb_height * (np.abs(self.lateral(x, y)) > self.road_half_width)
+        raised = (np.abs(self.lateral(x, y)) > self.road_half_width) & ~self.in_cross_street(x, y)
+        return self.road_height(x, y) + self.kerb_height * raised
 
     def _gradient(self, x, y):
         gx, gy = self.slope[0] + 0 * x, self.slope[1] + 0 * y
@@ -90,7 +105,7 @@ class Ground:
                 gx, gy = self._gradient(x, y)
                 t = t - f / (dz - gx * dx - gy * dy)
             x, y = t * dx, t * dy
-            outside = np.abs(self.lateral(x, y)) > self.road_half_width
+            outside = (np.abs(self.lateral(x, y)) > self.road_half_width) & ~self.in_cross_street(x, y)
             ok = np.isfinite(t) & (t > 0) & (t < max_range) & (outside == on_pavement)
             chosen = candidates[ok & (t < best[candidates])]
             best[chosen] = t[ok & (t < best[candidates])]
@@ -107,7 +122,7 @@ class Ground:
     def material_at(self, x, y) -> np.ndarray:
         s, u = self.along(x, y), self.lateral(x, y)
         hw = self.road_half_width
-        material = np.where(np.abs(u) <= hw, Material.ROAD,
+        material = np.where((np.abs(u) <= hw) | self.in_cross_street(x, y), Material.ROAD,
                             np.where(np.abs(u) <= hw + self.pavement_width, Material.PAVEMENT, Material.TERRAIN))
         # edge lines (solid, 0.3 m in from the kerb) and dashed lane separators (3 m painted, 6 m gap)
         edge = np.abs(np.abs(u) - (hw - 0.3)) < 0.075

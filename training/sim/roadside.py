@@ -120,6 +120,9 @@ def add_roadside_extras(b, ground, cfg, s_range: tuple[float, float]) -> None:
     def put(parts, s, u, yaw, margin=0.05, attempts=1, objects_only=False):
         for _ in range(attempts):
             x, y = ground.to_world(s, u)
+            if objects_only and ground.crosses(s - 6.0, s + 6.0):  # foliage stays off an intersection
+                s = s + rng.uniform(-3.0, 3.0)
+                continue
             if b.try_add(parts, float(x), float(y), yaw, None, margin=margin, objects_only=objects_only):
                 return True
             s = s + rng.uniform(-3.0, 3.0)

@@ -160,7 +160,8 @@ def sample_ground(cfg: SceneConfig, sensor: SensorConfig, rng: np.random.Generat
                     road_heading=float(np.deg2rad(rng.uniform(-cfg.max_road_heading_deg, cfg.max_road_heading_deg))),
                     road_centre=-u_ego, n_lanes=n_lanes, lane_width=cfg.lane_width,
                     kerb_height=float(rng.uniform(0.10, 0.18)), pavement_width=float(rng.uniform(2.0, 5.0)))
-    if cfg.max_camber > 0 or cfg.ground_roughness > 0:  # realistic preset: drawn after the default's numbers
+    if cfg.max_camber > 0 or cfg.ground_roughness > 0 or cfg.intersection_probability > 0:
+        # realistic preset: drawn after the default's numbers
         n_short = 4 if cfg.ground_roughness > 0 else 0
         k = 2 * np.pi / rng.uniform(4.0, 15.0, n_short)
         direction = rng.uniform(0, 2 * np.pi, n_short)
@@ -168,6 +169,9 @@ def sample_ground(cfg: SceneConfig, sensor: SensorConfig, rng: np.random.Generat
                           k * np.sin(direction), rng.uniform(0, 2 * np.pi, n_short)], 1)
         ground = replace(ground, undulation=np.concatenate([ground.undulation, short]),
                          camber=float(rng.uniform(0.0, cfg.max_camber)))
+        if rng.random() < cfg.intersection_probability:
+            ground = replace(ground, cross_centre=float(rng.uniform(-20.0, 60.0)),
+                             cross_half_width=float(rng.integers(2, 4) * cfg.lane_width / 2))
     return ground
 
 
@@ -181,6 +185,8 @@ def sample_scene(cfg: SceneConfig, sensor: SensorConfig, rng: np.random.Generato
     if rng.random() < cfg.parking_lot_probability:
         start = rng.uniform(0.0, 45.0)
         lot = (int(rng.choice([-1, 1])), start, start + rng.uniform(20.0, 40.0), rng.uniform(12.0, 30.0))
+    if ground.cross_half_width > 0:
+        _add_cross_street(b, ground, cfg)
     _add_kerbs(b, ground, s_range)
     _add_roadside(b, ground, cfg, s_range, lot)
 
@@ -266,6 +272,23 @@ def sample_scene(cfg: SceneConfig, sensor: SensorConfig, rng: np.random.Generato
     return b.build()
 
 
+def _add_cross_street(b: SceneBuilder, ground: Ground, cfg: SceneConfig) -> None:
+    """An intersection: 1-4 vehicles on the crossing street, then its band beyond the main road is kept free of
+    buildings, trees and clutter (footprints that only background placement tests against objects cannot see)."""
+    rng = b.rng
+    hw, centre, half = ground.road_half_width, ground.cross_centre, ground.cross_half_width
+    for _ in range(int(rng.integers(1, 5))):
+        side, lane = rng.choice([-1, 1]), rng.choice([-1, 1])
+        s, u = centre + lane * half / 2 + rng.normal(0, 0.2), side * (hw + rng.uniform(3.0, 45.0))
+        name = "Van" if rng.random() < cfg.van_fraction else "Car"
+        x, y = ground.to_world(s, u)
+        b.try_add(model_parts(name, rng, cfg), float(x), float(y), ground.road_heading + lane * np.pi / 2
+                  + rng.normal(0, 0.04), name)
+    for side in (-1, 1):
+        x, y = ground.to_world(centre, side * (hw + 100.0))
+        b.footprints = np.vstack([b.footprints, [x, y, 2 * half, 200.0, ground.road_heading]])
+
+
 def _add_parked_rows(b: SceneBuilder, ground: Ground, cfg: SceneConfig, s_range) -> None:
     """Per kerb side, with probability parked_row_probability: cars parked nose to tail along 15-60 m."""
     rng = b.rng
@@ -311,6 +334,8 @@ def _add_kerbs(b: SceneBuilder, ground: Ground, s_range: tuple[float, float]) ->
     hw, hk = ground.road_half_width, ground.kerb_height
     for side in (-1, 1):
         for s in np.arange(s_range[0], s_range[1], 8.0):
+            if ground.crosses(s, s + 8.0):  # no kerb across an intersection
+                continue
             prims, _ = _segment_box(ground, s + 4.0, side * (hw + 0.075), 8.0, 0.15, -0.15, hk + 0.15, Material.KERB,
                                     b.rng)
             b.add_background(prims)
@@ -323,7 +348,8 @@ def _add_roadside(b: SceneBuilder, ground: Ground, cfg: SceneConfig, s_range, lo
         s = s_range[0]
         while s < s_range[1]:
             length = rng.uniform(8.0, 30.0)
-            in_lot = lot is not None and lot[0] == side and s + length > lot[1] - 5 and s < lot[2] + 5
+            in_lot = (lot is not None and lot[0] == side and s + length > lot[1] - 5 and s < lot[2] + 5) or \
+                ground.crosses(s - 2.0, s + length + 2.0)
             if not in_lot and rng.random() < cfg.building_probability:
                 setback = rng.uniform(0.0, 4.0)
                 depth = rng.uniform(8.0, 20.0)
