@@ -7,6 +7,7 @@ base_link -> velodyne (rotated 90 degrees, lifted 1.9 m, 1.2 m forward) on /tf_s
   the same boxes, published in base_link with the input stamps, equal to the offline Pipeline's boxes moved by the
   transform;
 - a cloud in a frame TF does not know is skipped (no answer), reported on /diagnostics, and the node keeps working.
+Without TF, a node with sensor_height / sensor_pitch turns a higher, pitched sensor's cloud into the KITTI-height boxes.
 """
 from __future__ import annotations
 
@@ -44,14 +45,14 @@ FIELDS = ("x", "y", "z", "intensity")
 
 
 class Harness(DriverNode):
-    def __init__(self, domain_id: int):
+    def __init__(self, domain_id: int, ns: str = NS):
         super().__init__("tf_test_harness", domain_id, spin_period_s=0.05)
         self.detections: list[Detection3DArray] = []
         self.diagnostics: list[DiagnosticArray] = []
         self.timings: list[DiagnosticArray] = []
-        self.cloud_pub = self.node.create_publisher(PointCloud2, f"{NS}/points", CLOUD_QOS)
+        self.cloud_pub = self.node.create_publisher(PointCloud2, f"{ns}/points", CLOUD_QOS)
         self.static_pub = self.node.create_publisher(TFMessage, "/tf_static", tf_static_qos())
-        self.node.create_subscription(Detection3DArray, f"{NS}/detections", self.detections.append, 50)
+        self.node.create_subscription(Detection3DArray, f"{ns}/detections", self.detections.append, 50)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
         self.node.create_subscription(DiagnosticArray, f"/{NODE_NAME}/stage_latency", self.timings.append, 50)
         self.log_tail = lambda: ""
@@ -146,3 +147,38 @@ def test_a_failed_lookup_skips_the_frame_reports_it_and_the_node_keeps_working(t
     answer = harness.send_and_wait(make_pointcloud2(points, FIELDS, (21.0, "velodyne")))
     assert answer.header.frame_id == "base_link"               # the next good frame is answered
     assert "mystery_lidar" in node.log_text() and "frame skipped" in node.log_text()   # the throttled warning
+
+
+def test_sensor_height_parameter_gives_the_training_height_boxes_in_the_sensor_frame(kitti_sample, tmp_path):
+    """Without TF: the node's sensor_height / sensor_pitch (the Pipeline's sensor mount) on a cloud from a sensor
+    0.77 m higher and pitched give the KITTI-height boxes, published in the cloud's own frame."""
+    from clean_ros.inference.sensor_mount import SensorMount
+
+    points = read_velodyne(kitti_sample / "training" / "velodyne" / "000000.bin")
+    kitti_from_high = SensorMount(2.5, pitch=0.05).model_from_sensor(1.73)
+    parameters = {"bundle_path": str(DEFAULT_BUNDLE), "backend": "torch", "num_threads": 1, "warmup_iterations": 0,
+                  "input_topic": f"{NS}_mount/points", "output_topic": f"{NS}_mount/detections",
+                  "publish_markers": False, "qos_reliability": "reliable", "sensor_height": 2.5, "sensor_pitch": 0.05}
+    with NodeProcess(parameters, log_path=tmp_path / "node.log") as node:   # its own topics: no cross-talk
+        harness = Harness(node.domain_id, ns=f"{NS}_mount")
+        harness.log_tail = node.log_tail
+        try:
+            assert node.wait_ready(harness, lambda: harness.cloud_pub.get_subscription_count() > 0, 120.0), \
+                node.log_tail()
+            msg = harness.send_and_wait(make_pointcloud2(transform_points(points, kitti_from_high.inverse()), FIELDS,
+                                                         (30.0, "high_lidar")))
+        finally:
+            harness.close()
+        assert "sensor 2.5 m above the ground, pitch 0.05 rad" in node.log_text()
+    assert msg.header.frame_id == "high_lidar"
+    boxes, scores, names = from_detection3d_array(msg)
+
+    import torch
+
+    from clean_ros.inference.pipeline import Pipeline
+
+    torch.set_num_threads(1)
+    reference = Pipeline.from_bundle(DEFAULT_BUNDLE, backend="torch")(points).detections
+    assert len(reference) > 0 and len(boxes) == len(reference)
+    back = transform_boxes(boxes, kitti_from_high)[np.argsort(-scores)]
+    np.testing.assert_allclose(back[:, :6], reference.boxes[np.argsort(-reference.scores), :6], atol=2e-2)
