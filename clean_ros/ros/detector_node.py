@@ -52,8 +52,6 @@ from clean_ros.package_share import default_bundle_path
 from clean_ros.ros.frame_accounting import RATE_WINDOW_S, Arrival, FrameAccounting
 from clean_ros.ros.messages import stage_timing_message, to_detection3d_array, to_marker_array
 from clean_ros.ros.node_diagnostics import HealthSnapshot, assess, to_diagnostic_array
-# launch_command / stop_node_process moved to node_process (the one node-process harness); importable here as before.
-from clean_ros.ros.node_process import launch_command, stop_node_process  # noqa: F401
 from clean_ros.inference.sensor_mount import SensorMount
 from clean_ros.ros.tf_buffer import create_tf
 from clean_ros.ros.tf_frames import FrameLookupError, FrameResolver, validate_frame_settings
@@ -418,7 +416,7 @@ class DetectorCore:
     def _detect(self, msg: PointCloud2, arrival: Arrival, stage_ms: dict[str, float], frames=None):
         """points -> model -> boxes: (detections, number of points, whether the model ran); never raises."""
         empty = Detections.empty(self.class_names)
-        prepared = self._points(msg, arrival, stage_ms)
+        prepared = self._points(msg, arrival, stage_ms, frames)
         if prepared is None:
             return empty, 0, False
         detections = self._run_model(prepared.points, arrival, stage_ms, frames)
@@ -426,12 +424,16 @@ class DetectorCore:
             return empty, len(prepared.points), False
         return detections, len(prepared.points), True
 
-    def _points(self, msg: PointCloud2, arrival: Arrival, stage_ms: dict[str, float]) -> ModelInput | None:
-        """The model's input points (stage "decode"), or None (logged and counted) when there are none."""
+    def _points(self, msg: PointCloud2, arrival: Arrival, stage_ms: dict[str, float],
+                frames=None) -> ModelInput | None:
+        """The model's input points (stage "decode"), or None (logged and counted) when there are none. The
+        crop / exclusion boxes are in the model frame: frames (this cloud's TF), else the pipeline's sensor mount."""
         t0 = time.perf_counter()
+        frames = frames if frames is not None else getattr(self.pipeline, "frames", None)
         try:
             prepared = points_for_model(msg, self.point_features, intensity_scale=self.intensity_scale,
-                                        max_points=self.max_points, boxes=self.boxes)
+                                        max_points=self.max_points, boxes=self.boxes,
+                                        model_from_input=frames.model_from_input if frames is not None else None)
         except CloudFormatError as error:
             stage_ms["decode"] = 1e3 * (time.perf_counter() - t0)
             self.accounting.events.record("undecodable_input", arrival.time, str(error))

@@ -590,3 +590,45 @@ def test_backend_failure_and_voxel_overflow_are_answered_and_reported_in_process
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+def test_crop_box_applies_in_the_model_frame_in_process():
+    """With a sensor mount (points reach the model 1.5 m higher), crop_box z in [1, 2] keeps the sensor's z = 0
+    layer: the node tests the boxes on model-frame coordinates and hands the Pipeline input-frame points."""
+    from rclpy.parameter import Parameter as RclpyParameter
+
+    from clean_ros.cloud.transforms import Transform
+    from clean_ros.inference.sensor_mount import ModelFrames
+    from clean_ros.ros.detector_node import DetectorNode
+
+    class RecordingPipeline(FailingPipeline):
+        def __init__(self):
+            super().__init__()
+            self.frames = ModelFrames(Transform.from_euler(translation=(0.0, 0.0, 1.5)), Transform.identity())
+            self.inputs = []
+
+        def __call__(self, points):
+            self.inputs.append(np.array(points))
+            return super().__call__(points)
+
+    pipeline = RecordingPipeline()
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=random_domain_id())
+    try:
+        node = DetectorNode(pipeline_factory=lambda path, backend, device: pipeline, context=context,
+                            parameter_overrides=[RclpyParameter("warmup_iterations", value=0),
+                                                 RclpyParameter("crop_box_enabled", value=True),
+                                                 RclpyParameter("crop_box", value=[-100.0, -100.0, 1.0, 100.0,
+                                                                                   100.0, 2.0])])
+        node.detections_pub.publish = lambda msg: None
+        layers = np.repeat(np.array([-1.0, 0.0, 1.0], np.float32), 20)
+        cloud = np.column_stack([np.arange(60, dtype=np.float32), np.zeros(60, np.float32), layers,
+                                 np.zeros(60, np.float32)])
+        node._on_cloud(_cloud(cloud, 7100), None)
+        [given] = pipeline.inputs
+        assert len(given) == 20 and np.all(given[:, 2] == 0.0)           # input frame, the z = 0 layer
+        assert node.accounting.points_outside_crop == 40
+        node.close()
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
