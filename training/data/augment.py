@@ -17,8 +17,8 @@ from clean_ros.cloud.kitti import normalize_yaw_np
 from training.data.data_config import AugmentConfig
 from training.data.gt_database import GTDatabase, GTSampler
 from training.data.sample import Sample
-from training.data.sensor_variation import (change_mounting, drop_points, elevation_rows, keep_rows,
-                                            scale_intensity)
+from training.data.sensor_variation import (assign_rows, change_mounting, drop_points, keep_rows, scale_intensity,
+                                            sensor_rows)
 
 
 # --------------------------------------------------------------------------- pure transforms
@@ -109,6 +109,25 @@ def draw_object_noise(boxes: np.ndarray, rng: np.random.Generator, translation_s
     return chosen_t, chosen_r
 
 
+def rows_after_gt_sampling(scene: Sample, sampled: Sample) -> np.ndarray:
+    """(N,) laser row of every point of `sampled` (= `scene` after GT sampling).
+
+    The scene's rows are read before sampling, while the scan keeps its storage order (sensor_rows: exact for raw
+    KITTI and simulated scans, lasers offset or not). GTSampler's output is the scene's points outside the pasted
+    boxes, in order, then the pasted objects' points; those get the row whose elevation is nearest.
+    """
+    rows = sensor_rows(scene.points)
+    n_scene_boxes = len(scene.gt_boxes)
+    if len(sampled.gt_boxes) == n_scene_boxes:
+        return rows.row
+    pasted = sampled.gt_boxes[n_scene_boxes:]
+    survived = ~points_in_boxes(torch.from_numpy(scene.points), torch.from_numpy(pasted)).numpy().any(1)
+    n = int(survived.sum())
+    if not np.array_equal(sampled.points[:n], scene.points[survived]):  # not GTSampler's layout: by elevation
+        return assign_rows(sampled.points, rows.elevation_deg)
+    return np.concatenate([rows.row[survived], assign_rows(sampled.points[n:], rows.elevation_deg)])
+
+
 # --------------------------------------------------------------------------- the pipeline
 class Augmentor:
     """Callable (Sample, np.random.Generator) -> Sample applying the enabled augmentations in order."""
@@ -123,11 +142,12 @@ class Augmentor:
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         cfg = self.config
+        scene = sample
         if self.gt_sampler is not None:
             sample = self.gt_sampler(sample, rng)
         points, boxes = sample.points, sample.gt_boxes
         if cfg.sensor.any_enabled:
-            points = self._vary_sensor(points, rng)
+            points = self._vary_sensor(scene, sample, rng)
         if cfg.object_noise and len(boxes):
             t, r = draw_object_noise(boxes, rng, cfg.object_translation_std, cfg.object_rotation_range,
                                      cfg.object_noise_attempts)
@@ -144,15 +164,14 @@ class Augmentor:
             points = points[rng.permutation(len(points))]
         return replace(sample, points=points.astype(np.float32, copy=False), gt_boxes=boxes.astype(np.float32))
 
-    def _vary_sensor(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Beam reduction, density dropout, intensity response; a draw only for the enabled steps.
-
-        Rows come from elevation peaks (exact on simulated scans, whose rays share one origin); this runs after GT
-        sampling, so pasted objects lose the same rows as the scene."""
+    def _vary_sensor(self, scene: Sample, sampled: Sample, rng: np.random.Generator) -> np.ndarray:
+        """Beam reduction, density dropout, intensity response on the sampled frame's points; a draw only for the
+        enabled steps. Runs after GT sampling, so pasted objects lose rows too (see rows_after_gt_sampling)."""
         s = self.config.sensor
+        points = sampled.points
         if s.beam_reduction and rng.random() < s.beam_reduction_probability:
             phase = int(rng.integers(s.beam_keep_every))
-            points = keep_rows(points, elevation_rows(points).row, s.beam_keep_every, phase)
+            points = keep_rows(points, rows_after_gt_sampling(scene, sampled), s.beam_keep_every, phase)
         if s.density_dropout:
             points = drop_points(points, rng.uniform(*s.density_keep_range), rng)
         if s.intensity:

@@ -13,7 +13,8 @@ Rows. A KITTI .bin has no ring field. `elevation_rows` finds rows as peaks of th
 for the simulator, whose rays all start at the sensor origin. Real HDL-64 lasers sit ~0.1-0.2 m above that origin,
 so a real laser's apparent elevation drifts with range (about 12 deg*m / range for the upper block); rows of real
 scans are better read from the storage order (`scan_order_rows`): KITTI stores each laser's revolution as one run
-of increasing azimuth. `sensor_rows` uses the storage order when the cloud has it, elevation peaks otherwise.
+of increasing azimuth (so does the simulator, whose `realistic` preset also offsets the lasers). `sensor_rows` uses
+the storage order when the cloud has it, elevation peaks otherwise.
 """
 from __future__ import annotations
 
@@ -67,35 +68,57 @@ def elevation_rows(points: np.ndarray, origin_height: float = 0.0, bin_deg: floa
     peaks = np.flatnonzero(is_peak)
     peaks = peaks[np.r_[True, np.diff(peaks) > half]]  # a flat top counts once
     centres = low + (peaks + 0.5) * bin_deg
-    return Rows(np.searchsorted((centres[1:] + centres[:-1]) / 2, el).astype(np.int64), centres)
+    return Rows(assign_rows(points, centres, origin_height), centres)
 
 
-def scan_order_rows(points: np.ndarray, min_rows: int = 8, max_rows: int = 256,
-                    min_points_per_row: int = 100, far_range: float = 20.0) -> Rows | None:
+def assign_rows(points: np.ndarray, centres_deg: np.ndarray, origin_height: float = 0.0) -> np.ndarray:
+    """(N,) index of the row centre (ascending elevations, degrees) nearest to each point's elevation."""
+    el = elevation_deg(points, origin_height)
+    return np.searchsorted((centres_deg[1:] + centres_deg[:-1]) / 2, el).astype(np.int64)
+
+
+def scan_order_rows(points: np.ndarray, min_rows: int = 8, max_rows: int = 256, min_points_per_row: int = 100,
+                    min_drop_rad: float = 0.5) -> Rows | None:
     """Rows from the storage order (one run of increasing azimuth per laser, as in KITTI .bin files), or None.
 
-    A run ends where the azimuth jumps by more than pi. Runs are ranked by their mean elevation over points beyond
-    far_range (all points when a run has fewer than 20 there), where the lasers' offset from the origin matters
-    least. None when the run count or length does not look like a scan (shuffled or cropped clouds).
+    A run ends where the azimuth steps back, against the scan's direction, by more than min_drop_rad: the wrap from
+    +pi to -pi in a full scan, the jump back to the image's left edge in a camera-cropped one (whose ~45 runs are the
+    lasers the camera sees). Gaps without returns step forward and do not split a run. Runs are ranked by their laser
+    angle (laser_angles: the elevation at infinite range, free of the lasers' offset from the origin). None when the
+    run count or length does not look like a scan (shuffled clouds).
     """
     n = len(points)
     if n < min_rows * min_points_per_row:
         return None
     azimuth = np.arctan2(points[:, 1].astype(np.float64), points[:, 0].astype(np.float64))
-    run = np.concatenate([[0], np.cumsum(np.abs(np.diff(azimuth)) > np.pi)])
+    step = np.diff(azimuth)
+    direction = 1.0 if np.median(step) >= 0 else -1.0
+    run = np.concatenate([[0], np.cumsum(direction * step < -min_drop_rad)])
     n_runs = int(run[-1]) + 1
     if not min_rows <= n_runs <= max_rows or n / n_runs < min_points_per_row:
         return None
-    el = elevation_deg(points)
-    far = horizontal_range(points) >= far_range
-    n_far = np.bincount(run, weights=far, minlength=n_runs)
-    mean_far = np.bincount(run, weights=el * far, minlength=n_runs) / np.maximum(n_far, 1)
-    mean_all = np.bincount(run, weights=el, minlength=n_runs) / np.bincount(run, minlength=n_runs)
-    mean = np.where(n_far >= 20, mean_far, mean_all)
-    order = np.argsort(mean, kind="stable")
+    angle = laser_angles(elevation_deg(points), horizontal_range(points), run, n_runs)
+    order = np.argsort(angle, kind="stable")
     rank = np.empty(n_runs, np.int64)
     rank[order] = np.arange(n_runs)
-    return Rows(rank[run], mean[order])
+    return Rows(rank[run], angle[order])
+
+
+def laser_angles(el: np.ndarray, rng_h: np.ndarray, run: np.ndarray, n_runs: int) -> np.ndarray:
+    """(n_runs,) each run's laser angle in degrees: its elevation with the lasers' offset from the origin removed.
+
+    Model: el = angle[run] + b / range, one b for the scan (a laser mounted above the sensor origin appears higher
+    the nearer it looks), fitted by pooled within-run least squares. One shared b is well determined even for runs
+    that see a narrow band of ranges (a per-run intercept is not), so the ranking holds whatever ranges a run saw:
+    a camera-cropped scan ranks its lasers as the full revolution does.
+    """
+    x = 1.0 / np.maximum(rng_h, 0.5)
+    n = np.maximum(np.bincount(run, minlength=n_runs), 1)
+    mean_x, mean_y = np.bincount(run, x, n_runs) / n, np.bincount(run, el, n_runs) / n
+    dx, dy = x - mean_x[run], el - mean_y[run]
+    spread = float((dx * dx).sum())
+    b = float((dx * dy).sum()) / spread if spread > 1e-12 else 0.0
+    return mean_y - b * mean_x
 
 
 def sensor_rows(points: np.ndarray) -> Rows:

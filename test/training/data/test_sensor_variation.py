@@ -12,7 +12,7 @@ from clean_ros.cloud.geometry import points_in_boxes
 from clean_ros.cloud.transforms import transform_boxes, transform_points
 from clean_ros.inference.sensor_mount import SensorMount
 from training.data.sensor_variation import (change_mounting, drop_points, elevation_deg, elevation_rows, keep_rows,
-                                            scale_intensity, sensor_rows)
+                                            scale_intensity, scan_order_rows, sensor_rows)
 
 HDL64_ELEVATIONS = np.concatenate([np.linspace(2.0, -8.33, 32), np.linspace(-8.83, -24.9, 32)])
 
@@ -183,3 +183,54 @@ def test_sensor_config_from_yaml_mapping_and_bad_values():
         SensorVariationConfig(pitch_range=(-1.0, 0.0))
     with pytest.raises(ConfigError, match="beam_keep"):
         from_dict(AugmentConfig, {"sensor": {"beam_keep": 2}})
+
+
+def test_rows_survive_gt_sampling_on_real_frames(kitti_sample, tmp_path):
+    """Scene points keep their storage-order rows through the real GTSampler; pasted points get a row too."""
+    from training.data.augment import rows_after_gt_sampling
+    from training.data.data_config import DataConfig, GTSamplingConfig
+    from training.data.gt_database import GTDatabase, GTSampler, build_gt_database
+    from training.data.kitti_dataset import KittiDataset
+
+    dataset = KittiDataset(DataConfig(root=str(kitti_sample), fov_crop=False), "train")
+    build_gt_database(dataset, tmp_path / "db.npz")
+    sampler = GTSampler(GTDatabase.load(tmp_path / "db.npz"),
+                        GTSamplingConfig(sample_counts={"Car": 4}, min_points={"Car": 5}), ("Car",))
+    scene = dataset.load_frame("000002")  # one Car and one Misc: room for pasted cars
+    sampled = sampler(scene, np.random.default_rng(0))
+    assert len(sampled.gt_boxes) > len(scene.gt_boxes)
+    rows = rows_after_gt_sampling(scene, sampled)
+    scene_rows = sensor_rows(scene.points)
+    assert scene_rows.count == 65  # storage order: 65 runs in every shared KITTI frame
+    assert len(rows) == len(sampled.points) and rows.min() >= 0 and rows.max() < scene_rows.count
+    survived = ~points_in_boxes(torch.from_numpy(scene.points),
+                                torch.from_numpy(sampled.gt_boxes[len(scene.gt_boxes):])).numpy().any(1)
+    np.testing.assert_array_equal(rows[:survived.sum()], scene_rows.row[survived])
+    # elevation peaks would disagree with the storage order on most real points (laser offsets)
+    assert (elevation_rows(scene.points).row != scene_rows.row).mean() > 0.5
+
+
+def test_scan_order_rows_of_a_camera_cropped_real_scan(kitti_sample):
+    from clean_ros.cloud.kitti import DEFAULT_IMAGE_SHAPE, Calibration
+    from training.data.kitti_dataset import camera_fov_mask, read_velodyne
+
+    points = read_velodyne(kitti_sample / "training" / "velodyne" / "000000.bin")
+    calib = Calibration.from_file(kitti_sample / "training" / "calib" / "000000.txt")
+    full = scan_order_rows(points)
+    cropped_mask = camera_fov_mask(points, calib, DEFAULT_IMAGE_SHAPE)
+    cropped = scan_order_rows(points[cropped_mask])
+    assert full.count == 65 and 40 <= cropped.count <= 50  # 65 runs (two partial); the lasers the camera sees
+    pairs = np.unique(np.stack([cropped.row, full.row[cropped_mask]], 1), axis=0)
+    assert (np.bincount(pairs[:, 0]) > 1).sum() <= 1  # each cropped run is one laser's run (but at most one)
+    # the cropped scan ranks its lasers as the full revolution does (one rank step per laser)
+    np.testing.assert_array_equal(np.diff(pairs[:, 1]), 1)
+
+
+def test_laser_angles_remove_the_range_dependent_offset():
+    from training.data.sensor_variation import laser_angles
+    rng_h = np.array([5.0, 10.0, 40.0, 8.0, 30.0, 60.0])
+    run = np.array([0, 0, 0, 1, 1, 1])
+    el = np.where(run == 0, -2.0, -8.0) + 11.7 / rng_h  # a laser 0.2 m above the origin: +11.7 deg*m / range
+    np.testing.assert_allclose(laser_angles(el, rng_h, run, 2), [-2.0, -8.0], atol=1e-9)
+    same_range = laser_angles(np.array([1.0, 1.2]), np.array([10.0, 10.0]), np.array([0, 0]), 1)
+    np.testing.assert_allclose(same_range, [1.1 - 0.0])  # no range spread: the mean elevation (b = 0)
