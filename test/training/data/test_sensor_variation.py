@@ -234,3 +234,26 @@ def test_laser_angles_remove_the_range_dependent_offset():
     np.testing.assert_allclose(laser_angles(el, rng_h, run, 2), [-2.0, -8.0], atol=1e-9)
     same_range = laser_angles(np.array([1.0, 1.2]), np.array([10.0, 10.0]), np.array([0, 0]), 1)
     np.testing.assert_allclose(same_range, [1.1 - 0.0])  # no range spread: the mean elevation (b = 0)
+
+
+def test_dataset_with_every_sensor_variation_on(kitti_sample):
+    """Through KittiDataset (camera crop, augmentation, range crop): a 64-laser frame becomes a 32-laser one, the
+    boxes are lowered with the points, and the frame is reproducible from its seed."""
+    from training.data.data_config import DataConfig
+    from training.data.kitti_dataset import KittiDataset
+
+    sensor = SensorVariationConfig(beam_reduction=True, beam_reduction_probability=1.0, density_dropout=True,
+                                   density_keep_range=(0.9, 0.9), intensity=True, mounting_height=True,
+                                   height_shift_range=(0.4, 0.4))
+    augmentor = Augmentor(AugmentConfig(**NO_AUG, sensor=sensor), ("Car", "Pedestrian", "Cyclist"))
+    config = DataConfig(root=str(kitti_sample))
+    plain = KittiDataset(config, "train")
+    varied = KittiDataset(config, "train", training=True, augmentor=augmentor, seed=1)
+    i = plain.frame_ids.index("000003")
+    before, after = plain[i], varied[i]
+    lasers_before = scan_order_rows(plain.load_frame("000003").points).count
+    assert 40 <= lasers_before <= 50
+    assert 0.40 < len(after.points) / len(before.points) < 0.50  # half the lasers, 90 % of their points
+    assert scan_order_rows(after.points).count in (lasers_before // 2, (lasers_before + 1) // 2)
+    np.testing.assert_allclose(after.gt_boxes[:, 2], before.gt_boxes[:, 2] - 0.4, atol=1e-5)
+    np.testing.assert_array_equal(after.points, varied[i].points)
