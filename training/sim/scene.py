@@ -162,7 +162,7 @@ def sample_ground(cfg: SceneConfig, sensor: SensorConfig, rng: np.random.Generat
                     kerb_height=float(rng.uniform(0.10, 0.18)), pavement_width=float(rng.uniform(2.0, 5.0)))
     if cfg.max_camber > 0 or cfg.ground_roughness > 0 or cfg.intersection_probability > 0:
         # realistic preset: drawn after the default's numbers
-        n_short = 4 if cfg.ground_roughness > 0 else 0
+        n_short = 2 if cfg.ground_roughness > 0 else 0
         k = 2 * np.pi / rng.uniform(4.0, 15.0, n_short)
         direction = rng.uniform(0, 2 * np.pi, n_short)
         short = np.stack([rng.uniform(0, cfg.ground_roughness, n_short) / 2, k * np.cos(direction),

@@ -71,7 +71,7 @@ class SceneConfig:
     clutter: tuple[int, int] = (4, 14)
     # Options of the realistic preset (0 / False = off, today's behaviour; see PRESETS and training/sim/roadside.py):
     max_camber: float = 0.0  # road cross-fall from the crown to the kerbs (dz/du), drawn uniformly up to this
-    ground_roughness: float = 0.0  # m, amplitude of short (4-15 m) ground waves
+    ground_roughness: float = 0.0  # m, amplitude of two short (4-15 m) ground waves
     intersection_probability: float = 0.0  # a crossing street (no kerb, cross traffic, free corners)
     car_families: bool = False  # sedan / hatchback / estate / SUV / van shapes, number plates and lamps
     dark_car_fraction: float = 0.0  # of the cars, painted black or dark grey (few, weak returns at range)
