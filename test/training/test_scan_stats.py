@@ -217,3 +217,12 @@ def test_cli_bad_folder_is_one_line(tmp_path, capsys):
     assert main(["--real", str(tmp_path / "nope"), "--sim", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nope/velodyne: not found" in err
+
+
+def test_cli_corrupt_scan_is_one_line(two_real_frames, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(two_real_frames, bad)
+    (bad / "velodyne" / "000004.bin").write_bytes(b"\0" * 10)  # not a multiple of 16 bytes
+    assert main(["--real", str(two_real_frames), "--sim", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "000004.bin" in err and "multiple of 16 bytes" in err
