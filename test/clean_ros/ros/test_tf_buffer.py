@@ -182,6 +182,10 @@ def test_listener_receives_latched_static_and_streamed_dynamic_transforms():
         talker = rclpy.create_node("tf_talker", context=context)
         static_pub = talker.create_publisher(TFMessage, "/tf_static", tf_static_qos())
         dynamic_pub = talker.create_publisher(TFMessage, "/tf", tf_qos())
+        # our tf2_msgs build (ci/tf2_msgs) has the type hash a real Jazzy install shows for /tf (`ros2 topic info -v`),
+        # so its /tf and /tf_static interoperate with real TF publishers and listeners
+        assert str(talker.get_publishers_info_by_topic("/tf")[0].topic_type_hash) == (
+            "RIHS01_e369d0f05a23ae52508854b66f6aa0437f3449d652e8cbf22d5abe85d020f087")
         # published BEFORE the listener exists: transient local delivers it to the late joiner
         static_pub.publish(TFMessage(transforms=[transform_to_msg(LIDAR_ON_BASE, "base_link", "lidar")]))
         listener_node = rclpy.create_node("tf_listening", context=context)
