@@ -97,6 +97,8 @@ def tf_node(tmp_path_factory):
             yield node, harness
         finally:
             harness.close()
+        # SIGINT with the TF listener's thread running: a clean exit with the summary line
+        assert node.stop() == 0 and "stopping:" in node.log_text(), node.log_tail()
 
 
 def test_boxes_in_the_target_frame_match_the_scene_given_directly_in_it(tf_node, kitti_sample):
