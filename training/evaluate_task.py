@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from clean_ros.cloud.kitti import KittiObjects, labels_from_lidar_boxes
+from clean_ros.cloud.kitti import KittiObjects, boxes_in_image, labels_from_lidar_boxes
 from training.data.loader import Collator, make_dataloader
 from training.task import DetectionTask
 
@@ -42,7 +42,8 @@ def predict_annotations(task: DetectionTask, dataset: Dataset, batch_size: int, 
             if calib is None or annos is None:
                 raise ValueError(f"frame {frame_id}: evaluation needs calibration and labels")
             gt_annos.append(annos)
-            dt_annos.append(labels_from_lidar_boxes(det.boxes, det.names, det.scores, calib))
+            rows = labels_from_lidar_boxes(det.boxes, det.names, det.scores, calib)
+            dt_annos.append(rows.select(boxes_in_image(rows.bbox)))  # what the camera sees, as KITTI files hold
             frame_ids.append(frame_id)
         if bar is not None:
             bar.update(1)
