@@ -101,9 +101,23 @@ def export(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict:
                 provenance={"method": f"compress:{c.distill.method}+prune+iou_gate",
                             "teacher": Path(c.teacher.config).stem,
                             "pruning_ratio": round(1.0 - c.prune.keep_ratio, 6)},
-                metrics=row, export_onnx=c.export.onnx)
+                metrics=row, export_onnx=c.export.onnx, sensor_height=_training_sensor_height(run))
     bundle = load_bundle(out)  # proves it loads (manifest, hashes, weights)
     return {"bundle": str(out), "files": sorted(bundle.manifest["files"])}
+
+
+def _training_sensor_height(run: CompressRun) -> float | None:
+    """The simulated sensor's mounting height (the bundle's `sensor_height`: infer / the node move other mounts to
+    it); None for a KITTI root (the bundle default, KITTI's HDL-64E at 1.73 m)."""
+    if run.cfg.data.source != "simulate":
+        return None
+    from training.sim.sim_config import SimConfigError, config_from_dict
+
+    try:
+        sim = config_from_dict(dict(run.cfg.data.simulate.overrides), "data.simulate.overrides")
+    except SimConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return float(sim.sensor.mount_height)
 
 
 def report(run: CompressRun, folder: Path, refs: dict[str, ModelRef], stage_order: list[str]) -> dict:

@@ -347,3 +347,20 @@ def test_a_seeded_training_stage_repeats_exactly_whatever_ran_before(tmp_path):
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         assert torch.equal(weights[0][name], weights[1][name]), name
+
+
+def test_bundle_records_the_simulated_sensor_height():
+    """The exported bundle's sensor_height is the simulated sensor's mount (what infer / the node move a user's
+    mount to); a KITTI root leaves the bundle default (None here)."""
+    from types import SimpleNamespace
+
+    from clean_ros.yaml_config import load_config
+    from training.compression.compress_config import CompressConfig
+    from training.compression.stage_outputs import _training_sensor_height
+
+    cfg = load_config(CompressConfig, SMOKE, ["data.simulate.overrides={sensor: {mount_height: 1.95}}"])
+    assert _training_sensor_height(SimpleNamespace(cfg=cfg)) == pytest.approx(1.95)
+    cfg = load_config(CompressConfig, SMOKE, [])
+    assert _training_sensor_height(SimpleNamespace(cfg=cfg)) == pytest.approx(1.73)
+    cfg = load_config(CompressConfig, SMOKE, ["data.source=kitti", "data.root=/nonexistent"])
+    assert _training_sensor_height(SimpleNamespace(cfg=cfg)) is None
