@@ -15,8 +15,11 @@ from training.sim.shapes import Material, PartList, bicycle_frame
 
 # --------------------------------------------------------------------------- models (origin at the bottom centre)
 def hedge_parts(length: float, rng: np.random.Generator) -> PartList:
-    """A hedge along x: overlapping foliage blobs of a common height and thickness, with a ragged top."""
-    height, thick = rng.uniform(0.8, 2.2), rng.uniform(0.7, 1.6)
+    """A hedge along x: overlapping foliage blobs of a common height and thickness, with a ragged top; one in three
+    is tall shrubbery (2-4 m: real streets are often lined with foliage above the sensor's height)."""
+    tall = rng.random() < 1 / 3
+    height, thick = (rng.uniform(2.0, 4.0), rng.uniform(1.2, 2.5)) if tall else (rng.uniform(0.8, 2.2),
+                                                                                 rng.uniform(0.7, 1.6))
     n = max(2, int(np.ceil(length / 1.1)))
     p = PartList()
     for x in np.linspace(-length / 2 + 0.5, length / 2 - 0.5, n):

@@ -203,7 +203,8 @@ def sample_scene(cfg: SceneConfig, sensor: SensorConfig, rng: np.random.Generato
             for _attempt in range(40):
                 s, u, yaw = slot(name)
                 x, y = ground.to_world(s, u)
-                if in_front(x, y) == front and b.try_add(parts, float(x), float(y), yaw, name):
+                if in_front(x, y) == front and (front or not cfg.extra_radius or np.hypot(x, y) < cfg.extra_radius) \
+                        and b.try_add(parts, float(x), float(y), yaw, name):
                     if name == "Pedestrian" and cfg.group_probability > 0 and rng.random() < cfg.group_probability:
                         _add_companions(b, cfg, float(x), float(y), yaw)
                     break

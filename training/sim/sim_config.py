@@ -73,6 +73,8 @@ class SceneConfig:
     max_camber: float = 0.0  # road cross-fall from the crown to the kerbs (dz/du), drawn uniformly up to this
     ground_roughness: float = 0.0  # m, amplitude of two short (4-15 m) ground waves
     intersection_probability: float = 0.0  # a crossing street (no kerb, cross traffic, free corners)
+    extra_radius: float = 0.0  # m; > 0: the extra objects (outside the front region) lie within this range, so a
+    # 360-degree model sees objects behind and beside the car about as densely as in front
     car_families: bool = False  # sedan / hatchback / estate / SUV / van shapes, number plates and lamps
     dark_car_fraction: float = 0.0  # of the cars, painted black or dark grey (few, weak returns at range)
     pedestrian_variety: bool = False  # children, standing / walking / bag-carrying poses
@@ -121,7 +123,8 @@ PRESETS: dict[str, dict] = {
         "sensor": {"beam_gain_spread": 0.12, "beam_dropout_spread": 0.04, "min_signal": 0.001,
                    "vegetation_porosity": 0.35, "vegetation_depth": 0.5, "glass_porosity": 0.5, "weak_echo_range": [15.0, 70.0],
                    "lower_block_deg": [-8.83, -23.9], "laser_heights": [0.22, 0.12], "ego_vehicle": True},
-        "scene": {"cars": [3, 14], "pedestrians": [0, 7], "cyclists": [0, 3], "extra_objects": [12, 30],
+        "scene": {"cars": [3, 14], "pedestrians": [0, 7], "cyclists": [0, 3], "extra_objects": [10, 24],
+                  "extra_radius": 45.0,
                   "max_ground_slope": 0.015, "max_camber": 0.03, "ground_roughness": 0.06,
                   "intersection_probability": 0.3, "clutter": [12, 28], "trees_per_100m": 14.0,
                   "car_families": True, "dark_car_fraction": 0.25, "pedestrian_variety": True,
@@ -223,7 +226,7 @@ def _validate(cfg: SimConfig, source: str) -> None:
     sc = cfg.scene
     for name in ("dark_car_fraction", "group_probability", "parked_row_probability", "intersection_probability"):
         checks.append((0 <= getattr(sc, name) <= 1, f"scene.{name} must be a probability in [0, 1]"))
-    for name in ("hedges_per_100m", "fences_per_100m", "max_camber", "ground_roughness"):
+    for name in ("hedges_per_100m", "fences_per_100m", "max_camber", "ground_roughness", "extra_radius"):
         checks.append((getattr(sc, name) >= 0, f"scene.{name} must be >= 0"))
     for name in ("cars", "pedestrians", "cyclists", "misc", "extra_objects", "lanes", "clutter", "riderless_bicycles",
                  "street_furniture"):

@@ -54,7 +54,7 @@ def test_presets_load_and_config_applies_on_top(tmp_path):
     assert realistic.scene.car_families and realistic.scene.pedestrian_variety and realistic.sensor.ego_vehicle
     assert realistic.labels.write_all_around
     assert realistic.sensor.laser_heights == (0.22, 0.12)
-    assert realistic.scene.extra_objects[0] >= 10  # objects all around the sensor
+    assert realistic.scene.extra_objects[0] >= 10 and realistic.scene.extra_radius == 45.0  # objects all around
     # a file's `preset` key, then its own values on top; --preset wins over the key
     path = tmp_path / "sim.yaml"
     path.write_text("preset: realistic\nscene:\n  cars: [1, 2]\n")
@@ -165,6 +165,18 @@ def test_intersection_has_a_kerbless_cross_street_with_cross_traffic_and_free_co
         bg = scene.prims.select((scene.prims.owner < 0) & (scene.prims.material != Material.KERB))
         bs, bu = g.along(bg.centre[:, 0], bg.centre[:, 1]), g.lateral(bg.centre[:, 0], bg.centre[:, 1])
         assert not ((np.abs(bs - g.cross_centre) < g.cross_half_width - 1.0) & (np.abs(bu) > hw + 1.0)).any()
+
+
+def test_extra_radius_puts_the_objects_around_the_car_near_it():
+    cfg = config_from_dict({"scene": {"extra_objects": [20, 20], "extra_radius": 30.0, "cars": [0, 0],
+                                      "pedestrians": [0, 0], "cyclists": [0, 0], "misc": [0, 0]}})
+    scene = sample_scene(cfg.scene, cfg.sensor, np.random.default_rng(0))
+    distance = np.hypot(scene.boxes[:, 0], scene.boxes[:, 1])
+    assert len(distance) >= 15 and distance.max() < 30.0
+    anywhere = config_from_dict({"scene": {"extra_objects": [20, 20], "cars": [0, 0], "pedestrians": [0, 0],
+                                           "cyclists": [0, 0], "misc": [0, 0]}})
+    spread = sample_scene(anywhere.scene, anywhere.sensor, np.random.default_rng(0)).boxes
+    assert np.hypot(spread[:, 0], spread[:, 1]).max() > 40.0
 
 
 def test_roadside_extras_are_unlabelled_and_bicycles_have_no_rider():
