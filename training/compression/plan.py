@@ -116,8 +116,10 @@ class Plan:
         if not self.step_seconds:
             lines.append("estimate: not measured (--plan-iterations 0: no timing)")
         else:
+            bounds = [s.name for s in self.stages if s.note.startswith("upper bound")]
             lines.append(f"estimate: ~{fmt_seconds(total or 0.0)} in all"
                          + (f" + the stages marked ? ({', '.join(unknown)})" if unknown else "")
+                         + (f", {', '.join(bounds)} counted at its upper bound" if bounds else "")
                          + f" (one training step: {timed})")
         lines += [f"warning: {w}" for w in self.warnings]
         lines.append(f"checks passed: {'; '.join(self.checks)} (plan took {self.plan_seconds:.1f} s)")
