@@ -5,10 +5,11 @@
     python bench/gpu_check.py record --bench-md docs/BENCH.md --title "..." LOG...
 
 parity: one scan through the same voxels on torch-CPU (the reference) and on torch, ONNX Runtime and TensorRT (fp32
-and fp16 engines) on --device (cuda; cpu only checks this script: TensorRT then skips); per backend the largest |difference| of every raw head map relative to the map's largest
-|value| (max |a - ref| / max |ref|), and the detections (count; matched boxes' scores). A backend that cannot start
-here (not installed, no CUDA provider) is printed as skipped with its reason. Exit status 1 when a started backend
-differs by more than --tolerance (fp16 TensorRT: --tolerance-fp16), else 0.
+and fp16 engines) on --device (cuda; cpu only checks this script: TensorRT then skips); per backend the largest
+|difference| of every raw head map relative to the map's largest |value| (max |a - ref| / max |ref|), and the
+detections (count; sorted scores). A backend that cannot start here (not installed, no CUDA provider) is printed
+as skipped with its reason. Exit status 1 when a started backend differs by more than --tolerance (fp16
+TensorRT: --tolerance-fp16) or finds another number of boxes, else 0.
 
 record: inserts a `### <title>` subsection with the logs (as code blocks) under the "GPU check" section's marker
 line of docs/BENCH.md (newest first), written atomically; the rest of the file is unchanged.

@@ -118,7 +118,8 @@ def test_kitti_compress_config_runs_the_reference_schedule():
     teacher = build_task(load_train_config(REPO / cfg.teacher.config)).model
     # every reference student pairs with the reference teacher for CLEAN (same classes, same anchors per cell)
     for student in ("pointpillars_kitti", "second_kitti", "centerpoint_pillar_kitti", "centerpoint_voxel_kitti"):
-        check_distillable(cfg.distill.method, teacher, build_detector(load_train_config(TRAIN / f"{student}.yaml").model))
+        model = build_detector(load_train_config(TRAIN / f"{student}.yaml").model)
+        check_distillable(cfg.distill.method, teacher, model)
     base = load_config(CompressConfig, COMPRESS / "kitti.yaml")
     for step in LADDER:
         rung = load_config(CompressConfig, COMPRESS / f"kitti_x{int(round(step * 100)):03d}.yaml")

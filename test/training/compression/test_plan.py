@@ -143,7 +143,8 @@ def test_teacher_and_student_that_cannot_be_distilled(kitti, tmp_path, capsys):
     anchors = "".join(f"\n    - {{name: {name}, size: {size}, bottom_z: {z}, rotations: [0.0]}}" for name, size, z in (
         ("Car", [3.9, 1.6, 1.56], -1.78), ("Pedestrian", [0.8, 0.6, 1.73], -0.6), ("Cyclist", [1.76, 0.6, 1.73], -0.6)))
     student = tmp_path / "one_rotation.yaml"
-    student.write_text(f"_base_: {REPO / 'config/train/pointpillars_tiny.yaml'}\nmodel:\n  head:\n    anchors:{anchors}\n")
+    base = REPO / "config" / "train" / "pointpillars_tiny.yaml"
+    student.write_text(f"_base_: {base}\nmodel:\n  head:\n    anchors:{anchors}\n")
     code, _, err = run_plan(capsys, plan(kitti, out, "--set", f"student.config={student}"))
     _assert_one_line_error(code, err, out, "distill.method=clean: this teacher and student cannot be distilled",
                            "anchor layouts must match")
