@@ -93,7 +93,7 @@ def test_ladder_params_and_widths():
         uniform_width_config(half, 0.0)
 
 
-@pytest.mark.slow  # five KITTI-scale forwards + three ladder steps: 28 s at load ~6 (about 9 s of CPU)
+@pytest.mark.slow  # five KITTI-scale forwards + three ladder steps: 11-28 s at load ~6
 def test_reference_gmacs(scan, one_thread):
     assert len(scan) == 115_384
     for name, (_, gmacs) in REFERENCE.items():
