@@ -54,8 +54,10 @@ def ego_body_boxes(rng: np.random.Generator, mount_height: float) -> tuple[np.nd
     roof_z = -rng.uniform(0.2, 0.4)
     dy = rng.uniform(-0.25, 0.25)  # the sensor sits off the car's centre line
     roof_front, roof_back, roof_half_w = rng.uniform(0.6, 1.3), rng.uniform(0.8, 1.8), rng.uniform(0.6, 0.8)
-    body_front, body_back, body_half_w = rng.uniform(1.6, 2.3), rng.uniform(1.8, 2.5), rng.uniform(0.85, 0.95)
-    body_top = roof_z - rng.uniform(0.45, 0.7)
+    # bonnet / boot 0.6-0.9 m below the origin, ending 1.6-2.2 m ahead and 1.6-2.4 m behind: on KITTI's car the rows
+    # below about -21 deg lose the road ahead, the rows from -20 deg up keep it
+    body_front, body_back, body_half_w = rng.uniform(1.6, 2.2), rng.uniform(1.6, 2.4), rng.uniform(0.85, 0.95)
+    body_top = min(-rng.uniform(0.6, 0.9), roof_z - 0.2)
     ground = -mount_height
     mast_az, mast_d = rng.uniform(-np.pi, np.pi), rng.uniform(0.3, 0.9)
     mast = np.array([mast_d * np.cos(mast_az), mast_d * np.sin(mast_az)])
