@@ -43,6 +43,12 @@ def rank_fingerprint(cfg) -> dict[str, str]:
 
 def start_ranks(cfg, device: str) -> DistContext:
     """Join torchrun's process group (if any) and check that every rank has rank 0's config and source."""
+    import torch
+
+    from clean_ros.yaml_config import ConfigError
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"training.device={device}: no CUDA device available (use auto or cpu)")
     ctx = init_distributed(device)
     if not ctx.distributed:
         return ctx

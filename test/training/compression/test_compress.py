@@ -226,6 +226,8 @@ def test_changed_value_reruns_that_stage_and_its_dependants_only(smoke):
     (["--set", "data.source=kitti", "--set", "data.root=/nonexistent/kitti"], "data.root /nonexistent/kitti"),
     (["--set", "iou_refine.gate.mode=none"], "iou_refine.gate.mode"),
     (["--force", "nonsense"], "--force nonsense: no such stage"),
+    pytest.param(["--set", "training.device=cuda"], "training.device=cuda: no CUDA device available",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device exists")),
 ])
 def test_bad_config_exits_2_with_one_clear_line(tmp_path, extra, message):
     proc = run_compress(tmp_path / "run", *extra, timeout=120)
