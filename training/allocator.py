@@ -14,9 +14,9 @@ The fix is two glibc settings, made once per process (inherited by forked DataLo
 Setting either also turns glibc's adaptive thresholds off. The cost is that the process keeps its peak heap (what
 a training loop needs again at the next step anyway). Numbers are unchanged: only where memory comes from.
 
-The user's own MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ environment settings win (nothing is changed then),
-so `MALLOC_TRIM_THRESHOLD_=131072 python training/train.py ...` restores glibc's behaviour. Other C libraries
-(macOS, musl) have no mallopt: nothing is changed there.
+Nothing is changed when the user sets MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (their own tuning wins) or
+CLEAN_ROS_DEFAULT_MALLOC=1 (glibc's adaptive behaviour as it is, e.g. for a before/after benchmark). Other C
+libraries (macOS, musl) have no mallopt: nothing is changed there.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc refuses more on 64-bit (HEAP_MAX_SIZE / 2)
 TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+OPT_OUT = "CLEAN_ROS_DEFAULT_MALLOC"
 
 
 class AllocatorSetting(NamedTuple):
@@ -51,6 +52,8 @@ def retain_freed_memory() -> AllocatorSetting:
 
 
 def _apply() -> AllocatorSetting:
+    if os.environ.get(OPT_OUT, "") == "1":
+        return AllocatorSetting(False, f"malloc left to glibc's defaults ({OPT_OUT}=1)")
     user = [name for name in USER_SETTINGS if name in os.environ]
     if user:
         return AllocatorSetting(False, f"malloc left as set by {', '.join(user)}")

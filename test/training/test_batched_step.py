@@ -218,7 +218,7 @@ print(" ".join(map(str, faults)))
 def _faults(apply: bool, steps: int, env_extra: dict[str, str] | None = None) -> tuple[list[int], str]:
     """Minor page faults of each of `steps` training steps in a fresh process (malloc settings are per process),
     and the allocator's log line when applied."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "CLEAN_ROS_DEFAULT_MALLOC"}
     env.update({"OMP_NUM_THREADS": "1", **(env_extra or {})})
     proc = subprocess.run([sys.executable, "-c", FAULT_PROBE.format(repo=str(REPO), apply=apply, steps=steps)],
                           env=env, capture_output=True, text=True, timeout=120)
@@ -244,3 +244,5 @@ def test_allocator_setting_stops_refaulting_freed_memory(one_thread):
     assert reason.startswith("malloc keeps freed memory")
     _, reason = _faults(apply=True, steps=0, env_extra={"MALLOC_TRIM_THRESHOLD_": "131072"})
     assert reason == "malloc left as set by MALLOC_TRIM_THRESHOLD_"
+    _, reason = _faults(apply=True, steps=0, env_extra={"CLEAN_ROS_DEFAULT_MALLOC": "1"})
+    assert reason == "malloc left to glibc's defaults (CLEAN_ROS_DEFAULT_MALLOC=1)"
