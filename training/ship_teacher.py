@@ -36,7 +36,9 @@ def evaluate_teacher(model, cfg, root: Path, split: str, batch_size: int = 2, pr
     from training.teacher_task import TeacherTask
 
     rpn = cfg.rpn
+    # a teacher that sees behind the car gets whole scans (evaluation keeps the boxes the camera sees)
     data_cfg = DataConfig(root=str(root), val_split=split, class_names=tuple(rpn.class_names),
+                          fov_crop=rpn.point_cloud_range[0] >= 0,
                           point_cloud_range=tuple(rpn.point_cloud_range), num_point_features=rpn.num_point_features)
     dataset = KittiDataset(data_cfg, split, training=False)
     tic = time.perf_counter()

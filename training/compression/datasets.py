@@ -26,6 +26,8 @@ class DatasetBuilder:
         from training.data.data_config import DataConfig
 
         d = self.section
+        if model_cfg is not None and model_cfg.point_cloud_range[0] < 0:
+            fov_crop = False  # a model that sees behind the car gets whole scans (evaluation keeps in-view boxes)
         model = {} if model_cfg is None else {
             "class_names": tuple(model_cfg.class_names), "point_cloud_range": tuple(model_cfg.point_cloud_range),
             "num_point_features": model_cfg.num_point_features}

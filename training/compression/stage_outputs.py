@@ -100,7 +100,9 @@ def export(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict:
     save_bundle(out, module.eval(), cfg, training_config=to_dict(c),
                 provenance={"method": f"compress:{c.distill.method}+prune+iou_gate",
                             "teacher": Path(c.teacher.config).stem,
-                            "pruning_ratio": round(1.0 - c.prune.keep_ratio, 6)},
+                            "pruning_ratio": round(1.0 - c.prune.keep_ratio, 6),
+                            "compress_config": c.name, "report": "report.md of the compress run (README.md when "
+                                                                  "installed by training/release_default.py)"},
                 metrics=row, export_onnx=c.export.onnx, sensor_height=_training_sensor_height(run))
     bundle = load_bundle(out)  # proves it loads (manifest, hashes, weights)
     return {"bundle": str(out), "files": sorted(bundle.manifest["files"])}

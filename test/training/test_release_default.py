@@ -1,0 +1,71 @@
+"""training/release_default.py: compress -> real-data check -> install the bundle with its README, by renames.
+
+The end-to-end test runs the recipe on the smoke config (tiny simulated data, the shipped teacher) into a temporary
+bundle folder; the others check the install step's all-or-nothing behaviour and the one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training import release_default
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "config" / "compress" / "smoke.yaml"
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.slow
+def test_recipe_installs_a_loadable_bundle_with_its_report(tmp_path, kitti_sample):
+    target = tmp_path / "default"
+    target.mkdir()
+    (target / "old.txt").write_text("the previous bundle")
+    proc = subprocess.run([sys.executable, str(REPO / "training" / "release_default.py"), "--config", str(SMOKE),
+                           "--out", str(tmp_path / "run"), "--bundle", str(target),
+                           "--real", str(kitti_sample / "training"), "--set",
+                           f"teacher.checkpoint={REPO / 'models' / 'teacher'}"],
+                          capture_output=True, text=True, timeout=900, env=_env(), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from clean_ros.inference.bundle import load_bundle
+
+    bundle = load_bundle(target)
+    assert not (target / "old.txt").exists()  # replaced, not merged
+    readme = (target / "README.md").read_text()
+    assert "python training/release_default.py" in readme and "smoke.yaml" in readme
+    assert "real_check.py" in readme and "BEV" in readme  # the real-data figures
+    assert "Compression report" in readme  # the run's report
+    assert json.loads((target / "manifest.json").read_text())["files"] == bundle.manifest["files"]
+    assert not list(tmp_path.glob(".default.*"))  # no staging / retired folder left behind
+
+
+def test_install_keeps_the_old_bundle_when_the_new_one_does_not_load(tmp_path):
+    source, target = tmp_path / "new", tmp_path / "default"
+    source.mkdir()
+    (source / "manifest.json").write_text("{not json")
+    target.mkdir()
+    (target / "keep.txt").write_text("old")
+    with pytest.raises(release_default.ReleaseError, match="does not load"):
+        release_default.install_bundle(source, target, "readme")
+    assert (target / "keep.txt").read_text() == "old"
+    assert not list(tmp_path.glob(".default.*"))
+
+
+def test_missing_config_is_one_line_exit_2(tmp_path, capsys):
+    assert release_default.main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_dry_run_prints_the_commands_and_writes_nothing(tmp_path, capsys):
+    assert release_default.main(["--dry-run", "--out", str(tmp_path / "run"), "--bundle", str(tmp_path / "b"),
+                                 "--real", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert "compress.py --config" in out and "release.yaml" in out and "real-data check skipped" in out
+    assert not any(tmp_path.iterdir())

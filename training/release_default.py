@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""The release recipe of the embedded default bundle (issue 14): one command from simulation to `models/default`.
+
+    python training/release_default.py [--config config/compress/release.yaml] [--out runs/release_default]
+                                       [--bundle models/default] [--real ../shared/data/kitti_sample/training]
+                                       [--set KEY=VALUE ...] [--dry-run]
+
+1. `training/compress.py --config CONFIG --out OUT` (a subprocess; resumable: run the same command again after an
+   interruption and finished stages are skipped): the CLEAN pipeline on the simulator's realistic preset, all around
+   the sensor, with the shipped 360-degree teacher.
+2. The real-data check (training/real_check.py) of the new bundle on a KITTI-layout folder of real scans, when the
+   folder exists (checking only: real labels never train or tune anything).
+3. The bundle replaces BUNDLE: written next to it under a temporary name with its README.md (the run's report, the
+   real-data figures, the command, the commit), then swapped in by renames, so a failure leaves the old bundle.
+
+Mistakes: one line `error: ...`, exit 2; an interrupted compress run: exit 130 (run the same command again).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clean_ros.provenance import git_commit  # noqa: E402
+from clean_ros.yaml_config import add_override_argument  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "config" / "compress" / "release.yaml"
+DEFAULT_REAL = REPO.parent / "shared" / "data" / "kitti_sample" / "training"
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class ReleaseError(Exception):
+    """A mistake in the command line or a step that failed: one line, exit 2."""
+
+
+def compress_command(config: Path, out: Path, overrides: list[str]) -> list[str]:
+    cmd = [sys.executable, str(REPO / "training" / "compress.py"), "--config", str(config), "--out", str(out)]
+    for value in overrides:
+        cmd += ["--set", value]
+    return cmd
+
+
+def real_check_command(bundle: Path, folder: Path) -> list[str]:
+    return [sys.executable, str(REPO / "training" / "real_check.py"), "--bundle", str(bundle), str(folder)]
+
+
+def bundle_readme(config: Path, out: Path, command: str, report_md: str, real: str | None, real_folder: Path | None,
+                  commit: str | None) -> str:
+    """models/default/README.md: what the bundle is, how it was made, and what was measured."""
+    lines = [
+        "# Embedded default bundle",
+        "",
+        "The detector node's default model (`bundle_path: \"\"`), produced by the release recipe (issue 14,",
+        "docs/RELEASE.md): the CLEAN pipeline on the simulator's realistic preset, all around the sensor, with the",
+        "shipped 360-degree teacher. Format: docs/BUNDLE.md; provenance and metrics are in manifest.json.",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"Config `{_rel(config)}`, run folder `{_rel(out)}`, source commit `{commit or 'unknown'}`, written "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "",
+    ]
+    if real is not None:
+        lines += [f"## On real scans: `training/real_check.py` on `{_rel(real_folder)}`", "",
+                  "Checking only: real labels never train or tune anything.", "", "```", real.rstrip(), "```", ""]
+    lines += ["## The compression run's report (simulated held-out frames)", "", _demote(report_md), ""]
+    return "\n".join(lines)
+
+
+def _demote(markdown: str) -> str:
+    """The report's headings one level down, under this README's own."""
+    return "\n".join(f"#{line}" if line.startswith("#") else line for line in markdown.splitlines())
+
+
+def _rel(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def install_bundle(source: Path, target: Path, readme: str) -> None:
+    """Copy the bundle folder `source` with `readme` to `target`, replacing it by renames (old kept until the end)."""
+    staging = target.with_name(f".{target.name}.new")
+    retired = target.with_name(f".{target.name}.old")
+    for leftover in (staging, retired):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    shutil.copytree(source, staging)
+    (staging / "README.md").write_text(readme)
+    from clean_ros.inference.bundle import BundleError, load_bundle
+
+    try:
+        load_bundle(staging)  # manifest, hashes and weights of what is about to be installed
+    except BundleError as exc:
+        shutil.rmtree(staging)
+        raise ReleaseError(f"the new bundle does not load: {exc}") from None
+    if target.exists():
+        target.rename(retired)
+    staging.rename(target)
+    if retired.exists():
+        shutil.rmtree(retired)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description="Build models/default with the release recipe (compress + real-data "
+                                             "check + install).")
+    ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="compression config (default "
+                    f"{_rel(DEFAULT_CONFIG)})")
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "release_default", help="compress run folder")
+    ap.add_argument("--bundle", type=Path, default=REPO / "models" / "default", help="bundle folder to replace")
+    ap.add_argument("--real", type=Path, default=DEFAULT_REAL,
+                    help="KITTI-layout folder of real labelled scans for the check (skipped when absent)")
+    add_override_argument(ap)
+    ap.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _main(args)
+    except ReleaseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _main(args) -> int:
+    if not args.config.is_file():
+        raise ReleaseError(f"{args.config}: config file not found")
+    compress = compress_command(args.config, args.out, list(args.overrides))
+    real_folder = args.real if args.real and args.real.is_dir() else None
+    if args.dry_run:
+        print(shlex.join(compress))
+        print(shlex.join(real_check_command(args.out / "bundle", real_folder)) if real_folder else
+              f"# real-data check skipped: {args.real} not found")
+        print(f"# install {args.out / 'bundle'} -> {args.bundle}")
+        return 0
+    done = subprocess.run(compress, cwd=REPO)
+    if done.returncode == EXIT_INTERRUPTED:
+        return EXIT_INTERRUPTED
+    if done.returncode != 0:
+        raise ReleaseError(f"training/compress.py exited {done.returncode} (its log: {args.out / 'compress.log'})")
+    bundle, report = args.out / "bundle", args.out / "report.md"
+    if not (bundle / "manifest.json").is_file() or not report.is_file():
+        raise ReleaseError(f"{args.out}: no bundle/ or report.md (is export.enabled false in {args.config}?)")
+    real = None
+    if real_folder is not None:
+        check = subprocess.run(real_check_command(bundle, real_folder), cwd=REPO, capture_output=True, text=True)
+        if check.returncode != 0:
+            raise ReleaseError(f"real-data check failed: {(check.stderr.strip().splitlines() or ['?'])[-1]}")
+        real = check.stdout
+        print(real)
+    command = "python training/release_default.py" + "".join(
+        f" --set {shlex.quote(v)}" for v in args.overrides) + (
+        f" --config {_rel(args.config)}" if args.config.resolve() != DEFAULT_CONFIG else "")
+    readme = bundle_readme(args.config, args.out, command, report.read_text(), real, real_folder, git_commit(REPO))
+    install_bundle(bundle, args.bundle, readme)
+    print(f"installed {args.bundle} (README.md: the report and the real-data figures)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
