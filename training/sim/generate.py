@@ -9,9 +9,10 @@ from clean_ros.cloud.kitti import Calibration
 from training.sim.calib import KITTI_IMAGE_SHAPE, kitti_calibration
 from training.sim.sim_config import SimConfig
 from training.sim.labels import FrameLabels, make_labels
-from training.sim.raycast import Foliage, cast
+from training.sim.raycast import NO_HIT, Foliage, Hits, cast
+from training.sim.shapes import Material
 from training.sim.scene import Scene, sample_scene
-from training.sim.sensor import ego_blocked, ego_body_boxes, laser_origin_heights, measure, ray_grid
+from training.sim.sensor import ego_body_boxes, ego_hit_distance, laser_origin_heights, measure, ray_grid
 
 SPLITS = {"training": 0, "testing": 1}
 
@@ -45,7 +46,14 @@ def scan_scene(scene: Scene, cfg: SimConfig, rng: np.random.Generator,
     order = np.arange(n_beams * n_cols).reshape(n_beams, n_cols)[::-1].ravel()
     returned = np.isfinite(hits.range)
     if cfg.sensor.ego_vehicle:
-        returned &= ~ego_blocked(grid.directions, origin_z, ego_body_boxes(rng, cfg.sensor.mount_height))
+        ego_t = ego_hit_distance(grid.directions, origin_z, ego_body_boxes(rng, cfg.sensor.mount_height))
+        blocked = np.isfinite(ego_t)
+        returned &= ~blocked
+        if cfg.sensor.ego_return_fraction > 0:  # a few of those rays do come back, from the car's own edges
+            own = np.flatnonzero(blocked)
+            own = own[rng.random(len(own)) < cfg.sensor.ego_return_fraction]
+            hits = _with_own_body_returns(hits, own, ego_t[own])
+            returned[own] = True
     order = order[returned[order]]
     points, kept = measure(hits.range[order], grid.directions[order], hits.cos_incidence[order], hits.albedo[order],
                            hits.material[order], cfg.sensor, rng, beam=order // n_cols,
@@ -56,6 +64,15 @@ def scan_scene(scene: Scene, cfg: SimConfig, rng: np.random.Generator,
     labels = make_labels(*label_args)
     labels_all = make_labels(*label_args, all_around=True) if cfg.labels.write_all_around else None
     return Frame(points, owner, labels, scene, labels_all)
+
+
+def _with_own_body_returns(hits: Hits, rays: np.ndarray, distance: np.ndarray) -> Hits:
+    """Hits where `rays` return from the carrying car at `distance`: background, reflectance ~0 (as in KITTI)."""
+    values = {name: getattr(hits, name).copy() for name in ("range", "cos_incidence", "hit_prim", "owner", "material",
+                                                              "albedo")}
+    values["range"][rays], values["cos_incidence"][rays], values["albedo"][rays] = distance, 1.0, 0.004
+    values["hit_prim"][rays], values["owner"][rays], values["material"][rays] = NO_HIT, -1, Material.CAR_PAINT
+    return hits._replace(**values)
 
 
 def generate_frame(cfg: SimConfig, seed: int, index: int, split: str = "training") -> Frame:

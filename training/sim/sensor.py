@@ -71,19 +71,26 @@ def ego_body_boxes(rng: np.random.Generator, mount_height: float) -> tuple[np.nd
 
 def ego_blocked(directions: np.ndarray, origin_z: np.ndarray | None, boxes: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """(R,) True for rays that hit the carrying car (no return: the scanner discards its own body)."""
+    return np.isfinite(ego_hit_distance(directions, origin_z, boxes))
+
+
+def ego_hit_distance(directions: np.ndarray, origin_z: np.ndarray | None,
+                     boxes: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(R,) distance along each ray to the carrying car's nearest box, inf for rays that miss it."""
     lo, hi = boxes
     origin = np.zeros((len(directions), 3))
     if origin_z is not None:
         origin[:, 2] = origin_z
-    blocked = np.zeros(len(directions), bool)
+    nearest = np.full(len(directions), np.inf)
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = 1.0 / directions
         for box_lo, box_hi in zip(lo, hi):  # a handful of boxes; each test is vectorised over all rays
             t1, t2 = (box_lo - origin) * inv, (box_hi - origin) * inv
             t_near, t_far = np.nan_to_num(np.minimum(t1, t2), nan=-np.inf).max(1), \
                 np.nan_to_num(np.maximum(t1, t2), nan=np.inf).min(1)
-            blocked |= (t_near <= t_far) & (t_far > 0)
-    return blocked
+            hit = (t_near <= t_far) & (t_far > 0)
+            nearest = np.where(hit, np.minimum(nearest, np.maximum(t_near, 0.0)), nearest)
+    return nearest
 
 
 def measure(ranges: np.ndarray, directions: np.ndarray, cos_incidence: np.ndarray, albedo: np.ndarray,

@@ -44,6 +44,7 @@ class SensorConfig:
     # the origin of its cloud, so a row's apparent elevation drifts with range (measured on KITTI: ~0.22 / ~0.12 m)
     laser_heights: tuple[float, float] = (0.0, 0.0)
     ego_vehicle: bool = False  # the carrying car's roof and a rig mast hide the lowest lasers in some directions
+    ego_return_fraction: float = 0.0  # of the rays that hit the carrying car, this share returns (KITTI keeps a few)
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ PRESETS: dict[str, dict] = {
     "realistic": {
         "sensor": {"beam_gain_spread": 0.12, "beam_dropout_spread": 0.04, "min_signal": 0.001,
                    "vegetation_porosity": 0.35, "vegetation_depth": 0.5, "glass_porosity": 0.5, "weak_echo_range": [15.0, 70.0],
-                   "lower_block_deg": [-8.83, -23.9], "laser_heights": [0.22, 0.12], "ego_vehicle": True},
+                   "lower_block_deg": [-8.83, -23.9], "laser_heights": [0.22, 0.12], "ego_vehicle": True,
+                   "ego_return_fraction": 0.002, "min_range": 1.0},
         "scene": {"cars": [3, 14], "pedestrians": [0, 7], "cyclists": [0, 3], "extra_objects": [10, 24],
                   "extra_radius": 45.0,
                   "max_ground_slope": 0.015, "max_camber": 0.03, "ground_roughness": 0.06,
@@ -221,6 +223,7 @@ def _validate(cfg: SimConfig, source: str) -> None:
         checks.append((getattr(s, name) >= 0, f"sensor.{name} must be >= 0"))
     checks.append((0 <= s.vegetation_porosity < 1, "sensor.vegetation_porosity must be in [0, 1)"))
     checks.append((0 <= s.glass_porosity < 1, "sensor.glass_porosity must be in [0, 1)"))
+    checks.append((0 <= s.ego_return_fraction <= 1, "sensor.ego_return_fraction must be a probability in [0, 1]"))
     checks.append((s.weak_echo_range == (0.0, 0.0) or 0 <= s.weak_echo_range[0] < s.weak_echo_range[1],
                    "sensor.weak_echo_range must be [start, end] with 0 <= start < end (or [0, 0]: off)"))
     sc = cfg.scene

@@ -244,6 +244,19 @@ def test_lasers_above_origin_shift_elevation_with_range_and_ego_body_blocks_low_
     assert abs((upper_raised[:20] - 0.22) - upper_plain[:20]).max() < 0.1
 
 
+def test_a_few_rays_return_from_the_carrying_car():
+    base = {"sensor": {"azimuth_resolution_deg": 0.4, "ego_vehicle": True, "min_range": 1.0}}
+    quiet = generate_frame(config_from_dict(base), 4, 0)
+    loud = generate_frame(config_from_dict({"sensor": {**base["sensor"], "ego_return_fraction": 1.0}}), 4, 0)
+    def own(frame):
+        near = np.hypot(frame.points[:, 0], frame.points[:, 1]) < 2.6  # the ego footprint (objects keep out of it)
+        return frame.points[near], frame.point_owner[near]
+    assert len(own(quiet)[0]) == 0
+    points, owner = own(loud)
+    assert len(points) > 30 and (owner == -1).all() and points[:, 3].max() <= 0.01
+    assert points[:, 2].max() < 0.0  # roof, bonnet, mast: all below the lasers
+
+
 def test_weak_far_echoes_read_zero_reflectance():
     cfg = config_from_dict({**COARSE, "scene": {"extra_objects": [0, 0]}})
     weak = config_from_dict({"sensor": {"azimuth_resolution_deg": 0.4, "weak_echo_range": [15.0, 70.0]}})
