@@ -312,6 +312,27 @@ def test_train_split_reads_label_all_when_configured(tmp_path):
         KittiDataset(DataConfig(root=str(tmp_path / "d"), train_labels="label_none", fov_crop=False), "train")
 
 
+def test_label_all_boxes_hold_every_return_of_their_object(tmp_path):
+    """Porous glass, laser heights and the ego car must not push an object's returns out of its written box."""
+    import torch
+
+    from clean_ros.cloud.geometry import points_in_boxes
+
+    cfg = config_from_dict({"sensor": {"azimuth_resolution_deg": 0.4}}, preset="realistic")
+    for index in (0, 1):
+        frame = generate_frame(cfg, 9, index)
+        write_frame(tmp_path, "training", index, frame)
+        name = f"{index:06d}"
+        calib = Calibration.from_file(tmp_path / f"training/calib/{name}.txt")
+        rows = read_labels(tmp_path / f"training/{ALL_AROUND_LABELS}/{name}.txt")
+        boxes = boxes_camera_to_lidar(rows.location, rows.dimensions, rows.rotation_y, calib)
+        inside = points_in_boxes(torch.from_numpy(frame.points[:, :3].astype(np.float64)),
+                                 torch.from_numpy(boxes)).numpy()
+        for k, obj in enumerate(frame.labels_all.object_index):
+            mine = frame.point_owner == obj
+            assert mine.any() and inside[mine, k].all(), f"frame {index}: {rows.names[k]} {k} misses returns"
+
+
 def test_realistic_frame_end_to_end():
     cfg = config_from_dict({"sensor": {"azimuth_resolution_deg": 0.4}}, preset="realistic")
     frame = generate_frame(cfg, 0, 1)
