@@ -89,6 +89,20 @@ def _inside(points: np.ndarray, box: Box) -> np.ndarray:
 NO_FILTER = BoxFilter()
 
 
+def apply_boxes(points: np.ndarray, boxes: BoxFilter, model_from_input: Transform | None = None
+                ) -> tuple[np.ndarray, int, int]:
+    """(points kept, points outside the crop box, points inside the exclusion box); the boxes test the coordinates
+    in the model frame (model_from_input applied), the points kept stay in the input frame. Also used by infer on
+    files (no PointCloud2 there)."""
+    if not boxes.active or not len(points):
+        return points, 0, 0
+    in_model_frame = points
+    if model_from_input is not None and not model_from_input.is_identity():
+        in_model_frame = transform_points(points[:, :3], model_from_input)
+    keep, outside, excluded = boxes.keep_mask(in_model_frame)
+    return (points[keep] if outside or excluded else points), outside, excluded
+
+
 def decimate(points: np.ndarray, max_points: int) -> np.ndarray:
     """Every k-th point so that at most max_points remain (a view, no copy); max_points <= 0: unchanged."""
     if max_points <= 0 or len(points) <= max_points:
@@ -119,14 +133,7 @@ def points_for_model(msg, point_features: Sequence[str], *, intensity_scale: flo
     -> decimation (see the module docstring); CloudFormatError if undecodable."""
     points, cloud = read_points(msg, tuple(point_features), intensity_scale=intensity_scale)
     decoded = len(points)
-    outside = excluded = 0
-    if boxes.active and decoded:
-        in_model_frame = points
-        if model_from_input is not None and not model_from_input.is_identity():
-            in_model_frame = transform_points(points[:, :3], model_from_input)
-        keep, outside, excluded = boxes.keep_mask(in_model_frame)
-        if outside or excluded:
-            points = points[keep]
+    points, outside, excluded = apply_boxes(points, boxes, model_from_input)
     before = len(points)
     points = decimate(points, max_points)
     if not points.flags.c_contiguous:
@@ -134,4 +141,4 @@ def points_for_model(msg, point_features: Sequence[str], *, intensity_scale: flo
     return ModelInput(points, cloud, decoded, outside, excluded, before)
 
 
-__all__ = ["Box", "BoxFilter", "ModelInput", "NO_FILTER", "check_box", "decimate", "points_for_model"]
+__all__ = ["Box", "BoxFilter", "ModelInput", "NO_FILTER", "apply_boxes", "check_box", "decimate", "points_for_model"]

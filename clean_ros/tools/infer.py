@@ -2,7 +2,9 @@
 
     python -m clean_ros.infer [--bundle DIR] [--backend auto|torch|onnxruntime|tensorrt] [--device cpu|cuda]
                               [--out PRED_DIR] [--png DIR] [--calib FILE_or_DIR] [--intensity-scale S]
-                              [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]] INPUT...
+                              [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]]
+                              [--crop-box LIST] [--exclusion-box LIST]
+                              [--range-breakpoints LIST --range-score-thresholds LIST] INPUT...
 
 INPUT: .bin (KITTI float32 x y z intensity), .pcd (ascii / binary), a folder of such files, or a KITTI split folder
 (training/ or testing/ with velodyne/ and calib/: the frame's calib/<id>.txt is used automatically).
@@ -16,6 +18,10 @@ Without: <id>.json with LiDAR-frame boxes:
 --png: a bird's-eye view per frame (points + boxes coloured by class).
 --sensor-height (+ pitch, roll): where the sensor is when it is not mounted like the model's training sensor
 (clean_ros.inference.sensor_mount, the same setting as the node's sensor_height); boxes stay in the input frame.
+--crop-box / --exclusion-box / --range-breakpoints + --range-score-thresholds: the node's parameters of the same
+names, parsed and checked as the node does (clean_ros/tools/model_input_options.py); the boxes are applied to the
+file's points in the model's input frame (clean_ros.cloud.model_input.apply_boxes) and each frame's line says how
+many points they removed.
 
 Each frame prints one line: detections per class and the stage times. A frame without detections also prints the
 input-contract findings (range, intensity scale, ...), the usual reasons a model sees nothing.
@@ -34,6 +40,8 @@ import numpy as np
 
 from clean_ros import defaults
 from clean_ros.atomic import atomic_open, atomic_write_text
+from clean_ros.cloud.model_input import apply_boxes
+from clean_ros.tools.model_input_options import ModelInputOptions, add_model_input_options
 
 EXIT_BAD_INPUT = 2
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
@@ -197,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the sensor's pitch in radians (positive = tilted nose down), with --sensor-height")
     ap.add_argument("--sensor-roll", type=float, default=0.0,
                     help="the sensor's roll in radians (positive = left side up), with --sensor-height")
+    add_model_input_options(ap)
     ap.add_argument("--threads", type=int, default=0, help="torch / onnxruntime CPU threads (0 = default)")
     ap.add_argument("--quiet", action="store_true", help="only errors and the final line")
     return ap
@@ -211,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     from clean_ros.cloud.pcd import PcdFormatError
 
     try:
+        options = ModelInputOptions.from_args(args)
         frames = collect_frames(args.inputs, args.calib)
         import torch
 
@@ -224,34 +234,45 @@ def main(argv: list[str] | None = None) -> int:
                                         intra_op_threads=args.threads)
         if args.score_threshold is not None:
             pipeline.update_postprocess(score_thresholds=args.score_threshold)
+        if options.range_changes:
+            pipeline.update_postprocess(**options.range_changes)
         from clean_ros.inference.sensor_mount import SensorMount
 
         pipeline.set_sensor_mount(SensorMount.from_settings(args.sensor_height, args.sensor_pitch, args.sensor_roll))
         if pipeline.sensor_mount is not None and not args.quiet:
             print(f"{pipeline.sensor_mount.describe()}: points moved to a virtual sensor at the model's "
                   f"{pipeline.training_sensor_height:g} m; boxes reported in the sensor frame", flush=True)
+        if (options.boxes.active or options.range_changes) and not args.quiet:
+            print(options.describe(), flush=True)
+        model_from_input = pipeline.frames.model_from_input if pipeline.frames is not None else None
         contract = pipeline.bundle.input_contract()
         pipeline.warmup(1)
         total = 0
         for frame in frames:
             points, fields = read_frame_points(frame.path, len(pipeline.point_features), args.intensity_scale)
-            result = pipeline(points)
+            kept, outside, excluded = apply_boxes(points, options.boxes, model_from_input)
+            result = pipeline(kept)
             dets = result.detections
             total += len(dets)
+            removed = (f" | boxes removed {outside} points outside the crop box, {excluded} in the exclusion box"
+                       if options.boxes.active else "")
             if not args.quiet:
-                print(summary_line(frame.frame_id, dets, result.timings_ms), flush=True)
+                print(summary_line(frame.frame_id, dets, result.timings_ms) + removed, flush=True)
             if len(dets) == 0:
                 from clean_ros.cloud.pointcloud import check_points_contract
 
                 findings = check_points_contract(points, contract, fields)
                 why = "; ".join(str(f) for f in findings) or "the input matches the model's contract (range, " \
                                                             "intensity): the scene may simply hold no objects"
+                if options.boxes.active and not len(kept):
+                    why = (f"the input boxes removed all {len(points)} points ({outside} outside the crop box, "
+                           f"{excluded} in the exclusion box)")
                 print(f"  no detections in {frame.frame_id}: {why}", flush=True)
             if args.out is not None:
                 calib = Calibration.from_file(frame.calib_path) if frame.calib_path is not None else None
                 write_predictions(args.out, frame, dets, calib)
             if args.png is not None:
-                write_bev_png(args.png / f"{frame.frame_id}.png", points, dets, pipeline.bundle.point_cloud_range)
+                write_bev_png(args.png / f"{frame.frame_id}.png", kept, dets, pipeline.bundle.point_cloud_range)
         print(f"{len(frames)} frames, {total} detections, backend {pipeline.backend.describe()}"
               + (f", predictions in {args.out}" if args.out else ""))
         return 0

@@ -184,3 +184,87 @@ def test_sensor_height_moves_points_to_the_training_height_and_boxes_back(bundle
     assert infer.main(["--bundle", str(bundle_path), "--sensor-height", "-1", str(tmp_path / "high.bin")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: sensor_height = -1.0") and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------- input boxes, range table
+def _inside(points: np.ndarray, box) -> np.ndarray:
+    """Test-side reference: min <= coordinate <= max on x, y and z."""
+    lo, hi = np.asarray(box[:3]), np.asarray(box[3:])
+    return np.all((points[:, :3] >= lo) & (points[:, :3] <= hi), axis=1)
+
+
+def test_input_boxes_and_range_thresholds_as_the_node_applies_them(bundle_path, kitti_sample, tmp_path, capsys,
+                                                                    one_thread):
+    """--crop-box / --exclusion-box remove the points the node's boxes remove (counted on the frame's line), and
+    --range-breakpoints / --range-score-thresholds drop the far boxes: the predictions equal the Pipeline's on
+    the points kept by a mask computed here, with the same range table."""
+    from clean_ros.inference.pipeline import Pipeline
+
+    points = read_velodyne(kitti_sample / "training/velodyne/000004.bin")  # cars at 23 and 41 m
+    points.tofile(tmp_path / "scan.bin")
+    crop, exclusion = (0.0, -30.0, -3.0, 60.0, 30.0, 1.0), (-3.0, -2.0, -3.0, 12.0, 2.0, 1.0)
+    table = "[0, 1, 0, 1, 0, 1]"  # beyond 30 m nothing passes (a score is below 1)
+    out = tmp_path / "pred"
+    assert infer.main(["--bundle", str(bundle_path), "--backend", "torch", "--threads", "1", "--out", str(out),
+                       "--crop-box=" + ",".join(map(str, crop)), "--exclusion-box", str(list(exclusion)),
+                       "--range-breakpoints", "30", "--range-score-thresholds", table,
+                       str(tmp_path / "scan.bin")]) == 0
+    text = capsys.readouterr().out
+    in_crop, in_exclusion = _inside(points, crop), _inside(points, exclusion)
+    outside, excluded = int((~in_crop).sum()), int((in_crop & in_exclusion).sum())
+    assert outside > 1000 and excluded > 100
+    assert f"boxes removed {outside} points outside the crop box, {excluded} in the exclusion box" in text
+    assert "range score thresholds: breakpoints [30.0] m" in text
+    got = json.loads((out / "scan.json").read_text())["detections"]
+
+    pipe = Pipeline.from_bundle(bundle_path, backend="torch")
+    kept = points[in_crop & ~in_exclusion]
+    unfiltered = pipe(kept).detections
+    assert (np.hypot(unfiltered.boxes[:, 0], unfiltered.boxes[:, 1]) >= 30).any()  # the table has work to do
+    pipe.update_postprocess(range_breakpoints=[30.0], range_score_thresholds=[0, 1, 0, 1, 0, 1])
+    reference = pipe(kept).detections
+    assert len(got) == len(reference) > 0
+    boxes = np.array([d["box"] for d in got])
+    np.testing.assert_allclose(boxes, reference.boxes, atol=1e-4)
+    assert (np.hypot(boxes[:, 0], boxes[:, 1]) < 30).all()
+    assert [d["class"] for d in got] == list(reference.names)
+
+
+def test_input_boxes_are_in_the_model_frame_with_a_sensor_mount(bundle_path, kitti_sample, tmp_path, capsys):
+    """With --sensor-height the boxes test the points moved to the model's frame, as the node does: a crop box
+    that keeps the road only at the training height removes a count that only the moved points give."""
+    from clean_ros.cloud.transforms import transform_points
+    from clean_ros.inference.sensor_mount import SensorMount
+
+    points = read_velodyne(kitti_sample / "training/velodyne/000000.bin")
+    kitti_from_high = SensorMount(2.33, pitch=0.05).model_from_sensor(1.73)
+    transform_points(points, kitti_from_high.inverse()).tofile(tmp_path / "high.bin")
+    high = np.fromfile(tmp_path / "high.bin", np.float32).reshape(-1, 4)
+    crop = (-80.0, -80.0, -1.5, 80.0, 80.0, 3.0)   # above the road at 1.73 m
+    assert infer.main(["--bundle", str(bundle_path), "--backend", "torch", "--threads", "1", "--sensor-height",
+                       "2.33", "--sensor-pitch", "0.05", "--crop-box", str(list(crop)), str(tmp_path / "high.bin")
+                       ]) == 0
+    text = capsys.readouterr().out
+    in_model = int((~_inside(transform_points(high, kitti_from_high), crop)).sum())
+    in_sensor = int((~_inside(high, crop)).sum())
+    assert abs(in_model - in_sensor) > 1000
+    assert f"boxes removed {in_model} points outside the crop box, 0 in the exclusion box" in text
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--crop-box", "1,2,3"], "error: crop_box needs 6 values"),
+    (["--exclusion-box=0,5,0,1,4,1"], "error: exclusion_box: min must be below max on every axis (not on y)"),
+    (["--crop-box", "[0, a, 0, 1, 1, 1]"], "error: crop_box: 'a' is not a number"),
+    (["--range-breakpoints", "30"], "error: --range-breakpoints and --range-score-thresholds go together"),
+    (["--range-breakpoints", "30", "--range-score-thresholds", "0.1,0.2"],
+     "error: range_score_thresholds needs 6 values (3 classes (Car, Pedestrian, Cyclist) x 2 range bands"),
+    (["--range-breakpoints", "30,20", "--range-score-thresholds", "0,0,0,0,0,0,0,0,0"],
+     "error: range_breakpoints must be strictly ascending"),
+])
+def test_bad_box_or_range_values_exit_2_with_one_line(bundle_path, kitti_sample, tmp_path, capsys, options, message):
+    out = tmp_path / "pred"
+    assert infer.main(["--bundle", str(bundle_path), "--backend", "torch", "--out", str(out), *options,
+                       str(kitti_sample / "training/velodyne/000000.bin")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not out.exists()
