@@ -4,6 +4,8 @@
                                [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--num-threads N]
                                [--points-topic /points] [--gt-topic /ground_truth] [--rate-scale 1.0]
                                [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]]
+                               [--crop-box LIST] [--exclusion-box LIST]
+                               [--range-breakpoints LIST --range-score-thresholds LIST]
 
 This module is the command line; the work is done by:
   clean_ros/ros/replay_frames.py    the bag's clouds, ground truth and calib; per-frame results (FrameResult)
@@ -19,6 +21,11 @@ This module is the command line; the work is done by:
 
 --sensor-height (+ pitch, roll): where the bag's sensor is, the node's sensor_height setting
 (clean_ros.inference.sensor_mount): fast mode sets it on the Pipeline, realtime mode passes it to the node.
+--crop-box / --exclusion-box / --range-breakpoints + --range-score-thresholds: the node's parameters of the same
+names (clean_ros/tools/model_input_options.py: parsed and checked as the node does, bad values are refused before
+the bag is read): fast mode gives the boxes to points_for_model and the range table to the Pipeline, realtime mode
+starts the node with them. The report's "input" section says what was in force and how many points the boxes
+removed.
 
 Matching: detections belong to the ground-truth message with the same header stamp (ns). Without ground truth in
 the bag the report holds latency only and says why.
@@ -40,6 +47,7 @@ from clean_ros.ros.replay_eval import evaluate_replay, format_ap
 from clean_ros.ros.replay_fast import run_fast
 from clean_ros.ros.replay_frames import FrameResult, GroundTruthFrame, ReplayError, load_side_topics
 from clean_ros.ros.replay_realtime import run_realtime
+from clean_ros.tools.model_input_options import ModelInputOptions, add_model_input_options
 
 __all__ = ["FrameResult", "GroundTruthFrame", "ReplayError", "evaluate_replay", "format_ap", "load_side_topics",
            "main", "record_detections", "replay", "run_fast", "run_realtime"]
@@ -60,6 +68,7 @@ def replay(args) -> dict:
 
     try:
         mount = SensorMount.from_settings(args.sensor_height, args.sensor_pitch, args.sensor_roll)
+        options = ModelInputOptions.from_args(args)
     except ValueError as exc:
         raise ReplayError(str(exc)) from None
     reader = BagReader(args.bag)
@@ -78,10 +87,16 @@ def replay(args) -> dict:
             except (BundleError, BackendError, ValueError, OSError) as exc:
                 raise ReplayError(f"{args.bundle}: cannot load the bundle: {exc}") from None
             pipeline.set_sensor_mount(mount)
+            try:
+                pipeline.update_postprocess(**options.range_changes)
+            except ValueError as exc:
+                raise ReplayError(str(exc)) from None
             class_names = tuple(pipeline.class_names)
             backend = pipeline.backend_name
             pipeline.warmup(args.warmup)
-            results = run_fast(reader, pipeline, args.points_topic, args.intensity_scale, progress=args.progress)
+            removed: dict[str, int] = {}
+            results = run_fast(reader, pipeline, args.points_topic, args.intensity_scale, progress=args.progress,
+                               boxes=options.boxes, removed=removed)
             mode_stats = {"published": len(results), "answered": len(results), "dropped": 0, "drop_fraction": 0.0}
         else:
             from clean_ros.inference.bundle import load_bundle
@@ -91,21 +106,29 @@ def replay(args) -> dict:
             except (BundleError, ValueError, OSError) as exc:
                 raise ReplayError(f"{args.bundle}: cannot load the bundle: {exc}") from None
             class_names = tuple(bundle.class_names)
+            try:  # refused here with the node's words rather than by a node that stops at start
+                options.validate_range(bundle.postprocess, class_names, bundle.detector_config.head.iou_branch)
+            except ValueError as exc:
+                raise ReplayError(str(exc)) from None
+            node_parameters = options.node_parameters()
+            if mount is not None:
+                node_parameters.update(sensor_height=mount.height, sensor_pitch=mount.pitch, sensor_roll=mount.roll)
             results, mode_stats = run_realtime(reader, args.bundle, args.points_topic, backend=args.backend,
                                                device=args.device, num_threads=args.num_threads,
                                                rate_scale=args.rate_scale, drain_s=args.drain_s,
-                                               log_path=args.node_log, node_parameters=(
-                                                   {} if mount is None else {"sensor_height": mount.height,
-                                                                             "sensor_pitch": mount.pitch,
-                                                                             "sensor_roll": mount.roll}))
+                                               log_path=args.node_log, node_parameters=node_parameters)
             backend = mode_stats.pop("node_backend")
+            removed = mode_stats.pop("node_points_removed")
     finally:
         reader.close()
     if not results:
         raise ReplayError(f"{args.bag}: no clouds on {args.points_topic}")
     report = {"bag": str(args.bag), "bundle": str(args.bundle), "mode": args.mode, "backend": backend,
               "device": args.device, "num_threads": args.num_threads, "frames": len(results), **mode_stats,
-              "ground_truth": gt_note, "latency_ms": latency_summary(r.timings_ms for r in results if r.answered)}
+              "ground_truth": gt_note, "latency_ms": latency_summary(r.timings_ms for r in results if r.answered),
+              "input": {"crop_box": list(options.boxes.crop) if options.boxes.crop else None,
+                        "exclusion_box": list(options.boxes.exclusion) if options.boxes.exclusion else None,
+                        **options.range_changes, **removed}}
     report["accuracy"] = (evaluate_replay(gt, results, calibs, class_names) if gt is not None
                           else {"available": False, "note": gt_note})
     if args.record is not None:
@@ -138,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                              "docs/NODE.md 'Where the sensor is'")
     parser.add_argument("--sensor-pitch", type=float, default=0.0, help="radians, positive = nose down")
     parser.add_argument("--sensor-roll", type=float, default=0.0, help="radians, positive = left side up")
+    add_model_input_options(parser)
     parser.add_argument("--rate-scale", type=float, default=1.0, help="realtime: publish at recorded rate x this")
     parser.add_argument("--drain-s", type=float, default=10.0, help="realtime: wait this long for late answers")
     parser.add_argument("--node-log", type=Path, help="realtime: write the node's output here")

@@ -101,5 +101,8 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
              "drop_fraction": dropped / len(sent) if sent else 0.0, "domain_id": domain_id,
              "rate_scale": rate_scale, "num_threads": num_threads,
              "node_backend": node_health.get("backend", "unknown (no /diagnostics received)"),
-             "node_dropped_frames": node_health.get("dropped_frames")}
+             "node_dropped_frames": node_health.get("dropped_frames"),
+             # the node's totals of points removed by its crop / exclusion boxes (its /diagnostics)
+             "node_points_removed": {key: int(node_health[key]) for key in
+                                     ("points_outside_crop_total", "points_excluded_total") if key in node_health}}
     return results, stats
