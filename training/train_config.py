@@ -79,8 +79,9 @@ class TrainConfig:
     checkpoint_interval: int = 1  # save a checkpoint every N epochs (and after the last); always on interruption
     keep_checkpoints: int = 2  # epoch checkpoints kept besides last.pt and best.pt; 0 = keep all
     log_interval: int = 10  # iterations between CSV / TensorBoard loss rows
-    # on logged steps also log each loss part's gradient norm over the trained parameters (one extra backward per
-    # part on those steps; single process only) and the loss terms' / target hooks' diagnostics
+    # log each loss part's gradient norm over the trained parameters (one extra backward per part; single process
+    # only) every log_interval steps, and on an epoch's last step when it has none yet; on logged steps also the
+    # loss terms' / target hooks' diagnostics
     log_grad_norms: bool = True
     max_iterations: int = 0  # stop (with a checkpoint, as an interruption) after this many iterations; 0 = none
     init_checkpoint: str = ""  # start from these model weights (e.g. a pruned or teacher-initialised student)

@@ -213,6 +213,7 @@ class Trainer:
         if resume is not None:
             self._load_resume(resume)
         self.stop = StopFlag()
+        self._epoch_has_grad_norms = False
 
     # ------------------------------------------------------------------ resume
     def _load_resume(self, ckpt: dict[str, Any]) -> None:
@@ -270,9 +271,15 @@ class Trainer:
             parts = {k: float(v.detach()) for k, v in result.parts.items()}
             raise FloatingPointError(f"loss is not finite at epoch {self.state.epoch} iteration "
                                      f"{self.state.iteration}: {parts}; try a lower optimizer.lr_max")
-        logged = not ((self.state.global_step + 1) % self.cfg.log_interval
-                      and self.state.iteration + 1 != self.iters_per_epoch)
-        part_norms = self._part_grad_norms(result.parts) if logged else {}
+        on_cadence = (self.state.global_step + 1) % self.cfg.log_interval == 0
+        logged = on_cadence or self.state.iteration + 1 == self.iters_per_epoch
+        # Per-part gradient norms cost one more backward per part: on the log_interval cadence, and on the epoch's
+        # last (always logged) step only when the epoch has none yet, so every epoch has them without paying a
+        # batch-sized extra per epoch (docs/BENCH.md "Training step: batch 1 vs batch 2").
+        part_norms = {}
+        if on_cadence or (logged and not self._epoch_has_grad_norms):
+            part_norms = self._part_grad_norms(result.parts)
+            self._epoch_has_grad_norms = self._epoch_has_grad_norms or bool(part_norms)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(result.total).backward()
         grad_norm = None
@@ -384,7 +391,9 @@ class Trainer:
             bar = tqdm(total=self.iters_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        dynamic_ncols=True, leave=False, file=sys.stderr)
         sums: dict[str, float] = {}
-        count = since = 0
+        counts: dict[str, int] = {}  # per key: gradient norms are not on every logged row
+        since = 0
+        self._epoch_has_grad_norms = False
         tic = time.perf_counter()
         try:
             for batch in iterator:
@@ -400,7 +409,7 @@ class Trainer:
                     since = 0
                     for key, value in losses.items():
                         sums[key] = sums.get(key, 0.0) + value
-                    count += 1
+                        counts[key] = counts.get(key, 0) + 1
                     tic = toc
                     if bar is not None:
                         bar.set_postfix(loss=f"{losses['total']:.3f}", lr=f"{lr:.2e}", refresh=False)
@@ -412,7 +421,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             del iterator
-        self._epoch_means = {k: v / max(count, 1) for k, v in sums.items()}
+        self._epoch_means = {k: v / counts[k] for k, v in sums.items()}
         return False
 
     def _log_iteration(self, epoch: int, lr: float, beta1: float, losses: dict[str, float],
