@@ -2,7 +2,19 @@
 (clean_ros.ros.node_process: Fast DDS large-data profile, private ROS_DOMAIN_ID, localhost discovery); the bag's clouds
 are published best-effort at the recorded rate and the node's Detection3DArray answers and ~/stage_latency records
 are collected. A frame the node never answered is a drop and counts as a frame without detections in the AP (what a
-vehicle would have had)."""
+vehicle would have had).
+
+No step rests on a fixed delay: the first cloud goes out once the node subscribed to it AND the node's detections,
+stage-latency and /diagnostics publishers are matched to our subscriptions (discovery under load can take longer
+than any constant), and after the drain we wait for a /diagnostics report received after the last answer (the
+node's final counts), not for a fixed 1.2 s that a starved node may miss.
+
+The clouds reach the node intact only if this process's DDS participant uses the large-data profile
+(clean_ros.ros.node_process sets FASTDDS_DEFAULT_PROFILES_FILE before it creates one). Fast DDS reads that file
+once per process, at its first participant: in a process that created one before (a test run that started an
+in-process node first), clouds travel on the default transports and some are lost before the node sees them (in 6
+such runs, 1 to 5 of 6 clouds, 2.8 on average); they then count as drops. `python -m clean_ros.replay` is a fresh
+process; the test suite sets the variable at start (test/clean_ros/ros/conftest.py)."""
 from __future__ import annotations
 
 import time
@@ -15,6 +27,7 @@ from clean_ros.ros.bag import LATENCY_TOPIC, POINTS_TYPE, BagReader, stamp_ns
 from clean_ros.ros.replay_frames import FrameResult, ReplayError, cloud_messages
 
 NODE_NAMESPACE = "/replay"
+DIAGNOSTICS_WAIT_S = 10.0   # the node reports every diagnostics_period_s (1 s by default)
 
 
 def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend: str = defaults.BACKEND,
@@ -41,10 +54,13 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
     def on_detections(msg):
         answers.setdefault(stamp_ns(msg.header), (time.monotonic(), msg))
 
+    health_received: list[float] = []   # monotonic times of the node's /diagnostics reports
+
     def on_diagnostics(msg):
         for status in msg.status:
             if status.name == STATUS_NAME:
                 node_health.update(parse_diagnostic_values(status))
+                health_received.append(time.monotonic())
 
     def on_latency(msg):
         try:
@@ -63,14 +79,23 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
         try:
             qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
             publisher = client.node.create_publisher(PointCloud2, input_topic, qos)
-            client.node.create_subscription(Detection3DArray, output_topic, on_detections, 100)
-            client.node.create_subscription(DiagnosticArray, LATENCY_TOPIC, on_latency, 100)
-            client.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
-            if not node_process.wait_ready(client, lambda: publisher.get_subscription_count() > 0,
-                                           startup_timeout_s):
+            subscriptions = (
+                client.node.create_subscription(Detection3DArray, output_topic, on_detections, 100),
+                client.node.create_subscription(DiagnosticArray, LATENCY_TOPIC, on_latency, 100),
+                client.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10))
+
+            def node_ready() -> bool:  # it hears our clouds and we hear all it publishes
+                return (publisher.get_subscription_count() > 0
+                        and all(subscription.get_publisher_count() > 0 for subscription in subscriptions))
+
+            if not node_process.wait_ready(client, node_ready, startup_timeout_s):
+                if node_process.process.poll() is None:
+                    raise ReplayError(f"the detector node did not connect within {startup_timeout_s:g} s (it "
+                                      f"subscribed: {publisher.get_subscription_count() > 0}; its publishers "
+                                      f"matched: {[s.get_publisher_count() > 0 for s in subscriptions]}); node "
+                                      f"output: {node_process.failure_summary()}")
                 raise ReplayError(f"the detector node did not start (exit status {node_process.process.poll()}; "
                                   f"command: {' '.join(node_process.command)}): {node_process.failure_summary()}")
-            client.spin_until(lambda: False, 0.5)  # discovery of the node's publishers by us
             first_log = None
             start = time.monotonic()
             for log_ns, msg in cloud_messages(reader, points_topic):
@@ -82,7 +107,9 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
                 frame_id = msg.header.frame_id
             last = sent[-1][0] if sent else None
             client.spin_until(lambda: last is None or (last in answers and last in latencies), drain_s)
-            client.spin_until(lambda: False, 1.2)  # one more 1 Hz /diagnostics after the last frame
+            drained = time.monotonic()  # the node's counts after the last frame: its next /diagnostics report
+            client.spin_until(lambda: bool(health_received) and health_received[-1] > drained,
+                              DIAGNOSTICS_WAIT_S)
         finally:
             client.close()
     results = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -144,19 +145,33 @@ def test_range_bands_without_kitti_annotation():
     assert report["ap"]["Pedestrian"]["bev_R40"]["0-30m"] == 0.0  # no pedestrians at all
 
 
-def test_realtime_replay_with_node_reports_drops(sim_bag, tmp_path):
+def test_realtime_replay_with_node_reports_drops(sim_bag, tmp_path, capsys):
+    """The node as a subprocess answers the bag's clouds; drops (never answered) are counted and scored as empty
+    frames. Not timing-dependent: replay starts publishing once the node is connected both ways and waits for the
+    node's answers and its final /diagnostics (clean_ros/ros/replay_realtime.py); this process's DDS participant
+    has the large-data profile (conftest.py), without which clouds were lost in transport whatever the load."""
+    from clean_ros.package_share import package_path
+    from clean_ros.ros.node_process import PROFILE_FILE
+
+    profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE")
+    assert profile == str(package_path(PROFILE_FILE)), (
+        f"FASTDDS_DEFAULT_PROFILES_FILE is {profile!r}: this process's DDS participants must use the large-data "
+        "profile (set by test/clean_ros/ros/conftest.py), or clouds are lost before the node sees them")
     _, bag = sim_bag
     report_path = tmp_path / "rt.json"
     code = main([str(bag), "--bundle", str(BUNDLE), "--mode", "realtime", "--num-threads", "1",
                  "--out", str(report_path), "--drain-s", "20", "--node-log", str(tmp_path / "node.log")])
-    assert code == 0, (tmp_path / "node.log").read_text()[-2000:]
+    output = capsys.readouterr()
+    seen = f"{output.out[-1500:]}{output.err[-1500:]}\nnode log: {(tmp_path / 'node.log').read_text()[-2000:]}"
+    assert code == 0, seen
     report = json.loads(report_path.read_text())
     assert report["mode"] == "realtime" and report["published"] == 6
-    assert report["backend"] in ("onnxruntime", "torch")  # the node's choice, read from its /diagnostics
-    assert report["answered"] + report["dropped"] == 6 and report["answered"] >= 1
+    assert report["backend"] in ("onnxruntime", "torch"), seen  # the node's choice, read from its /diagnostics
+    assert report["answered"] + report["dropped"] == 6 and report["answered"] >= 1, seen
+    assert report["node_dropped_frames"] is not None and int(report["node_dropped_frames"]) <= report["dropped"]
     assert report["drop_fraction"] == pytest.approx(report["dropped"] / 6)
     latency = report["latency_ms"]
-    assert latency["total"]["n"] == report["answered"] and latency["replay_round_trip"]["p50"] > 0
+    assert latency["total"]["n"] == report["answered"] and latency["replay_round_trip"]["p50"] > 0, seen
     assert {"decode", "preprocess", "inference", "postprocess", "publish"} <= set(latency)
     assert report["accuracy"]["available"] and report["accuracy"]["frames"] == 6  # drops count as empty frames
     assert all(math.isfinite(v) for c in report["accuracy"]["ap"].values() for m in c.values() for v in m.values())
