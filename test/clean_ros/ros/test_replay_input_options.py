@@ -105,3 +105,33 @@ def test_refused_values_are_one_error_line(high_bag, tmp_path, capsys, mode, opt
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_realtime_replay_starts_the_node_with_the_boxes(high_bag, tmp_path):
+    """Realtime mode passes the options to the node as its parameters: the node's /diagnostics totals of removed
+    points are the counts of the model frame (the node applies sensor_height too), and its answer has no far box."""
+    from clean_ros.cloud.transforms import transform_points
+
+    bag, high, kitti_from_high = high_bag
+    report_path = tmp_path / "rt.json"
+    code = main([str(bag), "--bundle", str(BUNDLE), "--mode", "realtime", "--num-threads", "1", "--drain-s", "30",
+                 "--sensor-height", "2.33", "--sensor-pitch", "0.05", "--crop-box", str(list(CROP)),
+                 "--exclusion-box", str(list(EXCLUSION)), "--range-breakpoints", "30", "--range-score-thresholds",
+                 str(TABLE), "--out", str(report_path), "--node-log", str(tmp_path / "node.log"),
+                 "--record", str(tmp_path / "dets")])
+    assert code == 0, (tmp_path / "node.log").read_text()[-2000:]
+    report = json.loads(report_path.read_text())
+    assert report["answered"] == 1, (tmp_path / "node.log").read_text()[-2000:]
+    in_model = transform_points(high, kitti_from_high)
+    in_crop, in_exclusion = _inside(in_model, CROP), _inside(in_model, EXCLUSION)
+    assert report["input"]["points_outside_crop_total"] == int((~in_crop).sum())
+    assert report["input"]["points_excluded_total"] == int((in_crop & in_exclusion).sum())
+    from vision_msgs.msg import Detection3DArray
+
+    from clean_ros.ros.bag import BagReader
+    from clean_ros.ros.messages import from_detection3d_array
+
+    with BagReader(tmp_path / "dets") as reader:
+        (_, msg), = list(reader.messages("/detections", Detection3DArray))
+    boxes = np.asarray(from_detection3d_array(msg)[0])
+    assert len(boxes) > 0 and (np.hypot(boxes[:, 0], boxes[:, 1]) < 30).all()  # the car at 41 m is cut
