@@ -113,9 +113,12 @@ def assign_anchor_targets(anchors: torch.Tensor, anchor_classes: torch.Tensor, g
         gt = gt_boxes.gather(1, slot_box.unsqueeze(-1).expand(-1, -1, 7)).to(anchors.dtype)  # (B, S, 7)
         # One IoU call against the batch's class-c boxes, spread into the padded slots; padding slots hold -1 so
         # they never match or win a tie.
-        valid = slot_valid.reshape(-1).nonzero().squeeze(1)
-        iou = anchors.new_full((a_idx.numel(), slot_valid.numel()), -1.0)
-        iou[:, valid] = match_iou(anchors[a_idx], gt.reshape(-1, 7)[valid])
+        if bool(slot_valid.all()):  # no padding (one frame, or equal counts): nothing to spread
+            iou = match_iou(anchors[a_idx], gt.reshape(-1, 7))
+        else:
+            valid = slot_valid.reshape(-1).nonzero().squeeze(1)
+            iou = anchors.new_full((a_idx.numel(), slot_valid.numel()), -1.0)
+            iou[:, valid] = match_iou(anchors[a_idx], gt.reshape(-1, 7)[valid])
         iou = iou.reshape(-1, batch, gt.shape[1])  # (Pc, B, S)
         best_iou, best_slot = iou.max(dim=2)  # (Pc, B); first maximum: of equal boxes the earlier one, as per frame
         gt_best = iou.max(dim=0).values  # (B, S)
