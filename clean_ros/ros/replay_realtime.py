@@ -6,8 +6,8 @@ vehicle would have had).
 
 No step rests on a fixed delay: the first cloud goes out once the node subscribed to it AND the node's detections,
 stage-latency and /diagnostics publishers are matched to our subscriptions (discovery under load can take longer
-than any constant), and after the drain we wait for a /diagnostics report received after the last answer (the
-node's final counts), not for a fixed 1.2 s that a starved node may miss.
+than any constant), and after the drain we wait for a /diagnostics report that counts every answer we received
+(frames_published >= answers: the node's final counts), not for a fixed 1.2 s that a starved node may miss.
 
 The clouds reach the node intact only if this process's DDS participant uses the large-data profile
 (clean_ros.ros.node_process sets FASTDDS_DEFAULT_PROFILES_FILE before it creates one). Fast DDS reads that file
@@ -54,13 +54,10 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
     def on_detections(msg):
         answers.setdefault(stamp_ns(msg.header), (time.monotonic(), msg))
 
-    health_received: list[float] = []   # monotonic times of the node's /diagnostics reports
-
     def on_diagnostics(msg):
         for status in msg.status:
             if status.name == STATUS_NAME:
                 node_health.update(parse_diagnostic_values(status))
-                health_received.append(time.monotonic())
 
     def on_latency(msg):
         try:
@@ -107,8 +104,8 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
                 frame_id = msg.header.frame_id
             last = sent[-1][0] if sent else None
             client.spin_until(lambda: last is None or (last in answers and last in latencies), drain_s)
-            drained = time.monotonic()  # the node's counts after the last frame: its next /diagnostics report
-            client.spin_until(lambda: bool(health_received) and health_received[-1] > drained,
+            # the node's final counts: a /diagnostics report made after it published every answer we received
+            client.spin_until(lambda: int(node_health.get("frames_published", -1)) >= len(answers),
                               DIAGNOSTICS_WAIT_S)
         finally:
             client.close()
