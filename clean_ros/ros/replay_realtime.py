@@ -4,10 +4,13 @@ are published best-effort at the recorded rate and the node's Detection3DArray a
 are collected. A frame the node never answered is a drop and counts as a frame without detections in the AP (what a
 vehicle would have had).
 
-No step rests on a fixed delay: the first cloud goes out once the node subscribed to it AND the node's detections,
+No step rests on a fixed delay. The first cloud goes out once (1) the node subscribed to it, (2) its detections,
 stage-latency and /diagnostics publishers are matched to our subscriptions (discovery under load can take longer
-than any constant), and after the drain we wait for a /diagnostics report that counts every answer we received
-(frames_published >= answers: the node's final counts), not for a fixed 1.2 s that a starved node may miss.
+than any constant) and (3) its first /diagnostics report arrived, i.e. its executor spins: a cloud sent between
+its subscribing and its spinning can be replaced by the next one in its depth-1 queue, a start-up drop that the
+node cannot count and that says nothing about its speed (seen once in 10 runs at load 4-5 before this check).
+After the drain we wait for a /diagnostics report that counts every answer received (frames_published >= answers:
+the node's final counts), not for a fixed 1.2 s that a starved node may miss.
 
 The clouds reach the node intact only if this process's DDS participant uses the large-data profile
 (clean_ros.ros.node_process sets FASTDDS_DEFAULT_PROFILES_FILE before it creates one). Fast DDS reads that file
@@ -81,16 +84,21 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
                 client.node.create_subscription(DiagnosticArray, LATENCY_TOPIC, on_latency, 100),
                 client.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10))
 
-            def node_ready() -> bool:  # it hears our clouds and we hear all it publishes
+            def node_ready() -> bool:
+                # it hears our clouds, we hear all it publishes, and it is spinning: a /diagnostics report (its
+                # timer) has arrived. The subscription exists before the node's executor spins; a cloud published
+                # in between can be replaced in its depth-1 queue by the next one and never be seen by the node.
                 return (publisher.get_subscription_count() > 0
-                        and all(subscription.get_publisher_count() > 0 for subscription in subscriptions))
+                        and all(subscription.get_publisher_count() > 0 for subscription in subscriptions)
+                        and bool(node_health))
 
             if not node_process.wait_ready(client, node_ready, startup_timeout_s):
                 if node_process.process.poll() is None:
                     raise ReplayError(f"the detector node did not connect within {startup_timeout_s:g} s (it "
                                       f"subscribed: {publisher.get_subscription_count() > 0}; its publishers "
-                                      f"matched: {[s.get_publisher_count() > 0 for s in subscriptions]}); node "
-                                      f"output: {node_process.failure_summary()}")
+                                      f"matched: {[s.get_publisher_count() > 0 for s in subscriptions]}; "
+                                      f"/diagnostics received: {bool(node_health)}); node output: "
+                                      f"{node_process.failure_summary()}")
                 raise ReplayError(f"the detector node did not start (exit status {node_process.process.poll()}; "
                                   f"command: {' '.join(node_process.command)}): {node_process.failure_summary()}")
             first_log = None
