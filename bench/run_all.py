@@ -40,6 +40,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_sparse": ["--repeats", "2"],
     "bench_teacher": ["--runs", "1"],
     "bench_train": ["--iters", "3", "--frames", "4", "--configs", "pointpillars_tiny"],
+    "bench_train_step": ["--steps", "6", "--epochs", "2", "--frames", "8"],
     "bench_voxelize": ["--runs", "10", "--warmup", "2", "--threads", "1"],
 }
 # Scripts that take --device (run_all.py --device cuda on a GPU machine).
