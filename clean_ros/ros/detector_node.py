@@ -19,11 +19,14 @@ points (clean_ros.cloud.model_input.points_for_model: decode, crop / exclusion b
 - Latency: per-frame stages on ``~/stage_latency`` (diagnostic_msgs/DiagnosticArray, header = the cloud's);
   rolling p50/p95/p99, rates, drops and problems at 1 Hz on /diagnostics.
 - The input contract (fields, value ranges, range crop) is checked on the first cloud and after a frame_id change.
-- Parameters (clean_ros.ros.node_parameters): post-processing, input boxes and the rest are tunable at runtime
+- Parameters (table and validation: clean_ros.ros.node_parameters; applying a change:
+  clean_ros.ros.node_parameter_changes): post-processing, input boxes and the rest are tunable at runtime
   (``ros2 param set``); values are validated, a rejection says why.
 
 DetectorCore is the node's work; DetectorNode (here) does all of it in its constructor, LifecycleDetectorNode
-(clean_ros.ros.lifecycle_node) spreads the same steps over configure / activate / deactivate / cleanup.
+(clean_ros.ros.lifecycle_node) spreads the same steps over configure / activate / deactivate / cleanup. This module
+is the node itself (set-up, callback steps, publishing, timers, main); the model's load / warm-up / free is
+clean_ros.ros.node_model, the /diagnostics report clean_ros.ros.node_diagnostics.
 """
 from __future__ import annotations
 
@@ -34,7 +37,6 @@ from typing import Any, Sequence
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -48,16 +50,13 @@ from visualization_msgs.msg import MarkerArray
 from clean_ros.cloud.model_input import ModelInput, points_for_model
 from clean_ros.cloud.pointcloud import CloudFormatError, InputContract, check_input_contract
 from clean_ros.defaults import NODE_NAME
-from clean_ros.package_share import default_bundle_path
-from clean_ros.ros.frame_accounting import RATE_WINDOW_S, Arrival, FrameAccounting
+from clean_ros.ros.frame_accounting import Arrival, FrameAccounting
 from clean_ros.ros.messages import stage_timing_message, to_detection3d_array, to_marker_array
-from clean_ros.ros.node_diagnostics import HealthSnapshot, assess, to_diagnostic_array
-from clean_ros.inference.sensor_mount import SensorMount
-from clean_ros.ros.tf_buffer import create_tf
-from clean_ros.ros.tf_frames import FrameLookupError, FrameResolver, validate_frame_settings
-from clean_ros.ros.node_parameters import (ARRAY_PARAMS, BOX_PARAMS, POSTPROCESS_PARAMS, ParameterReader,
-                                           StartupError, box_filter, check_plain_change, postprocess_specs,
-                                           postprocess_values, to_pipeline_changes)
+from clean_ros.ros.node_diagnostics import LOG_THROTTLE_S, HealthReport
+from clean_ros.ros.node_model import NodeModel
+from clean_ros.ros.node_parameter_changes import PLAIN_ATTRIBUTES, ParameterChanges
+from clean_ros.ros.node_parameters import BOX_PARAMS, ParameterReader, StartupError, box_filter
+from clean_ros.ros.tf_frames import FrameLookupError, FrameResolver
 from clean_ros.types import Detections
 
 PACKAGE = "clean_ros"
@@ -66,20 +65,16 @@ STAGES = ("decode", "preprocess", "inference", "postprocess", "publish", "total"
 # target_frame, model_frame or sensor_height is set.
 FRAMES_STAGE = "frames"
 SKIPPED = object()  # a frame whose TF lookup failed: no answer
-# How long a warning of one kind stays quiet after it was logged (seconds).
-LOG_THROTTLE_S = 5.0
-PROBLEM_HOLD_S = 5.0         # a problem stays on /diagnostics this long after it last happened
 CONTRACT_CHECK_MIN_PERIOD_S = 1.0
 # rclpy >= Jazzy passes MessageInfo (publication sequence numbers) to two-argument callbacks.
 _MESSAGE_INFO_CALLBACKS = hasattr(Subscription, "CallbackType")
-# Runtime parameters the callback reads from attributes of the same name.
-_PLAIN_ATTRIBUTES = ("intensity_scale", "publish_markers", "marker_lifetime_s", "max_input_age_s", "max_points")
 
 
-class DetectorCore:
+class DetectorCore(NodeModel, ParameterChanges, HealthReport):
     """The detector's state and work, mixed into an rclpy Node (plain or lifecycle). ``pipeline_factory(bundle_path,
     backend, device)`` exists for unit tests of the node's logic with a test double; the node itself always uses
-    Pipeline.from_bundle."""
+    Pipeline.from_bundle. The model's life (clean_ros.ros.node_model), runtime parameter changes
+    (clean_ros.ros.node_parameter_changes) and the health report (clean_ros.ros.node_diagnostics) are mixins."""
 
     pipeline = None
 
@@ -99,7 +94,7 @@ class DetectorCore:
         self.device = read("device")
         self.num_threads = read("num_threads")
         self.use_sim_time = bool(self.get_parameter("use_sim_time").value)
-        for name in _PLAIN_ATTRIBUTES:
+        for name in PLAIN_ATTRIBUTES:
             setattr(self, name, read(name))
         self.boxes = box_filter(self.params.values(BOX_PARAMS))
         self.hardware_id = read("hardware_id") or self.get_fully_qualified_name()
@@ -120,63 +115,6 @@ class DetectorCore:
         self.frames: FrameResolver | None = None
         self._declaring = False
         self.add_on_set_parameters_callback(self._on_set_parameters)
-
-    def _load_model(self) -> None:
-        """Load and verify the bundle, declare its post-processing parameters, warm up (StartupError if not)."""
-        self._set_torch_threads(self.num_threads)
-        self.pipeline, self.bundle_path = self._load_pipeline(self._pipeline_factory)
-        self.class_names = tuple(self.pipeline.class_names)
-        self.point_features = tuple(self._feature_names(self.pipeline.point_features))
-        self._declare_postprocess_parameters()
-        self._warm_up(self.params.get("warmup_iterations"))
-        self.contract = self._input_contract()
-        self.contract_pending = True
-        self._start_frames()
-
-    def _read_frame_settings(self) -> tuple[str, str, float, SensorMount | None]:
-        """(target_frame, model_frame, tf_timeout_s, sensor mount), checked together (StartupError if not)."""
-        read = self.params.get
-        try:
-            mount = SensorMount.from_settings(read("sensor_height"), read("sensor_pitch"), read("sensor_roll"))
-        except ValueError as error:
-            raise StartupError(str(error)) from None
-        target, model, timeout = read("target_frame"), read("model_frame"), read("tf_timeout_s")
-        problem = validate_frame_settings(target, model, timeout, mount)
-        if problem:
-            raise StartupError(problem)
-        return target, model, timeout, mount
-
-    def _start_frames(self) -> None:
-        """The sensor mount on the Pipeline; a TF buffer + listener when target_frame or model_frame is set."""
-        target, model, timeout, mount = self.frame_settings
-        if mount is not None:
-            self.pipeline.set_sensor_mount(mount)
-            self.get_logger().info(f"{mount.describe()}: points moved to a virtual sensor at the bundle's training "
-                                   f"height {self.pipeline.training_sensor_height:g} m, boxes moved back")
-        if (target or model) and self.tf is None:
-            self.tf = create_tf(self)
-            self.get_logger().info(f"TF ({self.tf.name}): points into '{model or '<cloud frame>'}', boxes into "
-                                   f"'{target or '<cloud frame>'}', lookups at the cloud's stamp wait up to "
-                                   f"tf_timeout_s={timeout:g} s")
-        self.frames = FrameResolver(self.tf, target, model, timeout, getattr(self.pipeline, "frames", None))
-
-    def _free_model(self) -> None:
-        """Drop the pipeline (weights, backend session, engine) and the device's cached memory."""
-        if self.tf is not None:
-            self.tf.close()
-            self.tf = None
-        self.frames = None
-        self.pipeline = None
-        import gc
-
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:  # noqa: BLE001 - freeing memory is best effort
-            pass
 
     def _create_publishers(self, create) -> None:
         """create: Node.create_publisher, or create_lifecycle_publisher (publishes only while active)."""
@@ -221,84 +159,6 @@ class DetectorCore:
             f"{self.input_topic} ({self.params.get('qos_reliability')}, depth {self.params.get('qos_depth')}); "
             f"output {self.output_topic}" + ("; use_sim_time" if self.use_sim_time else ""))
 
-    # ------------------------------------------------------------------------------------------ model start-up
-    def _declare_postprocess_parameters(self) -> None:
-        current = postprocess_values(self.pipeline.postprocess_settings)
-        self._declaring = True
-        try:
-            for spec in postprocess_specs(self.pipeline.postprocess_settings, self.class_names):
-                self.params.declare(spec)
-        finally:
-            self._declaring = False
-        # Values from the params file (or set before a lifecycle re-configure) override the bundle's.
-        overrides = {name: value for name, value in self.params.values(POSTPROCESS_PARAMS).items()
-                     if value != current[name]}
-        if overrides:
-            reason = self._apply_postprocess(overrides)
-            if reason:
-                raise StartupError(f"post-processing parameters from the params file: {reason}")
-            self.get_logger().info(f"post-processing overrides applied: {overrides}")
-
-    def _set_torch_threads(self, threads: int) -> None:
-        try:
-            import torch
-
-            torch.set_num_threads(int(threads))
-        except Exception as error:  # noqa: BLE001
-            self.get_logger().warning(f"could not set torch threads to {threads}: {error}")
-
-    def _load_pipeline(self, factory):
-        path = self.params.get("bundle_path") or str(default_bundle_path())
-        try:
-            if factory is None:
-                from clean_ros.inference.pipeline import Pipeline
-
-                pipeline = Pipeline.from_bundle(path, backend=self.backend_requested, device=self.device,
-                                                intra_op_threads=self.num_threads)
-            else:
-                pipeline = factory(path, backend=self.backend_requested, device=self.device)
-        except Exception as error:  # noqa: BLE001 - every start-up failure becomes one clear line
-            raise StartupError(f"cannot load the model bundle '{path}' (backend '{self.backend_requested}', "
-                               f"device '{self.device}'): {error}") from None
-        name = getattr(pipeline, "backend_name", "?")
-        reason = getattr(getattr(pipeline, "backend", None), "selection_reason", "") or "requested explicitly"
-        self.backend_reason = reason
-        if self.backend_requested not in ("auto", name):
-            self.get_logger().warning(f"backend fallback: '{self.backend_requested}' was requested but '{name}' "
-                                      f"runs ({reason})")
-        else:
-            self.get_logger().info(f"backend '{name}' runs (requested '{self.backend_requested}': {reason})")
-        return pipeline, path
-
-    def _warm_up(self, iterations: int) -> None:
-        if iterations <= 0:
-            return
-        start = time.perf_counter()
-        try:
-            self.pipeline.warmup(iterations=iterations)
-        except Exception as error:  # noqa: BLE001
-            raise StartupError(f"warm-up of backend '{self.pipeline.backend_name}' failed: {error}") from None
-        self.get_logger().info(f"warm-up: {iterations} iteration(s) in {time.perf_counter() - start:.2f} s")
-
-    @staticmethod
-    def _feature_names(features) -> list[str]:
-        names = []
-        for f in features:
-            if isinstance(f, str):
-                names.append(f)
-            elif isinstance(f, dict):
-                names.append(str(f["name"]))
-            else:
-                names.append(str(getattr(f, "name", f)))
-        return names
-
-    def _input_contract(self):
-        bundle = getattr(self.pipeline, "bundle", None)
-        if bundle is not None and hasattr(bundle, "input_contract"):
-            return bundle.input_contract()
-        return InputContract(point_features=self.point_features,
-                             point_cloud_range=tuple(getattr(bundle, "point_cloud_range", (-1e9,) * 3 + (1e9,) * 3)))
-
     def _log(self, kind: str):
         """A child logger per problem kind, so each kind has its own throttle (rclpy throttles per call site and
         logger)."""
@@ -306,58 +166,6 @@ class DetectorCore:
         if logger is None:
             logger = self._loggers[kind] = self.get_logger().get_child(kind)
         return logger
-
-    # ------------------------------------------------------------------------------------------ parameters
-    def _apply_postprocess(self, changes: dict[str, Any]) -> str | None:
-        try:
-            current = self.params.values(POSTPROCESS_PARAMS)
-            self.pipeline.update_postprocess(**to_pipeline_changes(changes, current))
-        except (ValueError, TypeError) as error:
-            return str(error)
-        return None
-
-    def _on_set_parameters(self, parameters) -> SetParametersResult:
-        if self._declaring:
-            return SetParametersResult(successful=True)
-        post: dict[str, Any] = {}
-        plain: dict[str, Any] = {}
-        for parameter in parameters:
-            value = list(parameter.value) if parameter.name in ARRAY_PARAMS else parameter.value
-            (post if parameter.name in POSTPROCESS_PARAMS else plain)[parameter.name] = value
-        for name, value in plain.items():
-            reason = check_plain_change(name, value)
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
-        boxes = None
-        if any(name in plain for name in BOX_PARAMS):
-            try:
-                boxes = box_filter({**self.params.values(BOX_PARAMS), **plain})
-            except ValueError as error:
-                return SetParametersResult(successful=False, reason=str(error))
-        if post:
-            if self.pipeline is None:
-                return SetParametersResult(successful=False, reason="post-processing parameters exist once the "
-                                                                    "model is loaded (configure the node first)")
-            reason = self._apply_postprocess(post)
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
-            self.get_logger().info(f"post-processing updated: {post}")
-        if boxes is not None:
-            self.boxes = boxes
-            self.get_logger().info(f"input boxes: crop {boxes.crop or 'off'}, exclusion {boxes.exclusion or 'off'}")
-        for name in _PLAIN_ATTRIBUTES:
-            if name in plain:
-                setattr(self, name, plain[name])
-        if "intensity_scale" in plain:
-            self.intensity_scale = float(plain["intensity_scale"])
-            self.contract_pending = True  # show whether the new scale fixes a value-range finding
-        if "expected_rate_hz" in plain:
-            self.accounting.set_expected_rate(plain["expected_rate_hz"])
-        if "stale_timeout_s" in plain:
-            self.accounting.set_stale_timeout(plain["stale_timeout_s"])
-        if "hardware_id" in plain:
-            self.hardware_id = plain["hardware_id"] or self.get_fully_qualified_name()
-        return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------------------------------ per frame
     def _on_cloud(self, msg: PointCloud2, info) -> None:
@@ -538,44 +346,6 @@ class DetectorCore:
                                       f"'{msg.header.frame_id}': {message}")
         if not findings:
             self.get_logger().info(f"input contract OK on {self.input_topic} (frame '{msg.header.frame_id}')")
-
-    # ------------------------------------------------------------------------------------------ diagnostics
-    def health_snapshot(self) -> HealthSnapshot:
-        a = self.accounting
-        received, processed = a.rates()
-        boxes = self.boxes
-        input_boxes = {
-            "crop_box": "off" if boxes.crop is None else " ".join(f"{v:g}" for v in boxes.crop),
-            "exclusion_box": "off" if boxes.exclusion is None else " ".join(f"{v:g}" for v in boxes.exclusion),
-            "points_outside_crop_total": str(a.points_outside_crop_total),
-            "points_excluded_total": str(a.points_excluded_total),
-        }
-        target, model, _, mount = self.frame_settings
-        input_boxes.update({"target_frame": target or "(cloud frame)", "model_frame": model or "(cloud frame)",
-                            "tf": self.tf.name if self.tf is not None else "off",
-                            "sensor_mount": mount.describe() if mount is not None else "off"})
-        return HealthSnapshot(
-            now=time.monotonic(), started=a.started, input_topic=self.input_topic,
-            expected_rate_hz=a.expected_rate_hz, received_rate_hz=received, processed_rate_hz=processed,
-            frames_received=a.frames_received, frames_processed=a.frames_processed,
-            frames_published=a.frames_published, dropped_sequence=a.sequence_gaps.dropped,
-            dropped_stamp_gaps=a.stamp_gaps.dropped, dropped_stale=a.dropped_stale,
-            last_input_time=a.last_input_time, stale_timeout_s=a.stale_timeout_s,
-            rate_window_s=RATE_WINDOW_S, events=a.events, problem_hold_s=PROBLEM_HOLD_S,
-            stage_percentiles=a.stage_stats.summary(), input_age=a.age_stats.percentiles("input_age"),
-            clock_offset_s=a.clock_offset_s, backend_requested=self.backend_requested,
-            backend_name=str(getattr(self.pipeline, "backend_name", "none (no model loaded)")),
-            device=self.device, bundle=str(self.bundle_path), num_threads=self.num_threads,
-            contract_findings=tuple(self.contract_findings), use_sim_time=self.use_sim_time,
-            backend_reason=self.backend_reason, extra_items=input_boxes)
-
-    def _publish_diagnostics(self) -> None:
-        try:
-            level, message, items = assess(self.health_snapshot())
-            self.diagnostics_pub.publish(to_diagnostic_array(level, message, items, self.get_clock().now().to_msg(),
-                                                             self.hardware_id))
-        except Exception as error:  # noqa: BLE001 - diagnostics must never stop detection
-            self._log("diagnostics").error(f"diagnostics failed: {error!r}", throttle_duration_sec=LOG_THROTTLE_S)
 
     def close(self) -> None:
         line = f"stopping: {self.accounting.summary_line()}"

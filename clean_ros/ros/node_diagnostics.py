@@ -3,15 +3,21 @@
 ``assess(snapshot)`` turns counters, rates, rolling percentiles and recent problems into a level, a one-line
 message and ordered key/values. Levels follow diagnostic_msgs/DiagnosticStatus: 0 OK, 1 WARN, 2 ERROR.
 Keys are stable (tests, dashboards and docs/NODE.md refer to them).
+``HealthReport`` (a mixin of clean_ros.ros.detector_node.DetectorCore) fills the snapshot from the node's state
+(``health_snapshot()``) and publishes the report on /diagnostics (``_publish_diagnostics``, the node's timer).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from clean_ros.metrics.latency import EventLog, Percentiles, percentile_items
+from clean_ros.ros.frame_accounting import RATE_WINDOW_S
 
 OK, WARN, ERROR = 0, 1, 2
+PROBLEM_HOLD_S = 5.0         # a problem stays on /diagnostics this long after it last happened
+LOG_THROTTLE_S = 5.0         # how long a node warning of one kind stays quiet after it was logged (seconds)
 BUSY_UTILIZATION = 0.8       # callback time / wall time above which a low input rate is blamed on the node
 STATUS_NAME = "clean_ros: detector"
 
@@ -170,3 +176,45 @@ def to_diagnostic_array(level: int, message: str, items: Mapping[str, str], stam
 
 def parse_diagnostic_values(status) -> dict[str, str]:
     return {kv.key: kv.value for kv in status.values}
+
+
+class HealthReport:
+    """The node's side of the report: its state as a HealthSnapshot, assessed and published (see the module
+    docstring). Reads the frame accounting, the input boxes, the frame settings and the model's backend."""
+
+    def health_snapshot(self) -> HealthSnapshot:
+        a = self.accounting
+        received, processed = a.rates()
+        boxes = self.boxes
+        input_boxes = {
+            "crop_box": "off" if boxes.crop is None else " ".join(f"{v:g}" for v in boxes.crop),
+            "exclusion_box": "off" if boxes.exclusion is None else " ".join(f"{v:g}" for v in boxes.exclusion),
+            "points_outside_crop_total": str(a.points_outside_crop_total),
+            "points_excluded_total": str(a.points_excluded_total),
+        }
+        target, model, _, mount = self.frame_settings
+        input_boxes.update({"target_frame": target or "(cloud frame)", "model_frame": model or "(cloud frame)",
+                            "tf": self.tf.name if self.tf is not None else "off",
+                            "sensor_mount": mount.describe() if mount is not None else "off"})
+        return HealthSnapshot(
+            now=time.monotonic(), started=a.started, input_topic=self.input_topic,
+            expected_rate_hz=a.expected_rate_hz, received_rate_hz=received, processed_rate_hz=processed,
+            frames_received=a.frames_received, frames_processed=a.frames_processed,
+            frames_published=a.frames_published, dropped_sequence=a.sequence_gaps.dropped,
+            dropped_stamp_gaps=a.stamp_gaps.dropped, dropped_stale=a.dropped_stale,
+            last_input_time=a.last_input_time, stale_timeout_s=a.stale_timeout_s,
+            rate_window_s=RATE_WINDOW_S, events=a.events, problem_hold_s=PROBLEM_HOLD_S,
+            stage_percentiles=a.stage_stats.summary(), input_age=a.age_stats.percentiles("input_age"),
+            clock_offset_s=a.clock_offset_s, backend_requested=self.backend_requested,
+            backend_name=str(getattr(self.pipeline, "backend_name", "none (no model loaded)")),
+            device=self.device, bundle=str(self.bundle_path), num_threads=self.num_threads,
+            contract_findings=tuple(self.contract_findings), use_sim_time=self.use_sim_time,
+            backend_reason=self.backend_reason, extra_items=input_boxes)
+
+    def _publish_diagnostics(self) -> None:
+        try:
+            level, message, items = assess(self.health_snapshot())
+            self.diagnostics_pub.publish(to_diagnostic_array(level, message, items, self.get_clock().now().to_msg(),
+                                                             self.hardware_id))
+        except Exception as error:  # noqa: BLE001 - diagnostics must never stop detection
+            self._log("diagnostics").error(f"diagnostics failed: {error!r}", throttle_duration_sec=LOG_THROTTLE_S)

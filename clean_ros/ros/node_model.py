@@ -1,0 +1,145 @@
+"""The detector node's model, from load to free: torch threads, the bundle's Pipeline (loaded and verified, backend
+choice logged), warm-up, the input contract, the frames (sensor mount, TF), and freeing it all again.
+
+NodeModel is a mixin of clean_ros.ros.detector_node.DetectorCore, so the plain node runs it in its constructor and
+the lifecycle node (clean_ros.ros.lifecycle_node) in configure (``_load_model``) and cleanup (``_free_model``). It
+reads the node's static parameters (``self.params``, ``backend_requested``, ``device``, ``num_threads``) and sets
+``pipeline``, ``bundle_path``, ``backend_reason``, ``class_names``, ``point_features``, ``contract``, ``tf`` and
+``frames``. Every start-up failure is one StartupError line (the node prints it as FATAL, exit status 2; the
+lifecycle node fails the transition with it).
+"""
+from __future__ import annotations
+
+import time
+
+from clean_ros.cloud.pointcloud import InputContract
+from clean_ros.inference.sensor_mount import SensorMount
+from clean_ros.package_share import default_bundle_path
+from clean_ros.ros.node_parameters import StartupError
+from clean_ros.ros.tf_buffer import create_tf
+from clean_ros.ros.tf_frames import FrameResolver, validate_frame_settings
+
+
+def feature_names(features) -> list[str]:
+    """The bundle's point features (names, dicts with a "name", or objects with .name) as names, in order."""
+    names = []
+    for f in features:
+        if isinstance(f, str):
+            names.append(f)
+        elif isinstance(f, dict):
+            names.append(str(f["name"]))
+        else:
+            names.append(str(getattr(f, "name", f)))
+    return names
+
+
+class NodeModel:
+    """The model's life inside the node (see the module docstring)."""
+
+    def _load_model(self) -> None:
+        """Load and verify the bundle, declare its post-processing parameters, warm up (StartupError if not)."""
+        self._set_torch_threads(self.num_threads)
+        self.pipeline, self.bundle_path = self._load_pipeline(self._pipeline_factory)
+        self.class_names = tuple(self.pipeline.class_names)
+        self.point_features = tuple(feature_names(self.pipeline.point_features))
+        self._declare_postprocess_parameters()
+        self._warm_up(self.params.get("warmup_iterations"))
+        self.contract = self._input_contract()
+        self.contract_pending = True
+        self._start_frames()
+
+    def _read_frame_settings(self) -> tuple[str, str, float, SensorMount | None]:
+        """(target_frame, model_frame, tf_timeout_s, sensor mount), checked together (StartupError if not)."""
+        read = self.params.get
+        try:
+            mount = SensorMount.from_settings(read("sensor_height"), read("sensor_pitch"), read("sensor_roll"))
+        except ValueError as error:
+            raise StartupError(str(error)) from None
+        target, model, timeout = read("target_frame"), read("model_frame"), read("tf_timeout_s")
+        problem = validate_frame_settings(target, model, timeout, mount)
+        if problem:
+            raise StartupError(problem)
+        return target, model, timeout, mount
+
+    def _start_frames(self) -> None:
+        """The sensor mount on the Pipeline; a TF buffer + listener when target_frame or model_frame is set."""
+        target, model, timeout, mount = self.frame_settings
+        if mount is not None:
+            self.pipeline.set_sensor_mount(mount)
+            self.get_logger().info(f"{mount.describe()}: points moved to a virtual sensor at the bundle's training "
+                                   f"height {self.pipeline.training_sensor_height:g} m, boxes moved back")
+        if (target or model) and self.tf is None:
+            self.tf = create_tf(self)
+            self.get_logger().info(f"TF ({self.tf.name}): points into '{model or '<cloud frame>'}', boxes into "
+                                   f"'{target or '<cloud frame>'}', lookups at the cloud's stamp wait up to "
+                                   f"tf_timeout_s={timeout:g} s")
+        self.frames = FrameResolver(self.tf, target, model, timeout, getattr(self.pipeline, "frames", None))
+
+    def _free_model(self) -> None:
+        """Drop the pipeline (weights, backend session, engine) and the device's cached memory."""
+        if self.tf is not None:
+            self.tf.close()
+            self.tf = None
+        self.frames = None
+        self.pipeline = None
+        import gc
+
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001 - freeing memory is best effort
+            pass
+
+    def _set_torch_threads(self, threads: int) -> None:
+        try:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        except Exception as error:  # noqa: BLE001
+            self.get_logger().warning(f"could not set torch threads to {threads}: {error}")
+
+    def _load_pipeline(self, factory):
+        path = self.params.get("bundle_path") or str(default_bundle_path())
+        try:
+            if factory is None:
+                from clean_ros.inference.pipeline import Pipeline
+
+                pipeline = Pipeline.from_bundle(path, backend=self.backend_requested, device=self.device,
+                                                intra_op_threads=self.num_threads)
+            else:
+                pipeline = factory(path, backend=self.backend_requested, device=self.device)
+        except Exception as error:  # noqa: BLE001 - every start-up failure becomes one clear line
+            raise StartupError(f"cannot load the model bundle '{path}' (backend '{self.backend_requested}', "
+                               f"device '{self.device}'): {error}") from None
+        name = getattr(pipeline, "backend_name", "?")
+        reason = getattr(getattr(pipeline, "backend", None), "selection_reason", "") or "requested explicitly"
+        self.backend_reason = reason
+        if self.backend_requested not in ("auto", name):
+            self.get_logger().warning(f"backend fallback: '{self.backend_requested}' was requested but '{name}' "
+                                      f"runs ({reason})")
+        else:
+            self.get_logger().info(f"backend '{name}' runs (requested '{self.backend_requested}': {reason})")
+        return pipeline, path
+
+    def _warm_up(self, iterations: int) -> None:
+        if iterations <= 0:
+            return
+        start = time.perf_counter()
+        try:
+            self.pipeline.warmup(iterations=iterations)
+        except Exception as error:  # noqa: BLE001
+            raise StartupError(f"warm-up of backend '{self.pipeline.backend_name}' failed: {error}") from None
+        self.get_logger().info(f"warm-up: {iterations} iteration(s) in {time.perf_counter() - start:.2f} s")
+
+    def _input_contract(self):
+        bundle = getattr(self.pipeline, "bundle", None)
+        if bundle is not None and hasattr(bundle, "input_contract"):
+            return bundle.input_contract()
+        return InputContract(point_features=self.point_features,
+                             point_cloud_range=tuple(getattr(bundle, "point_cloud_range", (-1e9,) * 3 + (1e9,) * 3)))
+
+
+__all__ = ["NodeModel", "feature_names"]
