@@ -10,7 +10,8 @@ lifecycle node, clean_ros.ros.detector_node / clean_ros.ros.lifecycle_node).
   edited one at a time; enabling checks that they fit together).
 - Input boxes: crop_box_enabled / crop_box, exclusion_box_enabled / exclusion_box (clean_ros.cloud.model_input).
 - BUNDLE_OWNED: model geometry keys that a params file must not set (refused at start with StartupError).
-A refused runtime change returns its reason (`ros2 param set` prints it) and leaves every setting as it was.
+A refused runtime change returns its reason (`ros2 param set` prints it) and leaves every setting as it was; what an
+accepted one does to the running node is clean_ros.ros.node_parameter_changes.
 """
 from __future__ import annotations
 
