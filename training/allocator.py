@@ -4,9 +4,9 @@ Why (docs/BENCH.md "Training step: batch 1 vs batch 2"): torch's CPU tensors com
 default, adaptive settings, a block larger than the mmap threshold is mapped fresh and unmapped on free, and free
 memory at the top of the heap is trimmed back to the kernel. A training step allocates and frees the same
 multi-megabyte activations every iteration, so it can pay a page fault (a zeroed 4 KiB page) for every page of
-them, every step. Measured on pointpillars_tiny: batch 1 settled at 0 minor faults per step, batch 2 at about
-4,800 per sample (some 19 MB re-faulted per frame), and the elementwise kernels that first touch those pages
-(fill_, ReLU and its backward, batch norm) ran 3-20x slower per sample: batch 2 was slower per sample than batch 1.
+them, every step. Measured on pointpillars_tiny: batch 1 settled at 0 minor faults per step, batch 2 (in most runs:
+it depends on the heap's layout) at 2,400-5,100 per sample, and the kernels that first touch those pages (fill_,
+ReLU and its backward, batch norm) ran 3-20x slower per sample: batch 2 trained fewer samples per second.
 
 The fix is two glibc settings, made once per process (inherited by forked DataLoader workers):
   M_MMAP_THRESHOLD = 32 MiB (glibc's maximum): blocks up to that size come from the heap and are re-used;
