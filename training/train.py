@@ -86,7 +86,7 @@ def _main(args) -> int:
     from training import checkpoint as ckpt_io
     from training.train_config import TrainConfig, load_train_config
     from training.data.augment import Augmentor
-    from training.data.gt_database import GTDatabaseError, build_gt_database
+    from training.data.gt_database import GTDatabaseError, build_gt_database, label_source_tag
     from training.data.kitti_dataset import KittiDataset
     from training.distributed import cleanup_distributed, init_distributed
     from training.run_dir import RunDir, setup_logging
@@ -134,7 +134,7 @@ def _main(args) -> int:
         try:
             if not cfg.augment.gt_sampling_config.database_path:  # default: next to the data, per split
                 cfg.augment.gt_sampling_config.database_path = str(
-                    Path(cfg.data.root) / f"gt_database_{cfg.data.train_split}.npz")
+                    Path(cfg.data.root) / f"gt_database_{cfg.data.train_split}{label_source_tag(cfg.data)}.npz")
             gt_db = Path(cfg.augment.gt_sampling_config.database_path)
             if cfg.augment.gt_sampling and not gt_db.is_file():
                 if ctx.is_main:

@@ -16,6 +16,7 @@ from typing import Any
 from clean_ros.models.detector_config import DetectorConfig
 from clean_ros.yaml_config import ConfigError, parse_override
 from training.compression.compress_config import CompressConfig
+from training.data.gt_database import label_source_tag
 
 
 def _shared_values(cfg: CompressConfig, data_root: Path, epochs: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -53,21 +54,10 @@ def stage_train_config(cfg: CompressConfig, data_root: Path, stages_dir: Path, y
         train_cfg.model = model_cfg
     # One GT database per (range, classes), next to the data stage's outputs (never inside a user's dataset).
     key = json.dumps([list(train_cfg.model.point_cloud_range), list(train_cfg.model.class_names),
-                      cfg.data.train_split, *_label_source(train_cfg.data)])
+                      cfg.data.train_split]) + label_source_tag(train_cfg.data)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     train_cfg.augment.gt_sampling_config.database_path = str(stages_dir / "data" / f"gt_database_{digest}.npz")
     return train_cfg
-
-
-def _label_source(data) -> list:
-    """What a GT database's objects depend on beyond range and classes: the label folder and the camera crop. The
-    defaults add nothing, so the databases of existing runs keep their names."""
-    extra = []
-    if data.train_labels != "label_2":
-        extra.append(data.train_labels)
-    if not data.fov_crop:
-        extra.append("no_fov_crop")
-    return extra
 
 
 __all__ = ["stage_train_config"]

@@ -183,6 +183,15 @@ class GTSampler:
                       calib=sample.calib, annotations=sample.annotations)
 
 
+def label_source_tag(data) -> str:
+    """What a GT database's objects depend on beyond the split, range and classes: the label folder and the camera
+    crop (DataConfig.train_labels / fov_crop). "" for the KITTI defaults, so existing databases keep their names."""
+    parts = [data.train_labels] if data.train_labels != "label_2" else []
+    if not data.fov_crop:
+        parts.append("no_fov_crop")
+    return "".join(f"_{part}" for part in parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     """python -m training.data.gt_database --root data/kitti [--split train] [--output PATH]"""
     import argparse

@@ -249,3 +249,13 @@ def test_distributed_loader_uses_a_distributed_sampler(dataset, tmp_path):
     finally:
         dist.destroy_process_group()
         dataset.set_epoch(0)
+
+
+def test_gt_database_name_follows_the_label_folder_and_crop():
+    """label_all (every object around the car, no camera crop) must not reuse the label_2 database of the same
+    split; the KITTI defaults keep the old name."""
+    from training.data.gt_database import label_source_tag
+
+    assert label_source_tag(DataConfig()) == ""
+    assert label_source_tag(DataConfig(fov_crop=False)) == "_no_fov_crop"
+    assert label_source_tag(DataConfig(fov_crop=False, train_labels="label_all")) == "_label_all_no_fov_crop"
