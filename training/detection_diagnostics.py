@@ -23,9 +23,17 @@ What counts, chosen to agree with what the KITTI devkit scores (clean_ros/metric
 - Confusions: each scored labelled object (every class of the labels) -> the class of the detection that overlaps
   it most in BEV, when that IoU >= 0.25, else "none". Rows therefore sum to the number of objects.
 - Detections per frame: all of them, those in the camera view, and those the devkit scores (whatever they match).
+- AP ceiling: the KITTI AP that perfect detections would get on the same frames - every labelled object (DontCare
+  rows left out) given back as a detection with one score, through the same clean_ros.metrics.kitti_eval.evaluate
+  call. The devkit samples precision only at the scores where recall passes its 40 recall points and advances one
+  point per true positive, so with N <= 40 objects of a class at a difficulty even perfect detections fill points
+  0..N-1 and get AP R40 = 100 (N - 1) / 40 (1 object: 0, 3 objects: 5). No detector can score above this (it has at
+  most N true positives, hence at most N points); below AP_CEILING_MIN the folder is too small for AP to tell
+  models apart, and recall / false positives are the measures to read.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -34,8 +42,8 @@ import torch
 
 from clean_ros.cloud.geometry import bev_iou
 from clean_ros.cloud.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiObjects, boxes_in_image,
-                                   labels_from_lidar_boxes)
-from clean_ros.metrics.kitti_eval import MIN_HEIGHT, MIN_OVERLAP, image_overlap
+                                   difficulty_levels, labels_from_lidar_boxes)
+from clean_ros.metrics.kitti_eval import DIFFICULTIES, MIN_HEIGHT, MIN_OVERLAP, evaluate, image_overlap
 from clean_ros.types import Detections
 from training.data.kitti_dataset import DONT_CARE, ground_truth_from_annotations
 
@@ -44,6 +52,8 @@ RECALL_IOUS = (0.5, 0.25)
 MATCH_IOU = 0.25  # "overlaps a labelled object": false positives and confusions
 MIN_SCORED_HEIGHT = min(MIN_HEIGHT)  # px; the devkit ignores shorter boxes at every difficulty
 DEFAULT_MIN_OVERLAP = 0.5  # DontCare test for a bundle class the devkit does not know
+AP_CEILING_MIN = 50.0  # AP points; a folder whose perfect-detection AP is below this cannot measure a model by AP
+PERFECT_SCORE = 0.9  # the one score of the perfect detections (any value: all tie, the devkit's order decides)
 NONE = "none"
 
 
@@ -72,6 +82,9 @@ class FrameMatch:
     object_scored: np.ndarray  # (M,) bool: the devkit scores it at some difficulty
     object_range: np.ndarray  # (M,) BEV distance of the box centre from the sensor, m
     best_same_class_iou: np.ndarray  # (M,) largest BEV IoU with a detection of its own class (0 if none)
+    # (M, len(RECALL_IOUS)) highest score of a detection of its own class overlapping it at RECALL_IOUS[j] (-inf if
+    # none): the object is found at that IoU by every score threshold <= this (training/compression/stage_thresholds)
+    found_score: np.ndarray
     detected_as: np.ndarray  # (M,) str: class of the most-overlapping detection at IoU >= MATCH_IOU, else "none"
     detection_names: np.ndarray  # (N,) str
     detection_in_view: np.ndarray  # (N,) bool: part of the box is in the camera image
@@ -107,6 +120,9 @@ def match_frame(frame: LabelledFrame, detections: Detections) -> FrameMatch:
     n_obj, n_det = iou.shape
     same_class = names[:, None] == det_names[None, :]
     best_same = np.where(same_class, iou, 0.0).max(1, initial=0.0)
+    scores = np.asarray(detections.scores, dtype=np.float64)
+    overlap_at = same_class[:, :, None] & (iou[:, :, None] >= np.asarray(RECALL_IOUS)[None, None, :])  # (M, N, J)
+    found_score = np.where(overlap_at, scores[None, :, None], -np.inf).max(1, initial=-np.inf)
     best_any = iou.max(1, initial=0.0)
     detected_as = np.full(n_obj, NONE, dtype=object)
     if n_det:
@@ -122,7 +138,7 @@ def match_frame(frame: LabelledFrame, detections: Detections) -> FrameMatch:
     covered = _dont_care_covered(det_rows.bbox, det_names, dont_care.bbox)
     return FrameMatch(object_names=names.astype(str), object_scored=difficulty >= 0,
                       object_range=np.hypot(boxes[:, 0], boxes[:, 1]).astype(np.float64),
-                      best_same_class_iou=best_same, detected_as=np.asarray(detected_as, dtype=str),
+                      best_same_class_iou=best_same, found_score=found_score, detected_as=np.asarray(detected_as, dtype=str),
                       detection_names=det_names, detection_in_view=in_view, detection_scored=scored,
                       false_positive=scored & ~overlaps_object & ~covered, detection_rows=det_rows)
 
@@ -200,5 +216,33 @@ def summarize(frames: list[LabelledFrame], matches: list[FrameMatch], class_name
     }
 
 
+# ------------------------------------------------------------------------------------------- AP ceiling
+def perfect_detections(labels: KittiObjects, score: float = PERFECT_SCORE) -> KittiObjects:
+    """Every labelled object of a frame (DontCare rows left out) as a detection with the given score."""
+    objects = labels.select(labels.names != DONT_CARE)
+    return dataclasses.replace(objects, score=np.full(len(objects), score, dtype=np.float64))
+
+
+def scored_object_counts(label_frames: list[KittiObjects], classes: tuple[str, ...]) -> dict[str, list[int]]:
+    """{class: [easy, moderate, hard]}: the objects the devkit counts at each difficulty (the levels nest)."""
+    names = np.concatenate([objs.names for objs in label_frames]) if label_frames else np.zeros(0, dtype=str)
+    levels = np.concatenate([difficulty_levels(objs) for objs in label_frames]) if label_frames else np.zeros(0, int)
+    return {cls: [int(((names == cls) & (levels >= 0) & (levels <= d)).sum()) for d in range(len(DIFFICULTIES))]
+            for cls in classes}
+
+
+def ap_ceiling(label_frames: list[KittiObjects], classes: tuple[str, ...]) -> dict:
+    """The KITTI AP (evaluate's dict) of perfect detections on these frames: the most any detector can score."""
+    return evaluate(label_frames, [perfect_detections(objs) for objs in label_frames], classes)
+
+
+def ap_below_ceiling_min(ceiling: dict, metrics: tuple[str, ...]) -> dict[str, list[str]]:
+    """{class: [difficulties]} whose ceiling is below AP_CEILING_MIN for any of the metrics."""
+    low = {cls: [d for i, d in enumerate(DIFFICULTIES) if min(entry[m][i] for m in metrics) < AP_CEILING_MIN]
+           for cls, entry in ceiling.items()}
+    return {cls: ds for cls, ds in low.items() if ds}
+
+
 __all__ = ["RANGE_BANDS", "RECALL_IOUS", "MATCH_IOU", "BAND_NAMES", "LabelledFrame", "FrameMatch",
-           "detections_as_labels", "match_frame", "summarize"]
+           "detections_as_labels", "match_frame", "summarize", "AP_CEILING_MIN", "perfect_detections",
+           "scored_object_counts", "ap_ceiling", "ap_below_ceiling_min"]

@@ -19,6 +19,10 @@ whole scan. Printed (and written to --out as JSON, atomically):
 - KITTI AP R40, BEV and 3D, easy / moderate / hard per class: clean_ros/metrics/kitti_eval.py on the detections in
   the camera's view (part of the box in the image) as a KITTI prediction file carries them (2 decimals), so the
   figures equal training/evaluate.py on `infer --out` files;
+- next to it, the AP *ceiling*: what perfect detections (the labels scored against themselves, same evaluate call)
+  get on the same frames. With few labelled objects the devkit's 40 recall points stay mostly empty (N objects:
+  at most 100 (N - 1) / 40), so when a ceiling is below 50 the check says the folder is too small for AP and points
+  at recall and false positives;
 - recall of labelled objects at BEV IoU 0.5 and 0.25 by class and range band, false positives per frame, the
   confusion matrix and detections per frame: training/detection_diagnostics.py (its docstring says what counts).
 Bad input (folder, bundle, a file) ends with one "error: ..." line and exit status 2.
@@ -105,7 +109,8 @@ def run_check(folder: KittiFolder, pipeline, intensity_scale: float = 1.0, save_
               log=print, emulation=None) -> dict:
     """Run the pipeline on every frame and compute the report (AP + diagnostics); emulation: a SensorEmulation."""
     from training.data.kitti_dataset import read_png_shape, read_velodyne
-    from training.detection_diagnostics import LabelledFrame, match_frame, summarize
+    from training.detection_diagnostics import (AP_CEILING_MIN, LabelledFrame, ap_below_ceiling_min, ap_ceiling,
+                                                match_frame, scored_object_counts, summarize)
 
     frames, matches, gt_annos, dt_annos = [], [], [], []
     for index, frame_id in enumerate(folder.frame_ids):
@@ -142,6 +147,12 @@ def run_check(folder: KittiFolder, pipeline, intensity_scale: float = 1.0, save_
     report = summarize(frames, matches, tuple(pipeline.class_names))
     report["ap"] = {c: {m: ap[c][m] for m in AP_METRICS} for c in classes}
     report["ap_all_metrics"] = ap
+    # the most any detector can score on these labels: AP is only a measure when this is high
+    ceiling = ap_ceiling(gt_annos, classes) if classes else {}
+    report["ap_ceiling"] = {c: {m: ceiling[c][m] for m in AP_METRICS} for c in classes}
+    report["ap_scored_objects"] = scored_object_counts(gt_annos, classes)
+    report["ap_ceiling_min"] = AP_CEILING_MIN
+    report["ap_ceiling_below_min"] = ap_below_ceiling_min(report["ap_ceiling"], AP_METRICS)
     report["ap_classes_not_evaluated"] = [c for c in pipeline.class_names if c not in CLASSES]
     return report
 
@@ -151,12 +162,33 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100.0 * value:.0f}%"
 
 
+def _ceiling_lines(report: dict) -> list[str]:
+    """What the ceiling column means, the object counts behind it, and the too-small verdict."""
+    counts = report["ap_scored_objects"]
+    lines = ["  (ceiling: the AP of perfect detections on these frames, the labels scored against themselves; no model "
+             "scores more. Objects the devkit scores, easy/moderate/hard: "
+             + ", ".join(f"{c} {'/'.join(str(n) for n in counts[c])}" for c in report["ap"]) + ")"]
+    low = report["ap_ceiling_below_min"]
+    if low:
+        every = len(low) == len(report["ap"]) and all(len(ds) == 3 for ds in low.values())
+        where = "every class and difficulty" if every else "; ".join(
+            f"{c} {'all difficulties' if len(ds) == 3 else ', '.join(ds)}" for c, ds in low.items())
+        lines.append(f"  This folder is too small for AP to measure the model (ceiling below "
+                     f"{report['ap_ceiling_min']:g} for {where}): judge it by the recall and false positives below.")
+    return lines
+
+
 def format_report(report: dict) -> str:
-    lines = [f"KITTI AP R40 (devkit protocol; {report['frames']} frames)   easy  moderate    hard"]
+    lines = [f"KITTI AP R40 (devkit protocol; {report['frames']} frames)   easy  moderate    hard"
+             f"   ceiling: easy  moderate    hard"]
     for cls, entry in report["ap"].items():
         for metric in AP_METRICS:
             e, m, h = entry[metric]
-            lines.append(f"  {cls:<11} {metric.split('_')[0].upper():<4}                  {e:7.2f} {m:9.2f} {h:7.2f}")
+            ce, cm, ch = report["ap_ceiling"][cls][metric]
+            lines.append(f"  {cls:<11} {metric.split('_')[0].upper():<4}                  {e:7.2f} {m:9.2f} {h:7.2f}"
+                         f"            {ce:7.2f} {cm:9.2f} {ch:7.2f}")
+    if report["ap"]:
+        lines.extend(_ceiling_lines(report))
     rec = report["recall"]
     bands = rec["range_bands"]
     totals = next(iter(rec["by_iou"].values()))  # the object totals are the same at every IoU

@@ -1,7 +1,9 @@
 """The real-data check (training/real_check.py) and its diagnostics (training/detection_diagnostics.py).
 
 On the six shared KITTI frames: it runs, its AP equals training/evaluate.py on the files `python -m clean_ros.infer`
-writes, and its counts agree with the labels. On a hand-built two-frame case (synthetic camera): recall by class
+writes, and its counts agree with the labels; its AP ceiling (perfect detections) equals training/evaluate.py on the
+labels given back as predictions. On a hand-built label folder: the ceiling's known values (100 (N - 1) / 40 for N
+scored objects). On a hand-built two-frame case (synthetic camera): recall by class
 and range band, false positives (camera view, devkit height, DontCare), confusions and detection counts with known
 answers. Bad input: one line, exit status 2.
 """
@@ -21,7 +23,8 @@ from clean_ros.cloud.kitti import (Calibration, boxes_in_image, difficulty_level
 from clean_ros.types import Detections
 from shared_helpers import REPO_ROOT
 from training import real_check
-from training.detection_diagnostics import LabelledFrame, match_frame, summarize
+from training.detection_diagnostics import (AP_CEILING_MIN, LabelledFrame, ap_below_ceiling_min, ap_ceiling,
+                                            match_frame, perfect_detections, scored_object_counts, summarize)
 
 CLASSES = ("Car", "Pedestrian", "Cyclist")
 
@@ -98,6 +101,97 @@ def test_counts_agree_with_the_labels(shared_run):
     assert fp["per_frame"] == pytest.approx(fp["total"] / 6)
     assert "KITTI AP R40" in shared_run["stdout"] and "False positives per frame" in shared_run["stdout"]
     assert "(Cyclist: no labelled object the devkit scores in these frames" in shared_run["stdout"]
+
+
+def test_ap_ceiling_equals_evaluate_on_labels_as_predictions(shared_run, capsys):
+    """The six frames' ceiling is training/evaluate.py on every label row given back with score 0.9; with Car 1/3/3
+    and Pedestrian 2/2/2 scored objects it is 0 / 5 / 5 and 2.5, far below 50, and the check says so."""
+    from training import evaluate as evaluate_cli
+
+    pred = shared_run["tmp"] / "labels_as_predictions"
+    pred.mkdir()
+    for label_file in sorted((shared_run["split"] / "label_2").glob("*.txt")):
+        rows = [line for line in label_file.read_text().splitlines() if line.strip()]
+        (pred / label_file.name).write_text("".join(f"{line} 0.9\n" for line in rows))
+    assert evaluate_cli.main(["--gt", str(shared_run["split"] / "label_2"), "--pred", str(pred),
+                              "--out", str(shared_run["tmp"] / "ceiling.json")]) == 0
+    capsys.readouterr()
+    reference = json.loads((shared_run["tmp"] / "ceiling.json").read_text())["results"]
+    report = shared_run["report"]
+    for cls in CLASSES:
+        for metric in ("bev_R40", "3d_R40"):
+            assert report["ap_ceiling"][cls][metric] == pytest.approx(reference[cls][metric], abs=1e-9), (cls, metric)
+            # no model scores above the ceiling
+            assert all(a <= c + 1e-9 for a, c in zip(report["ap"][cls][metric], report["ap_ceiling"][cls][metric]))
+    assert report["ap_ceiling"]["Car"] == {"bev_R40": [0.0, 5.0, 5.0], "3d_R40": [0.0, 5.0, 5.0]}
+    assert report["ap_ceiling"]["Pedestrian"]["bev_R40"] == pytest.approx([2.5, 2.5, 2.5])
+    assert report["ap_ceiling"]["Cyclist"]["3d_R40"] == [0.0, 0.0, 0.0]
+    assert report["ap_scored_objects"] == {"Car": [1, 3, 3], "Pedestrian": [2, 2, 2], "Cyclist": [0, 0, 0]}
+    assert report["ap_ceiling_min"] == AP_CEILING_MIN == 50.0
+    assert report["ap_ceiling_below_min"] == {c: ["easy", "moderate", "hard"] for c in CLASSES}
+    out = shared_run["stdout"]
+    assert re.search(r"^  Car +BEV +0\.00 +2\.50 +2\.50 +0\.00 +5\.00 +5\.00$", out, re.M), out
+    assert "Objects the devkit scores, easy/moderate/hard: Car 1/3/3, Pedestrian 2/2/2, Cyclist 0/0/0" in out
+    too_small = [line for line in out.splitlines() if "too small for AP to measure the model" in line]
+    assert len(too_small) == 1 and "recall and false positives" in too_small[0]
+
+
+def test_no_too_small_line_when_the_ceiling_is_high(shared_run):
+    report = json.loads(json.dumps(shared_run["report"]))
+    report["ap_ceiling"] = {c: {m: [100.0, 97.5, 97.5] for m in ("bev_R40", "3d_R40")} for c in CLASSES}
+    report["ap_ceiling_below_min"] = ap_below_ceiling_min(report["ap_ceiling"], ("bev_R40", "3d_R40"))
+    assert report["ap_ceiling_below_min"] == {}
+    text = real_check.format_report(report)
+    assert "too small for AP" not in text and re.search(r"^  Cyclist +3D .* 100\.00 +97\.50 +97\.50$", text, re.M)
+    report["ap_ceiling"]["Car"]["3d_R40"] = [0.0, 97.5, 97.5]  # one low cell: the line names it
+    report["ap_ceiling_below_min"] = ap_below_ceiling_min(report["ap_ceiling"], ("bev_R40", "3d_R40"))
+    assert report["ap_ceiling_below_min"] == {"Car": ["easy"]}
+    assert "too small for AP to measure the model (ceiling below 50 for Car easy)" in real_check.format_report(report)
+
+
+def _label_line(name: str, index: int, height_px: float, occlusion: int = 0) -> str:
+    """One label row: a box of the class at its own place (x = 5 * index m, 20 m ahead), its own 2D box."""
+    h, w, l = {"Car": (1.5, 1.8, 4.0), "Van": (2.0, 2.0, 5.0), "Pedestrian": (1.7, 0.6, 0.8),
+               "Cyclist": (1.7, 0.6, 1.8)}[name]
+    left = 60.0 * index
+    return (f"{name} 0.00 {occlusion} 0.00 {left:.2f} 150.00 {left + 50:.2f} {150 + height_px:.2f} "
+            f"{h:.2f} {w:.2f} {l:.2f} {5.0 * index - 40:.2f} 1.70 20.00 0.00\n")
+
+
+def test_ap_ceiling_on_a_hand_built_folder(tmp_path):
+    """N scored objects of a class at a difficulty: perfect detections get AP R40 = 100 (N - 1) / 40 (the devkit
+    advances one of its 40 recall points per true positive and R40 leaves out point 0)."""
+    labels = tmp_path / "label_2"
+    labels.mkdir()
+    frame_a = ([_label_line("Car", i, 50) for i in range(4)]  # easy
+               + [_label_line("Car", 4, 30),  # moderate and hard only (< 40 px)
+                  _label_line("Car", 5, 50, occlusion=3),  # never scored
+                  _label_line("Van", 6, 50),  # the devkit's neighbour class: ignored for Car
+                  _label_line("Pedestrian", 7, 50)]  # one easy pedestrian
+               + ["DontCare -1 -1 -10 600.00 150.00 650.00 200.00 -1 -1 -1 -1000 -1000 -1000 -10\n"])
+    frame_b = [_label_line("Car", i, 60) for i in range(2)] + [_label_line("Cyclist", 2, 30, occlusion=1)]
+    (labels / "a.txt").write_text("".join(frame_a))
+    (labels / "b.txt").write_text("".join(frame_b))
+    frames = [read_labels(labels / "a.txt"), read_labels(labels / "b.txt")]
+    assert len(perfect_detections(frames[0])) == 8 and (perfect_detections(frames[0]).score == 0.9).all()
+
+    assert scored_object_counts(frames, CLASSES) == {"Car": [6, 7, 7], "Pedestrian": [1, 1, 1], "Cyclist": [0, 1, 1]}
+    ceiling = ap_ceiling(frames, CLASSES)
+    for metric in ("bev_R40", "3d_R40", "bbox_R40"):
+        assert ceiling["Car"][metric] == pytest.approx([12.5, 15.0, 15.0]), metric  # N = 6, 7, 7
+        assert ceiling["Pedestrian"][metric] == pytest.approx([0.0, 0.0, 0.0]), metric  # N = 1: point 0 only
+        assert ceiling["Cyclist"][metric] == pytest.approx([0.0, 0.0, 0.0]), metric
+    assert ceiling["Pedestrian"]["bev_R11"] == pytest.approx([100 / 11] * 3)  # R11 keeps point 0
+    assert ap_below_ceiling_min(ceiling, ("bev_R40", "3d_R40")) == {c: ["easy", "moderate", "hard"] for c in CLASSES}
+
+
+def test_ap_ceiling_reaches_100_from_41_objects():
+    """40 scored pedestrians: 97.5; 41 fill all the devkit's points: 100, and AP then measures the model."""
+    frames = [parse_labels(_label_line("Pedestrian", i % 8, 50)) for i in range(41)]
+    assert ap_ceiling(frames[:40], ("Pedestrian",))["Pedestrian"]["3d_R40"] == pytest.approx([97.5] * 3)
+    ceiling = ap_ceiling(frames, ("Pedestrian",))
+    assert ceiling["Pedestrian"]["bev_R40"] == pytest.approx([100.0] * 3)
+    assert ap_below_ceiling_min(ceiling, ("bev_R40", "3d_R40")) == {}
 
 
 # ------------------------------------------------------------------------------------------- hand-built case
