@@ -4,7 +4,8 @@ report.json:
   {"models": {"teacher": M, "student_baseline": M, "student_cakd": M, "student_pruned": M, "student_final": M,
               "baseline_<name>": M, ...},
    "skipped": {stage: reason}, "stage_seconds": {stage: s}, "machine": {...}, "commit": "...", "config": "...",
-   "efficiency_frame": {...}, "pruning": {...}, "evaluation": {...}}
+   "efficiency_frame": {...}, "pruning": {...}, "evaluation": {...},
+   "score_thresholds": null | stages/thresholds/thresholds.json (export.score_thresholds: calibrate)}
   M = {"ap3d_r40_moderate": {"Car": x, "Pedestrian": x, "Cyclist": x}, "map3d_r40_moderate": x, "params": n,
        "gflops": x, "latency_ms": {"p50": x, "p95": x}}
 A model whose stage was skipped (or failed to produce a model) is absent from "models" and named in "skipped".
@@ -66,6 +67,8 @@ def build_report(cfg, stages_dir: Path, model_stages: dict[str, str], stage_orde
         if prune else None,
         "commit": git_commit(short=True),
         "name": cfg.name,
+        # export.score_thresholds: calibrate: the shipped per-class thresholds (stages/thresholds/thresholds.json)
+        "score_thresholds": read_json(stages_dir / "thresholds" / "thresholds.json"),
         # per training stage and epoch: losses, per-part gradient norms, KD diagnostics, pseudo-box precision
         "diagnostics": {"training": training},
     }
@@ -96,6 +99,27 @@ def diagnostics_markdown(diagnostics: dict) -> list[str]:
             "| stage | epoch | grad norm cls | grad norm KD terms | CaKD positions / frame | mean student / teacher "
             "logit there | pseudo boxes / frame | their precision BEV IoU 0.5 / 0.7 |",
             "|---|---:|---:|---|---:|---:|---:|---:|", *rows]
+
+
+def thresholds_markdown(calibrated: dict | None) -> list[str]:
+    """The bundle's calibrated per-class score thresholds and what they keep on val (empty without calibration)."""
+    if not calibrated:
+        return []
+
+    def pct(value):
+        return "n/a" if value is None else f"{value:.1%}"
+
+    lines = ["", f"Score thresholds shipped in the bundle, calibrated on split `{calibrated['split']}` "
+                 f"({calibrated['frames']} frames): per class <= {calibrated['per_class_budget']:.2f} false positives "
+                 f"per frame (total budget {calibrated['max_false_positives_per_frame']:g}); as shipped "
+                 f"{calibrated['val_fp_per_frame_total']:.2f} per frame in all.", "",
+             f"| class | threshold | val FP / frame | val recall BEV IoU 0.5 | at {calibrated['calibration_min_threshold']:g}: "
+             "FP / frame, recall |", "|---|---:|---:|---:|---:|"]
+    for name, v in calibrated["classes"].items():
+        floor = v["at_floor"]
+        lines.append(f"| {name} | {v['threshold']:.3f} | {v['val_fp_per_frame']:.2f} | {pct(v['val_recall_iou50'])} | "
+                     f"{floor['val_fp_per_frame']:.2f}, {pct(floor['val_recall_iou50'])} |")
+    return lines
 
 
 def markdown(report: dict, cfg) -> str:
@@ -134,6 +158,7 @@ def markdown(report: dict, cfg) -> str:
         lines += ["", f"Pruning: {p['criterion']} criterion, keep ratio {p['keep_ratio']}, parameters "
                       f"{p['params_before']:,} -> {p['params_after']:,} (per-layer widths in "
                       f"stages/prune/prune_report.md and plots/widths.png)."]
+    lines += thresholds_markdown(report.get("score_thresholds"))
     lines += diagnostics_markdown(report.get("diagnostics") or {})
     lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["stage_seconds"].items()
                                                   if v is not None), "",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Optional
 
 from clean_ros.models.detector_config import IoUGateConfig
+from clean_ros.yaml_config import to_dict
 from training.distill.distill_config import DistillConfig
 from training.prune.prune_config import PruneConfig
 
@@ -234,8 +235,31 @@ class EfficiencySection:
 
 @dataclass
 class ExportSection:
+    """The bundle of the final student. score_thresholds: `fixed` ships the student config's per-class score
+    thresholds; `calibrate` adds the `thresholds` stage (training/compression/stage_thresholds.py), which picks each
+    class's threshold on the VAL split so that its false positives per frame there stay <=
+    max_false_positives_per_frame / number of classes, and ships those."""
+
     enabled: bool = True
     onnx: bool = True  # also write model.onnx (+ encoder.onnx) into the bundle
+    score_thresholds: Literal["fixed", "calibrate"] = "fixed"
+    max_false_positives_per_frame: float = 2.0  # calibrate: the budget over all classes, split evenly per class
+    calibration_min_threshold: float = 0.05  # calibrate: the student runs on val at this score; no lower threshold
+
+    def stage_identity(self) -> dict:
+        """What the export stage hashes: with `fixed`, only enabled / onnx (the hash of every config from before the
+        calibration options existed stays the same, so finished runs are not re-exported)."""
+        if self.score_thresholds == "fixed":
+            return {"enabled": self.enabled, "onnx": self.onnx}
+        return to_dict(self)
+
+    def __post_init__(self):
+        if not self.max_false_positives_per_frame > 0:
+            raise ValueError(f"export.max_false_positives_per_frame must be > 0, got "
+                             f"{self.max_false_positives_per_frame}")
+        if not 0.0 < self.calibration_min_threshold < 1.0:
+            raise ValueError(f"export.calibration_min_threshold must be in (0, 1), got "
+                             f"{self.calibration_min_threshold} (0 would keep boxes the hard IoU gate zeroed)")
 
 
 @dataclass

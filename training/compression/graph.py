@@ -12,7 +12,9 @@
   baseline_<name>   comparison students (baselines)
   evaluate          every model on the same held-out split (KITTI AP R40)              stage_outputs
   efficiency        params, GFLOPs, CPU latency p50/p95 at batch 1
-  export            the final student as a bundle
+  thresholds        only with export.score_thresholds: calibrate: per-class score thresholds  stage_thresholds
+                    of the final student on the VAL split (false positives per frame budget)
+  export            the final student as a bundle (with the calibrated thresholds when present)
   report            report.json, report.md, plots
 
 Under torchrun every rank builds the same graph; the stages marked `parallel` (training, importance, evaluate) run on
@@ -30,7 +32,8 @@ from typing import Any, Callable
 import torch
 
 from clean_ros.yaml_config import ConfigError
-from training.compression import stage_data, stage_outputs, stage_pruning, stage_students, stage_teacher
+from training.compression import (stage_data, stage_outputs, stage_pruning, stage_students, stage_teacher,
+                                  stage_thresholds)
 from training.compression.compress_config import BaselineConfig, CompressConfig
 from training.compression.run_context import CompressRun
 from training.compression.stage_store import Stage
@@ -117,9 +120,18 @@ class CompressionGraph:
                   partial(stage_outputs.efficiency, run, refs=refs),
                   {"efficiency": c.efficiency}, ("data", *model_stages)),
         ]
+        calibrate = c.export.enabled and c.export.score_thresholds == "calibrate"
+        if calibrate:
+            stages.append(Stage("thresholds", f"per-class score thresholds of the final student on split "
+                                f"{c.data.val_split!r} (<= {c.export.max_false_positives_per_frame:g} false "
+                                "positives per frame)", partial(stage_thresholds.calibrate, run, refs=refs),
+                                {"export": c.export, "data": c.data, "evaluation": c.evaluation},
+                                ("data", refs["student_final"].stage)))
         if c.export.enabled:
             stages.append(Stage("export", "final student -> bundle", partial(stage_outputs.export, run, refs=refs),
-                                {"export": c.export}, (refs["student_final"].stage, "evaluate", "efficiency")))
+                                {"export": c.export.stage_identity()},
+                                (refs["student_final"].stage, "evaluate", "efficiency",
+                                 *(("thresholds",) if calibrate else ()))))
         names = [s.name for s in stages] + ["report"]
         stages.append(Stage("report", "report.json, report.md, plots",
                             partial(stage_outputs.report, run, refs=refs, stage_order=names), {},
