@@ -210,7 +210,8 @@ def stage_schedule(cfg: CompressConfig, graph, stage: Stage) -> tuple[int | None
 
 
 def _fixed_stage(stage: Stage, cfg: CompressConfig, infer: dict, n_models: int, eval_frames: int,
-                 filters: int, sim_seconds_per_frame: float | None) -> tuple[float | None, str]:
+                 filters: int, sim_seconds_per_frame: float | None, val_frames: int = 0,
+                 num_classes: int = 3) -> tuple[float | None, str]:
     """Estimate and note of a non-training stage from the measured inference times (None = not measured)."""
     teacher_ms, student_ms = infer.get("teacher"), infer.get("student")
     per_round = None if teacher_ms is None or student_ms is None else (teacher_ms + (n_models - 1) * student_ms) / 1e3
@@ -233,6 +234,13 @@ def _fixed_stage(stage: Stage, cfg: CompressConfig, infer: dict, n_models: int, 
     if stage.name == "efficiency":
         runs = cfg.efficiency.warmup + cfg.efficiency.repeats
         return (None, "") if per_round is None else (runs * per_round, f"{n_models} models x {runs} runs")
+    if stage.name == "thresholds":  # stage_thresholds.search_thresholds: at most classes x rounds probes + 1
+        from training.compression.stage_thresholds import MAX_ROUNDS
+
+        passes = num_classes * MAX_ROUNDS + 1
+        return (None, "") if student_ms is None else (
+            passes * val_frames * student_ms / 1e3, f"upper bound: {passes} passes of the final student x "
+                                                    f"{val_frames} val frames (student latency; matching not counted)")
     return 0.0, ""
 
 
@@ -301,6 +309,7 @@ def make_plan(cfg: CompressConfig, graph, iterations: int = DEFAULT_ITERATIONS,
 
     train_frames = next(s.frames for s in splits if s.role == "train")
     eval_frames = next(s.frames for s in splits if s.name == cfg.data.eval_split)
+    val_frames = next((s.frames for s in splits if s.name == cfg.data.val_split), 0)
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.training.threads)
@@ -333,7 +342,8 @@ def make_plan(cfg: CompressConfig, graph, iterations: int = DEFAULT_ITERATIONS,
     for stage in stages:
         epochs, kind = stage_schedule(cfg, graph, stage)
         if epochs is None:
-            seconds, note = _fixed_stage(stage, cfg, infer, n_models, eval_frames, filters, data.sim_seconds)
+            seconds, note = _fixed_stage(stage, cfg, infer, n_models, eval_frames, filters, data.sim_seconds,
+                                         val_frames, len(model_cfg.class_names))
             plans.append(StagePlan(stage.name, stage.title, None, None, seconds, note))
             continue
         iters = epochs * per_epoch
