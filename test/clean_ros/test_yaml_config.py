@@ -128,7 +128,7 @@ def test_detector_config_validation_messages():
     path = find_config("pointpillars_tiny")
     with pytest.raises(ConfigError, match=r"layer_widths\[1\] needs 3 widths"):
         load_detector_config(path, ["bev_backbone.layer_widths=[[8, 8], [8, 8], [8, 8, 8]]"])
-    with pytest.raises(ConfigError, match="needs head.iou_branch=true"):
+    with pytest.raises(ConfigError, match="this model has no IoU branch"):
         load_detector_config(path, ["postprocess.iou_gate.mode=hard"])
     with pytest.raises(ConfigError, match="score_thresholds needs 3 values"):
         load_detector_config(path, ["postprocess.score_thresholds=[0.1]"])
