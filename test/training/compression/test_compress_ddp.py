@@ -108,7 +108,8 @@ def runs(tmp_path_factory):
                 _kill_tree(proc)
     killed_mid_training = not (ddp / "stages" / "finetune" / "done.json").is_file()
     again = subprocess.run(_torchrun(ddp), capture_output=True, text=True, timeout=600, env=_env(), cwd=REPO)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-4000:]
+    # on failure: the ranks' own tracebacks come before torchrun's summary, so show a long tail of both streams
+    assert again.returncode == 0, again.stdout[-8000:] + again.stderr[-16000:]
     return single, ddp, again.stdout + again.stderr, killed_mid_training
 
 
