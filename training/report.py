@@ -113,8 +113,8 @@ def thresholds_markdown(calibrated: dict | None) -> list[str]:
                  f"({calibrated['frames']} frames): per class <= {calibrated['per_class_budget']:.2f} false positives "
                  f"per frame (total budget {calibrated['max_false_positives_per_frame']:g}); as shipped "
                  f"{calibrated['val_fp_per_frame_total']:.2f} per frame in all.", "",
-             f"| class | threshold | val FP / frame | val recall BEV IoU 0.5 | at {calibrated['calibration_min_threshold']:g}: "
-             "FP / frame, recall |", "|---|---:|---:|---:|---:|"]
+             f"| class | threshold | val FP / frame | val recall BEV IoU 0.5 | at "
+             f"{calibrated['calibration_min_threshold']:g}: FP / frame, recall |", "|---|---:|---:|---:|---:|"]
     for name, v in calibrated["classes"].items():
         floor = v["at_floor"]
         lines.append(f"| {name} | {v['threshold']:.3f} | {v['val_fp_per_frame']:.2f} | {pct(v['val_recall_iou50'])} | "

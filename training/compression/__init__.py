@@ -18,6 +18,7 @@ nor `compress` (it would shadow the training/compress.py script).
   stage_students.py                 student_baseline, student_cakd, finetune, iou_refine, baseline_<name>
   stage_pruning.py                  importance, prune
   stage_outputs.py                  evaluate, efficiency, export, report
+  stage_thresholds.py               thresholds (export.score_thresholds: calibrate: per-class score thresholds on val)
   report_rows.py      what the report reads back (model rows, per-epoch diagnostics); training/report.py and the
                       stage bodies both import it, neither imports the other's importer
   plots.py            the report's PNG figures (matplotlib Agg)

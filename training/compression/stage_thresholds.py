@@ -8,14 +8,15 @@ The rule, per class c of the K classes, with N val frames and B = export.max_fal
      detection the devkit would score that overlaps no labelled object at BEV IoU >= 0.25 and lies in no DontCare
      region);
   3. the threshold of c = the lowest value on a 0.001 grid, >= the floor, at which class c keeps at most B / K false
-     positives per frame on val (pick_threshold). A false positive's flag does not depend on the other detections,
-     so the count at threshold t is the number of flagged scores >= t: one sort per class, no sweep.
-     The classes are coupled: NMS is class-agnostic (postprocess.class_agnostic_nms), so a Car box kept at a low
-     threshold suppresses the Pedestrian box it overlaps, which comes back once the Car threshold rises (seen on
-     the smoke run: Cyclist 4 false positives per frame with every class at the floor, 37.5 once Car's threshold
-     rose). So class c is probed with its own threshold at the floor and the others at their current values, in
-     rounds, until a round changes nothing (search_thresholds; a threshold only rises, so it ends; at most
-     MAX_ROUNDS, thresholds.json says whether it converged).
+     positives per frame on val (pick_threshold). Whether a kept box is a false positive does not depend on the
+     threshold, so the count at threshold t is the number of flagged scores >= t: one sort per class, no sweep.
+     But which boxes are kept does: NMS is class-agnostic (postprocess.class_agnostic_nms), so a Car box kept at a
+     low threshold suppresses the Pedestrian box it overlaps, which comes back once the Car threshold rises (seen
+     with an untrained student boxing everywhere on the smoke config's 2 val frames: Cyclist 4 false positives per
+     frame with every class at the floor, 37.5 once Car's threshold rose). So class c is probed with its own
+     threshold at the floor and the others at their current values, in rounds, until a round changes nothing
+     (search_thresholds; a threshold only rises, so it ends; at most MAX_ROUNDS, thresholds.json says whether it
+     converged).
   4. run the student again with the chosen thresholds and record, per class, the val false positives per frame and
      the recall at BEV IoU 0.5 as shipped, next to the same figures with every class at the floor (what the
      threshold cost in recall).
@@ -216,4 +217,5 @@ def calibrated_score_thresholds(stages_dir: Path, class_names: tuple[str, ...]) 
 
 
 __all__ = ["THRESHOLDS_FILE", "THRESHOLD_STEP", "MAX_ROUNDS", "ValScores", "pick_threshold", "fp_per_frame",
-           "recall", "collect_val_scores", "search_thresholds", "calibrate", "read_thresholds", "calibrated_score_thresholds"]
+           "recall", "collect_val_scores", "search_thresholds", "calibrate", "read_thresholds",
+           "calibrated_score_thresholds"]
