@@ -164,10 +164,12 @@ def _main(args) -> int:
         trainer = Trainer(cfg, task, train_set, val_set, run_dir, ctx, progress=progress, resume=resume,
                           config_yaml=dump_yaml(cfg))
         result = trainer.fit()
+        stop_reason = trainer.stop.reason
+        del trainer  # its DDP wrapper holds gloo work: free it before the process group goes (cleanup_distributed)
         run_dir.close()
         ctx.barrier()  # leave together: rank 0 may still be writing the last checkpoint
-        if result.status == "interrupted" and trainer.stop.reason:
-            return EXIT_SIGTERM if trainer.stop.reason == "SIGTERM" else EXIT_SIGINT
+        if result.status == "interrupted" and stop_reason:
+            return EXIT_SIGTERM if stop_reason == "SIGTERM" else EXIT_SIGINT
         return 0
     finally:
         cleanup_distributed()
