@@ -2,7 +2,7 @@
 """Wall time of `training/compress.py` on the smoke config: one process x batch 2 against `torchrun` with 2 gloo
 processes x batch 1 (the same global batch, the same models within the DDP tolerance), on this machine's CPU.
 
-    python bench/bench_compress_ddp.py [--frames 24] [--epochs 2] [--keep DIR]
+    python bench/bench_compress_ddp.py [--frames 96] [--epochs 4] [--keep DIR]
 
 Both runs load the shipped teacher (models/teacher) and use 1 torch thread per process; the data stage is
 simulated once and linked into both run folders, so the figures compare the stages that do the work. Prints the
@@ -46,8 +46,8 @@ def _run(cmd: list[str]) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=24, help="simulated frames (3/4 train)")
-    ap.add_argument("--epochs", type=int, default=2, help="epochs of the student and fine-tune stages")
+    ap.add_argument("--frames", type=int, default=96, help="simulated frames (3/4 train)")
+    ap.add_argument("--epochs", type=int, default=4, help="epochs of the student and fine-tune stages")
     ap.add_argument("--keep", type=Path, help="keep the run folders here (default: a temporary folder)")
     args = ap.parse_args()
 
