@@ -61,7 +61,7 @@ def build_report(cfg, stages_dir: Path, model_stages: dict[str, str], stage_orde
         "efficiency_frame": {"path": efficiency.get("frame"), "points": efficiency.get("frame_points"),
                              "warmup": efficiency.get("warmup"), "repeats": efficiency.get("repeats"),
                              "device": efficiency.get("device")},
-        "evaluation": {"split": cfg.data.eval_split, "frames": eval_frames,
+        "evaluation": {"split": cfg.evaluated_split, "frames": eval_frames,
                        "metric": "KITTI 3D AP, R40, moderate (IoU 0.7 Car, 0.5 Ped/Cyc); mAP = mean of the three"},
         "pruning": {k: prune.get(k) for k in ("keep_ratio", "criterion", "params_before", "params_after")}
         if prune else None,

@@ -313,3 +313,21 @@ def test_results_config_reuses_the_default_runs_training_stages():
                  "baseline_width_only"):
         assert config_hash(full[name].config) == config_hash(default[name].config), name
     assert config_hash(full["evaluate"].config) == config_hash(default["evaluate"].config)
+
+
+def test_evaluation_on_val_reruns_only_the_evaluate_stage():
+    """evaluation.split=val (tuning runs) scores the val split and changes no other stage's hash; the default adds
+    nothing to the evaluate stage's hash (runs from before the option keep theirs)."""
+    from training.compression.graph import CompressionGraph
+
+    default_yaml = RESULTS_YAML.parent / "default.yaml"
+    graphs = [CompressionGraph(load_config(CompressConfig, default_yaml, ["training.seed=1", *extra]), Path("unused"),
+                               log=lambda _: None, progress=False) for extra in ([], ["evaluation.split=val"])]
+    report, val = ({s.name: s for s in g.stages()} for g in graphs)
+    assert graphs[0].cfg.evaluated_split == "holdout" and graphs[1].cfg.evaluated_split == "val"
+    for name in report:
+        same = config_hash(report[name].config) == config_hash(val[name].config)
+        assert same == (name != "evaluate"), name
+    assert "split" not in report["evaluate"].config["evaluation"]
+    with pytest.raises(ValueError, match="evaluation.split must be"):
+        load_config(CompressConfig, default_yaml, ["evaluation.split=test"])

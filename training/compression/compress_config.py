@@ -212,10 +212,22 @@ class BaselineConfig:
 class EvaluationSection:
     max_frames: int = 0  # first N frames of the held-out split; 0 = all
     batch_size: int = 2
+    # "report": the reported held-out split (data.eval_split); "val": the tuning split (data.val_split), for runs that
+    # choose settings (e.g. the CaKD weight) on val and leave the reported split untouched. Only the evaluate stage
+    # re-runs when this changes.
+    split: str = "report"
 
     def __post_init__(self):
         if self.max_frames < 0 or self.batch_size < 1:
             raise ValueError("evaluation: need max_frames >= 0 and batch_size >= 1")
+        if self.split not in ("report", "val"):
+            raise ValueError(f"evaluation.split must be 'report' or 'val', got {self.split!r}")
+
+    def stage_identity(self) -> dict:
+        """What the evaluate stage hashes: the default split adds nothing, so runs from before the option keep
+        their stage hashes."""
+        values = {"max_frames": self.max_frames, "batch_size": self.batch_size}
+        return values if self.split == "report" else {**values, "split": self.split}
 
 
 @dataclass
@@ -277,6 +289,11 @@ class CompressConfig:
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
     efficiency: EfficiencySection = field(default_factory=EfficiencySection)
     export: ExportSection = field(default_factory=ExportSection)
+
+    @property
+    def evaluated_split(self) -> str:
+        """The split the evaluate stage scores every model on (evaluation.split)."""
+        return self.data.val_split if self.evaluation.split == "val" else self.data.eval_split
 
     def __post_init__(self):
         if not self.name or "/" in self.name:

@@ -113,9 +113,10 @@ class CompressionGraph:
         refs = self.model_refs()
         model_stages = tuple(ref.stage for ref in refs.values())
         stages += [
-            Stage("evaluate", f"every model on split {c.data.eval_split!r} (KITTI AP R40)",
+            Stage("evaluate", f"every model on split {c.evaluated_split!r} (KITTI AP R40)",
                   partial(stage_outputs.evaluate, run, refs=refs),
-                  {"evaluation": c.evaluation, "data": c.data}, ("data", *model_stages), parallel=True),
+                  {"evaluation": c.evaluation.stage_identity(), "data": c.data}, ("data", *model_stages),
+                  parallel=True),
             Stage("efficiency", "params, GFLOPs, CPU latency at batch 1",
                   partial(stage_outputs.efficiency, run, refs=refs),
                   {"efficiency": c.efficiency}, ("data", *model_stages)),
@@ -125,7 +126,7 @@ class CompressionGraph:
             stages.append(Stage("thresholds", f"per-class score thresholds of the final student on split "
                                 f"{c.data.val_split!r} (<= {c.export.max_false_positives_per_frame:g} false "
                                 "positives per frame)", partial(stage_thresholds.calibrate, run, refs=refs),
-                                {"export": c.export, "data": c.data, "evaluation": c.evaluation},
+                                {"export": c.export, "data": c.data, "evaluation": c.evaluation.stage_identity()},
                                 ("data", refs["student_final"].stage)))
         if c.export.enabled:
             stages.append(Stage("export", "final student -> bundle", partial(stage_outputs.export, run, refs=refs),

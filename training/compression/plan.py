@@ -308,7 +308,7 @@ def make_plan(cfg: CompressConfig, graph, iterations: int = DEFAULT_ITERATIONS,
                 warnings.append(f"baseline {baseline.name} will be reported as skipped: {exc}")
 
     train_frames = next(s.frames for s in splits if s.role == "train")
-    eval_frames = next(s.frames for s in splits if s.name == cfg.data.eval_split)
+    eval_frames = next(s.frames for s in splits if s.name == cfg.evaluated_split)
     val_frames = next((s.frames for s in splits if s.name == cfg.data.val_split), 0)
 
     threads_before = torch.get_num_threads()

@@ -36,7 +36,7 @@ def evaluate(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict:
         kind, cfg, module = _reported(run, refs, key)
         task = make_task(kind, cfg, module).to(run.device)
         dense_cfg = cfg.rpn if kind == "two_stage" else cfg
-        dataset = run.datasets.split(run.cfg.data.eval_split, dense_cfg)
+        dataset = run.datasets.split(run.cfg.evaluated_split, dense_cfg)
         count = min(e.max_frames, len(dataset)) if e.max_frames else len(dataset)
         shard = shard_indices(count, ctx.rank, ctx.world_size)  # torchrun: rank r predicts frames r, r + W, ...
         gt, dt, ids = predict_annotations(task, Subset(dataset, shard), e.batch_size, 0, run.device,
