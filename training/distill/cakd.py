@@ -5,7 +5,8 @@ The student chooses where it wants advice, the teacher's second stage judges tho
 2. Candidates sigmoid(s_a) >= tau_sel, the top `pre_nms_max` by s_a, class-agnostic rotated BEV NMS (IoU
    `nms_iou`) on the student's own decoded boxes, at most `post_nms_max` kept: the set S (per frame).
 3. RoIs = the teacher's own first-stage boxes at the same positions: the teacher RPN's box residuals decoded at
-   the same anchor. Positions are matched through BEV cell centres, so a student grid with another stride works;
+   the same anchor. Positions are matched through BEV cell centres, so a student grid with another stride works
+   (positions outside the teacher's grid get no advice: inside_teacher_grid);
    a heatmap student takes, in that teacher cell, the teacher anchor with the highest class probability.
 4. t_a = teacher.roi_forward(rpn_output, RoIs) IoU logits, under no_grad with the teacher in eval mode.
 5. L = w * sum_{a in S} (s_a - t_a)^2 / max(1, |S|) per frame, averaged over the frames of the batch.
@@ -63,6 +64,21 @@ def map_cells(source: FeatureGrid, target: FeatureGrid, cells: torch.Tensor) -> 
     t_cols = torch.floor((x - target.x_min) / target.cell_x).long().clamp(0, target.width - 1)
     t_rows = torch.floor((y - target.y_min) / target.cell_y).long().clamp(0, target.height - 1)
     return t_rows * target.width + t_cols
+
+
+def inside_teacher_grid(student: HeadOutput, teacher: HeadOutput, positions: torch.Tensor) -> torch.Tensor:
+    """(n,) True where a student position's cell centre lies on the teacher's grid. A student that sees more than
+    its teacher (e.g. all around the car, taught by a front teacher) gets no advice outside the teacher's range:
+    clamping such positions to the teacher's border would make it judge boxes at the wrong place."""
+    s, t = student.grid, teacher.grid
+    if s == t:
+        return torch.ones_like(positions, dtype=torch.bool)
+    cells = s.cell_of_position(positions) if student.head_type == "anchor" else positions
+    rows = torch.div(cells, s.width, rounding_mode="floor")
+    x = s.x_min + ((cells - rows * s.width).to(torch.float64) + 0.5) * s.cell_x
+    y = s.y_min + (rows.to(torch.float64) + 0.5) * s.cell_y
+    return ((x >= t.x_min) & (x < t.x_min + t.width * t.cell_x)
+            & (y >= t.y_min) & (y < t.y_min + t.height * t.cell_y))
 
 
 def teacher_positions(student: HeadOutput, teacher: HeadOutput, frame: int, positions: torch.Tensor) -> torch.Tensor:
@@ -145,6 +161,9 @@ class CaKDLoss:
     def __call__(self, ctx: LossContext) -> torch.Tensor:
         weight = self.settings(ctx.output.head_type)[0]
         selected = self.select(ctx.output)
+        if any(s.numel() for s in selected):  # only where the teacher sees (its RPN output is cached per batch)
+            rpn = self.runner.dense_output(ctx.batch)
+            selected = [s[inside_teacher_grid(ctx.output, rpn, s)] for s in selected]
         if not any(s.numel() for s in selected):
             self._last = (ctx.output.cls_logits.detach(), selected, [])
             return cakd_loss(ctx.output.cls_logits, selected, [s.new_zeros(0) for s in selected], weight)
@@ -153,4 +172,5 @@ class CaKDLoss:
         return cakd_loss(ctx.output.cls_logits, selected, targets, weight)
 
 
-__all__ = ["CaKDLoss", "cakd_loss", "select_positions", "teacher_positions", "map_cells", "decode_positions"]
+__all__ = ["CaKDLoss", "cakd_loss", "select_positions", "teacher_positions", "map_cells", "decode_positions",
+           "inside_teacher_grid"]

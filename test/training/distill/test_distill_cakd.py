@@ -9,7 +9,7 @@ import torch
 
 from clean_ros.models.detector import build_detector
 from training.distill import DistillConfig, build_distillation
-from training.distill.cakd import CaKDLoss, cakd_loss, map_cells, teacher_positions
+from training.distill.cakd import CaKDLoss, cakd_loss, inside_teacher_grid, map_cells, teacher_positions
 from training.distill.distill_config import CaKDConfig
 from training.distill.teacher import TeacherRunner
 from training.task import DetectionTask, LossContext
@@ -97,6 +97,23 @@ def test_map_cells_handles_a_stride_mismatch():
     rows, cols = cells // 4, cells % 4
     assert torch.equal(map_cells(fine, coarse, cells), (rows // 2) * 2 + cols // 2)
     assert torch.equal(map_cells(coarse, fine, torch.arange(4)), torch.tensor([0, 2, 8, 10]) + 5)  # centres (1, 1)...
+
+
+def test_positions_outside_the_teachers_grid_get_no_advice():
+    """A student all around the car taught by a front teacher: positions behind the car are dropped, not clamped to
+    the teacher's border (where its RoI would judge a box at the wrong place)."""
+    from types import SimpleNamespace
+
+    from clean_ros.models.anchors import FeatureGrid
+    student = FeatureGrid(4, 4, -4.0, -4.0, 2.0, 2.0, 2)  # x, y in [-4, 4), 2 anchors per cell
+    front = FeatureGrid(4, 2, 0.0, -4.0, 2.0, 2.0, 2)  # x in [0, 4)
+    s_out = SimpleNamespace(grid=student, head_type="anchor")
+    t_out = SimpleNamespace(grid=front, head_type="anchor")
+    positions = torch.arange(student.num_positions)
+    inside = inside_teacher_grid(s_out, t_out, positions)
+    cols = (positions // 2) % 4  # cell centres x = -3, -1, 1, 3
+    assert torch.equal(inside, cols >= 2)
+    assert bool(inside_teacher_grid(s_out, s_out, positions).all())
 
 
 def test_cakd_heatmap_student_takes_the_most_confident_teacher_anchor_of_its_cell():
