@@ -243,10 +243,12 @@ def test_allocator_setting_stops_refaulting_freed_memory(one_thread):
     # glibc's adaptive settings hand freed activations back and fault them in again, step after step (measured
     # here: 6,000-38,000 faults in every step); kept, the heap settles within ~4 steps (then 0, with a rare ~1,800)
     default, kept = default[4:], kept[4:]
-    assert statistics.median(default) > 3000, f"the probe no longer re-faults without the setting: {default}"
     assert statistics.median(kept) < 100, f"freed memory is still faulted back in: {kept}"
-    assert 5 * sum(kept) < sum(default), (kept, default)
     assert reason.startswith("malloc keeps freed memory")
+    # glibc's default does not re-fault in every run (it depends on the heap's layout: a fresh-clone CI run measured
+    # [1, 0, 4270, 11894, 0, 9621]), so the comparison needs a run where the default did re-fault
+    if sum(default) > 3000:
+        assert 5 * sum(kept) < sum(default), (kept, default)
     _, reason = _faults(apply=True, steps=0, env_extra={"MALLOC_TRIM_THRESHOLD_": "131072"})
     assert reason == "malloc left as set by MALLOC_TRIM_THRESHOLD_"
     _, reason = _faults(apply=True, steps=0, env_extra={"CLEAN_ROS_DEFAULT_MALLOC": "1"})
