@@ -39,7 +39,7 @@ import torch
 from clean_ros.yaml_config import ConfigError
 from training.compression.compress_config import CompressConfig
 from training.compression.plan_checks import (SplitPlan, check_distillable, check_kitti, check_simulated,
-                                              simulated_splits)
+                                              simulated_splits, teacher_coverage)
 from training.compression.stage_store import Stage, fmt_seconds
 
 DEFAULT_ITERATIONS = 2
@@ -300,6 +300,10 @@ def make_plan(cfg: CompressConfig, graph, iterations: int = DEFAULT_ITERATIONS,
     student = build_detector(model_cfg)
     check_distillable(cfg.distill.method, teacher_task.model, student)
     checks.append(f"teacher/student pairing for distill.method={cfg.distill.method}")
+    coverage = teacher_coverage(teacher_task.model, student) if cfg.distill.method != "none" else 1.0
+    if coverage < 0.999:
+        warnings.append(f"the teacher's grid covers {coverage:.0%} of the student's: distillation teaches only there "
+                        f"(the labels teach everywhere)")
     for baseline in cfg.baselines:
         if baseline.method != "none" and baseline.teacher == "teacher":
             try:

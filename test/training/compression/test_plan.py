@@ -174,3 +174,19 @@ def test_plan_counts_an_already_simulated_dataset_and_writes_nothing(kitti, tmp_
     assert re.search(r"train 'train'\s+4\s+3\s+1\s+1$", text, re.M), text
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert sorted(p.relative_to(kitti) for p in kitti.rglob("*")) == kitti_before  # no GT database, nothing
+
+
+def test_teacher_coverage_of_a_360_student_by_a_front_teacher():
+    """The shipped front teacher (x in [0, 51.2), |y| < 25.6) covers 40.96 x 51.2 m of a +-40.96 m student's
+    81.92 x 81.92 m: 31 %; a teacher on the student's own grid covers all of it."""
+    from types import SimpleNamespace
+
+    from clean_ros.models.anchors import FeatureGrid
+    from training.compression.plan_checks import teacher_coverage
+
+    front = FeatureGrid(80, 80, 0.0, -25.6, 0.64, 0.64, 6)
+    around = FeatureGrid(128, 128, -40.96, -40.96, 0.64, 0.64, 6)
+    student = SimpleNamespace(grid=around)
+    assert abs(teacher_coverage(SimpleNamespace(rpn=SimpleNamespace(grid=front)), student)
+               - (40.96 * 51.2) / (81.92 * 81.92)) < 1e-9
+    assert teacher_coverage(SimpleNamespace(rpn=SimpleNamespace(grid=around)), student) == 1.0
