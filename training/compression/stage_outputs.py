@@ -121,13 +121,9 @@ def _training_sensor_height(run: CompressRun) -> float | None:
     it); None for a KITTI root (the bundle default, KITTI's HDL-64E at 1.73 m)."""
     if run.cfg.data.source != "simulate":
         return None
-    from training.sim.sim_config import SimConfigError, config_from_dict
+    from training.compression.stage_data import simulator_config
 
-    try:
-        sim = config_from_dict(dict(run.cfg.data.simulate.overrides), "data.simulate.overrides")
-    except SimConfigError as exc:
-        raise ConfigError(str(exc)) from None
-    return float(sim.sensor.mount_height)
+    return float(simulator_config(run.cfg.data.simulate).sensor.mount_height)
 
 
 def report(run: CompressRun, folder: Path, refs: dict[str, ModelRef], stage_order: list[str]) -> dict:
