@@ -47,6 +47,10 @@ class DistContext:
         dist.all_reduce(out)
         return out / self.world_size
 
+    def shard(self, count: int) -> list[int]:
+        """This process's share of `count` items: rank r takes r, r + W, ... (every item once over all ranks)."""
+        return list(range(self.rank, count, self.world_size))
+
     def all_reduce_sum_(self, value: torch.Tensor) -> torch.Tensor:
         """In-place sum over processes (no gradient); returns `value`."""
         if self.distributed:

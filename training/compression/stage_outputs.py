@@ -15,7 +15,6 @@ from torch.utils.data import Subset
 from clean_ros.yaml_config import ConfigError, to_dict
 from training.compression.report_rows import build_rows
 from training.compression.run_context import CompressRun
-from training.compression.stage_pruning import shard_indices
 from training.compression.stage_store import StageSkipped, atomic_write_json
 from training.compression.stored_models import ModelRef, available_models, load_reported, make_task
 from training.report import write_report
@@ -38,7 +37,7 @@ def evaluate(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict:
         dense_cfg = cfg.rpn if kind == "two_stage" else cfg
         dataset = run.datasets.split(run.cfg.evaluated_split, dense_cfg)
         count = min(e.max_frames, len(dataset)) if e.max_frames else len(dataset)
-        shard = shard_indices(count, ctx.rank, ctx.world_size)  # torchrun: rank r predicts frames r, r + W, ...
+        shard = ctx.shard(count)  # torchrun: rank r predicts frames r, r + W, ...
         gt, dt, ids = predict_annotations(task, Subset(dataset, shard), e.batch_size, 0, run.device,
                                           progress=run.progress and ctx.is_main)
         if ctx.distributed:  # rank 0 gathers every frame's annotations back into the split's order

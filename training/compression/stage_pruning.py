@@ -25,7 +25,7 @@ def importance(run: CompressRun, folder: Path) -> dict:
     train_set = run.datasets.split(run.cfg.data.train_split, model_cfg)  # TRAIN frames, never the eval split
     ctx = run.ctx
     if ctx.distributed:  # torchrun: rank r scores frames r, r + W, ... of the first num_frames; sums are reduced
-        shard = shard_indices(min(p.num_frames, len(train_set)), ctx.rank, ctx.world_size)
+        shard = ctx.shard(min(p.num_frames, len(train_set)))
         train_set = TrainSubset(train_set, shard)
         p = replace(p, num_frames=len(shard))
     loader = make_dataloader(train_set, batch_size=p.batch_size, shuffle=False, num_workers=0,
@@ -41,11 +41,6 @@ def importance(run: CompressRun, folder: Path) -> dict:
     return {"scored": "student_baseline", "criterion": scores.criterion, "num_frames": scores.num_frames,
             "frames_without_detections": scores.frames_without_detections,
             "layers": len(scores.layers), "filters": int(sum(v.numel() for v in scores.scores.values()))}
-
-
-def shard_indices(count: int, rank: int, world_size: int) -> list[int]:
-    """This rank's share of `count` items: rank r takes r, r + W, ... (every item once over all ranks)."""
-    return list(range(rank, count, world_size))
 
 
 def reduce_scores(scores, ctx):
@@ -103,4 +98,4 @@ def _progress(iterable, enabled: bool, desc: str):
     return _Wrapped(iterable)
 
 
-__all__ = ["importance", "prune", "reduce_scores", "shard_indices"]
+__all__ = ["importance", "prune", "reduce_scores"]
