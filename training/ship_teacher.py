@@ -30,15 +30,14 @@ def evaluate_teacher(model, cfg, root: Path, split: str, batch_size: int = 2, pr
     import torch
 
     from clean_ros.metrics import kitti_eval
-    from training.data.data_config import DataConfig
+    from training.data.data_config import DataConfig, camera_crop_for
     from training.data.kitti_dataset import KittiDataset
     from training.evaluate_task import kitti_metrics, predict_annotations
     from training.teacher_task import TeacherTask
 
     rpn = cfg.rpn
-    # a teacher that sees behind the car gets whole scans (evaluation keeps the boxes the camera sees)
     data_cfg = DataConfig(root=str(root), val_split=split, class_names=tuple(rpn.class_names),
-                          fov_crop=rpn.point_cloud_range[0] >= 0,
+                          fov_crop=camera_crop_for(rpn.point_cloud_range),
                           point_cloud_range=tuple(rpn.point_cloud_range), num_point_features=rpn.num_point_features)
     dataset = KittiDataset(data_cfg, split, training=False)
     tic = time.perf_counter()

@@ -23,11 +23,11 @@ class DatasetBuilder:
 
     def data_config(self, model_cfg: DetectorConfig | None = None, fov_crop: bool = True):
         """The DataConfig of the run's dataset; with model_cfg, its classes, range and point features."""
-        from training.data.data_config import DataConfig
+        from training.data.data_config import DataConfig, camera_crop_for
 
         d = self.section
-        if model_cfg is not None and model_cfg.point_cloud_range[0] < 0:
-            fov_crop = False  # a model that sees behind the car gets whole scans (evaluation keeps in-view boxes)
+        if model_cfg is not None:
+            fov_crop = fov_crop and camera_crop_for(model_cfg.point_cloud_range)
         model = {} if model_cfg is None else {
             "class_names": tuple(model_cfg.class_names), "point_cloud_range": tuple(model_cfg.point_cloud_range),
             "num_point_features": model_cfg.num_point_features}

@@ -44,6 +44,12 @@ class DataConfig:
                              f"fov_crop: false (the crop would leave their boxes without points)")
 
 
+def camera_crop_for(point_cloud_range) -> bool:
+    """Whether a model with this range is evaluated on camera-cropped points: yes for a front model (x_min >= 0),
+    no for one that sees behind the car, which gets whole scans (evaluation then keeps the boxes the camera sees)."""
+    return float(point_cloud_range[0]) >= 0.0
+
+
 @dataclass
 class GTSamplingConfig:
     database_path: str = "data/kitti/gt_database_train.npz"

@@ -259,3 +259,10 @@ def test_gt_database_name_follows_the_label_folder_and_crop():
     assert label_source_tag(DataConfig()) == ""
     assert label_source_tag(DataConfig(fov_crop=False)) == "_no_fov_crop"
     assert label_source_tag(DataConfig(fov_crop=False, train_labels="label_all")) == "_label_all_no_fov_crop"
+
+
+def test_camera_crop_only_for_front_models():
+    from training.data.data_config import camera_crop_for
+
+    assert camera_crop_for((0.0, -25.6, -3.0, 51.2, 25.6, 1.0))
+    assert not camera_crop_for((-40.96, -40.96, -3.0, 40.96, 40.96, 1.0))
