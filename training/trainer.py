@@ -451,16 +451,19 @@ class Trainer:
                 if improved:
                     state.best_metric = value
             self.ctx.barrier()
-        saved = None
-        due = cfg.checkpoint_interval and (state.epoch % cfg.checkpoint_interval == 0 or is_last)
-        if due or improved:
-            saved = self.save_checkpoint(epoch_file=bool(due), best=improved)
         if self.ctx.is_main:
+            # the epoch's row before its checkpoint: a kill between the two then repeats the epoch (and its row,
+            # which readers take last per epoch) instead of resuming past an epoch whose row was never written
             means = getattr(self, "_epoch_means", {})
             row = {"epoch": finished_epoch, "step": state.global_step, "lr": self.scheduler.get_last_lr()[0],
                    **{f"loss_{k}": v for k, v in means.items()}, **metrics}
             self.run_dir.log_epoch(row)
             self.run_dir.scalars(metrics, state.global_step, prefix="eval/")
+        saved = None
+        due = cfg.checkpoint_interval and (state.epoch % cfg.checkpoint_interval == 0 or is_last)
+        if due or improved:
+            saved = self.save_checkpoint(epoch_file=bool(due), best=improved)
+        if self.ctx.is_main:
             shown = f", {METRIC_NAME} {metrics[METRIC_NAME]:.2f}" if METRIC_NAME in metrics else ""
             self.log.info(f"epoch {finished_epoch + 1}/{cfg.epochs}: loss {means.get('total', float('nan')):.4f}"
                           f"{shown}{' (best)' if improved else ''}")

@@ -56,7 +56,7 @@ def epoch_diagnostics(path: Path) -> list[dict]:
     rows = _read_csv(path)
     if rows is None:
         return []
-    out = []
+    by_epoch: dict[int, dict] = {}  # a repeated epoch (a kill between its row and its checkpoint): its last row
     for row in rows:
         values = {}
         for key, text in row.items():
@@ -64,7 +64,7 @@ def epoch_diagnostics(path: Path) -> list[dict]:
                 values[key] = float(text)
             except (TypeError, ValueError):
                 continue
-        entry = {"epoch": int(values.get("epoch", len(out) + 1)),
+        entry = {"epoch": int(values.get("epoch", len(by_epoch) + 1)),
                  "loss": {k[5:]: round(v, 5) for k, v in values.items()
                           if k.startswith("loss_") and "/" not in k[5:] and k != "loss_grad_norm"},
                  "grad_norm": {k[10:]: round(v, 5) for k, v in values.items() if k.startswith("loss_grad/")},
@@ -74,8 +74,8 @@ def epoch_diagnostics(path: Path) -> list[dict]:
             entry["pseudo_box_precision"] = {
                 f"iou{t}": round(entry["kd"].get(f"label_assign/right_iou{t}_per_frame", 0.0) / accepted, 4)
                 for t in (50, 70)}
-        out.append(entry)
-    return out
+        by_epoch[entry["epoch"]] = entry
+    return list(by_epoch.values())
 
 
 __all__ = ["build_rows", "read_last_losses", "epoch_diagnostics"]

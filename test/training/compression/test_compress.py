@@ -366,3 +366,14 @@ def test_bundle_records_the_simulated_sensor_height():
     assert _training_sensor_height(SimpleNamespace(cfg=cfg)) == pytest.approx(1.73)
     cfg = load_config(CompressConfig, SMOKE, ["data.source=kitti", "data.root=/nonexistent"])
     assert _training_sensor_height(SimpleNamespace(cfg=cfg)) is None
+
+
+def test_epoch_diagnostics_keep_the_last_row_of_a_repeated_epoch(tmp_path):
+    """A kill between an epoch's row and its checkpoint repeats that epoch on resume: one entry per epoch, the last."""
+    from training.compression.report_rows import epoch_diagnostics
+
+    path = tmp_path / "epochs.csv"
+    path.write_text("epoch,step,loss_total\n0,3,2.0\n0,3,1.5\n1,6,1.0\n")
+    entries = epoch_diagnostics(path)
+    assert [e["epoch"] for e in entries] == [0, 1]
+    assert [e["loss"]["total"] for e in entries] == [1.5, 1.0]
