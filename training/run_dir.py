@@ -4,7 +4,8 @@ runs/NAME/
   config.yaml              the resolved TrainConfig, written at start (atomically)
   train.log                the console messages, timestamped
   losses.csv               one row per logged iteration: epoch, iteration, step, lr, beta1, losses, s/it
-  epochs.csv               one row per epoch: mean losses, LR at the end, evaluation metrics, seconds
+  epochs.csv               one row per epoch: mean losses, LR at the end, evaluation metrics, seconds (written before the
+                           epoch's checkpoint: an epoch repeated after a kill has two rows; the last counts)
   tensorboard/             SummaryWriter scalars (loss/*, lr, eval/*)
   checkpoints/             last.pt, best.pt, epoch_XXXX.pt
 """
