@@ -52,28 +52,49 @@ def evaluate_teacher(model, cfg, root: Path, split: str, batch_size: int = 2, pr
 
 
 def _train_seconds(run: Path) -> float | None:
-    """The trainer's own "finished N epochs (S steps) in X s" line of the run's train.log (last one)."""
+    """Training time of the run over all its sessions, from the trainer's timestamped train.log.
+
+    A resumed run logs one "training ... at epoch E iteration I" line per session; each session counts from that
+    line to its last "epoch k/N: loss" line (an interrupted session's unfinished epoch is repeated by the next one,
+    and counts as spent). The "finished N epochs in X s" line alone would count only the last session."""
     import re
+    from datetime import datetime
 
     try:
-        found = re.findall(r"finished \d+ epochs \(\d+ steps\) in ([0-9.]+) s", (run / "train.log").read_text())
+        text = (run / "train.log").read_text()
     except OSError:
         return None
-    return float(found[-1]) if found else None
+    stamp = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) "
+    total, start, end = 0.0, None, None
+    for line in text.splitlines():
+        m = re.match(stamp + r"(.*)$", line)
+        if not m:
+            continue
+        when, what = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"), m.group(2)
+        if re.match(r"training .* (starting|resuming) at epoch \d+", what):
+            if start is not None and end is not None:
+                total += (end - start).total_seconds()
+            start, end = when, None
+        elif start is not None and re.match(r"epoch \d+/\d+: ", what):
+            end = when
+    if start is not None and end is not None:
+        total += (end - start).total_seconds()
+    return round(total, 1) if total > 0 else None
 
 
-def readme(manifest: dict) -> str:
+def readme(manifest: dict, folder: Path) -> str:
     m, p = manifest["metrics"], manifest["provenance"]
     ap = m.get("ap3d_r40_moderate", {})
     lines = [f"# The shipped teacher: `{manifest['name']}`", "",
              "A two-stage detector (SECOND RPN + RoI head with an IoU-quality logit) trained only on simulated "
-             "scans. `make compress` loads it (`teacher.checkpoint: models/teacher`); it is weights-only "
+             f"scans. A compress config loads it with `teacher.checkpoint: {folder.as_posix()}`; it is weights-only "
              "(safetensors) and loads without executing code. Details: docs/TEACHER.md.", "",
              f"- parameters: {manifest['params']:,}",
              f"- held-out KITTI 3D AP R40 moderate on {m.get('frames')} simulated frames ({m.get('split')}): "
              + ", ".join(f"{c} {v:.2f}" for c, v in ap.items()) + f"; mAP {m.get('map3d_r40_moderate')}",
              f"- trained by: `{p.get('command')}` on `{p.get('data')}`",
-             f"- training: {p.get('epochs')} epochs, {p.get('train_seconds')} s on {p.get('machine')}",
+             f"- training: {p.get('epochs')} epochs, {p.get('train_seconds')} s of training (all sessions of the run) "
+             f"on {p.get('machine')}",
              f"- commit of the training code: `{p.get('train_commit')}`; written by ship_teacher.py at "
              f"`{p.get('ship_commit')}`", "",
              "sha256 of the files are in manifest.json.", ""]
@@ -115,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
                       "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
                       "train_commit": args.train_commit or "unknown", "ship_commit": git_commit(short=True),
                       "inference_overrides": list(args.overrides)}
-        manifest = {"name": cfg.name, "params": sum(p.numel() for p in model.parameters()),
+        manifest = {"name": run_cfg.name, "params": sum(p.numel() for p in model.parameters()),
                     "metrics": metrics, "provenance": provenance}
-        save_teacher_package(args.out, model, cfg, provenance, metrics, readme(manifest))
+        save_teacher_package(args.out, model, cfg, provenance, metrics, readme(manifest, args.out))
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,36 @@
+"""ship_teacher's provenance: training time over every session of a resumed run, a README naming its own folder."""
+from pathlib import Path
+
+from training.ship_teacher import _train_seconds, readme
+
+LOG = """\
+2026-12-05 10:05:56 GT database ... not found: building it from split 'train'
+2026-12-05 10:06:54 training t: 1200 frames, 600 iterations/epoch x 3 epochs, batch 2; starting at epoch 0 iteration 0; run folder r
+2026-12-05 10:20:21 epoch 1/3: loss 2.7762
+2026-12-05 10:31:49 epoch 2/3: loss 2.4285
+2026-12-05 11:08:34 training t: 1200 frames, 600 iterations/epoch x 3 epochs, batch 2; resuming at epoch 2 iteration 0; run folder r
+2026-12-05 11:19:08 epoch 3/3: loss 1.8369
+2026-12-05 11:19:08 finished 3 epochs (1800 steps) in 634.0 s; checkpoints in r/checkpoints
+"""
+
+
+def test_train_seconds_sums_every_session_not_only_the_last(tmp_path: Path):
+    (tmp_path / "train.log").write_text(LOG)
+    first = (31 * 60 + 49) - (6 * 60 + 54)   # 10:06:54 -> 10:31:49
+    second = (19 * 60 + 8) - (8 * 60 + 34)   # 11:08:34 -> 11:19:08
+    assert _train_seconds(tmp_path) == first + second  # not the last session's 634 s
+
+
+def test_train_seconds_is_none_without_a_log_or_a_finished_epoch(tmp_path: Path):
+    assert _train_seconds(tmp_path) is None
+    (tmp_path / "train.log").write_text(LOG.splitlines()[1] + "\n")
+    assert _train_seconds(tmp_path) is None
+
+
+def test_readme_names_the_folder_it_is_shipped_in():
+    manifest = {"name": "teacher_x", "params": 12, "metrics": {"ap3d_r40_moderate": {"Car": 1.0}, "frames": 3},
+                "provenance": {"epochs": 2, "train_seconds": 5.0}}
+    text = readme(manifest, Path("models/teacher_realistic"))
+    assert "teacher.checkpoint: models/teacher_realistic" in text
+    assert "models/teacher`" not in text
+    assert "5.0 s of training (all sessions of the run)" in text
