@@ -7,7 +7,7 @@
 
 1. `training/compress.py --config CONFIG --out OUT` (a subprocess; resumable: run the same command again after an
    interruption and finished stages are skipped): the CLEAN pipeline on the simulator's realistic preset, all around
-   the sensor, with the shipped 360-degree teacher.
+   the sensor, with the shipped realistic-preset teacher (models/teacher_realistic).
 2. The real-data check (training/real_check.py) of the new bundle on a KITTI-layout folder of real scans, when the
    folder exists (checking only: real labels never train or tune anything).
 3. The bundle replaces BUNDLE: written next to it under a temporary name with its README.md (the run's report, the
@@ -54,14 +54,18 @@ def real_check_command(bundle: Path, folder: Path) -> list[str]:
 
 
 def bundle_readme(config: Path, out: Path, command: str, report_md: str, real: str | None, real_folder: Path | None,
-                  commit: str | None) -> str:
-    """models/default/README.md: what the bundle is, how it was made, and what was measured."""
+                  commit: str | None, teacher: str = "") -> str:
+    """models/default/README.md: what the bundle is, how it was made, and what was measured.
+
+    teacher: the run's teacher.checkpoint ("" = a teacher trained inside the run)."""
+    taught_by = (f"the shipped teacher `{_rel(Path(teacher))}` (its README says what it is)" if teacher else
+                 "a teacher trained inside the run")
     lines = [
         "# Embedded default bundle",
         "",
         "The detector node's default model (`bundle_path: \"\"`), produced by the release recipe (issue 14,",
-        "docs/RELEASE.md): the CLEAN pipeline on the simulator's realistic preset, all around the sensor, with the",
-        "shipped 360-degree teacher. Format: docs/BUNDLE.md; provenance and metrics are in manifest.json.",
+        "docs/RELEASE.md): the CLEAN pipeline on the simulator's realistic preset, all around the sensor, taught by",
+        f"{taught_by}. Format: docs/BUNDLE.md; provenance and metrics are in manifest.json.",
         "",
         "## Reproduce",
         "",
@@ -78,6 +82,17 @@ def bundle_readme(config: Path, out: Path, command: str, report_md: str, real: s
                   "Checking only: real labels never train or tune anything.", "", "```", real.rstrip(), "```", ""]
     lines += ["## The compression run's report (simulated held-out frames)", "", _demote(report_md), ""]
     return "\n".join(lines)
+
+
+def _run_teacher(out: Path) -> str:
+    """teacher.checkpoint of the run's resolved config (OUT/config.yaml), "" when it trained its own or is unreadable."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((out / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ""
+    return str(((cfg.get("teacher") or {}).get("checkpoint")) or "")
 
 
 def _demote(markdown: str) -> str:
@@ -161,7 +176,7 @@ def _main(args) -> int:
         raise ReleaseError(f"{args.out}: no bundle/ or report.md (is export.enabled false in {args.config}?)")
     real = None
     if real_folder is not None:
-        check = subprocess.run(real_check_command(bundle, real_folder), cwd=REPO, capture_output=True, text=True)
+        check = subprocess.run(real_check_command(Path(_rel(bundle)), real_folder), cwd=REPO, capture_output=True, text=True)
         if check.returncode != 0:
             raise ReleaseError(f"real-data check failed: {(check.stderr.strip().splitlines() or ['?'])[-1]}")
         real = check.stdout
@@ -169,7 +184,8 @@ def _main(args) -> int:
     command = "python training/release_default.py" + "".join(
         f" --set {shlex.quote(v)}" for v in args.overrides) + (
         f" --config {_rel(args.config)}" if args.config.resolve() != DEFAULT_CONFIG else "")
-    readme = bundle_readme(args.config, args.out, command, report.read_text(), real, real_folder, git_commit(REPO))
+    readme = bundle_readme(args.config, args.out, command, report.read_text(), real, real_folder, git_commit(REPO),
+                           _run_teacher(args.out))
     install_bundle(bundle, args.bundle, readme)
     print(f"installed {args.bundle} (README.md: the report and the real-data figures)")
     return 0

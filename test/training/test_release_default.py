@@ -41,6 +41,7 @@ def test_recipe_installs_a_loadable_bundle_with_its_report(tmp_path, kitti_sampl
     assert "python training/release_default.py" in readme and "smoke.yaml" in readme
     assert "real_check.py" in readme and "BEV" in readme  # the real-data figures
     assert "Compression report" in readme  # the run's report
+    assert "the shipped teacher `models/teacher`" in readme  # the teacher the run used, from its resolved config
     assert json.loads((target / "manifest.json").read_text())["files"] == bundle.manifest["files"]
     assert not list(tmp_path.glob(".default.*"))  # no staging / retired folder left behind
 
@@ -69,3 +70,14 @@ def test_dry_run_prints_the_commands_and_writes_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "compress.py --config" in out and "release.yaml" in out and "real-data check skipped" in out
     assert not any(tmp_path.iterdir())
+
+
+def test_readme_names_the_runs_own_teacher(tmp_path):
+    (tmp_path / "config.yaml").write_text("teacher:\n  checkpoint: models/teacher_realistic\n")
+    teacher = release_default._run_teacher(tmp_path)
+    readme = release_default.bundle_readme(Path("c.yaml"), tmp_path, "cmd", "# Compression report", None, None, "abc",
+                                           teacher)
+    assert "taught by\nthe shipped teacher `models/teacher_realistic`" in readme and "360-degree teacher" not in readme
+    (tmp_path / "config.yaml").write_text("teacher:\n  checkpoint: ''\n")
+    assert "a teacher trained inside the run" in release_default.bundle_readme(
+        Path("c.yaml"), tmp_path, "cmd", "", None, None, None, release_default._run_teacher(tmp_path))

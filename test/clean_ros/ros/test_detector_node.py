@@ -388,7 +388,11 @@ def test_crop_and_exclusion_boxes_at_runtime(running):
 
 
 def test_range_dependent_thresholds_at_runtime(running):
-    """Beyond 8 m a box needs score 1.0 (none has it); nearer ones keep the per-class threshold."""
+    """Beyond 8 m a box needs score 1.0 (none has it); nearer ones keep the per-class threshold.
+
+    The table filters candidates before NMS, as the per-class thresholds do, so a far box can no longer suppress a
+    near one: the expectation "the near boxes of the unfiltered answer" holds where no near box overlaps a far one,
+    which a per-class threshold of 0.25 gives on this scene with the shipped model (at 0.05 it did not)."""
     harness, _, points, _ = running
 
     def distances(answer):
@@ -396,7 +400,7 @@ def test_range_dependent_thresholds_at_runtime(running):
                       for d in answer.detections)
 
     try:
-        [result] = harness.set_parameters(score_thresholds=[0.05, 0.05, 0.05])
+        [result] = harness.set_parameters(score_thresholds=[0.25, 0.25, 0.25])
         assert result.successful, result.reason
         before = distances(harness.send_and_wait(_cloud(points, 6600)))
         near = [d for d in before if d < 8.0]
