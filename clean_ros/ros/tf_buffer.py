@@ -366,9 +366,18 @@ class TransformListener:
             self.buffer.set_transform_static(transform, "default_authority")
 
     def unregister(self) -> None:
+        """Stop the listener: the spin thread is shut down and joined, so no thread of ours is inside rclpy when the
+        process exits (a daemon thread still in C++ code at interpreter exit aborts the process: "terminate called
+        without an active exception")."""
         if self._executor is not None:
-            self._executor.shutdown(timeout_sec=1.0)
+            try:
+                self._executor.shutdown(timeout_sec=1.0)
+            except Exception:  # noqa: BLE001 - the context may already be shut down (SIGINT): the spin ends anyway
+                pass
             self._executor = None
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
         if self._own_node is not None:
             try:
                 self._own_node.destroy_node()

@@ -206,9 +206,30 @@ def test_listener_receives_latched_static_and_streamed_dynamic_transforms():
         msg = buffer.lookup_transform("odom", "lidar", 100 * S + S // 20, timeout=5.0)
         expected = Transform.from_euler(0, 0, 0, (0.5, 0, 0)).compose(LIDAR_ON_BASE)
         np.testing.assert_allclose(transform_from_msg(msg).matrix, expected.matrix, atol=1e-9)
+        spin_thread = listener._thread
+        assert spin_thread.is_alive()
         listener.unregister()
+        # joined, not left running: a daemon thread inside rclpy at interpreter exit aborts the process
+        assert not spin_thread.is_alive() and listener._thread is None
         executor.shutdown()
         talker.destroy_node()
         listener_node.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
+
+
+@pytest.mark.ros
+def test_unregister_after_the_context_is_shut_down_joins_the_thread_without_raising():
+    """What SIGINT does to the node: the context goes first, then the node closes its TF listener."""
+    import rclpy
+
+    from clean_ros.ros.tf_buffer import TransformListener
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("tf_listening_late", context=context)
+    listener = TransformListener(Buffer(), node, spin_thread=True)
+    spin_thread = listener._thread
+    rclpy.try_shutdown(context=context)
+    listener.unregister()
+    assert not spin_thread.is_alive()
