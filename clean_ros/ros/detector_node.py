@@ -386,6 +386,11 @@ def spin_node(make_node, argv: Sequence[str] | None = None) -> int:
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGINT shuts the context down from the signal handler; between two waits rclpy then raises RCLError
+        # ("the given context is not valid") instead of ExternalShutdownException: still a clean stop
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.close()
