@@ -85,7 +85,7 @@ def bundle_readme(config: Path, out: Path, command: str, report_md: str, real: s
 
 
 def _run_teacher(out: Path) -> str:
-    """teacher.checkpoint of the run's resolved config (OUT/config.yaml), "" when it trained its own or is unreadable."""
+    """teacher.checkpoint of the run's resolved config (OUT/config.yaml); "" if it trained its own or is unreadable."""
     import yaml
 
     try:
@@ -176,7 +176,8 @@ def _main(args) -> int:
         raise ReleaseError(f"{args.out}: no bundle/ or report.md (is export.enabled false in {args.config}?)")
     real = None
     if real_folder is not None:
-        check = subprocess.run(real_check_command(Path(_rel(bundle)), real_folder), cwd=REPO, capture_output=True, text=True)
+        check = subprocess.run(real_check_command(Path(_rel(bundle)), real_folder), cwd=REPO, capture_output=True,
+                               text=True)
         if check.returncode != 0:
             raise ReleaseError(f"real-data check failed: {(check.stderr.strip().splitlines() or ['?'])[-1]}")
         real = check.stdout

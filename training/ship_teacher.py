@@ -55,8 +55,8 @@ def _train_seconds(run: Path) -> float | None:
     """Training time of the run over all its sessions, from the trainer's timestamped train.log.
 
     A resumed run logs one "training ... at epoch E iteration I" line per session; each session counts from that
-    line to its last "epoch k/N: loss" line (an interrupted session's unfinished epoch is repeated by the next one,
-    and counts as spent). The "finished N epochs in X s" line alone would count only the last session."""
+    line to its last "epoch k/N: loss" line (an interrupted session's unfinished last epoch is not counted: the next
+    session repeats it). The "finished N epochs in X s" line alone would count only the last session."""
     import re
     from datetime import datetime
 
