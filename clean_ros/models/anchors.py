@@ -33,6 +33,21 @@ class FeatureGrid(NamedTuple):
     def num_positions(self) -> int:
         return self.num_cells * self.positions_per_cell
 
+    @property
+    def x_max(self) -> float:
+        return self.x_min + self.width * self.cell_x
+
+    @property
+    def y_max(self) -> float:
+        return self.y_min + self.height * self.cell_y
+
+    def centers_of(self, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, y (float64) of the centres of the given cell indices (row * W + col)."""
+        rows = torch.div(cells, self.width, rounding_mode="floor")
+        x = self.x_min + ((cells - rows * self.width).to(torch.float64) + 0.5) * self.cell_x
+        y = self.y_min + (rows.to(torch.float64) + 0.5) * self.cell_y
+        return x, y
+
     def cell_centers(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """(H * W, 2) x, y of each cell centre, row-major."""
         xs = self.x_min + (torch.arange(self.width, device=device, dtype=torch.float32) + 0.5) * self.cell_x

@@ -129,9 +129,9 @@ def teacher_coverage(teacher, student) -> float:
     """Share (0-1) of the student's BEV area that the teacher's grid covers: CaKD advises only there
     (training.distill.cakd.inside_teacher_grid), and label assignment finds boxes only there."""
     s, t = student.grid, teacher.rpn.grid
-    width = max(0.0, min(s.x_min + s.width * s.cell_x, t.x_min + t.width * t.cell_x) - max(s.x_min, t.x_min))
-    height = max(0.0, min(s.y_min + s.height * s.cell_y, t.y_min + t.height * t.cell_y) - max(s.y_min, t.y_min))
-    return width * height / (s.width * s.cell_x * s.height * s.cell_y)
+    width = max(0.0, min(s.x_max, t.x_max) - max(s.x_min, t.x_min))
+    height = max(0.0, min(s.y_max, t.y_max) - max(s.y_min, t.y_min))
+    return width * height / ((s.x_max - s.x_min) * (s.y_max - s.y_min))
 
 
 __all__ = ["SplitPlan", "KITTI_LAYOUT", "kitti_layout_problem", "count_objects", "check_kitti", "simulated_splits",

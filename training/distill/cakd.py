@@ -57,10 +57,7 @@ def select_positions(output: HeadOutput, head: HeadConfig, score_threshold: floa
 
 def map_cells(source: FeatureGrid, target: FeatureGrid, cells: torch.Tensor) -> torch.Tensor:
     """Cell indices of `source` -> the `target` cell containing each source cell's centre (clamped to the grid)."""
-    rows = torch.div(cells, source.width, rounding_mode="floor")
-    cols = cells - rows * source.width
-    x = source.x_min + (cols.to(torch.float64) + 0.5) * source.cell_x
-    y = source.y_min + (rows.to(torch.float64) + 0.5) * source.cell_y
+    x, y = source.centers_of(cells)
     t_cols = torch.floor((x - target.x_min) / target.cell_x).long().clamp(0, target.width - 1)
     t_rows = torch.floor((y - target.y_min) / target.cell_y).long().clamp(0, target.height - 1)
     return t_rows * target.width + t_cols
@@ -73,12 +70,8 @@ def inside_teacher_grid(student: HeadOutput, teacher: HeadOutput, positions: tor
     s, t = student.grid, teacher.grid
     if s == t:
         return torch.ones_like(positions, dtype=torch.bool)
-    cells = s.cell_of_position(positions) if student.head_type == "anchor" else positions
-    rows = torch.div(cells, s.width, rounding_mode="floor")
-    x = s.x_min + ((cells - rows * s.width).to(torch.float64) + 0.5) * s.cell_x
-    y = s.y_min + (rows.to(torch.float64) + 0.5) * s.cell_y
-    return ((x >= t.x_min) & (x < t.x_min + t.width * t.cell_x)
-            & (y >= t.y_min) & (y < t.y_min + t.height * t.cell_y))
+    x, y = s.centers_of(s.cell_of_position(positions) if student.head_type == "anchor" else positions)
+    return (x >= t.x_min) & (x < t.x_max) & (y >= t.y_min) & (y < t.y_max)
 
 
 def teacher_positions(student: HeadOutput, teacher: HeadOutput, frame: int, positions: torch.Tensor) -> torch.Tensor:
