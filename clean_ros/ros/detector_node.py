@@ -348,9 +348,7 @@ class DetectorCore(NodeModel, ParameterChanges, HealthReport):
             self.get_logger().info(f"input contract OK on {self.input_topic} (frame '{msg.header.frame_id}')")
 
     def close(self) -> None:
-        if self.tf is not None:  # join the TF listener's spin thread before rclpy and the interpreter go away
-            self.tf.close()
-            self.tf = None
+        self._stop_tf()
         line = f"stopping: {self.accounting.summary_line()}"
         if self.context.ok():
             self.get_logger().info(line)

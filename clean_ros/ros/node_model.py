@@ -75,11 +75,15 @@ class NodeModel:
                                    f"tf_timeout_s={timeout:g} s")
         self.frames = FrameResolver(self.tf, target, model, timeout, getattr(self.pipeline, "frames", None))
 
-    def _free_model(self) -> None:
-        """Drop the pipeline (weights, backend session, engine) and the device's cached memory."""
+    def _stop_tf(self) -> None:
+        """Close the TF listener, if any: its spin thread is joined (before rclpy and the interpreter go away)."""
         if self.tf is not None:
             self.tf.close()
             self.tf = None
+
+    def _free_model(self) -> None:
+        """Drop the pipeline (weights, backend session, engine) and the device's cached memory."""
+        self._stop_tf()
         self.frames = None
         self.pipeline = None
         import gc
