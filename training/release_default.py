@@ -86,13 +86,13 @@ def bundle_readme(config: Path, out: Path, command: str, report_md: str, real: s
 
 def _run_teacher(out: Path) -> str:
     """teacher.checkpoint of the run's resolved config (OUT/config.yaml); "" if it trained its own or is unreadable."""
-    import yaml
+    from clean_ros.yaml_config import ConfigError, load_config
+    from training.compression.compress_config import CompressConfig
 
     try:
-        cfg = yaml.safe_load((out / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        return load_config(CompressConfig, out / "config.yaml").teacher.checkpoint
+    except (OSError, ConfigError):
         return ""
-    return str(((cfg.get("teacher") or {}).get("checkpoint")) or "")
 
 
 def _demote(markdown: str) -> str:
