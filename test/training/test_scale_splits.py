@@ -1,0 +1,43 @@
+"""scale_splits: the bigger root keeps the reference's held-out frames and trains on every other frame."""
+from pathlib import Path
+
+import pytest
+
+from training.scale_splits import main, scale_splits
+
+
+def _root(tmp: Path, name: str, n: int) -> Path:
+    velo = tmp / name / "training" / "velodyne"
+    velo.mkdir(parents=True)
+    for i in range(n):
+        (velo / f"{i:06d}.bin").write_bytes(b"")
+    return tmp / name
+
+
+def _sets(root: Path, **splits) -> None:
+    (root / "ImageSets").mkdir()
+    for name, ids in splits.items():
+        (root / "ImageSets" / f"{name}.txt").write_text("\n".join(f"{i:06d}" for i in ids) + "\n")
+
+
+def test_held_out_splits_copied_and_extra_frames_train(tmp_path):
+    ref = _root(tmp_path, "ref", 8)
+    _sets(ref, train=[0, 3, 5, 6], val=[1, 7], holdout=[2, 4], trainval=range(8))
+    big = _root(tmp_path, "big", 12)
+    counts = scale_splits(big, ref)
+    read = lambda s: (big / "ImageSets" / f"{s}.txt").read_text().split()  # noqa: E731
+    assert read("val") == ["000001", "000007"] and read("holdout") == ["000002", "000004"]
+    assert read("train") == [f"{i:06d}" for i in (0, 3, 5, 6, 8, 9, 10, 11)]
+    assert counts == {"train": 8, "val": 2, "holdout": 2}
+    assert not (big / "ImageSets" / "trainval.txt").exists()
+
+
+def test_too_few_frames_is_a_one_line_error(tmp_path, capsys):
+    ref = _root(tmp_path, "ref", 8)
+    _sets(ref, train=[0, 3, 5, 6], val=[1, 7], holdout=[2, 4])
+    small = _root(tmp_path, "small", 5)
+    with pytest.raises(ValueError, match="held-out frames of the reference are missing"):
+        scale_splits(small, ref)
+    assert main([str(small), str(ref)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing" in err

@@ -1,0 +1,62 @@
+"""Splits for a data-scaling run: a larger simulated root whose held-out frames are exactly a reference run's.
+
+The simulator draws frame i from (seed, i) alone, so `simulate.py --frames 2000 --seed 0` repeats the 800 frames of
+a results run (seed 0) as ids 0-799 and adds 1200 new ones. This writes the bigger root's ImageSets: every held-out
+split of the reference (val, holdout, ...) copied as is, and `train` = every other frame of the bigger root, so the
+extra frames only ever train and the reported numbers compare with the reference run's frame for frame.
+
+    python training/scale_splits.py data/sim_x4 runs/results/seed_0/stages/data/dataset
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def scale_splits(root: Path, reference: Path, train_split: str = "train") -> dict[str, int]:
+    """Write root/ImageSets from reference/ImageSets; returns frames per split. ValueError on a mismatch."""
+    ref_sets = reference / "ImageSets"
+    held = {p.stem: p.read_text().split() for p in sorted(ref_sets.glob("*.txt"))
+            if p.stem not in (train_split, "trainval", "test")}
+    if not held:
+        raise ValueError(f"{ref_sets}: no held-out split lists (*.txt other than {train_split} / trainval)")
+    frames = sorted(p.stem for p in (root / "training" / "velodyne").glob("*.bin"))
+    have = set(frames)
+    held_ids = set().union(*held.values())
+    missing = sorted(held_ids - have)
+    if missing:
+        raise ValueError(f"{root}: {len(missing)} held-out frames of the reference are missing, e.g. {missing[0]}")
+    ref_train = set((ref_sets / f"{train_split}.txt").read_text().split()) if (ref_sets / f"{train_split}.txt").exists() else set()
+    if ref_train - have:
+        raise ValueError(f"{root}: the reference's {train_split} frames are not all here; simulate at least as many "
+                         "frames with the same seed")
+    train = [f for f in frames if f not in held_ids]
+    sets = root / "ImageSets"
+    sets.mkdir(parents=True, exist_ok=True)
+    counts = {train_split: len(train)}
+    for name, ids in {train_split: train, **held}.items():
+        tmp = sets / f".{name}.txt.tmp"
+        tmp.write_text("\n".join(ids) + "\n")
+        tmp.replace(sets / f"{name}.txt")
+        counts[name] = len(ids)
+    return counts
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("root", type=Path, help="the bigger simulated dataset root (KITTI layout)")
+    ap.add_argument("reference", type=Path, help="the reference run's dataset root (its ImageSets are copied)")
+    ap.add_argument("--train-split", default="train")
+    args = ap.parse_args(argv)
+    try:
+        counts = scale_splits(args.root, args.reference, args.train_split)
+    except (OSError, ValueError) as exc:
+        print(f"scale_splits: {exc}", file=sys.stderr)
+        return 2
+    print(", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
