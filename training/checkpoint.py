@@ -53,6 +53,9 @@ class TrainingState:
     world_size: int = 1
     best_metric: float = -1.0
     metrics: dict[str, float] = field(default_factory=dict)
+    # wall seconds of training behind this state, summed over every session of a resumed run (work lost to a kill
+    # after the last checkpoint is not counted: the next session repeats it)
+    train_seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------- RNG states as plain values
@@ -123,6 +126,7 @@ def build_checkpoint(*, model_state: dict, loss_terms: dict[str, dict], optimize
         "epoch": int(state.epoch), "iteration": int(state.iteration), "global_step": int(state.global_step),
         "world_size": int(state.world_size), "best_metric": float(state.best_metric),
         "metrics": {str(k): float(v) for k, v in state.metrics.items()},
+        "train_seconds": float(state.train_seconds),
         "config": config_yaml,
     }
 
@@ -141,7 +145,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def training_state(ckpt: dict[str, Any]) -> TrainingState:
     return TrainingState(epoch=int(ckpt["epoch"]), iteration=int(ckpt["iteration"]),
                          global_step=int(ckpt["global_step"]), world_size=int(ckpt.get("world_size", 1)),
-                         best_metric=float(ckpt.get("best_metric", -1.0)), metrics=dict(ckpt.get("metrics", {})))
+                         best_metric=float(ckpt.get("best_metric", -1.0)), metrics=dict(ckpt.get("metrics", {})),
+                         train_seconds=float(ckpt.get("train_seconds", 0.0)))
 
 
 def resolve_resume_path(target: str | Path) -> Path:

@@ -52,7 +52,8 @@ def evaluate_teacher(model, cfg, root: Path, split: str, batch_size: int = 2, pr
 
 
 def _train_seconds(run: Path) -> float | None:
-    """Training time of the run over all its sessions, from the trainer's timestamped train.log.
+    """Training time of the run over all its sessions: the last checkpoint's own count (train_seconds, written by
+    the trainer since it kept one), else the trainer's timestamped train.log (runs of older code).
 
     A resumed run logs one "training ... at epoch E iteration I" line per session; each session counts from that
     line to its last "epoch k/N: loss" line (an interrupted session's unfinished last epoch is not counted: the next
@@ -60,6 +61,14 @@ def _train_seconds(run: Path) -> float | None:
     import re
     from datetime import datetime
 
+    from training.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        seconds = float(load_checkpoint(run / "checkpoints" / "last.pt").get("train_seconds", 0.0))
+    except CheckpointError:
+        seconds = 0.0
+    if seconds > 0:
+        return round(seconds, 1)
     try:
         text = (run / "train.log").read_text()
     except OSError:

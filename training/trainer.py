@@ -214,6 +214,7 @@ class Trainer:
             self._load_resume(resume)
         self.stop = StopFlag()
         self._epoch_has_grad_norms = False
+        self._session: tuple[float, float] | None = None  # fit(): (its perf_counter start, train_seconds before it)
 
     # ------------------------------------------------------------------ resume
     def _load_resume(self, ckpt: dict[str, Any]) -> None:
@@ -235,6 +236,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_dict(self) -> dict[str, Any]:
+        if self._session is not None:
+            self.state.train_seconds = self._session[1] + time.perf_counter() - self._session[0]
         return ckpt_io.build_checkpoint(
             model_state=self.task.model.state_dict(), loss_terms=self.task.loss_term_state(),
             optimizer_state=self.optimizer.state_dict(), scheduler_state=self.scheduler.state_dict(),
@@ -329,6 +332,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> FitResult:
         start_time = time.perf_counter()
+        self._session = (start_time, self.state.train_seconds)
         cfg = self.cfg
         self.stop.install()
         self.task.train()

@@ -21,6 +21,17 @@ def test_train_seconds_sums_every_session_not_only_the_last(tmp_path: Path):
     assert _train_seconds(tmp_path) == first + second  # not the last session's 634 s
 
 
+def test_train_seconds_prefers_the_checkpoints_own_count(tmp_path: Path):
+    from training.checkpoint import TrainingState, atomic_torch_save, build_checkpoint
+
+    (tmp_path / "train.log").write_text(LOG)
+    ckpt = build_checkpoint(model_state={}, loss_terms={}, optimizer_state={}, scheduler_state={}, scaler_state={},
+                            state=TrainingState(epoch=3, train_seconds=1234.56), config_yaml="", rng={})
+    (tmp_path / "checkpoints").mkdir()
+    atomic_torch_save(ckpt, tmp_path / "checkpoints" / "last.pt")
+    assert _train_seconds(tmp_path) == 1234.6  # not the log's sum
+
+
 def test_train_seconds_is_none_without_a_log_or_a_finished_epoch(tmp_path: Path):
     assert _train_seconds(tmp_path) is None
     (tmp_path / "train.log").write_text(LOG.splitlines()[1] + "\n")

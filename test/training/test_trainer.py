@@ -175,10 +175,13 @@ def test_interrupt_and_resume_reproduce_uninterrupted_weights(sim_root, tmp_path
     assert "resume with: python training/train.py --resume" in err
     second_stop = ckpt_io.load_checkpoint(run / "checkpoints" / "last.pt")
     assert 5 <= second_stop["global_step"] < 8
+    # the training time adds up over the sessions of the run (ship_teacher's provenance reads it)
+    assert 0 < first_stop["train_seconds"] < second_stop["train_seconds"]
 
     run_cli("--resume", run)
     final = ckpt_io.load_checkpoint(run / "checkpoints" / "last.pt")
     assert (final["epoch"], final["iteration"], final["global_step"]) == (2, 0, 8)
+    assert final["train_seconds"] > second_stop["train_seconds"]
     expected = model_weights(reference)
     for key, value in final["model"].items():
         assert torch.equal(value, expected[key]), f"{key} differs after interrupt + resume"
