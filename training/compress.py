@@ -197,4 +197,6 @@ def _run(args, cfg, ctx) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.distributed import exit_process
+
+    exit_process(main())

@@ -176,4 +176,6 @@ def _main(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.distributed import exit_process
+
+    exit_process(main())
