@@ -23,6 +23,9 @@ What counts, chosen to agree with what the KITTI devkit scores (clean_ros/metric
 - Confusions: each scored labelled object (every class of the labels) -> the class of the detection that overlaps
   it most in BEV, when that IoU >= 0.25, else "none". Rows therefore sum to the number of objects.
 - Detections per frame: all of them, those in the camera view, and those the devkit scores (whatever they match).
+- Heading: for each scored object found at BEV IoU >= HEADING_IOU, the heading error of the same-class detection
+  that overlaps it most (wrapped to [0, 180] degrees). A box turned by 180 degrees has the same IoU, so AP cannot
+  see a flipped heading; a tracker can. Reported per class: found objects, how many turned > 90 degrees, median.
 - AP ceiling: the KITTI AP that perfect detections would get on the same frames - every labelled object (DontCare
   rows left out) given back as a detection with one score, through the same clean_ros.metrics.kitti_eval.evaluate
   call. The devkit samples precision only at the scores where recall passes its 40 recall points and advances one
@@ -50,6 +53,7 @@ from training.data.kitti_dataset import DONT_CARE, ground_truth_from_annotations
 RANGE_BANDS = ((0.0, 20.0), (20.0, 40.0), (40.0, math.inf))
 RECALL_IOUS = (0.5, 0.25)
 MATCH_IOU = 0.25  # "overlaps a labelled object": false positives and confusions
+HEADING_IOU = 0.5  # objects whose heading is checked: found at this BEV IoU by a detection of their class
 MIN_SCORED_HEIGHT = min(MIN_HEIGHT)  # px; the devkit ignores shorter boxes at every difficulty
 DEFAULT_MIN_OVERLAP = 0.5  # DontCare test for a bundle class the devkit does not know
 AP_CEILING_MIN = 50.0  # AP points; a folder whose perfect-detection AP is below this cannot measure a model by AP
@@ -86,6 +90,9 @@ class FrameMatch:
     # none): the object is found at that IoU by every score threshold <= this (training/compression/stage_thresholds)
     found_score: np.ndarray
     detected_as: np.ndarray  # (M,) str: class of the most-overlapping detection at IoU >= MATCH_IOU, else "none"
+    # (M,) |heading error| in radians, [0, pi], of the own-class detection overlapping it most, when that BEV IoU
+    # >= HEADING_IOU; NaN otherwise
+    heading_error: np.ndarray
     detection_names: np.ndarray  # (N,) str
     detection_in_view: np.ndarray  # (N,) bool: part of the box is in the camera image
     detection_scored: np.ndarray  # (N,) bool: in the camera view and tall enough for the devkit
@@ -124,6 +131,13 @@ def match_frame(frame: LabelledFrame, detections: Detections) -> FrameMatch:
     overlap_at = same_class[:, :, None] & (iou[:, :, None] >= np.asarray(RECALL_IOUS)[None, None, :])  # (M, N, J)
     found_score = np.where(overlap_at, scores[None, :, None], -np.inf).max(1, initial=-np.inf)
     best_any = iou.max(1, initial=0.0)
+    heading_error = np.full(n_obj, np.nan)
+    if n_det:
+        same_iou = np.where(same_class, iou, 0.0)
+        nearest = same_iou.argmax(1)
+        checked = same_iou[np.arange(n_obj), nearest] >= HEADING_IOU
+        turn = np.asarray(detections.boxes, np.float64).reshape(-1, 7)[nearest, 6] - np.asarray(boxes)[:, 6]
+        heading_error[checked] = np.abs((turn[checked] + np.pi) % (2 * np.pi) - np.pi)
     detected_as = np.full(n_obj, NONE, dtype=object)
     if n_det:
         hit = best_any >= MATCH_IOU
@@ -139,6 +153,7 @@ def match_frame(frame: LabelledFrame, detections: Detections) -> FrameMatch:
     return FrameMatch(object_names=names.astype(str), object_scored=difficulty >= 0,
                       object_range=np.hypot(boxes[:, 0], boxes[:, 1]).astype(np.float64),
                       best_same_class_iou=best_same, found_score=found_score, detected_as=np.asarray(detected_as, dtype=str),
+                      heading_error=heading_error,
                       detection_names=det_names, detection_in_view=in_view, detection_scored=scored,
                       false_positive=scored & ~overlaps_object & ~covered, detection_rows=det_rows)
 
@@ -191,6 +206,17 @@ def _confusion(matches: list[FrameMatch], class_names: tuple[str, ...]) -> dict:
     return {"rows": rows, "columns": columns, "counts": counts.tolist(), "iou": MATCH_IOU}
 
 
+def _headings(matches: list[FrameMatch], class_names: tuple[str, ...]) -> dict:
+    names = np.concatenate([m.object_names[m.object_scored] for m in matches]) if matches else np.zeros(0, str)
+    error = np.concatenate([m.heading_error[m.object_scored] for m in matches]) if matches else np.zeros(0)
+    per_class = {}
+    for cls in class_names:
+        e = error[(names == cls) & np.isfinite(error)]
+        per_class[cls] = {"found": int(len(e)), "turned_over_90": int((e > np.pi / 2).sum()),
+                          "median_error_deg": float(np.degrees(np.median(e))) if len(e) else None}
+    return {"iou": HEADING_IOU, "by_class": per_class}
+
+
 def summarize(frames: list[LabelledFrame], matches: list[FrameMatch], class_names: tuple[str, ...]) -> dict:
     """Recall, false positives, confusions and detection counts over all frames (JSON-ready)."""
     n = len(frames)
@@ -205,6 +231,7 @@ def summarize(frames: list[LabelledFrame], matches: list[FrameMatch], class_name
         "false_positives": {"total": int(fp.sum()), "per_frame": float(fp.sum()) / n if n else None,
                             "by_class": {c: int((fp_names == c).sum()) for c in class_names}, "iou": MATCH_IOU},
         "confusion": _confusion(matches, class_names),
+        "heading": _headings(matches, class_names),
         "detections": {"total": int(det_total.sum()), "per_frame": float(det_total.sum()) / n if n else None,
                        "in_camera_view_total": int(det_view.sum()),
                        "in_camera_view_per_frame": float(det_view.sum()) / n if n else None,

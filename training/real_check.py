@@ -216,6 +216,12 @@ def format_report(report: dict) -> str:
     if det["per_frame"] is not None:
         lines.append(f"Detections per frame: {det['per_frame']:.2f} (in the camera view "
                      f"{det['in_camera_view_per_frame']:.2f}, scored by the devkit {det['scored_per_frame']:.2f})")
+    head = report["heading"]
+    lines.append(f"Heading of found objects (same class, BEV IoU >= {head['iou']:g}; a box turned 180 degrees keeps "
+                 "its IoU, so AP does not see it): turned > 90 degrees / found, median error")
+    for cls, entry in head["by_class"].items():
+        median = "-" if entry["median_error_deg"] is None else f"{entry['median_error_deg']:.1f} deg"
+        lines.append(f"  {cls:<11} {entry['turned_over_90']}/{entry['found']}   median {median}")
     conf = report["confusion"]
     lines.append(f"Confusions (labelled class -> class of the most-overlapping detection, BEV IoU >= {conf['iou']:g}):")
     width = max([len(c) for c in conf["columns"]] + [5])

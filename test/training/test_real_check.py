@@ -281,6 +281,30 @@ def test_hand_built_case_has_the_known_answers():
     assert matches[0].detection_scored.tolist() == [True] * 7 + [False, False, False]
 
 
+def test_heading_counts_boxes_turned_half_a_turn():
+    """Same boxes, headings turned by pi and by 0.2 rad: both are found at IoU 0.5 (a half-turn keeps the IoU), the
+    first counts as turned > 90 degrees; the hand-built case's detections all keep their heading."""
+    calib = _camera()
+    gt_boxes = np.array([_box(10, 0, 4, 1.8, 1.5), _box(20, 3, 4, 1.8, 1.5), _box(8, -2, 0.8, 0.6, 1.7)])
+    gt = labels_from_lidar_boxes(gt_boxes, np.array(["Car", "Car", "Pedestrian"]), None, calib)
+    frame = LabelledFrame("h", parse_labels(format_labels(gt)), calib)
+    turned = gt_boxes[:2].copy()
+    turned[:, 6] += [np.pi, 0.2]
+    dets = Detections(turned.astype(np.float32), np.array([0.9, 0.8], np.float32), np.zeros(2, np.int64), CLASSES)
+    match = match_frame(frame, dets)
+    assert match.heading_error[:2] == pytest.approx([np.pi, 0.2], abs=0.02)  # labels carry 2 decimals
+    assert np.isnan(match.heading_error[2])  # no pedestrian detection: not checked
+    heading = summarize([frame], [match], CLASSES)["heading"]
+    assert heading["iou"] == 0.5
+    assert heading["by_class"]["Car"]["found"] == 2 and heading["by_class"]["Car"]["turned_over_90"] == 1
+    assert heading["by_class"]["Pedestrian"] == {"found": 0, "turned_over_90": 0, "median_error_deg": None}
+    frames, hand = _hand_frames()
+    report = summarize(frames, [match_frame(f, d) for f, d in zip(frames, hand)], CLASSES)
+    assert report["heading"]["by_class"]["Car"]["found"] == 1  # only the exact car is found at 0.5
+    assert report["heading"]["by_class"]["Car"]["turned_over_90"] == 0
+    assert "Heading of found objects" in real_check.format_report({**report, "ap": {}})
+
+
 def test_dont_care_region_is_what_spares_the_detection():
     frames, dets = _hand_frames(with_dont_care=False)
     match = match_frame(frames[0], dets[0])
