@@ -6,6 +6,10 @@ split of the reference (val, holdout, ...) copied as is, and `train` = every oth
 extra frames only ever train and the reported numbers compare with the reference run's frame for frame.
 
     python training/scale_splits.py data/sim_x4 runs/results/seed_0/stages/data/dataset
+    python training/scale_splits.py data/sim_x2 runs/results/seed_0/stages/data/dataset --train-frames 800
+
+--train-frames N keeps the reference's own training frames and the first new ones by frame id, N in all (a root
+whose training/ folder links to a bigger root's gives the smaller steps of a scaling series).
 """
 from __future__ import annotations
 
@@ -14,8 +18,9 @@ import sys
 from pathlib import Path
 
 
-def scale_splits(root: Path, reference: Path, train_split: str = "train") -> dict[str, int]:
-    """Write root/ImageSets from reference/ImageSets; returns frames per split. ValueError on a mismatch."""
+def scale_splits(root: Path, reference: Path, train_split: str = "train", train_frames: int = 0) -> dict[str, int]:
+    """Write root/ImageSets from reference/ImageSets; returns frames per split. ValueError on a mismatch.
+    train_frames > 0: the reference's training frames plus the first new ones, that many in all."""
     ref_sets = reference / "ImageSets"
     held = {p.stem: p.read_text().split() for p in sorted(ref_sets.glob("*.txt"))
             if p.stem not in (train_split, "trainval", "test")}
@@ -32,6 +37,12 @@ def scale_splits(root: Path, reference: Path, train_split: str = "train") -> dic
         raise ValueError(f"{root}: the reference's {train_split} frames are not all here; simulate at least as many "
                          "frames with the same seed")
     train = [f for f in frames if f not in held_ids]
+    if train_frames:
+        if not len(ref_train) <= train_frames <= len(train):
+            raise ValueError(f"--train-frames {train_frames}: must be between the reference's {len(ref_train)} "
+                             f"training frames and the {len(train)} available")
+        extra = [f for f in train if f not in ref_train][:train_frames - len(ref_train)]
+        train = sorted(ref_train | set(extra))
     sets = root / "ImageSets"
     sets.mkdir(parents=True, exist_ok=True)
     counts = {train_split: len(train)}
@@ -48,9 +59,10 @@ def main(argv=None) -> int:
     ap.add_argument("root", type=Path, help="the bigger simulated dataset root (KITTI layout)")
     ap.add_argument("reference", type=Path, help="the reference run's dataset root (its ImageSets are copied)")
     ap.add_argument("--train-split", default="train")
+    ap.add_argument("--train-frames", type=int, default=0, help="0 = every frame that is not held out")
     args = ap.parse_args(argv)
     try:
-        counts = scale_splits(args.root, args.reference, args.train_split)
+        counts = scale_splits(args.root, args.reference, args.train_split, args.train_frames)
     except (OSError, ValueError) as exc:
         print(f"scale_splits: {exc}", file=sys.stderr)
         return 2

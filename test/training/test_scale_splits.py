@@ -41,3 +41,13 @@ def test_too_few_frames_is_a_one_line_error(tmp_path, capsys):
     assert main([str(small), str(ref)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing" in err
+
+
+def test_train_frames_keeps_the_reference_training_frames_then_the_first_new_ones(tmp_path):
+    ref = _root(tmp_path, "ref", 8)
+    _sets(ref, train=[0, 3, 5, 6], val=[1, 7], holdout=[2, 4])
+    big = _root(tmp_path, "big", 12)
+    assert scale_splits(big, ref, train_frames=6)["train"] == 6
+    assert (big / "ImageSets" / "train.txt").read_text().split() == [f"{i:06d}" for i in (0, 3, 5, 6, 8, 9)]
+    with pytest.raises(ValueError, match="between the reference's 4 training frames and the 8 available"):
+        scale_splits(big, ref, train_frames=3)
