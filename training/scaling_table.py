@@ -1,0 +1,106 @@
+"""The data-scaling table of issue 13: finished compress runs that differ only in their training frames, side by side.
+
+    python training/scaling_table.py 400=runs/results/seed_0 800=runs/scale_x2/seed_0 1600=runs/scale_x4/seed_0 \
+        --out docs/results/scaling
+
+Each argument is LABEL=RUN (LABEL: the run's training frames; RUN: a compress run folder with report.json and the
+evaluate stage's metrics.json). Prints, and with --out writes as README-ready markdown + summary.json, per run:
+3D AP R40 moderate per class and mAP of the teacher, the full-width no-KD student, the same-size no-KD student
+(width-only) and the CLEAN final student; Car BEV AP (how much of the Car gap is height); the final student's gap
+to the teacher and its margin over width-only. The runs must share their held-out split (the scale configs do).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+MODELS = (("teacher", "teacher"), ("student_baseline", "no-KD, full width"),
+          ("baseline_width_only", "no-KD, final widths (width-only)"), ("student_final", "CLEAN final"))
+CLASSES = ("Car", "Pedestrian", "Cyclist")
+
+
+class ScalingError(Exception):
+    """A bad argument or an unfinished run: one line, exit status 2."""
+
+
+def read_run(label: str, folder: Path) -> dict:
+    try:
+        report = json.loads((folder / "report.json").read_text())
+        metrics = json.loads((folder / "stages" / "evaluate" / "metrics.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ScalingError(f"{folder}: not a finished compress run ({exc})") from None
+    models = {}
+    for key, _ in MODELS:
+        if key not in report.get("models", {}) or key not in metrics:
+            raise ScalingError(f"{folder}: model {key!r} missing from report.json or the evaluate stage")
+        kitti = metrics[key].get("kitti", metrics[key])
+        models[key] = {"map3d": report["models"][key]["map3d_r40_moderate"],
+                       "ap3d": {c: kitti[f"{c}/3d_R40/moderate"] for c in CLASSES},
+                       "apbev": {c: kitti[f"{c}/bev_R40/moderate"] for c in CLASSES},
+                       "params": report["models"][key].get("params")}
+    return {"label": label, "run": str(folder), "models": models, "stage_seconds": report.get("stage_seconds", {}),
+            "machine": report.get("machine", {}), "commit": report.get("commit")}
+
+
+def summary_rows(runs: list[dict]) -> list[dict]:
+    rows = []
+    for run in runs:
+        m = run["models"]
+        rows.append({"training_frames": run["label"], "run": run["run"], "commit": run["commit"],
+                     **{key: m[key] for key, _ in MODELS},
+                     "gap_to_teacher": m["teacher"]["map3d"] - m["student_final"]["map3d"],
+                     "final_minus_width_only": m["student_final"]["map3d"] - m["baseline_width_only"]["map3d"],
+                     "stage_seconds": run["stage_seconds"], "load_average": run["machine"].get("load_average")})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| training frames | model | Car | Ped | Cyc | mAP | Car BEV |", "|---|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        for key, name in MODELS:
+            m = row[key]
+            cells = [f"{m['ap3d'][c]:.2f}" for c in CLASSES]
+            mean = f"**{m['map3d']:.2f}**" if key == "student_final" else f"{m['map3d']:.2f}"
+            lines.append(f"| {row['training_frames']} | {name} | " + " | ".join(cells) + f" | {mean} | "
+                         f"{m['apbev']['Car']:.2f} |")
+    lines += ["", "| training frames | CLEAN final − teacher | CLEAN final − width-only | training stages (s) |",
+              "|---|---:|---:|---|"]
+    for row in rows:
+        s = row["stage_seconds"]
+        spent = ", ".join(f"{k} {s[k]:.0f}" for k in ("student_baseline", "finetune", "baseline_width_only") if k in s)
+        lines.append(f"| {row['training_frames']} | {-row['gap_to_teacher']:+.2f} | "
+                     f"{row['final_minus_width_only']:+.2f} | {spent} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="LABEL=RUN_FOLDER, in the order of the table")
+    ap.add_argument("--out", type=Path, help="write table.md and summary.json into this folder")
+    args = ap.parse_args(argv)
+    try:
+        runs = []
+        for item in args.runs:
+            label, sep, folder = item.partition("=")
+            if not sep or not label or not folder:
+                raise ScalingError(f"{item!r}: expected LABEL=RUN_FOLDER, e.g. 1600=runs/scale_x4/seed_0")
+            runs.append(read_run(label, Path(folder)))
+        rows = summary_rows(runs)
+        text = markdown(rows)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            for name, content in (("table.md", text), ("summary.json", json.dumps(rows, indent=1) + "\n")):
+                tmp = args.out / f".{name}.tmp"
+                tmp.write_text(content)
+                tmp.replace(args.out / name)
+    except ScalingError as exc:
+        print(f"scaling_table: {exc}", file=sys.stderr)
+        return 2
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
