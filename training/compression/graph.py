@@ -67,7 +67,7 @@ class CompressionGraph:
         if c.student.kd_row:
             stages.append(Stage("student_cakd", f"full-width student, method {c.distill.method!r}, from the trained "
                                 "baseline (comparison row)", partial(stage_students.student_cakd, run),
-                                {**common, "student": c.student, "distill": c.distill},
+                                {**common, "student": c.student, "distill": c.distill.stage_identity()},
                                 ("data", "teacher", "student_baseline"), train_frames * c.student.epochs * 1.5,
                                 "student", parallel=True))
         joint = {"iou_refine": c.iou_refine.training_identity()} if c.iou_refine.joint else {}
@@ -80,13 +80,13 @@ class CompressionGraph:
             Stage("finetune", f"pruned student, method {c.distill.method!r}, from its inherited weights"
                   + (f" (+ IoU branch, {c.iou_refine.gate.mode} gate)" if joint else ""),
                   partial(stage_students.finetune, run),
-                  {**common, "student": c.student, "distill": c.distill, "finetune": c.finetune, **joint},
+                  {**common, "student": c.student, "distill": c.distill.stage_identity(), "finetune": c.finetune, **joint},
                   ("prune", "teacher"), train_frames * c.finetune.epochs * 1.5, "student", parallel=True),
         ]
         if c.iou_refine.enabled and not c.iou_refine.joint:
             stages.append(Stage("iou_refine", f"IoU branch + {c.iou_refine.gate.mode} gate",
                                 partial(stage_students.iou_refine, run),
-                                {**common, "student": c.student, "distill": c.distill,
+                                {**common, "student": c.student, "distill": c.distill.stage_identity(),
                                  "iou_refine": c.iou_refine.training_identity()},
                                 ("finetune", "teacher"), train_frames * c.iou_refine.epochs * 1.5, "student",
                                 parallel=True))
@@ -106,7 +106,7 @@ class CompressionGraph:
             stages.append(Stage(f"baseline_{baseline.name}",
                                 f"baseline {baseline.name} ({baseline.method}, {baseline.architecture} widths)",
                                 partial(stage_students.baseline, run, spec=baseline, epochs=epochs),
-                                {**common, "student": c.student, "distill": c.distill, "baseline": baseline,
+                                {**common, "student": c.student, "distill": c.distill.stage_identity(), "baseline": baseline,
                                  **({"iou_refine": c.iou_refine.training_identity()} if baseline.iou_gate else {})},
                                 tuple(deps), train_frames * epochs * (1.5 if baseline.method != "none" else 1.0),
                                 "student", parallel=True))

@@ -5,9 +5,14 @@ theta_{class(j)} (p = 0: score only, the references' choice; IoU: 3D as the refe
 cfg.iou_type), and put in FRONT of the ground truth. Because the
 hook edits the (B, M, 7) / (B, M) tensors before DetectionTask builds targets, the union drives every target of
 the student: anchor labels and regression, heatmap Gaussians and the IoU-branch targets.
+
+cfg.heading = "label" turns an accepted box by half a turn where it points against the same-class GT box it overlaps
+(BEV IoU >= HEADING_IOU): the IoU is unchanged, the direction bins then learn the label's heading, not the
+teacher's (whose headings may be unreliable: measured for the shipped teacher in docs/results/scaling/README.md).
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -16,6 +21,8 @@ from clean_ros.cloud import geometry
 from training.data.sample import Batch
 from training.distill.distill_config import LabelAssignConfig
 from training.distill.teacher import TeacherBoxes, TeacherRunner
+
+HEADING_IOU = 0.5  # heading="label": the GT box an accepted box overlaps this much (BEV, same class) gives its heading
 
 
 def merge_ground_truth(gt_boxes: torch.Tensor, gt_labels: torch.Tensor, front: Sequence[TeacherBoxes] = (),
@@ -72,6 +79,24 @@ def accept_teacher_boxes(teacher: TeacherBoxes, gt_boxes: torch.Tensor, gt_label
     return TeacherBoxes(teacher.boxes[keep], teacher.scores[keep], labels[keep])
 
 
+def turn_to_labels(accepted: TeacherBoxes, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
+                   min_iou: float = HEADING_IOU) -> tuple[TeacherBoxes, int]:
+    """One frame: each accepted box that overlaps a same-class GT box at BEV IoU >= min_iou and points more than a
+    quarter turn away from it is turned by pi (same box, the label's heading). Returns (boxes, how many turned)."""
+    valid = gt_labels >= 0
+    if not accepted.boxes.shape[0] or not valid.any():
+        return accepted, 0
+    gt, gt_cls = gt_boxes[valid].to(accepted.boxes.dtype), gt_labels[valid].long()
+    iou = geometry.bev_iou(accepted.boxes.float(), gt.float())
+    iou = torch.where(accepted.labels.long().view(-1, 1) == gt_cls.view(1, -1), iou, torch.zeros_like(iou))
+    best, nearest = iou.max(dim=1)
+    against = geometry.normalize_yaw(accepted.boxes[:, 6] - gt[nearest, 6]).abs() > math.pi / 2
+    turn = (best >= min_iou) & against
+    boxes = accepted.boxes.clone()
+    boxes[turn, 6] = geometry.normalize_yaw(boxes[turn, 6] + math.pi)
+    return TeacherBoxes(boxes, accepted.scores, accepted.labels), int(turn.sum())
+
+
 def pseudo_box_hits(accepted: TeacherBoxes, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
                     thresholds: Sequence[float] = (0.5, 0.7)) -> list[int]:
     """How many accepted teacher boxes of one frame overlap a ground-truth box of their class with BEV IoU >= each
@@ -93,6 +118,7 @@ class LabelAssignHook:
     def __init__(self, cfg: LabelAssignConfig, runner: TeacherRunner):
         self.cfg, self.runner = cfg, runner
         self.last_accepted: list[TeacherBoxes] = []  # for logging / tests
+        self.last_turned = 0  # heading="label": accepted boxes of the last step turned to their label's heading
         self._last_gt: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def diagnostics(self) -> dict[str, float]:
@@ -106,9 +132,12 @@ class LabelAssignHook:
         with torch.no_grad():
             hits = [pseudo_box_hits(a, gt_boxes[b], gt_labels[b]) for b, a in enumerate(accepted)]
         frames = max(1, len(accepted))
-        return {"accepted_per_frame": sum(int(a.boxes.shape[0]) for a in accepted) / frames,
-                "right_iou50_per_frame": sum(h[0] for h in hits) / frames,
-                "right_iou70_per_frame": sum(h[1] for h in hits) / frames}
+        values = {"accepted_per_frame": sum(int(a.boxes.shape[0]) for a in accepted) / frames,
+                  "right_iou50_per_frame": sum(h[0] for h in hits) / frames,
+                  "right_iou70_per_frame": sum(h[1] for h in hits) / frames}
+        if self.cfg.heading == "label":
+            values["turned_per_frame"] = self.last_turned / frames
+        return values
 
     def __call__(self, batch: Batch, gt_boxes: torch.Tensor, gt_labels: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,9 +145,14 @@ class LabelAssignHook:
         if len(detections) != gt_boxes.shape[0]:
             raise RuntimeError(f"teacher returned {len(detections)} frames for a batch of {gt_boxes.shape[0]}")
         accepted = [accept_teacher_boxes(d, gt_boxes[b], gt_labels[b], self.cfg) for b, d in enumerate(detections)]
+        self.last_turned = 0
+        if self.cfg.heading == "label":
+            turned = [turn_to_labels(a, gt_boxes[b], gt_labels[b]) for b, a in enumerate(accepted)]
+            accepted = [a for a, _ in turned]
+            self.last_turned = sum(n for _, n in turned)
         self.last_accepted = accepted
         self._last_gt = (gt_boxes.detach(), gt_labels)
         return merge_ground_truth(gt_boxes, gt_labels, front=accepted)
 
 
-__all__ = ["LabelAssignHook", "accept_teacher_boxes", "merge_ground_truth", "pseudo_box_hits"]
+__all__ = ["LabelAssignHook", "accept_teacher_boxes", "merge_ground_truth", "pseudo_box_hits", "turn_to_labels"]

@@ -105,3 +105,58 @@ def test_label_assignment_targets_include_accepted_teacher_boxes(head):
         assert int(t.mask[1].sum()) == 1
     assert torch.isfinite(result.total)
     assert parts.runner.module.calls["predict"] == 1
+
+
+def test_heading_label_turns_boxes_that_point_against_their_label():
+    """heading="label": a box pointing against its overlapping same-class GT box is turned by pi (same box, same IoU);
+    one already along it, one of another class and one overlapping nothing keep the teacher's heading."""
+    from training.distill.label_assign import turn_to_labels
+
+    assert LabelAssignConfig().heading == "teacher"  # the reference's default
+    with pytest.raises(ValueError, match="heading"):
+        LabelAssignConfig(heading="gt")
+    gt = torch.tensor([car(5.0, 0.0), car(15.0, 5.0), car(30.0, 0.0)])
+    gt[1, 6] = 0.3
+    against, along, other_class, alone = car(5.0, 0.0), car(15.0, 5.0), car(30.0, 0.0), car(40.0, 9.0)
+    against[6], along[6], other_class[6], alone[6] = math.pi - 0.1, 0.4, math.pi, math.pi
+    teacher = TeacherBoxes(torch.tensor([against, along, other_class, alone]), torch.tensor([0.9, 0.9, 0.9, 0.9]),
+                           torch.tensor([0, 0, 1, 0]))
+    turned, count = turn_to_labels(teacher, gt, torch.tensor([0, 0, 0]))
+    assert count == 1
+    assert turned.boxes[:, 6].tolist() == pytest.approx([-0.1, 0.4, math.pi, math.pi], abs=1e-6)
+    assert torch.equal(turned.boxes[:, :6], teacher.boxes[:, :6]) and torch.equal(turned.scores, teacher.scores)
+    assert turn_to_labels(teacher, torch.zeros(0, 7), torch.zeros(0, dtype=torch.long))[1] == 0
+
+
+def test_heading_option_changes_the_kd_stage_hash_only_when_set():
+    """Runs from before the option keep their stage hashes: the default adds nothing to DistillConfig's identity."""
+    default = DistillConfig(method="clean").stage_identity()
+    assert "heading" not in default["label_assign"] and default["label_assign"]["iou_type"] == "3d"
+    label = DistillConfig(method="clean", label_assign=LabelAssignConfig(heading="label")).stage_identity()
+    assert label["label_assign"]["heading"] == "label"
+    assert {k: v for k, v in label["label_assign"].items() if k != "heading"} == default["label_assign"]
+
+
+def test_heading_label_reaches_the_students_direction_targets():
+    """Wired through the hook: the teacher's half-turned copy of the frame's car becomes, with heading="label", a box
+    with the label's heading, so every anchor it claims learns the label's direction bin (with "teacher": the other)."""
+    torch.manual_seed(4)
+    cfg_t, cfg = small_cfg(), small_cfg("pointpillars_tiny")
+    flipped = car(10.16, 0.32, yaw=math.pi)
+    final = [final_detections([flipped], [0.95], [0]), final_detections(np.zeros((0, 7)), [], [])]
+    bins = {}
+    for heading in ("teacher", "label"):
+        student = build_detector(cfg)
+        distill = DistillConfig(method="label_assign", label_assign=LabelAssignConfig(heading=heading))
+        parts = build_distillation(distill, TwoStageDouble(cfg_t, final=final), student)
+        task = DetectionTask(cfg, student, target_hooks=parts.target_hooks)
+        t = task(one_car_batch(cfg)).targets
+        positive = t.labels[0] > 0
+        assert int(positive.sum()) > 0
+        bins[heading] = set(t.dir_targets[0, positive].tolist())
+        hook = next(h for h in parts.target_hooks if h.name == "label_assign")
+        assert hook.last_turned == (1 if heading == "label" else 0)
+        assert ("turned_per_frame" in hook.diagnostics()) == (heading == "label")
+    plain = build_targets(task(one_car_batch(cfg)).output, one_car_batch(cfg).gt_boxes, one_car_batch(cfg).gt_labels, cfg)
+    assert bins["label"] == set(plain.dir_targets[0, plain.labels[0] > 0].tolist())  # the label's direction
+    assert bins["teacher"] != bins["label"]  # the teacher's copy won the anchors, with its own direction
