@@ -32,7 +32,8 @@ def scale_splits(root: Path, reference: Path, train_split: str = "train", train_
     missing = sorted(held_ids - have)
     if missing:
         raise ValueError(f"{root}: {len(missing)} held-out frames of the reference are missing, e.g. {missing[0]}")
-    ref_train = set((ref_sets / f"{train_split}.txt").read_text().split()) if (ref_sets / f"{train_split}.txt").exists() else set()
+    ref_list = ref_sets / f"{train_split}.txt"
+    ref_train = set(ref_list.read_text().split()) if ref_list.exists() else set()
     if ref_train - have:
         raise ValueError(f"{root}: the reference's {train_split} frames are not all here; simulate at least as many "
                          "frames with the same seed")

@@ -80,7 +80,8 @@ class CompressionGraph:
             Stage("finetune", f"pruned student, method {c.distill.method!r}, from its inherited weights"
                   + (f" (+ IoU branch, {c.iou_refine.gate.mode} gate)" if joint else ""),
                   partial(stage_students.finetune, run),
-                  {**common, "student": c.student, "distill": c.distill.stage_identity(), "finetune": c.finetune, **joint},
+                  {**common, "student": c.student, "distill": c.distill.stage_identity(), "finetune": c.finetune,
+                   **joint},
                   ("prune", "teacher"), train_frames * c.finetune.epochs * 1.5, "student", parallel=True),
         ]
         if c.iou_refine.enabled and not c.iou_refine.joint:
@@ -106,7 +107,8 @@ class CompressionGraph:
             stages.append(Stage(f"baseline_{baseline.name}",
                                 f"baseline {baseline.name} ({baseline.method}, {baseline.architecture} widths)",
                                 partial(stage_students.baseline, run, spec=baseline, epochs=epochs),
-                                {**common, "student": c.student, "distill": c.distill.stage_identity(), "baseline": baseline,
+                                {**common, "student": c.student, "distill": c.distill.stage_identity(),
+                                 "baseline": baseline,
                                  **({"iou_refine": c.iou_refine.training_identity()} if baseline.iou_gate else {})},
                                 tuple(deps), train_frames * epochs * (1.5 if baseline.method != "none" else 1.0),
                                 "student", parallel=True))

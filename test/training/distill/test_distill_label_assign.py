@@ -157,6 +157,7 @@ def test_heading_label_reaches_the_students_direction_targets():
         hook = next(h for h in parts.target_hooks if h.name == "label_assign")
         assert hook.last_turned == (1 if heading == "label" else 0)
         assert ("turned_per_frame" in hook.diagnostics()) == (heading == "label")
-    plain = build_targets(task(one_car_batch(cfg)).output, one_car_batch(cfg).gt_boxes, one_car_batch(cfg).gt_labels, cfg)
+    batch = one_car_batch(cfg)
+    plain = build_targets(task(batch).output, batch.gt_boxes, batch.gt_labels, cfg)
     assert bins["label"] == set(plain.dir_targets[0, plain.labels[0] > 0].tolist())  # the label's direction
     assert bins["teacher"] != bins["label"]  # the teacher's copy won the anchors, with its own direction
