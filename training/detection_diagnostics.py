@@ -45,7 +45,7 @@ import torch
 
 from clean_ros.cloud.geometry import bev_iou
 from clean_ros.cloud.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiObjects, boxes_in_image,
-                                   difficulty_levels, labels_from_lidar_boxes)
+                                   difficulty_levels, labels_from_lidar_boxes, normalize_yaw_np)
 from clean_ros.metrics.kitti_eval import DIFFICULTIES, MIN_HEIGHT, MIN_OVERLAP, evaluate, image_overlap
 from clean_ros.types import Detections
 from training.data.kitti_dataset import DONT_CARE, ground_truth_from_annotations
@@ -137,7 +137,7 @@ def match_frame(frame: LabelledFrame, detections: Detections) -> FrameMatch:
         nearest = same_iou.argmax(1)
         checked = same_iou[np.arange(n_obj), nearest] >= HEADING_IOU
         turn = np.asarray(detections.boxes, np.float64).reshape(-1, 7)[nearest, 6] - np.asarray(boxes)[:, 6]
-        heading_error[checked] = np.abs((turn[checked] + np.pi) % (2 * np.pi) - np.pi)
+        heading_error[checked] = np.abs(normalize_yaw_np(turn[checked]))
     detected_as = np.full(n_obj, NONE, dtype=object)
     if n_det:
         hit = best_any >= MATCH_IOU
