@@ -17,6 +17,11 @@ import argparse
 import sys
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clean_ros.atomic import atomic_write_text  # noqa: E402
+
 
 def scale_splits(root: Path, reference: Path, train_split: str = "train", train_frames: int = 0) -> dict[str, int]:
     """Write root/ImageSets from reference/ImageSets; returns frames per split. ValueError on a mismatch.
@@ -48,9 +53,7 @@ def scale_splits(root: Path, reference: Path, train_split: str = "train", train_
     sets.mkdir(parents=True, exist_ok=True)
     counts = {train_split: len(train)}
     for name, ids in {train_split: train, **held}.items():
-        tmp = sets / f".{name}.txt.tmp"
-        tmp.write_text("\n".join(ids) + "\n")
-        tmp.replace(sets / f"{name}.txt")
+        atomic_write_text(sets / f"{name}.txt", "\n".join(ids) + "\n")
         counts[name] = len(ids)
     return counts
 

@@ -16,6 +16,11 @@ import json
 import sys
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clean_ros.atomic import atomic_write_text  # noqa: E402
+
 MODELS = (("teacher", "teacher"), ("student_baseline", "no-KD, full width"),
           ("baseline_width_only", "no-KD, final widths (width-only)"), ("student_final", "CLEAN final"))
 CLASSES = ("Car", "Pedestrian", "Cyclist")
@@ -91,10 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         text = markdown(rows)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            for name, content in (("table.md", text), ("summary.json", json.dumps(rows, indent=1) + "\n")):
-                tmp = args.out / f".{name}.tmp"
-                tmp.write_text(content)
-                tmp.replace(args.out / name)
+            atomic_write_text(args.out / "table.md", text)
+            atomic_write_text(args.out / "summary.json", json.dumps(rows, indent=1) + "\n")
     except ScalingError as exc:
         print(f"scaling_table: {exc}", file=sys.stderr)
         return 2
