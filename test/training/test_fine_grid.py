@@ -1,0 +1,47 @@
+"""config/compress/fine_grid.yaml (issue 13 item 8): the student on 0.32 m anchor cells, paired with the shipped
+teacher's 0.64 m grid, reusing the default run's data and teacher stages."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from clean_ros.models.detector import Detector
+from clean_ros.models.two_stage import TwoStageDetector
+from clean_ros.models.two_stage_config import load_two_stage_config
+from clean_ros.yaml_config import load_config
+from training.compression.compress_config import CompressConfig
+from training.compression.graph import CompressionGraph
+from training.compression.stage_store import config_hash
+from training.distill import check_pairing
+from training.distill.cakd import map_cells
+from training.train_config import load_train_config
+
+REPO = Path(__file__).resolve().parents[2]
+COMPRESS = REPO / "config" / "compress"
+
+
+def _stages(name: str) -> dict:
+    cfg = load_config(CompressConfig, COMPRESS / name, ["training.seed=2"])
+    return {s.name: s for s in CompressionGraph(cfg, Path("unused"), log=lambda _: None, progress=False).stages()}
+
+
+def test_fine_grid_reuses_the_default_runs_data_and_teacher_only():
+    default, fine = _stages("default.yaml"), _stages("fine_grid.yaml")
+    for name in ("data", "teacher"):
+        assert config_hash(fine[name].config) == config_hash(default[name].config), name
+    assert config_hash(fine["student_baseline"].config) != config_hash(default["student_baseline"].config)
+    assert "baseline_width_only" not in fine and "baseline_width_only" in default
+
+
+def test_fine_student_has_half_the_cell_and_pairs_with_the_shipped_teacher():
+    student = {n: Detector(load_train_config(REPO / "config" / "train" / f"{n}.yaml").model)
+               for n in ("pointpillars_tiny", "pointpillars_tiny_fine")}
+    coarse, fine = student["pointpillars_tiny"].grid, student["pointpillars_tiny_fine"].grid
+    assert (coarse.cell_x, fine.cell_x) == (0.64, 0.32) and fine.num_cells == 4 * coarse.num_cells
+    teacher = TwoStageDetector(load_two_stage_config(REPO / "models" / "teacher" / "teacher.yaml")).rpn
+    assert teacher.grid.cell_x == 0.64
+    check_pairing("clean", student["pointpillars_tiny_fine"], teacher)  # raises on a pair CaKD cannot distil
+    # every teacher cell advises exactly the 2 x 2 fine cells inside it
+    cells = map_cells(fine, teacher.grid, torch.arange(fine.num_cells))
+    assert torch.bincount(cells, minlength=teacher.grid.num_cells).unique().tolist() == [4]
