@@ -51,7 +51,7 @@ def evaluate_teacher(model, cfg, root: Path, split: str, batch_size: int = 2, pr
             "seconds": round(time.perf_counter() - tic, 1), "kitti": kitti_metrics(result)}
 
 
-def _train_seconds(run: Path) -> float | None:
+def _train_seconds(run: Path, checkpoint: dict | None = None) -> float | None:
     """Training time of the run over all its sessions: the last checkpoint's own count (train_seconds, written by
     the trainer since it kept one), else the trainer's timestamped train.log (runs of older code).
 
@@ -64,7 +64,9 @@ def _train_seconds(run: Path) -> float | None:
     from training.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        seconds = float(load_checkpoint(run / "checkpoints" / "last.pt").get("train_seconds", 0.0))
+        if checkpoint is None:  # the caller's already-read last.pt saves reading a large file twice
+            checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
+        seconds = float(checkpoint.get("train_seconds", 0.0))
     except CheckpointError:
         seconds = 0.0
     if seconds > 0:
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         from clean_ros.models.two_stage import TwoStageDetector
         from clean_ros.models.two_stage_config import TwoStageConfig
         from clean_ros.provenance import git_commit
-        from training.checkpoint import CheckpointError, load_model_weights
+        from training.checkpoint import CheckpointError, load_checkpoint
         from training.train_config import TrainConfig
         from training.teacher_package import save_teacher_package
 
@@ -136,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.run / 'config.yaml'}: not a two-stage teacher run (no two_stage section)")
         cfg = load_config(TwoStageConfig, data=apply_overrides(to_dict(run_cfg.two_stage), args.overrides))
         model = TwoStageDetector(cfg)
-        model.load_state_dict(load_model_weights(args.run / "checkpoints" / "last.pt"))
+        checkpoint = load_checkpoint(args.run / "checkpoints" / "last.pt")
+        model.load_state_dict(checkpoint["model"])
         model.eval()
         metrics = evaluate_teacher(model, cfg, args.eval_root, args.eval_split)
         provenance = {"command": f"python training/train.py --config config/train/{run_cfg.name}.yaml",
                       "data": args.data or run_cfg.data.root, "epochs": run_cfg.epochs,
-                      "train_seconds": _train_seconds(args.run),
+                      "train_seconds": _train_seconds(args.run, checkpoint),
                       "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
                       "train_commit": args.train_commit or "unknown", "ship_commit": git_commit(short=True),
                       "inference_overrides": list(args.overrides)}
