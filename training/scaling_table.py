@@ -8,11 +8,16 @@ evaluate stage's metrics.json). Prints, and with --out writes as README-ready ma
 3D AP R40 moderate per class and mAP of the teacher, the full-width no-KD student, the same-size no-KD student
 (width-only) and the CLEAN final student; Car BEV AP (how much of the Car gap is height); the final student's gap
 to the teacher and its margin over width-only. The runs must share their held-out split (the scale configs do).
+
+A run without the width-only row (e.g. config/compress/fine_grid.yaml) leaves it out and its margin "—". Labels
+ending in " (seed N)" are grouped: a second table gives mean ± sample std over the seeds of each group.
+--what names the first column (default "training frames"; e.g. "student grid").
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -24,6 +29,8 @@ from clean_ros.atomic import atomic_write_text  # noqa: E402
 MODELS = (("teacher", "teacher"), ("student_baseline", "no-KD, full width"),
           ("baseline_width_only", "no-KD, final widths (width-only)"), ("student_final", "CLEAN final"))
 CLASSES = ("Car", "Pedestrian", "Cyclist")
+OPTIONAL = ("baseline_width_only",)  # a run may leave the width-only row out
+SEED_LABEL = re.compile(r"^(?P<group>.+) \(seed (?P<seed>\d+)\)$")
 
 
 class ScalingError(Exception):
@@ -38,6 +45,9 @@ def read_run(label: str, folder: Path) -> dict:
         raise ScalingError(f"{folder}: not a finished compress run ({exc})") from None
     models = {}
     for key, _ in MODELS:
+        if key in OPTIONAL and key not in report.get("models", {}):
+            models[key] = None
+            continue
         if key not in report.get("models", {}) or key not in metrics:
             raise ScalingError(f"{folder}: model {key!r} missing from report.json or the evaluate stage")
         kitti = metrics[key].get("kitti", metrics[key])
@@ -53,30 +63,77 @@ def summary_rows(runs: list[dict]) -> list[dict]:
     rows = []
     for run in runs:
         m = run["models"]
+        width_only = m["baseline_width_only"]
         rows.append({"training_frames": run["label"], "run": run["run"], "commit": run["commit"],
                      **{key: m[key] for key, _ in MODELS},
                      "gap_to_teacher": m["teacher"]["map3d"] - m["student_final"]["map3d"],
-                     "final_minus_width_only": m["student_final"]["map3d"] - m["baseline_width_only"]["map3d"],
+                     "final_minus_width_only": (m["student_final"]["map3d"] - width_only["map3d"]
+                                                if width_only is not None else None),
                      "stage_seconds": run["stage_seconds"], "load_average": run["machine"].get("load_average")})
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| training frames | model | Car | Ped | Cyc | mAP | Car BEV |", "|---|---|---:|---:|---:|---:|---:|"]
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.2f}"
+
+
+def seed_groups(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows whose label ends in " (seed N)", by the label before it, in the order of first appearance."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        match = SEED_LABEL.match(row["training_frames"])
+        if match:
+            groups.setdefault(match["group"], []).append(row)
+    return groups
+
+
+def _stat(values: list[float]) -> str:
+    from training.results_table import Stat, fmt_stat
+
+    return fmt_stat(Stat(values))
+
+
+def group_markdown(groups: dict[str, list[dict]], what: str) -> str:
+    """mean ± sample std over each group's seeds: mAP of every model, the gap to the teacher, the margin."""
+    lines = [f"| {what} | seeds | " + " | ".join(name for key, name in MODELS if key != "teacher")
+             + " | CLEAN final − teacher | CLEAN final − width-only |",
+             "|---|---:|" + "---:|" * (len(MODELS) + 1)]
+    for group, rows in groups.items():
+        cells = []
+        for key, _ in MODELS:
+            if key == "teacher":
+                continue
+            values = [r[key]["map3d"] for r in rows if r[key] is not None]
+            cells.append(_stat(values) if len(values) == len(rows) else "—")
+        margins = [r["final_minus_width_only"] for r in rows]
+        margin = "—" if None in margins else _stat(margins)
+        lines.append(f"| {group} | {len(rows)} | " + " | ".join(cells)
+                     + f" | {_stat([-r['gap_to_teacher'] for r in rows])} | {margin} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(rows: list[dict], what: str = "training frames") -> str:
+    lines = [f"| {what} | model | Car | Ped | Cyc | mAP | Car BEV |", "|---|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         for key, name in MODELS:
             m = row[key]
+            if m is None:
+                continue
             cells = [f"{m['ap3d'][c]:.2f}" for c in CLASSES]
             mean = f"**{m['map3d']:.2f}**" if key == "student_final" else f"{m['map3d']:.2f}"
             lines.append(f"| {row['training_frames']} | {name} | " + " | ".join(cells) + f" | {mean} | "
                          f"{m['apbev']['Car']:.2f} |")
-    lines += ["", "| training frames | CLEAN final − teacher | CLEAN final − width-only | training stages (s) |",
+    lines += ["", f"| {what} | CLEAN final − teacher | CLEAN final − width-only | training stages (s) |",
               "|---|---:|---:|---|"]
     for row in rows:
         s = row["stage_seconds"]
         spent = ", ".join(f"{k} {s[k]:.0f}" for k in ("student_baseline", "finetune", "baseline_width_only") if k in s)
         lines.append(f"| {row['training_frames']} | {-row['gap_to_teacher']:+.2f} | "
-                     f"{row['final_minus_width_only']:+.2f} | {spent} |")
+                     f"{_signed(row['final_minus_width_only'])} | {spent} |")
+    groups = seed_groups(rows)
+    if groups:
+        lines += ["", "Mean ± sample std over seeds (3D AP R40 moderate, mAP):", "", group_markdown(groups, what)]
+        return "\n".join(lines)
     return "\n".join(lines) + "\n"
 
 
@@ -84,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="LABEL=RUN_FOLDER, in the order of the table")
     ap.add_argument("--out", type=Path, help="write table.md and summary.json into this folder")
+    ap.add_argument("--what", default="training frames", help="what the labels name (the first column's title)")
     args = ap.parse_args(argv)
     try:
         runs = []
@@ -93,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ScalingError(f"{item!r}: expected LABEL=RUN_FOLDER, e.g. 1600=runs/scale_x4/seed_0")
             runs.append(read_run(label, Path(folder)))
         rows = summary_rows(runs)
-        text = markdown(rows)
+        text = markdown(rows, args.what)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(args.out / "table.md", text)

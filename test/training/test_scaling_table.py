@@ -35,3 +35,29 @@ def test_unfinished_run_or_bad_argument_is_one_line(tmp_path, capsys):
     assert main(["no-label"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "not a finished compress run" in err[0] and "LABEL=RUN_FOLDER" in err[1]
+
+
+def test_run_without_width_only_and_seed_groups(tmp_path, capsys):
+    keys = [k for k, _ in MODELS]
+    runs = [_run(tmp_path / "c0", dict(zip(keys, [80.0, 20.0, 40.0, 48.0]))),
+            _run(tmp_path / "c1", dict(zip(keys, [80.0, 22.0, 42.0, 50.0]))),
+            _run(tmp_path / "f0", {"teacher": 80.0, "student_baseline": 30.0, "student_final": 55.0}),
+            _run(tmp_path / "f1", {"teacher": 80.0, "student_baseline": 34.0, "student_final": 57.0})]
+    labels = ["0.64 m (seed 0)", "0.64 m (seed 1)", "0.32 m (seed 0)", "0.32 m (seed 1)"]
+    assert main([f"{lab}={run}" for lab, run in zip(labels, runs)] + ["--what", "grid", "--out",
+                                                                       str(tmp_path / "out")]) == 0
+    rows = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [r["final_minus_width_only"] for r in rows] == [8.0, 8.0, None, None]
+    assert rows[2]["baseline_width_only"] is None
+    table = capsys.readouterr().out
+    assert "| grid | model |" in table and "| 0.32 m (seed 0) | no-KD, final widths" not in table
+    assert "| 0.32 m (seed 1) | -23.00 | — |" in table
+    # mean ± sample std per group: CLEAN final 49 ± 1.41, gap -31 ± 1.41; the fine group has no width-only
+    assert "| 0.64 m | 2 | 21.00 ± 1.41 | 41.00 ± 1.41 | 49.00 ± 1.41 | -31.00 ± 1.41 | 8.00 ± 0.00 |" in table
+    assert "| 0.32 m | 2 | 32.00 ± 2.83 | — | 56.00 ± 1.41 | -24.00 ± 1.41 | — |" in table
+
+
+def test_missing_required_model_is_still_an_error(tmp_path, capsys):
+    run = _run(tmp_path / "x", {"teacher": 80.0, "student_final": 55.0})
+    assert main([f"a={run}"]) == 2
+    assert "'student_baseline' missing" in capsys.readouterr().err
