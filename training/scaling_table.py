@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clean_ros.atomic import atomic_write_text  # noqa: E402
+from training.results_table import Stat, fmt_stat  # noqa: E402
 
 MODELS = (("teacher", "teacher"), ("student_baseline", "no-KD, full width"),
           ("baseline_width_only", "no-KD, final widths (width-only)"), ("student_final", "CLEAN final"))
@@ -88,8 +89,6 @@ def seed_groups(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def _stat(values: list[float]) -> str:
-    from training.results_table import Stat, fmt_stat
-
     return fmt_stat(Stat(values))
 
 
@@ -132,8 +131,8 @@ def markdown(rows: list[dict], what: str = "training frames") -> str:
                      f"{_signed(row['final_minus_width_only'])} | {spent} |")
     groups = seed_groups(rows)
     if groups:
-        lines += ["", "Mean ± sample std over seeds (3D AP R40 moderate, mAP):", "", group_markdown(groups, what)]
-        return "\n".join(lines)
+        lines += ["", "Mean ± sample std over seeds (3D AP R40 moderate, mAP):", "",
+                  group_markdown(groups, what).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
