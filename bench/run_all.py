@@ -35,6 +35,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_eval": ["--frames", "300"],
     "bench_models": ["--runs", "2", "--threads", "1"],
     "bench_node": ["--frames", "60", "--threads", "1"],
+    "bench_postprocess": ["--repeats", "3"],
     "bench_prune": ["--layers", "1"],
     "bench_simulator": ["--frames", "4", "--workers", "1"],
     "bench_sparse": ["--repeats", "2"],

@@ -1,8 +1,8 @@
-"""Post-processing: decode -> IoU gate -> per-class score threshold -> range-dependent per-class threshold (when
-set) -> top-k -> rotated NMS -> top-k -> Detections.
+"""Post-processing: class scores -> IoU gate -> per-class score threshold -> decode of the boxes that pass ->
+range-dependent per-class threshold (when set) -> top-k -> rotated NMS -> top-k -> Detections.
 
-One implementation for training evaluation, the ROS node and replay. Decoding and gating are batched tensor
-ops; only NMS runs per frame. `postprocess_tensors` also returns the kept position indices (what the masked
+One implementation for training evaluation, the ROS node and replay. Scoring and gating are batched tensor
+ops; thresholds, decoding of the candidates and NMS run per frame. `postprocess_tensors` also returns the kept position indices (what the masked
 pruning criterion and CaKD need); `postprocess` converts to clean_ros.types.Detections.
 """
 from __future__ import annotations
@@ -44,14 +44,18 @@ def decode_anchor_boxes(box_preds: torch.Tensor, anchors: torch.Tensor, dir_logi
     return torch.cat([boxes[..., :6], yaw.unsqueeze(-1)], dim=-1)
 
 
-def decode_center_boxes(box_preds: torch.Tensor, output: HeadOutput) -> torch.Tensor:
-    """(B, HW, 8) per-pixel regression -> (B, HW, 7) boxes."""
+def decode_center_boxes(box_preds: torch.Tensor, output: HeadOutput,
+                        positions: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, HW, 8) per-pixel regression -> (B, HW, 7) boxes; with positions (K,), only those pixels: (B, K, 7)."""
     grid = output.grid
-    rows = torch.arange(grid.height, device=box_preds.device, dtype=box_preds.dtype)
-    cols = torch.arange(grid.width, device=box_preds.device, dtype=box_preds.dtype)
-    rr, cc = torch.meshgrid(rows, cols, indexing="ij")
-    x = grid.x_min + (cc.reshape(1, -1) + box_preds[..., 0]) * grid.cell_x
-    y = grid.y_min + (rr.reshape(1, -1) + box_preds[..., 1]) * grid.cell_y
+    if positions is None:
+        positions = torch.arange(grid.height * grid.width, device=box_preds.device)
+    else:
+        box_preds = box_preds[:, positions]
+    rows = torch.div(positions, grid.width, rounding_mode="floor").to(box_preds.dtype).unsqueeze(0)
+    cols = (positions % grid.width).to(box_preds.dtype).unsqueeze(0)
+    x = grid.x_min + (cols + box_preds[..., 0]) * grid.cell_x
+    y = grid.y_min + (rows + box_preds[..., 1]) * grid.cell_y
     size = torch.exp(box_preds[..., 3:6].clamp(max=10.0))
     yaw = torch.atan2(box_preds[..., 6], box_preds[..., 7])
     return torch.cat([x.unsqueeze(-1), y.unsqueeze(-1), box_preds[..., 2:3], size, yaw.unsqueeze(-1)], dim=-1)
@@ -70,14 +74,32 @@ def center_peak_scores(scores: torch.Tensor, grid, kernel: int) -> torch.Tensor:
 
 def decode(output: HeadOutput, head: HeadConfig, peak_kernel: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """HeadOutput -> boxes (B, P, 7) and class probabilities (B, P, C) (center head: peaks only)."""
-    scores = torch.sigmoid(output.cls_logits)
     if output.head_type == "anchor":
         boxes = decode_anchor_boxes(output.box_preds, output.anchors, output.dir_logits, head.dir_offset,
                                     head.dir_limit_offset, head.num_dir_bins)
     else:
         boxes = decode_center_boxes(output.box_preds, output)
+    return boxes, class_scores(output, peak_kernel)
+
+
+def decode_positions(output: HeadOutput, head: HeadConfig, frame: int, positions: torch.Tensor) -> torch.Tensor:
+    """Decoded boxes (K, 7), float32, of one frame's positions (K,) only: anchor residuals with their direction bins,
+    or center-head regression. Post-processing decodes only the boxes that pass the score thresholds this way (a
+    full-grid decode of every anchor cost more than the rest of post-processing on fine grids)."""
+    if output.head_type == "anchor":
+        dirs = output.dir_logits[frame, positions].unsqueeze(0) if output.dir_logits is not None else None
+        return decode_anchor_boxes(output.box_preds[frame, positions].unsqueeze(0).float(),
+                                   output.anchors[positions].float(), dirs, head.dir_offset, head.dir_limit_offset,
+                                   head.num_dir_bins)[0]
+    return decode_center_boxes(output.box_preds[frame:frame + 1].float(), output, positions)[0]
+
+
+def class_scores(output: HeadOutput, peak_kernel: int = 3) -> torch.Tensor:
+    """Class probabilities (B, P, C) of a HeadOutput (center head: peaks only), before any gate."""
+    scores = torch.sigmoid(output.cls_logits)
+    if output.head_type != "anchor":
         scores = center_peak_scores(scores, output.grid, peak_kernel)
-    return boxes, scores
+    return scores
 
 
 def apply_iou_gate(scores: torch.Tensor, iou_logits: torch.Tensor | None, gate: IoUGateConfig) -> torch.Tensor:
@@ -107,8 +129,9 @@ def range_thresholds(boxes: torch.Tensor, labels: torch.Tensor, cfg: PostProcess
     return table[labels, band]
 
 
-def _select_frame(boxes: torch.Tensor, scores: torch.Tensor, cfg: PostProcessConfig) -> FrameDetections:
-    """One frame: boxes (P, 7), gated scores (P, C) -> kept detections."""
+def _select_frame(output: HeadOutput, head: HeadConfig, frame: int, scores: torch.Tensor,
+                  cfg: PostProcessConfig) -> FrameDetections:
+    """One frame: gated scores (P, C) -> kept detections. Thresholds first, then only the candidates are decoded."""
     num_classes = scores.shape[1]
     thresholds = scores.new_tensor(cfg.score_thresholds)
     if cfg.class_agnostic_nms:
@@ -120,13 +143,16 @@ def _select_frame(boxes: torch.Tensor, scores: torch.Tensor, cfg: PostProcessCon
         keep = scores >= thresholds.unsqueeze(0)
         positions, cand_labels = keep.nonzero(as_tuple=True)
         cand_scores = scores[positions, cand_labels]
+    cand_boxes = decode_positions(output, head, frame, positions)
+    cand_boxes = torch.cat([cand_boxes[:, :6], geometry.normalize_yaw(cand_boxes[:, 6:7])], dim=-1)
     if cfg.range_breakpoints:
-        keep = cand_scores >= range_thresholds(boxes[positions], cand_labels, cfg, num_classes)
-        positions, cand_labels, cand_scores = positions[keep], cand_labels[keep], cand_scores[keep]
+        keep = cand_scores >= range_thresholds(cand_boxes, cand_labels, cfg, num_classes)
+        positions, cand_labels, cand_scores, cand_boxes = (positions[keep], cand_labels[keep], cand_scores[keep],
+                                                           cand_boxes[keep])
     if cfg.nms_pre_max and cand_scores.numel() > cfg.nms_pre_max:
         top = cand_scores.topk(cfg.nms_pre_max).indices
-        positions, cand_labels, cand_scores = positions[top], cand_labels[top], cand_scores[top]
-    cand_boxes = boxes[positions]
+        positions, cand_labels, cand_scores, cand_boxes = (positions[top], cand_labels[top], cand_scores[top],
+                                                           cand_boxes[top])
     nms_boxes = cand_boxes
     if not cfg.class_agnostic_nms and num_classes > 1:
         # Shift each class far apart in x so one NMS call never compares boxes of different classes.
@@ -139,10 +165,9 @@ def _select_frame(boxes: torch.Tensor, scores: torch.Tensor, cfg: PostProcessCon
 def postprocess_tensors(output: HeadOutput, cfg: DetectorConfig) -> list[FrameDetections]:
     """HeadOutput of a batch -> per-frame tensors (no gradient)."""
     with torch.no_grad():
-        boxes, scores = decode(output, cfg.head, cfg.postprocess.peak_kernel)
-        scores = apply_iou_gate(scores, output.iou_logits, cfg.postprocess.iou_gate)
-        boxes = torch.cat([boxes[..., :6], geometry.normalize_yaw(boxes[..., 6:7])], dim=-1)
-        return [_select_frame(boxes[b], scores[b], cfg.postprocess) for b in range(boxes.shape[0])]
+        scores = apply_iou_gate(class_scores(output, cfg.postprocess.peak_kernel), output.iou_logits,
+                                cfg.postprocess.iou_gate)
+        return [_select_frame(output, cfg.head, b, scores[b], cfg.postprocess) for b in range(scores.shape[0])]
 
 
 def to_detections(frame: FrameDetections, class_names: Sequence[str]) -> Detections:

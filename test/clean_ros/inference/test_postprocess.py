@@ -130,3 +130,78 @@ def test_batch_and_empty_frames():
     assert [len(d) for d in dets] == [3, 0]
     assert dets[1].boxes.shape == (0, 7) and dets[1].names.shape == (0,)
     assert list(dets[0].names) == ["Car", "Pedestrian", "Cyclist"]
+
+
+def _reference_frames(out, cfg):
+    """Post-processing as it was before thresholds moved ahead of decoding: decode every position, then select."""
+    from clean_ros.cloud import geometry
+    from clean_ros.inference.postprocess import decode, range_thresholds
+
+    boxes, scores = decode(out, cfg.head, cfg.postprocess.peak_kernel)
+    if out.head_type == "center":  # every pixel decoded by hand, independently of decode_center_boxes
+        g, reg = out.grid, out.box_preds
+        rows, cols = torch.meshgrid(torch.arange(g.height), torch.arange(g.width), indexing="ij")
+        boxes = torch.cat([(g.x_min + (cols.reshape(1, -1) + reg[..., 0]) * g.cell_x).unsqueeze(-1),
+                           (g.y_min + (rows.reshape(1, -1) + reg[..., 1]) * g.cell_y).unsqueeze(-1), reg[..., 2:3],
+                           reg[..., 3:6].exp(), torch.atan2(reg[..., 6], reg[..., 7]).unsqueeze(-1)], dim=-1)
+    scores = apply_iou_gate(scores, out.iou_logits, cfg.postprocess.iou_gate)
+    boxes = torch.cat([boxes[..., :6], geometry.normalize_yaw(boxes[..., 6:7])], dim=-1)
+    pp, frames = cfg.postprocess, []
+    for b in range(boxes.shape[0]):
+        s, thresholds = scores[b], scores.new_tensor(pp.score_thresholds)
+        if pp.class_agnostic_nms:
+            best, labels = s.max(dim=1)
+            positions = (best >= thresholds[labels]).nonzero().squeeze(1)
+            cand_scores, cand_labels = best[positions], labels[positions]
+        else:
+            positions, cand_labels = (s >= thresholds.unsqueeze(0)).nonzero(as_tuple=True)
+            cand_scores = s[positions, cand_labels]
+        if pp.range_breakpoints:
+            keep = cand_scores >= range_thresholds(boxes[b, positions], cand_labels, pp, s.shape[1])
+            positions, cand_labels, cand_scores = positions[keep], cand_labels[keep], cand_scores[keep]
+        if pp.nms_pre_max and cand_scores.numel() > pp.nms_pre_max:
+            top = cand_scores.topk(pp.nms_pre_max).indices
+            positions, cand_labels, cand_scores = positions[top], cand_labels[top], cand_scores[top]
+        nms_boxes = boxes[b, positions].clone()
+        if not pp.class_agnostic_nms:
+            nms_boxes[:, 0] += cand_labels.to(nms_boxes.dtype) * 1.0e4
+        kept = geometry.nms_bev(nms_boxes, cand_scores, pp.nms_iou, post_max_size=pp.nms_post_max or None)
+        frames.append((boxes[b, positions[kept]], cand_scores[kept], cand_labels[kept], positions[kept]))
+    return frames
+
+
+@pytest.mark.parametrize("head", ["anchor", "center"])
+@pytest.mark.parametrize("settings", [
+    [],
+    ["postprocess.class_agnostic_nms=false"],
+    ["postprocess.range_breakpoints=[12.0]", "postprocess.range_score_thresholds=[0.3, 0.5, 0.3, 0.5, 0.3, 0.5]",
+     "postprocess.nms_pre_max=40", "postprocess.nms_post_max=15", "postprocess.nms_iou=0.2"],
+])
+def test_decoding_only_the_candidates_equals_decoding_everything(head, settings):
+    """Post-processing decodes only the boxes that pass the thresholds; the detections are those of decoding every
+    position first (random outputs, two frames, dense enough that NMS, top-k and range bands all act)."""
+    gen = torch.Generator().manual_seed(7)
+    grid = FeatureGrid(12, 16, 0.0, -3.84, 0.64, 0.64, 2)
+    p = 12 * 16 * (2 if head == "anchor" else 1)
+    logits = torch.randn(2, p, 3, generator=gen) * 2.0 - 2.0
+    if head == "anchor":
+        sizes = torch.tensor([CAR, PED, CYC]).repeat(p // 3 + 1, 1)[:p]
+        cells = torch.arange(p) // 2
+        anchors = torch.stack([(cells % 16) * 0.64 + 0.32, -3.84 + (cells // 16) * 0.64 + 0.32, torch.full((p,), -1.0),
+                               *sizes.T, (torch.arange(p) % 2) * math.pi / 2], dim=1)
+        out = HeadOutput(logits, torch.randn(2, p, 7, generator=gen) * 0.3, torch.randn(2, p, 2, generator=gen),
+                         torch.randn(2, p, generator=gen), anchors, torch.arange(p) % 3, grid, torch.zeros(1), "anchor")
+        cfg = _cfg("postprocess.score_thresholds=[0.2, 0.2, 0.2]", "head.iou_branch=true", "postprocess.iou_gate.mode=soft", *settings)
+    else:
+        box = torch.randn(2, p, 8, generator=gen) * 0.3
+        box[..., 3:6] += 0.5
+        out = HeadOutput(logits, box, None, None, None, None, grid._replace(positions_per_cell=1), torch.zeros(1), "center")
+        cfg = _cfg("class_names=[Car, Pedestrian, Cyclist]", "postprocess.score_thresholds=[0.2, 0.2, 0.2]",
+                   "head.anchors=[]", *settings, name="centerpoint_pillar_tiny")
+    frames = postprocess_tensors(out, cfg)
+    reference = _reference_frames(out, cfg)
+    assert sum(len(f.scores) for f in frames) > 10
+    for frame, (boxes, scores, labels, positions) in zip(frames, reference, strict=True):
+        assert torch.equal(frame.positions, positions) and torch.equal(frame.labels, labels)
+        assert torch.equal(frame.scores, scores)
+        assert torch.allclose(frame.boxes, boxes, atol=1e-5)
