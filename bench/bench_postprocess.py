@@ -80,7 +80,11 @@ def main(argv=None) -> int:
     print(f"{'bundle':40s} {'positions':>9s} {'cand.':>6s} {'voxelise':>9s} {'network':>8s} {'post':>7s}"
           f" {'(scores+gate':>12s} {'select)':>8s}   ms p50")
     for bundle in args.bundles:
-        r = profile(bundle, scans, args.repeats, args.backend)
+        try:
+            r = profile(bundle, scans, args.repeats, args.backend)
+        except (OSError, ValueError) as exc:  # BundleError is a ValueError
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         p = r["p50"]
         select = p["postprocess"] - p["scores_gate"]
         print(f"{str(bundle):40s} {r['positions']:9d} {r['candidates']:6.0f} {p['preprocess']:9.1f} "
