@@ -20,20 +20,10 @@ from clean_ros.cloud import geometry
 from clean_ros.models.anchors import FeatureGrid
 from clean_ros.models.detector_config import HeadConfig
 from clean_ros.models.detector import HeadOutput
-from clean_ros.inference.postprocess import decode_anchor_boxes, decode_center_boxes
+from clean_ros.inference.postprocess import decode_positions
 from training.distill.distill_config import CaKDConfig
 from training.distill.teacher import TeacherRunner
 from training.task import LossContext
-
-
-def decode_positions(output: HeadOutput, head: HeadConfig, frame: int, positions: torch.Tensor) -> torch.Tensor:
-    """Decoded boxes (n, 7) of one frame's positions (anchor residuals or center-head regression)."""
-    if output.head_type == "anchor":
-        dirs = output.dir_logits[frame, positions].unsqueeze(0) if output.dir_logits is not None else None
-        return decode_anchor_boxes(output.box_preds[frame, positions].unsqueeze(0).float(),
-                                   output.anchors[positions], dirs, head.dir_offset, head.dir_limit_offset,
-                                   head.num_dir_bins)[0]
-    return decode_center_boxes(output.box_preds[frame:frame + 1].float(), output)[0, positions]
 
 
 def select_positions(output: HeadOutput, head: HeadConfig, score_threshold: float, pre_nms_max: int,
@@ -165,5 +155,5 @@ class CaKDLoss:
         return cakd_loss(ctx.output.cls_logits, selected, targets, weight)
 
 
-__all__ = ["CaKDLoss", "cakd_loss", "select_positions", "teacher_positions", "map_cells", "decode_positions",
+__all__ = ["CaKDLoss", "cakd_loss", "select_positions", "teacher_positions", "map_cells",
            "inside_teacher_grid"]
