@@ -105,10 +105,14 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def count_flops(model: nn.Module, *args, forward: Callable[..., Any] | None = None, **kwargs) -> FlopReport:
     """Run `forward(*args, **kwargs)` (default: model(*args, **kwargs)) under no_grad and count MACs.
 
-    Every call of a layer counts (a layer used twice counts twice).
+    Every call of a layer counts (a layer used twice counts twice). Pillar encoders are counted over their padded
+    (V, T) point grid, the references' convention, also where inference runs on the real points only.
     """
     by_layer: dict[str, int] = {}
     handles = []
+    padded = [m for m in model.modules() if hasattr(m, "per_point_inference")]
+    for module in padded:
+        module.per_point_inference = False
 
     def make_hook(name: str, counter: FlopCounter):
         def hook(module, inputs, output):
@@ -125,4 +129,6 @@ def count_flops(model: nn.Module, *args, forward: Callable[..., Any] | None = No
     finally:
         for handle in handles:
             handle.remove()
+        for module in padded:
+            module.per_point_inference = True
     return FlopReport(flops=sum(by_layer.values()), params=count_parameters(model), by_layer=by_layer)

@@ -83,9 +83,9 @@ class _ReplicaChannelMask:
             shape = output.shape
             m = self.mask.to(output.dtype).view(k, 1, shape[1], *([1] * (output.dim() - 2)))
             return (output.view(k, shape[0] // k, *shape[1:]) * m).view(shape)
-        if self.kind == "linear":  # pillar PointNet (K*V, T, C), replica-major pillars
+        if self.kind == "linear":  # pillar PointNet: (K*V, T, C) padded or (K*N, C) per point, replica-major
             shape = output.shape
-            m = self.mask.to(output.dtype).view(k, 1, 1, shape[-1])
+            m = self.mask.to(output.dtype).view(k, *([1] * (output.dim() - 1)), shape[-1])
             return (output.view(k, shape[0] // k, *shape[1:]) * m).view(shape)
         # sparse: rows carry their batch index; replica = batch index // B
         replica = output.indices[:, 0].long() // self.batch_size

@@ -77,8 +77,18 @@ def _check_maps(pipelines, points):
     voxels, _ = pipelines["torch"].preprocess(points)
     ref_maps, ref_bev = pipelines["torch"].raw_outputs(voxels)
     maps, bev = pipelines["onnxruntime"].raw_outputs(voxels)
-    assert pipelines["onnxruntime"].backend.has_encoder  # encoder.onnx ran (dynamic pillar count), not torch
-    assert scaled_relative_error(bev, ref_bev) <= RTOL  # encoder.onnx + torch scatter vs torch encoder
+    assert scaled_relative_error(bev, ref_bev) <= RTOL
+    # encoder.onnx (dynamic pillar count; what a GPU backend runs: on CPU the Pipeline keeps torch's faster per-point
+    # encoder) against the torch encoder's inference path and its padded path
+    onnx = pipelines["onnxruntime"]
+    assert onnx.backend.has_encoder and not onnx._pillar_encoder_on_backend
+    with torch.inference_mode():
+        from_onnx = onnx.backend.encode_pillars(voxels.features, voxels.num_points, voxels.coords)
+        encoder = pipelines["torch"].detector.encoder
+        per_point = encoder(voxels.features, voxels.num_points, voxels.coords)
+        padded = encoder._forward_padded(voxels.features, voxels.num_points, voxels.coords)
+    assert scaled_relative_error(from_onnx, per_point) <= RTOL and scaled_relative_error(padded, per_point) <= 1e-6
+    assert per_point.abs().max() > 0.1
     # cls, box, dir (+ iou for a bundle with an IoU branch): every head map of the bundle's detector
     assert len(maps) == len(ref_maps) == len(pipelines["torch"].detector.dense_output_names) >= 3
     for name, m, r in zip(pipelines["torch"].detector.dense_output_names, maps, ref_maps):

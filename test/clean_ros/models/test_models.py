@@ -128,6 +128,44 @@ def test_pillar_feature_net_decoration_and_masking():
     assert out.shape == (1, 6) and torch.allclose(net(garbage, num_points, coords), out)
 
 
+@pytest.mark.parametrize("widths, with_distance", [([8, 6], False), ([16], True), ([6, 8, 5], False)])
+def test_pillar_feature_net_per_point_inference_equals_padded(widths, with_distance):
+    """Inference runs the PointNet on the real points only (scatter-max into zeroed pillars); training, ONNX export
+    and tracing keep the padded grid. Same function: random weights and BN statistics, pillars from empty to full."""
+    gen = torch.Generator().manual_seed(3)
+    net = PillarFeatureNet(4, widths, voxel_size=[0.5, 0.5, 4.0], point_cloud_range=[0, -10, -3, 10, 10, 1],
+                           with_distance=with_distance)
+    with torch.no_grad():
+        for linear, norm in zip(net.linears, net.norms):
+            linear.weight.normal_(generator=gen)
+            norm.weight.normal_(generator=gen)
+            norm.bias.normal_(generator=gen)
+            norm.running_mean.normal_(generator=gen)
+            norm.running_var.uniform_(0.5, 2.0, generator=gen)
+    v, t = 40, 8
+    features = torch.randn(v, t, 4, generator=gen) * 3
+    num_points = torch.randint(0, t + 1, (v,), generator=gen, dtype=torch.int32)
+    num_points[:3] = torch.tensor([0, 1, t], dtype=torch.int32)
+    coords = torch.stack([torch.zeros(v, dtype=torch.int32), torch.zeros(v, dtype=torch.int32),
+                          torch.randint(0, 40, (v,), generator=gen, dtype=torch.int32),
+                          torch.randint(0, 20, (v,), generator=gen, dtype=torch.int32)], dim=1)
+    net.eval()
+    padded = net._forward_padded(features, num_points, coords)
+    per_point = net(features, num_points, coords)
+    assert per_point.shape == padded.shape == (v, widths[-1])
+    assert torch.allclose(per_point, padded, rtol=1e-5, atol=1e-5) and padded.abs().max() > 0.5
+    assert (per_point[0] == 0).all()  # an empty pillar: all padding
+    # FLOPs are counted over the padded grid (the references' convention), and inference is per point again after
+    report = count_flops(net, features, num_points, coords)
+    assert report.flops == v * t * sum(i * o for i, o in zip([net.in_channels] + [2 * w for w in widths[:-1]], widths))
+    assert net.per_point_inference
+    with torch.no_grad():  # the path taken: zeroing the padded path's output shows which one ran
+        net._forward_padded = lambda *a: torch.zeros_like(padded)
+        assert not torch.equal(net(features, num_points, coords), torch.zeros_like(padded))
+        net.train()
+        assert torch.equal(net(features, num_points, coords), torch.zeros_like(padded))
+
+
 def test_mean_vfe():
     features = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]]])
     assert MeanVFE(2)(features, torch.tensor([2], dtype=torch.int32)).tolist() == [[2.0, 3.0]]
