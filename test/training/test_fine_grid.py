@@ -1,5 +1,6 @@
 """config/compress/fine_grid.yaml (issue 13 item 8): the student on 0.32 m anchor cells, paired with the shipped
-teacher's 0.64 m grid, reusing the default run's data and teacher stages."""
+teacher's 0.64 m grid, reusing the default run's data and teacher stages; fine_grid_x4.yaml: the same on scale_x4's
+1600 training frames."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,6 +33,15 @@ def test_fine_grid_reuses_the_default_runs_data_and_teacher_only():
         assert config_hash(fine[name].config) == config_hash(default[name].config), name
     assert config_hash(fine["student_baseline"].config) != config_hash(default["student_baseline"].config)
     assert "baseline_width_only" not in fine and "baseline_width_only" in default
+
+
+def test_fine_grid_x4_reuses_the_scale_x4_runs_data_and_teacher_with_the_fine_student():
+    scale, fine, fine_x4 = _stages("scale_x4.yaml"), _stages("fine_grid.yaml"), _stages("fine_grid_x4.yaml")
+    for name in ("data", "teacher"):
+        assert config_hash(fine_x4[name].config) == config_hash(scale[name].config), name
+    assert config_hash(fine_x4["data"].config) != config_hash(fine["data"].config)  # 1600 frames, not 400
+    assert fine_x4["student_baseline"].config["student"] == fine["student_baseline"].config["student"]
+    assert "baseline_width_only" not in fine_x4
 
 
 def test_fine_student_has_half_the_cell_and_pairs_with_the_shipped_teacher():
