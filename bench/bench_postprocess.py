@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clean_ros.inference.pipeline import Pipeline  # noqa: E402
-from clean_ros.inference.postprocess import apply_iou_gate, class_scores, postprocess_tensors  # noqa: E402
+from clean_ros.inference.postprocess import apply_iou_gate, class_scores  # noqa: E402
 from suite import emit, figure, load_average, percentile  # noqa: E402  (bench/suite.py, beside this script)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,6 @@ def profile(bundle: Path, scans: list[np.ndarray], repeats: int, backend: str) -
         thresholds = scores.new_tensor(cfg.postprocess.score_thresholds)
         positions.append(scores.shape[0])
         candidates.append(int((scores >= thresholds).any(dim=1).sum()))
-        postprocess_tensors(output, cfg)
     return {"p50": {k: percentile(v, 50) for k, v in times.items()}, "positions": int(np.mean(positions)),
             "candidates": float(np.mean(candidates))}
 

@@ -2,8 +2,9 @@
 range-dependent per-class threshold (when set) -> top-k -> rotated NMS -> top-k -> Detections.
 
 One implementation for training evaluation, the ROS node and replay. Scoring and gating are batched tensor
-ops; thresholds, decoding of the candidates and NMS run per frame. `postprocess_tensors` also returns the kept position indices (what the masked
-pruning criterion and CaKD need); `postprocess` converts to clean_ros.types.Detections.
+ops; thresholds, decoding of the candidates and NMS run per frame. `postprocess_tensors` also returns the kept
+position indices (what the masked pruning criterion and CaKD need); `postprocess` converts to
+clean_ros.types.Detections.
 """
 from __future__ import annotations
 

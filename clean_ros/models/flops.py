@@ -110,7 +110,7 @@ def count_flops(model: nn.Module, *args, forward: Callable[..., Any] | None = No
     """
     by_layer: dict[str, int] = {}
     handles = []
-    padded = [m for m in model.modules() if hasattr(m, "per_point_inference")]
+    padded = {m: m.per_point_inference for m in model.modules() if hasattr(m, "per_point_inference")}
     for module in padded:
         module.per_point_inference = False
 
@@ -129,6 +129,6 @@ def count_flops(model: nn.Module, *args, forward: Callable[..., Any] | None = No
     finally:
         for handle in handles:
             handle.remove()
-        for module in padded:
-            module.per_point_inference = True
+        for module, before in padded.items():
+            module.per_point_inference = before
     return FlopReport(flops=sum(by_layer.values()), params=count_parameters(model), by_layer=by_layer)

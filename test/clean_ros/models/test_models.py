@@ -159,6 +159,10 @@ def test_pillar_feature_net_per_point_inference_equals_padded(widths, with_dista
     report = count_flops(net, features, num_points, coords)
     assert report.flops == v * t * sum(i * o for i, o in zip([net.in_channels] + [2 * w for w in widths[:-1]], widths))
     assert net.per_point_inference
+    net.per_point_inference = False  # a caller's own setting survives the count
+    count_flops(net, features, num_points, coords)
+    assert not net.per_point_inference
+    net.per_point_inference = True
     with torch.no_grad():  # the path taken: zeroing the padded path's output shows which one ran
         net._forward_padded = lambda *a: torch.zeros_like(padded)
         assert not torch.equal(net(features, num_points, coords), torch.zeros_like(padded))
