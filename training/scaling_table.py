@@ -60,12 +60,13 @@ def read_run(label: str, folder: Path) -> dict:
             "machine": report.get("machine", {}), "commit": report.get("commit")}
 
 
-def summary_rows(runs: list[dict]) -> list[dict]:
+def summary_rows(runs: list[dict], what: str = "training frames") -> list[dict]:
+    """One row per run; `label` is the run's LABEL and `what` says what the labels name (e.g. the student grid)."""
     rows = []
     for run in runs:
         m = run["models"]
         width_only = m["baseline_width_only"]
-        rows.append({"training_frames": run["label"], "run": run["run"], "commit": run["commit"],
+        rows.append({"label": run["label"], "what": what, "run": run["run"], "commit": run["commit"],
                      **{key: m[key] for key, _ in MODELS},
                      "gap_to_teacher": m["teacher"]["map3d"] - m["student_final"]["map3d"],
                      "final_minus_width_only": (m["student_final"]["map3d"] - width_only["map3d"]
@@ -82,7 +83,7 @@ def seed_groups(rows: list[dict]) -> dict[str, list[dict]]:
     """Rows whose label ends in " (seed N)", by the label before it, in the order of first appearance."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        match = SEED_LABEL.match(row["training_frames"])
+        match = SEED_LABEL.match(row["label"])
         if match:
             groups.setdefault(match["group"], []).append(row)
     return groups
@@ -120,14 +121,14 @@ def markdown(rows: list[dict], what: str = "training frames") -> str:
                 continue
             cells = [f"{m['ap3d'][c]:.2f}" for c in CLASSES]
             mean = f"**{m['map3d']:.2f}**" if key == "student_final" else f"{m['map3d']:.2f}"
-            lines.append(f"| {row['training_frames']} | {name} | " + " | ".join(cells) + f" | {mean} | "
+            lines.append(f"| {row['label']} | {name} | " + " | ".join(cells) + f" | {mean} | "
                          f"{m['apbev']['Car']:.2f} |")
     lines += ["", f"| {what} | CLEAN final − teacher | CLEAN final − width-only | training stages (s) |",
               "|---|---:|---:|---|"]
     for row in rows:
         s = row["stage_seconds"]
         spent = ", ".join(f"{k} {s[k]:.0f}" for k in ("student_baseline", "finetune", "baseline_width_only") if k in s)
-        lines.append(f"| {row['training_frames']} | {-row['gap_to_teacher']:+.2f} | "
+        lines.append(f"| {row['label']} | {-row['gap_to_teacher']:+.2f} | "
                      f"{_signed(row['final_minus_width_only'])} | {spent} |")
     groups = seed_groups(rows)
     if groups:
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             if not sep or not label or not folder:
                 raise ScalingError(f"{item!r}: expected LABEL=RUN_FOLDER, e.g. 1600=runs/scale_x4/seed_0")
             runs.append(read_run(label, Path(folder)))
-        rows = summary_rows(runs)
+        rows = summary_rows(runs, args.what)
         text = markdown(rows, args.what)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ def test_table_and_summary(tmp_path, capsys):
     big = _run(tmp_path / "b", dict(zip(keys, [80.0, 55.0, 63.0, 67.0])))
     assert main([f"400={small}", f"1600={big}", "--out", str(tmp_path / "out")]) == 0
     rows = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert [r["training_frames"] for r in rows] == ["400", "1600"]
+    assert [(r["label"], r["what"]) for r in rows] == [("400", "training frames"), ("1600", "training frames")]
     assert [r["gap_to_teacher"] for r in rows] == [32.0, 13.0]
     assert [r["final_minus_width_only"] for r in rows] == [8.0, 4.0]
     table = (tmp_path / "out" / "table.md").read_text()
@@ -49,6 +49,7 @@ def test_run_without_width_only_and_seed_groups(tmp_path, capsys):
     rows = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [r["final_minus_width_only"] for r in rows] == [8.0, 8.0, None, None]
     assert rows[2]["baseline_width_only"] is None
+    assert rows[2]["label"] == "0.32 m (seed 0)" and rows[2]["what"] == "grid"
     table = capsys.readouterr().out
     assert "| grid | model |" in table and "| 0.32 m (seed 0) | no-KD, final widths" not in table
     assert "| 0.32 m (seed 1) | -23.00 | — |" in table
