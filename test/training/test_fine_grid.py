@@ -55,3 +55,13 @@ def test_fine_student_has_half_the_cell_and_pairs_with_the_shipped_teacher():
     # every teacher cell advises exactly the 2 x 2 fine cells inside it
     cells = map_cells(fine, teacher.grid, torch.arange(fine.num_cells))
     assert torch.bincount(cells, minlength=teacher.grid.num_cells).unique().tolist() == [4]
+
+
+def test_fine_grid_x4_keep07_links_the_fine_grid_x4_runs_trained_student_and_prunes_less():
+    fine_x4, keep07 = _stages("fine_grid_x4.yaml"), _stages("fine_grid_x4_keep07.yaml")
+    for name in ("data", "teacher", "student_baseline"):
+        assert config_hash(keep07[name].config) == config_hash(fine_x4[name].config), name
+    for name in ("importance", "prune"):
+        assert config_hash(keep07[name].config) != config_hash(fine_x4[name].config), name
+    assert "prune" in keep07["finetune"].deps  # the fine-tune re-runs on the new prune stage's run id
+    assert keep07["prune"].config["prune"].keep_ratio == 0.7 and fine_x4["prune"].config["prune"].keep_ratio == 0.5
