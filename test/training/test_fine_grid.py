@@ -65,3 +65,10 @@ def test_fine_grid_x4_keep07_links_the_fine_grid_x4_runs_trained_student_and_pru
         assert config_hash(keep07[name].config) != config_hash(fine_x4[name].config), name
     assert "prune" in keep07["finetune"].deps  # the fine-tune re-runs on the new prune stage's run id
     assert keep07["prune"].config["prune"].keep_ratio == 0.7 and fine_x4["prune"].config["prune"].keep_ratio == 0.5
+
+
+def test_fine_grid_x4_keep07_ft8_changes_only_the_fine_tune_length():
+    keep07, ft8 = _stages("fine_grid_x4_keep07.yaml"), _stages("fine_grid_x4_keep07_ft8.yaml")
+    for name in ("data", "teacher", "student_baseline", "importance", "prune"):
+        assert config_hash(ft8[name].config) == config_hash(keep07[name].config), name
+    assert ft8["finetune"].config["finetune"].epochs == 8 and keep07["finetune"].config["finetune"].epochs == 6
