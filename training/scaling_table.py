@@ -60,7 +60,7 @@ def read_run(label: str, folder: Path) -> dict:
             "machine": report.get("machine", {}), "commit": report.get("commit")}
 
 
-def summary_rows(runs: list[dict], what: str = "training frames") -> list[dict]:
+def summary_rows(runs: list[dict], what: str) -> list[dict]:
     """One row per run; `label` is the run's LABEL and `what` says what the labels name (e.g. the student grid)."""
     rows = []
     for run in runs:
@@ -112,7 +112,8 @@ def group_markdown(groups: dict[str, list[dict]], what: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(rows: list[dict], what: str = "training frames") -> str:
+def markdown(rows: list[dict]) -> str:
+    what = rows[0]["what"]  # what the labels name (summary_rows), the first column's title
     lines = [f"| {what} | model | Car | Ped | Cyc | mAP | Car BEV |", "|---|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         for key, name in MODELS:
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ScalingError(f"{item!r}: expected LABEL=RUN_FOLDER, e.g. 1600=runs/scale_x4/seed_0")
             runs.append(read_run(label, Path(folder)))
         rows = summary_rows(runs, args.what)
-        text = markdown(rows, args.what)
+        text = markdown(rows)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(args.out / "table.md", text)

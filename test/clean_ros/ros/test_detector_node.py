@@ -291,14 +291,16 @@ def test_input_contract_mismatch_is_reported(running):
     harness, _, points, log_path = running
     scaled = points.copy()
     scaled[:, 3] *= 255.0
+    def finding():
+        return _latest_status(harness, lambda v: "value_scale" in v["contract"])
+
     # new frame_id: contract re-checked, at most once a second (a check just before may defer it to the next frame)
     for i in range(30):
         harness.send_and_wait(_cloud(scaled, 5400 + i, frame="velodyne_255"))
-        if harness.spin_until(lambda: _latest_status(harness, lambda v: "value_scale" in v["contract"]) is not None,
-                              0.5):
+        if harness.spin_until(lambda: finding() is not None, 0.5):
             break
-    assert _latest_status(harness, lambda v: "value_scale" in v["contract"]) is not None
-    status, _ = _latest_status(harness, lambda v: "value_scale" in v["contract"])
+    assert finding() is not None
+    status, _ = finding()
     assert status.level == b"\x01" and "intensity_scale" in status.message
     assert "input contract (value_scale)" in log_path.read_text()
     # back to a good sensor frame: the contract is checked again (at most once a second) and found OK
