@@ -72,3 +72,15 @@ def test_fine_grid_x4_keep07_ft8_changes_only_the_fine_tune_length():
     for name in ("data", "teacher", "student_baseline", "importance", "prune"):
         assert config_hash(ft8[name].config) == config_hash(keep07[name].config), name
     assert ft8["finetune"].config["finetune"].epochs == 8 and keep07["finetune"].config["finetune"].epochs == 6
+
+
+def test_release_p024_reuses_the_release_data_with_a_finer_360_student():
+    release, p024 = _stages("release.yaml"), _stages("release_p024.yaml")
+    assert config_hash(p024["data"].config) == config_hash(release["data"].config)
+    assert config_hash(p024["student_baseline"].config) != config_hash(release["student_baseline"].config)
+    grids = {n: Detector(load_train_config(REPO / "config" / "train" / f"{n}.yaml").model).grid
+             for n in ("pointpillars_tiny_360", "pointpillars_tiny_360_p024")}
+    coarse, fine = grids["pointpillars_tiny_360"], grids["pointpillars_tiny_360_p024"]
+    assert coarse.cell_x == 0.64 and abs(fine.cell_x - 0.48) < 1e-9 and abs(fine.cell_y - 0.48) < 1e-9
+    # all around the sensor, at least +-40 m (issue 14)
+    assert max(fine.x_min, fine.y_min) <= -40.0 and min(fine.x_max, fine.y_max) >= 40.0
