@@ -12,6 +12,11 @@ What counts, chosen to agree with what the KITTI devkit scores (clean_ros/metric
   overlaps it at the threshold. Van and Person_sitting rows are not Car / Pedestrian objects (the devkit ignores
   them). A detection may find two objects (only possible below IoU 0.5, e.g. two people side by side); the AP is
   the one-to-one measure.
+- The same recall by the points on the object (0-9, 10-29, 30-99, 100+ LiDAR points of the frame inside its
+  labelled 3D box, clean_ros.cloud.geometry.points_in_boxes; only when match_frame is given the frame's points) and
+  by crowding ("crowded": another labelled object of any class, DontCare left out, has its BEV centre within
+  CROWDED_DISTANCE = 1 m of this one's; else "alone"). They say why objects are missed: too few points (another
+  sensor, sparse beams, far or occluded) or people in groups. The points must be in the labels' LiDAR frame.
 - Camera view: a detection is in it when part of its box is in the image (its projected 2D box, clipped to the
   image, keeps a positive area: clean_ros.cloud.kitti.boxes_in_image); others are not scored at all (the AP of
   training/real_check.py and `infer --out` files leave them out too).
@@ -43,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from clean_ros.cloud.geometry import bev_iou
+from clean_ros.cloud.geometry import bev_iou, points_in_boxes
 from clean_ros.cloud.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiObjects, boxes_in_image,
                                    difficulty_levels, labels_from_lidar_boxes, normalize_yaw_np)
 from clean_ros.metrics.kitti_eval import DIFFICULTIES, MIN_HEIGHT, MIN_OVERLAP, evaluate, image_overlap
@@ -51,6 +56,9 @@ from clean_ros.types import Detections
 from training.data.kitti_dataset import DONT_CARE, ground_truth_from_annotations
 
 RANGE_BANDS = ((0.0, 20.0), (20.0, 40.0), (40.0, math.inf))
+POINT_BANDS = ((0, 10), (10, 30), (30, 100), (100, math.inf))  # LiDAR points inside the labelled box, [lo, hi)
+CROWDED_DISTANCE = 1.0  # m between BEV box centres: another labelled object this close makes an object "crowded"
+CROWDING_NAMES = ("crowded", "alone")
 RECALL_IOUS = (0.5, 0.25)
 MATCH_IOU = 0.25  # "overlaps a labelled object": false positives and confusions
 HEADING_IOU = 0.5  # objects whose heading is checked: found at this BEV IoU by a detection of their class
@@ -65,7 +73,12 @@ def band_name(lo: float, hi: float) -> str:
     return f"{lo:g}-{hi:g}m" if math.isfinite(hi) else f"{lo:g}m+"
 
 
+def point_band_name(lo: float, hi: float) -> str:
+    return f"{lo:g}-{hi - 1:g} pts" if math.isfinite(hi) else f"{lo:g}+ pts"
+
+
 BAND_NAMES = tuple(band_name(lo, hi) for lo, hi in RANGE_BANDS)
+POINT_BAND_NAMES = tuple(point_band_name(lo, hi) for lo, hi in POINT_BANDS)
 
 
 @dataclass
@@ -85,6 +98,8 @@ class FrameMatch:
     object_names: np.ndarray  # (M,) str
     object_scored: np.ndarray  # (M,) bool: the devkit scores it at some difficulty
     object_range: np.ndarray  # (M,) BEV distance of the box centre from the sensor, m
+    object_points: np.ndarray  # (M,) int: LiDAR points inside the box; -1 when match_frame got no points
+    object_crowded: np.ndarray  # (M,) bool: another labelled object's BEV centre within CROWDED_DISTANCE
     best_same_class_iou: np.ndarray  # (M,) largest BEV IoU with a detection of its own class (0 if none)
     # (M, len(RECALL_IOUS)) highest score of a detection of its own class overlapping it at RECALL_IOUS[j] (-inf if
     # none): the object is found at that IoU by every score threshold <= this (training/compression/stage_thresholds)
@@ -118,11 +133,34 @@ def _dont_care_covered(det_bbox: np.ndarray, det_names: np.ndarray, dont_care_bb
     return np.bincount(d_idx[overlap > needed[d_idx]], minlength=n) > 0
 
 
-def match_frame(frame: LabelledFrame, detections: Detections) -> FrameMatch:
-    """Compare one frame's detections with its labels (see the module docstring for the rules)."""
+def points_on_objects(points: np.ndarray | None, boxes: np.ndarray) -> np.ndarray:
+    """(M,) number of points inside each (M, 7) box; all -1 without points (not counted, not zero)."""
+    if points is None:
+        return np.full(len(boxes), -1, dtype=np.int64)
+    points = np.asarray(points)
+    if points.ndim != 2 or points.shape[1] < 3:
+        raise ValueError(f"points must be (N, >= 3), got shape {points.shape}")
+    inside = points_in_boxes(torch.from_numpy(np.ascontiguousarray(points[:, :3])), torch.from_numpy(boxes))
+    return inside.sum(0).numpy().astype(np.int64)
+
+
+def crowded(boxes: np.ndarray, distance: float = CROWDED_DISTANCE) -> np.ndarray:
+    """(M,) True where another box's BEV centre is within `distance` of this box's."""
+    gap = np.linalg.norm(boxes[:, None, :2] - boxes[None, :, :2], axis=-1)  # (M, M)
+    np.fill_diagonal(gap, np.inf)
+    return (gap <= distance).any(1)
+
+
+def match_frame(frame: LabelledFrame, detections: Detections, points: np.ndarray | None = None) -> FrameMatch:
+    """Compare one frame's detections with its labels (see the module docstring for the rules).
+
+    points: the frame's (N, >= 3) cloud in the labels' LiDAR frame, to count the points on each object; without
+    it object_points is -1 and summarize leaves the points table out.
+    """
     boxes, _, names, difficulty = ground_truth_from_annotations(frame.labels, frame.calib, detections.class_names)
     det_names = np.asarray(detections.names, dtype=str)
-    iou = bev_iou(torch.from_numpy(np.asarray(boxes, np.float64).reshape(-1, 7)),
+    boxes64 = np.asarray(boxes, np.float64).reshape(-1, 7)
+    iou = bev_iou(torch.from_numpy(boxes64),
                   torch.from_numpy(np.asarray(detections.boxes, np.float64).reshape(-1, 7))).numpy()  # (M, N)
     n_obj, n_det = iou.shape
     same_class = names[:, None] == det_names[None, :]
@@ -152,6 +190,7 @@ def match_frame(frame: LabelledFrame, detections: Detections) -> FrameMatch:
     covered = _dont_care_covered(det_rows.bbox, det_names, dont_care.bbox)
     return FrameMatch(object_names=names.astype(str), object_scored=difficulty >= 0,
                       object_range=np.hypot(boxes[:, 0], boxes[:, 1]).astype(np.float64),
+                      object_points=points_on_objects(points, boxes64), object_crowded=crowded(boxes64),
                       best_same_class_iou=best_same, found_score=found_score, detected_as=np.asarray(detected_as, dtype=str),
                       heading_error=heading_error,
                       detection_names=det_names, detection_in_view=in_view, detection_scored=scored,
@@ -162,30 +201,55 @@ def _ratio(found: int, total: int) -> float | None:
     return found / total if total else None
 
 
-def _recall_table(matches: list[FrameMatch], class_names: tuple[str, ...]) -> dict:
-    names = np.concatenate([m.object_names for m in matches]) if matches else np.zeros(0, dtype=str)
-    scored = np.concatenate([m.object_scored for m in matches]) if matches else np.zeros(0, dtype=bool)
-    rng = np.concatenate([m.object_range for m in matches]) if matches else np.zeros(0)
-    best = np.concatenate([m.best_same_class_iou for m in matches]) if matches else np.zeros(0)
-    band = np.searchsorted(np.array([hi for _, hi in RANGE_BANDS[:-1]]), rng, side="right")
+def _cell(found: int, total: int) -> dict:
+    return {"found": found, "total": total, "recall": _ratio(found, total)}
+
+
+def _band_index(values: np.ndarray, bands: tuple) -> np.ndarray:
+    """Index of each value's [lo, hi) band (bands contiguous, ascending)."""
+    return np.searchsorted(np.array([hi for _, hi in bands[:-1]]), values, side="right")
+
+
+def _by_band(names: np.ndarray, scored: np.ndarray, best: np.ndarray, band: np.ndarray,
+             band_names: tuple[str, ...], class_names: tuple[str, ...]) -> dict:
+    """{iou: {class: {"all": cell, band name: cell}}}, a cell being found / total / recall of the scored objects."""
     table: dict = {}
     for iou in RECALL_IOUS:
         per_class = {}
         for cls in class_names:
             counted = scored & (names == cls)
             found = counted & (best >= iou)
-            entry = {"all": {"found": int(found.sum()), "total": int(counted.sum()),
-                             "recall": _ratio(int(found.sum()), int(counted.sum()))}}
-            totals = np.bincount(band[counted], minlength=len(RANGE_BANDS))
-            hits = np.bincount(band[found], minlength=len(RANGE_BANDS))
-            for b, name in enumerate(BAND_NAMES):
-                entry[name] = {"found": int(hits[b]), "total": int(totals[b]), "recall": _ratio(int(hits[b]),
-                                                                                              int(totals[b]))}
-            per_class[cls] = entry
+            totals = np.bincount(band[counted], minlength=len(band_names))
+            hits = np.bincount(band[found], minlength=len(band_names))
+            per_class[cls] = {"all": _cell(int(found.sum()), int(counted.sum())),
+                              **{name: _cell(int(hits[b]), int(totals[b])) for b, name in enumerate(band_names)}}
         table[f"{iou:g}"] = per_class
+    return table
+
+
+def _concat(matches: list[FrameMatch], field: str, empty: np.ndarray) -> np.ndarray:
+    return np.concatenate([getattr(m, field) for m in matches]) if matches else empty
+
+
+def _recall_table(matches: list[FrameMatch], class_names: tuple[str, ...]) -> dict:
+    names = _concat(matches, "object_names", np.zeros(0, dtype=str))
+    scored = _concat(matches, "object_scored", np.zeros(0, dtype=bool))
+    best = _concat(matches, "best_same_class_iou", np.zeros(0))
+    points = _concat(matches, "object_points", np.zeros(0, dtype=np.int64))
+    crowd = _concat(matches, "object_crowded", np.zeros(0, dtype=bool))
+
+    def by(band: np.ndarray, band_names: tuple[str, ...]) -> dict:
+        return _by_band(names, scored, best, band, band_names, class_names)
+
+    rng = _band_index(_concat(matches, "object_range", np.zeros(0)), RANGE_BANDS)
     not_scored = {cls: int(((names == cls) & ~scored).sum()) for cls in class_names}
-    return {"iou_thresholds": list(RECALL_IOUS), "range_bands": list(BAND_NAMES), "by_iou": table,
-            "labelled_but_not_scored": not_scored}
+    # a frame matched without its points has no counts: no table rather than a wrong one
+    by_points = by(_band_index(points, POINT_BANDS), POINT_BAND_NAMES) if (points >= 0).all() else None
+    return {"iou_thresholds": list(RECALL_IOUS), "range_bands": list(BAND_NAMES), "by_iou": by(rng, BAND_NAMES),
+            "labelled_but_not_scored": not_scored,
+            "point_bands": list(POINT_BAND_NAMES), "by_points": by_points,
+            "crowding": list(CROWDING_NAMES), "crowded_distance": CROWDED_DISTANCE,
+            "by_crowding": by(np.where(crowd, 0, 1), CROWDING_NAMES)}
 
 
 def _positions(values: np.ndarray, vocabulary: list[str]) -> np.ndarray:
@@ -270,6 +334,7 @@ def ap_below_ceiling_min(ceiling: dict, metrics: tuple[str, ...]) -> dict[str, l
     return {cls: ds for cls, ds in low.items() if ds}
 
 
-__all__ = ["RANGE_BANDS", "RECALL_IOUS", "MATCH_IOU", "BAND_NAMES", "LabelledFrame", "FrameMatch",
+__all__ = ["RANGE_BANDS", "RECALL_IOUS", "MATCH_IOU", "BAND_NAMES", "POINT_BANDS", "POINT_BAND_NAMES",
+           "CROWDED_DISTANCE", "CROWDING_NAMES", "LabelledFrame", "FrameMatch", "points_on_objects", "crowded",
            "detections_as_labels", "match_frame", "summarize", "AP_CEILING_MIN", "perfect_detections",
            "scored_object_counts", "ap_ceiling", "ap_below_ceiling_min"]

@@ -23,8 +23,13 @@ whole scan. Printed (and written to --out as JSON, atomically):
   get on the same frames. With few labelled objects the devkit's 40 recall points stay mostly empty (N objects:
   at most 100 (N - 1) / 40), so when a ceiling is below 50 the check says the folder is too small for AP and points
   at recall and false positives;
-- recall of labelled objects at BEV IoU 0.5 and 0.25 by class and range band, false positives per frame, the
-  confusion matrix and detections per frame: training/detection_diagnostics.py (its docstring says what counts).
+- recall of labelled objects at BEV IoU 0.5 and 0.25 by class and range band, and again by the LiDAR points on the
+  object and by crowding; false positives per frame, the confusion matrix and detections per frame:
+  training/detection_diagnostics.py (its docstring says what counts).
+The points on an object are counted on the scan as read, in the labels' LiDAR frame: with --emulate-sensor, on the
+emulated sensor's points (rows, dropout) before its re-mount moves them out of that frame. --sensor-height / pitch
+/ roll move points only inside the Pipeline, which reports boxes back in the frame it was given, so they change
+no count.
 Bad input (folder, bundle, a file) ends with one "error: ..." line and exit status 2.
 """
 from __future__ import annotations
@@ -115,9 +120,12 @@ def run_check(folder: KittiFolder, pipeline, intensity_scale: float = 1.0, save_
     frames, matches, gt_annos, dt_annos = [], [], [], []
     for index, frame_id in enumerate(folder.frame_ids):
         d = folder.split_dir
-        points = read_velodyne(d / "velodyne" / f"{frame_id}.bin")
+        # scan_points: in the labels' frame, what the objects' points are counted on; points: what the bundle sees
+        scan_points = read_velodyne(d / "velodyne" / f"{frame_id}.bin")
+        points = scan_points
         if emulation is not None:
-            points = emulation.apply(points, np.random.default_rng((emulation.seed, index)))
+            scan_points = emulation.resample(scan_points, np.random.default_rng((emulation.seed, index)))
+            points = emulation.remount(scan_points)
         if intensity_scale != 1.0:
             points[:, 3] *= np.float32(intensity_scale)
         frame = LabelledFrame(frame_id, read_labels(d / "label_2" / f"{frame_id}.txt"),
@@ -126,7 +134,7 @@ def run_check(folder: KittiFolder, pipeline, intensity_scale: float = 1.0, save_
         detections = pipeline(points).detections
         if emulation is not None:
             detections = dataclasses.replace(detections, boxes=emulation.boxes_to_scan_frame(detections.boxes))
-        match = match_frame(frame, detections)
+        match = match_frame(frame, detections, scan_points)
         rows = match.detection_rows.select(match.detection_in_view)
         if save_predictions is not None:
             save_predictions.mkdir(parents=True, exist_ok=True)
@@ -178,6 +186,30 @@ def _ceiling_lines(report: dict) -> list[str]:
     return lines
 
 
+def _recall_lines(by_iou: dict, bands: list[str]) -> list[str]:
+    """One recall table: class, BEV IoU, then found/total and recall for all objects and for each band."""
+    columns = ["all"] + bands
+    lines = [f"  {'class':<11} {'BEV IoU':>7} " + " ".join(f"{c:>13}" for c in columns)]
+    for iou_key, per_class in by_iou.items():
+        for cls, entry in per_class.items():
+            cells = [f"{entry[c]['found']}/{entry[c]['total']} {_pct(entry[c]['recall']):>4}" for c in columns]
+            lines.append(f"  {cls:<11} {float(iou_key):>7.2f} " + " ".join(f"{c:>13}" for c in cells))
+    return lines
+
+
+def _why_missed_lines(rec: dict) -> list[str]:
+    """The same recall by the points on the object and by crowding (absent from older reports)."""
+    lines = []
+    if rec.get("by_points") is not None:
+        lines.append("  by LiDAR points inside the labelled 3D box:")
+        lines.extend(_recall_lines(rec["by_points"], rec["point_bands"]))
+    if rec.get("by_crowding") is not None:
+        lines.append(f"  by crowding (crowded: another labelled object's BEV centre within "
+                     f"{rec['crowded_distance']:g} m):")
+        lines.extend(_recall_lines(rec["by_crowding"], rec["crowding"]))
+    return lines
+
+
 def format_report(report: dict) -> str:
     lines = [f"KITTI AP R40 (devkit protocol; {report['frames']} frames)   easy  moderate    hard"
              f"   ceiling: easy  moderate    hard"]
@@ -198,15 +230,12 @@ def format_report(report: dict) -> str:
                      f"reports AP 0, which is not a measurement)")
     lines.append("Recall of labelled objects the devkit scores (height >= 25 px, occlusion <= 2, truncation <= 0.5; "
                  "DontCare, Van, Person_sitting not counted): found/total")
-    lines.append(f"  {'class':<11} {'BEV IoU':>7} " + " ".join(f"{c:>13}" for c in ["all"] + bands))
-    for iou_key, per_class in rec["by_iou"].items():
-        for cls, entry in per_class.items():
-            cells = [f"{entry[c]['found']}/{entry[c]['total']} {_pct(entry[c]['recall']):>4}" for c in ["all"] + bands]
-            lines.append(f"  {cls:<11} {float(iou_key):>7.2f} " + " ".join(f"{c:>13}" for c in cells))
+    lines.extend(_recall_lines(rec["by_iou"], bands))
     unscored = {c: n for c, n in rec["labelled_but_not_scored"].items() if n}
     if unscored:
         lines.append("  labelled but not scored by the devkit (too small, occluded or truncated): "
                      + ", ".join(f"{c} {n}" for c, n in unscored.items()))
+    lines.extend(_why_missed_lines(rec))
     fp, det = report["false_positives"], report["detections"]
     per_frame = "-" if fp["per_frame"] is None else f"{fp['per_frame']:.2f}"
     lines.append(f"False positives per frame: {per_frame} ({fp['total']} in {report['frames']} frames: "

@@ -2,6 +2,7 @@
 
     emulation = SensorEmulation.parse("height=0.5,pitch=0.02,beams=32,intensity=0.6")
     points = emulation.apply(points, rng)                    # the scan as the emulated sensor records it
+                                                             # (= remount(resample(points, rng)))
     boxes = emulation.boxes_to_scan_frame(detections.boxes)  # detections back into the real scan's frame
 
 It stands in for "a real scan from a sensor mounted differently" when none is at hand. Keys (all optional):
@@ -99,6 +100,10 @@ class SensorEmulation:
     # ------------------------------------------------------------------ applying
     def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """(N, 4) real scan -> the emulated sensor's (M, 4) scan, M <= N."""
+        return self.remount(self.resample(points, rng))
+
+    def resample(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(N, 4) real scan -> the (M, 4) points the emulated sensor records, still in the real scan's frame."""
         if self.beams:
             rows = sensor_rows(points)
             if self.beams >= rows.count:
@@ -108,6 +113,10 @@ class SensorEmulation:
             points = drop_points(points, self.keep_fraction, rng)
         if self.intensity_scale != 1.0 or self.intensity_gamma != 1.0:
             points = scale_intensity(points, self.intensity_scale, self.intensity_gamma)
+        return points
+
+    def remount(self, points: np.ndarray) -> np.ndarray:
+        """Points in the real scan's frame -> the emulated sensor's frame (the inverse of boxes_to_scan_frame)."""
         if self.scan_from_emulated().is_identity():
             return points
         return change_mounting(points, np.zeros((0, 7)), self.height_shift, self.pitch, self.roll,

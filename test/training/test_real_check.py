@@ -24,7 +24,8 @@ from clean_ros.types import Detections
 from shared_helpers import REPO_ROOT
 from training import real_check
 from training.detection_diagnostics import (AP_CEILING_MIN, LabelledFrame, ap_below_ceiling_min, ap_ceiling,
-                                            match_frame, perfect_detections, scored_object_counts, summarize)
+                                            crowded, match_frame, perfect_detections, scored_object_counts,
+                                            summarize)
 
 CLASSES = ("Car", "Pedestrian", "Cyclist")
 
@@ -101,6 +102,41 @@ def test_counts_agree_with_the_labels(shared_run):
     assert fp["per_frame"] == pytest.approx(fp["total"] / 6)
     assert "KITTI AP R40" in shared_run["stdout"] and "False positives per frame" in shared_run["stdout"]
     assert "(Cyclist: no labelled object the devkit scores in these frames" in shared_run["stdout"]
+
+
+def _points_in_box(points: np.ndarray, box: np.ndarray) -> int:
+    """Points inside one upright box, counted in the box's own axes (independent of the code under test)."""
+    rel = points[:, :3].astype(np.float64) - box[:3]
+    cos, sin = np.cos(box[6]), np.sin(box[6])
+    along, across = rel[:, 0] * cos + rel[:, 1] * sin, -rel[:, 0] * sin + rel[:, 1] * cos
+    inside = (np.abs(along) <= box[3] / 2) & (np.abs(across) <= box[4] / 2) & (np.abs(rel[:, 2]) <= box[5] / 2)
+    return int(inside.sum())
+
+
+def test_points_and_crowding_tables_on_the_shared_frames(shared_run):
+    """The check counts the points of each scan in its labelled boxes: the points table's totals are those of an
+    independent count on the scans as read; both tables add up to the overall recall."""
+    from training.data.kitti_dataset import ground_truth_from_annotations
+    from training.detection_diagnostics import POINT_BANDS
+
+    split, recall = shared_run["split"], shared_run["report"]["recall"]
+    expected = {c: [0] * len(POINT_BANDS) for c in CLASSES}
+    for label_file in sorted((split / "label_2").glob("*.txt")):
+        labels, calib = read_labels(label_file), Calibration.from_file(split / "calib" / label_file.name)
+        boxes, _, names, difficulty = ground_truth_from_annotations(labels, calib, CLASSES)
+        points = np.fromfile(split / "velodyne" / f"{label_file.stem}.bin", np.float32).reshape(-1, 4)
+        for box, name, level in zip(boxes.astype(np.float64), names, difficulty):
+            if name in expected and level >= 0:
+                n = _points_in_box(points, box)
+                expected[name][next(i for i, (lo, hi) in enumerate(POINT_BANDS) if lo <= n < hi)] += 1
+    for iou in ("0.5", "0.25"):
+        for cls in CLASSES:
+            assert [recall["by_points"][iou][cls][b]["total"] for b in recall["point_bands"]] == expected[cls], cls
+    assert sum(map(sum, expected.values())) == 5  # Car 3, Pedestrian 2
+    _assert_bands_add_up(recall, "by_points", "point_bands")
+    _assert_bands_add_up(recall, "by_crowding", "crowding")
+    assert "by LiDAR points inside the labelled 3D box:" in shared_run["stdout"]
+    assert "by crowding (crowded: " in shared_run["stdout"]
 
 
 def test_ap_ceiling_equals_evaluate_on_labels_as_predictions(shared_run, capsys):
@@ -305,6 +341,115 @@ def test_heading_counts_boxes_turned_half_a_turn():
     assert "Heading of found objects" in real_check.format_report({**report, "ap": {}})
 
 
+def _frame_of(rows, extra_text: str = "") -> LabelledFrame:
+    """A frame labelled with (name, LiDAR box) rows through a label file's text (2 decimals), synthetic camera."""
+    calib = _camera()
+    gt = labels_from_lidar_boxes(np.array([b for _, b in rows]), np.array([n for n, _ in rows]), None, calib)
+    return LabelledFrame("f", parse_labels(format_labels(gt) + extra_text), calib)
+
+
+def _points_on(box, k: int, rng) -> np.ndarray:
+    """k points well inside the box (the labels' 2-decimal rounding cannot push them out), intensity 0.5."""
+    xyz = np.asarray(box[:3]) + rng.uniform(-0.25, 0.25, size=(k, 3))
+    return np.hstack([xyz, np.full((k, 1), 0.5)]).astype(np.float32)
+
+
+POINT_GT = [("Car", _box(10, 0, 4, 1.8, 1.5)),           # 9 points: "0-9 pts", found
+            ("Car", _box(15, 5, 4, 1.8, 1.5)),           # 10: "10-29 pts", missed
+            ("Car", _box(25, -5, 4, 1.8, 1.5)),          # 29: "10-29 pts", found
+            ("Car", _box(30, 3, 4, 1.8, 1.5)),           # 30: "30-99 pts", missed
+            ("Car", _box(12, -8, 4, 1.8, 1.5)),          # 100: "100+ pts", found
+            ("Pedestrian", _box(8, -2, 0.8, 0.6, 1.7))]  # 0: "0-9 pts", missed
+POINTS_ON = [9, 10, 29, 30, 100, 0]
+
+
+def _point_case():
+    rng = np.random.default_rng(0)
+    frame = _frame_of(POINT_GT)
+    clutter = _points_on(_box(5, 10, 1, 1, 1), 50, rng)  # on no object
+    points = np.vstack([_points_on(b, k, rng) for (_, b), k in zip(POINT_GT, POINTS_ON)] + [clutter])
+    return frame, points, _detections([POINT_GT[i] for i in (0, 2, 4)])
+
+
+def _band_cells(entry, bands):
+    return [(entry[b]["found"], entry[b]["total"]) for b in ["all"] + bands]
+
+
+def _assert_bands_add_up(recall: dict, table: str, bands: str):
+    """Each class's band cells add up to its overall cell, which is the range table's."""
+    for iou, per_class in recall[table].items():
+        for cls, entry in per_class.items():
+            assert entry["all"] == recall["by_iou"][iou][cls]["all"], (table, iou, cls)
+            for key in ("found", "total"):
+                assert sum(entry[b][key] for b in recall[bands]) == entry["all"][key], (table, iou, cls, key)
+
+
+def test_recall_by_points_on_the_object():
+    """An object with exactly k points inside its box lands in k's band: 9 -> 0-9, 10 and 29 -> 10-29, 30 -> 30-99,
+    100 -> 100+; points on no object count nowhere."""
+    frame, points, dets = _point_case()
+    assert (difficulty_levels(frame.labels) >= 0).all()  # the set-up: every object is scored
+    match = match_frame(frame, dets, points)
+    assert match.object_points.tolist() == POINTS_ON
+    recall = summarize([frame], [match], CLASSES)["recall"]
+    bands = recall["point_bands"]
+    assert bands == ["0-9 pts", "10-29 pts", "30-99 pts", "100+ pts"]
+    for iou in ("0.5", "0.25"):
+        assert _band_cells(recall["by_points"][iou]["Car"], bands) == [(3, 5), (1, 1), (1, 2), (0, 1), (1, 1)]
+        assert _band_cells(recall["by_points"][iou]["Pedestrian"], bands) == [(0, 1), (0, 1), (0, 0), (0, 0), (0, 0)]
+    assert recall["by_points"]["0.5"]["Car"]["10-29 pts"]["recall"] == 0.5
+    _assert_bands_add_up(recall, "by_points", "point_bands")
+    text = real_check.format_report({**summarize([frame], [match], CLASSES), "ap": {}})
+    assert "by LiDAR points inside the labelled 3D box:" in text
+    assert re.search(r"^  Car +0\.50 +3/5  60% +1/1 100% +1/2  50% +0/1   0% +1/1 100%$", text, re.M), text
+
+
+def test_without_points_the_points_table_is_absent():
+    frame, points, dets = _point_case()
+    match = match_frame(frame, dets)
+    assert match.object_points.tolist() == [-1] * len(POINT_GT)
+    report = summarize([frame], [match], CLASSES)
+    assert report["recall"]["by_points"] is None and report["recall"]["by_crowding"] is not None
+    text = real_check.format_report({**report, "ap": {}})
+    assert "by LiDAR points" not in text and "pts" not in text and "by crowding" in text
+    # one frame without its points leaves the table out for all
+    with_points = match_frame(frame, dets, points)
+    assert summarize([frame, frame], [with_points, match], CLASSES)["recall"]["by_points"] is None
+    assert summarize([frame, frame], [with_points, with_points], CLASSES)["recall"]["by_points"] is not None
+
+
+CROWD_GT = [("Pedestrian", _box(8, -2, 0.8, 0.6, 1.7)),     # 0.8 m from the next: crowded, found
+            ("Pedestrian", _box(8, -1.2, 0.8, 0.6, 1.7)),   # crowded, missed
+            ("Pedestrian", _box(8, 1.8, 0.8, 0.6, 1.7)),    # 3 m from the nearest: alone, found
+            ("Cyclist", _box(14, 0.5, 1.8, 0.6, 1.7)),      # 0.78 m from a pedestrian (any class counts): crowded
+            ("Pedestrian", _box(14.6, 0.0, 0.8, 0.6, 1.7)),  # crowded, missed
+            ("Car", _box(20, -4, 4, 1.8, 1.5))]             # alone, found
+
+
+def test_recall_by_crowding():
+    frame = _frame_of(CROWD_GT, "DontCare -1 -1 -10 600.00 150.00 650.00 200.00 -1 -1 -1 -1000 -1000 -1000 -10\n")
+    match = match_frame(frame, _detections([CROWD_GT[i] for i in (0, 2, 5)]))
+    assert match.object_crowded.tolist() == [True, True, False, True, True, False]
+    recall = summarize([frame], [match], CLASSES)["recall"]
+    assert recall["crowding"] == ["crowded", "alone"] and recall["crowded_distance"] == 1.0
+    for iou in ("0.5", "0.25"):
+        by = recall["by_crowding"][iou]
+        assert _band_cells(by["Pedestrian"], ["crowded", "alone"]) == [(2, 4), (1, 3), (1, 1)]
+        assert _band_cells(by["Cyclist"], ["crowded", "alone"]) == [(0, 1), (0, 1), (0, 0)]
+        assert _band_cells(by["Car"], ["crowded", "alone"]) == [(1, 1), (0, 0), (1, 1)]
+    _assert_bands_add_up(recall, "by_crowding", "crowding")
+    text = real_check.format_report({**summarize([frame], [match], CLASSES), "ap": {}})
+    assert "by crowding (crowded: another labelled object's BEV centre within 1 m):" in text
+    assert re.search(r"^  Pedestrian +0\.25 +2/4  50% +1/3  33% +1/1 100%$", text, re.M), text
+
+
+def test_crowded_is_within_the_distance_and_never_the_object_itself():
+    boxes = np.zeros((4, 7))
+    boxes[:, 0] = [0.0, 1.0, 2.01, 10.0]  # 1.0 m apart: within; 1.01 m: not
+    assert crowded(boxes).tolist() == [True, True, False, False]
+    assert crowded(boxes[:1]).tolist() == [False] and crowded(np.zeros((0, 7))).tolist() == []
+
+
 def test_dont_care_region_is_what_spares_the_detection():
     frames, dets = _hand_frames(with_dont_care=False)
     match = match_frame(frames[0], dets[0])
@@ -393,18 +538,28 @@ def test_command_line_error_has_no_traceback(tmp_path):
 
 
 def test_sensor_height_setting_undoes_a_higher_mount(shared_run, default_bundle, tmp_path, capsys):
-    """The same six scans seen from 0.5 m higher (points 0.5 m lower): with --sensor-height 2.23 (KITTI's 1.73 + 0.5)
-    the check gives the figures of the original scans."""
+    """The same six scenes seen from 0.5 m higher (points 0.5 m lower, and the calibration moved with them, so the
+    labels sit on the lowered points): with --sensor-height 2.23 (KITTI's 1.73 + 0.5) the check gives the figures of
+    the original scans, the points on each object included (counted in the labels' frame, not the model's)."""
+    import dataclasses
+
     split = _copy_split(shared_run["split"].parent, tmp_path / "training",
                         stems=tuple(f["frame"] for f in shared_run["report"]["per_frame"]))
     for scan in (split / "velodyne").glob("*.bin"):
         points = np.fromfile(scan, np.float32).reshape(-1, 4)
         points[:, 2] -= 0.5
         points.tofile(scan)
+        calib_file = split / "calib" / f"{scan.stem}.txt"
+        calib = Calibration.from_file(calib_file)
+        v2c = calib.V2C.copy()
+        v2c[:, 3] += 0.5 * v2c[:, 2]  # camera <- lowered scan: the same camera coordinates as before
+        calib_file.write_text(dataclasses.replace(calib, V2C=v2c).to_text())
     assert real_check.main(["--bundle", str(default_bundle), "--backend", "torch", "--threads", "1", "--quiet",
                             str(split), "--sensor-height", "2.23", "--out", str(tmp_path / "r.json")]) == 0
     assert "sensor 2.23 m above the ground" in capsys.readouterr().out
     report, original = json.loads((tmp_path / "r.json").read_text()), shared_run["report"]
     assert report["recall"] == original["recall"] and report["confusion"] == original["confusion"]
     assert report["per_frame"] == original["per_frame"]
-    assert report["ap"]["Car"]["bev_R40"] == pytest.approx(original["ap"]["Car"]["bev_R40"], abs=1e-9)
+    assert report["recall"]["by_points"] is not None
+    for metric in ("bev_R40", "3d_R40"):
+        assert report["ap"]["Car"][metric] == pytest.approx(original["ap"]["Car"][metric], abs=1e-9), metric

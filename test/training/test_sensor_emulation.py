@@ -61,6 +61,61 @@ def test_beams_keep_fraction_and_intensity_on_a_real_scan(kitti_sample):
         SensorEmulation(beams=128).apply(points, np.random.default_rng(0))
 
 
+def test_resample_keeps_the_scan_frame_and_remount_leaves_it(kitti_sample):
+    """apply = remount(resample): the rows and dropout keep the scan's own points (where the real-data check counts
+    the points on labelled objects); only remount moves them into the emulated sensor's frame."""
+    points = read_velodyne(kitti_sample / "training/velodyne/000000.bin")
+    e = SensorEmulation(height_shift=0.5, pitch=0.03, beams=32, keep_fraction=0.8)
+    kept = e.resample(points, np.random.default_rng(3))
+    assert 0.3 < len(kept) / len(points) < 0.5
+    # rows of the scan itself (each 16-byte row viewed as one value)
+    assert np.isin(kept.view(np.complex128).ravel(), points.view(np.complex128).ravel()).all()
+    assert np.array_equal(e.apply(points, np.random.default_rng(3)), e.remount(kept))
+    assert np.abs(e.remount(kept)[:, 2] - kept[:, 2]).mean() > 0.4
+    assert e.remount(kept[:0]).shape == (0, 4) and SensorEmulation(beams=32).remount(kept) is kept
+
+
+class _RecordingPipeline:
+    """Stands in for the Pipeline: no detections, keeps the points it is given."""
+
+    class_names = ("Car", "Pedestrian", "Cyclist")
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, points):
+        from types import SimpleNamespace
+
+        from clean_ros.types import Detections
+
+        self.seen.append(points.copy())
+        return SimpleNamespace(detections=Detections.empty(self.class_names))
+
+
+def test_check_counts_object_points_on_the_scan_frame_points(kitti_sample, monkeypatch):
+    """With --emulate-sensor the bundle sees the re-mounted points, and the points on each labelled object are
+    counted on the emulated sensor's points still in the scan's (the labels') frame."""
+    from training import detection_diagnostics
+
+    counted, real_match_frame = [], detection_diagnostics.match_frame
+
+    def match_frame(frame, detections, points=None):
+        counted.append(points)
+        return real_match_frame(frame, detections, points)
+
+    monkeypatch.setattr(detection_diagnostics, "match_frame", match_frame)
+    folder, pipeline = real_check.resolve_folder(kitti_sample / "training"), _RecordingPipeline()
+    e = SensorEmulation(height_shift=0.5, pitch=0.03, beams=32)
+    report = real_check.run_check(folder, pipeline, log=None, emulation=e)
+    assert len(counted) == len(pipeline.seen) == len(folder.frame_ids)
+    for index, frame_id in enumerate(folder.frame_ids):
+        scan = read_velodyne(kitti_sample / "training" / "velodyne" / f"{frame_id}.bin")
+        expected = e.resample(scan, np.random.default_rng((e.seed, index)))
+        assert np.array_equal(counted[index], expected), frame_id
+        assert np.array_equal(pipeline.seen[index], e.remount(expected)), frame_id
+    assert report["recall"]["by_points"] is not None
+
+
 def test_check_with_emulated_mount_and_the_setting_gives_the_original_figures(kitti_sample, default_bundle, tmp_path,
                                                                              capsys):
     split = kitti_sample / "training"
@@ -84,6 +139,11 @@ def test_check_with_emulated_mount_and_the_setting_gives_the_original_figures(ki
     for cls, entry in runs["original"]["ap"].items():
         for metric in ("bev_R40", "3d_R40"):
             assert runs["corrected"]["ap"][cls][metric] == pytest.approx(entry[metric], abs=1e-9), (cls, metric)
+    # the points on an object are counted in the labels' frame: a re-mount alone moves no object between bands
+    for iou, per_class in runs["original"]["recall"]["by_points"].items():
+        for cls, entry in per_class.items():
+            assert {b: c["total"] for b, c in runs["emulated"]["recall"]["by_points"][iou][cls].items()} == \
+                {b: c["total"] for b, c in entry.items()}, (iou, cls)
     # the emulated mount alone changes what the model sees: some frame's detections differ
     assert runs["emulated"]["per_frame"] != runs["original"]["per_frame"]
 
