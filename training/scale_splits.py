@@ -5,8 +5,13 @@ a results run (seed 0) as ids 0-799 and adds 1200 new ones. This writes the bigg
 split of the reference (val, holdout, ...) copied as is, and `train` = every other frame of the bigger root, so the
 extra frames only ever train and the reported numbers compare with the reference run's frame for frame.
 
+    python training/scale_splits.py data/sim_x4 config/compress/results.yaml
+    python training/scale_splits.py data/sim_x2 config/compress/results.yaml --train-frames 800
     python training/scale_splits.py data/sim_x4 runs/results/seed_0/stages/data/dataset
-    python training/scale_splits.py data/sim_x2 runs/results/seed_0/stages/data/dataset --train-frames 800
+
+The reference is either a compress config with a data.simulate section (its splits are computed from frames, seed,
+val_fraction and test_frames, exactly as its data stage writes them, without simulating or running anything) or a
+dataset folder whose ImageSets are read.
 
 --train-frames N keeps the reference's own training frames and the first new ones by frame id, N in all (a root
 whose training/ folder links to a bigger root's gives the smaller steps of a scaling series).
@@ -23,22 +28,39 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from clean_ros.atomic import atomic_write_text  # noqa: E402
 
 
-def scale_splits(root: Path, reference: Path, train_split: str = "train", train_frames: int = 0) -> dict[str, int]:
-    """Write root/ImageSets from reference/ImageSets; returns frames per split. ValueError on a mismatch.
-    train_frames > 0: the reference's training frames plus the first new ones, that many in all."""
+def reference_splits(reference: Path) -> dict[str, list[str]]:
+    """Frame ids per split of a reference: a compress config YAML with a data.simulate section, or a dataset folder
+    (its ImageSets/*.txt). ValueError when neither gives any."""
+    if reference.suffix in (".yaml", ".yml"):
+        from clean_ros.yaml_config import ConfigError, load_config
+        from training.compression.compress_config import CompressConfig
+        from training.compression.stage_data import simulated_splits
+
+        try:
+            cfg = load_config(CompressConfig, reference, [])
+        except (ConfigError, ValueError) as exc:
+            raise ValueError(f"{reference}: {exc}") from None
+        if cfg.data.source != "simulate":
+            raise ValueError(f"{reference}: data.source is {cfg.data.source!r}; a config reference must simulate")
+        return simulated_splits(cfg.data.simulate, cfg.data.report_split)
     ref_sets = reference / "ImageSets"
-    held = {p.stem: p.read_text().split() for p in sorted(ref_sets.glob("*.txt"))
-            if p.stem not in (train_split, "trainval", "test")}
+    return {p.stem: p.read_text().split() for p in sorted(ref_sets.glob("*.txt"))}
+
+
+def scale_splits(root: Path, reference: Path, train_split: str = "train", train_frames: int = 0) -> dict[str, int]:
+    """Write root/ImageSets from the reference's splits; returns frames per split. ValueError on a mismatch.
+    train_frames > 0: the reference's training frames plus the first new ones, that many in all."""
+    ref = reference_splits(reference)
+    held = {name: ids for name, ids in ref.items() if name not in (train_split, "trainval", "test")}
     if not held:
-        raise ValueError(f"{ref_sets}: no held-out split lists (*.txt other than {train_split} / trainval)")
+        raise ValueError(f"{reference}: no held-out split lists (splits other than {train_split} / trainval)")
     frames = sorted(p.stem for p in (root / "training" / "velodyne").glob("*.bin"))
     have = set(frames)
     held_ids = set().union(*held.values())
     missing = sorted(held_ids - have)
     if missing:
         raise ValueError(f"{root}: {len(missing)} held-out frames of the reference are missing, e.g. {missing[0]}")
-    ref_list = ref_sets / f"{train_split}.txt"
-    ref_train = set(ref_list.read_text().split()) if ref_list.exists() else set()
+    ref_train = set(ref.get(train_split, []))
     if ref_train - have:
         raise ValueError(f"{root}: the reference's {train_split} frames are not all here; simulate at least as many "
                          "frames with the same seed")
@@ -61,7 +83,8 @@ def scale_splits(root: Path, reference: Path, train_split: str = "train", train_
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("root", type=Path, help="the bigger simulated dataset root (KITTI layout)")
-    ap.add_argument("reference", type=Path, help="the reference run's dataset root (its ImageSets are copied)")
+    ap.add_argument("reference", type=Path, help="the reference: a compress config that simulates (e.g. config/compress/results.yaml) or a "
+                    "dataset root whose ImageSets are copied")
     ap.add_argument("--train-split", default="train")
     ap.add_argument("--train-frames", type=int, default=0, help="0 = every frame that is not held out")
     args = ap.parse_args(argv)

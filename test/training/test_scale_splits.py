@@ -51,3 +51,27 @@ def test_train_frames_keeps_the_reference_training_frames_then_the_first_new_one
     assert (big / "ImageSets" / "train.txt").read_text().split() == [f"{i:06d}" for i in (0, 3, 5, 6, 8, 9)]
     with pytest.raises(ValueError, match="between the reference's 4 training frames and the 8 available"):
         scale_splits(big, ref, train_frames=3)
+
+
+def test_a_config_reference_gives_the_splits_its_data_stage_writes(tmp_path):
+    """A fresh clone has no reference run: the splits of config/compress/results.yaml are computed from its
+    data.simulate section (800 frames, seed 0, val_fraction 0.5, 300 reported)."""
+    from training.sim.writer import split_indices
+
+    cfg = tmp_path / "ref.yaml"
+    cfg.write_text("data:\n  report_split: holdout\n  simulate: {frames: 10, seed: 3, val_fraction: 0.5, test_frames: 3}\n")
+    big = _root(tmp_path, "big", 14)
+    assert scale_splits(big, cfg) == {"train": 9, "val": 2, "holdout": 3}
+    train, val = split_indices(10, 0.5, 3)
+    read = lambda s: (big / "ImageSets" / f"{s}.txt").read_text().split()  # noqa: E731
+    assert read("val") + read("holdout") == [f"{i:06d}" for i in val]
+    assert read("train") == [f"{i:06d}" for i in train] + [f"{i:06d}" for i in range(10, 14)]
+
+
+def test_a_config_reference_that_does_not_simulate_is_a_one_line_error(tmp_path, capsys):
+    cfg = tmp_path / "ref.yaml"
+    cfg.write_text("data:\n  source: kitti\n  root: somewhere\n")
+    big = _root(tmp_path, "big", 4)
+    assert main([str(big), str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "must simulate" in err

@@ -307,6 +307,10 @@ def test_simulated_data_gets_disjoint_train_val_and_test_splits(tmp_path):
     assert not (set(sets["train"]) & set(sets["val"]) or set(sets["train"]) & set(sets["holdout"])
                 or set(sets["val"]) & set(sets["holdout"]))
     assert summary["frames"] == {"train": 6, "val": 2, "holdout": 4}
+    from training.compression.stage_data import simulated_splits
+
+    # scale_splits derives a reference's splits from its config alone: they must be the ones the stage wrote
+    assert simulated_splits(cfg.data.simulate, cfg.data.report_split) == sets
     from clean_ros.models.detector_config import load_detector_config
     from training.config_paths import find_config
 
