@@ -563,3 +563,31 @@ def test_sensor_height_setting_undoes_a_higher_mount(shared_run, default_bundle,
     assert report["recall"]["by_points"] is not None
     for metric in ("bev_R40", "3d_R40"):
         assert report["ap"]["Car"][metric] == pytest.approx(original["ap"]["Car"][metric], abs=1e-9), metric
+
+
+def test_intensity_scale_reaches_the_pipeline_and_leaves_the_scan_as_recorded(kitti_sample, tmp_path):
+    """--intensity-scale: the bundle sees intensity x scale; the points counted on the objects (and the scan read
+    from disk) are the recorded ones, so the 'by points' table does not depend on the setting."""
+    from training.data.kitti_dataset import read_velodyne
+
+    split = tmp_path / "training"
+    frame = "000000"
+    for sub, suffix in (("velodyne", ".bin"), ("label_2", ".txt"), ("calib", ".txt")):
+        (split / sub).mkdir(parents=True)
+        shutil.copy(kitti_sample / "training" / sub / f"{frame}{suffix}", split / sub / f"{frame}{suffix}")
+    recorded = read_velodyne(split / "velodyne" / f"{frame}.bin")
+    seen = []
+
+    class Recording:
+        class_names = CLASSES
+
+        def __call__(self, points):
+            seen.append(points.copy())
+            return type("Result", (), {"detections": Detections.empty(CLASSES)})()
+
+    folder = real_check.resolve_folder(split)
+    reports = [real_check.run_check(folder, Recording(), scale, log=lambda *a: None) for scale in (1.0, 0.5)]
+    np.testing.assert_array_equal(seen[0], recorded)
+    np.testing.assert_array_equal(seen[1][:, :3], recorded[:, :3])
+    np.testing.assert_allclose(seen[1][:, 3], recorded[:, 3] * np.float32(0.5))
+    assert reports[0]["recall"]["by_points"] == reports[1]["recall"]["by_points"]
