@@ -141,6 +141,7 @@ def test_table_with_missing_rows_and_seeds(tmp_path):
     assert "beats every other method at the same size (mean over seeds): **not determined**" in text
     assert "not measured: feature KD" in text
     assert "within 1 mAP of the teacher: **met** (teacher 62.00, final 61.50, gap +0.50)" in text
+    assert results_table.LARGER_SETTING not in text  # the pointer to the larger setting only follows a miss
     assert "final mAP ≥ same-size no-KD student + 2: **met**" in text
     assert "≤ 25% of the teacher's params: **met** (10.1%)" in text
     assert "≥ 3× faster than the teacher (latency p50, same run): **met** (4.76×)" in text
@@ -331,3 +332,14 @@ def test_evaluation_on_val_reruns_only_the_evaluate_stage():
     assert "split" not in report["evaluate"].config["evaluation"]
     with pytest.raises(ValueError, match="evaluation.split must be"):
         load_config(CompressConfig, default_yaml, ["evaluation.split=test"])
+
+
+def test_a_missed_teacher_gap_points_to_the_larger_setting(tmp_path, monkeypatch):
+    out, table = tmp_path / "runs", tmp_path / "RESULTS.md"
+    monkeypatch.setitem(MAPS, "teacher", [71.0, 72.0, 73.0])  # 10.5 above CLEAN final
+    _tree(out)
+    assert results.main(["--only-table", "--out", str(out), "--table", str(table)]) == 0
+    text = table.read_text()
+    assert "within 1 mAP of the teacher: **not met** (teacher 72.00, final 61.50, gap +10.50)" in text
+    assert f"At this table's scale only; with 4x the training frames and 0.32 m cells: {results_table.LARGER_SETTING}." \
+        in text
