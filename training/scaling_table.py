@@ -12,6 +12,13 @@ to the teacher and its margin over width-only. The runs must share their held-ou
 A run without the width-only row (e.g. config/compress/fine_grid.yaml) leaves it out and its margin "—". Labels
 ending in " (seed N)" are grouped: a second table gives mean ± sample std over the seeds of each group.
 --what names the first column (default "training frames"; e.g. "student grid").
+
+--keep SUMMARY.json starts from the rows of an earlier summary.json (its runs' folders need not exist any more, e.g.
+on a new checkout) and adds the RUN arguments after them; a run whose label is already there replaces that row:
+
+    python training/scaling_table.py --keep docs/results/fine_grid/x4/summary.json --what "student anchor cells \
+        (1600 frames)" "0.32 m, keep 0.7, 8 fine-tune epochs (seed 2)=runs/fine_grid_x4_keep07_ft8/seed_2" \
+        --out docs/results/fine_grid/x4
 """
 from __future__ import annotations
 
@@ -73,6 +80,25 @@ def summary_rows(runs: list[dict], what: str) -> list[dict]:
                                                 if width_only is not None else None),
                      "stage_seconds": run["stage_seconds"], "load_average": run["machine"].get("load_average")})
     return rows
+
+
+def kept_rows(summary: Path) -> list[dict]:
+    """The rows of an earlier summary.json (summary_rows' output); ScalingError when it is not one."""
+    try:
+        rows = json.loads(summary.read_text())
+    except (OSError, ValueError) as exc:
+        raise ScalingError(f"--keep {summary}: {exc}") from None
+    needed = {"label", "what", *(key for key, _ in MODELS), "gap_to_teacher", "final_minus_width_only"}
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and needed <= r.keys() for r in rows):
+        raise ScalingError(f"--keep {summary}: not a scaling_table summary.json (a list of rows with {sorted(needed)})")
+    return rows
+
+
+def merge_rows(kept: list[dict], new: list[dict]) -> list[dict]:
+    """kept rows in their order, a new row with a kept label in that row's place, the other new rows after."""
+    by_label = {r["label"]: r for r in new}
+    merged = [by_label.pop(r["label"], r) for r in kept]
+    return merged + [r for r in new if r["label"] in by_label]
 
 
 def _signed(value: float | None) -> str:
@@ -140,7 +166,9 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", help="LABEL=RUN_FOLDER, in the order of the table")
+    ap.add_argument("runs", nargs="*", help="LABEL=RUN_FOLDER, in the order of the table")
+    ap.add_argument("--keep", type=Path, metavar="SUMMARY_JSON",
+                    help="start from the rows of an earlier summary.json; RUN arguments are added after them")
     ap.add_argument("--out", type=Path, help="write table.md and summary.json into this folder")
     ap.add_argument("--what", default="training frames", help="what the labels name (the first column's title)")
     args = ap.parse_args(argv)
@@ -151,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             if not sep or not label or not folder:
                 raise ScalingError(f"{item!r}: expected LABEL=RUN_FOLDER, e.g. 1600=runs/scale_x4/seed_0")
             runs.append(read_run(label, Path(folder)))
-        rows = summary_rows(runs, args.what)
+        if not runs and not args.keep:
+            raise ScalingError("no runs: give LABEL=RUN_FOLDER arguments and / or --keep SUMMARY_JSON")
+        rows = merge_rows(kept_rows(args.keep) if args.keep else [], summary_rows(runs, args.what))
         text = markdown(rows)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)

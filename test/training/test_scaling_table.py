@@ -62,3 +62,36 @@ def test_missing_required_model_is_still_an_error(tmp_path, capsys):
     run = _run(tmp_path / "x", {"teacher": 80.0, "student_final": 55.0})
     assert main([f"a={run}"]) == 2
     assert "'student_baseline' missing" in capsys.readouterr().err
+
+
+def test_keep_extends_an_earlier_summary_whose_runs_are_gone(tmp_path, capsys):
+    keys = [k for k, _ in MODELS]
+    first = [_run(tmp_path / f"s{i}", {"teacher": 80.0, "student_baseline": 30.0 + i, "student_final": 79.0 + i})
+             for i in range(2)]
+    out = tmp_path / "out"
+    assert main([f"g (seed {i})={run}" for i, run in enumerate(first)] + ["--what", "grid", "--out", str(out)]) == 0
+    for run in first:  # a new checkout: the earlier run folders are gone, their summary.json is committed
+        for f in sorted(run.rglob("*"), reverse=True):
+            f.unlink() if f.is_file() else f.rmdir()
+    third = _run(tmp_path / "s2", {"teacher": 80.0, "student_baseline": 32.0, "student_final": 84.0})
+    again = _run(tmp_path / "s0b", dict(zip(keys, [80.0, 31.0, 40.0, 78.0])))
+    capsys.readouterr()
+    assert main(["--keep", str(out / "summary.json"), "--what", "grid", f"g (seed 2)={third}",
+                 f"g (seed 0)={again}", "--out", str(out)]) == 0
+    rows = json.loads((out / "summary.json").read_text())
+    assert [r["label"] for r in rows] == ["g (seed 0)", "g (seed 1)", "g (seed 2)"]  # seed 0 replaced in place
+    assert [r["student_final"]["map3d"] for r in rows] == [78.0, 80.0, 84.0]
+    table = capsys.readouterr().out
+    # mean ± sample std over the three: 80.67 ± 3.06; seed 0's width-only row is present, the others lack it
+    assert "| g | 3 | 31.33 ± 0.58 | — | 80.67 ± 3.06 | 0.67 ± 3.06 | — |" in table
+
+
+def test_keep_of_a_file_that_is_not_a_summary_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"not": "rows"}))
+    assert main(["--keep", str(bad)]) == 2
+    assert main(["--keep", str(tmp_path / "missing.json")]) == 2
+    assert main([]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and "not a scaling_table summary.json" in err[0] and "--keep" in err[1]
+    assert "no runs" in err[2]
