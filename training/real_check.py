@@ -126,8 +126,9 @@ def run_check(folder: KittiFolder, pipeline, intensity_scale: float = 1.0, save_
         if emulation is not None:
             scan_points = emulation.resample(scan_points, np.random.default_rng((emulation.seed, index)))
             points = emulation.remount(scan_points)
-        if intensity_scale != 1.0:  # a new array: scan_points stays the scan as recorded
-            points = np.concatenate([points[:, :3], points[:, 3:4] * np.float32(intensity_scale), points[:, 4:]], 1)
+        if intensity_scale != 1.0:  # on a copy: scan_points stays the scan as recorded
+            points = points.copy()
+            points[:, 3] *= np.float32(intensity_scale)
         frame = LabelledFrame(frame_id, read_labels(d / "label_2" / f"{frame_id}.txt"),
                               Calibration.from_file(d / "calib" / f"{frame_id}.txt"),
                               read_png_shape(d / "image_2" / f"{frame_id}.png") or DEFAULT_IMAGE_SHAPE)
