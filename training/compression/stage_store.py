@@ -10,6 +10,8 @@ stage's current hash.
 A stage's hash = sha256 of the config sections it reads + the run_ids of the stages it depends on, so a changed
 value re-runs that stage and everything downstream, and a forced re-run of a stage (new run_id) re-runs its
 dependants too. A started stage whose hash differs (config changed since) is wiped before it runs again.
+A stage folder may be a symlink to another run's (to reuse a finished result); when stale or forced it is
+unlinked, never emptied.
 """
 from __future__ import annotations
 
@@ -106,8 +108,7 @@ class StageStore:
 
     def force(self, names: list[str]) -> None:
         for name in names:  # the whole folder: a forced stage starts afresh (no trainer checkpoint resumed)
-            if self.stage_dir(name).exists():
-                shutil.rmtree(self.stage_dir(name))
+            _clear_stage_folder(self.stage_dir(name))
 
     def run_all(self, stages: list[Stage]) -> None:
         """Run the stages in order. Under torchrun every rank calls this: rank 0 alone decides (skip / run), prepares
@@ -156,7 +157,7 @@ class StageStore:
                     "seconds": float(marker.get("seconds", 0.0))}
         started = read_json(folder / "started.json")
         if folder.exists() and (started is None or started.get("hash") != digest or marker):
-            shutil.rmtree(folder)  # stale: another config, or a finished result we are told to redo
+            _clear_stage_folder(folder)  # stale: another config, or a finished result we are told to redo
         resumed = folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / "started.json", {"hash": digest, "stage": stage.name})
@@ -176,6 +177,15 @@ class StageStore:
                 return "unknown until the first training stage finishes"
             total += rate * stage.cost
         return f"~{fmt_seconds(total)} for the training stages left"
+
+
+def _clear_stage_folder(folder: Path) -> None:
+    """Make way for a fresh run of a stage. A stage folder linked from another run (to reuse its finished result)
+    is unlinked, never emptied: the other run keeps its result, and this run computes its own."""
+    if folder.is_symlink():
+        folder.unlink()
+    elif folder.exists():
+        shutil.rmtree(folder)
 
 
 def progress_enabled() -> bool:

@@ -276,6 +276,35 @@ def test_stage_store_hashes_skip_force_and_dependants(tmp_path):
     assert (tmp_path / "stages" / "c" / "out.txt").read_text() == "c"
 
 
+def test_a_stale_stage_linked_from_another_run_is_unlinked_not_emptied(tmp_path):
+    """Runs share finished stages by symlink (docs/RELEASE.md). When a linked stage is stale in the new run (a value
+    it reads changed), the new run drops the link and computes its own; the other run's result stays whole. Before,
+    the wipe raised 'Cannot call rmtree on a symbolic link' as a traceback. --force on a linked stage does the same."""
+    from training.compression.stage_store import Stage, StageStore
+
+    def stages(value: int):
+        def run(folder: Path) -> dict:
+            (folder / "out.txt").write_text(f"v{value}")
+            return {}
+        return [Stage("a", "first", run, {"v": value})]
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    StageStore(first, log=lambda _: None).run_all(stages(1))
+    (second / "stages").mkdir(parents=True)
+    (second / "stages" / "a").symlink_to(first / "stages" / "a")
+    StageStore(second, log=lambda _: None).run_all(stages(1))  # same hash: the linked result is reused
+    assert (second / "stages" / "a").is_symlink()
+    StageStore(second, log=lambda _: None).run_all(stages(2))  # stale: a folder of its own
+    assert not (second / "stages" / "a").is_symlink()
+    assert (second / "stages" / "a" / "out.txt").read_text() == "v2"
+    assert (first / "stages" / "a" / "out.txt").read_text() == "v1" and (first / "stages" / "a" / "done.json").is_file()
+    (second / "stages" / "a").rename(tmp_path / "moved")
+    (second / "stages" / "a").symlink_to(first / "stages" / "a")
+    store = StageStore(second, log=lambda _: None)
+    store.force(["a"])
+    assert not (second / "stages" / "a").exists() and (first / "stages" / "a" / "out.txt").read_text() == "v1"
+
+
 def test_second_process_on_the_same_run_folder_is_refused(tmp_path):
     import fcntl
 
