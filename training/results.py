@@ -11,7 +11,8 @@
 2. For each seed and variant (a pruning that differs from CLEAN's, e.g. prune.criterion=l1): a compress run in
    OUT/seed_<s>_<variant> with `baselines=[]`, whose stages/data, stages/teacher and stages/student_baseline are
    symlinks to the seed's main run (same config -> same stage hash -> skipped; nothing is written into them: a
-   stage that would re-run fails on the link instead of deleting it). Its student_final is the variant's row.
+   stage that would re-run drops its link and runs in a folder of its own; the main run's is never deleted).
+   Its student_final is the variant's row.
 3. Aggregates every finished report.json under OUT into the table, written atomically (the aggregation, the
    "no difference" rule, the goals and the markdown are training/results_table.py).
 
