@@ -74,10 +74,15 @@ def test_fine_grid_x4_keep07_ft8_changes_only_the_fine_tune_length():
     assert ft8["finetune"].config["finetune"].epochs == 8 and keep07["finetune"].config["finetune"].epochs == 6
 
 
-def test_release_p024_reuses_the_release_data_with_a_finer_360_student():
-    release, p024 = _stages("release.yaml"), _stages("release_p024.yaml")
-    assert config_hash(p024["data"].config) == config_hash(release["data"].config)
-    assert config_hash(p024["student_baseline"].config) != config_hash(release["student_baseline"].config)
+def test_the_release_is_the_finer_360_student_and_the_previous_release_shares_its_data():
+    release, previous = _stages("release.yaml"), _stages("release_p032.yaml")
+    assert config_hash(previous["data"].config) == config_hash(release["data"].config)
+    assert config_hash(previous["student_baseline"].config) != config_hash(release["student_baseline"].config)
+    configs = {name: load_config(CompressConfig, COMPRESS / name) for name in ("release.yaml", "release_p032.yaml")}
+    assert configs["release.yaml"].student.config.endswith("pointpillars_tiny_360_p024.yaml")
+    assert configs["release_p032.yaml"].student.config.endswith("pointpillars_tiny_360.yaml")
+    # the shipped run's torch threads (part of every training stage's hash): 2 for the release, 1 for the previous
+    assert (configs["release.yaml"].training.threads, configs["release_p032.yaml"].training.threads) == (2, 1)
     grids = {n: Detector(load_train_config(REPO / "config" / "train" / f"{n}.yaml").model).grid
              for n in ("pointpillars_tiny_360", "pointpillars_tiny_360_p024")}
     coarse, fine = grids["pointpillars_tiny_360"], grids["pointpillars_tiny_360_p024"]
