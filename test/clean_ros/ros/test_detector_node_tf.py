@@ -33,7 +33,7 @@ from clean_ros.ros.node_diagnostics import STATUS_NAME, parse_diagnostic_values 
 from clean_ros.ros.node_process import DriverNode, NodeProcess  # noqa: E402
 from clean_ros.ros.pointcloud_msg import make_pointcloud2  # noqa: E402
 from clean_ros.ros.tf_buffer import tf_static_qos, transform_to_msg  # noqa: E402
-from shared_helpers import DEFAULT_BUNDLE, read_velodyne  # noqa: E402
+from shared_helpers import DEFAULT_BUNDLE, assert_same_detections, read_velodyne  # noqa: E402
 
 pytestmark = pytest.mark.ros
 NS = "/tf_test"
@@ -180,7 +180,9 @@ def test_sensor_height_parameter_gives_the_training_height_boxes_in_the_sensor_f
     from clean_ros.inference.pipeline import Pipeline
 
     torch.set_num_threads(1)
-    reference = Pipeline.from_bundle(DEFAULT_BUNDLE, backend="torch")(points).detections
-    assert len(reference) > 0 and len(boxes) == len(reference)
-    back = transform_boxes(boxes, kitti_from_high)[np.argsort(-scores)]
-    np.testing.assert_allclose(back[:, :6], reference.boxes[np.argsort(-reference.scores), :6], atol=2e-2)
+    pipeline = Pipeline.from_bundle(DEFAULT_BUNDLE, backend="torch")
+    reference = pipeline(points).detections
+    assert len(reference) > 0
+    thresholds = dict(zip(reference.class_names, pipeline.postprocess_settings.score_thresholds))
+    assert_same_detections((transform_boxes(boxes, kitti_from_high), scores, np.array(names)),
+                           (reference.boxes, reference.scores, np.asarray(reference.names)), thresholds)
