@@ -30,7 +30,8 @@ def assert_same_detections(got: tuple, want: tuple, threshold, edge: float = 0.0
     from scipy.optimize import linear_sum_assignment
 
     (g_boxes, g_scores, g_labels), (w_boxes, w_scores, w_labels) = (
-        (np.asarray(b, np.float64).reshape(-1, 7), np.asarray(s, np.float64), np.asarray(lab)) for b, s, lab in (got, want))
+        (np.asarray(b, np.float64).reshape(-1, 7), np.asarray(s, np.float64), np.asarray(lab))
+        for b, s, lab in (got, want))
     cost = (np.linalg.norm(g_boxes[:, None, :3] - w_boxes[None, :, :3], axis=2)
             + 100.0 * (g_labels[:, None] != w_labels[None, :]) + 10.0 * np.abs(g_scores[:, None] - w_scores[None, :]))
     g_idx, w_idx = linear_sum_assignment(cost)

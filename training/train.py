@@ -27,7 +27,8 @@ EXIT_SIGTERM = 143
 
 # What may change when resuming (everything else would change the run's trajectory).
 RESUME_OVERRIDABLE = {"max_iterations", "workers", "eval_interval", "eval_max_frames", "eval_batch_size",
-                      "log_interval", "checkpoint_interval", "keep_checkpoints", "data.root"}
+                      "log_interval", "log_grad_norms", "grad_norm_interval", "checkpoint_interval",
+                      "keep_checkpoints", "data.root"}
 
 
 class UsageError(Exception):

@@ -80,9 +80,13 @@ class TrainConfig:
     keep_checkpoints: int = 2  # epoch checkpoints kept besides last.pt and best.pt; 0 = keep all
     log_interval: int = 10  # iterations between CSV / TensorBoard loss rows
     # log each loss part's gradient norm over the trained parameters (one extra backward per part; single process
-    # only) every log_interval steps, and on an epoch's last step when it has none yet; on logged steps also the
-    # loss terms' / target hooks' diagnostics
+    # only) every grad_norm_interval steps, and on an epoch's last step when it has none yet; on logged steps also
+    # the loss terms' / target hooks' diagnostics
     log_grad_norms: bool = True
+    # Steps between them (on the first logged step at or after each multiple). On the log_interval cadence they
+    # took ~20 % of a KD fine-tune with 5 loss parts (docs/BENCH.md "Per-part gradient norms"); the trained weights
+    # do not depend on this.
+    grad_norm_interval: int = 100
     max_iterations: int = 0  # stop (with a checkpoint, as an interruption) after this many iterations; 0 = none
     init_checkpoint: str = ""  # start from these model weights (e.g. a pruned or teacher-initialised student)
     # Two-stage teacher (training.teacher_task.TeacherTask): set this and give `model` the same RPN config
@@ -101,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"batchnorm_momentum must be in (0, 1] or null, got {self.batchnorm_momentum}")
         if self.log_interval < 1:
             raise ValueError(f"log_interval must be >= 1, got {self.log_interval}")
+        if self.grad_norm_interval < 1:
+            raise ValueError(f"grad_norm_interval must be >= 1, got {self.grad_norm_interval}")
         if self.two_stage is not None and self.two_stage.rpn != self.model:
             raise ValueError("two_stage.rpn differs from model: `model` must be the teacher's RPN config (data and "
                              "evaluation follow it); load both from the same file and override both")

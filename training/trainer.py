@@ -160,6 +160,14 @@ class FitResult:
     seconds: float
 
 
+
+def grad_norms_due(global_step: int, log_interval: int, grad_norm_interval: int) -> bool:
+    """Whether step global_step (0-based) logs the per-part gradient norms by the cadence: the first step of the
+    log_interval cadence at or after each multiple of grad_norm_interval (steps counted from 1). Stateless, so a
+    resumed run keeps the cadence."""
+    step = global_step + 1
+    return step % log_interval == 0 and step % grad_norm_interval < log_interval
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, task: DetectionTask, train_set: Dataset, val_set: Dataset | None,
                  run_dir: RunDir, ctx: DistContext | None = None, progress: bool = True,
@@ -276,11 +284,14 @@ class Trainer:
                                      f"{self.state.iteration}: {parts}; try a lower optimizer.lr_max")
         on_cadence = (self.state.global_step + 1) % self.cfg.log_interval == 0
         logged = on_cadence or self.state.iteration + 1 == self.iters_per_epoch
-        # Per-part gradient norms cost one more backward per part: on the log_interval cadence, and on the epoch's
-        # last (always logged) step only when the epoch has none yet, so every epoch has them without paying a
-        # batch-sized extra per epoch (docs/BENCH.md "Training step: batch 1 vs batch 2").
+        # Per-part gradient norms cost one more backward per part: every grad_norm_interval steps (grad_norms_due),
+        # and on the epoch's last (always logged) step only when the epoch has none yet, so every epoch has them
+        # without paying a batch-sized extra per epoch (docs/BENCH.md "Training step: batch 1 vs batch 2",
+        # "Per-part gradient norms").
         part_norms = {}
-        if on_cadence or (logged and not self._epoch_has_grad_norms):
+        last_step = self.state.iteration + 1 == self.iters_per_epoch
+        if (grad_norms_due(self.state.global_step, self.cfg.log_interval, self.cfg.grad_norm_interval)
+                or (last_step and not self._epoch_has_grad_norms)):
             part_norms = self._part_grad_norms(result.parts)
             self._epoch_has_grad_norms = self._epoch_has_grad_norms or bool(part_norms)
         self.optimizer.zero_grad(set_to_none=True)
@@ -483,4 +494,5 @@ def _atomic_copy(src: Path, dst: Path) -> None:
         shutil.copyfileobj(source, target)
 
 
-__all__ = ["Trainer", "FitResult", "EpochSampler", "StopFlag", "seed_everything", "make_train_loader", "METRIC_NAME"]
+__all__ = ["Trainer", "FitResult", "EpochSampler", "StopFlag", "seed_everything", "make_train_loader", "METRIC_NAME",
+           "grad_norms_due"]

@@ -138,7 +138,7 @@ def kitti4(tmp_path_factory, kitti_sample) -> Path:
     return root
 
 
-def _train(data_root: Path, out: Path) -> dict[str, torch.Tensor]:
+def _train(data_root: Path, out: Path, grad_norm_interval: int = 3) -> dict[str, torch.Tensor]:
     from clean_ros.yaml_config import load_config
     from training.data.augment import Augmentor
     from training.data.kitti_dataset import KittiDataset
@@ -151,6 +151,7 @@ def _train(data_root: Path, out: Path) -> dict[str, torch.Tensor]:
         "name": "b2", "model": {"_base_": str(REPO / "config" / "pointpillars_tiny.yaml")},
         "data": {"root": str(data_root), "train_split": "train"},
         "epochs": 2, "batch_size": 2, "workers": 0, "eval_interval": 0, "log_interval": 3, "seed": 5,
+        "grad_norm_interval": grad_norm_interval,
         "augment": {"gt_sampling": False}})  # rotation, scaling, flip and point shuffling stay on (seeded per frame)
     seed_everything(cfg.seed)
     train_set = KittiDataset(cfg.data, "train", training=True,
@@ -163,8 +164,8 @@ def _train(data_root: Path, out: Path) -> dict[str, torch.Tensor]:
 
 def test_seeded_batch_2_training_repeats_exactly(kitti4, tmp_path, one_thread):
     """Two seeded runs (4 frames, batch 2: 2 steps per epoch, 2 epochs, log_interval 3) end bit-identical; the
-    per-part gradient norms come on the log_interval cadence (step 3) and on an epoch's last step only when that
-    epoch has none yet (step 2, not step 4); each epoch's mean of them is over the rows that have them."""
+    per-part gradient norms come on their cadence (grad_norm_interval 3: step 3) and on an epoch's last step only
+    when that epoch has none yet (step 2, not step 4); each epoch's mean of them is over the rows that have them."""
     first = _train(kitti4, tmp_path / "a")
     second = _train(kitti4, tmp_path / "b")
     assert first.keys() == second.keys()
@@ -253,3 +254,33 @@ def test_allocator_setting_stops_refaulting_freed_memory(one_thread):
     assert reason == "malloc left as set by MALLOC_TRIM_THRESHOLD_"
     _, reason = _faults(apply=True, steps=0, env_extra={"CLEAN_ROS_DEFAULT_MALLOC": "1"})
     assert reason == "malloc left to glibc's defaults (CLEAN_ROS_DEFAULT_MALLOC=1)"
+
+
+def test_the_gradient_norms_cadence_leaves_the_trained_weights_unchanged(kitti4, tmp_path, one_thread):
+    """The norms are extra backward passes (torch.autograd.grad, retain_graph) that touch no .grad, no batch-norm
+    statistic and no random state: training with them on every logged step or on none but the epochs' last gives
+    bit-identical weights, so the cadence is a cost setting only."""
+    every = _train(kitti4, tmp_path / "every", grad_norm_interval=1)
+    rare = _train(kitti4, tmp_path / "rare", grad_norm_interval=1000)
+    for name in every:
+        assert torch.equal(every[name], rare[name]), f"{name} depends on the gradient-norm cadence"
+    rows = {run: list(csv.DictReader((tmp_path / run / "losses.csv").open())) for run in ("every", "rare")}
+    assert [r["step"] for r in rows["every"] if r["grad/cls"] != ""] == ["2", "3"]  # 4: epoch 2 has them
+    assert [r["step"] for r in rows["rare"] if r["grad/cls"] != ""] == ["2", "4"]  # the epochs' last steps
+
+
+def test_gradient_norms_come_at_the_first_logged_step_of_each_interval():
+    """grad_norms_due: 0-based steps; the log_interval cadence at or after each multiple of grad_norm_interval."""
+    from clean_ros.yaml_config import ConfigError, load_config
+    from training.train_config import TrainConfig
+    from training.trainer import grad_norms_due
+    def due(log_interval, interval, steps=400):
+        return [s + 1 for s in range(steps) if grad_norms_due(s, log_interval, interval)]
+
+    assert due(10, 100) == [100, 200, 300, 400]
+    assert due(10, 10, 40) == [10, 20, 30, 40]       # the old cadence: every logged step
+    assert due(10, 3, 30) == [10, 20, 30]             # shorter than the log cadence: every logged step
+    assert due(30, 100) == [120, 210, 300]            # not a multiple: the first logged step at or after it
+    with pytest.raises((ValueError, ConfigError), match="grad_norm_interval must be >= 1"):
+        load_config(TrainConfig, data={"model": {"_base_": str(REPO / "config" / "pointpillars_tiny.yaml")},
+                                       "grad_norm_interval": 0})

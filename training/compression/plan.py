@@ -18,7 +18,8 @@ efficiency stage times (training.efficiency.measure_models, the report's own num
 latency; the prunable filters; every stage of training.compression.graph with its epochs, iterations and a time
 estimate. The estimate times `iterations` training steps (after one warm-up step) of the student, of the student
 with its distillation (teacher forward included) and of the teacher when this run trains it, on the run's device
-with its thread count, on the first training frames (unaugmented); stages whose cost is not measured say so.
+with its thread count, on the first training frames (unaugmented), with the Trainer's per-part gradient norms
+spread over their interval (train config grad_norm_interval); stages whose cost is not measured say so.
 
 Nothing is written: not the run folder, not the dataset (no GT database). A simulated dataset that does not exist
 yet is sized from its config; a few frames are simulated into a temporary folder for the timing.
@@ -163,10 +164,15 @@ def pruning_line(student, cfg: CompressConfig) -> tuple[str, int]:
 
 
 # --------------------------------------------------------------------------- timing
-def seconds_per_step(task, batch, iterations: int, device: torch.device, amp: bool) -> float:
-    """Median seconds of one training step (forward, losses, backward, optimiser) after one warm-up step."""
+def seconds_per_step(task, batch, iterations: int, device: torch.device, amp: bool,
+                     grad_norm_interval: int = 0) -> float:
+    """Median seconds of one training step (forward, losses, backward, optimiser) after one warm-up step.
+
+    grad_norm_interval > 0: plus the Trainer's per-part gradient norms (one more backward per loss part, every
+    grad_norm_interval steps), timed once and spread over the interval."""
     task.to(device).train()
-    optimizer = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=1e-5)
+    params = [p for p in task.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
     batch = batch.to(device)
 
     def step() -> float:
@@ -181,7 +187,17 @@ def seconds_per_step(task, batch, iterations: int, device: torch.device, amp: bo
         return time.perf_counter() - tic
 
     step()
-    return float(np.median([step() for _ in range(iterations)]))
+    seconds = float(np.median([step() for _ in range(iterations)]))
+    if grad_norm_interval > 0:
+        result = task(batch)
+        tic = time.perf_counter()
+        for loss in result.parts.values():
+            if loss.requires_grad:
+                torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds += (time.perf_counter() - tic) / grad_norm_interval
+    return seconds
 
 
 def _samples(dataset, count: int) -> list:
@@ -384,14 +400,16 @@ def _time_steps(cfg: CompressConfig, run, source, train_name: str, student_cfg, 
     model_cfg = student_cfg.model
     samples = _samples(source.split(train_name, model_cfg), cfg.training.batch_size)
     amp = bool(student_cfg.amp)
+    # the Trainer's per-part gradient norms (single process only), as the stages will log them
+    norms = student_cfg.grad_norm_interval if student_cfg.log_grad_norms and run.ctx.world_size == 1 else 0
     steps = {"student": seconds_per_step(DetectionTask(model_cfg, build_detector(model_cfg)),
                                          Collator.from_config(model_cfg, training=True)(samples), iterations,
-                                         device, amp)}
+                                         device, amp, norms)}
     if teacher_trained:  # before the distillation freezes the teacher
         rpn = teacher_task.cfg
         t_samples = _samples(source.split(train_name, rpn), cfg.training.batch_size)
         steps["teacher"] = seconds_per_step(teacher_task, Collator.from_config(rpn, training=True)(t_samples),
-                                            iterations, device, amp)
+                                            iterations, device, amp, norms)
     if cfg.distill.method != "none":
         student = build_detector(model_cfg)
         teacher_task.model.to(device).eval()
@@ -402,7 +420,7 @@ def _time_steps(cfg: CompressConfig, run, source, train_name: str, student_cfg, 
         task = DetectionTask(model_cfg, student, loss_terms=parts.loss_terms, target_hooks=parts.target_hooks,
                              extra_voxelizers=parts.voxelizers)
         batch = Collator.from_config(model_cfg, training=True, extra=parts.voxelizers)(samples)
-        steps["kd"] = seconds_per_step(task, batch, iterations, device, amp)
+        steps["kd"] = seconds_per_step(task, batch, iterations, device, amp, norms)
     return steps
 
 
