@@ -83,9 +83,9 @@ class TrainConfig:
     # only) every grad_norm_interval steps, and on an epoch's last step when it has none yet; on logged steps also
     # the loss terms' / target hooks' diagnostics
     log_grad_norms: bool = True
-    # Steps between them (on the first logged step at or after each multiple). On the log_interval cadence they
-    # took ~20 % of a KD fine-tune with 5 loss parts (docs/BENCH.md "Per-part gradient norms"); the trained weights
-    # do not depend on this.
+    # Steps between them (on the first logged step at or after each multiple). Every 10 steps they added 16-23 % to
+    # a step of the release recipe's training (docs/BENCH.md "Per-part gradient norms"); the trained weights do not
+    # depend on this.
     grad_norm_interval: int = 100
     max_iterations: int = 0  # stop (with a checkpoint, as an interruption) after this many iterations; 0 = none
     init_checkpoint: str = ""  # start from these model weights (e.g. a pruned or teacher-initialised student)

@@ -160,13 +160,13 @@ class FitResult:
     seconds: float
 
 
-
 def grad_norms_due(global_step: int, log_interval: int, grad_norm_interval: int) -> bool:
     """Whether step global_step (0-based) logs the per-part gradient norms by the cadence: the first step of the
     log_interval cadence at or after each multiple of grad_norm_interval (steps counted from 1). Stateless, so a
     resumed run keeps the cadence."""
     step = global_step + 1
     return step % log_interval == 0 and step % grad_norm_interval < log_interval
+
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, task: DetectionTask, train_set: Dataset, val_set: Dataset | None,
