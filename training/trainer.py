@@ -168,6 +168,20 @@ def grad_norms_due(global_step: int, log_interval: int, grad_norm_interval: int)
     return step % log_interval == 0 and step % grad_norm_interval < log_interval
 
 
+def part_grad_norms(parts: dict[str, torch.Tensor], params: list[torch.Tensor]) -> dict[str, float]:
+    """"grad/<part>" -> L2 norm of that loss part's gradient over params: one more backward per part, the graph kept
+    (retain_graph) and no .grad touched, so the step's own backward and the weights are unaffected."""
+    norms = {}
+    for name, loss in parts.items():
+        if not loss.requires_grad:
+            norms[f"grad/{name}"] = 0.0
+            continue
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        squares = [g.detach().float().pow(2).sum() for g in grads if g is not None]
+        norms[f"grad/{name}"] = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+    return norms
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, task: DetectionTask, train_set: Dataset, val_set: Dataset | None,
                  run_dir: RunDir, ctx: DistContext | None = None, progress: bool = True,
@@ -320,16 +334,7 @@ class Trainer:
         pulls, e.g. a KD term against the classification loss). Skipped under DDP (its reducer owns backward)."""
         if not self.cfg.log_grad_norms or self.ctx.distributed:
             return {}
-        params = [p for p in self.task.parameters() if p.requires_grad]
-        norms = {}
-        for name, loss in parts.items():
-            if not loss.requires_grad:
-                norms[f"grad/{name}"] = 0.0
-                continue
-            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            squares = [g.detach().float().pow(2).sum() for g in grads if g is not None]
-            norms[f"grad/{name}"] = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
-        return norms
+        return part_grad_norms(parts, [p for p in self.task.parameters() if p.requires_grad])
 
     def _stop_requested(self) -> bool:
         limit = self.cfg.max_iterations
@@ -495,4 +500,4 @@ def _atomic_copy(src: Path, dst: Path) -> None:
 
 
 __all__ = ["Trainer", "FitResult", "EpochSampler", "StopFlag", "seed_everything", "make_train_loader", "METRIC_NAME",
-           "grad_norms_due"]
+           "grad_norms_due", "part_grad_norms"]

@@ -189,11 +189,11 @@ def seconds_per_step(task, batch, iterations: int, device: torch.device, amp: bo
     step()
     seconds = float(np.median([step() for _ in range(iterations)]))
     if grad_norm_interval > 0:
+        from training.trainer import part_grad_norms
+
         result = task(batch)
         tic = time.perf_counter()
-        for loss in result.parts.values():
-            if loss.requires_grad:
-                torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        part_grad_norms(result.parts, params)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += (time.perf_counter() - tic) / grad_norm_interval
