@@ -61,8 +61,9 @@ def scan_scene(scene: Scene, cfg: SimConfig, rng: np.random.Generator,
     owner = hits.owner[order][kept]
     label_args = (scene.prims, scene.names, scene.boxes, points, owner, hits.unobstructed_rays, hits.visible_rays,
                   calib, cfg.labels, KITTI_IMAGE_SHAPE)
-    labels = make_labels(*label_args)
-    labels_all = make_labels(*label_args, all_around=True) if cfg.labels.write_all_around else None
+    labels = make_labels(*label_args, annotated_length=scene.annotated_length)
+    labels_all = make_labels(*label_args, all_around=True, annotated_length=scene.annotated_length) \
+        if cfg.labels.write_all_around else None
     return Frame(points, owner, labels, scene, labels_all)
 
 

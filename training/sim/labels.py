@@ -36,8 +36,9 @@ def occlusion_levels(unobstructed: np.ndarray, visible: np.ndarray, thresholds) 
 
 
 def label_boxes(prims: Primitives, object_yaw: np.ndarray, points: np.ndarray, point_owner: np.ndarray,
-                padding: float) -> tuple[np.ndarray, np.ndarray]:
-    """(M, 7) LiDAR boxes holding each object's primitives and returns, yaw rounded as the label file will hold it.
+                padding: float, min_length: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(M, 7) LiDAR boxes holding each object's primitives and returns, yaw rounded as the label file will hold it;
+    min_length (M,): grow a box along its heading, about its centre, to at least this length (an annotator's box).
 
     Returns (boxes, rotation_y) with rotation_y already at two decimals.
     """
@@ -62,6 +63,10 @@ def label_boxes(prims: Primitives, object_yaw: np.ndarray, points: np.ndarray, p
     np.minimum.at(lo, point_owner[has], local_pts)
     np.maximum.at(hi, point_owner[has], local_pts)
 
+    if min_length is not None:
+        grow = np.maximum(np.asarray(min_length, np.float64) - (hi[:, 0] - lo[:, 0]) - padding, 0.0) / 2
+        lo[:, 0] -= grow
+        hi[:, 0] += grow
     centre_local = (lo + hi) / 2
     centre_world = np.einsum("mji,mj->mi", axes, centre_local)
     size = np.ceil((hi - lo + padding) * 100.0) / 100.0
@@ -98,10 +103,11 @@ def _truncation_and_bbox(boxes: np.ndarray, location, dims, rotation_y, calib: C
 
 def make_labels(prims: Primitives, names: np.ndarray, object_boxes: np.ndarray, points: np.ndarray,
                 point_owner: np.ndarray, unobstructed: np.ndarray, visible: np.ndarray, calib: Calibration,
-                cfg: LabelConfig, image_shape: tuple[int, int], all_around: bool = False) -> FrameLabels:
+                cfg: LabelConfig, image_shape: tuple[int, int], all_around: bool = False,
+                annotated_length: np.ndarray | None = None) -> FrameLabels:
     """Labels of the objects with at least cfg.min_points returns: inside the camera image (KITTI's label_2), or
     anywhere around the sensor with all_around (label_all; rows of objects outside the image have truncation 1 and
-    an empty 2D box)."""
+    an empty 2D box). annotated_length (M,): Scene.annotated_length, used when cfg.annotated_length is on."""
     m = len(names)
     of_object = point_owner >= 0
     if all_around:
@@ -110,7 +116,8 @@ def make_labels(prims: Primitives, names: np.ndarray, object_boxes: np.ndarray, 
         seen = in_image(points[of_object, :3].astype(np.float64), calib, image_shape)
         counted = np.bincount(point_owner[of_object][seen], minlength=m)[:m]
     keep = np.flatnonzero(counted >= cfg.min_points)
-    boxes, rotation_y = label_boxes(prims, object_boxes[:, 6], points, point_owner, cfg.box_padding)
+    min_length = annotated_length if cfg.annotated_length and annotated_length is not None else None
+    boxes, rotation_y = label_boxes(prims, object_boxes[:, 6], points, point_owner, cfg.box_padding, min_length)
     boxes, rotation_y = boxes[keep], rotation_y[keep]
     location, dims, _ = boxes_lidar_to_camera(boxes, calib)
     truncation, bbox = _truncation_and_bbox(boxes, location, dims, rotation_y, calib, image_shape)

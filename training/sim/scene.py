@@ -35,6 +35,7 @@ class Scene(NamedTuple):
     prims: Primitives  # world (LiDAR) frame; owner indexes names/boxes
     names: np.ndarray  # (M,) KITTI class of each object
     boxes: np.ndarray  # (M, 7) tight LiDAR boxes (x, y, z centre, l, w, h, yaw)
+    annotated_length: np.ndarray | None = None  # (M,) an annotator's box length per object, 0 = none (PartList)
 
 
 def sample_size(name: str, rng: np.random.Generator) -> tuple[float, float, float]:
@@ -70,6 +71,7 @@ def model_parts(name: str, rng: np.random.Generator, cfg: SceneConfig | None = N
 class PlacedObject:
     prims: Primitives  # world frame
     box: np.ndarray  # (7,) tight box
+    annotated_length: float = 0.0  # PartList.annotated_length
 
 
 def place(parts: PartList, x: float, y: float, ground_z: float, yaw: float, rng: np.random.Generator,
@@ -80,7 +82,8 @@ def place(parts: PartList, x: float, y: float, ground_z: float, yaw: float, rng:
     translation = np.array([x, y, ground_z])
     centre = rotation @ ((lo + hi) / 2) + translation
     size = hi - lo
-    return PlacedObject(transform(local, rotation, translation), np.array([*centre, *size, normalize_yaw_np(yaw)]))
+    return PlacedObject(transform(local, rotation, translation), np.array([*centre, *size, normalize_yaw_np(yaw)]),
+                        float(parts.annotated_length))
 
 
 def footprints_overlap(box: np.ndarray, others: np.ndarray, margin: float = 0.3) -> bool:
@@ -140,7 +143,8 @@ class SceneBuilder:
     def build(self) -> Scene:
         prims = Primitives.concat(self.background + [o.prims for o in self.objects])
         boxes = np.array([o.box for o in self.objects]).reshape(-1, 7)
-        return Scene(self.ground, prims, np.array(self.names, dtype="<U16"), boxes)
+        return Scene(self.ground, prims, np.array(self.names, dtype="<U16"), boxes,
+                     np.array([o.annotated_length for o in self.objects], dtype=np.float64))
 
 
 # --------------------------------------------------------------------------- street scene
@@ -268,7 +272,8 @@ def sample_scene(cfg: SceneConfig, sensor: SensorConfig, rng: np.random.Generato
     slots = {"Car": vehicle_slot, "Van": vehicle_slot, "Pedestrian": pedestrian_slot, "Cyclist": cyclist_slot}
     populate(extra, lambda n: slots[n](n), count(cfg.extra_objects), front=False)
     _add_clutter(b, ground, cfg, s_range)
-    if cfg.hedges_per_100m or cfg.fences_per_100m or cfg.street_furniture[1] or cfg.riderless_bicycles[1]:
+    if (cfg.hedges_per_100m or cfg.fences_per_100m or cfg.street_furniture[1] or cfg.riderless_bicycles[1]
+            or cfg.narrow_objects[1]):
         add_roadside_extras(b, ground, cfg, s_range)
     return b.build()
 

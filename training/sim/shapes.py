@@ -119,6 +119,9 @@ class PartList:
     def __init__(self, albedo: dict | None = None) -> None:
         self.rows: list[tuple] = []
         self.albedo = dict(albedo or {})  # fixed albedo of some materials (a black car's paint); others are drawn
+        # the box length an annotator gives this object (the KITTI-statistics length it was drawn with), 0 = none:
+        # labels.annotated_length grows the tight label box to it (LabelConfig)
+        self.annotated_length = 0.0
 
     def box(self, centre, half, material, rotation=None) -> "PartList":
         self.rows.append((Kind.BOX, centre, np.eye(3) if rotation is None else rotation, half, material))
@@ -260,9 +263,11 @@ def trailer_parts(l: float, w: float, h: float, rng: np.random.Generator) -> Par
 
 def pedestrian_parts(l: float, w: float, h: float, rng: np.random.Generator, phase: float | None = None,
                      leg_r: float = 0.065, arm_r: float = 0.045, parts: PartList | None = None) -> PartList:
-    """Two legs, torso, two arms, head. Stride and arm swing follow the sampled box length/width.
+    """Two legs, torso, two arms, head. Stride and arm swing follow the sampled box length/width, so the tight box
+    is shorter than l (l is kept as the annotated length, LabelConfig.annotated_length).
     parts: add to this PartList (e.g. one with a fixed clothes albedo) instead of a new one."""
     p = PartList() if parts is None else parts
+    p.annotated_length = l
     head_r = 0.105 * h / 1.76
     hip_z = 0.50 * h
     shoulder_z = 0.81 * h

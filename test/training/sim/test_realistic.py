@@ -14,10 +14,10 @@ from training.sim.car_families import CAR_FAMILIES, FAMILIES, family_parts, samp
 from training.sim.generate import generate_frame, scan_scene
 from training.sim.ground import Ground
 from training.sim.people import pedestrian_variant
-from training.sim.roadside import add_roadside_extras, hedge_parts
+from training.sim.roadside import NARROW, add_roadside_extras, hedge_parts, narrow_parts
 from training.sim.scene import SceneBuilder, model_parts, sample_scene
 from training.sim.sensor import ego_blocked, ego_body_boxes, laser_origin_heights, ray_grid
-from training.sim.shapes import Material, local_bounds
+from training.sim.shapes import Material, PartList, local_bounds
 from training.sim.sim_config import PRESETS, SimConfig, SimConfigError, config_from_dict, load_config
 from training.sim.writer import ALL_AROUND_LABELS, write_frame
 from training.simulate import simulate_dataset
@@ -189,6 +189,79 @@ def test_roadside_extras_are_unlabelled_and_bicycles_have_no_rider():
     materials = set(scene.prims.material.tolist())
     assert {Material.VEGETATION, Material.TYRE, Material.METAL} <= materials
     assert Material.CLOTH_SKIN not in materials  # parked bicycles: no rider
+
+
+def test_narrow_objects_are_upright_person_sized_and_never_people():
+    """Every kind: 0.8-3.4 m tall, at most 1.3 m across, no cloth/skin; a random stack stands on a solid base (one
+    part at least 0.5 m across touching the ground), not on two legs."""
+    for kind in NARROW:
+        for seed in range(25):
+            parts = narrow_parts(np.random.default_rng(seed), kind)
+            prims = parts.build(np.random.default_rng(0))
+            size = _local_size(parts)
+            assert 0.8 <= size[2] <= 3.4, (kind, seed, size)
+            assert size[:2].max() <= 1.3, (kind, seed, size)
+            assert Material.CLOTH_SKIN not in set(prims.material.tolist())
+    for seed in range(25):
+        prims = narrow_parts(np.random.default_rng(seed), "stack").build(np.random.default_rng(0))
+        lo, hi = local_bounds(prims)
+        assert len(prims.material) in (2, 3)
+        assert (hi[0] - lo[0]) >= 0.5 and (hi[1] - lo[1]) >= 0.5
+    with pytest.raises(SimConfigError, match="narrow_objects"):
+        config_from_dict({"scene": {"narrow_objects": [5, 2]}})
+
+
+def test_narrow_objects_stand_unlabelled_beside_the_road_and_are_off_by_default():
+    cfg = config_from_dict({"scene": {"narrow_objects": [12, 12]}}).scene
+    b = SceneBuilder(_flat_ground(), np.random.default_rng(0))
+    add_roadside_extras(b, _flat_ground(), cfg, (-40.0, 40.0))
+    scene = b.build()
+    assert len(scene.names) == 0 and (scene.prims.owner == -1).all()
+    assert scene.prims.count >= 10  # most of the 12 find a free place (5 tries each)
+    assert config_from_dict({}).scene.narrow_objects == (0, 0)
+    assert config_from_dict({}, preset="realistic").scene.narrow_objects == (0, 0)  # the released data is unchanged
+    off = SceneBuilder(_flat_ground(), np.random.default_rng(0))
+    add_roadside_extras(off, _flat_ground(), config_from_dict({}).scene, (-40.0, 40.0))
+    assert off.build().prims.count == 0
+
+
+def test_annotated_length_gives_pedestrians_kittis_box_length_not_the_tight_one():
+    """KITTI pedestrians are labelled l 0.84 +- 0.23 m; the tight box of a walking model is a third shorter. With
+    labels.annotated_length the label grows along the heading, about its centre, to the drawn KITTI length; off,
+    the labels stay the tight boxes."""
+    lengths = {}
+    for on in (False, True):
+        cfg = config_from_dict({"sensor": {"azimuth_resolution_deg": 0.4}, "labels": {"annotated_length": on}},
+                               preset="realistic")
+        rows, drawn = [], []
+        for index in range(6):
+            frame = generate_frame(cfg, 21, index)
+            ped = frame.labels_all.objects.names == "Pedestrian"
+            rows.append(frame.labels_all.boxes[ped])
+            drawn.append(frame.scene.annotated_length[frame.labels_all.object_index[ped]])
+        boxes, drawn = np.concatenate(rows), np.concatenate(drawn)
+        assert len(boxes) >= 10 and (drawn > 0.3).all()
+        if on:
+            assert (boxes[:, 3] >= drawn - 1e-6).all()
+        lengths[on] = boxes[:, 3]
+    assert lengths[False].mean() < 0.65 < 0.75 < lengths[True].mean()
+    assert np.array_equal(lengths[True], np.maximum(lengths[True], lengths[False]))  # grown, never shrunk
+
+
+def test_label_boxes_grow_to_min_length_about_the_centre():
+    from training.sim.labels import label_boxes
+
+    parts = PartList().box((0.3, 0.0, 0.9), (0.2, 0.25, 0.9), Material.CLOTH_SKIN)
+    prims = parts.build(np.random.default_rng(0), owner=0)
+    yaw = np.array([np.pi / 2])  # heading along world y: the label's length is the part's 0.5 m side
+    no_points = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+    tight, _ = label_boxes(prims, yaw, *no_points, padding=0.02)
+    grown, _ = label_boxes(prims, yaw, *no_points, padding=0.02, min_length=np.array([0.9]))
+    kept, _ = label_boxes(prims, yaw, *no_points, padding=0.02, min_length=np.array([0.2]))
+    # + 0.02 padding, rounded up to the centimetre
+    assert tight[0, 3] == pytest.approx(0.52, abs=0.011) and grown[0, 3] == pytest.approx(0.9, abs=0.011)
+    np.testing.assert_allclose(grown[0, [0, 1, 2, 4, 5, 6]], tight[0, [0, 1, 2, 4, 5, 6]], atol=1e-9)
+    np.testing.assert_array_equal(kept, tight)
 
 
 # --------------------------------------------------------------------------- sensor and vegetation
