@@ -60,8 +60,14 @@ def family_size(family: str, rng: np.random.Generator) -> tuple[float, float, fl
     return float(l), float(w), float(h)
 
 
-def family_parts(family: str, rng: np.random.Generator, dark_fraction: float = 0.0) -> PartList:
-    """A car of `family` with origin at the bottom centre, x forward; its tight box is (l, w, h) of family_size."""
+def family_parts(family: str, rng: np.random.Generator, dark_fraction: float = 0.0,
+                 bonnet_drop: tuple[float, float] = (0.0, 0.0)) -> PartList:
+    """A car of `family` with origin at the bottom centre, x forward; its tight box is (l, w, h) of family_size.
+
+    bonnet_drop (m, drawn uniformly; (0, 0) = off, nothing drawn): the bonnet falls by this much from the base of the
+    windscreen to the nose, in three steps. Without it the lower body is one box, as high at the nose as at the tail,
+    and a sedan (cabin near the middle, raked glass both ends) is the same seen from the front and from behind:
+    models trained on it turn 29 % of the low cars they find (SceneConfig.bonnet_drop)."""
     fam = FAMILIES[family]
     l, w, h = family_size(family, rng)
     u = lambda lo_hi: float(rng.uniform(*lo_hi))  # noqa: E731
@@ -75,12 +81,19 @@ def family_parts(family: str, rng: np.random.Generator, dark_fraction: float = 0
     belt = clearance + (h - clearance) * u(fam.belt)
     wheel_r = float(np.clip(0.25 + 0.016 * l + (0.03 if family == "suv" else 0.0), 0.28, 0.38))
     wheelbase_half = l / 2 - (0.95 if family == "van" else 0.80)
-    # lower body up to the belt line, a sill strip below it (the body is narrower at the bottom)
-    p.box((0.0, 0.0, (clearance + 0.10 + belt) / 2), (l / 2, body_w / 2, (belt - clearance - 0.10) / 2),
-          Material.CAR_PAINT)
-    p.box((0.0, 0.0, clearance + 0.05), (l / 2 - 0.15, body_w / 2 - 0.05, 0.05), Material.CAR_PAINT)
     # cabin (greenhouse): glass sides with a painted roof; x measured from the tail
     x_front = -l / 2 + l * u(fam.cabin_front)
+    drop = u(bonnet_drop) if bonnet_drop[1] > 0 else 0.0
+    # lower body up to the belt line (the bonnet in three falling steps when drop > 0), a sill strip below it (the
+    # body is narrower at the bottom)
+    base = clearance + 0.10
+    sections = [(-l / 2, x_front if drop > 0 else l / 2, belt)]
+    if drop > 0:
+        edges = np.linspace(x_front, l / 2, 4)
+        sections += [(edges[i], edges[i + 1], belt - drop * (i + 1) / 3) for i in range(3)]
+    for x0, x1, top in sections:
+        p.box(((x0 + x1) / 2, 0.0, (base + top) / 2), ((x1 - x0) / 2, body_w / 2, (top - base) / 2), Material.CAR_PAINT)
+    p.box((0.0, 0.0, clearance + 0.05), (l / 2 - 0.15, body_w / 2 - 0.05, 0.05), Material.CAR_PAINT)
     x_rear = -l / 2 + l * u(fam.cabin_rear)
     cabin_h = h - belt
     cabin_w = body_w * rng.uniform(0.82, 0.90)
@@ -113,8 +126,8 @@ def family_parts(family: str, rng: np.random.Generator, dark_fraction: float = 0
     for sx in (-1, 1):
         p.box((sx * (l / 2 - 0.01), 0.0, plate_z), (0.01, 0.26, 0.06), Material.RETROREFLECTOR)
         for sy in (-1, 1):
-            p.box((sx * (l / 2 - 0.01), sy * (body_w / 2 - 0.12), belt - 0.10), (0.01, 0.10, 0.05),
-                  Material.RETROREFLECTOR)
+            p.box((sx * (l / 2 - 0.01), sy * (body_w / 2 - 0.12), belt - (drop if sx > 0 else 0.0) - 0.10),
+                  (0.01, 0.10, 0.05), Material.RETROREFLECTOR)
     return p
 
 

@@ -47,7 +47,7 @@ def sample_size(name: str, rng: np.random.Generator) -> tuple[float, float, floa
 def model_parts(name: str, rng: np.random.Generator, cfg: SceneConfig | None = None) -> PartList:
     """Parts of one object of KITTI class `name`; cfg's realistic options choose car families / pedestrian variety."""
     if cfg is not None and cfg.car_families and name in ("Car", "Van"):
-        return family_parts(sample_family(name, rng), rng, cfg.dark_car_fraction)
+        return family_parts(sample_family(name, rng), rng, cfg.dark_car_fraction, cfg.bonnet_drop)
     if cfg is not None and cfg.pedestrian_variety and name == "Pedestrian":
         return pedestrian_variant(sample_size(name, rng), rng)[0]
     l, w, h = sample_size(name, rng)

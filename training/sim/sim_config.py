@@ -78,6 +78,9 @@ class SceneConfig:
     # 360-degree model sees objects behind and beside the car about as densely as in front
     car_families: bool = False  # sedan / hatchback / estate / SUV / van shapes, number plates and lamps
     dark_car_fraction: float = 0.0  # of the cars, painted black or dark grey (few, weak returns at range)
+    # with car_families: the bonnet falls this much (m, drawn uniformly) from the windscreen to the nose, so the front
+    # of a car is lower than its tail as on real cars; (0, 0) = off (car_families.family_parts)
+    bonnet_drop: tuple[float, float] = (0.0, 0.0)
     pedestrian_variety: bool = False  # children, standing / walking / bag-carrying poses
     group_probability: float = 0.0  # a pedestrian comes with 1-3 companions walking together
     parked_row_probability: float = 0.0  # per kerb side: a row of parked cars, nose to tail
@@ -235,6 +238,8 @@ def _validate(cfg: SimConfig, source: str) -> None:
     sc = cfg.scene
     for name in ("dark_car_fraction", "group_probability", "parked_row_probability", "intersection_probability"):
         checks.append((0 <= getattr(sc, name) <= 1, f"scene.{name} must be a probability in [0, 1]"))
+    lo, hi = cfg.scene.bonnet_drop
+    checks.append((0 <= lo <= hi <= 0.5, "scene.bonnet_drop must be [low, high] m with 0 <= low <= high <= 0.5"))
     for name in ("hedges_per_100m", "fences_per_100m", "max_camber", "ground_roughness", "extra_radius"):
         checks.append((getattr(sc, name) >= 0, f"scene.{name} must be >= 0"))
     for name in ("cars", "pedestrians", "cyclists", "misc", "extra_objects", "lanes", "clutter", "riderless_bicycles",

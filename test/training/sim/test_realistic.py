@@ -109,6 +109,35 @@ def test_car_families_have_their_dimensions_and_silhouettes():
     assert 3.8 < mix_l < 4.2
 
 
+def _painted_top(prims, x: float) -> float:
+    """Highest painted-box surface above local x (boxes of a family car are axis-aligned, size = half extents)."""
+    box = (prims.material == Material.CAR_PAINT) & (np.abs(prims.centre[:, 0] - x) <= prims.size[:, 0])
+    box &= np.abs(prims.size[:, 2]) > 0.06  # the body, not the thin roof panel
+    return float((prims.centre[box, 2] + prims.size[box, 2]).max())
+
+
+def test_bonnet_drop_makes_the_nose_lower_than_the_tail():
+    """Off (the realistic preset), a sedan's body is as high at the nose as at the tail: front and back look alike,
+    and models turn such cars. With scene.bonnet_drop the body steps down from the windscreen to the nose by the
+    drawn drop, for every family; the car keeps its length, plates and lamps."""
+    for family in FAMILIES:
+        for seed in range(5):
+            flat = family_parts(family, np.random.default_rng(seed)).build(np.random.default_rng(0))
+            lo, hi = local_bounds(flat)
+            nose, tail = hi[0] - 0.05, lo[0] + 0.05
+            assert _painted_top(flat, nose) == pytest.approx(_painted_top(flat, tail))
+            parts = family_parts(family, np.random.default_rng(seed), bonnet_drop=(0.15, 0.25))
+            dropped = parts.build(np.random.default_rng(0))
+            lo2, hi2 = local_bounds(dropped)
+            np.testing.assert_allclose(hi2[:2] - lo2[:2], hi[:2] - lo[:2], atol=1e-9)
+            assert 0.15 - 1e-9 <= _painted_top(dropped, tail) - _painted_top(dropped, nose) <= 0.25 + 1e-9
+            assert (dropped.material == Material.RETROREFLECTOR).sum() == 6
+    cfg = config_from_dict({"scene": {"bonnet_drop": [0.1, 0.2]}}, preset="realistic").scene
+    assert cfg.bonnet_drop == (0.1, 0.2) and config_from_dict({}, preset="realistic").scene.bonnet_drop == (0, 0)
+    with pytest.raises(SimConfigError, match="bonnet_drop"):
+        config_from_dict({"scene": {"bonnet_drop": [0.3, 0.1]}})
+
+
 def test_dark_paint_and_scene_option_pick_family_models():
     rng = np.random.default_rng(1)
     dark = family_parts("sedan", rng, dark_fraction=1.0).build(rng)
