@@ -67,7 +67,8 @@ def family_parts(family: str, rng: np.random.Generator, dark_fraction: float = 0
     bonnet_drop (m, drawn uniformly; (0, 0) = off, nothing drawn): the bonnet falls by this much from the base of the
     windscreen to the nose, in three steps. Without it the lower body is one box, as high at the nose as at the tail,
     and a sedan (cabin near the middle, raked glass both ends) is the same seen from the front and from behind:
-    models trained on it turn 29 % of the low cars they find (SceneConfig.bonnet_drop)."""
+    models trained on it turn 29 % of the low cars they find. Trained on once, the step did not measurably lower that
+    (docs/SIMULATOR.md, SceneConfig.bonnet_drop)."""
     fam = FAMILIES[family]
     l, w, h = family_size(family, rng)
     u = lambda lo_hi: float(rng.uniform(*lo_hi))  # noqa: E731

@@ -89,7 +89,8 @@ class SceneConfig:
     fences_per_100m: float = 0.0  # per side: post-and-rail fences, guard rails
     street_furniture: tuple[int, int] = (0, 0)  # signs, bus shelters, hydrants, cones, planters, benches
     # upright person-sized things (saplings, shrubs, traffic lights, sign posts, kiosks, pillars, random stacks):
-    # roadside.narrow_parts; the negatives behind the real frames' narrow Pedestrian / Cyclist false positives
+    # roadside.narrow_parts; tried as negatives for the real frames' narrow Pedestrian / Cyclist false positives, but
+    # the shipped model already ignores them (docs/SIMULATOR.md)
     narrow_objects: tuple[int, int] = (0, 0)
 
 
