@@ -1,5 +1,6 @@
 """Roadside elements of the realistic preset: hedges and bush clusters, fences and guard rails, street furniture,
-parked bicycles and (scene.narrow_objects) upright person-sized things. None of them is labelled: they are what a detector must learn NOT to call an object.
+parked bicycles and (scene.narrow_objects) upright person-sized things. None of them is labelled: they are what a
+detector must learn NOT to call an object.
 
 Measured on the real KITTI frames (docs/SIMULATOR.md): a real street is lined with foliage that returns a thick,
 scattered band of points (see SensorConfig.vegetation_porosity / vegetation_depth for the scattering), with
@@ -117,7 +118,7 @@ NARROW = ("sapling", "shrub", "traffic_light", "sign_post", "kiosk", "pillar", "
 
 
 def narrow_parts(rng: np.random.Generator, kind: str | None = None) -> PartList:
-    """An upright, person-sized (1-3.2 m tall, <= 1.2 m across) thing that is neither a pedestrian nor a cyclist.
+    """An upright, person-sized (0.8-3.4 m tall, <= 1.3 m across) thing that is neither a pedestrian nor a cyclist.
 
     Why: on the real KITTI frames, half of the released student's false positives were Pedestrian / Cyclist boxes on
     narrow vertical objects 1.4-2.9 m tall (docs/RELEASE.md). The simulator had few such negatives (signs, poles,
