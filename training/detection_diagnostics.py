@@ -24,7 +24,9 @@ What counts, chosen to agree with what the KITTI devkit scores (clean_ros/metric
   the devkit ignores at every difficulty) - that overlap no
   labelled object of any class (any difficulty; Van, Truck, Misc... included) at BEV IoU >= 0.25 and lie in no
   DontCare region (2D intersection / the detection's own area > the class's devkit minimum overlap, the devkit's
-  test).
+  test). Of these, the ones whose box centre projects outside the image are also counted apart: a box beside the
+  image with one corner in view is scored by the devkit, but labels drawn on the image rarely hold the object (a
+  360-degree model finds real cars there that no label_2 row can match).
 - Confusions: each scored labelled object (every class of the labels) -> the class of the detection that overlaps
   it most in BEV, when that IoU >= 0.25, else "none". Rows therefore sum to the number of objects.
 - Detections per frame: all of them, those in the camera view, and those the devkit scores (whatever they match).
@@ -50,7 +52,7 @@ import torch
 
 from clean_ros.cloud.geometry import bev_iou, points_in_boxes
 from clean_ros.cloud.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiObjects, boxes_in_image,
-                                   difficulty_levels, labels_from_lidar_boxes, normalize_yaw_np)
+                                   centres_in_image, difficulty_levels, labels_from_lidar_boxes, normalize_yaw_np)
 from clean_ros.metrics.kitti_eval import DIFFICULTIES, MIN_HEIGHT, MIN_OVERLAP, evaluate, image_overlap
 from clean_ros.types import Detections
 from training.data.kitti_dataset import DONT_CARE, ground_truth_from_annotations
@@ -112,6 +114,8 @@ class FrameMatch:
     detection_in_view: np.ndarray  # (N,) bool: part of the box is in the camera image
     detection_scored: np.ndarray  # (N,) bool: in the camera view and tall enough for the devkit
     false_positive: np.ndarray  # (N,) bool
+    # (N,) bool: the box's 3D centre projects into the image (boxes_in_image keeps a box with one corner in view)
+    detection_centre_in_image: np.ndarray
     detection_rows: KittiObjects  # (N,) the detections as KITTI label rows (camera frame, projected 2D box)
 
 
@@ -194,7 +198,10 @@ def match_frame(frame: LabelledFrame, detections: Detections, points: np.ndarray
                       best_same_class_iou=best_same, found_score=found_score, detected_as=np.asarray(detected_as, dtype=str),
                       heading_error=heading_error,
                       detection_names=det_names, detection_in_view=in_view, detection_scored=scored,
-                      false_positive=scored & ~overlaps_object & ~covered, detection_rows=det_rows)
+                      false_positive=scored & ~overlaps_object & ~covered,
+                      detection_centre_in_image=centres_in_image(det_rows.location, det_rows.dimensions, frame.calib,
+                                                                 frame.image_shape),
+                      detection_rows=det_rows)
 
 
 def _ratio(found: int, total: int) -> float | None:
@@ -289,11 +296,13 @@ def summarize(frames: list[LabelledFrame], matches: list[FrameMatch], class_name
     det_scored = np.array([int(m.detection_scored.sum()) for m in matches], dtype=np.int64)
     fp = np.array([int(m.false_positive.sum()) for m in matches], dtype=np.int64)
     fp_names = np.concatenate([m.detection_names[m.false_positive] for m in matches]) if matches else np.zeros(0, str)
+    fp_beside = sum(int((m.false_positive & ~m.detection_centre_in_image).sum()) for m in matches)
     return {
         "frames": n,
         "recall": _recall_table(matches, class_names),
         "false_positives": {"total": int(fp.sum()), "per_frame": float(fp.sum()) / n if n else None,
-                            "by_class": {c: int((fp_names == c).sum()) for c in class_names}, "iou": MATCH_IOU},
+                            "by_class": {c: int((fp_names == c).sum()) for c in class_names}, "iou": MATCH_IOU,
+                            "centre_outside_image": fp_beside},
         "confusion": _confusion(matches, class_names),
         "heading": _headings(matches, class_names),
         "detections": {"total": int(det_total.sum()), "per_frame": float(det_total.sum()) / n if n else None,

@@ -243,6 +243,9 @@ def format_report(report: dict) -> str:
                  + ", ".join(f"{c} {n}" for c, n in fp["by_class"].items())
                  + f"; scored detections overlapping no labelled object at BEV IoU >= {fp['iou']:g}, "
                    "DontCare regions excluded)")
+    if fp.get("centre_outside_image"):
+        lines.append(f"  of which {fp['centre_outside_image']} have the box centre outside the image (only a corner in "
+                     f"view; labels drawn on the image rarely hold such objects)")
     if det["per_frame"] is not None:
         lines.append(f"Detections per frame: {det['per_frame']:.2f} (in the camera view "
                      f"{det['in_camera_view_per_frame']:.2f}, scored by the devkit {det['scored_per_frame']:.2f})")

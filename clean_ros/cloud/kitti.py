@@ -272,6 +272,22 @@ def boxes_in_image(bbox: np.ndarray) -> np.ndarray:
     return (bbox[:, 2] > bbox[:, 0]) & (bbox[:, 3] > bbox[:, 1])
 
 
+def centres_in_image(location: np.ndarray, dimensions_hwl: np.ndarray, calib: Calibration,
+                     image_shape: tuple[int, int] = DEFAULT_IMAGE_SHAPE) -> np.ndarray:
+    """(N,) True where a camera-frame box's 3D centre (location = bottom centre, y down) projects into the image
+    in front of the camera. boxes_in_image also keeps a box of which only a corner is in view; this says whether the
+    object is mostly in the camera's view, where labels drawn on the image can hold it."""
+    location = np.asarray(location, dtype=np.float64).reshape(-1, 3)
+    if not len(location):
+        return np.zeros(0, dtype=bool)
+    centre = location.copy()
+    centre[:, 1] -= np.asarray(dimensions_hwl, dtype=np.float64).reshape(-1, 3)[:, 0] / 2  # y points down
+    uv, depth = calib.rect_to_image(centre)
+    with np.errstate(invalid="ignore"):
+        inside = (uv[:, 0] >= 0) & (uv[:, 0] < image_shape[1]) & (uv[:, 1] >= 0) & (uv[:, 1] < image_shape[0])
+    return inside & (depth > 0.1)
+
+
 def observation_angle(location: np.ndarray, rotation_y: np.ndarray) -> np.ndarray:
     """KITTI alpha = rotation_y minus the viewing-ray angle, wrapped to [-pi, pi)."""
     return normalize_yaw_np(rotation_y - np.arctan2(location[:, 0], location[:, 2]))

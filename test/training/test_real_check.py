@@ -465,6 +465,28 @@ def test_box_beside_the_image_would_reach_the_devkit_as_a_full_height_box():
     assert boxes_in_image(rows.bbox).tolist() == [False, True, False]
 
 
+def test_false_positives_with_the_centre_beside_the_image_are_counted_apart():
+    """A box with only a corner in the image is scored (a false positive when no label holds it); the report says how
+    many of the false positives are such boxes, whose object the camera-drawn labels rarely hold."""
+    calib = _camera()  # at x = 10 m the image spans |y| < 8.86 m
+    dets = _detections([("Car", _box(10, 9.5, 4, 1.8, 1.5)),   # centre beside the image, near corner in view
+                        ("Car", _box(10, 5.0, 4, 1.8, 1.5)),   # wholly in view
+                        ("Car", _box(10, -12.0, 4, 1.8, 1.5)),  # wholly beside: not in view, not scored
+                        ("Car", _box(-10, 0, 4, 1.8, 1.5))])   # behind the camera
+    frame = LabelledFrame("a", parse_labels(""), calib)
+    match = match_frame(frame, dets)
+    assert match.detection_in_view.tolist() == [True, True, False, False]
+    assert match.detection_centre_in_image.tolist() == [False, True, False, False]
+    assert match.false_positive.tolist() == [True, True, False, False]
+    report = summarize([frame], [match], CLASSES)
+    assert (report["false_positives"]["total"], report["false_positives"]["centre_outside_image"]) == (2, 1)
+    text = real_check.format_report({**report, "ap": {}})
+    assert "of which 1 have the box centre outside the image" in text
+    quiet = summarize([frame], [match_frame(frame, _detections(DETS[6:7]))], CLASSES)
+    assert quiet["false_positives"]["centre_outside_image"] == 0
+    assert "centre outside the image" not in real_check.format_report({**quiet, "ap": {}})
+
+
 # ------------------------------------------------------------------------------------------- folders and errors
 def _copy_split(kitti_sample, root, stems=("000000", "000003"), subs=("velodyne", "calib", "label_2")):
     for sub in subs:

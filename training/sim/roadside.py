@@ -1,5 +1,6 @@
 """Roadside elements of the realistic preset: hedges and bush clusters, fences and guard rails, street furniture,
-parked bicycles and (scene.narrow_objects) upright person-sized things. None of them is labelled: they are what a
+parked bicycles, (scene.narrow_objects) upright person-sized things and (scene.lookalikes) things of a cyclist's or a
+small car's size. None of them is labelled: they are what a
 detector must learn NOT to call an object.
 
 Measured on the real KITTI frames (docs/SIMULATOR.md): a real street is lined with foliage that returns a thick,
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.sim.shapes import Material, PartList, bicycle_frame
+from training.sim.shapes import Material, PartList, bicycle_frame, rot_x
 
 
 # --------------------------------------------------------------------------- models (origin at the bottom centre)
@@ -185,9 +186,58 @@ def narrow_parts(rng: np.random.Generator, kind: str | None = None) -> PartList:
     return p
 
 
+LOOKALIKES = ("scooter", "bins", "container", "barrier", "wall_stub", "hedge_piece")
+
+
+def lookalike_parts(rng: np.random.Generator, kind: str | None = None) -> PartList:
+    """A thing of a cyclist's or a small car's footprint (1-2.6 m long, 0.2-1.3 m wide, 0.8-1.8 m tall) that is none
+    of the labelled classes, along its x axis: a parked motor scooter, a row of 2-3 wheelie bins, a recycling
+    container, a crowd barrier, a stub of wall, a short piece of hedge.
+
+    Why: the shipped student fires on such things although nothing like them was in its training data (100 realistic
+    frames with 8-20 of one kind each, its own thresholds: 134 false positives without; 162 with scooters, mostly
+    Cyclist; 165 with bin rows, mostly Car; docs/SIMULATOR.md), and Cyclist is the class it over-reports most on the
+    real frames. KITTI labels ridden bicycles only, so a parked scooter is background, as a parked bicycle is."""
+    kind = kind or str(rng.choice(LOOKALIKES))
+    p = PartList()
+    if kind == "scooter":  # two small wheels, a low body with a seat, a front shield with handlebars
+        l, r = rng.uniform(1.6, 2.0), rng.uniform(0.2, 0.3)
+        for x in (-l / 2 + r, l / 2 - r):
+            p.cylinder((x, 0.0, r), r, 0.05, Material.TYRE, rotation=rot_x(np.pi / 2))
+        p.box((-0.1, 0.0, r + 0.3), (l / 2 - 0.3, 0.2, 0.2), Material.PLASTIC if rng.random() < 0.6 else Material.METAL)
+        p.box((-0.25, 0.0, r + 0.55), (0.35, 0.16, 0.06), Material.PLASTIC)
+        p.box((l / 2 - 0.35, 0.0, r + 0.55), (0.08, 0.2, 0.35), Material.PLASTIC)
+        p.box((l / 2 - 0.35, 0.0, r + 0.9), (0.03, 0.35, 0.02), Material.METAL)
+    elif kind == "bins":  # 2-3 wheelie bins side by side
+        n, h = int(rng.integers(2, 4)), rng.uniform(0.95, 1.1)
+        for k in range(n):
+            p.box((k * 0.65 - (n - 1) * 0.325, 0.0, h / 2), (0.29, 0.36, h / 2), Material.PLASTIC)
+    elif kind == "container":  # recycling / grit container
+        l, w, h = rng.uniform(1.4, 2.0), rng.uniform(0.8, 1.3), rng.uniform(1.3, 1.7)
+        p.box((0.0, 0.0, h / 2), (l / 2, w / 2, h / 2), Material.METAL if rng.random() < 0.5 else Material.PLASTIC)
+    elif kind == "barrier":  # crowd barrier: top and bottom rails, vertical bars, two flat feet
+        l, h = rng.uniform(2.0, 2.5), rng.uniform(1.0, 1.15)
+        for z in (h - 0.02, 0.12):
+            p.box((0.0, 0.0, z), (l / 2, 0.02, 0.02), Material.METAL)
+        for x in np.arange(-l / 2 + 0.06, l / 2 - 0.05, 0.12):
+            p.box((x, 0.0, h / 2 + 0.05), (0.01, 0.01, h / 2 - 0.07), Material.METAL)
+        for x in (-l / 2 + 0.1, l / 2 - 0.1):
+            p.box((x, 0.0, 0.02), (0.03, 0.35, 0.02), Material.METAL)
+    elif kind == "wall_stub":
+        l, w, h = rng.uniform(1.0, 2.5), rng.uniform(0.2, 0.45), rng.uniform(0.8, 1.8)
+        p.box((0.0, 0.0, h / 2), (l / 2, w / 2, h / 2), Material.BUILDING)
+    else:  # one or two foliage blobs
+        l, w, h = rng.uniform(1.2, 2.4), rng.uniform(0.4, 0.9), rng.uniform(0.9, 1.8)
+        n = int(rng.integers(1, 3))
+        for x in np.linspace(-l / 2 + l / (2 * n), l / 2 - l / (2 * n), n):
+            p.ellipsoid((x, 0.0, h / 2), (l / (2 * n) * 1.05, w / 2, h / 2), Material.VEGETATION)
+    return p
+
+
 # --------------------------------------------------------------------------- placement
 def add_roadside_extras(b, ground, cfg, s_range: tuple[float, float]) -> None:
-    """Place the options' hedges, fences, furniture and bicycles beside the road of `ground` (a SceneBuilder b)."""
+    """Place the options' hedges, fences, furniture, narrow things, lookalikes and bicycles beside the road of
+    `ground` (a SceneBuilder b)."""
     rng = b.rng
     hw, pw, heading = ground.road_half_width, ground.pavement_width, ground.road_heading
     span = s_range[1] - s_range[0]
@@ -222,6 +272,15 @@ def add_roadside_extras(b, ground, cfg, s_range: tuple[float, float]) -> None:
             u = side * (rng.uniform(hw + 0.3, hw + pw) if rng.random() < 0.7 else rng.uniform(hw + pw, hw + pw + 4.0))
             put(narrow_parts(rng), rng.uniform(*s_range), u, heading + rng.uniform(-np.pi, np.pi), margin=0.1,
                 attempts=5)
+    if cfg.lookalikes[1]:  # drawn only when on, so scenes without them keep their random stream
+        for _ in range(int(rng.integers(cfg.lookalikes[0], cfg.lookalikes[1] + 1))):
+            side, along = rng.choice([-1, 1]), rng.random() < 0.6
+            yaw = heading + (rng.choice([0.0, np.pi]) + rng.normal(0, 0.1) if along else
+                             rng.uniform(-np.pi, np.pi))  # along the pavement, or any way round
+            near = hw + (0.4 if along else 1.35)  # half the width, or half the longest (2.6 m): off the road
+            u = side * (rng.uniform(near, max(hw + pw, near + 0.1)) if rng.random() < 0.7
+                        else rng.uniform(hw + pw + 1.3, hw + pw + 4.0))
+            put(lookalike_parts(rng), rng.uniform(*s_range), u, yaw, margin=0.1, attempts=5)
     n_bikes = int(rng.integers(cfg.riderless_bicycles[0], cfg.riderless_bicycles[1] + 1))
     while n_bikes > 0:  # singly, or a few side by side at a rack
         side, s = rng.choice([-1, 1]), rng.uniform(*s_range)

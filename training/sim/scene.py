@@ -273,7 +273,7 @@ def sample_scene(cfg: SceneConfig, sensor: SensorConfig, rng: np.random.Generato
     populate(extra, lambda n: slots[n](n), count(cfg.extra_objects), front=False)
     _add_clutter(b, ground, cfg, s_range)
     if (cfg.hedges_per_100m or cfg.fences_per_100m or cfg.street_furniture[1] or cfg.riderless_bicycles[1]
-            or cfg.narrow_objects[1]):
+            or cfg.narrow_objects[1] or cfg.lookalikes[1]):
         add_roadside_extras(b, ground, cfg, s_range)
     return b.build()
 

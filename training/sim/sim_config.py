@@ -92,6 +92,9 @@ class SceneConfig:
     # roadside.narrow_parts; tried as negatives for the real frames' narrow Pedestrian / Cyclist false positives, but
     # the shipped model already ignores them (docs/SIMULATOR.md)
     narrow_objects: tuple[int, int] = (0, 0)
+    # cyclist- and small-car-sized things that are no labelled class (parked scooters, bin rows, containers, crowd
+    # barriers, wall stubs, hedge pieces): roadside.lookalike_parts; the shipped model fires on some of them
+    lookalikes: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -244,7 +247,7 @@ def _validate(cfg: SimConfig, source: str) -> None:
     for name in ("hedges_per_100m", "fences_per_100m", "max_camber", "ground_roughness", "extra_radius"):
         checks.append((getattr(sc, name) >= 0, f"scene.{name} must be >= 0"))
     for name in ("cars", "pedestrians", "cyclists", "misc", "extra_objects", "lanes", "clutter", "riderless_bicycles",
-                 "street_furniture", "narrow_objects"):
+                 "street_furniture", "narrow_objects", "lookalikes"):
         lo, hi = getattr(cfg.scene, name)
         checks.append((0 <= lo <= hi, f"scene.{name} must be [low, high] with 0 <= low <= high"))
     checks.append((cfg.scene.lanes[0] >= 1, "scene.lanes needs at least one lane"))

@@ -14,10 +14,11 @@ from training.sim.car_families import CAR_FAMILIES, FAMILIES, family_parts, samp
 from training.sim.generate import generate_frame, scan_scene
 from training.sim.ground import Ground
 from training.sim.people import pedestrian_variant
-from training.sim.roadside import NARROW, add_roadside_extras, hedge_parts, narrow_parts
+from training.sim.roadside import (LOOKALIKES, NARROW, add_roadside_extras, hedge_parts, lookalike_parts,
+                                   narrow_parts)
 from training.sim.scene import SceneBuilder, model_parts, sample_scene
 from training.sim.sensor import ego_blocked, ego_body_boxes, laser_origin_heights, ray_grid
-from training.sim.shapes import Material, PartList, local_bounds
+from training.sim.shapes import Material, PartList, extents_along_axes, local_bounds
 from training.sim.sim_config import PRESETS, SimConfig, SimConfigError, config_from_dict, load_config
 from training.sim.writer import ALL_AROUND_LABELS, write_frame
 from training.simulate import simulate_dataset
@@ -249,6 +250,42 @@ def test_narrow_objects_stand_unlabelled_beside_the_road_and_are_off_by_default(
     assert scene.prims.count >= 10  # most of the 12 find a free place (5 tries each)
     assert config_from_dict({}).scene.narrow_objects == (0, 0)
     assert config_from_dict({}, preset="realistic").scene.narrow_objects == (0, 0)  # the released data is unchanged
+    off = SceneBuilder(_flat_ground(), np.random.default_rng(0))
+    add_roadside_extras(off, _flat_ground(), config_from_dict({}).scene, (-40.0, 40.0))
+    assert off.build().prims.count == 0
+
+
+def test_lookalikes_have_a_cyclists_or_small_cars_footprint_and_no_rider():
+    """Every kind: 1-2.6 m long along x, 0.2-1.3 m wide, 0.8-1.8 m tall, no cloth/skin (never a rider); a scooter has
+    two wheels, a bin row two or three bins."""
+    for kind in LOOKALIKES:
+        for seed in range(25):
+            parts = lookalike_parts(np.random.default_rng(seed), kind)
+            prims = parts.build(np.random.default_rng(0))
+            size = _local_size(parts)
+            assert 1.0 <= size[0] <= 2.6 and 0.2 <= size[1] <= 1.3 and 0.8 <= size[2] <= 1.8, (kind, seed, size)
+            assert size[0] >= size[1], (kind, seed, size)  # long along x: placed along or across the pavement
+            assert Material.CLOTH_SKIN not in set(prims.material.tolist())
+            materials = prims.material.tolist()
+            if kind == "scooter":
+                assert materials.count(Material.TYRE) == 2
+            if kind == "bins":
+                assert len(materials) in (2, 3)
+    with pytest.raises(SimConfigError, match="lookalikes"):
+        config_from_dict({"scene": {"lookalikes": [5, 2]}})
+
+
+def test_lookalikes_stand_unlabelled_beside_the_road_and_are_off_by_default():
+    cfg = config_from_dict({"scene": {"lookalikes": [12, 12]}}).scene
+    b = SceneBuilder(_flat_ground(), np.random.default_rng(0))
+    add_roadside_extras(b, _flat_ground(), cfg, (-40.0, 40.0))
+    scene = b.build()
+    assert len(scene.names) == 0 and (scene.prims.owner == -1).all()
+    assert scene.prims.count >= 10  # most of the 12 find a free place (5 tries each)
+    reach = np.abs(scene.prims.centre[:, 1]) - extents_along_axes(scene.prims)[:, 1]
+    assert (reach > _flat_ground().road_half_width).all()  # every part on the pavement or beyond, none on the road
+    assert config_from_dict({}).scene.lookalikes == (0, 0)
+    assert config_from_dict({}, preset="realistic").scene.lookalikes == (0, 0)  # the released data is unchanged
     off = SceneBuilder(_flat_ground(), np.random.default_rng(0))
     add_roadside_extras(off, _flat_ground(), config_from_dict({}).scene, (-40.0, 40.0))
     assert off.build().prims.count == 0
