@@ -274,7 +274,7 @@ def add_roadside_extras(b, ground, cfg, s_range: tuple[float, float]) -> None:
                 attempts=5)
     if cfg.lookalikes[1]:  # drawn only when on, so scenes without them keep their random stream
         for _ in range(int(rng.integers(cfg.lookalikes[0], cfg.lookalikes[1] + 1))):
-            side, along = rng.choice([-1, 1]), rng.random() < 0.6
+            side, along = rng.choice([-1, 1]), rng.random() < 0.3
             yaw = heading + (rng.choice([0.0, np.pi]) + rng.normal(0, 0.1) if along else
                              rng.uniform(-np.pi, np.pi))  # along the pavement, or any way round
             near = hw + (0.4 if along else 1.35)  # half the width, or half the longest (2.6 m): off the road
