@@ -241,20 +241,6 @@ def test_narrow_objects_are_upright_person_sized_and_never_people():
         config_from_dict({"scene": {"narrow_objects": [5, 2]}})
 
 
-def test_narrow_objects_stand_unlabelled_beside_the_road_and_are_off_by_default():
-    cfg = config_from_dict({"scene": {"narrow_objects": [12, 12]}}).scene
-    b = SceneBuilder(_flat_ground(), np.random.default_rng(0))
-    add_roadside_extras(b, _flat_ground(), cfg, (-40.0, 40.0))
-    scene = b.build()
-    assert len(scene.names) == 0 and (scene.prims.owner == -1).all()
-    assert scene.prims.count >= 10  # most of the 12 find a free place (5 tries each)
-    assert config_from_dict({}).scene.narrow_objects == (0, 0)
-    assert config_from_dict({}, preset="realistic").scene.narrow_objects == (0, 0)  # the released data is unchanged
-    off = SceneBuilder(_flat_ground(), np.random.default_rng(0))
-    add_roadside_extras(off, _flat_ground(), config_from_dict({}).scene, (-40.0, 40.0))
-    assert off.build().prims.count == 0
-
-
 def test_lookalikes_have_a_cyclists_or_small_cars_footprint_and_no_rider():
     """Every kind: 1-2.6 m long along x, 0.2-1.3 m wide, 0.8-1.8 m tall, no cloth/skin (never a rider); a scooter has
     two wheels, a bin row two or three bins."""
@@ -275,17 +261,19 @@ def test_lookalikes_have_a_cyclists_or_small_cars_footprint_and_no_rider():
         config_from_dict({"scene": {"lookalikes": [5, 2]}})
 
 
-def test_lookalikes_stand_unlabelled_beside_the_road_and_are_off_by_default():
-    cfg = config_from_dict({"scene": {"lookalikes": [12, 12]}}).scene
+@pytest.mark.parametrize("option", ["narrow_objects", "lookalikes"])
+def test_option_objects_stand_unlabelled_beside_the_road_and_are_off_by_default(option):
+    cfg = config_from_dict({"scene": {option: [12, 12]}}).scene
     b = SceneBuilder(_flat_ground(), np.random.default_rng(0))
     add_roadside_extras(b, _flat_ground(), cfg, (-40.0, 40.0))
     scene = b.build()
     assert len(scene.names) == 0 and (scene.prims.owner == -1).all()
     assert scene.prims.count >= 10  # most of the 12 find a free place (5 tries each)
-    reach = np.abs(scene.prims.centre[:, 1]) - extents_along_axes(scene.prims)[:, 1]
-    assert (reach > _flat_ground().road_half_width).all()  # every part on the pavement or beyond, none on the road
-    assert config_from_dict({}).scene.lookalikes == (0, 0)
-    assert config_from_dict({}, preset="realistic").scene.lookalikes == (0, 0)  # the released data is unchanged
+    if option == "lookalikes":  # placed by their size: every part on the pavement or beyond, none on the road
+        reach = np.abs(scene.prims.centre[:, 1]) - extents_along_axes(scene.prims)[:, 1]
+        assert (reach > _flat_ground().road_half_width).all()
+    assert getattr(config_from_dict({}).scene, option) == (0, 0)
+    assert getattr(config_from_dict({}, preset="realistic").scene, option) == (0, 0)  # the released data unchanged
     off = SceneBuilder(_flat_ground(), np.random.default_rng(0))
     add_roadside_extras(off, _flat_ground(), config_from_dict({}).scene, (-40.0, 40.0))
     assert off.build().prims.count == 0
