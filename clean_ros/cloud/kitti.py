@@ -235,6 +235,9 @@ def normalize_yaw_np(yaw: np.ndarray) -> np.ndarray:
     return (yaw + np.pi) % (2.0 * np.pi) - np.pi
 
 
+IN_FRONT_DEPTH = 0.1  # m: points closer to the camera plane (or behind it) do not project into the image
+
+
 def box_corners_camera(location: np.ndarray, dimensions_hwl: np.ndarray, rotation_y: np.ndarray) -> np.ndarray:
     """(N, 8, 3) corners of camera-frame boxes (location = bottom centre, y down)."""
     h, w, l = dimensions_hwl[:, 0], dimensions_hwl[:, 1], dimensions_hwl[:, 2]
@@ -256,7 +259,7 @@ def project_boxes_to_image(location: np.ndarray, dimensions_hwl: np.ndarray, rot
     corners = box_corners_camera(location, dimensions_hwl, rotation_y).reshape(-1, 3)
     uv, depth = calib.rect_to_image(corners)
     uv = uv.reshape(n, 8, 2)
-    in_front = (depth.reshape(n, 8) > 0.1).all(1)
+    in_front = (depth.reshape(n, 8) > IN_FRONT_DEPTH).all(1)
     box = np.concatenate([uv.min(1), uv.max(1)], 1)
     box[:, [0, 2]] = box[:, [0, 2]].clip(0, image_shape[1] - 1)
     box[:, [1, 3]] = box[:, [1, 3]].clip(0, image_shape[0] - 1)
@@ -285,7 +288,7 @@ def centres_in_image(location: np.ndarray, dimensions_hwl: np.ndarray, calib: Ca
     uv, depth = calib.rect_to_image(centre)
     with np.errstate(invalid="ignore"):
         inside = (uv[:, 0] >= 0) & (uv[:, 0] < image_shape[1]) & (uv[:, 1] >= 0) & (uv[:, 1] < image_shape[0])
-    return inside & (depth > 0.1)
+    return inside & (depth > IN_FRONT_DEPTH)
 
 
 def observation_angle(location: np.ndarray, rotation_y: np.ndarray) -> np.ndarray:
