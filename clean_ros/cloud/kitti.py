@@ -24,6 +24,25 @@ class KittiFormatError(ValueError):
     """A KITTI file that cannot be parsed; the message names the file and line."""
 
 
+# --------------------------------------------------------------------------- point clouds
+def read_velodyne(path: str | Path, num_features: int = 4) -> np.ndarray:
+    """(N, num_features) float32 points of a KITTI .bin scan.
+
+    The size is checked in bytes: np.fromfile alone drops a trailing partial value, so a truncated or foreign file
+    would otherwise load as fewer (or no) points without a word.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise KittiFormatError(f"{path}: cannot read point cloud: {exc.strerror}") from None
+    record = 4 * num_features
+    if size % record:
+        raise KittiFormatError(f"{path}: {size} bytes is not a multiple of {record} bytes "
+                               f"({num_features} float32 values per point); not a KITTI velodyne scan?")
+    return np.fromfile(path, dtype=np.float32).reshape(-1, num_features)
+
+
 # --------------------------------------------------------------------------- calibration
 @dataclass(frozen=True)
 class Calibration:

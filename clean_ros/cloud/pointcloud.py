@@ -342,7 +342,7 @@ def _range_findings(xyz: np.ndarray, pc_range: Sequence[float], min_fraction: fl
         return []
     per_axis = inside_axis.mean(axis=0)
     axes = ", ".join(f"{a}: {100 * p:.0f}%" for a, p in zip("xyz", per_axis))
-    median_abs = float(np.median(np.linalg.norm(xyz, axis=1)))
+    median_abs = float(np.median(np.linalg.norm(xyz.astype(np.float64), axis=1)))  # float64: no overflow on garbage
     extent = float(max(np.abs(lo).max(), np.abs(hi).max()))
     hints = []
     if median_abs > 20 * extent:

@@ -105,11 +105,9 @@ def read_frame_points(path: Path, num_features: int, intensity_scale: float = 1.
         cloud = read_pcd(path)
         points, fields = cloud.points, tuple(f for f in cloud.fields if f not in cloud.missing_fields)
     else:
-        raw = np.fromfile(path, dtype=np.float32)
-        if raw.size % 4:
-            raise InferError(f"{path}: {raw.size * 4} bytes is not a whole number of KITTI points "
-                             f"(4 float32 = 16 bytes each)")
-        points, fields = raw.reshape(-1, 4), ("x", "y", "z", "intensity")
+        from clean_ros.cloud.kitti import read_velodyne
+
+        points, fields = read_velodyne(path, 4), ("x", "y", "z", "intensity")
     if points.shape[1] < num_features:
         raise InferError(f"{path}: {points.shape[1]} values per point, the model needs {num_features}")
     if intensity_scale != 1.0 and points.shape[1] > 3:

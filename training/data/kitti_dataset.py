@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from clean_ros.cloud.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiFormatError, KittiObjects,
-                                   boxes_camera_to_lidar, difficulty_levels, read_labels)
+                                   boxes_camera_to_lidar, difficulty_levels, read_labels, read_velodyne)
 from training.data.data_config import DataConfig
 from training.data.sample import Sample, class_indices
 
@@ -31,20 +31,6 @@ class KittiLayoutError(KittiFormatError):
 
 
 # --------------------------------------------------------------------------- file readers
-def read_velodyne(path: str | Path, num_features: int = 4) -> np.ndarray:
-    """(N, num_features) float32 points of a KITTI .bin scan."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise KittiFormatError(f"{path}: cannot read point cloud: {exc.strerror}") from None
-    record = 4 * num_features
-    if size % record:
-        raise KittiFormatError(f"{path}: {size} bytes is not a multiple of {record} bytes "
-                               f"({num_features} float32 values per point); not a KITTI velodyne scan?")
-    return np.fromfile(path, dtype=np.float32).reshape(-1, num_features)
-
-
 def read_png_shape(path: str | Path) -> tuple[int, int] | None:
     """(height, width) from a PNG header, or None if the file is absent or not a PNG."""
     try:

@@ -14,7 +14,7 @@ import torch
 
 from clean_ros.atomic import atomic_open
 from clean_ros.cloud.geometry import points_in_boxes
-from clean_ros.cloud.kitti import Calibration, boxes_camera_to_lidar, read_labels
+from clean_ros.cloud.kitti import Calibration, boxes_camera_to_lidar, read_labels, read_velodyne
 from training.sim.sim_config import PRESETS, config_from_dict
 from training.sim.generate import generate_frame
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if not bin_path.is_file():
         print(f"error: {bin_path} not found", file=sys.stderr)
         return 2
-    real = np.fromfile(bin_path, dtype=np.float32).reshape(-1, 4)
+    real = read_velodyne(bin_path)
     calib = Calibration.from_file(args.real_root / "calib" / f"{args.frame}.txt")
     labels = read_labels(args.real_root / "label_2" / f"{args.frame}.txt")
     labels = labels.select(labels.names != "DontCare")

@@ -1,5 +1,6 @@
 """PointCloud2 <-> numpy: exact round trips on a real KITTI frame in every layout drivers send, zero copy on the
 plain layout, NaN handling, malformed headers, and the input-contract findings."""
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -264,6 +265,13 @@ def test_contract_flags_cloud_far_outside_range(kitti_points):
     findings = check_input_contract(make_pointcloud2(in_mm, XYZI, _header()), CONTRACT)
     assert [f.code for f in findings] == ["out_of_range"]
     assert "millimetres" in findings[0].message and "inside the trained point-cloud range" in findings[0].message
+
+    huge = kitti_points.copy()
+    huge[:, :3] = 1e30  # garbage coordinates: still one finding, and no overflow warning from the distance
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        findings = check_input_contract(make_pointcloud2(huge, XYZI, _header()), CONTRACT)
+    assert "millimetres" in findings[0].message
 
     lifted = kitti_points.copy()
     lifted[:, 2] += 4.0  # a base_link-like origin below the sensor pushes everything above z_max

@@ -142,7 +142,10 @@ def test_no_detections_prints_the_input_contract_findings(bundle_path, kitti_sam
 @pytest.mark.parametrize("make, message", [
     (lambda d: d / "missing.bin", "missing.bin: no such file or directory"),
     (lambda d: (d / "x.txt").write_text("1") and d / "x.txt", "unsupported file type '.txt'"),
-    (lambda d: (d / "odd.bin").write_bytes(b"\0" * 10) and d / "odd.bin", "not a whole number of KITTI points"),
+    (lambda d: (d / "odd.bin").write_bytes(b"\0" * 10) and d / "odd.bin", "odd.bin: 10 bytes is not a multiple of 16"),
+    # fromfile alone would read 17 bytes as one point and 3 bytes as an empty scan
+    (lambda d: (d / "cut.bin").write_bytes(b"\0" * 17) and d / "cut.bin", "cut.bin: 17 bytes is not a multiple of 16"),
+    (lambda d: (d / "abc.bin").write_bytes(b"abc") and d / "abc.bin", "abc.bin: 3 bytes is not a multiple of 16"),
     (lambda d: (d / "e").mkdir() or d / "e", "no .bin or .pcd files"),
 ])
 def test_bad_inputs_exit_2_with_a_message(bundle_path, tmp_path, capsys, make, message):
