@@ -117,6 +117,9 @@ class FrameMatch:
     # (N,) bool: the box's 3D centre projects into the image (boxes_in_image keeps a box with one corner in view)
     detection_centre_in_image: np.ndarray
     detection_rows: KittiObjects  # (N,) the detections as KITTI label rows (camera frame, projected 2D box)
+    detection_boxes: np.ndarray  # (N, 7) float64 the detections in the labels' LiDAR frame
+    detection_scores: np.ndarray  # (N,) float64
+    detection_points: np.ndarray  # (N,) int: LiDAR points inside each detection's box; -1 without points
 
 
 def detections_as_labels(detections: Detections, calib: Calibration,
@@ -185,6 +188,7 @@ def match_frame(frame: LabelledFrame, detections: Detections, points: np.ndarray
         hit = best_any >= MATCH_IOU
         detected_as[hit] = det_names[iou.argmax(1)[hit]]
 
+    det_boxes = np.asarray(detections.boxes, np.float64).reshape(-1, 7)
     det_rows = detections_as_labels(detections, frame.calib, frame.image_shape)
     height = np.trunc(np.abs(det_rows.bbox[:, 3] - det_rows.bbox[:, 1]))  # the devkit keeps it as an int
     in_view = boxes_in_image(det_rows.bbox)
@@ -201,7 +205,8 @@ def match_frame(frame: LabelledFrame, detections: Detections, points: np.ndarray
                       false_positive=scored & ~overlaps_object & ~covered,
                       detection_centre_in_image=centres_in_image(det_rows.location, det_rows.dimensions, frame.calib,
                                                                  frame.image_shape),
-                      detection_rows=det_rows)
+                      detection_rows=det_rows, detection_boxes=det_boxes, detection_scores=scores,
+                      detection_points=points_on_objects(points, det_boxes))
 
 
 def _ratio(found: int, total: int) -> float | None:
@@ -311,9 +316,23 @@ def summarize(frames: list[LabelledFrame], matches: list[FrameMatch], class_name
                        "scored_total": int(det_scored.sum()),
                        "scored_per_frame": float(det_scored.sum()) / n if n else None},
         "per_frame": [{"frame": f.frame_id, "detections": int(a), "in_camera_view": int(v),
-                       "scored_detections": int(b), "false_positives": int(c)}
-                      for f, a, v, b, c in zip(frames, det_total, det_view, det_scored, fp)],
+                       "scored_detections": int(b), "false_positives": int(c),
+                       "false_positive_boxes": false_positive_boxes(m)}
+                      for f, m, a, v, b, c in zip(frames, matches, det_total, det_view, det_scored, fp)],
     }
+
+
+def false_positive_boxes(match: FrameMatch) -> list[dict]:
+    """The frame's false positives, strongest first: class, score, LiDAR-frame box, BEV range, points inside
+    (-1: not counted) and whether the box centre is in the image. Where to look in the scan, one row each."""
+    idx = np.flatnonzero(match.false_positive)
+    idx = idx[np.argsort(-match.detection_scores[idx], kind="stable")]
+    boxes = match.detection_boxes
+    return [{"class": str(match.detection_names[i]), "score": round(float(match.detection_scores[i]), 4),
+             "box": [round(float(v), 3) for v in boxes[i]],
+             "range": round(float(np.hypot(boxes[i, 0], boxes[i, 1])), 2),
+             "points": int(match.detection_points[i]), "centre_in_image": bool(match.detection_centre_in_image[i])}
+            for i in idx]
 
 
 # ------------------------------------------------------------------------------------------- AP ceiling

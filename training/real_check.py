@@ -3,7 +3,8 @@
     python training/real_check.py [--bundle models/default] FOLDER [--split NAME] [--out report.json]
                                   [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--threads 1]
                                   [--intensity-scale S] [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]]
-                                  [--emulate-sensor SPEC] [--score-threshold T] [--save-predictions DIR] [--quiet]
+                                  [--emulate-sensor SPEC] [--score-threshold T] [--save-predictions DIR]
+                                  [--list-false-positives] [--quiet]
 
 FOLDER is any folder in the KITTI object layout: a split folder holding velodyne/*.bin, label_2/*.txt and calib/*.txt
 (e.g. .../kitti_sample/training), or a KITTI root holding training/ (and optionally ImageSets/). Every scan is used,
@@ -25,7 +26,8 @@ whole scan. Printed (and written to --out as JSON, atomically):
   at recall and false positives;
 - recall of labelled objects at BEV IoU 0.5 and 0.25 by class and range band, and again by the LiDAR points on the
   object and by crowding; false positives per frame, the confusion matrix and detections per frame:
-  training/detection_diagnostics.py (its docstring says what counts).
+  training/detection_diagnostics.py (its docstring says what counts); with --list-false-positives each false
+  positive, with where it is and the points inside.
 The points on an object are counted on the scan as read, in the labels' LiDAR frame: with --emulate-sensor, on the
 emulated sensor's points (rows, dropout) before its re-mount moves them out of that frame. --sensor-height / pitch
 / roll move points only inside the Pipeline, which reports boxes back in the frame it was given, so they change
@@ -211,7 +213,19 @@ def _why_missed_lines(rec: dict) -> list[str]:
     return lines
 
 
-def format_report(report: dict) -> str:
+def _false_positive_lines(report: dict) -> list[str]:
+    rows = [(f["frame"], b) for f in report["per_frame"] for b in f.get("false_positive_boxes", [])]
+    lines = ["  frame      class       score  x, y (LiDAR frame, m)   range   points  centre"]
+    for frame_id, b in rows:
+        x, y = b["box"][:2]
+        points = "-" if b["points"] < 0 else str(b["points"])
+        where = "in image" if b["centre_in_image"] else "beside"
+        lines.append(f"  {frame_id:<10} {b['class']:<11} {b['score']:5.2f}  ({x:7.2f}, {y:7.2f})       "
+                     f"{b['range']:5.1f} m {points:>6}  {where}")
+    return lines if rows else []
+
+
+def format_report(report: dict, list_false_positives: bool = False) -> str:
     lines = [f"KITTI AP R40 (devkit protocol; {report['frames']} frames)   easy  moderate    hard"
              f"   ceiling: easy  moderate    hard"]
     for cls, entry in report["ap"].items():
@@ -246,6 +260,8 @@ def format_report(report: dict) -> str:
     if fp.get("centre_outside_image"):
         lines.append(f"  of which {fp['centre_outside_image']} have the box centre outside the image (only a corner in "
                      f"view; labels drawn on the image rarely hold such objects)")
+    if list_false_positives:
+        lines.extend(_false_positive_lines(report))
     if det["per_frame"] is not None:
         lines.append(f"Detections per frame: {det['per_frame']:.2f} (in the camera view "
                      f"{det['in_camera_view_per_frame']:.2f}, scored by the devkit {det['scored_per_frame']:.2f})")
@@ -290,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "gamma=G,keep=F,seed=I (training/sensor_emulation.py)")
     ap.add_argument("--score-threshold", type=float, help="override every class's score threshold")
     ap.add_argument("--save-predictions", type=Path, help="also write the detections as KITTI prediction files here")
+    ap.add_argument("--list-false-positives", action="store_true",
+                    help="print each false positive (frame, class, score, position, points inside); the JSON always "
+                         "has them")
     ap.add_argument("--quiet", action="store_true", help="no per-frame lines")
     return ap
 
@@ -331,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         mount += "" if emulation is None else f"; {emulation.describe()}"
         print(f"{args.bundle} on {len(folder.frame_ids)} frames of {folder.split_dir} "
               f"(backend {pipeline.backend.describe()}{mount})")
-        print(format_report(report))
+        print(format_report(report, args.list_false_positives))
         if args.out is not None:
             atomic_write_json(args.out, report)
             print(f"wrote {args.out}")

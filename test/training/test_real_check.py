@@ -487,6 +487,29 @@ def test_false_positives_with_the_centre_beside_the_image_are_counted_apart():
     assert "centre outside the image" not in real_check.format_report({**quiet, "ap": {}})
 
 
+def test_false_positives_are_listed_strongest_first_with_where_to_look():
+    """Each false positive in the JSON (and with --list-false-positives, printed): class, score, LiDAR box, range,
+    points inside and whether the centre is in the image; found and unscored detections are not listed."""
+    gt = _box(10, 0, 4, 1.8, 1.5)
+    dets = _detections([("Car", gt),                                # 0.9: finds the label
+                        ("Pedestrian", _box(20, 3, 0.8, 0.6, 1.7)),  # 0.7: false, 3 points inside
+                        ("Car", _box(10, 9.5, 4, 1.8, 1.5)),         # 0.5: false, centre beside the image
+                        ])
+    frame = _frame_of([("Car", gt)])
+    points = np.array([[20.0, 3.0, -1.0, 0.1], [20.1, 3.1, -0.5, 0.1], [19.9, 2.9, -1.5, 0.1],  # in the pedestrian
+                       [50.0, 0.0, -1.0, 0.1]], np.float32)
+    match = match_frame(frame, dets, points)
+    listed = summarize([frame], [match], CLASSES)["per_frame"][0]["false_positive_boxes"]
+    assert [(b["class"], b["score"], b["points"], b["centre_in_image"]) for b in listed] == [
+        ("Pedestrian", 0.7, 3, True), ("Car", 0.5, 0, False)]
+    assert listed[0]["box"][:2] == [20.0, 3.0] and listed[0]["range"] == round(float(np.hypot(20, 3)), 2)
+    report = {**summarize([frame], [match], CLASSES), "ap": {}}
+    assert "Pedestrian" not in real_check.format_report(report).split("False positives per frame")[1].split("\n")[1]
+    text = real_check.format_report(report, list_false_positives=True)
+    assert re.search(r"^  f +Pedestrian +0\.70 +\( +20\.00, +3\.00\) +20\.2 m +3 +in image$", text, re.M), text
+    assert re.search(r"^  f +Car +0\.50 +\( +10\.00, +9\.50\) +13\.8 m +0 +beside$", text, re.M), text
+
+
 # ------------------------------------------------------------------------------------------- folders and errors
 def _copy_split(kitti_sample, root, stems=("000000", "000003"), subs=("velodyne", "calib", "label_2")):
     for sub in subs:
@@ -581,7 +604,16 @@ def test_sensor_height_setting_undoes_a_higher_mount(shared_run, default_bundle,
     assert "sensor 2.23 m above the ground" in capsys.readouterr().out
     report, original = json.loads((tmp_path / "r.json").read_text()), shared_run["report"]
     assert report["recall"] == original["recall"] and report["confusion"] == original["confusion"]
-    assert report["per_frame"] == original["per_frame"]
+    def without_boxes(frames):
+        return [{**f, "false_positive_boxes": [{k: v for k, v in b.items() if k != "box"}
+                                               for b in f["false_positive_boxes"]]} for f in frames]
+
+    assert without_boxes(report["per_frame"]) == without_boxes(original["per_frame"])
+    boxes = [np.array([b["box"] for b in f["false_positive_boxes"]]).reshape(-1, 7) for f in report["per_frame"]]
+    before = [np.array([b["box"] for b in f["false_positive_boxes"]]).reshape(-1, 7) for f in original["per_frame"]]
+    for now, then in zip(boxes, before):  # the same boxes, 0.5 m lower in the lowered scans' frame
+        np.testing.assert_allclose(now + [0, 0, 0.5, 0, 0, 0, 0], then, atol=2e-3)
+    assert sum(len(f["false_positive_boxes"]) for f in report["per_frame"]) == report["false_positives"]["total"] > 0
     assert report["recall"]["by_points"] is not None
     for metric in ("bev_R40", "3d_R40"):
         assert report["ap"]["Car"][metric] == pytest.approx(original["ap"]["Car"][metric], abs=1e-9), metric
