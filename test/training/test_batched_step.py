@@ -239,10 +239,12 @@ def test_allocator_setting_stops_refaulting_freed_memory(one_thread):
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
-    default, _ = _faults(apply=False, steps=10)
-    kept, reason = _faults(apply=True, steps=10)
+    default, _ = _faults(apply=False, steps=16)
+    kept, reason = _faults(apply=True, steps=16)
     # glibc's adaptive settings hand freed activations back and fault them in again, step after step (measured
-    # here: 6,000-38,000 faults in every step); kept, the heap settles within ~4 steps (then 0, with a rare ~1,800)
+    # here: 6,000-38,000 faults in every step); kept, the heap settles within ~4 steps (then 0, with a rare ~1,800,
+    # and once, on a loaded machine, three steps of 1,900-6,000 while the heap grew to a new peak: 12 settled steps,
+    # not 6, keep such an excursion from deciding the median)
     default, kept = default[4:], kept[4:]
     assert statistics.median(kept) < 100, f"freed memory is still faulted back in: {kept}"
     assert reason.startswith("malloc keeps freed memory")
