@@ -14,7 +14,8 @@ import torch
 
 from clean_ros.atomic import atomic_open
 from clean_ros.cloud.geometry import points_in_boxes
-from clean_ros.cloud.kitti import Calibration, boxes_camera_to_lidar, read_labels, read_velodyne
+from clean_ros.cloud.kitti import (Calibration, KittiFormatError, boxes_camera_to_lidar, read_labels,
+                                   read_velodyne)
 from training.sim.sim_config import PRESETS, config_from_dict
 from training.sim.generate import generate_frame
 
@@ -75,9 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     if not bin_path.is_file():
         print(f"error: {bin_path} not found", file=sys.stderr)
         return 2
-    real = read_velodyne(bin_path)
-    calib = Calibration.from_file(args.real_root / "calib" / f"{args.frame}.txt")
-    labels = read_labels(args.real_root / "label_2" / f"{args.frame}.txt")
+    try:
+        real = read_velodyne(bin_path)
+        calib = Calibration.from_file(args.real_root / "calib" / f"{args.frame}.txt")
+        labels = read_labels(args.real_root / "label_2" / f"{args.frame}.txt")
+    except KittiFormatError as exc:  # a truncated scan, a broken calib or label file: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     labels = labels.select(labels.names != "DontCare")
     real_boxes = boxes_camera_to_lidar(labels.location, labels.dimensions, labels.rotation_y, calib)
 

@@ -194,3 +194,24 @@ def test_generated_dataset_loads_through_kitti_dataset(dataset):
     wanted = np.isin(labels.names, list(config.class_names))
     assert wanted.any()
     assert len(sample.gt_boxes) >= 1 and (np.asarray(sample.gt_labels) >= 0).any()
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("velodyne/000000.bin", "3 bytes is not a multiple of 16 bytes"),
+    ("calib/000000.txt", "calib/000000.txt"),
+])
+def test_sim_real_plot_refuses_a_broken_real_frame_in_one_line(kitti_sample, tmp_path, capsys, broken, message):
+    """training/sim/plot.py draws a real frame beside a simulated one; a truncated scan or a broken calibration is
+    one 'error:' line and exit status 2, before anything is simulated or written."""
+    import shutil
+
+    from training.sim import plot
+
+    root = tmp_path / "training"
+    for sub in ("velodyne", "calib", "label_2"):
+        shutil.copytree(kitti_sample / "training" / sub, root / sub)
+    (root / broken).write_bytes(b"abc")
+    assert plot.main(["--real-root", str(root), "--frame", "000000", "--out", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "p.png").exists()
