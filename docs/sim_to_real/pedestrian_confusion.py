@@ -3,6 +3,8 @@ positives are"). Reproduction script for one paragraph, not a tool.
 
     python training/real_check.py DATASET --split holdout --bundle B --threads 1 --quiet --save-predictions PRED
     PYTHONPATH=. python docs/sim_to_real/pedestrian_confusion.py DATASET PRED
+    # a teacher package (not a bundle): write its holdout predictions kept at MIN_SCORE first
+    PYTHONPATH=. python docs/sim_to_real/pedestrian_confusion.py --teacher models/teacher_realistic 0.25 DATASET PRED
 
 DATASET: a KITTI root with ImageSets/holdout.txt (e.g. runs/release_default/stages/data/dataset). Every pedestrian
 label the devkit scores is matched to the detection of any class that overlaps it most (BEV IoU >= 0.25, else
@@ -57,7 +59,31 @@ def print_table(name: str, values: np.ndarray, edges: list[float], outcome: np.n
             print(f"  {name} {lo:5.2f}-{hi:5.2f}: {m.sum():4d} people   boxed as {shares}")
 
 
+def teacher_predictions(package: str, min_score: float, root: Path, out: Path) -> None:
+    """The teacher package's detections on the holdout (its own post-processing), kept at min_score, as KITTI files."""
+    from clean_ros.cloud.kitti import write_labels
+    from training.data.data_config import DataConfig, camera_crop_for
+    from training.data.kitti_dataset import KittiDataset
+    from training.evaluate_task import predict_annotations
+    from training.teacher_package import load_teacher_package
+    from training.teacher_task import TeacherTask
+
+    cfg, model, _ = load_teacher_package(package)
+    rpn = cfg.rpn
+    data_cfg = DataConfig(root=str(root), val_split="holdout", class_names=tuple(rpn.class_names),
+                          fov_crop=camera_crop_for(rpn.point_cloud_range),
+                          point_cloud_range=tuple(rpn.point_cloud_range), num_point_features=rpn.num_point_features)
+    _, predicted, frame_ids = predict_annotations(TeacherTask(cfg, model), KittiDataset(data_cfg, "holdout"), 1, 0,
+                                                  torch.device("cpu"))
+    out.mkdir(parents=True, exist_ok=True)
+    for frame_id, rows in zip(frame_ids, predicted):
+        write_labels(out / f"{frame_id}.txt", rows.select(rows.score >= min_score))
+
+
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["--teacher"] and len(argv) == 5:
+        teacher_predictions(argv[1], float(argv[2]), Path(argv[3]), Path(argv[4]))
+        argv = argv[3:]
     if len(argv) != 2:
         raise SystemExit(__doc__)
     p = pedestrians(Path(argv[0]), Path(argv[1]))
