@@ -214,7 +214,7 @@ def _why_missed_lines(rec: dict) -> list[str]:
 
 
 def _false_positive_lines(report: dict) -> list[str]:
-    rows = [(f["frame"], b) for f in report["per_frame"] for b in f.get("false_positive_boxes", [])]
+    rows = [(f["frame"], b) for f in report["per_frame"] for b in f["false_positive_boxes"]]
     lines = ["  frame      class       score  x, y (LiDAR frame, m)   range   points  centre"]
     for frame_id, b in rows:
         x, y = b["box"][:2]

@@ -25,14 +25,14 @@ from clean_ros.yaml_config import (ConfigError, add_override_argument, apply_ove
 EXIT_USAGE = 2
 
 
-def evaluate_teacher(model, cfg, root: Path, split: str, batch_size: int = 2, progress: bool = False) -> dict:
-    """KITTI AP of the teacher's final (second-stage) detections on a KITTI-layout split."""
+def predict_teacher(model, cfg, root: Path, split: str, batch_size: int = 2, progress: bool = False):
+    """(ground truth, the teacher's final (second-stage) detections, frame ids) on a KITTI-layout split, read with the
+    teacher's own range, camera crop and point features."""
     import torch
 
-    from clean_ros.metrics import kitti_eval
     from training.data.data_config import DataConfig, camera_crop_for
     from training.data.kitti_dataset import KittiDataset
-    from training.evaluate_task import kitti_metrics, predict_annotations
+    from training.evaluate_task import predict_annotations
     from training.teacher_task import TeacherTask
 
     rpn = cfg.rpn
@@ -40,9 +40,17 @@ def evaluate_teacher(model, cfg, root: Path, split: str, batch_size: int = 2, pr
                           fov_crop=camera_crop_for(rpn.point_cloud_range),
                           point_cloud_range=tuple(rpn.point_cloud_range), num_point_features=rpn.num_point_features)
     dataset = KittiDataset(data_cfg, split, training=False)
+    return predict_annotations(TeacherTask(cfg, model), dataset, batch_size, 0, torch.device("cpu"), progress=progress)
+
+
+def evaluate_teacher(model, cfg, root: Path, split: str, batch_size: int = 2, progress: bool = False) -> dict:
+    """KITTI AP of the teacher's final (second-stage) detections on a KITTI-layout split."""
+    from clean_ros.metrics import kitti_eval
+    from training.evaluate_task import kitti_metrics
+
+    rpn = cfg.rpn
     tic = time.perf_counter()
-    gt, dt, _ = predict_annotations(TeacherTask(cfg, model), dataset, batch_size, 0, torch.device("cpu"),
-                                    progress=progress)
+    gt, dt, _ = predict_teacher(model, cfg, root, split, batch_size, progress)
     result = kitti_eval.evaluate(gt, dt, classes=tuple(rpn.class_names))
     ap3d = {c: round(float(result[c]["3d_R40"][1]), 2) for c in rpn.class_names}
     bev = {c: round(float(result[c]["bev_R40"][1]), 2) for c in rpn.class_names}

@@ -61,11 +61,13 @@ def sites(paths: list[str]) -> None:
 
 
 def _in_box(points: np.ndarray, box, grow: float) -> np.ndarray:
-    c, s = np.cos(-box[6]), np.sin(-box[6])
-    d = points[:, :2] - np.asarray(box[:2], np.float32)
-    u, v = d[:, 0] * c - d[:, 1] * s, d[:, 0] * s + d[:, 1] * c
-    return (np.abs(u) < box[3] / 2 + grow) & (np.abs(v) < box[4] / 2 + grow) & \
-           (np.abs(points[:, 2] - box[2]) < box[5] / 2 + grow)
+    """(N,) points inside the box grown by `grow` on every side (clean_ros.cloud.geometry.points_in_boxes)."""
+    import torch
+
+    from clean_ros.cloud.geometry import points_in_boxes
+
+    grown = np.asarray(box, np.float64) + [0, 0, 0, 2 * grow, 2 * grow, 2 * grow, 0]
+    return points_in_boxes(torch.from_numpy(points[:, :3].astype(np.float64)), torch.from_numpy(grown[None]))[:, 0].numpy()
 
 
 def probe(path: str) -> None:

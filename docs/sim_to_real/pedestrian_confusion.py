@@ -62,19 +62,11 @@ def print_table(name: str, values: np.ndarray, edges: list[float], outcome: np.n
 def teacher_predictions(package: str, min_score: float, root: Path, out: Path) -> None:
     """The teacher package's detections on the holdout (its own post-processing), kept at min_score, as KITTI files."""
     from clean_ros.cloud.kitti import write_labels
-    from training.data.data_config import DataConfig, camera_crop_for
-    from training.data.kitti_dataset import KittiDataset
-    from training.evaluate_task import predict_annotations
+    from training.ship_teacher import predict_teacher
     from training.teacher_package import load_teacher_package
-    from training.teacher_task import TeacherTask
 
     cfg, model, _ = load_teacher_package(package)
-    rpn = cfg.rpn
-    data_cfg = DataConfig(root=str(root), val_split="holdout", class_names=tuple(rpn.class_names),
-                          fov_crop=camera_crop_for(rpn.point_cloud_range),
-                          point_cloud_range=tuple(rpn.point_cloud_range), num_point_features=rpn.num_point_features)
-    _, predicted, frame_ids = predict_annotations(TeacherTask(cfg, model), KittiDataset(data_cfg, "holdout"), 1, 0,
-                                                  torch.device("cpu"))
+    _, predicted, frame_ids = predict_teacher(model, cfg, root, "holdout", batch_size=1)
     out.mkdir(parents=True, exist_ok=True)
     for frame_id, rows in zip(frame_ids, predicted):
         write_labels(out / f"{frame_id}.txt", rows.select(rows.score >= min_score))
