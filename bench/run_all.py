@@ -33,6 +33,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_decode": ["--repeat", "10"],
     "bench_distill": ["--iters", "2"],
     "bench_eval": ["--frames", "300"],
+    "bench_intensity_level": ["--runs", "20", "--warmup", "2"],
     "bench_models": ["--runs", "2", "--threads", "1"],
     "bench_node": ["--frames", "60", "--threads", "1"],
     "bench_postprocess": ["--repeats", "3"],

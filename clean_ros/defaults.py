@@ -23,6 +23,9 @@ OUTPUT_TOPIC = "/detections"          # vision_msgs/Detection3DArray; markers on
 STAGE_LATENCY_TOPIC = f"/{NODE_NAME}/stage_latency"   # the node's ~/stage_latency under its default name
 
 INTENSITY_SCALE = 1.0                 # input intensity multiplier (0-255 sensors on a [0, 1] model: 1 / 255)
+# Scale each scan's intensity to the bundle's training level (clean_ros.inference.intensity_level) when the bundle
+# records one; on for the node, infer, replay and the real-data check (off: --no-auto-intensity / auto_intensity false).
+AUTO_INTENSITY = True
 EXPECTED_RATE_HZ = 10.0               # sensor rate
 
 # Input boxes [x_min, y_min, z_min, x_max, y_max, z_max] (m, the model's input frame); both off by default (node

@@ -2,8 +2,8 @@
 
     python training/real_check.py [--bundle models/default] FOLDER [--split NAME] [--out report.json]
                                   [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--threads 1]
-                                  [--intensity-scale S] [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]]
-                                  [--emulate-sensor SPEC] [--score-threshold T] [--save-predictions DIR]
+                                  [--intensity-scale S] [--no-auto-intensity]
+                                  [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]] [--emulate-sensor SPEC] [--score-threshold T] [--save-predictions DIR]
                                   [--list-false-positives] [--quiet]
 
 FOLDER is any folder in the KITTI object layout: a split folder holding velodyne/*.bin, label_2/*.txt and calib/*.txt
@@ -13,7 +13,9 @@ image size (else KITTI's 1242 x 375). --intensity-scale and --sensor-height / pi
 `python -m clean_ros.infer` and the node (a sensor mounted unlike the model's training sensor); boxes stay in the
 scan's frame, so the labels' calibration still applies. --emulate-sensor "height=0.5,pitch=0.02,beams=32,intensity=0.6"
 re-mounts the real scans as another sensor would record them (training/sensor_emulation.py); detections are mapped
-back to the scan's frame before they are compared with the labels.
+back to the scan's frame before they are compared with the labels. Each scan's intensity is scaled to the bundle's
+training level when the bundle records one (clean_ros/inference/intensity_level.py; --no-auto-intensity: as recorded),
+as infer and the node do; the report lists the factor per frame (`intensity_factors`).
 
 Each frame runs through clean_ros.inference.pipeline.Pipeline, the object the node, replay and `infer` use, on the
 whole scan. Printed (and written to --out as JSON, atomically):
@@ -119,7 +121,7 @@ def run_check(folder: KittiFolder, pipeline, intensity_scale: float = 1.0, save_
     from training.detection_diagnostics import (AP_CEILING_MIN, LabelledFrame, ap_below_ceiling_min, ap_ceiling,
                                                 match_frame, scored_object_counts, summarize)
 
-    frames, matches, gt_annos, dt_annos = [], [], [], []
+    frames, matches, gt_annos, dt_annos, factors = [], [], [], [], []
     for index, frame_id in enumerate(folder.frame_ids):
         d = folder.split_dir
         # scan_points: in the labels' frame, what the objects' points are counted on; points: what the bundle sees
@@ -135,6 +137,7 @@ def run_check(folder: KittiFolder, pipeline, intensity_scale: float = 1.0, save_
                               Calibration.from_file(d / "calib" / f"{frame_id}.txt"),
                               read_png_shape(d / "image_2" / f"{frame_id}.png") or DEFAULT_IMAGE_SHAPE)
         detections = pipeline(points).detections
+        factors.append(round(pipeline.intensity_factor, 4))
         if emulation is not None:
             detections = dataclasses.replace(detections, boxes=emulation.boxes_to_scan_frame(detections.boxes))
         match = match_frame(frame, detections, scan_points)
@@ -165,6 +168,8 @@ def run_check(folder: KittiFolder, pipeline, intensity_scale: float = 1.0, save_
     report["ap_ceiling_min"] = AP_CEILING_MIN
     report["ap_ceiling_below_min"] = ap_below_ceiling_min(report["ap_ceiling"], AP_METRICS)
     report["ap_classes_not_evaluated"] = [c for c in pipeline.class_names if c not in CLASSES]
+    if pipeline.auto_intensity is not None:  # the factor each frame's intensity was multiplied by
+        report["intensity_factors"] = factors
     return report
 
 
@@ -304,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--emulate-sensor", metavar="SPEC",
                     help="re-mount the scans as another sensor: height=M,pitch=RAD,roll=RAD,beams=N,intensity=S,"
                          "gamma=G,keep=F,seed=I (training/sensor_emulation.py)")
+    ap.add_argument("--no-auto-intensity", dest="auto_intensity", action="store_false",
+                    default=defaults.AUTO_INTENSITY,
+                    help="give the intensity as recorded (times --intensity-scale); by default each scan's intensity "
+                         "is scaled to the bundle's training level when the bundle records one "
+                         "(clean_ros/inference/intensity_level.py), as infer and the node do")
     ap.add_argument("--score-threshold", type=float, help="override every class's score threshold")
     ap.add_argument("--save-predictions", type=Path, help="also write the detections as KITTI prediction files here")
     ap.add_argument("--list-false-positives", action="store_true",
@@ -340,14 +350,21 @@ def main(argv: list[str] | None = None) -> int:
         from clean_ros.inference.sensor_mount import SensorMount
 
         pipeline.set_sensor_mount(SensorMount.from_settings(args.sensor_height, args.sensor_pitch, args.sensor_roll))
+        off = pipeline.set_auto_intensity(args.auto_intensity)
+        if off:
+            print(off)
         report = run_check(folder, pipeline, args.intensity_scale, args.save_predictions,
                            log=None if args.quiet else print, emulation=emulation)
         report = {"bundle": str(args.bundle), "folder": str(folder.split_dir), "frames_from": folder.source,
                   "backend": pipeline.backend.describe(), "intensity_scale": args.intensity_scale,
+                  "auto_intensity": args.auto_intensity,
                   "sensor_mount": None if pipeline.sensor_mount is None else pipeline.sensor_mount.describe(),
                   "emulation": None if emulation is None else emulation.describe(), **report}
         mount = "" if pipeline.sensor_mount is None else f"; {pipeline.sensor_mount.describe()}"
         mount += "" if emulation is None else f"; {emulation.describe()}"
+        if pipeline.auto_intensity is not None and report["intensity_factors"]:
+            factors = report["intensity_factors"]
+            mount += f"; automatic intensity: factor {min(factors):.3g}-{max(factors):.3g}"
         print(f"{args.bundle} on {len(folder.frame_ids)} frames of {folder.split_dir} "
               f"(backend {pipeline.backend.describe()}{mount})")
         print(format_report(report, args.list_false_positives))

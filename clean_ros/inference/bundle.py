@@ -19,6 +19,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -152,6 +153,13 @@ class Bundle:
         """Height (m) above the ground of the sensor the model was trained with (manifest field `sensor_height`;
         bundles written before it existed: KITTI's HDL-64 at 1.73 m). clean_ros.inference.sensor_mount uses it."""
         return float(self.manifest.get("sensor_height", TRAINING_SENSOR_HEIGHT_M))
+
+    @property
+    def intensity_level(self) -> float | None:
+        """Median intensity of the training scans' returns 3-40 m away (manifest field `intensity_level`; None in
+        bundles written before it existed). clean_ros.inference.intensity_level scales other sensors to it."""
+        level = self.manifest.get("intensity_level")
+        return None if level is None else float(level)
 
     @property
     def postprocess(self) -> PostProcessConfig:
@@ -290,6 +298,11 @@ def _validate_manifest(bundle: Path, manifest: Any) -> None:
                                or not 0.0 < height <= 100.0):
         raise BundleError(f"{where}: field 'sensor_height' must be the training sensor's height above the ground "
                           f"in metres (0 < h <= 100), got {json.dumps(height)[:60]}")
+    level = manifest.get("intensity_level")  # optional (older bundles: no automatic intensity scale)
+    if level is not None and (isinstance(level, bool) or not isinstance(level, (int, float))
+                              or not math.isfinite(level) or level <= 0):
+        raise BundleError(f"{where}: field 'intensity_level' must be the training scans' median intensity, a number "
+                          f"> 0, got {json.dumps(level)[:60]}")
 
 
 def _detector_config_of(bundle: Path, manifest: dict) -> DetectorConfig:
@@ -380,7 +393,8 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
                 training_config: Any = None, provenance: Mapping[str, Any] | None = None,
                 metrics: Mapping[str, Any] | None = None, export_onnx: bool = True,
                 point_features: Sequence[str] | Sequence[Mapping[str, Any]] | None = None,
-                export_encoder: bool = True, sensor_height: float | None = None) -> Path:
+                export_encoder: bool = True, sensor_height: float | None = None,
+                intensity_level: float | None = None) -> Path:
     """Write `detector` (a clean_ros Detector built from `detector_cfg`) as a bundle directory, atomically.
 
     training_config: any dataclass / mapping (stored as an opaque dict). provenance: teacher, method,
@@ -388,7 +402,9 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
     compression report's row. point_features: names (ranges from the conventional table) or full entries;
     default x, y, z, intensity [0, 1]. export_onnx: also write model.onnx (+ encoder.onnx for pillar models
     when export_encoder). sensor_height: the training sensor's height above the ground in metres (default
-    KITTI's 1.73 m). An existing bundle at out_dir is replaced only once the new one is complete.
+    KITTI's 1.73 m). intensity_level: the training scans' intensity level (clean_ros.inference.intensity_level;
+    None: not recorded, so no automatic intensity). An existing bundle at out_dir is replaced only once the new one
+    is complete.
     """
     from safetensors.torch import save_file
 
@@ -440,6 +456,8 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
             "sensor_height": float(sensor_height),
             "files": files,
         }
+        if intensity_level is not None:
+            manifest["intensity_level"] = round(float(intensity_level), 6)
         _write_json(tmp / MANIFEST_NAME, manifest)
         os.chmod(tmp / MANIFEST_NAME, 0o644)
         _validate_manifest(tmp, manifest)

@@ -20,6 +20,10 @@ the points into a virtual level sensor at the bundle's training height (`bundle.
 Detections come back in the output frame; moving points and boxes is timed as its own stage, "frames" (present only
 when a transform was applied).
 
+Intensity: `set_auto_intensity(True)` scales each scan's intensity to the bundle's training level before the model
+sees it (clean_ros.inference.intensity_level: the running median of recent scans' levels; timed in "preprocess";
+the factor of the last call is `intensity_factor`). For sensors whose intensity scale differs from the training one.
+
 Post-processing settings come from the bundle and can be changed at run time through `update_postprocess`
 (validated by clean_ros.inference.postprocess_settings, the one validator; the old settings stay in force when a
 change is refused).
@@ -37,6 +41,7 @@ import torch
 
 from clean_ros.inference.backends import Backend, open_backend
 from clean_ros.inference.bundle import Bundle, load_bundle
+from clean_ros.inference.intensity_level import DEFAULT_WINDOW, AutoIntensity
 from clean_ros.models.detector_config import DetectorConfig
 from clean_ros.inference.postprocess import postprocess
 from clean_ros.inference.sensor_mount import ModelFrames, SensorMount
@@ -84,6 +89,7 @@ class Pipeline:
                                if any(s != 1.0 for s in scales) else None)
         self.sensor_mount: SensorMount | None = None
         self.frames: ModelFrames | None = None   # applied when a call gives none (set_sensor_mount)
+        self.auto_intensity: AutoIntensity | None = None  # set_auto_intensity
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "auto", device: str = "cpu", *, verify: bool = True,
@@ -113,13 +119,43 @@ class Pipeline:
         self.sensor_mount = mount
         self.frames = None if mount is None else ModelFrames.from_mount(mount, self.training_sensor_height)
 
+    @property
+    def intensity_factor(self) -> float:
+        """The factor the last call multiplied the intensity by (1.0 when automatic intensity is off)."""
+        return self.auto_intensity.factor if self.auto_intensity is not None else 1.0
+
+    def set_auto_intensity(self, enabled: bool, window: int = DEFAULT_WINDOW, *, strict: bool = False) -> str | None:
+        """Scale every scan's intensity to the bundle's training level (see the module docstring), or stop.
+
+        Impossible when the model reads no intensity or the bundle records no training level (written before the
+        manifest field existed): then it stays off and the reason is returned (ValueError instead when strict).
+        Returns None when the setting took effect."""
+        self.auto_intensity = None
+        if not enabled:
+            return None
+        reason = None
+        if "intensity" not in self.point_features:
+            reason = f"the model reads no intensity (point features {', '.join(self.point_features)})"
+        elif self.bundle.intensity_level is None:
+            reason = (f"bundle {self.bundle.path} records no training intensity level (manifest field "
+                      "'intensity_level'; add it with training/intensity_level.py)")
+        if reason is not None:
+            if strict:
+                raise ValueError(f"automatic intensity: {reason}")
+            return f"automatic intensity off: {reason}"
+        self.auto_intensity = AutoIntensity(self.bundle.intensity_level, window,
+                                            column=self.point_features.index("intensity"),
+                                            clip=self.bundle.feature_ranges.get("intensity"))
+        return None
+
     # -------------------------------------------------------------- stages
     def _now(self) -> float:
         if self._sync:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def _points_tensor(self, points: np.ndarray) -> torch.Tensor:
+    def _checked(self, points: np.ndarray) -> np.ndarray:
+        """The model's columns of a (N, F) array; ValueError for anything else."""
         if not isinstance(points, np.ndarray) or points.ndim != 2:
             raise ValueError(f"points must be a 2-D numpy array (N, F), got "
                              f"{type(points).__name__} {getattr(points, 'shape', '')}")
@@ -127,7 +163,10 @@ class Pipeline:
         if points.shape[1] < need:
             raise ValueError(f"points have {points.shape[1]} columns but the model needs {need} "
                              f"({', '.join(self.point_features)})")
-        points = points[:, :need]
+        return points[:, :need]
+
+    def _points_tensor(self, points: np.ndarray) -> torch.Tensor:
+        points = self._checked(points)
         if points.dtype != np.float32 or not points.flags.c_contiguous:
             points = np.ascontiguousarray(points, dtype=np.float32)
         tensor = torch.from_numpy(points).to(self.device)
@@ -167,6 +206,8 @@ class Pipeline:
         if to_model is not None:
             points = transform_points(points, to_model)
         t0 = self._now()
+        if self.auto_intensity is not None:
+            points = self.auto_intensity.apply(self._checked(points))
         voxels, stats = self.preprocess(points)
         t1 = self._now()
         maps, bev = self.raw_outputs(voxels)
@@ -187,8 +228,12 @@ class Pipeline:
         from clean_ros.inference.onnx_export import example_cloud
 
         cloud = example_cloud(self.detector_config, num_points).numpy()
-        for _ in range(max(int(iterations), 0)):
-            self(cloud)
+        auto, self.auto_intensity = self.auto_intensity, None  # a synthetic cloud says nothing of the sensor's level
+        try:
+            for _ in range(max(int(iterations), 0)):
+                self(cloud)
+        finally:
+            self.auto_intensity = auto
 
     def describe(self) -> str:
         return f"{self.bundle.summary()}; backend {self.backend.describe()}"

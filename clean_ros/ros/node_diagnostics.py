@@ -180,7 +180,8 @@ def parse_diagnostic_values(status) -> dict[str, str]:
 
 class HealthReport:
     """The node's side of the report: its state as a HealthSnapshot, assessed and published (see the module
-    docstring). Reads the frame accounting, the input boxes, the frame settings and the model's backend."""
+    docstring). Reads the frame accounting, the input boxes, the frame settings, the model's backend and its
+    automatic intensity factor."""
 
     def health_snapshot(self) -> HealthSnapshot:
         a = self.accounting
@@ -196,6 +197,10 @@ class HealthReport:
         input_boxes.update({"target_frame": target or "(cloud frame)", "model_frame": model or "(cloud frame)",
                             "tf": self.tf.name if self.tf is not None else "off",
                             "sensor_mount": mount.describe() if mount is not None else "off"})
+        # the factor the last scan's intensity was multiplied by (auto_intensity; "off" also without a model)
+        pipeline = self.pipeline
+        input_boxes["intensity_factor"] = (f"{pipeline.intensity_factor:.3g}"
+                                           if getattr(pipeline, "auto_intensity", None) is not None else "off")
         return HealthSnapshot(
             now=time.monotonic(), started=a.started, input_topic=self.input_topic,
             expected_rate_hz=a.expected_rate_hz, received_rate_hz=received, processed_rate_hz=processed,

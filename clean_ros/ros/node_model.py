@@ -1,6 +1,9 @@
 """The detector node's model, from load to free: torch threads, the bundle's Pipeline (loaded and verified, backend
 choice logged), warm-up, the input contract, the frames (sensor mount, TF), and freeing it all again.
 
+Automatic intensity (the auto_intensity parameter) is set on the Pipeline after the warm-up (whose synthetic cloud
+must not count as a scan of the sensor); while it is on, the input contract does not check the intensity's range.
+
 NodeModel is a mixin of clean_ros.ros.detector_node.DetectorCore, so the plain node runs it in its constructor and
 the lifecycle node (clean_ros.ros.lifecycle_node) in configure (``_load_model``) and cleanup (``_free_model``). It
 reads the node's static parameters (``self.params``, ``backend_requested``, ``device``, ``num_threads``) and sets
@@ -10,6 +13,7 @@ lifecycle node fails the transition with it).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from clean_ros.cloud.pointcloud import InputContract
@@ -44,9 +48,32 @@ class NodeModel:
         self.point_features = tuple(feature_names(self.pipeline.point_features))
         self._declare_postprocess_parameters()
         self._warm_up(self.params.get("warmup_iterations"))
+        self._start_auto_intensity(self.params.get("auto_intensity"))  # after warm-up: its cloud is no sensor's
         self.contract = self._input_contract()
         self.contract_pending = True
         self._start_frames()
+
+    def _start_auto_intensity(self, enabled: bool) -> None:
+        """The auto_intensity parameter on the Pipeline: each scan's intensity scaled to the bundle's training level
+        (clean_ros.inference.intensity_level). A bundle that records no level (or a model without intensity) leaves
+        it off with a warning; the node runs on with the intensity as given times intensity_scale."""
+        setter = getattr(self.pipeline, "set_auto_intensity", None)
+        if setter is None:  # a test double of the Pipeline
+            return
+        reason = setter(bool(enabled))
+        if reason is not None:
+            self.get_logger().warning(f"{reason}; the intensity is used as given times intensity_scale="
+                                      f"{self.intensity_scale:g}")
+        elif not enabled:
+            self.get_logger().info(f"automatic intensity off (auto_intensity false): the intensity as given times "
+                                   f"intensity_scale={self.intensity_scale:g}")
+        else:
+            window = getattr(getattr(self.pipeline.auto_intensity, "levels", None), "maxlen", None)
+            self.get_logger().info(
+                f"automatic intensity on: each scan's intensity is scaled to the bundle's training level "
+                f"{self.pipeline.bundle.intensity_level:.3g} (median intensity of the returns 3-40 m away"
+                + (f", running median of the last {window} scans" if window else "") + "); diagnostics key "
+                "intensity_factor")
 
     def _read_frame_settings(self) -> tuple[str, str, float, SensorMount | None]:
         """(target_frame, model_frame, tf_timeout_s, sensor mount), checked together (StartupError if not)."""
@@ -141,7 +168,13 @@ class NodeModel:
     def _input_contract(self):
         bundle = getattr(self.pipeline, "bundle", None)
         if bundle is not None and hasattr(bundle, "input_contract"):
-            return bundle.input_contract()
+            contract = bundle.input_contract()
+            if getattr(self.pipeline, "auto_intensity", None) is not None and "intensity" in contract.feature_ranges:
+                # automatic intensity scales the cloud's intensity to the training level whatever its scale (0-255
+                # included): its values as given are not what the model sees, so their range is not checked
+                contract = dataclasses.replace(contract, feature_ranges={
+                    name: span for name, span in contract.feature_ranges.items() if name != "intensity"})
+            return contract
         return InputContract(point_features=self.point_features,
                              point_cloud_range=tuple(getattr(bundle, "point_cloud_range", (-1e9,) * 3 + (1e9,) * 3)))
 

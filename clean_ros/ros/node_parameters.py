@@ -23,9 +23,10 @@ from typing import Any, Mapping
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from clean_ros.cloud.model_input import BoxFilter, check_box
-from clean_ros.defaults import (BACKEND, BACKENDS, CROP_BOX, DEVICE, EXCLUSION_BOX, EXPECTED_RATE_HZ, INPUT_TOPIC,
-                                INTENSITY_SCALE, MAX_POINTS, NODE_NAME, NUM_THREADS, OUTPUT_TOPIC, RANGE_BREAKPOINTS,
-                                WARMUP_ITERATIONS, TARGET_FRAME, MODEL_FRAME, TF_TIMEOUT_S, SENSOR_HEIGHT)
+from clean_ros.defaults import (AUTO_INTENSITY, BACKEND, BACKENDS, CROP_BOX, DEVICE, EXCLUSION_BOX, EXPECTED_RATE_HZ,
+                                INPUT_TOPIC, INTENSITY_SCALE, MAX_POINTS, NODE_NAME, NUM_THREADS, OUTPUT_TOPIC,
+                                RANGE_BREAKPOINTS, WARMUP_ITERATIONS, TARGET_FRAME, MODEL_FRAME, TF_TIMEOUT_S,
+                                SENSOR_HEIGHT)
 from clean_ros.inference.sensor_mount import MAX_TILT_RAD
 from clean_ros.inference.postprocess_settings import check_range_breakpoints
 
@@ -86,6 +87,9 @@ STATIC_PARAMETERS: tuple[ParameterSpec, ...] = (
     P("hardware_id", "", "hardware_id of the diagnostics; empty = the node's name"),
     P("intensity_scale", INTENSITY_SCALE, "multiplies the input intensity (0-255 sensors: 0.00392156862745098)",
       float_range=(1e-9, 1e6)),
+    P("auto_intensity", AUTO_INTENSITY, "scale each scan's intensity to the bundle's training level (manifest "
+      "intensity_level), for sensors with another intensity scale; off = the intensity as given times "
+      "intensity_scale (docs/NODE.md 'Intensity of another sensor')", read_only=True),
     P("expected_rate_hz", EXPECTED_RATE_HZ, "sensor rate; a lower received rate is reported (0 = unknown)",
       float_range=(0.0, 1000.0)),
     P("publish_markers", True, "MarkerArray on <output_topic>/markers while someone subscribes"),

@@ -3,7 +3,7 @@
     python -m clean_ros.replay BAG --bundle DIR [--mode fast|realtime] [--out report.json] [--record OUT_BAG]
                                [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--num-threads N]
                                [--points-topic /points] [--gt-topic /ground_truth] [--rate-scale 1.0]
-                               [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]]
+                               [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]] [--no-auto-intensity]
                                [--crop-box LIST] [--exclusion-box LIST]
                                [--range-breakpoints LIST --range-score-thresholds LIST]
 
@@ -21,6 +21,9 @@ This module is the command line; the work is done by:
 
 --sensor-height (+ pitch, roll): where the bag's sensor is, the node's sensor_height setting
 (clean_ros.inference.sensor_mount): fast mode sets it on the Pipeline, realtime mode passes it to the node.
+--no-auto-intensity: the node's auto_intensity off (clean_ros.inference.intensity_level: on by default, each scan's
+intensity scaled to the bundle's training level when the bundle records one); fast mode sets it on the Pipeline
+(a bundle without the level: one line on stderr, the intensity as recorded), realtime mode passes it to the node.
 --crop-box / --exclusion-box / --range-breakpoints + --range-score-thresholds: the node's parameters of the same
 names (clean_ros/tools/model_input_options.py: parsed and checked as the node does, bad values are refused before
 the bag is read): fast mode gives the boxes to points_for_model and the range table to the Pipeline, realtime mode
@@ -87,6 +90,9 @@ def replay(args) -> dict:
             except (BundleError, BackendError, ValueError, OSError) as exc:
                 raise ReplayError(f"{args.bundle}: cannot load the bundle: {exc}") from None
             pipeline.set_sensor_mount(mount)
+            off = pipeline.set_auto_intensity(args.auto_intensity)
+            if off is not None:  # the bundle records no training level: the intensity as given
+                print(off, file=sys.stderr)
             try:
                 pipeline.update_postprocess(**options.range_changes)
             except ValueError as exc:
@@ -110,7 +116,7 @@ def replay(args) -> dict:
                 options.validate_range(bundle.postprocess, class_names, bundle.detector_config.head.iou_branch)
             except ValueError as exc:
                 raise ReplayError(str(exc)) from None
-            node_parameters = options.node_parameters()
+            node_parameters = {**options.node_parameters(), "auto_intensity": bool(args.auto_intensity)}
             if mount is not None:
                 node_parameters.update(sensor_height=mount.height, sensor_pitch=mount.pitch, sensor_roll=mount.roll)
             results, mode_stats = run_realtime(reader, args.bundle, args.points_topic, backend=args.backend,
@@ -154,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gt-topic", default=GT_TOPIC)
     parser.add_argument("--intensity-scale", type=float, default=defaults.INTENSITY_SCALE,
                         help="fast mode: as the node parameter")
+    parser.add_argument("--no-auto-intensity", dest="auto_intensity", action="store_false",
+                        default=defaults.AUTO_INTENSITY,
+                        help="give the model the intensity as recorded (times --intensity-scale); otherwise each "
+                             "scan's intensity is scaled to the bundle's training level when the bundle records "
+                             "one, as the node's auto_intensity does (docs/NODE.md 'Intensity of another sensor')")
     parser.add_argument("--warmup", type=int, default=defaults.WARMUP_ITERATIONS,
                         help="fast mode: warm-up runs before timing")
     parser.add_argument("--sensor-height", type=float, default=defaults.SENSOR_HEIGHT,

@@ -2,7 +2,9 @@
 clean_ros.cloud.model_input.points_for_model (decode, crop / exclusion boxes, decimation to max_points) and
 clean_ros.inference.pipeline.Pipeline exactly as the detector node's callback does (same bundle, same
 post-processing settings, same input steps). The boxes test the points in the model's input frame: with a sensor
-mount set on the Pipeline (--sensor-height), on the moved coordinates, as the node does."""
+mount set on the Pipeline (--sensor-height), on the moved coordinates, as the node does. Automatic intensity
+(on unless --no-auto-intensity, set on the Pipeline by clean_ros.ros.replay) scales each scan inside the Pipeline,
+after intensity_scale, as in the node; the warm-up runs before the first cloud do not count as scans."""
 from __future__ import annotations
 
 import sys

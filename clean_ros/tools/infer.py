@@ -2,6 +2,7 @@
 
     python -m clean_ros.infer [--bundle DIR] [--backend auto|torch|onnxruntime|tensorrt] [--device cpu|cuda]
                               [--out PRED_DIR] [--png DIR] [--calib FILE_or_DIR] [--intensity-scale S]
+                              [--no-auto-intensity]
                               [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]]
                               [--crop-box LIST] [--exclusion-box LIST]
                               [--range-breakpoints LIST --range-score-thresholds LIST] INPUT...
@@ -18,6 +19,9 @@ Without: <id>.json with LiDAR-frame boxes:
 --png: a bird's-eye view per frame (points + boxes coloured by class).
 --sensor-height (+ pitch, roll): where the sensor is when it is not mounted like the model's training sensor
 (clean_ros.inference.sensor_mount, the same setting as the node's sensor_height); boxes stay in the input frame.
+Intensity: each scan's intensity is scaled to the bundle's training level when the bundle records one (a sensor
+with another intensity scale, 0-255 included; clean_ros.inference.intensity_level, the node's auto_intensity); the
+frame's line gives the factor. --no-auto-intensity: the intensity as read, times --intensity-scale.
 --crop-box / --exclusion-box / --range-breakpoints + --range-score-thresholds: the node's parameters of the same
 names, parsed and checked as the node does (clean_ros/tools/model_input_options.py); the boxes are applied to the
 file's points in the model's input frame (clean_ros.cloud.model_input.apply_boxes) and each frame's line says how
@@ -195,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--calib", type=Path, help="KITTI calib file for all frames, or a folder of <id>.txt")
     ap.add_argument("--intensity-scale", type=float, default=defaults.INTENSITY_SCALE,
                     help="multiply intensity by this (0-255 sensors: 0.00392156862745098)")
+    ap.add_argument("--no-auto-intensity", dest="auto_intensity", action="store_false",
+                    default=defaults.AUTO_INTENSITY,
+                    help="give the model the intensity as read (times --intensity-scale); by default each scan's "
+                         "intensity is scaled to the bundle's training level when the bundle records one "
+                         "(docs/NODE.md 'Intensity of another sensor')")
     ap.add_argument("--score-threshold", type=float, help="override every class's score threshold")
     ap.add_argument("--sensor-height", type=float, default=defaults.SENSOR_HEIGHT,
                     help="the sensor's height above the ground in metres (0 = as the model was trained: the "
@@ -240,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         if pipeline.sensor_mount is not None and not args.quiet:
             print(f"{pipeline.sensor_mount.describe()}: points moved to a virtual sensor at the model's "
                   f"{pipeline.training_sensor_height:g} m; boxes reported in the sensor frame", flush=True)
+        off = pipeline.set_auto_intensity(args.auto_intensity)
+        if off and not args.quiet:
+            print(off, flush=True)
         if (options.boxes.active or options.range_changes) and not args.quiet:
             print(options.describe(), flush=True)
         model_from_input = pipeline.frames.model_from_input if pipeline.frames is not None else None
@@ -254,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             total += len(dets)
             removed = (f" | boxes removed {outside} points outside the crop box, {excluded} in the exclusion box"
                        if options.boxes.active else "")
+            if pipeline.auto_intensity is not None:
+                removed += f" | intensity x {pipeline.intensity_factor:.3g}"
             if not args.quiet:
                 print(summary_line(frame.frame_id, dets, result.timings_ms) + removed, flush=True)
             if len(dets) == 0:

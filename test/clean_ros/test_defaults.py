@@ -19,7 +19,8 @@ NODE_PARAMETERS = {"backend": "BACKEND", "device": "DEVICE", "num_threads": "NUM
                    "warmup_iterations": "WARMUP_ITERATIONS", "input_topic": "INPUT_TOPIC",
                    "output_topic": "OUTPUT_TOPIC", "intensity_scale": "INTENSITY_SCALE",
                    "expected_rate_hz": "EXPECTED_RATE_HZ", "target_frame": "TARGET_FRAME",
-                   "model_frame": "MODEL_FRAME", "tf_timeout_s": "TF_TIMEOUT_S", "sensor_height": "SENSOR_HEIGHT"}
+                   "model_frame": "MODEL_FRAME", "tf_timeout_s": "TF_TIMEOUT_S", "sensor_height": "SENSOR_HEIGHT",
+                   "auto_intensity": "AUTO_INTENSITY"}
 
 # (file, option) -> the defaults name its default must equal; its help text, where it names a default, too
 TOOL_OPTIONS = {
@@ -33,6 +34,8 @@ TOOL_OPTIONS = {
     ("clean_ros/tools/infer.py", "--intensity-scale"): "INTENSITY_SCALE",
     ("clean_ros/tools/infer.py", "--sensor-height"): "SENSOR_HEIGHT",
     ("clean_ros/ros/replay.py", "--sensor-height"): "SENSOR_HEIGHT",
+    ("clean_ros/ros/replay.py", "--no-auto-intensity"): "AUTO_INTENSITY",
+    ("clean_ros/tools/infer.py", "--no-auto-intensity"): "AUTO_INTENSITY",
     ("bench/bench_node.py", "--threads"): "NUM_THREADS",
     ("bench/bench_node.py", "--backend"): "BACKEND",
     ("bench/bench_node.py", "--rate"): "EXPECTED_RATE_HZ",
@@ -86,7 +89,15 @@ def test_tool_option_defaults_are_the_defaults(path, option):
     expected = getattr(defaults, name)
     assert "default" in keywords, f"{path} {option}: no default (clean_ros/defaults.py {name} = {expected!r})"
     value = _evaluate(keywords["default"], f"{path} {option}")
-    assert value == expected, f"{path} {option}: default {value!r}, clean_ros/defaults.py {name}: {expected!r}"
+    assert value == expected and type(value) is type(expected), (
+        f"{path} {option}: default {value!r}, clean_ros/defaults.py {name}: {expected!r}")
+    if isinstance(expected, bool):
+        # a switch (--no-X, store_false): it can only move away from the default, so its action must match it; its
+        # help says what the switch does ("by default ..." describes the other state, not a value to compare)
+        action = _evaluate(keywords["action"], f"{path} {option} action") if "action" in keywords else None
+        assert action == ("store_false" if expected else "store_true"), (
+            f"{path} {option}: action {action!r} with default {expected!r} (clean_ros/defaults.py {name})")
+        return
     if "help" in keywords:
         text = str(_evaluate(keywords["help"], f"{path} {option} help"))
         if "default" in text:

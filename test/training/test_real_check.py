@@ -619,6 +619,29 @@ def test_sensor_height_setting_undoes_a_higher_mount(shared_run, default_bundle,
         assert report["ap"]["Car"][metric] == pytest.approx(original["ap"]["Car"][metric], abs=1e-9), metric
 
 
+def test_automatic_intensity_undoes_a_dimmer_sensor(shared_run, default_bundle, tmp_path, capsys):
+    """The same six scans with intensity x 0.5 (a sensor on another intensity scale): by default the check (the
+    Pipeline) scales them back to the bundle's training level and gives the original figures; with
+    --no-auto-intensity the model sees the dim scans and the figures change."""
+    split = _copy_split(shared_run["split"].parent, tmp_path / "training",
+                        stems=tuple(f["frame"] for f in shared_run["report"]["per_frame"]))
+    for scan in (split / "velodyne").glob("*.bin"):
+        points = np.fromfile(scan, np.float32).reshape(-1, 4)
+        points[:, 3] *= 0.5
+        points.tofile(scan)
+    common = ["--bundle", str(default_bundle), "--backend", "torch", "--threads", "1", "--quiet", str(split)]
+    assert real_check.main(common + ["--out", str(tmp_path / "auto.json")]) == 0
+    assert "automatic intensity: factor" in capsys.readouterr().out
+    assert real_check.main(common + ["--no-auto-intensity", "--out", str(tmp_path / "off.json")]) == 0
+    auto, off = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("auto", "off"))
+    original = shared_run["report"]
+    assert original["auto_intensity"] and len(original["intensity_factors"]) == len(original["per_frame"])
+    np.testing.assert_allclose(auto["intensity_factors"], 2 * np.array(original["intensity_factors"]), rtol=2e-3)
+    assert auto["false_positives"] == original["false_positives"] and auto["recall"] == original["recall"]
+    assert not off["auto_intensity"] and "intensity_factors" not in off
+    assert [f["detections"] for f in off["per_frame"]] != [f["detections"] for f in original["per_frame"]]
+
+
 def test_intensity_scale_reaches_the_pipeline_and_leaves_the_scan_as_recorded(kitti_sample, tmp_path):
     """--intensity-scale: the bundle sees intensity x scale; the points counted on the objects (and the scan read
     from disk) are the recorded ones, so the 'by points' table does not depend on the setting."""
@@ -634,6 +657,7 @@ def test_intensity_scale_reaches_the_pipeline_and_leaves_the_scan_as_recorded(ki
 
     class Recording:
         class_names = CLASSES
+        auto_intensity, intensity_factor = None, 1.0
 
         def __call__(self, points):
             seen.append(points.copy())

@@ -110,7 +110,8 @@ def export(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict:
                             "pruning_ratio": round(1.0 - c.prune.keep_ratio, 6),
                             "compress_config": c.name, "report": "report.md of the compress run (README.md when "
                                                                   "installed by training/release_default.py)"},
-                metrics=row, export_onnx=c.export.onnx, sensor_height=_training_sensor_height(run))
+                metrics=row, export_onnx=c.export.onnx, sensor_height=_training_sensor_height(run),
+                intensity_level=_training_intensity_level(run))
     bundle = load_bundle(out)  # proves it loads (manifest, hashes, weights)
     return {"bundle": str(out), "files": sorted(bundle.manifest["files"])}
 
@@ -123,6 +124,19 @@ def _training_sensor_height(run: CompressRun) -> float | None:
     from training.compression.stage_data import simulator_config
 
     return float(simulator_config(run.cfg.data.simulate).sensor.mount_height)
+
+
+def _training_intensity_level(run: CompressRun) -> float | None:
+    """The training split's intensity level (the bundle's `intensity_level`: infer / the node scale other sensors'
+    intensity to it); None, with a log line, when its scans give none (e.g. no intensity recorded)."""
+    from clean_ros.inference.intensity_level import dataset_intensity_level
+    from training.intensity_level import split_scans
+
+    try:
+        return dataset_intensity_level(split_scans(run.data_root, run.cfg.data.train_split)[1])
+    except ValueError as exc:
+        run.log(f"bundle without an intensity level (no automatic intensity): {exc}")
+        return None
 
 
 def report(run: CompressRun, folder: Path, refs: dict[str, ModelRef], stage_order: list[str]) -> dict:

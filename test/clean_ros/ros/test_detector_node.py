@@ -119,7 +119,10 @@ def running(tmp_path_factory, kitti_sample, bundle_path):
     log_path = tmp_path_factory.mktemp("node") / "node.log"
     with NodeProcess({"bundle_path": str(bundle_path), "input_topic": f"{NS}/points",
                       "output_topic": f"{NS}/detections", "num_threads": 1, "warmup_iterations": 1,
-                      "expected_rate_hz": 10.0, "diagnostics_period_s": 0.5},
+                      "expected_rate_hz": 10.0, "diagnostics_period_s": 0.5,
+                      # the intensity as given: the contract test below needs a 0-255 cloud to be reported
+                      # (automatic intensity: test_node_auto_intensity.py)
+                      "auto_intensity": False},
                      params_file=REPO / "config" / "detector.yaml", log_path=log_path, cwd=REPO) as node_process:
         process = node_process.process
         harness = Harness(node_process.domain_id)

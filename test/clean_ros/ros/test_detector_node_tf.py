@@ -85,7 +85,8 @@ def tf_node(tmp_path_factory):
     parameters = {"bundle_path": str(DEFAULT_BUNDLE), "backend": "torch", "num_threads": 1, "warmup_iterations": 0,
                   "input_topic": f"{NS}/points", "output_topic": f"{NS}/detections", "publish_markers": False,
                   "qos_reliability": "reliable",
-                  "target_frame": "base_link", "model_frame": "velodyne", "tf_timeout_s": 0.3}
+                  "target_frame": "base_link", "model_frame": "velodyne", "tf_timeout_s": 0.3,
+                  "auto_intensity": False}   # the references are the Pipeline on the intensity as given
     with NodeProcess(parameters, log_path=log) as node:
         harness = Harness(node.domain_id)
         harness.log_tail = node.log_tail
@@ -160,7 +161,8 @@ def test_sensor_height_parameter_gives_the_training_height_boxes_in_the_sensor_f
     kitti_from_high = SensorMount(2.5, pitch=0.05).model_from_sensor(1.73)
     parameters = {"bundle_path": str(DEFAULT_BUNDLE), "backend": "torch", "num_threads": 1, "warmup_iterations": 0,
                   "input_topic": f"{NS}_mount/points", "output_topic": f"{NS}_mount/detections",
-                  "publish_markers": False, "qos_reliability": "reliable", "sensor_height": 2.5, "sensor_pitch": 0.05}
+                  "publish_markers": False, "qos_reliability": "reliable", "sensor_height": 2.5, "sensor_pitch": 0.05,
+                  "auto_intensity": False}   # the reference is the Pipeline on the intensity as given
     with NodeProcess(parameters, log_path=tmp_path / "node.log") as node:   # its own topics: no cross-talk
         harness = Harness(node.domain_id, ns=f"{NS}_mount")
         harness.log_tail = node.log_tail

@@ -67,8 +67,10 @@ def test_fast_replay_ap_equals_offline_evaluation(sim_bag, tmp_path, capsys):
 
     root, bag = sim_bag
     report_path, record = tmp_path / "report.json", tmp_path / "dets_bag"
+    # --no-auto-intensity: the reference below is the Pipeline on the scans as given (test_replay_auto_intensity.py
+    # covers automatic intensity in replay)
     assert main([str(bag), "--bundle", str(BUNDLE), "--num-threads", "1", "--warmup", "1", "--backend",
-                 "onnxruntime", "--out", str(report_path), "--record", str(record)]) == 0
+                 "onnxruntime", "--no-auto-intensity", "--out", str(report_path), "--record", str(record)]) == 0
     report = json.loads(report_path.read_text())
     assert report["frames"] == 6 and report["dropped"] == 0
     assert report["latency_ms"]["total"]["n"] == 6 and report["latency_ms"]["inference"]["p50"] > 0

@@ -59,6 +59,7 @@ def test_fast_replay_applies_boxes_in_the_model_frame_and_the_range_table(high_b
     bag, high, kitti_from_high = high_bag
     report_path, record = tmp_path / "report.json", tmp_path / "dets"
     assert main([str(bag), "--bundle", str(BUNDLE), "--backend", "torch", "--num-threads", "1", "--warmup", "0",
+                 "--no-auto-intensity",                                     # the reference Pipeline's intensity
                  "--sensor-height", "2.33", "--sensor-pitch", "0.05", "--crop-box", str(list(CROP)),
                  "--exclusion-box", str(list(EXCLUSION)), "--range-breakpoints", "[30]",
                  "--range-score-thresholds", str(TABLE), "--out", str(report_path), "--record", str(record)]) == 0

@@ -39,7 +39,8 @@ def test_fast_replay_applies_the_sensor_mount(kitti_sample, tmp_path, capsys):
                                                                 ("x", "y", "z", "intensity"), (1.0, "lidar")))
     record = tmp_path / "dets"
     assert main([str(bag), "--bundle", str(BUNDLE), "--backend", "torch", "--num-threads", "1", "--warmup", "0",
-                 "--sensor-height", "2.4", "--sensor-pitch", "0.04", "--record", str(record)]) == 0
+                 "--sensor-height", "2.4", "--sensor-pitch", "0.04", "--no-auto-intensity",   # as the reference
+                 "--record", str(record)]) == 0
     with BagReader(record) as reader:
         (_, msg), = list(reader.messages("/detections", Detection3DArray))
     boxes, _, names = from_detection3d_array(msg)

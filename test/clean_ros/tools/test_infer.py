@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -120,9 +121,33 @@ def test_bin_and_pcd_inputs_give_the_same_json_predictions(bundle_path, kitti_sa
     from clean_ros.inference.pipeline import Pipeline
 
     pipe = Pipeline.from_bundle(bundle_path, backend="torch")
+    pipe.set_auto_intensity(True, strict=True)  # infer's default, as the node's
     dets = pipe(points).detections
     assert len(dets) == len(a["detections"])
     assert np.allclose(np.array([d["box"] for d in a["detections"]]), dets.boxes, atol=1e-4)
+
+
+def test_a_dimmer_sensor_gives_the_same_boxes_unless_automatic_intensity_is_off(bundle_path, kitti_sample, tmp_path,
+                                                                                capsys):
+    points = read_velodyne(kitti_sample / "training/velodyne/000003.bin")
+    points.tofile(tmp_path / "scan.bin")
+    (points * np.array([1, 1, 1, 0.5], np.float32)).tofile(tmp_path / "dim.bin")
+    runs = {}
+    for name, extra in (("scan", []), ("dim", []), ("dim_off", ["--no-auto-intensity"])):
+        source = tmp_path / f"{name.split('_')[0]}.bin"
+        assert infer.main(["--bundle", str(bundle_path), "--backend", "torch", "--out", str(tmp_path / name),
+                           *extra, str(source)]) == 0
+        runs[name] = json.loads((tmp_path / name / f"{source.stem}.json").read_text())["detections"]
+        runs[name + "_stdout"] = capsys.readouterr().out
+    factor = {n: float(re.search(r"\| intensity x ([0-9.]+)", runs[n + "_stdout"]).group(1)) for n in ("scan", "dim")}
+    assert factor["dim"] == pytest.approx(2 * factor["scan"], rel=5e-3) and factor["scan"] != 1.0
+    assert "intensity x" not in runs["dim_off_stdout"]
+    assert len(runs["scan"]) >= 3 and len(runs["dim"]) == len(runs["scan"])
+    np.testing.assert_allclose([d["box"] for d in runs["dim"]], [d["box"] for d in runs["scan"]], atol=1e-3)
+    assert [d["class"] for d in runs["dim"]] == [d["class"] for d in runs["scan"]]
+    off = runs["dim_off"]
+    assert len(off) != len(runs["scan"]) or not np.allclose([d["score"] for d in off],
+                                                            [d["score"] for d in runs["scan"]], atol=1e-3)
 
 
 def test_no_detections_prints_the_input_contract_findings(bundle_path, kitti_sample, tmp_path, capsys):

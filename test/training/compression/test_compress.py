@@ -175,6 +175,13 @@ def test_final_student_bundle_loads_and_detects(smoke):
     assert bundle.manifest["provenance"]["pruning_ratio"] == pytest.approx(0.5)
     assert bundle.manifest["metrics"]["params"] == json.loads((out / "report.json").read_text())[
         "models"]["student_final"]["params"]
+    # the training split's intensity level, for the automatic intensity scale of other sensors
+    from clean_ros.inference.intensity_level import dataset_intensity_level
+    from training.intensity_level import split_scans
+
+    data_root = out / "stages" / "data" / "dataset"
+    assert bundle.intensity_level == pytest.approx(dataset_intensity_level(split_scans(data_root, "train")[1]),
+                                                   abs=1e-6)
     detector = bundle.build_detector()
     stored = torch.load(out / "stages" / "finetune" / "model.pt", weights_only=True)
     for name, tensor in detector.state_dict().items():

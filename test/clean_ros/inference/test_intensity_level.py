@@ -1,0 +1,127 @@
+"""Automatic intensity scale (clean_ros.inference.intensity_level) and the Pipeline applying it: a sensor whose
+intensity is on another scale is brought to the bundle's training level, so the model sees the scan it was trained
+for."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from clean_ros.cloud.kitti import read_velodyne
+from clean_ros.inference.bundle import BundleError, load_bundle
+from clean_ros.inference.intensity_level import (MIN_RETURNS, AutoIntensity, dataset_intensity_level,
+                                                 scan_intensity_level)
+
+
+def ring_scan(rng, n=4000, level=0.3, near=0):
+    """n returns 5-35 m away with intensities around `level`, plus `near` bright returns within 2 m."""
+    r = rng.uniform(5, 35, n)
+    a = rng.uniform(-np.pi, np.pi, n)
+    far = np.c_[r * np.cos(a), r * np.sin(a), rng.uniform(-1.7, 1, n), rng.uniform(0.5, 1.5, n) * level]
+    close = np.c_[rng.uniform(-1.4, 1.4, (near, 2)), np.zeros(near), np.ones(near)]
+    return np.concatenate([far, close]).astype(np.float32)
+
+
+def test_the_level_is_the_median_of_the_returns_in_the_band_only(rng):
+    scan = ring_scan(rng, near=3000)
+    band = np.hypot(scan[:, 0], scan[:, 1]) >= 3
+    assert scan_intensity_level(scan) == pytest.approx(float(np.median(scan[band, 3])), rel=1e-6)
+    assert scan_intensity_level(scan * np.array([1, 1, 1, 255], np.float32)) == pytest.approx(
+        255 * scan_intensity_level(scan), rel=1e-5)
+    # too few returns with an intensity: no level (a scan of zeros says nothing of the sensor's scale)
+    assert scan_intensity_level(scan * np.array([1, 1, 1, 0], np.float32)) is None
+    assert scan_intensity_level(ring_scan(rng, n=MIN_RETURNS - 1)) is None
+    assert scan_intensity_level(np.zeros((0, 4), np.float32)) is None
+    assert scan_intensity_level(scan[:, :3]) is None  # no intensity column
+
+
+def test_auto_intensity_brings_a_scaled_sensor_back_and_keeps_the_running_median(rng):
+    scans = [ring_scan(rng) for _ in range(5)]
+    training_level = dataset_intensity_level(scans)
+    auto = AutoIntensity(training_level, window=3, clip=(0.0, 1.0))
+    assert auto.factor == 1.0
+    for scan in scans[:3]:
+        other = scan * np.array([1, 1, 1, 0.6], np.float32)          # the same scenes, intensity x 0.6
+        out = auto.apply(other)
+        assert np.array_equal(out[:, :3], other[:, :3])              # only the intensity column changes
+    assert auto.factor == pytest.approx(1 / 0.6, rel=0.06)
+    assert scan_intensity_level(out) == pytest.approx(training_level, rel=0.06)
+    # a 0-255 sensor: brought to [0, 1] and clipped to the feature's range, as training clipped
+    out = auto.apply(scans[3] * np.array([1, 1, 1, 255], np.float32))
+    assert out[:, 3].max() <= 1.0
+    # the factor follows the median of the last `window` scans: one 0-255 scan among 0.6 ones does not take over
+    assert auto.factor == pytest.approx(1 / 0.6, rel=0.1)
+    # scans without a level keep the last factor
+    before = auto.factor
+    auto.apply(scans[4] * np.array([1, 1, 1, 0], np.float32))
+    assert auto.factor == before
+    with pytest.raises(ValueError, match="level must be a number > 0"):
+        AutoIntensity(0.0)
+    with pytest.raises(ValueError, match="no scan has"):
+        dataset_intensity_level([np.zeros((10, 4), np.float32)])
+
+
+@pytest.fixture
+def level_bundle(default_bundle, tmp_path):
+    """The default bundle with a recorded training level (the shipped one records 0.29)."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(default_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["intensity_level"] = 0.29
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_the_pipeline_sees_a_scaled_sensor_as_the_training_sensor(level_bundle, kitti_sample):
+    import torch
+
+    from clean_ros.inference.pipeline import Pipeline
+
+    torch.set_num_threads(1)
+    points = read_velodyne(kitti_sample / "training" / "velodyne" / "000003.bin")
+    pipe = Pipeline.from_bundle(level_bundle, backend="torch")
+    pipe.update_postprocess(score_thresholds=0.15)  # more boxes: a stronger comparison
+    assert pipe.set_auto_intensity(True, strict=True) is None
+    pipe.warmup(2)                                  # synthetic clouds do not count as the sensor's scans
+    assert not pipe.auto_intensity.levels
+    reference = pipe(points).detections
+    factor = pipe.intensity_factor
+    assert factor != 1.0
+    dim = points * np.array([1, 1, 1, 0.5], np.float32)
+    pipe.set_auto_intensity(True)                   # a fresh running median for the other sensor
+    scaled = pipe(dim).detections
+    assert pipe.intensity_factor == pytest.approx(2 * factor, rel=1e-3)
+    assert len(reference) >= 3
+    np.testing.assert_array_equal(scaled.labels, reference.labels)
+    np.testing.assert_allclose(scaled.boxes, reference.boxes, atol=1e-3)
+    np.testing.assert_allclose(scaled.scores, reference.scores, atol=1e-3)
+    # without it the model sees the dim sensor differently (why the setting exists)
+    pipe.set_auto_intensity(False)
+    assert pipe.intensity_factor == 1.0
+    plain = pipe(dim).detections
+    assert len(plain) != len(reference) or not np.allclose(plain.scores, reference.scores, atol=1e-3)
+
+
+def test_bundles_without_a_level_leave_it_off_and_bad_levels_are_named(level_bundle):
+    from clean_ros.inference.pipeline import Pipeline
+
+    manifest = json.loads((level_bundle / "manifest.json").read_text())
+    manifest.pop("intensity_level")
+    (level_bundle / "manifest.json").write_text(json.dumps(manifest))
+    pipe = Pipeline.from_bundle(level_bundle, backend="torch")
+    assert pipe.bundle.intensity_level is None
+    reason = pipe.set_auto_intensity(True)
+    assert reason.startswith("automatic intensity off: bundle") and "intensity_level" in reason
+    assert pipe.auto_intensity is None
+    with pytest.raises(ValueError, match="records no training intensity level"):
+        pipe.set_auto_intensity(True, strict=True)
+    for bad in (-0.3, 0, "0.3", True):
+        manifest["intensity_level"] = bad
+        (level_bundle / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(BundleError, match="'intensity_level' must be"):
+            load_bundle(level_bundle)
+
+
+def test_the_shipped_default_records_its_training_level(default_bundle):
+    level = load_bundle(default_bundle).intensity_level
+    assert level is not None and 0.1 < level < 0.6
