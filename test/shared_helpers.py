@@ -17,6 +17,22 @@ def read_velodyne(path: Path) -> np.ndarray:
     return np.fromfile(path, dtype=np.float32).reshape(-1, 4)
 
 
+def bundle_with_intensity_level(bundle: Path, directory: Path, level: float | None) -> Path:
+    """A copy of `bundle` in directory/bundle whose manifest records `level` as intensity_level (None: no such
+    field, a bundle written before it existed)."""
+    import json
+    import shutil
+
+    copy = directory / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest.pop("intensity_level", None)
+    if level is not None:
+        manifest["intensity_level"] = level
+    (copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return copy
+
+
 def assert_same_detections(got: tuple, want: tuple, threshold, edge: float = 0.03, near: float = 0.9) -> None:
     """Two detection sets of one scene seen two ways (e.g. another sensor mount, undone): (boxes (N, 7), scores (N,),
     labels (N,)) each, boxes in one frame. threshold: one score threshold, or {label: threshold}.

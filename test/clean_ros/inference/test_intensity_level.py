@@ -2,10 +2,10 @@
 intensity is on another scale is brought to the bundle's training level, so the model sees the scan it was trained
 for."""
 import json
-import shutil
 
 import numpy as np
 import pytest
+from shared_helpers import bundle_with_intensity_level
 
 from clean_ros.cloud.kitti import read_velodyne
 from clean_ros.inference.bundle import BundleError, load_bundle
@@ -64,12 +64,7 @@ def test_auto_intensity_brings_a_scaled_sensor_back_and_keeps_the_running_median
 @pytest.fixture
 def level_bundle(default_bundle, tmp_path):
     """The default bundle with a recorded training level (the shipped one records 0.29)."""
-    copy = tmp_path / "bundle"
-    shutil.copytree(default_bundle, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["intensity_level"] = 0.29
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    return copy
+    return bundle_with_intensity_level(default_bundle, tmp_path, 0.29)
 
 
 def test_the_pipeline_sees_a_scaled_sensor_as_the_training_sensor(level_bundle, kitti_sample):

@@ -9,11 +9,10 @@ the real Pipeline on a copy of the embedded default bundle:
 """
 from __future__ import annotations
 
-import json
-import shutil
 
 import numpy as np
 import pytest
+from shared_helpers import bundle_with_intensity_level
 
 rclpy = pytest.importorskip("rclpy")
 
@@ -26,26 +25,16 @@ pytestmark = pytest.mark.ros
 TRAINING_LEVEL = 0.3
 
 
-def _bundle_copy(default_bundle, directory, level):
-    """A copy of the default bundle whose manifest records `level` as intensity_level (None: no such field)."""
-    copy = directory / "bundle"
-    shutil.copytree(default_bundle, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest.pop("intensity_level", None)
-    if level is not None:
-        manifest["intensity_level"] = level
-    (copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return copy
 
 
 @pytest.fixture(scope="module")
 def leveled_bundle(default_bundle, tmp_path_factory):
-    return _bundle_copy(default_bundle, tmp_path_factory.mktemp("leveled"), TRAINING_LEVEL)
+    return bundle_with_intensity_level(default_bundle, tmp_path_factory.mktemp("leveled"), TRAINING_LEVEL)
 
 
 @pytest.fixture(scope="module")
 def unleveled_bundle(default_bundle, tmp_path_factory):
-    return _bundle_copy(default_bundle, tmp_path_factory.mktemp("unleveled"), None)
+    return bundle_with_intensity_level(default_bundle, tmp_path_factory.mktemp("unleveled"), None)
 
 
 def _scan(intensity: float, n: int = 3000, seed: int = 0) -> np.ndarray:

@@ -2,11 +2,10 @@
 default; a bundle without a training level: one line on stderr), realtime mode passes auto_intensity to the node."""
 from __future__ import annotations
 
-import json
-import shutil
 
 import numpy as np
 import pytest
+from shared_helpers import bundle_with_intensity_level
 
 pytest.importorskip("rclpy")
 pytest.importorskip("rosbags")
@@ -17,15 +16,6 @@ pytestmark = pytest.mark.ros
 SCAN_LEVELS = (0.15, 0.6, 0.2)     # each scan's intensity: running median 0.15, 0.375, 0.2
 
 
-def _bundle_copy(default_bundle, directory, level):
-    copy = directory / "bundle"
-    shutil.copytree(default_bundle, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest.pop("intensity_level", None)
-    if level is not None:
-        manifest["intensity_level"] = level
-    (copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return copy
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +67,7 @@ def _fast(bag, bundle, *extra):
 def test_fast_replay_scales_each_scan_by_default_and_not_with_the_flag(bag, default_bundle, tmp_path, pipelines,
                                                                       capsys):
     built, seen = pipelines
-    bundle = _bundle_copy(default_bundle, tmp_path, 0.3)
+    bundle = bundle_with_intensity_level(default_bundle, tmp_path, 0.3)
     assert _fast(bag, bundle) == 0
     assert "automatic intensity" not in capsys.readouterr().err
     [pipeline] = built
@@ -99,7 +89,7 @@ def test_fast_replay_scales_each_scan_by_default_and_not_with_the_flag(bag, defa
 def test_fast_replay_of_a_bundle_without_a_level_says_so_in_one_line(bag, default_bundle, tmp_path, pipelines,
                                                                      capsys):
     built, seen = pipelines
-    bundle = _bundle_copy(default_bundle, tmp_path, None)
+    bundle = bundle_with_intensity_level(default_bundle, tmp_path, None)
     assert _fast(bag, bundle) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if "automatic intensity" in line]
     assert len(lines) == 1 and lines[0].startswith("automatic intensity off: bundle ")
