@@ -143,8 +143,10 @@ class Pipeline:
             if strict:
                 raise ValueError(f"automatic intensity: {reason}")
             return f"automatic intensity off: {reason}"
-        self.auto_intensity = AutoIntensity(self.bundle.intensity_level, window,
-                                            column=self.point_features.index("intensity"),
+        column = self.point_features.index("intensity")
+        # the level is in the model's units; the input is multiplied by the feature's scale before the model sees it
+        scale = float(self.bundle.manifest["point_features"][column].get("scale", 1.0))
+        self.auto_intensity = AutoIntensity(self.bundle.intensity_level / scale, window, column=column,
                                             clip=self.bundle.feature_ranges.get("intensity"))
         return None
 

@@ -120,3 +120,27 @@ def test_bundles_without_a_level_leave_it_off_and_bad_levels_are_named(level_bun
 def test_the_shipped_default_records_its_training_level(default_bundle):
     level = load_bundle(default_bundle).intensity_level
     assert level is not None and 0.1 < level < 0.6
+
+
+def test_a_bundle_that_scales_its_intensity_input_gets_the_level_in_input_units(level_bundle, kitti_sample):
+    """A bundle whose intensity feature has scale 1/255 (it takes 0-255 input) still sees the training level."""
+    import torch
+
+    from clean_ros.inference.pipeline import Pipeline
+
+    torch.set_num_threads(1)
+    points = read_velodyne(kitti_sample / "training" / "velodyne" / "000003.bin")
+    reference = Pipeline.from_bundle(level_bundle, backend="torch")
+    reference.set_auto_intensity(True, strict=True)
+    want = reference(points).detections
+    manifest = json.loads((level_bundle / "manifest.json").read_text())
+    intensity = next(f for f in manifest["point_features"] if f["name"] == "intensity")
+    intensity["scale"], intensity["range"] = 1 / 255, [0, 255]
+    (level_bundle / "manifest.json").write_text(json.dumps(manifest))
+    scaled = Pipeline.from_bundle(level_bundle, backend="torch")
+    scaled.set_auto_intensity(True, strict=True)
+    got = scaled(points).detections
+    assert scaled.intensity_factor == pytest.approx(255 * reference.intensity_factor, rel=1e-6)
+    assert len(want) >= 3
+    np.testing.assert_array_equal(got.labels, want.labels)
+    np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-3)
