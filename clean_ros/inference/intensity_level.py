@@ -25,7 +25,7 @@ import numpy as np
 LEVEL_RANGE_M = (3.0, 40.0)  # horizontal distance band of the returns whose median intensity is the scan's level
 MIN_RETURNS = 200  # fewer returns with a positive intensity in the band: the scan gives no level
 DEFAULT_WINDOW = 30  # scans in the running median (3 s of a 10 Hz sensor)
-MAX_FACTOR = 1000.0  # a factor beyond this either way is not a scale difference but a broken intensity channel
+MAX_FACTOR = 1e6  # a factor beyond this either way is not a scale difference but a broken intensity channel (16-bit sensors need ~1e-5)
 
 
 def scan_intensity_level(points: np.ndarray, column: int = 3) -> float | None:

@@ -55,6 +55,9 @@ def test_auto_intensity_brings_a_scaled_sensor_back_and_keeps_the_running_median
     before = auto.factor
     auto.apply(scans[4] * np.array([1, 1, 1, 0], np.float32))
     assert auto.factor == before
+    # a 16-bit sensor (Ouster-like counts, here x 40000) is brought back as well
+    out = AutoIntensity(training_level, window=1).apply(scans[0] * np.array([1, 1, 1, 40000], np.float32))
+    assert scan_intensity_level(out) == pytest.approx(training_level, rel=0.06)
     with pytest.raises(ValueError, match="level must be a number > 0"):
         AutoIntensity(0.0)
     with pytest.raises(ValueError, match="no scan has"):
