@@ -79,6 +79,7 @@ class _RecordingPipeline:
     """Stands in for the Pipeline: no detections, keeps the points it is given."""
 
     class_names = ("Car", "Pedestrian", "Cyclist")
+    auto_intensity, intensity_factor = None, 1.0
 
     def __init__(self):
         self.seen = []

@@ -253,10 +253,12 @@ def test_input_boxes_and_range_thresholds_as_the_node_applies_them(bundle_path, 
     got = json.loads((out / "scan.json").read_text())["detections"]
 
     pipe = Pipeline.from_bundle(bundle_path, backend="torch")
+    pipe.set_auto_intensity(True, strict=True)  # infer's default: the level of the points the boxes keep
     kept = points[in_crop & ~in_exclusion]
     unfiltered = pipe(kept).detections
     assert (np.hypot(unfiltered.boxes[:, 0], unfiltered.boxes[:, 1]) >= 30).any()  # the table has work to do
     pipe.update_postprocess(range_breakpoints=[30.0], range_score_thresholds=[0, 1, 0, 1, 0, 1])
+    pipe.set_auto_intensity(True, strict=True)  # a fresh running median, as infer's one scan
     reference = pipe(kept).detections
     assert len(got) == len(reference) > 0
     boxes = np.array([d["box"] for d in got])
