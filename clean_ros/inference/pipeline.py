@@ -150,6 +150,16 @@ class Pipeline:
                                             clip=self.bundle.feature_ranges.get("intensity"))
         return None
 
+    def input_contract(self):
+        """The bundle's input contract as this Pipeline applies it: while automatic intensity is on, without the
+        intensity's range (any scale is brought to the training level, so the values as given are not what the
+        model sees)."""
+        contract = self.bundle.input_contract()
+        if self.auto_intensity is None or "intensity" not in contract.feature_ranges:
+            return contract
+        return dataclasses.replace(contract, feature_ranges={
+            name: span for name, span in contract.feature_ranges.items() if name != "intensity"})
+
     # -------------------------------------------------------------- stages
     def _now(self) -> float:
         if self._sync:

@@ -13,10 +13,10 @@ lifecycle node fails the transition with it).
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 
 from clean_ros.cloud.pointcloud import InputContract
+from clean_ros.inference.intensity_level import LEVEL_RANGE_M
 from clean_ros.inference.sensor_mount import SensorMount
 from clean_ros.package_share import default_bundle_path
 from clean_ros.ros.node_parameters import StartupError
@@ -68,12 +68,11 @@ class NodeModel:
             self.get_logger().info(f"automatic intensity off (auto_intensity false): the intensity as given times "
                                    f"intensity_scale={self.intensity_scale:g}")
         else:
-            window = getattr(getattr(self.pipeline.auto_intensity, "levels", None), "maxlen", None)
+            auto = self.pipeline.auto_intensity
             self.get_logger().info(
                 f"automatic intensity on: each scan's intensity is scaled to the bundle's training level "
-                f"{self.pipeline.bundle.intensity_level:.3g} (median intensity of the returns 3-40 m away"
-                + (f", running median of the last {window} scans" if window else "") + "); diagnostics key "
-                "intensity_factor")
+                f"{auto.training_level:.3g} (median intensity of the returns {LEVEL_RANGE_M[0]:g}-{LEVEL_RANGE_M[1]:g}"
+                f" m away, running median of the last {auto.levels.maxlen} scans); diagnostics key intensity_factor")
 
     def _read_frame_settings(self) -> tuple[str, str, float, SensorMount | None]:
         """(target_frame, model_frame, tf_timeout_s, sensor mount), checked together (StartupError if not)."""
@@ -166,15 +165,11 @@ class NodeModel:
         self.get_logger().info(f"warm-up: {iterations} iteration(s) in {time.perf_counter() - start:.2f} s")
 
     def _input_contract(self):
-        bundle = getattr(self.pipeline, "bundle", None)
+        if hasattr(self.pipeline, "input_contract"):  # without the intensity's range while auto_intensity is on
+            return self.pipeline.input_contract()
+        bundle = getattr(self.pipeline, "bundle", None)  # test doubles of the Pipeline
         if bundle is not None and hasattr(bundle, "input_contract"):
-            contract = bundle.input_contract()
-            if getattr(self.pipeline, "auto_intensity", None) is not None and "intensity" in contract.feature_ranges:
-                # automatic intensity scales the cloud's intensity to the training level whatever its scale (0-255
-                # included): its values as given are not what the model sees, so their range is not checked
-                contract = dataclasses.replace(contract, feature_ranges={
-                    name: span for name, span in contract.feature_ranges.items() if name != "intensity"})
-            return contract
+            return bundle.input_contract()
         return InputContract(point_features=self.point_features,
                              point_cloud_range=tuple(getattr(bundle, "point_cloud_range", (-1e9,) * 3 + (1e9,) * 3)))
 
