@@ -28,7 +28,8 @@ file's points in the model's input frame (clean_ros.cloud.model_input.apply_boxe
 many points they removed.
 
 Each frame prints one line: detections per class and the stage times. A frame without detections also prints the
-input-contract findings (range, intensity scale, ...), the usual reasons a model sees nothing.
+input-contract findings (range, intensity scale, ...), the usual reasons a model sees nothing; the intensity's range
+only with --no-auto-intensity (automatic intensity brings any scale to the training level).
 Bad input: one clear "error: ..." line, exit status 2.
 """
 from __future__ import annotations
@@ -255,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         if (options.boxes.active or options.range_changes) and not args.quiet:
             print(options.describe(), flush=True)
         model_from_input = pipeline.frames.model_from_input if pipeline.frames is not None else None
-        contract = pipeline.bundle.input_contract()
+        # without the intensity's range while automatic intensity is on: any scale is brought to the training level
+        contract = pipeline.input_contract()
         pipeline.warmup(1)
         total = 0
         for frame in frames:
@@ -274,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
                 from clean_ros.cloud.pointcloud import check_points_contract
 
                 findings = check_points_contract(points, contract, fields)
-                why = "; ".join(str(f) for f in findings) or "the input matches the model's contract (range, " \
-                                                            "intensity): the scene may simply hold no objects"
+                checked = ", ".join(["range", *contract.feature_ranges])  # no intensity while automatic intensity is on
+                why = "; ".join(str(f) for f in findings) or (f"the input matches the model's contract ({checked}): "
+                                                              "the scene may simply hold no objects")
                 if options.boxes.active and not len(kept):
                     why = (f"the input boxes removed all {len(points)} points ({outside} outside the crop box, "
                            f"{excluded} in the exclusion box)")

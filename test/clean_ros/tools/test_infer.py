@@ -150,18 +150,33 @@ def test_a_dimmer_sensor_gives_the_same_boxes_unless_automatic_intensity_is_off(
                                                             [d["score"] for d in runs["scan"]], atol=1e-3)
 
 
-def test_no_detections_prints_the_input_contract_findings(bundle_path, kitti_sample, tmp_path, capsys):
+def _infer_mm_0_255_scan(bundle_path, kitti_sample, tmp_path, capsys, *flags) -> str:
+    """infer's stdout for a scan in millimetres with 0-255 intensity (no detections)."""
     points = read_velodyne(kitti_sample / "training/velodyne/000000.bin").copy()
     points[:, :3] *= 1000.0  # millimetres instead of metres
     points[:, 3] *= 255.0  # 0-255 intensity
     points.tofile(tmp_path / "mm.bin")
-    assert infer.main(["--bundle", str(bundle_path), "--backend", "torch", "--score-threshold", "0.3",
+    assert infer.main(["--bundle", str(bundle_path), "--backend", "torch", "--score-threshold", "0.3", *flags,
                        str(tmp_path / "mm.bin")]) == 0
     text = capsys.readouterr().out
     assert "mm: 0 detections" in text
     assert "no detections in mm:" in text
     assert "are the units millimetres" in text
-    assert "looks 0-255 scaled" in text
+    return text
+
+
+def test_no_detections_prints_the_input_contract_findings(bundle_path, kitti_sample, tmp_path, capsys):
+    text = _infer_mm_0_255_scan(bundle_path, kitti_sample, tmp_path, capsys, "--no-auto-intensity")
+    assert "looks 0-255 scaled" in text and "set intensity_scale" in text
+
+
+def test_no_detections_with_automatic_intensity_does_not_judge_the_intensity_range(bundle_path, kitti_sample,
+                                                                                    tmp_path, capsys):
+    """Automatic intensity (on by default: the bundle records intensity_level) brings any intensity scale to the
+    training level, so a 0-255 intensity is no finding then (Pipeline.input_contract, as the node)."""
+    text = _infer_mm_0_255_scan(bundle_path, kitti_sample, tmp_path, capsys)
+    assert "| intensity x " in text
+    assert "0-255" not in text and "intensity_scale" not in text
 
 
 @pytest.mark.parametrize("make, message", [
