@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 from clean_ros import defaults  # noqa: E402
 from clean_ros.atomic import atomic_write_json  # noqa: E402
 from clean_ros.cloud.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiFormatError, KittiObjects,  # noqa: E402
-                                   format_labels, parse_labels, read_labels, write_labels)
+                                   format_labels, parse_labels, read_labels, split_frame_ids, write_labels)
 from clean_ros.metrics.kitti_eval import CLASSES, evaluate  # noqa: E402
 
 EXIT_BAD_INPUT = 2
@@ -71,40 +71,19 @@ class KittiFolder:
     source: str  # where the frame list came from
 
 
-def _read_listing(listing: Path) -> list[str]:
-    try:
-        return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        why = getattr(exc, "strerror", None) or exc
-        raise RealCheckError(f"{listing}: cannot read the frame list: {why}") from None
-
-
 def resolve_folder(folder: Path, split: str | None = None) -> KittiFolder:
     """The split folder and its frame ids; every missing piece is a RealCheckError naming the path."""
     if not folder.exists():
         raise RealCheckError(f"{folder}: no such folder")
     if not folder.is_dir():
         raise RealCheckError(f"{folder}: not a folder (expected a KITTI split folder with velodyne/, label_2/, calib/)")
-    if (folder / "velodyne").is_dir():
-        split_dir, listings = folder, [folder / "ImageSets", folder.parent / "ImageSets"]
-    elif (folder / "training" / "velodyne").is_dir():
-        split_dir, listings = folder / "training", [folder / "ImageSets"]
-    else:
-        raise RealCheckError(f"{folder}: no velodyne/ folder (nor training/velodyne/); expected the KITTI layout "
-                             f"velodyne/*.bin, label_2/*.txt, calib/*.txt")
+    try:
+        split_dir, frame_ids, source = split_frame_ids(folder, split)
+    except ValueError as exc:
+        raise RealCheckError(str(exc)) from None
     for sub in ("label_2", "calib"):
         if not (split_dir / sub).is_dir():
             raise RealCheckError(f"{split_dir / sub}: missing; the real-data check needs labels and calibration")
-    if split is not None:
-        listing = next((d / f"{split}.txt" for d in listings if (d / f"{split}.txt").is_file()), None)
-        if listing is None:
-            raise RealCheckError(f"--split {split}: no {' or '.join(str(d / f'{split}.txt') for d in listings)}")
-        frame_ids, source = _read_listing(listing), str(listing)
-    else:
-        frame_ids = sorted(p.stem for p in (split_dir / "velodyne").glob("*.bin"))
-        source = str(split_dir / "velodyne")
-    if not frame_ids:
-        raise RealCheckError(f"{source}: no frames")
     for sub, suffix in (("velodyne", ".bin"), ("label_2", ".txt"), ("calib", ".txt")):
         missing = [f for f in frame_ids if not (split_dir / sub / f"{f}{suffix}").is_file()]
         if missing:

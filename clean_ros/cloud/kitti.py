@@ -1,4 +1,4 @@
-"""KITTI object-format I/O: label files, calibration and camera <-> LiDAR box conversion.
+"""KITTI object-format I/O: scans, split listings, label files, calibration and camera <-> LiDAR box conversion.
 
 Conventions (the field's, as in OpenPCDet):
 - LiDAR box: (x, y, z, l, w, h, yaw), z is the box *centre*, yaw about +z, yaw 0 points l along +x.
@@ -41,6 +41,41 @@ def read_velodyne(path: str | Path, num_features: int = 4) -> np.ndarray:
         raise KittiFormatError(f"{path}: {size} bytes is not a multiple of {record} bytes "
                                f"({num_features} float32 values per point); not a KITTI velodyne scan?")
     return np.fromfile(path, dtype=np.float32).reshape(-1, num_features)
+
+
+def split_frame_ids(folder: str | Path, split: str | None) -> tuple[Path, list[str], str]:
+    """The frames of a KITTI-layout folder: (the split folder holding velodyne/, the frame ids, their source).
+
+    folder: a split folder with velodyne/ (its listing in folder/ImageSets/ or folder.parent/ImageSets/) or a root
+    with training/velodyne/ (its listing in root/ImageSets/). split: read ImageSets/<split>.txt (one id a line); None:
+    every velodyne/*.bin, sorted. The source (the listing or the velodyne folder) is for messages. ValueError, one line
+    naming the path: no velodyne folder, no listing, a listing that cannot be read (or is not UTF-8), no frames. Whether
+    each listed frame has its files is left to the caller.
+    """
+    folder = Path(folder)
+    if (folder / "velodyne").is_dir():
+        split_dir, listing_dirs = folder, (folder / "ImageSets", folder.parent / "ImageSets")
+    elif (folder / "training" / "velodyne").is_dir():
+        split_dir, listing_dirs = folder / "training", (folder / "ImageSets",)
+    else:
+        raise ValueError(f"{folder}: no velodyne/ folder (nor training/velodyne/); expected the KITTI layout with "
+                         "velodyne/*.bin scans")
+    if split is None:
+        source = split_dir / "velodyne"
+        frame_ids = sorted(p.stem for p in source.glob("*.bin"))
+    else:
+        candidates = [d / f"{split}.txt" for d in listing_dirs]
+        source = next((c for c in candidates if c.is_file()), None)
+        if source is None:
+            raise ValueError(f"--split {split}: no {' or '.join(str(c) for c in candidates)}")
+        try:
+            frame_ids = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            raise ValueError(f"{source}: cannot read the frame list: {why}") from None
+    if not frame_ids:
+        raise ValueError(f"{source}: no frames")
+    return split_dir, frame_ids, str(source)
 
 
 # --------------------------------------------------------------------------- calibration

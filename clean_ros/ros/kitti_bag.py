@@ -24,20 +24,22 @@ DEFAULT_START_S = 1_600_000_000.0  # a fixed, plausible epoch: the same dataset 
 
 
 def frame_ids(root: Path, split: str) -> tuple[list[str], Path, str]:
-    """Frame ids of the split, their directory (training/ or testing/) and a note on how they were chosen."""
+    """Frame ids of the split, their directory (training/ or testing/) and a note on how they were chosen.
+
+    A dataset root only (test: testing/, else training/), and all frames when root/ImageSets has no listing."""
+    from clean_ros.cloud.kitti import split_frame_ids
+
     base = root / ("testing" if split == "test" else "training")
     listing = root / "ImageSets" / f"{split}.txt"
     velodyne = base / "velodyne"
     if not velodyne.is_dir():
         raise BagError(f"{velodyne}: no velodyne directory (expected the KITTI object layout under {root})")
-    if listing.is_file():
-        ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-        note = f"split '{split}' from {listing}"
-    else:
-        ids = sorted(p.stem for p in velodyne.glob("*.bin"))
-        note = f"{listing} not found: all {len(ids)} frames of {velodyne}"
-    if not ids:
-        raise BagError(f"{listing if listing.is_file() else velodyne}: no frames")
+    try:
+        _, ids, source = split_frame_ids(base, split if listing.is_file() else None)
+    except ValueError as exc:
+        raise BagError(str(exc)) from None
+    note = (f"split '{split}' from {source}" if listing.is_file()
+            else f"{listing} not found: all {len(ids)} frames of {velodyne}")
     missing = [i for i in ids if not (velodyne / f"{i}.bin").is_file()]
     if missing:
         raise BagError(f"{velodyne}: {len(missing)} frame(s) of {listing} missing, e.g. {missing[0]}.bin")
