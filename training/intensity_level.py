@@ -23,22 +23,10 @@ EXIT_BAD_INPUT = 2
 
 def split_scans(root: Path, split: str | None):
     """The scans of a KITTI root (or split folder) and optional ImageSets split, read one at a time."""
-    from clean_ros.cloud.kitti import read_velodyne
+    from clean_ros.cloud.kitti import read_velodyne, split_frame_ids
 
-    velodyne = root / "training" / "velodyne" if (root / "training" / "velodyne").is_dir() else root / "velodyne"
-    if not velodyne.is_dir():
-        raise ValueError(f"{root}: no velodyne/ folder (nor training/velodyne/)")
-    if split is None:
-        paths = sorted(velodyne.glob("*.bin"))
-    else:
-        listing = next((d / f"{split}.txt" for d in (root / "ImageSets", velodyne.parent.parent / "ImageSets")
-                        if (d / f"{split}.txt").is_file()), None)
-        if listing is None:
-            raise ValueError(f"--split {split}: no ImageSets/{split}.txt under {root}")
-        paths = [velodyne / f"{i}.bin" for i in listing.read_text().split()]
-    if not paths:
-        raise ValueError(f"{velodyne}: no scans")
-    return len(paths), (read_velodyne(p) for p in paths)
+    split_dir, frame_ids, _ = split_frame_ids(root, split)
+    return len(frame_ids), (read_velodyne(split_dir / "velodyne" / f"{i}.bin") for i in frame_ids)
 
 
 def record_level(bundle: Path, level: float, source: str) -> None:
