@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from clean_ros.cloud.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiFormatError, KittiObjects,
-                                   boxes_camera_to_lidar, difficulty_levels, read_labels, read_velodyne)
+                                   boxes_camera_to_lidar, difficulty_levels, read_labels, read_velodyne,
+                                   split_frame_ids)
 from training.data.data_config import DataConfig
 from training.data.sample import Sample, class_indices
 
@@ -122,15 +123,12 @@ class KittiDataset(torch.utils.data.Dataset):
         self.frame_ids = self._read_frame_ids()
 
     def _read_frame_ids(self) -> list[str]:
-        listing = self.root / "ImageSets" / f"{self.split}.txt"
-        if listing.is_file():
-            frame_ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-            source = str(listing)
-        else:
-            frame_ids = sorted(p.stem for p in (self.split_dir / "velodyne").glob("*.bin"))
-            source = str(self.split_dir / "velodyne")
-        if not frame_ids:
-            raise KittiLayoutError(f"{source}: split {self.split!r} has no frames")
+        # root/ImageSets/<split>.txt when it exists, else every scan of the split folder
+        listed = (self.root / "ImageSets" / f"{self.split}.txt").is_file()
+        try:
+            _, frame_ids, source = split_frame_ids(self.split_dir, self.split if listed else None)
+        except ValueError as exc:
+            raise KittiLayoutError(f"{exc} (split {self.split!r})") from None
         missing = [f for f in frame_ids if not (self.split_dir / "velodyne" / f"{f}.bin").is_file()]
         if missing:
             raise KittiLayoutError(f"{source}: {len(missing)} listed frame(s) have no scan in "

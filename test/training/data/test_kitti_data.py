@@ -155,6 +155,14 @@ def test_image_sets_select_the_split(kitti_sample, tmp_path):
     assert KittiDataset(DataConfig(root=str(root)), "train").frame_ids == ["000001", "000004"]
     with pytest.raises(KittiLayoutError, match=r"val\.txt: 1 listed frame\(s\) have no scan.*000009"):
         KittiDataset(DataConfig(root=str(root)), "val")
+    # without a listing: every scan of the split folder; an empty or non-UTF-8 listing: one clear error
+    assert KittiDataset(DataConfig(root=str(root)), "trainval").frame_ids == FRAMES
+    (root / "ImageSets" / "train.txt").write_bytes(b"\xff\xfe000001\n")
+    with pytest.raises(KittiLayoutError, match=r"train\.txt: cannot read the frame list.*split 'train'"):
+        KittiDataset(DataConfig(root=str(root)), "train")
+    (root / "ImageSets" / "train.txt").write_text("\n\n")
+    with pytest.raises(KittiLayoutError, match=r"train\.txt: no frames \(split 'train'\)"):
+        KittiDataset(DataConfig(root=str(root)), "train")
 
 
 def test_layout_and_file_errors_are_clear(kitti_sample, tmp_path):
