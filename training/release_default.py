@@ -53,19 +53,30 @@ def real_check_command(bundle: Path, folder: Path) -> list[str]:
     return [sys.executable, str(REPO / "training" / "real_check.py"), "--bundle", str(bundle), str(folder)]
 
 
+# What the fine-tune's distill.method means, in the README's words (training/distill/distill_config.py).
+DISTILL_WORDS = {
+    "clean": "CaKD and label-assignment distillation (CLEAN)",
+    "label_assign": "label-assignment distillation only (no CaKD term)",
+    "cakd": "CaKD only (no label assignment)",
+    "none": "no distillation",
+}
+
+
 def bundle_readme(config: Path, out: Path, command: str, report_md: str, real: str | None, real_folder: Path | None,
-                  commit: str | None, teacher: str = "") -> str:
+                  commit: str | None, teacher: str = "", distill: str = "") -> str:
     """models/default/README.md: what the bundle is, how it was made, and what was measured.
 
-    teacher: the run's teacher.checkpoint ("" = a teacher trained inside the run)."""
+    teacher: the run's teacher.checkpoint ("" = a teacher trained inside the run); distill: its distill.method ("" =
+    not known, not said)."""
     taught_by = (f"the shipped teacher `{_rel(Path(teacher))}` (its README says what it is)" if teacher else
                  "a teacher trained inside the run")
+    through = f" through {DISTILL_WORDS.get(distill, f'`distill.method: {distill}`')}" if distill else ""
     lines = [
         "# Embedded default bundle",
         "",
         "The detector node's default model (`bundle_path: \"\"`), produced by the release recipe (issue 14,",
         "docs/RELEASE.md): the CLEAN pipeline on the simulator's realistic preset, all around the sensor, taught by",
-        f"{taught_by}. Format: docs/BUNDLE.md; provenance and metrics are in manifest.json.",
+        f"{taught_by}{through}. Format: docs/BUNDLE.md; provenance and metrics are in manifest.json.",
         "",
         "## Reproduce",
         "",
@@ -84,15 +95,17 @@ def bundle_readme(config: Path, out: Path, command: str, report_md: str, real: s
     return "\n".join(lines)
 
 
-def _run_teacher(out: Path) -> str:
-    """teacher.checkpoint of the run's resolved config (OUT/config.yaml); "" if it trained its own or is unreadable."""
+def _run_teacher_and_distill(out: Path) -> tuple[str, str]:
+    """teacher.checkpoint and distill.method of the run's resolved config (OUT/config.yaml): ("", "") if unreadable;
+    the checkpoint is "" when the run trained its own teacher."""
     from clean_ros.yaml_config import ConfigError, load_config
     from training.compression.compress_config import CompressConfig
 
     try:
-        return load_config(CompressConfig, out / "config.yaml").teacher.checkpoint
+        cfg = load_config(CompressConfig, out / "config.yaml")
     except (OSError, ConfigError):
-        return ""
+        return "", ""
+    return cfg.teacher.checkpoint, cfg.distill.method
 
 
 def _demote(markdown: str) -> str:
@@ -186,7 +199,7 @@ def _main(args) -> int:
         f" --set {shlex.quote(v)}" for v in args.overrides) + (
         f" --config {_rel(args.config)}" if args.config.resolve() != DEFAULT_CONFIG else "")
     readme = bundle_readme(args.config, args.out, command, report.read_text(), real, real_folder, git_commit(REPO),
-                           _run_teacher(args.out))
+                           *_run_teacher_and_distill(args.out))
     install_bundle(bundle, args.bundle, readme)
     print(f"installed {args.bundle} (README.md: the report and the real-data figures)")
     return 0

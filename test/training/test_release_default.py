@@ -72,12 +72,18 @@ def test_dry_run_prints_the_commands_and_writes_nothing(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-def test_readme_names_the_runs_own_teacher(tmp_path):
-    (tmp_path / "config.yaml").write_text("teacher:\n  checkpoint: models/teacher_realistic\n")
-    teacher = release_default._run_teacher(tmp_path)
+def test_readme_names_the_runs_own_teacher_and_distillation(tmp_path):
+    (tmp_path / "config.yaml").write_text("teacher:\n  checkpoint: models/teacher_realistic\n"
+                                          "distill:\n  method: label_assign\n")
+    teacher, distill = release_default._run_teacher_and_distill(tmp_path)
     readme = release_default.bundle_readme(Path("c.yaml"), tmp_path, "cmd", "# Compression report", None, None, "abc",
-                                           teacher)
+                                           teacher, distill)
     assert "taught by\nthe shipped teacher `models/teacher_realistic`" in readme and "360-degree teacher" not in readme
-    (tmp_path / "config.yaml").write_text("teacher:\n  checkpoint: ''\n")
-    assert "a teacher trained inside the run" in release_default.bundle_readme(
-        Path("c.yaml"), tmp_path, "cmd", "", None, None, None, release_default._run_teacher(tmp_path))
+    assert "through label-assignment distillation only (no CaKD term)." in readme
+    (tmp_path / "config.yaml").write_text("teacher:\n  checkpoint: ''\ndistill:\n  method: sparsekd\n")
+    readme = release_default.bundle_readme(Path("c.yaml"), tmp_path, "cmd", "", None, None, None,
+                                           *release_default._run_teacher_and_distill(tmp_path))
+    assert "a teacher trained inside the run through `distill.method: sparsekd`." in readme
+    # an unreadable run config: neither is claimed
+    assert release_default._run_teacher_and_distill(tmp_path / "missing") == ("", "")
+    assert " through " not in release_default.bundle_readme(Path("c.yaml"), tmp_path, "cmd", "", None, None, None)
