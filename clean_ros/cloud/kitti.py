@@ -49,7 +49,8 @@ def split_frame_ids(folder: str | Path, split: str | None) -> tuple[Path, list[s
     folder: a split folder with velodyne/ (its listing in folder/ImageSets/ or folder.parent/ImageSets/) or a root
     with training/velodyne/ (its listing in root/ImageSets/). split: read ImageSets/<split>.txt (one id a line); None:
     every velodyne/*.bin, sorted. The source (the listing or the velodyne folder) is for messages. ValueError, one line
-    naming the path: no velodyne folder, no listing, a listing that cannot be read (or is not UTF-8), no frames. Whether
+    naming the path: no velodyne folder, no listing, a listing that cannot be read (or is not UTF-8), no frames, a
+    listed id that is not a plain file name (a path, '..', a space). Whether
     each listed frame has its files is left to the caller.
     """
     folder = Path(folder)
@@ -75,6 +76,10 @@ def split_frame_ids(folder: str | Path, split: str | None) -> tuple[Path, list[s
             raise ValueError(f"{source}: cannot read the frame list: {why}") from None
     if not frame_ids:
         raise ValueError(f"{source}: no frames")
+    # ids name files under velodyne/, label_2/, calib/: a path in a listing would read (or write) outside them
+    bad = next((i for i in frame_ids if any(c in "/\\" or c.isspace() for c in i) or i in (".", "..")), None)
+    if bad is not None:
+        raise ValueError(f"{source}: {bad!r} is not a frame id (one file name, without a folder or spaces, per line)")
     return split_dir, frame_ids, str(source)
 
 

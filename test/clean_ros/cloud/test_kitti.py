@@ -67,3 +67,13 @@ def test_errors_are_one_line_naming_the_path(tmp_path):
     assert _message(empty, None) == f"{empty / 'velodyne'}: no frames"
     assert _message(tmp_path / "nowhere", None).startswith(f"{tmp_path / 'nowhere'}: no velodyne/ folder "
                                                            "(nor training/velodyne/)")
+
+
+@pytest.mark.parametrize("line", ["../../etc/passwd", "sub/000001", "..", "000001 000002", "000001\t2", "a\\b"])
+def test_a_listed_path_is_not_a_frame_id(tmp_path, line):
+    root = tmp_path / "kitti"
+    _split_folder(root / "training")
+    (root / "ImageSets").mkdir()
+    listing = root / "ImageSets" / "val.txt"
+    listing.write_text(f"000000\n{line}\n")
+    assert _message(root, "val").startswith(f"{listing}: {line!r} is not a frame id")
