@@ -43,15 +43,16 @@ def read_velodyne(path: str | Path, num_features: int = 4) -> np.ndarray:
     return np.fromfile(path, dtype=np.float32).reshape(-1, num_features)
 
 
-def split_frame_ids(folder: str | Path, split: str | None) -> tuple[Path, list[str], str]:
+def split_frame_ids(folder: str | Path, split: str | None, listing_required: bool = True
+                    ) -> tuple[Path, list[str], str]:
     """The frames of a KITTI-layout folder: (the split folder holding velodyne/, the frame ids, their source).
 
     folder: a split folder with velodyne/ (its listing in folder/ImageSets/ or folder.parent/ImageSets/) or a root
-    with training/velodyne/ (its listing in root/ImageSets/). split: read ImageSets/<split>.txt (one id a line); None:
-    every velodyne/*.bin, sorted. The source (the listing or the velodyne folder) is for messages. ValueError, one line
-    naming the path: no velodyne folder, no listing, a listing that cannot be read (or is not UTF-8), no frames, a
-    listed id that is not a plain file name (a path, '..', a space). Whether
-    each listed frame has its files is left to the caller.
+    with training/velodyne/ (its listing in root/ImageSets/). split: read ImageSets/<split>.txt (one id a line); None,
+    or no listing while listing_required is false: every velodyne/*.bin, sorted. The source (the listing or the
+    velodyne folder) is for messages. ValueError, one line naming the path: no velodyne folder, no listing (when
+    required), a listing that cannot be read (or is not UTF-8), no frames, a listed id that is not a plain file name
+    (a path, '..', a space). Whether each listed frame has its files is left to the caller.
     """
     folder = Path(folder)
     if (folder / "velodyne").is_dir():
@@ -61,14 +62,14 @@ def split_frame_ids(folder: str | Path, split: str | None) -> tuple[Path, list[s
     else:
         raise ValueError(f"{folder}: no velodyne/ folder (nor training/velodyne/); expected the KITTI layout with "
                          "velodyne/*.bin scans")
-    if split is None:
+    candidates = [d / f"{split}.txt" for d in listing_dirs] if split is not None else []
+    source = next((c for c in candidates if c.is_file()), None)
+    if source is None and candidates and listing_required:
+        raise ValueError(f"--split {split}: no {' or '.join(str(c) for c in candidates)}")
+    if source is None:
         source = split_dir / "velodyne"
         frame_ids = sorted(p.stem for p in source.glob("*.bin"))
     else:
-        candidates = [d / f"{split}.txt" for d in listing_dirs]
-        source = next((c for c in candidates if c.is_file()), None)
-        if source is None:
-            raise ValueError(f"--split {split}: no {' or '.join(str(c) for c in candidates)}")
         try:
             frame_ids = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as exc:

@@ -26,7 +26,7 @@ DEFAULT_START_S = 1_600_000_000.0  # a fixed, plausible epoch: the same dataset 
 def frame_ids(root: Path, split: str) -> tuple[list[str], Path, str]:
     """Frame ids of the split, their directory (training/ or testing/) and a note on how they were chosen.
 
-    A dataset root only (test: testing/, else training/), and all frames when root/ImageSets has no listing."""
+    A dataset root only (test: testing/, else training/), and all frames when the split has no listing."""
     from clean_ros.cloud.kitti import split_frame_ids
 
     base = root / ("testing" if split == "test" else "training")
@@ -35,14 +35,14 @@ def frame_ids(root: Path, split: str) -> tuple[list[str], Path, str]:
     if not velodyne.is_dir():
         raise BagError(f"{velodyne}: no velodyne directory (expected the KITTI object layout under {root})")
     try:
-        _, ids, source = split_frame_ids(base, split if listing.is_file() else None)
+        _, ids, source = split_frame_ids(base, split, listing_required=False)
     except ValueError as exc:
         raise BagError(str(exc)) from None
-    note = (f"split '{split}' from {source}" if listing.is_file()
-            else f"{listing} not found: all {len(ids)} frames of {velodyne}")
+    listed = source != str(velodyne)
+    note = f"split '{split}' from {source}" if listed else f"{listing} not found: all {len(ids)} frames of {velodyne}"
     missing = [i for i in ids if not (velodyne / f"{i}.bin").is_file()]
     if missing:
-        raise BagError(f"{velodyne}: {len(missing)} frame(s) of {listing} missing, e.g. {missing[0]}.bin")
+        raise BagError(f"{velodyne}: {len(missing)} frame(s) of {source} missing, e.g. {missing[0]}.bin")
     return ids, base, note
 
 

@@ -123,10 +123,9 @@ class KittiDataset(torch.utils.data.Dataset):
         self.frame_ids = self._read_frame_ids()
 
     def _read_frame_ids(self) -> list[str]:
-        # root/ImageSets/<split>.txt when it exists, else every scan of the split folder
-        listed = (self.root / "ImageSets" / f"{self.split}.txt").is_file()
+        # ImageSets/<split>.txt when it exists, else every scan of the split folder
         try:
-            _, frame_ids, source = split_frame_ids(self.split_dir, self.split if listed else None)
+            _, frame_ids, source = split_frame_ids(self.split_dir, self.split, listing_required=False)
         except ValueError as exc:
             raise KittiLayoutError(f"{exc} (split {self.split!r})") from None
         missing = [f for f in frame_ids if not (self.split_dir / "velodyne" / f"{f}.bin").is_file()]

@@ -77,3 +77,18 @@ def test_a_listed_path_is_not_a_frame_id(tmp_path, line):
     listing = root / "ImageSets" / "val.txt"
     listing.write_text(f"000000\n{line}\n")
     assert _message(root, "val").startswith(f"{listing}: {line!r} is not a frame id")
+
+
+def test_an_optional_listing_falls_back_to_every_scan(tmp_path):
+    root = tmp_path / "kitti"
+    split = _split_folder(root / "training")
+    every = (split, ["000000", "000001", "000003"], str(split / "velodyne"))
+    assert split_frame_ids(root, "val", listing_required=False) == every
+    assert split_frame_ids(split, "val", listing_required=False) == every
+    (root / "ImageSets").mkdir()
+    (root / "ImageSets" / "val.txt").write_text("000001\n")
+    assert split_frame_ids(split, "val", listing_required=False) == (split, ["000001"],
+                                                                     str(root / "ImageSets" / "val.txt"))
+    (root / "ImageSets" / "val.txt").write_text("\n")  # a listing that is there but empty is still an error
+    with pytest.raises(ValueError, match="val.txt: no frames"):
+        split_frame_ids(split, "val", listing_required=False)
