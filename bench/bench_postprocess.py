@@ -1,5 +1,6 @@
 """Where a bundle's batch-1 time goes on real scans: voxelisation, network, post-processing (and inside
-post-processing: scores + gate, thresholds + decoding of the candidates + NMS), with the anchors and candidates
+post-processing: finding the candidate rows on the logits (anchor heads), then scoring, gating, thresholds,
+decoding of the candidates and NMS), with the anchors and candidates
 per frame. The figures the fine-grid speed-up (docs/results/fine_grid) and the node's post-processing budget rest on.
 
     python bench/bench_postprocess.py [BUNDLE ...] [--frames DIR] [--repeats 10] [--backend torch]
@@ -19,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clean_ros.inference.pipeline import Pipeline  # noqa: E402
-from clean_ros.inference.postprocess import apply_iou_gate, class_scores  # noqa: E402
+from clean_ros.inference.postprocess import apply_iou_gate, candidate_rows, class_scores  # noqa: E402
 from suite import emit, figure, load_average, percentile  # noqa: E402  (bench/suite.py, beside this script)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +38,9 @@ def _ms(fn, repeats: int) -> list[float]:
 
 
 def profile(bundle: Path, scans: list[np.ndarray], repeats: int, backend: str) -> dict:
-    pipe = Pipeline.from_bundle(bundle, backend=backend)
+    pipe = Pipeline.from_bundle(bundle, backend=backend, intra_op_threads=1)
     cfg = pipe.detector_config
-    times = {"preprocess": [], "inference": [], "postprocess": [], "scores_gate": []}
+    times = {"preprocess": [], "inference": [], "postprocess": [], "find_candidates": []}
     positions, candidates = [], []
     for points in scans:
         for _ in range(2):
@@ -52,8 +53,7 @@ def profile(bundle: Path, scans: list[np.ndarray], repeats: int, backend: str) -
         maps, bev = pipe.raw_outputs(voxels)
         output = pipe.detector.head_output(maps, bev)
         gate = cfg.postprocess.iou_gate
-        times["scores_gate"] += _ms(lambda: apply_iou_gate(class_scores(output, cfg.postprocess.peak_kernel),
-                                                          output.iou_logits, gate), repeats)
+        times["find_candidates"] += _ms(lambda: candidate_rows(output, 0, cfg.postprocess), repeats)
         scores = apply_iou_gate(class_scores(output, cfg.postprocess.peak_kernel), output.iou_logits, gate)[0]
         thresholds = scores.new_tensor(cfg.postprocess.score_thresholds)
         positions.append(scores.shape[0])
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     scans = [np.fromfile(p, dtype=np.float32).reshape(-1, 4) for p in paths]
     print(f"{len(scans)} scans of {args.frames}, backend {args.backend}, 1 thread, load {load_average()}")
     print(f"{'bundle':40s} {'positions':>9s} {'cand.':>6s} {'voxelise':>9s} {'network':>8s} {'post':>7s}"
-          f" {'(scores+gate':>12s} {'select)':>8s}   ms p50")
+          f" {'(find cand.':>12s} {'rest)':>8s}   ms p50")
     for bundle in args.bundles:
         try:
             r = profile(bundle, scans, args.repeats, args.backend)
@@ -85,9 +85,9 @@ def main(argv=None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         p = r["p50"]
-        select = p["postprocess"] - p["scores_gate"]
+        select = p["postprocess"] - p["find_candidates"]
         print(f"{str(bundle):40s} {r['positions']:9d} {r['candidates']:6.0f} {p['preprocess']:9.1f} "
-              f"{p['inference']:8.1f} {p['postprocess']:7.1f} {p['scores_gate']:12.1f} {select:8.1f}")
+              f"{p['inference']:8.1f} {p['postprocess']:7.1f} {p['find_candidates']:12.1f} {select:8.1f}")
         emit(figure("bench_postprocess", f"{bundle.name} post-processing p50", p["postprocess"], "ms"))
     return 0
 

@@ -70,7 +70,7 @@ def empty_voxels(max_points_per_voxel: int, num_features: int, device: torch.dev
                   torch.zeros(0, dtype=torch.int32, device=device), torch.zeros((0, 4), dtype=torch.int32, device=device))
 
 
-def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     """Indices of True entries of a 1-D bool tensor, ascending. numpy's is ~8x faster than torch's on CPU."""
     if mask.device.type == "cpu":
         return torch.from_numpy(np.flatnonzero(mask.numpy()))
@@ -101,7 +101,7 @@ def voxelize_with_stats(points: torch.Tensor, point_cloud_range: Sequence[float]
     badness = outside[:, 0] + outside[:, 1] + outside[:, 2]
     for f in range(3, num_features):
         badness += points[:, f] * 0.0
-    kept = _flat_nonzero(badness == 0)  # ascending: input order is preserved
+    kept = flat_nonzero(badness == 0)  # ascending: input order is preserved
     num_valid = kept.numel()
     if num_valid == 0:
         return empty_voxels(t, num_features, device), VoxelStats(num_input, num_input, 0, 0, 0)
@@ -115,7 +115,7 @@ def voxelize_with_stats(points: torch.Tensor, point_cloud_range: Sequence[float]
     is_first[0] = True
     torch.ne(sorted_key[1:], sorted_key[:-1], out=is_first[1:])
     group = torch.cumsum(is_first, 0) - 1  # voxel group of each sorted point
-    starts = _flat_nonzero(is_first)  # (U,) first sorted position of each group
+    starts = flat_nonzero(is_first)  # (U,) first sorted position of each group
     num_occupied = starts.numel()
     rank_in_voxel = torch.arange(num_valid, device=device) - starts.index_select(0, group)
     counts = torch.diff(starts, append=torch.tensor([num_valid], device=device))
@@ -133,13 +133,13 @@ def voxelize_with_stats(points: torch.Tensor, point_cloud_range: Sequence[float]
         group_slot = torch.cumsum(keep_group, 0) - 1
         group_slot.masked_fill_(~keep_group, num_voxels)  # a slot past the end: dropped below
         point_slot = group_slot.index_select(0, group)
-        kept_groups = _flat_nonzero(keep_group)
+        kept_groups = flat_nonzero(keep_group)
         counts = counts.index_select(0, kept_groups)
         group_key = group_key.index_select(0, kept_groups)
     else:
         point_slot = group
     take = (point_slot < num_voxels) & (rank_in_voxel < t)
-    take_idx = _flat_nonzero(take)
+    take_idx = flat_nonzero(take)
     flat_target = point_slot.index_select(0, take_idx) * t + rank_in_voxel.index_select(0, take_idx)
     source = kept.to(device).index_select(0, order.index_select(0, take_idx))
 

@@ -8,6 +8,7 @@ offset of 1e-7) are compared at the scale the map lives at instead of demanding 
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -87,7 +88,13 @@ def _check_maps(pipelines, points):
         encoder = pipelines["torch"].detector.encoder
         per_point = encoder(voxels.features, voxels.num_points, voxels.coords)
         padded = encoder._forward_padded(voxels.features, voxels.num_points, voxels.coords)
-    assert scaled_relative_error(from_onnx, per_point) <= RTOL and scaled_relative_error(padded, per_point) <= 1e-6
+        # float64 truth: the per-point path regroups the arithmetic (BN folded, points relative to their pillar), so it
+        # must be as close to the truth as the padded path is, not bit-equal to it
+        exact = copy.deepcopy(encoder).double()._forward_padded(voxels.features.double(), voxels.num_points,
+                                                                voxels.coords)
+    assert scaled_relative_error(from_onnx, per_point) <= RTOL and scaled_relative_error(padded, per_point) <= 1e-4
+    padded_error = scaled_relative_error(padded.double(), exact)
+    assert padded_error < 1e-4 and scaled_relative_error(per_point.double(), exact) <= 1.5 * padded_error
     assert per_point.abs().max() > 0.1
     # cls, box, dir (+ iou for a bundle with an IoU branch): every head map of the bundle's detector
     assert len(maps) == len(ref_maps) == len(pipelines["torch"].detector.dense_output_names) >= 3

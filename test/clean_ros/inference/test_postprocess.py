@@ -10,7 +10,7 @@ import torch
 from clean_ros.models.anchors import FeatureGrid
 from clean_ros.models.detector_config import load_detector_config
 from clean_ros.models.detector import HeadOutput
-from clean_ros.inference.postprocess import apply_iou_gate, postprocess, postprocess_tensors
+from clean_ros.inference.postprocess import apply_iou_gate, candidate_rows, postprocess, postprocess_tensors
 from clean_ros.types import Detections
 from training.config_paths import find_config
 
@@ -170,20 +170,24 @@ def _reference_frames(out, cfg):
     return frames
 
 
-@pytest.mark.parametrize("head", ["anchor", "center"])
+@pytest.mark.parametrize("head, gate", [("anchor", "soft"), ("anchor", "hard"), ("anchor", "none"), ("center", "none")])
 @pytest.mark.parametrize("settings", [
     [],
+    ["postprocess.score_thresholds=[0.2, 1.0, 0.3]"],  # a class switched off: only sigmoid == 1.0 passes it
     ["postprocess.class_agnostic_nms=false"],
     ["postprocess.range_breakpoints=[12.0]", "postprocess.range_score_thresholds=[0.3, 0.5, 0.3, 0.5, 0.3, 0.5]",
      "postprocess.nms_pre_max=40", "postprocess.nms_post_max=15", "postprocess.nms_iou=0.2"],
 ])
-def test_decoding_only_the_candidates_equals_decoding_everything(head, settings):
-    """Post-processing decodes only the boxes that pass the thresholds; the detections are those of decoding every
-    position first (random outputs, two frames, dense enough that NMS, top-k and range bands all act)."""
+def test_decoding_only_the_candidates_equals_decoding_everything(head, gate, settings):
+    """Post-processing decodes only the boxes that pass the thresholds, and anchor heads (without the soft gate)
+    score only the rows whose logits can pass (candidate_rows); the detections are those of scoring and decoding
+    every position first, to the bit (random outputs, two frames, dense enough that NMS, top-k and range bands all
+    act)."""
     gen = torch.Generator().manual_seed(7)
     grid = FeatureGrid(12, 16, 0.0, -3.84, 0.64, 0.64, 2)
     p = 12 * 16 * (2 if head == "anchor" else 1)
     logits = torch.randn(2, p, 3, generator=gen) * 2.0 - 2.0
+    logits[:, ::17, 1] = 20.0  # sigmoid rounds to 1.0 in float32: passes even a threshold of 1.0
     if head == "anchor":
         sizes = torch.tensor([CAR, PED, CYC]).repeat(p // 3 + 1, 1)[:p]
         cells = torch.arange(p) // 2
@@ -191,7 +195,13 @@ def test_decoding_only_the_candidates_equals_decoding_everything(head, settings)
                                *sizes.T, (torch.arange(p) % 2) * math.pi / 2], dim=1)
         out = HeadOutput(logits, torch.randn(2, p, 7, generator=gen) * 0.3, torch.randn(2, p, 2, generator=gen),
                          torch.randn(2, p, generator=gen), anchors, torch.arange(p) % 3, grid, torch.zeros(1), "anchor")
-        cfg = _cfg("postprocess.score_thresholds=[0.2, 0.2, 0.2]", "head.iou_branch=true", "postprocess.iou_gate.mode=soft", *settings)
+        cfg = _cfg("postprocess.score_thresholds=[0.2, 0.2, 0.2]", "head.iou_branch=true",
+                   f"postprocess.iou_gate.mode={gate}", "postprocess.iou_gate.thresholds=[0.3, 0.3, 0.3]", *settings)
+        rows = candidate_rows(out, 0, cfg.postprocess)
+        if gate == "soft":
+            assert rows is None  # its powers would round differently on a subset: every position is scored
+        else:
+            assert rows is not None and 0 < rows.numel() < p and torch.equal(rows, rows.sort().values)
     else:
         box = torch.randn(2, p, 8, generator=gen) * 0.3
         box[..., 3:6] += 0.5
