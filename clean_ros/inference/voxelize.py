@@ -77,6 +77,19 @@ def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().squeeze(1)
 
 
+def _stable_sort(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.sort(key, stable=True) of non-negative integer keys. On CPU each key is packed with its position into one
+    int64 (key << bits | position): the values are then unique, so any sort gives the stable order, and numpy's sort
+    (SIMD where the CPU has it) took 0.8 ms for 110k keys against torch's stable sort's 1.9 on one thread."""
+    n = key.numel()
+    bits = max(int(n - 1).bit_length(), 1)
+    if key.device.type != "cpu" or n == 0 or int(key.max()) >= 1 << (63 - bits):
+        return torch.sort(key, stable=True)
+    packed = np.sort((key.numpy().astype(np.int64) << bits) | np.arange(n, dtype=np.int64))
+    order = torch.from_numpy(packed & ((1 << bits) - 1))
+    return torch.from_numpy(packed >> bits).to(key.dtype), order
+
+
 def voxelize_with_stats(points: torch.Tensor, point_cloud_range: Sequence[float], voxel_size: Sequence[float],
                         max_points_per_voxel: int, max_voxels: int, batch_index: int = 0) -> tuple[Voxels, VoxelStats]:
     """Voxelise one cloud (N, F>=3) -> (Voxels, VoxelStats). See the module docstring for the rules."""
@@ -110,7 +123,7 @@ def voxelize_with_stats(points: torch.Tensor, point_cloud_range: Sequence[float]
     cell = cell.index_select(0, kept).to(key_dtype)
     key = (cell[:, 2] * ny + cell[:, 1]) * nx + cell[:, 0]
     # Stable sort groups each voxel's points while keeping them in input order inside the group.
-    sorted_key, order = torch.sort(key, stable=True)
+    sorted_key, order = _stable_sort(key)
     is_first = torch.empty(num_valid, dtype=torch.bool, device=device)
     is_first[0] = True
     torch.ne(sorted_key[1:], sorted_key[:-1], out=is_first[1:])

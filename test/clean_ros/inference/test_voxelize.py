@@ -169,3 +169,19 @@ def test_cuda_matches_cpu(rng):
     gpu = voxelize(torch.from_numpy(pts).cuda(), *settings)
     for a, b in zip(cpu, gpu):
         assert torch.equal(a, b.cpu())
+
+
+@pytest.mark.parametrize("n, high", [(1, 5), (2000, 50), (100_000, 112_896), (3000, 2**62)])
+def test_stable_sort_equals_torch_stable_sort(n, high):
+    """The voxeliser groups points by a packed numpy sort (key << bits | position) on CPU; it must give torch's stable
+    order exactly, ties in input order (few distinct keys: many ties), and fall back to torch for keys too large to
+    pack (2**62)."""
+    from clean_ros.inference.voxelize import _stable_sort
+
+    gen = torch.Generator().manual_seed(n)
+    dtype = torch.int64 if high > 2**31 else torch.int32
+    key = torch.randint(0, high, (n,), generator=gen, dtype=torch.int64).to(dtype)
+    sorted_key, order = _stable_sort(key)
+    ref_key, ref_order = torch.sort(key, stable=True)
+    assert sorted_key.dtype == key.dtype and order.dtype == torch.int64
+    assert torch.equal(sorted_key, ref_key) and torch.equal(order, ref_order)
