@@ -52,7 +52,8 @@ import numpy as np  # noqa: E402
 from clean_ros import defaults  # noqa: E402
 from clean_ros.atomic import atomic_write_json  # noqa: E402
 from clean_ros.cloud.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiFormatError, KittiObjects,  # noqa: E402
-                                   format_labels, parse_labels, read_labels, split_frame_ids, write_labels)
+                                   format_labels, frames_without, parse_labels, read_labels, split_frame_ids,
+                                   write_labels)
 from clean_ros.metrics.kitti_eval import CLASSES, evaluate  # noqa: E402
 
 EXIT_BAD_INPUT = 2
@@ -85,7 +86,7 @@ def resolve_folder(folder: Path, split: str | None = None) -> KittiFolder:
         if not (split_dir / sub).is_dir():
             raise RealCheckError(f"{split_dir / sub}: missing; the real-data check needs labels and calibration")
     for sub, suffix in (("velodyne", ".bin"), ("label_2", ".txt"), ("calib", ".txt")):
-        missing = [f for f in frame_ids if not (split_dir / sub / f"{f}{suffix}").is_file()]
+        missing = frames_without(split_dir, frame_ids, sub, suffix)
         if missing:
             raise RealCheckError(f"{split_dir / sub}: {len(missing)} of {len(frame_ids)} frames have no {suffix} "
                                  f"file, e.g. {missing[0]}{suffix}")

@@ -84,6 +84,14 @@ def split_frame_ids(folder: str | Path, split: str | None, listing_required: boo
     return split_dir, frame_ids, str(source)
 
 
+def frames_without(split_dir: str | Path, frame_ids: list[str], sub: str = "velodyne", suffix: str = ".bin"
+                   ) -> list[str]:
+    """The frame ids of a split_frame_ids listing that have no split_dir/sub/<id><suffix> file, in listing order
+    (each caller says what a missing file means for it)."""
+    folder = Path(split_dir) / sub
+    return [i for i in frame_ids if not (folder / f"{i}{suffix}").is_file()]
+
+
 # --------------------------------------------------------------------------- calibration
 @dataclass(frozen=True)
 class Calibration:

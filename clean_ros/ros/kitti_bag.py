@@ -27,7 +27,7 @@ def frame_ids(root: Path, split: str) -> tuple[list[str], Path, str]:
     """Frame ids of the split, their directory (training/ or testing/) and a note on how they were chosen.
 
     A dataset root only (test: testing/, else training/), and all frames when the split has no listing."""
-    from clean_ros.cloud.kitti import split_frame_ids
+    from clean_ros.cloud.kitti import frames_without, split_frame_ids
 
     base = root / ("testing" if split == "test" else "training")
     listing = root / "ImageSets" / f"{split}.txt"
@@ -40,7 +40,7 @@ def frame_ids(root: Path, split: str) -> tuple[list[str], Path, str]:
         raise BagError(str(exc)) from None
     listed = source != str(velodyne)
     note = f"split '{split}' from {source}" if listed else f"{listing} not found: all {len(ids)} frames of {velodyne}"
-    missing = [i for i in ids if not (velodyne / f"{i}.bin").is_file()]
+    missing = frames_without(base, ids)
     if missing:
         raise BagError(f"{velodyne}: {len(missing)} frame(s) of {source} missing, e.g. {missing[0]}.bin")
     return ids, base, note

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from clean_ros.cloud.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiFormatError, KittiObjects,
-                                   boxes_camera_to_lidar, difficulty_levels, read_labels, read_velodyne,
-                                   split_frame_ids)
+                                   boxes_camera_to_lidar, difficulty_levels, frames_without, read_labels,
+                                   read_velodyne, split_frame_ids)
 from training.data.data_config import DataConfig
 from training.data.sample import Sample, class_indices
 
@@ -128,7 +128,7 @@ class KittiDataset(torch.utils.data.Dataset):
             _, frame_ids, source = split_frame_ids(self.split_dir, self.split, listing_required=False)
         except ValueError as exc:
             raise KittiLayoutError(f"{exc} (split {self.split!r})") from None
-        missing = [f for f in frame_ids if not (self.split_dir / "velodyne" / f"{f}.bin").is_file()]
+        missing = frames_without(self.split_dir, frame_ids)
         if missing:
             raise KittiLayoutError(f"{source}: {len(missing)} listed frame(s) have no scan in "
                                    f"{self.split_dir / 'velodyne'}, e.g. {missing[:3]}")

@@ -92,3 +92,18 @@ def test_an_optional_listing_falls_back_to_every_scan(tmp_path):
     (root / "ImageSets" / "val.txt").write_text("\n")  # a listing that is there but empty is still an error
     with pytest.raises(ValueError, match="val.txt: no frames"):
         split_frame_ids(split, "val", listing_required=False)
+
+
+def test_frames_without_names_the_listed_frames_lacking_a_file(tmp_path):
+    """One check of 'every listed frame has its file', shared by the bag writer, KittiDataset and real_check."""
+    from clean_ros.cloud.kitti import frames_without
+
+    (tmp_path / "velodyne").mkdir()
+    (tmp_path / "label_2").mkdir()
+    for i in ("000000", "000002"):
+        (tmp_path / "velodyne" / f"{i}.bin").write_bytes(b"")
+    (tmp_path / "label_2" / "000002.txt").write_text("")
+    ids = ["000002", "000001", "000000", "000003"]
+    assert frames_without(tmp_path, ids) == ["000001", "000003"]  # listing order
+    assert frames_without(tmp_path, ids, "label_2", ".txt") == ["000001", "000000", "000003"]
+    assert frames_without(tmp_path, ["000000"]) == []
