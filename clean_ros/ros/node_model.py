@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 
-from clean_ros.cloud.pointcloud import InputContract
 from clean_ros.inference.intensity_level import LEVEL_RANGE_M
 from clean_ros.inference.sensor_mount import SensorMount
 from clean_ros.package_share import default_bundle_path
@@ -165,13 +164,7 @@ class NodeModel:
         self.get_logger().info(f"warm-up: {iterations} iteration(s) in {time.perf_counter() - start:.2f} s")
 
     def _input_contract(self):
-        if hasattr(self.pipeline, "input_contract"):  # without the intensity's range while auto_intensity is on
-            return self.pipeline.input_contract()
-        bundle = getattr(self.pipeline, "bundle", None)  # test doubles of the Pipeline
-        if bundle is not None and hasattr(bundle, "input_contract"):
-            return bundle.input_contract()
-        return InputContract(point_features=self.point_features,
-                             point_cloud_range=tuple(getattr(bundle, "point_cloud_range", (-1e9,) * 3 + (1e9,) * 3)))
+        return self.pipeline.input_contract()  # without the intensity's range while auto_intensity is on
 
 
 __all__ = ["NodeModel", "feature_names"]

@@ -550,6 +550,11 @@ class FailingPipeline:
     def update_postprocess(self, **changes):
         raise ValueError("not used")
 
+    def input_contract(self):
+        from clean_ros.cloud.pointcloud import InputContract
+
+        return InputContract(point_features=("x", "y", "z", "intensity"), point_cloud_range=(-1e9,) * 3 + (1e9,) * 3)
+
     def warmup(self, iterations=3):
         pass
 

@@ -53,6 +53,11 @@ class RecordingPipeline:
             raise RuntimeError(self.fail_warmup)
         self.warmups.append(iterations)
 
+    def input_contract(self):
+        from clean_ros.cloud.pointcloud import InputContract
+
+        return InputContract(point_features=("x", "y", "z", "intensity"), point_cloud_range=(-1e9,) * 3 + (1e9,) * 3)
+
 
 @contextmanager
 def in_process_node(factory, **overrides):
