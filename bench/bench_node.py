@@ -12,7 +12,7 @@ lifted) on /tf_static and a moving vehicle odom -> base_link at 100 Hz on /tf, s
 at its stamp. Prints every stream, the node's `frames` stage (TF lookups + moving points and boxes: what TF adds to
 each frame; goal <= 2 ms p50) and the difference of the end-to-end p50s.
 
-    .venv/bin/python bench/bench_node.py [--frames 200] [--rate 10] [--threads 1] [--bundle DIR] [--backend auto]
+    .venv/bin/python bench/bench_node.py [--frames 200] [--rate 10] [--threads 1] [--bundle DIR] [--backend auto] [--int8]
                                          [--tf]
 """
 from __future__ import annotations
@@ -78,6 +78,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--rate", type=float, default=defaults.EXPECTED_RATE_HZ)
     parser.add_argument("--threads", type=int, default=defaults.NUM_THREADS, help="node parameter num_threads")
+    parser.add_argument("--int8", action="store_true", help="node parameter int8 (the bundle's model.int8.onnx)")
     parser.add_argument("--bundle", default="")
     parser.add_argument("--backend", default=defaults.BACKEND)
     parser.add_argument("--tf", action="store_true",
@@ -148,7 +149,7 @@ def _stream(args, clouds, bundle: Path, workdir: Path, tf: bool) -> dict:
     from clean_ros.ros.node_process import DriverNode, NodeProcess
     from clean_ros.ros.pointcloud_msg import make_pointcloud2
 
-    parameters = {"bundle_path": str(bundle), "backend": args.backend, "num_threads": args.threads,
+    parameters = {"bundle_path": str(bundle), "backend": args.backend, "num_threads": args.threads, "int8": args.int8,
                   "input_topic": "/bench/points", "output_topic": "/bench/detections", "expected_rate_hz": args.rate}
     if tf:
         parameters.update(target_frame="odom", tf_timeout_s=0.05)
@@ -232,7 +233,8 @@ def _report(args, clouds, bundle: Path, run: dict) -> None:
     rss_start, rss_samples, rss_end = run["rss"]
     label = " with TF (target_frame odom, 100 Hz /tf)" if run["tf"] else ""
     print(f"bench_node{label}: {args.frames} KITTI clouds ({np.mean([len(c) for c in clouds]):.0f} points avg) at "
-          f"{args.rate:g} Hz, bundle {bundle.name}, backend {args.backend}, num_threads {args.threads}, "
+          f"{args.rate:g} Hz, bundle {bundle.name}, backend {args.backend}{' int8' if args.int8 else ''}, "
+          f"num_threads {args.threads}, "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"  answered {len(answered)} of {args.frames} published (the rest dropped by design: depth-1 best effort "
           f"while the node was busy)")

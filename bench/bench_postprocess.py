@@ -3,7 +3,7 @@ post-processing: finding the candidate rows on the logits (anchor heads), then s
 decoding of the candidates and NMS), with the anchors and candidates
 per frame. The figures the fine-grid speed-up (docs/results/fine_grid) and the node's post-processing budget rest on.
 
-    python bench/bench_postprocess.py [BUNDLE ...] [--frames DIR] [--repeats 10] [--backend torch]
+    python bench/bench_postprocess.py [BUNDLE ...] [--frames DIR] [--repeats 10] [--backend torch] [--int8]
 
 Default bundle: models/default; default frames: the six shared KITTI scans. One torch thread.
 """
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from clean_ros.inference.backends import BackendError  # noqa: E402
 from clean_ros.inference.pipeline import Pipeline  # noqa: E402
 from clean_ros.inference.postprocess import apply_iou_gate, candidate_rows, class_scores  # noqa: E402
 from suite import emit, figure, load_average, percentile  # noqa: E402  (bench/suite.py, beside this script)
@@ -37,8 +38,8 @@ def _ms(fn, repeats: int) -> list[float]:
     return out
 
 
-def profile(bundle: Path, scans: list[np.ndarray], repeats: int, backend: str) -> dict:
-    pipe = Pipeline.from_bundle(bundle, backend=backend, intra_op_threads=1)
+def profile(bundle: Path, scans: list[np.ndarray], repeats: int, backend: str, int8: bool = False) -> dict:
+    pipe = Pipeline.from_bundle(bundle, backend=backend, intra_op_threads=1, int8=int8)
     cfg = pipe.detector_config
     times = {"preprocess": [], "inference": [], "postprocess": [], "find_candidates": []}
     positions, candidates = [], []
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=Path, default=FRAMES, help="folder of KITTI .bin scans (first 6 used)")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--backend", default="torch")
+    ap.add_argument("--int8", action="store_true", help="the bundle's int8 dense part (onnxruntime)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     paths = sorted(glob.glob(str(args.frames / "*.bin")))[:6]
@@ -75,13 +77,14 @@ def main(argv=None) -> int:
         print(f"error: no .bin scans in {args.frames}", file=sys.stderr)
         return 2
     scans = [np.fromfile(p, dtype=np.float32).reshape(-1, 4) for p in paths]
-    print(f"{len(scans)} scans of {args.frames}, backend {args.backend}, 1 thread, load {load_average()}")
+    print(f"{len(scans)} scans of {args.frames}, backend {args.backend}{' int8' if args.int8 else ''}, 1 thread, "
+          f"load {load_average()}")
     print(f"{'bundle':40s} {'positions':>9s} {'cand.':>6s} {'voxelise':>9s} {'network':>8s} {'post':>7s}"
           f" {'(find cand.':>12s} {'rest)':>8s}   ms p50")
     for bundle in args.bundles:
         try:
-            r = profile(bundle, scans, args.repeats, args.backend)
-        except (OSError, ValueError) as exc:  # BundleError is a ValueError
+            r = profile(bundle, scans, args.repeats, args.backend, args.int8)
+        except (OSError, ValueError, BackendError) as exc:  # BundleError is a ValueError
             print(f"error: {exc}", file=sys.stderr)
             return 2
         p = r["p50"]

@@ -1,7 +1,7 @@
 """The real-data check: run a model bundle on labelled real scans and print what it finds and what it gets wrong.
 
     python training/real_check.py [--bundle models/default] FOLDER [--split NAME] [--out report.json]
-                                  [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--threads 1]
+                                  [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--int8] [--threads 1]
                                   [--intensity-scale S] [--no-auto-intensity]
                                   [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]] [--emulate-sensor SPEC] [--score-threshold T] [--save-predictions DIR]
                                   [--list-false-positives] [--quiet]
@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, help="write the report as JSON here")
     ap.add_argument("--backend", default=defaults.BACKEND, choices=list(defaults.BACKENDS))
     ap.add_argument("--device", default=defaults.DEVICE, help="cpu or cuda[:N]")
+    ap.add_argument("--int8", action="store_true",
+                    help="run the bundle's int8 dense part (model.int8.onnx) on onnxruntime, as the node's int8")
     ap.add_argument("--threads", type=int, default=defaults.NUM_THREADS,
                     help="torch / onnxruntime CPU threads (0 = library default)")
     ap.add_argument("--intensity-scale", type=float, default=defaults.INTENSITY_SCALE,
@@ -324,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         from clean_ros.inference.pipeline import Pipeline
 
         pipeline = Pipeline.from_bundle(args.bundle, backend=args.backend, device=args.device,
-                                        intra_op_threads=args.threads)
+                                        intra_op_threads=args.threads, int8=args.int8)
         if args.score_threshold is not None:
             pipeline.update_postprocess(score_thresholds=args.score_threshold)
         from clean_ros.inference.sensor_mount import SensorMount

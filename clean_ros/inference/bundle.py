@@ -6,6 +6,7 @@
       weights.safetensors  the detector's state_dict (safetensors: a flat tensor table, it cannot run code)
       model.onnx           the dense part (BEV backbone + head): BEV canvas -> raw head maps
       encoder.onnx         (pillar models) the pillar feature net, dynamic number of pillars
+      model.int8.onnx      (optional) the dense part quantized to int8 for ONNX Runtime (training/quantize_bundle.py)
 
 `save_bundle` writes the directory under a temporary name next to the target and renames it into place, so a
 reader never sees half a bundle. `load_bundle` validates the manifest (required fields, their types, the schema
@@ -41,6 +42,7 @@ MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.safetensors"
 DENSE_ONNX_NAME = "model.onnx"
 ENCODER_ONNX_NAME = "encoder.onnx"
+INT8_ONNX_NAME = "model.int8.onnx"
 
 # Conventional per-point feature layouts: (name, expected value range or None, unit).
 _KNOWN_FEATURES = {
@@ -176,6 +178,11 @@ class Bundle:
     def onnx_path(self) -> Path | None:
         """The dense part (BEV canvas -> head maps) as ONNX, or None if the bundle was saved without it."""
         return self._listed(DENSE_ONNX_NAME)
+
+    @property
+    def int8_onnx_path(self) -> Path | None:
+        """The dense part quantized to int8 (QDQ, training/quantize_bundle.py), or None."""
+        return self._listed(INT8_ONNX_NAME)
 
     @property
     def encoder_onnx_path(self) -> Path | None:

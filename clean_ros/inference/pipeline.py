@@ -64,7 +64,7 @@ class PipelineResult:
 # ------------------------------------------------------------------------------------------- the pipeline
 class Pipeline:
     def __init__(self, bundle: Bundle, backend: str = "auto", device: str = "cpu", *, fp16: bool | None = None,
-                 intra_op_threads: int = 0, use_encoder_onnx: bool = True):
+                 intra_op_threads: int = 0, use_encoder_onnx: bool = True, int8: bool = False):
         self.bundle = bundle
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -72,7 +72,8 @@ class Pipeline:
         self.detector_config: DetectorConfig = copy.deepcopy(bundle.detector_config)
         self.detector = bundle.build_detector(self.device)
         self.backend: Backend = open_backend(backend, bundle, self.detector, str(self.device), fp16=fp16,
-                                             intra_op_threads=intra_op_threads, use_encoder_onnx=use_encoder_onnx)
+                                             intra_op_threads=intra_op_threads, use_encoder_onnx=use_encoder_onnx,
+                                             int8=int8)
         self.backend_name = self.backend.name
         self.class_names = bundle.class_names
         self.point_features = bundle.point_features

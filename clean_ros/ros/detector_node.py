@@ -93,6 +93,7 @@ class DetectorCore(NodeModel, ParameterChanges, HealthReport):
         self.backend_requested = read("backend")
         self.device = read("device")
         self.num_threads = read("num_threads")
+        self.int8 = bool(read("int8"))
         self.use_sim_time = bool(self.get_parameter("use_sim_time").value)
         for name in PLAIN_ATTRIBUTES:
             setattr(self, name, read(name))

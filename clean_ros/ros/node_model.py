@@ -6,7 +6,7 @@ must not count as a scan of the sensor); while it is on, the input contract does
 
 NodeModel is a mixin of clean_ros.ros.detector_node.DetectorCore, so the plain node runs it in its constructor and
 the lifecycle node (clean_ros.ros.lifecycle_node) in configure (``_load_model``) and cleanup (``_free_model``). It
-reads the node's static parameters (``self.params``, ``backend_requested``, ``device``, ``num_threads``) and sets
+reads the node's static parameters (``self.params``, ``backend_requested``, ``device``, ``num_threads``, ``int8``) and sets
 ``pipeline``, ``bundle_path``, ``backend_reason``, ``class_names``, ``point_features``, ``contract``, ``tf`` and
 ``frames``. Every start-up failure is one StartupError line (the node prints it as FATAL, exit status 2; the
 lifecycle node fails the transition with it).
@@ -137,7 +137,7 @@ class NodeModel:
                 from clean_ros.inference.pipeline import Pipeline
 
                 pipeline = Pipeline.from_bundle(path, backend=self.backend_requested, device=self.device,
-                                                intra_op_threads=self.num_threads)
+                                                intra_op_threads=self.num_threads, int8=self.int8)
             else:
                 pipeline = factory(path, backend=self.backend_requested, device=self.device)
         except Exception as error:  # noqa: BLE001 - every start-up failure becomes one clear line

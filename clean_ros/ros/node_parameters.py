@@ -71,6 +71,8 @@ STATIC_PARAMETERS: tuple[ParameterSpec, ...] = (
     P("device", DEVICE, "cpu | cuda | cuda:N", read_only=True),
     P("num_threads", NUM_THREADS, "torch intra-op threads (CPU); see docs/NODE.md on contention", read_only=True,
       int_range=(1, 256)),
+    P("int8", False, "run the bundle's int8 dense part (model.int8.onnx) on onnxruntime; an error if it has none",
+      read_only=True),
     P("warmup_iterations", WARMUP_ITERATIONS, "inference runs on a synthetic cloud at start-up, excluded from "
       "statistics", read_only=True, int_range=(0, 100)),
     # topics and QoS (read-only)

@@ -1,6 +1,6 @@
 """Offline inference on files, through the same Pipeline as the ROS node.
 
-    python -m clean_ros.infer [--bundle DIR] [--backend auto|torch|onnxruntime|tensorrt] [--device cpu|cuda]
+    python -m clean_ros.infer [--bundle DIR] [--backend auto|torch|onnxruntime|tensorrt] [--device cpu|cuda] [--int8]
                               [--out PRED_DIR] [--png DIR] [--calib FILE_or_DIR] [--intensity-scale S]
                               [--no-auto-intensity]
                               [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]]
@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="model bundle (default: models/default)")
     ap.add_argument("--backend", default=defaults.BACKEND, choices=list(defaults.BACKENDS))
     ap.add_argument("--device", default=defaults.DEVICE, help="cpu or cuda[:N]")
+    ap.add_argument("--int8", action="store_true",
+                    help="run the bundle's int8 dense part (model.int8.onnx) on onnxruntime (docs/BUNDLE.md)")
     ap.add_argument("--out", type=Path, help="write predictions here (KITTI .txt with calib, else .json)")
     ap.add_argument("--png", type=Path, help="write a bird's-eye-view PNG per frame here")
     ap.add_argument("--calib", type=Path, help="KITTI calib file for all frames, or a folder of <id>.txt")
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.bundle / "manifest.json").exists() and args.bundle == DEFAULT_BUNDLE:
             raise InferError(f"the default bundle {DEFAULT_BUNDLE} is missing; pass --bundle DIR")
         pipeline = Pipeline.from_bundle(args.bundle, backend=args.backend, device=args.device,
-                                        intra_op_threads=args.threads)
+                                        intra_op_threads=args.threads, int8=args.int8)
         if args.score_threshold is not None:
             pipeline.update_postprocess(score_thresholds=args.score_threshold)
         if options.range_changes:

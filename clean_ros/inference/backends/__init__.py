@@ -44,12 +44,20 @@ def choose_backend(requested: str, bundle, device: str = "cpu") -> BackendChoice
 
 
 def create_backend(name: str, bundle, detector, device: str = "cpu", *, fp16: bool | None = None,
-                   intra_op_threads: int = 0, use_encoder_onnx: bool = True) -> Backend:
+                   intra_op_threads: int = 0, use_encoder_onnx: bool = True, int8: bool = False) -> Backend:
     """Instantiate backend `name` (not 'auto') for a loaded bundle and its torch detector.
 
-    fp16: torch on CUDA (default off) / TensorRT (default on). Outputs land on `device`.
+    fp16: torch on CUDA (default off) / TensorRT (default on). int8: ONNX Runtime on the bundle's model.int8.onnx
+    (training/quantize_bundle.py); any other backend, or a bundle without it, is an error, never a silent float run.
+    Outputs land on `device`.
     """
     cfg = bundle.detector_config
+    if int8:
+        if name != "onnxruntime":
+            raise BackendError(f"int8 runs on onnxruntime (the bundle's model.int8.onnx), not on backend {name!r}")
+        if bundle.int8_onnx_path is None:
+            raise BackendError(f"int8: bundle {bundle.path} has no model.int8.onnx; add one with python "
+                               f"training/quantize_bundle.py {bundle.path} --data SIMULATED_DATASET")
     if name == "torch":
         return TorchBackend(detector, device, fp16=bool(fp16))
     if bundle.onnx_path is None:
@@ -58,8 +66,9 @@ def create_backend(name: str, bundle, detector, device: str = "cpu", *, fp16: bo
     if name == "onnxruntime":
         from clean_ros.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(bundle.onnx_path, detector.dense_output_names, encoder_onnx, device=device,
-                                  intra_op_threads=intra_op_threads, output_device=device)
+        return OnnxRuntimeBackend(bundle.int8_onnx_path if int8 else bundle.onnx_path, detector.dense_output_names,
+                                  encoder_onnx, device=device, intra_op_threads=intra_op_threads,
+                                  output_device=device, precision="int8" if int8 else "fp32")
     if name == "tensorrt":
         from clean_ros.inference.backends.tensorrt_backend import TensorRTBackend
 
@@ -76,7 +85,12 @@ def create_backend(name: str, bundle, detector, device: str = "cpu", *, fp16: bo
 
 def open_backend(requested: str, bundle, detector, device: str = "cpu", **kwargs) -> Backend:
     """choose_backend + create_backend; with 'auto', an unavailable choice falls through to the next one."""
-    choice = choose_backend(requested, bundle, device)
+    if kwargs.get("int8") and requested in ("auto", "onnxruntime"):
+        choice = BackendChoice("onnxruntime", "int8: onnxruntime on model.int8.onnx" if requested == "auto"
+                               else "requested explicitly")
+        requested = "onnxruntime"  # no fallback: a float backend is not what int8 asked for
+    else:
+        choice = choose_backend(requested, bundle, device)
     order = [choice.name] + ([n for n in ("onnxruntime", "torch") if n != choice.name] if requested == "auto" else [])
     reasons = [choice.reason]
     for name in order:

@@ -33,9 +33,11 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, dense_onnx: str | Path, output_names, encoder_onnx: str | Path | None = None,
-                 device: str = "cpu", intra_op_threads: int = 0, output_device: str | torch.device = "cpu"):
+                 device: str = "cpu", intra_op_threads: int = 0, output_device: str | torch.device = "cpu",
+                 precision: str = "fp32"):
         ort = _ort()
         super().__init__(output_names, output_device)
+        self.precision = precision  # "int8": dense_onnx is the bundle's model.int8.onnx
         providers = ["CPUExecutionProvider"]
         if str(device).startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -66,6 +68,9 @@ class OnnxRuntimeBackend(Backend):
     @property
     def device(self) -> str:
         return self.providers[0]
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device}" + (" (int8 dense part)" if self.precision == "int8" else "")
 
     @property
     def has_encoder(self) -> bool:

@@ -521,6 +521,8 @@ def test_launch_command_formats_parameters_for_ros_args():
     ({"voxel_size": [0.1, 0.1, 0.2]}, "model geometry, classes and feature layout come from the model bundle"),
     ({"qos_reliability": "sometimes"}, "use best_effort or reliable"),
     ({"intensity_scale": 1}, "parameter 'intensity_scale'"),
+    ({"int8": True, "backend": "torch"},
+     "int8 runs on onnxruntime (the bundle's model.int8.onnx), not on backend 'torch'"),
 ])
 def test_unusable_configuration_stops_with_one_clear_line(parameters, expected):
     code, output = run_node_once(parameters, params_file=REPO / "config" / "detector.yaml", cwd=REPO)

@@ -1,0 +1,107 @@
+"""training/quantize_bundle.py: an int8 dense part added to a bundle (calibrated on simulated frames) that the
+Pipeline runs on onnxruntime with detections close to the float model's; bad input is one line and exit 2 and leaves
+the bundle as it was; int8 never falls back to a float backend."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from clean_ros.cloud import geometry
+from clean_ros.cloud.kitti import read_velodyne
+from clean_ros.inference.backends import BackendError
+from clean_ros.inference.bundle import INT8_ONNX_NAME, load_bundle, sha256_file
+from clean_ros.inference.pipeline import Pipeline
+from training import quantize_bundle as tool
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def sim_dataset(tmp_path_factory):
+    """Four realistic simulated frames (the calibration data a release uses is simulated, never real)."""
+    from training import simulate
+
+    root = tmp_path_factory.mktemp("sim")
+    assert simulate.main(["--out", str(root / "data"), "--frames", "4", "--seed", "11", "--preset", "realistic",
+                          "--workers", "1", "--quiet"]) == 0
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(sim_dataset, default_bundle, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "bundle"
+    assert tool.main([str(default_bundle), "--data", str(sim_dataset), "--split", "train", "--frames", "3",
+                      "--out", str(out)]) == 0
+    return out
+
+
+def test_the_bundle_gains_a_verified_int8_file_and_its_record(int8_bundle, default_bundle, sim_dataset):
+    bundle = load_bundle(int8_bundle)  # every hash verifies, the new file's included
+    assert bundle.int8_onnx_path == int8_bundle / INT8_ONNX_NAME
+    assert bundle.manifest["files"][INT8_ONNX_NAME]["sha256"] == sha256_file(int8_bundle / INT8_ONNX_NAME)
+    record = bundle.manifest["int8"]
+    assert record["calibration"]["frames"] == 3 and record["calibration"]["split"] == "train"
+    assert record["calibration"]["data"] == str(sim_dataset)
+    assert record["float32_nodes"] and all("head" in n for n in record["float32_nodes"])
+    # everything else is the source bundle's, byte for byte
+    source = load_bundle(default_bundle).manifest["files"]
+    assert {k: v for k, v in bundle.manifest["files"].items() if k != INT8_ONNX_NAME} == source
+    # int8 weights: the file is several times smaller than the float one
+    assert (int8_bundle / INT8_ONNX_NAME).stat().st_size < 0.5 * (int8_bundle / "model.onnx").stat().st_size
+
+
+def test_int8_pipeline_detects_what_the_float_one_does(int8_bundle, kitti_sample, sim_dataset, one_thread):
+    floats = Pipeline.from_bundle(int8_bundle, backend="onnxruntime", intra_op_threads=1)
+    ints = Pipeline.from_bundle(int8_bundle, backend="auto", intra_op_threads=1, int8=True)
+    assert ints.backend_name == "onnxruntime" and "int8" in ints.describe()
+    scans = [read_velodyne(kitti_sample / "training/velodyne/000000.bin"),
+             read_velodyne(sim_dataset / "training/velodyne/000003.bin")]  # not a calibration frame
+    for points in scans:
+        voxels, _ = floats.preprocess(points)
+        with torch.inference_mode():
+            float_maps, _ = floats.raw_outputs(voxels)
+            int_maps, _ = ints.raw_outputs(voxels)
+        cls_f, cls_i = float_maps[0], int_maps[0]
+        assert not torch.equal(cls_f, cls_i)  # it is another model...
+        assert float((cls_f - cls_i).abs().mean()) < 0.25 * float(cls_f.std())  # ...computing the same function
+        a, b = floats(points).detections, ints(points).detections
+        assert len(a) >= 5
+        iou = geometry.bev_iou(torch.from_numpy(a.boxes).double(), torch.from_numpy(b.boxes).double())
+        assert int((iou.max(dim=1).values >= 0.5).sum()) >= 0.8 * len(a)
+
+
+def test_int8_never_runs_on_another_backend_or_without_the_file(int8_bundle, default_bundle):
+    with pytest.raises(BackendError, match="not on backend 'torch'"):
+        Pipeline.from_bundle(int8_bundle, backend="torch", int8=True)
+    with pytest.raises(BackendError, match="no model.int8.onnx; add one with python training/quantize_bundle.py"):
+        Pipeline.from_bundle(default_bundle, backend="auto", int8=True)
+
+
+@pytest.mark.parametrize("case", ["no_split", "no_frames", "bad_bundle", "no_scans"])
+def test_bad_input_is_one_line_and_leaves_the_bundle(case, default_bundle, sim_dataset, tmp_path, capsys):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_bundle, bundle)
+    data = sim_dataset
+    args = [str(bundle), "--data", str(data), "--frames", "2"]
+    if case == "no_split":
+        args += ["--split", "nope"]
+    elif case == "no_frames":
+        args[-1] = "0"
+    elif case == "bad_bundle":
+        (bundle / "weights.safetensors").write_bytes(b"not weights")
+    else:
+        data = tmp_path / "data"
+        shutil.copytree(sim_dataset, data)
+        for scan in (data / "training" / "velodyne").glob("*.bin"):
+            scan.unlink()
+        (data / "training" / "velodyne" / "keep.bin").write_bytes(b"")
+        args[2] = str(data)
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    assert tool.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+    assert not list(tmp_path.glob(".bundle.int8-*"))  # no staging folder left behind
+    json.loads((bundle / "manifest.json").read_text())

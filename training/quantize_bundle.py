@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Add an int8 copy of a bundle's dense part (model.int8.onnx) for ONNX Runtime on CPU.
+
+    python training/quantize_bundle.py BUNDLE --data DATASET [--split val] [--frames 64] [--out OUT]
+
+Post-training static quantization (onnxruntime.quantization, QDQ format): weights int8 per output channel, activations
+uint8 with ranges measured (min / max) on the BEV canvases of `--frames` scans of a simulated KITTI-layout dataset's
+`--split` listing, made by the bundle's own torch encoder (the runtime's CPU path). The head's output convolutions
+stay float32, so every logit and box residual is computed in float from int8 features. Calibrate on simulated
+frames of the training distribution (the compression run's val split); never on real labelled scans (they are for
+checking only).
+
+The bundle gains model.int8.onnx, listed with its sha256 in the manifest, and a manifest record `int8` (calibration
+data, split, frames, method, excluded nodes, onnxruntime version). It is written next to OUT under a temporary name
+and swapped in by renames, so a failure leaves OUT as it was. The node (`int8: true`), `clean_ros.infer --int8`
+and `training/real_check.py --int8` run it (docs/BUNDLE.md "int8 dense part").
+
+Mistakes: one line `error: ...`, exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from clean_ros.cloud.kitti import frames_without, read_velodyne, split_frame_ids  # noqa: E402
+from clean_ros.inference.bundle import (DENSE_ONNX_NAME, INT8_ONNX_NAME, MANIFEST_NAME, BundleError,  # noqa: E402
+                                        load_bundle, replace_dir, sha256_file)
+
+EXIT_USAGE = 2
+# Calibration ranges are merged every this many canvases: onnxruntime keeps every intermediate output of a batch in
+# memory (tens of MB per 336 x 336 canvas).
+RANGE_BATCH = 8
+
+
+class QuantizeError(Exception):
+    """One line for the user, exit 2."""
+
+
+def calibration_canvases(bundle_dir: Path, data: Path, split: str, frames: int) -> tuple[list[np.ndarray], list[str]]:
+    """BEV canvases (1, C, ny, nx) float32 of the first `frames` scans of the split, through the bundle's torch
+    encoder; and their frame ids."""
+    from clean_ros.inference.pipeline import Pipeline
+
+    try:
+        split_dir, ids, source = split_frame_ids(data, split)
+    except ValueError as exc:
+        raise QuantizeError(str(exc)) from None
+    ids = ids[:frames]
+    missing = frames_without(split_dir, ids)
+    if missing:
+        raise QuantizeError(f"{split_dir / 'velodyne'}: {len(missing)} frame(s) of {source} have no scan, e.g. "
+                            f"{missing[0]}.bin")
+    pipe = Pipeline.from_bundle(bundle_dir, backend="torch")
+    canvases = []
+    with torch.inference_mode():
+        for frame in ids:
+            voxels, _ = pipe.preprocess(read_velodyne(split_dir / "velodyne" / f"{frame}.bin"))
+            canvases.append(pipe.bev_input(voxels).cpu().float().numpy().copy())
+    return canvases, ids
+
+
+def head_output_nodes(onnx_path: Path) -> list[str]:
+    """The nodes that write the graph's outputs (the head's final convolutions): kept in float32."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path)).graph
+    outputs = {o.name for o in graph.output}
+    return [node.name for node in graph.node if any(name in outputs for name in node.output)]
+
+
+def quantize_dense(dense_onnx: Path, canvases: list[np.ndarray], out_path: Path) -> list[str]:
+    """QDQ int8 model of the dense ONNX at out_path; returns the nodes left in float32."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Canvases(CalibrationDataReader):
+        def __init__(self):
+            self._items = iter({"bev": c} for c in canvases)
+
+        def get_next(self):
+            return next(self._items, None)
+
+    excluded = head_output_nodes(dense_onnx)
+    quantize_static(str(dense_onnx), str(out_path), Canvases(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
+                    extra_options={"CalibMaxIntermediateOutputs": RANGE_BATCH})
+    return excluded
+
+
+def quantize_bundle(bundle: str | Path, data: str | Path, split: str = "val", frames: int = 64,
+                    out: str | Path | None = None) -> dict:
+    """Write BUNDLE (or OUT) with model.int8.onnx added; returns the manifest's `int8` record."""
+    import onnxruntime
+
+    bundle, data = Path(bundle), Path(data)
+    out = Path(out) if out is not None else bundle
+    if frames < 1:
+        raise QuantizeError(f"--frames must be >= 1, got {frames}")
+    try:
+        loaded = load_bundle(bundle)
+    except BundleError as exc:
+        raise QuantizeError(str(exc)) from None
+    if loaded.onnx_path is None:
+        raise QuantizeError(f"{bundle}: no {DENSE_ONNX_NAME} to quantize (the bundle was saved without ONNX)")
+    canvases, ids = calibration_canvases(bundle, data, split, frames)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.int8-", dir=out.parent))
+    try:
+        work = staging / out.name
+        shutil.copytree(bundle, work)
+        excluded = quantize_dense(loaded.onnx_path, canvases, work / INT8_ONNX_NAME)
+        manifest = json.loads((work / MANIFEST_NAME).read_text())
+        record = {"file": INT8_ONNX_NAME, "format": "QDQ", "weights": "int8 per channel", "activations": "uint8",
+                  "calibration": {"data": str(data), "split": split, "frames": len(ids), "first": ids[0],
+                                  "last": ids[-1], "method": "minmax"},
+                  "float32_nodes": excluded, "onnxruntime": onnxruntime.__version__,
+                  "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}
+        manifest["files"][INT8_ONNX_NAME] = {"sha256": sha256_file(work / INT8_ONNX_NAME)}
+        manifest["int8"] = record
+        (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        load_bundle(work)  # the staged bundle verifies before it replaces anything
+        replace_dir(work, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python training/quantize_bundle.py",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path, help="model bundle directory (must hold model.onnx)")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="simulated KITTI-layout dataset root or split folder (its calibration frames)")
+    parser.add_argument("--split", default="val", help="ImageSets listing of the calibration frames (default val)")
+    parser.add_argument("--frames", type=int, default=64, help="calibration frames, the listing's first (default 64)")
+    parser.add_argument("--out", type=Path, default=None, help="write the bundle here (default: BUNDLE in place)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        record = quantize_bundle(args.bundle, args.data, args.split, args.frames, args.out)
+    except (QuantizeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    cal = record["calibration"]
+    print(f"wrote {(args.out or args.bundle) / INT8_ONNX_NAME}: int8 QDQ, calibrated on {cal['frames']} frames of "
+          f"{cal['data']} ({cal['split']}), float32 nodes: {', '.join(record['float32_nodes'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
