@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterable, Iterator
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -47,11 +48,8 @@ class QuantizeError(Exception):
     """One line for the user, exit 2."""
 
 
-def calibration_canvases(bundle_dir: Path, data: Path, split: str, frames: int) -> tuple[list[np.ndarray], list[str]]:
-    """BEV canvases (1, C, ny, nx) float32 of the first `frames` scans of the split, through the bundle's torch
-    encoder; and their frame ids."""
-    from clean_ros.inference.pipeline import Pipeline
-
+def calibration_frames(data: Path, split: str, frames: int) -> tuple[Path, list[str]]:
+    """(split folder, the first `frames` ids of the split's listing), every one with its scan."""
     try:
         split_dir, ids, source = split_frame_ids(data, split)
     except ValueError as exc:
@@ -61,13 +59,19 @@ def calibration_canvases(bundle_dir: Path, data: Path, split: str, frames: int) 
     if missing:
         raise QuantizeError(f"{split_dir / 'velodyne'}: {len(missing)} frame(s) of {source} have no scan, e.g. "
                             f"{missing[0]}.bin")
+    return split_dir, ids
+
+
+def calibration_canvases(bundle_dir: Path, split_dir: Path, ids: list[str]) -> Iterator[np.ndarray]:
+    """The BEV canvas (1, C, ny, nx) float32 of each scan, through the bundle's torch encoder (the runtime's CPU
+    path), one at a time: a fine grid's canvas is ~100 MB."""
+    from clean_ros.inference.pipeline import Pipeline
+
     pipe = Pipeline.from_bundle(bundle_dir, backend="torch")
-    canvases = []
-    with torch.inference_mode():
-        for frame in ids:
+    for frame in ids:
+        with torch.inference_mode():
             voxels, _ = pipe.preprocess(read_velodyne(split_dir / "velodyne" / f"{frame}.bin"))
-            canvases.append(pipe.bev_input(voxels).cpu().float().numpy().copy())
-    return canvases, ids
+            yield pipe.bev_input(voxels).cpu().float().numpy().copy()
 
 
 def head_output_nodes(onnx_path: Path) -> list[str]:
@@ -79,14 +83,14 @@ def head_output_nodes(onnx_path: Path) -> list[str]:
     return [node.name for node in graph.node if any(name in outputs for name in node.output)]
 
 
-def quantize_dense(dense_onnx: Path, canvases: list[np.ndarray], out_path: Path) -> list[str]:
+def quantize_dense(dense_onnx: Path, canvases: Iterable[np.ndarray], out_path: Path) -> list[str]:
     """QDQ int8 model of the dense ONNX at out_path; returns the nodes left in float32."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
     class Canvases(CalibrationDataReader):
         def __init__(self):
-            self._items = iter({"bev": c} for c in canvases)
+            self._items = ({"bev": c} for c in canvases)
 
         def get_next(self):
             return next(self._items, None)
@@ -114,20 +118,22 @@ def quantize_bundle(bundle: str | Path, data: str | Path, split: str = "val", fr
         raise QuantizeError(str(exc)) from None
     if loaded.onnx_path is None:
         raise QuantizeError(f"{bundle}: no {DENSE_ONNX_NAME} to quantize (the bundle was saved without ONNX)")
-    canvases, ids = calibration_canvases(bundle, data, split, frames)
+    split_dir, ids = calibration_frames(data, split, frames)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.int8-", dir=out.parent))
     try:
         work = staging / out.name
         shutil.copytree(bundle, work)
-        excluded = quantize_dense(loaded.onnx_path, canvases, work / INT8_ONNX_NAME)
+        excluded = quantize_dense(loaded.onnx_path, calibration_canvases(bundle, split_dir, ids),
+                                  work / INT8_ONNX_NAME)
         manifest = json.loads((work / MANIFEST_NAME).read_text())
         record = {"file": INT8_ONNX_NAME, "format": "QDQ", "weights": "int8 per channel", "activations": "uint8",
                   "calibration": {"data": str(data), "split": split, "frames": len(ids), "first": ids[0],
                                   "last": ids[-1], "method": "minmax"},
                   "float32_nodes": excluded, "onnxruntime": onnxruntime.__version__,
                   "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}
-        manifest["files"][INT8_ONNX_NAME] = {"sha256": sha256_file(work / INT8_ONNX_NAME)}
+        manifest["files"][INT8_ONNX_NAME] = {"sha256": sha256_file(work / INT8_ONNX_NAME),
+                                             "bytes": (work / INT8_ONNX_NAME).stat().st_size}
         manifest["int8"] = record
         (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
         load_bundle(work)  # the staged bundle verifies before it replaces anything

@@ -10,7 +10,9 @@
    the sensor, with the shipped realistic-preset teacher (models/teacher_realistic).
 2. The real-data check (training/real_check.py) of the new bundle on a KITTI-layout folder of real scans, when the
    folder exists (checking only: real labels never train or tune anything).
-3. The bundle replaces BUNDLE: written next to it under a temporary name with its README.md (the run's report, the
+3. The int8 dense part (training/quantize_bundle.py, `--int8` / the node's `int8`): model.int8.onnx added to the run's
+   bundle, calibrated on the first 64 frames of the run's own simulated val split (never real scans).
+4. The bundle replaces BUNDLE: written next to it under a temporary name with its README.md (the run's report, the
    real-data figures, the command, the commit), then swapped in by renames, so a failure leaves the old bundle.
 
 Mistakes: one line `error: ...`, exit 2; an interrupted compress run: exit 130 (run the same command again).
@@ -47,6 +49,15 @@ def compress_command(config: Path, out: Path, overrides: list[str]) -> list[str]
     for value in overrides:
         cmd += ["--set", value]
     return cmd
+
+
+# The int8 calibration: the first frames of the run's val split (the compress config's data.val_split).
+INT8_CALIBRATION_FRAMES = 64
+
+
+def quantize_command(bundle: Path, data: Path, split: str) -> list[str]:
+    return [sys.executable, str(REPO / "training" / "quantize_bundle.py"), str(bundle), "--data", str(data),
+            "--split", split, "--frames", str(INT8_CALIBRATION_FRAMES)]
 
 
 def real_check_command(bundle: Path, folder: Path) -> list[str]:
@@ -88,11 +99,30 @@ def bundle_readme(config: Path, out: Path, command: str, report_md: str, real: s
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
     ]
+    int8 = _int8_record(out / "bundle")
+    if int8 is not None:
+        cal = int8["calibration"]
+        lines += ["## int8 dense part", "",
+                  f"`{int8['file']}`: the dense part in int8 for ONNX Runtime (node parameter `int8: true`, "
+                  "`clean_ros.infer --int8`), calibrated on", f"{cal['frames']} frames ({cal['first']} to "
+                  f"{cal['last']}) of the run's simulated `{cal['split']}` split; the head's output convolutions "
+                  "stay float32.", "Its accuracy and speed against the float model: docs/BUNDLE.md "
+                  "\"int8 dense part\".", ""]
     if real is not None:
         lines += [f"## On real scans: `training/real_check.py` on `{_rel(real_folder)}`", "",
                   "Checking only: real labels never train or tune anything.", "", "```", real.rstrip(), "```", ""]
     lines += ["## The compression run's report (simulated held-out frames)", "", _demote(report_md), ""]
     return "\n".join(lines)
+
+
+def _int8_record(bundle: Path) -> dict | None:
+    """The `int8` record of a bundle's manifest (None: none, or unreadable)."""
+    import json
+
+    try:
+        return json.loads((bundle / "manifest.json").read_text()).get("int8")
+    except (OSError, ValueError):
+        return None
 
 
 def _run_teacher_and_distill(out: Path) -> tuple[str, str]:
@@ -106,6 +136,21 @@ def _run_teacher_and_distill(out: Path) -> tuple[str, str]:
     except (OSError, ConfigError):
         return "", ""
     return cfg.teacher.checkpoint, cfg.distill.method
+
+
+def _val_split(out: Path) -> tuple[Path, str]:
+    """The run's training dataset and its val split name, from OUT/config.yaml (the simulated data in the run folder,
+    or data.root for a KITTI-layout training set: never the real-data check's folder); stages/data/dataset and val
+    when the config cannot be read."""
+    from clean_ros.yaml_config import ConfigError, load_config
+    from training.compression.compress_config import CompressConfig
+
+    data = out / "stages" / "data" / "dataset"
+    try:
+        cfg = load_config(CompressConfig, out / "config.yaml")
+    except (OSError, ConfigError):
+        return data, "val"
+    return (data if cfg.data.source == "simulate" else Path(cfg.data.root)), cfg.data.val_split
 
 
 def _demote(markdown: str) -> str:
@@ -177,6 +222,7 @@ def _main(args) -> int:
         print(shlex.join(compress))
         print(shlex.join(real_check_command(args.out / "bundle", real_folder)) if real_folder else
               f"# real-data check skipped: {args.real} not found")
+        print(shlex.join(quantize_command(args.out / "bundle", *_val_split(args.out))))
         print(f"# install {args.out / 'bundle'} -> {args.bundle}")
         return 0
     done = subprocess.run(compress, cwd=REPO)
@@ -187,6 +233,11 @@ def _main(args) -> int:
     bundle, report = args.out / "bundle", args.out / "report.md"
     if not (bundle / "manifest.json").is_file() or not report.is_file():
         raise ReleaseError(f"{args.out}: no bundle/ or report.md (is export.enabled false in {args.config}?)")
+    quantized = subprocess.run(quantize_command(bundle, *_val_split(args.out)), cwd=REPO, capture_output=True,
+                               text=True)
+    if quantized.returncode != 0:
+        raise ReleaseError(f"int8 quantization failed: {(quantized.stderr.strip().splitlines() or ['?'])[-1]}")
+    print(quantized.stdout.strip())
     real = None
     if real_folder is not None:
         check = subprocess.run(real_check_command(Path(_rel(bundle)), real_folder), cwd=REPO, capture_output=True,

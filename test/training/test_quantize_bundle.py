@@ -40,7 +40,9 @@ def int8_bundle(sim_dataset, default_bundle, tmp_path_factory):
 def test_the_bundle_gains_a_verified_int8_file_and_its_record(int8_bundle, default_bundle, sim_dataset):
     bundle = load_bundle(int8_bundle)  # every hash verifies, the new file's included
     assert bundle.int8_onnx_path == int8_bundle / INT8_ONNX_NAME
-    assert bundle.manifest["files"][INT8_ONNX_NAME]["sha256"] == sha256_file(int8_bundle / INT8_ONNX_NAME)
+    entry = bundle.manifest["files"][INT8_ONNX_NAME]
+    assert entry == {"sha256": sha256_file(int8_bundle / INT8_ONNX_NAME),
+                     "bytes": (int8_bundle / INT8_ONNX_NAME).stat().st_size}
     record = bundle.manifest["int8"]
     assert record["calibration"]["frames"] == 3 and record["calibration"]["split"] == "train"
     assert record["calibration"]["data"] == str(sim_dataset)

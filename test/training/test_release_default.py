@@ -42,6 +42,11 @@ def test_recipe_installs_a_loadable_bundle_with_its_report(tmp_path, kitti_sampl
     assert "real_check.py" in readme and "BEV" in readme  # the real-data figures
     assert "Compression report" in readme  # the run's report
     assert "the shipped teacher `models/teacher`" in readme  # the teacher the run used, from its resolved config
+    # the int8 dense part, calibrated on the run's own simulated val split, listed and described
+    assert bundle.int8_onnx_path is not None
+    calibration = bundle.manifest["int8"]["calibration"]
+    assert calibration["data"] == str(tmp_path / "run" / "stages" / "data" / "dataset") and calibration["split"] == "val"
+    assert "## int8 dense part" in readme and f"{calibration['frames']} frames" in readme
     assert json.loads((target / "manifest.json").read_text())["files"] == bundle.manifest["files"]
     assert not list(tmp_path.glob(".default.*"))  # no staging / retired folder left behind
 
@@ -69,6 +74,7 @@ def test_dry_run_prints_the_commands_and_writes_nothing(tmp_path, capsys):
                                  "--real", str(tmp_path / "none")]) == 0
     out = capsys.readouterr().out
     assert "compress.py --config" in out and "release.yaml" in out and "real-data check skipped" in out
+    assert "quantize_bundle.py" in out and "--split val" in out
     assert not any(tmp_path.iterdir())
 
 
