@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import itertools
 import json
 import shutil
 import sys
@@ -39,9 +40,15 @@ from clean_ros.inference.bundle import (DENSE_ONNX_NAME, INT8_ONNX_NAME, MANIFES
                                         load_bundle, replace_dir, sha256_file)
 
 EXIT_USAGE = 2
-# Calibration ranges are merged every this many canvases: onnxruntime keeps every intermediate output of a batch in
-# memory (tens of MB per 336 x 336 canvas).
+# Calibration ranges are merged about every this many canvases: onnxruntime keeps every intermediate output of a
+# batch in memory (tens of MB per 336 x 336 canvas).
 RANGE_BATCH = 8
+
+
+def range_batch(frames: int) -> int:
+    """The CalibMaxIntermediateOutputs for `frames` canvases: the smallest >= RANGE_BATCH that does not divide it.
+    onnxruntime 1.31 fails ("No data is collected") when the count is a multiple of it: its last merge leaves nothing."""
+    return next(b for b in itertools.count(RANGE_BATCH) if frames % b)
 
 
 class QuantizeError(Exception):
@@ -83,8 +90,8 @@ def head_output_nodes(onnx_path: Path) -> list[str]:
     return [node.name for node in graph.node if any(name in outputs for name in node.output)]
 
 
-def quantize_dense(dense_onnx: Path, canvases: Iterable[np.ndarray], out_path: Path) -> list[str]:
-    """QDQ int8 model of the dense ONNX at out_path; returns the nodes left in float32."""
+def quantize_dense(dense_onnx: Path, canvases: Iterable[np.ndarray], frames: int, out_path: Path) -> list[str]:
+    """QDQ int8 model of the dense ONNX at out_path from `frames` canvases; returns the nodes left in float32."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -96,10 +103,13 @@ def quantize_dense(dense_onnx: Path, canvases: Iterable[np.ndarray], out_path: P
             return next(self._items, None)
 
     excluded = head_output_nodes(dense_onnx)
-    quantize_static(str(dense_onnx), str(out_path), Canvases(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
-                    extra_options={"CalibMaxIntermediateOutputs": RANGE_BATCH})
+    try:
+        quantize_static(str(dense_onnx), str(out_path), Canvases(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
+                        extra_options={"CalibMaxIntermediateOutputs": range_batch(frames)})
+    except (ValueError, RuntimeError) as exc:  # onnxruntime's own failures: one line, the bundle untouched
+        raise QuantizeError(f"onnxruntime quantization of {dense_onnx} failed: {str(exc).splitlines()[0]}") from None
     return excluded
 
 
@@ -124,7 +134,7 @@ def quantize_bundle(bundle: str | Path, data: str | Path, split: str = "val", fr
     try:
         work = staging / out.name
         shutil.copytree(bundle, work)
-        excluded = quantize_dense(loaded.onnx_path, calibration_canvases(bundle, split_dir, ids),
+        excluded = quantize_dense(loaded.onnx_path, calibration_canvases(bundle, split_dir, ids), len(ids),
                                   work / INT8_ONNX_NAME)
         manifest = json.loads((work / MANIFEST_NAME).read_text())
         record = {"file": INT8_ONNX_NAME, "format": "QDQ", "weights": "int8 per channel", "activations": "uint8",

@@ -107,3 +107,12 @@ def test_bad_input_is_one_line_and_leaves_the_bundle(case, default_bundle, sim_d
     assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
     assert not list(tmp_path.glob(".bundle.int8-*"))  # no staging folder left behind
     json.loads((bundle / "manifest.json").read_text())
+
+
+def test_range_batch_never_divides_the_frame_count():
+    """onnxruntime's calibrator fails when the frame count is a multiple of its merge size (64 frames, 8 per merge:
+    the release's own calibration hit it); the merge size is chosen so that it never is."""
+    for frames in [*range(1, 200), 840, 2520]:
+        batch = tool.range_batch(frames)
+        assert batch >= tool.RANGE_BATCH and frames % batch != 0
+    assert tool.range_batch(64) == 9 and tool.range_batch(3) == 8
