@@ -154,7 +154,8 @@ class DetectorCore(NodeModel, ParameterChanges, HealthReport):
 
     def _log_ready(self) -> None:
         self.get_logger().info(
-            f"ready: backend '{self.pipeline.backend_name}' (requested '{self.backend_requested}') on "
+            f"ready: backend '{self.pipeline.backend_name}'{' with the int8 dense part' if self.int8 else ''} "
+            f"(requested '{self.backend_requested}') on "
             f"{self.device}, {self.num_threads} torch thread(s); bundle {self.bundle_path}; classes "
             f"{', '.join(self.class_names)}; point features {', '.join(self.point_features)}; input "
             f"{self.input_topic} ({self.params.get('qos_reliability')}, depth {self.params.get('qos_depth')}); "

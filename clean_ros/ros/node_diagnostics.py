@@ -72,6 +72,7 @@ class HealthSnapshot:
     backend_reason: str = ""                    # why this backend runs (Pipeline's backend selection)
     low_rate_fraction: float = 0.8
     use_sim_time: bool = False
+    int8: bool = False                          # the bundle's int8 dense part runs (node parameter int8)
     extra_items: Mapping[str, str] = field(default_factory=dict)   # appended as they are (e.g. the input boxes)
 
 
@@ -150,6 +151,7 @@ def assess(s: HealthSnapshot) -> tuple[int, str, dict[str, str]]:
         "backend_reason": s.backend_reason,
         "device": s.device,
         "num_threads": str(s.num_threads),
+        "int8": str(s.int8).lower(),
         "bundle": s.bundle,
         "contract": "ok" if not s.contract_findings else "; ".join(c for c, _ in s.contract_findings),
     })
@@ -214,7 +216,7 @@ class HealthReport:
             backend_name=str(getattr(self.pipeline, "backend_name", "none (no model loaded)")),
             device=self.device, bundle=str(self.bundle_path), num_threads=self.num_threads,
             contract_findings=tuple(self.contract_findings), use_sim_time=self.use_sim_time,
-            backend_reason=self.backend_reason, extra_items=input_boxes)
+            backend_reason=self.backend_reason, int8=bool(getattr(self, "int8", False)), extra_items=input_boxes)
 
     def _publish_diagnostics(self) -> None:
         try:

@@ -474,6 +474,35 @@ def test_use_sim_time_input_age_follows_clock(kitti_sample, bundle_path):
         node_process.stop()
 
 
+def test_int8_parameter_runs_the_bundles_int8_dense_part(kitti_sample, bundle_path, tmp_path):
+    """int8: true runs model.int8.onnx on onnxruntime: the start-up line and /diagnostics say so, and a KITTI scan
+    gets detections (the embedded default ships one; docs/BUNDLE.md "int8 dense part")."""
+    from clean_ros.inference.bundle import load_bundle
+
+    if load_bundle(bundle_path).int8_onnx_path is None:
+        pytest.skip(f"{bundle_path} has no model.int8.onnx")
+    log_path = tmp_path / "node.log"
+    node_process = NodeProcess({"bundle_path": str(bundle_path), "input_topic": f"{NS}/points", "int8": True,
+                                "output_topic": f"{NS}/detections", "num_threads": 1, "warmup_iterations": 1,
+                                "diagnostics_period_s": 0.5},
+                               params_file=REPO / "config" / "detector.yaml", log_path=log_path, cwd=REPO)
+    harness = Harness(node_process.domain_id)
+    try:
+        assert node_process.wait_ready(harness, lambda: harness.cloud_pub.get_subscription_count() > 0, 120.0), \
+            node_process.log_tail()
+        points = np.fromfile(kitti_sample / "training/velodyne/000000.bin", dtype=np.float32).reshape(-1, 4)
+        answer = harness.send_and_wait(_cloud(points, 700))
+        assert len(answer.detections) >= 3
+        assert harness.spin_until(lambda: _latest_status(harness, lambda v: v.get("int8") == "true") is not None,
+                                  10.0), "no /diagnostics with int8 true"
+        _, values = _latest_status(harness, lambda v: v.get("int8") == "true")
+        assert values["backend"] == "onnxruntime" and values["backend_requested"] == "auto"
+    finally:
+        harness.close()
+        node_process.stop()
+    assert "ready: backend 'onnxruntime' with the int8 dense part" in log_path.read_text()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Pure helpers of the node (no node, no test double needed)
 
