@@ -120,6 +120,8 @@ def quantize_bundle(bundle: str | Path, data: str | Path, split: str = "val", fr
 
     bundle, data = Path(bundle), Path(data)
     out = Path(out) if out is not None else bundle
+    if out.exists() and not out.is_dir():
+        raise QuantizeError(f"--out {out}: exists and is not a directory; not overwritten")
     if frames < 1:
         raise QuantizeError(f"--frames must be >= 1, got {frames}")
     try:
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     try:
         record = quantize_bundle(args.bundle, args.data, args.split, args.frames, args.out)
-    except (QuantizeError, OSError) as exc:
+    except (QuantizeError, BundleError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     cal = record["calibration"]

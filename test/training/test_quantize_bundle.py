@@ -81,7 +81,7 @@ def test_int8_never_runs_on_another_backend_or_without_the_file(int8_bundle, def
         Pipeline.from_bundle(default_bundle, backend="auto", int8=True)
 
 
-@pytest.mark.parametrize("case", ["no_split", "no_frames", "bad_bundle", "no_scans"])
+@pytest.mark.parametrize("case", ["no_split", "no_frames", "bad_bundle", "no_scans", "out_is_a_file"])
 def test_bad_input_is_one_line_and_leaves_the_bundle(case, default_bundle, sim_dataset, tmp_path, capsys):
     bundle = tmp_path / "bundle"
     shutil.copytree(default_bundle, bundle)
@@ -91,6 +91,9 @@ def test_bad_input_is_one_line_and_leaves_the_bundle(case, default_bundle, sim_d
         args += ["--split", "nope"]
     elif case == "no_frames":
         args[-1] = "0"
+    elif case == "out_is_a_file":
+        (tmp_path / "file").write_text("mine")
+        args += ["--out", str(tmp_path / "file")]
     elif case == "bad_bundle":
         (bundle / "weights.safetensors").write_bytes(b"not weights")
     else:
