@@ -18,6 +18,17 @@ from training import quantize_bundle as tool
 pytest.importorskip("onnxruntime")
 
 
+def _without_int8(bundle, out):
+    """A copy of `bundle` without model.int8.onnx (a bundle as saved by the export stage)."""
+    shutil.copytree(bundle, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    if manifest["files"].pop(INT8_ONNX_NAME, None) is not None:
+        (out / INT8_ONNX_NAME).unlink()
+    manifest.pop("int8", None)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
 @pytest.fixture(scope="module")
 def sim_dataset(tmp_path_factory):
     """Four realistic simulated frames (the calibration data a release uses is simulated, never real)."""
@@ -31,9 +42,13 @@ def sim_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def int8_bundle(sim_dataset, default_bundle, tmp_path_factory):
-    out = tmp_path_factory.mktemp("q") / "bundle"
-    assert tool.main([str(default_bundle), "--data", str(sim_dataset), "--split", "train", "--frames", "3",
+    """The default bundle without its int8 file, quantized again on 3 simulated frames into another folder."""
+    root = tmp_path_factory.mktemp("q")
+    plain = _without_int8(default_bundle, root / "plain")
+    out = root / "bundle"
+    assert tool.main([str(plain), "--data", str(sim_dataset), "--split", "train", "--frames", "3",
                       "--out", str(out)]) == 0
+    assert load_bundle(plain).int8_onnx_path is None  # --out: the source is left as it was
     return out
 
 
@@ -49,7 +64,8 @@ def test_the_bundle_gains_a_verified_int8_file_and_its_record(int8_bundle, defau
     assert record["float32_nodes"] and all("head" in n for n in record["float32_nodes"])
     # everything else is the source bundle's, byte for byte
     source = load_bundle(default_bundle).manifest["files"]
-    assert {k: v for k, v in bundle.manifest["files"].items() if k != INT8_ONNX_NAME} == source
+    assert ({k: v for k, v in bundle.manifest["files"].items() if k != INT8_ONNX_NAME}
+            == {k: v for k, v in source.items() if k != INT8_ONNX_NAME})
     # int8 weights: the file is several times smaller than the float one
     assert (int8_bundle / INT8_ONNX_NAME).stat().st_size < 0.5 * (int8_bundle / "model.onnx").stat().st_size
 
@@ -74,11 +90,13 @@ def test_int8_pipeline_detects_what_the_float_one_does(int8_bundle, kitti_sample
         assert int((iou.max(dim=1).values >= 0.5).sum()) >= 0.8 * len(a)
 
 
-def test_int8_never_runs_on_another_backend_or_without_the_file(int8_bundle, default_bundle):
+def test_int8_never_runs_on_another_backend_or_without_the_file(int8_bundle, default_bundle, tmp_path):
     with pytest.raises(BackendError, match="not on backend 'torch'"):
         Pipeline.from_bundle(int8_bundle, backend="torch", int8=True)
+    plain = _without_int8(default_bundle, tmp_path / "plain")
+    assert load_bundle(plain).int8_onnx_path is None
     with pytest.raises(BackendError, match="no model.int8.onnx; add one with python training/quantize_bundle.py"):
-        Pipeline.from_bundle(default_bundle, backend="auto", int8=True)
+        Pipeline.from_bundle(plain, backend="auto", int8=True)
 
 
 @pytest.mark.parametrize("case", ["no_split", "no_frames", "bad_bundle", "no_scans", "out_is_a_file"])
