@@ -253,9 +253,10 @@ def _report(args, clouds, bundle: Path, run: dict) -> None:
     from suite import emit, figure  # machine-readable lines for run_all.py only
 
     if not run["tf"]:
-        note = (f"bundle {bundle.name}, backend {args.backend}, num_threads {args.threads}, answered "
-                f"{len(answered)}/{args.frames}")
-        emit(figure("node", "end-to-end latency p50 (default bundle)", _pct(e2e, 50), "ms", goal="<= 100",
+        note = (f"bundle {bundle.name}, backend {args.backend}{' int8' if args.int8 else ''}, num_threads "
+                f"{args.threads}, answered {len(answered)}/{args.frames}")
+        label = "default bundle, int8" if args.int8 else "default bundle"
+        emit(figure("node", f"end-to-end latency p50 ({label})", _pct(e2e, 50), "ms", goal="<= 100",
                     p95=_pct(e2e, 95), load=[round(v, 2) for v in load], note=note))
         emit(figure("node", "node decode+preprocess p50", _pct(dp, 50), "ms", goal="<= 10",
                     load=[round(v, 2) for v in load], note=note))
