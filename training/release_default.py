@@ -233,11 +233,14 @@ def _main(args) -> int:
     bundle, report = args.out / "bundle", args.out / "report.md"
     if not (bundle / "manifest.json").is_file() or not report.is_file():
         raise ReleaseError(f"{args.out}: no bundle/ or report.md (is export.enabled false in {args.config}?)")
-    quantized = subprocess.run(quantize_command(bundle, *_val_split(args.out)), cwd=REPO, capture_output=True,
-                               text=True)
-    if quantized.returncode != 0:
-        raise ReleaseError(f"int8 quantization failed: {(quantized.stderr.strip().splitlines() or ['?'])[-1]}")
-    print(quantized.stdout.strip())
+    if (bundle / "model.onnx").is_file():
+        quantized = subprocess.run(quantize_command(bundle, *_val_split(args.out)), cwd=REPO, capture_output=True,
+                                   text=True)
+        if quantized.returncode != 0:
+            raise ReleaseError(f"int8 quantization failed: {(quantized.stderr.strip().splitlines() or ['?'])[-1]}")
+        print(quantized.stdout.strip())
+    else:
+        print(f"int8 dense part skipped: {bundle} has no model.onnx (export.onnx is false in {args.config})")
     real = None
     if real_folder is not None:
         check = subprocess.run(real_check_command(Path(_rel(bundle)), real_folder), cwd=REPO, capture_output=True,

@@ -30,7 +30,7 @@ def test_recipe_installs_a_loadable_bundle_with_its_report(tmp_path, kitti_sampl
     proc = subprocess.run([sys.executable, str(REPO / "training" / "release_default.py"), "--config", str(SMOKE),
                            "--out", str(tmp_path / "run"), "--bundle", str(target),
                            "--real", str(kitti_sample / "training"), "--set",
-                           f"teacher.checkpoint={REPO / 'models' / 'teacher'}"],
+                           f"teacher.checkpoint={REPO / 'models' / 'teacher'}", "--set", "export.onnx=true"],
                           capture_output=True, text=True, timeout=900, env=_env(), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from clean_ros.inference.bundle import load_bundle
