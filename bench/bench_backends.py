@@ -11,6 +11,7 @@ A teacher bundle is benchmarked when given (or present at models/teacher); other
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -36,10 +37,13 @@ def load_points() -> tuple[np.ndarray, str]:
 
 
 def bench_one(label: str, bundle: Path, backend: str, args, points: np.ndarray) -> None:
+    """backend: a backend name, or "onnxruntime-int8" (the bundle's model.int8.onnx)."""
+    int8 = backend == "onnxruntime-int8"
     try:
-        pipe = Pipeline.from_bundle(bundle, backend=backend, device=args.device, intra_op_threads=args.threads)
+        pipe = Pipeline.from_bundle(bundle, backend="onnxruntime" if int8 else backend, device=args.device,
+                                    intra_op_threads=args.threads, int8=int8)
     except (BackendUnavailable, BackendError) as exc:
-        print(f"{label:10s} {backend:12s} skipped: {exc}")
+        print(f"{label:10s} {backend:16s} skipped: {exc}")
         return
     pipe.warmup(args.warmup, num_points=len(points))
     for _ in range(args.warmup):
@@ -53,15 +57,24 @@ def bench_one(label: str, bundle: Path, backend: str, args, points: np.ndarray) 
         totals.append(sum(result.timings_ms.values()))
         n_det = len(result.detections)
     cols = " ".join(f"{percentile(v, 50):>7.1f} / {percentile(v, 95):>6.1f}" for v in (*stages.values(), totals))
-    print(f"{label:10s} {backend:12s} {cols} {n_det:5d}   ({pipe.backend.describe()})",
+    print(f"{label:10s} {backend:16s} {cols} {n_det:5d}   ({pipe.backend.describe()})",
           flush=True)
+
+
+def _manifest_format(folder: Path) -> str | None:
+    """The `format` field of folder/manifest.json; None when there is none (or it is unreadable)."""
+    try:
+        return str(json.loads((folder / "manifest.json").read_text()).get("format"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=ROOT / "models/default")
     ap.add_argument("--teacher-bundle", type=Path, default=ROOT / "models/teacher")
-    ap.add_argument("--backends", nargs="*", default=["torch", "onnxruntime", "tensorrt"])
+    ap.add_argument("--backends", nargs="*", default=["torch", "onnxruntime", "onnxruntime-int8", "tensorrt"],
+                    help="onnxruntime-int8: the bundle's int8 dense part (docs/BUNDLE.md)")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=defaults.NUM_THREADS)
@@ -74,12 +87,16 @@ def main() -> int:
           f"onnxruntime intra-op threads {args.threads or 'default'}; runs {args.runs} after {args.warmup} warm-up; "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
     print("latency in ms, p50 / p95 per stage (Pipeline timings, after CUDA synchronisation on GPU)")
-    print(f"{'model':10s} {'backend':12s} " + " ".join(f"{s:>16s}" for s in (*STAGES, "total")) + "  dets")
+    print(f"{'model':10s} {'backend':16s} " + " ".join(f"{s:>16s}" for s in (*STAGES, "total")) + "  dets")
     models = [("default", args.bundle)]
-    if (args.teacher_bundle / "manifest.json").is_file():
+    teacher_format = _manifest_format(args.teacher_bundle)
+    if teacher_format == "clean_ros.bundle":
         models.append(("teacher", args.teacher_bundle))
-    else:
+    elif teacher_format is None:
         print(f"teacher    skipped: no teacher bundle at {args.teacher_bundle}")
+    else:  # models/teacher is a teacher package (clean_ros.teacher): weights for distillation, no runtime bundle
+        print(f"teacher    skipped: {args.teacher_bundle} is a {teacher_format} package, not a runtime bundle (the "
+              "two-stage teacher has no ONNX export; its latency: bench_teacher.py, bench_suite_models.py)")
     start = time.perf_counter()
     for label, bundle in models:
         for backend in args.backends:

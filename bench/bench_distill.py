@@ -34,24 +34,34 @@ from training.task import DetectionTask  # noqa: E402
 from suite import sample_call  # noqa: E402  (bench/suite.py, beside this script)
 
 
-def make_batch(cfg, batch: int, points: int, seed: int = 0) -> Batch:
+def make_clouds(cfg, batch: int, points: int, seed: int = 0) -> list[torch.Tensor]:
     rng = np.random.default_rng(seed)
     r = cfg.point_cloud_range
-    clouds = [torch.from_numpy(np.concatenate([rng.uniform(r[:3], r[3:], (points, 3)), rng.uniform(0, 1, (points, 1))],
-                                              1).astype(np.float32)) for _ in range(batch)]
+    return [torch.from_numpy(np.concatenate([rng.uniform(r[:3], r[3:], (points, 3)), rng.uniform(0, 1, (points, 1))],
+                                            1).astype(np.float32)) for _ in range(batch)]
+
+
+def make_batch(cfg, clouds: list[torch.Tensor], voxelizers: dict | None = None) -> Batch:
+    """The clouds collated as the trainer does: the student's voxels, and each extra voxelisation a distillation
+    reads (its teacher's own input, DistillationParts.voxelizers)."""
+    r, batch = cfg.point_cloud_range, len(clouds)
     voxels, _ = voxelize_batch(clouds, r, cfg.voxel_size, cfg.max_points_per_voxel, cfg.max_voxels_train)
+    extra = {name: voxelize_batch(clouds, v.point_cloud_range, v.voxel_size, v.max_points_per_voxel, v.max_voxels)[0]
+             for name, v in (voxelizers or {}).items()}
     gt = torch.tensor([[[20.0, 0.0, -1.0, 3.9, 1.6, 1.56, 0.0]]] * batch)
     return Batch(voxels=voxels, gt_boxes=gt, gt_labels=torch.zeros(batch, 1, dtype=torch.long),
-                 frame_ids=[str(i) for i in range(batch)], batch_size=batch)
+                 frame_ids=[str(i) for i in range(batch)], batch_size=batch, extra_voxels=extra)
 
 
-def step_time(method: str, cfg, teacher, batch: Batch, iters: int) -> float:
+def step_time(method: str, cfg, teacher, clouds: list[torch.Tensor], iters: int) -> float:
     torch.manual_seed(0)
     student = build_detector(cfg)
     torch.nn.init.zeros_(student.head.conv_cls.bias)
     parts = build_distillation(DistillConfig(method=method), teacher, student)
-    task = DetectionTask(cfg, student, loss_terms=parts.loss_terms, target_hooks=parts.target_hooks)
+    task = DetectionTask(cfg, student, loss_terms=parts.loss_terms, target_hooks=parts.target_hooks,
+                         extra_voxelizers=parts.voxelizers)
     task.train()
+    batch = make_batch(cfg, clouds, parts.voxelizers)
 
     def step():
         result = task(Batch(**{**batch.__dict__}))  # a new batch object: the teacher cache is per batch
@@ -77,12 +87,13 @@ def main() -> int:
     cfg = load_detector_config(find_config("pointpillars_tiny"))
     teacher = TwoStageDetector(TwoStageConfig(rpn=load_detector_config(find_config("pointpillars_tiny")),
                                               roi_head=RoIHeadConfig(pool_sources=["bev"], mlp_widths=[64, 64])))
-    batch = make_batch(cfg, args.batch, args.points)
+    clouds = make_clouds(cfg, args.batch, args.points)
     print(f"load average {os.getloadavg()[0]:.2f}, {args.threads} thread(s), batch {args.batch}, "
-          f"{batch.voxels.features.shape[0]} pillars, pointpillars_tiny student, two-stage pillar teacher")
+          f"{make_batch(cfg, clouds).voxels.features.shape[0]} pillars, pointpillars_tiny student, two-stage pillar "
+          "teacher")
     base = None
     for method in args.methods:
-        seconds = step_time(method, cfg, teacher, batch, args.iters)
+        seconds = step_time(method, cfg, teacher, clouds, args.iters)
         base = seconds if method == "none" else base
         extra = f"  ({seconds - base:+.3f} s)" if base is not None and method != "none" else ""
         print(f"  {method:15s} {seconds:.3f} s/step{extra}")
