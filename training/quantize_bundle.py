@@ -136,8 +136,10 @@ def quantize_bundle(bundle: str | Path, data: str | Path, split: str = "val", fr
     try:
         work = staging / out.name
         shutil.copytree(bundle, work)
-        excluded = quantize_dense(loaded.onnx_path, calibration_canvases(bundle, split_dir, ids), len(ids),
-                                  work / INT8_ONNX_NAME)
+        # from the staged copy: onnxruntime writes a shape-inferred model next to its input while it works, and the
+        # source bundle may be read-only (an installed share/ folder)
+        excluded = quantize_dense(work / loaded.onnx_path.name, calibration_canvases(bundle, split_dir, ids),
+                                  len(ids), work / INT8_ONNX_NAME)
         manifest = json.loads((work / MANIFEST_NAME).read_text())
         record = {"file": INT8_ONNX_NAME, "format": "QDQ", "weights": "int8 per channel", "activations": "uint8",
                   "calibration": {"data": str(data), "split": split, "frames": len(ids), "first": ids[0],

@@ -137,3 +137,15 @@ def test_range_batch_never_divides_the_frame_count():
         batch = tool.range_batch(frames)
         assert batch >= tool.RANGE_BATCH and frames % batch != 0
     assert tool.range_batch(64) == 9 and tool.range_batch(3) == 8
+
+
+def test_the_source_bundle_is_only_read(default_bundle, sim_dataset, tmp_path):
+    """Nothing is written into the source, not even for a moment (onnxruntime writes a shape-inferred copy next to
+    the model it quantizes): an installed share/clean_ros/models/default is read-only. The folder's mtime would move
+    with any file created or removed in it."""
+    source = _without_int8(default_bundle, tmp_path / "installed")
+    before = (source.stat().st_mtime_ns, sorted(p.name for p in source.iterdir()))
+    assert tool.main([str(source), "--data", str(sim_dataset), "--split", "train", "--frames", "2",
+                      "--out", str(tmp_path / "out")]) == 0
+    assert (source.stat().st_mtime_ns, sorted(p.name for p in source.iterdir())) == before
+    assert load_bundle(tmp_path / "out").int8_onnx_path is not None
