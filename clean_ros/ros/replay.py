@@ -1,7 +1,7 @@
 """Replay a recorded bag through a model bundle: accuracy (KITTI-style AP) and latency, as the vehicle would see it.
 
     python -m clean_ros.replay BAG --bundle DIR [--mode fast|realtime] [--out report.json] [--record OUT_BAG]
-                               [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--num-threads N]
+                               [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--int8] [--num-threads N]
                                [--points-topic /points] [--gt-topic /ground_truth] [--rate-scale 1.0]
                                [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]] [--no-auto-intensity]
                                [--crop-box LIST] [--exclusion-box LIST]
@@ -86,7 +86,7 @@ def replay(args) -> dict:
             torch.set_num_threads(max(1, args.num_threads))
             try:
                 pipeline = Pipeline.from_bundle(args.bundle, backend=args.backend, device=args.device,
-                                                intra_op_threads=args.num_threads)
+                                                intra_op_threads=args.num_threads, int8=args.int8)
             except (BundleError, BackendError, ValueError, OSError) as exc:
                 raise ReplayError(f"{args.bundle}: cannot load the bundle: {exc}") from None
             pipeline.set_sensor_mount(mount)
@@ -116,7 +116,8 @@ def replay(args) -> dict:
                 options.validate_range(bundle.postprocess, class_names, bundle.detector_config.head.iou_branch)
             except ValueError as exc:
                 raise ReplayError(str(exc)) from None
-            node_parameters = {**options.node_parameters(), "auto_intensity": bool(args.auto_intensity)}
+            node_parameters = {**options.node_parameters(), "auto_intensity": bool(args.auto_intensity),
+                               "int8": bool(args.int8)}
             if mount is not None:
                 node_parameters.update(sensor_height=mount.height, sensor_pitch=mount.pitch, sensor_roll=mount.roll)
             results, mode_stats = run_realtime(reader, args.bundle, args.points_topic, backend=args.backend,
@@ -130,7 +131,8 @@ def replay(args) -> dict:
     if not results:
         raise ReplayError(f"{args.bag}: no clouds on {args.points_topic}")
     report = {"bag": str(args.bag), "bundle": str(args.bundle), "mode": args.mode, "backend": backend,
-              "device": args.device, "num_threads": args.num_threads, "frames": len(results), **mode_stats,
+              "int8": bool(args.int8), "device": args.device, "num_threads": args.num_threads,
+              "frames": len(results), **mode_stats,
               "ground_truth": gt_note, "latency_ms": latency_summary(r.timings_ms for r in results if r.answered),
               "input": {"crop_box": list(options.boxes.crop) if options.boxes.crop else None,
                         "exclusion_box": list(options.boxes.exclusion) if options.boxes.exclusion else None,
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record-format", choices=("mcap", "db3"), default="mcap")
     parser.add_argument("--backend", default=defaults.BACKEND, help=" | ".join(defaults.BACKENDS))
     parser.add_argument("--device", default=defaults.DEVICE)
+    parser.add_argument("--int8", action="store_true",
+                        help="the bundle's int8 dense part (model.int8.onnx) on onnxruntime, as the node parameter")
     parser.add_argument("--num-threads", type=int, default=defaults.NUM_THREADS,
                         help=f"CPU threads of the model (node default {defaults.NUM_THREADS})")
     parser.add_argument("--points-topic", default=POINTS_TOPIC)

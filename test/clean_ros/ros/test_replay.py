@@ -209,6 +209,22 @@ def test_bag_without_ground_truth_gives_latency_only(kitti_sample, tmp_path, cap
     assert report["accuracy"]["available"] is False and report["latency_ms"]["total"]["n"] == 2
 
 
+def test_fast_replay_with_the_int8_dense_part(kitti_sample, tmp_path, capsys):
+    """--int8 runs the bundle's model.int8.onnx (as the node's int8), and says so in the report."""
+    from clean_ros.inference.bundle import load_bundle
+
+    if not (BUNDLE / "manifest.json").is_file() or load_bundle(BUNDLE).int8_onnx_path is None:
+        pytest.skip("models/default has no model.int8.onnx")
+    bag = tmp_path / "test_split"
+    write_kitti_bag(kitti_sample, bag, split="test", max_frames=1)
+    assert main([str(bag), "--bundle", str(BUNDLE), "--num-threads", "1", "--warmup", "0", "--int8",
+                 "--out", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["backend"] == "onnxruntime" and report["int8"] is True and report["latency_ms"]["total"]["n"] == 1
+    assert main([str(bag), "--bundle", str(BUNDLE), "--backend", "torch", "--int8"]) == 2
+    assert "int8 runs on onnxruntime" in capsys.readouterr().err
+
+
 def test_undecodable_message_is_a_clear_error(tmp_path, capsys):
     """A /points message whose bytes are not a PointCloud2 (e.g. written with another definition)."""
     from clean_ros.ros.bag import POINTS_TYPE, BagWriter
