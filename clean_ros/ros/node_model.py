@@ -56,10 +56,7 @@ class NodeModel:
         """The auto_intensity parameter on the Pipeline: each scan's intensity scaled to the bundle's training level
         (clean_ros.inference.intensity_level). A bundle that records no level (or a model without intensity) leaves
         it off with a warning; the node runs on with the intensity as given times intensity_scale."""
-        setter = getattr(self.pipeline, "set_auto_intensity", None)
-        if setter is None:  # a test double of the Pipeline
-            return
-        reason = setter(bool(enabled))
+        reason = self.pipeline.set_auto_intensity(bool(enabled))
         if reason is not None:
             self.get_logger().warning(f"{reason}; the intensity is used as given times intensity_scale="
                                       f"{self.intensity_scale:g}")

@@ -581,6 +581,9 @@ class FailingPipeline:
     def update_postprocess(self, **changes):
         raise ValueError("not used")
 
+    def set_auto_intensity(self, enabled, window=None, strict=False):
+        return "this test double records no intensity level"  # as a bundle without one: the node warns, runs on
+
     def input_contract(self):
         from clean_ros.cloud.pointcloud import InputContract
 

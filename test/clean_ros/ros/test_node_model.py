@@ -53,6 +53,9 @@ class RecordingPipeline:
             raise RuntimeError(self.fail_warmup)
         self.warmups.append(iterations)
 
+    def set_auto_intensity(self, enabled, window=None, strict=False):
+        return "this test double records no intensity level"  # as a bundle without one: the node warns, runs on
+
     def input_contract(self):
         from clean_ros.cloud.pointcloud import InputContract
 
