@@ -11,7 +11,6 @@ A teacher bundle is benchmarked when given (or present at models/teacher); other
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from clean_ros import defaults  # noqa: E402
 from clean_ros.inference.backends import BackendError, BackendUnavailable  # noqa: E402
+from clean_ros.inference.bundle import BundleError, read_folder_manifest  # noqa: E402
 from clean_ros.inference.pipeline import STAGES, Pipeline  # noqa: E402
 from suite import percentile, synthetic_scan  # noqa: E402
 
@@ -64,9 +64,10 @@ def bench_one(label: str, bundle: Path, backend: str, args, points: np.ndarray) 
 def _manifest_format(folder: Path) -> str | None:
     """The `format` field of folder/manifest.json; None when there is none (or it is unreadable)."""
     try:
-        return str(json.loads((folder / "manifest.json").read_text()).get("format"))
-    except (OSError, ValueError, AttributeError):
+        manifest = read_folder_manifest(folder, "bundle")
+    except BundleError:
         return None
+    return str(manifest.get("format")) if isinstance(manifest, dict) else None
 
 
 def main() -> int:

@@ -8,10 +8,11 @@
 1. `training/compress.py --config CONFIG --out OUT` (a subprocess; resumable: run the same command again after an
    interruption and finished stages are skipped): the CLEAN pipeline on the simulator's realistic preset, all around
    the sensor, with the shipped realistic-preset teacher (models/teacher_realistic).
-2. The real-data check (training/real_check.py) of the new bundle on a KITTI-layout folder of real scans, when the
+2. The int8 dense part (training/quantize_bundle.py, `--int8` / the node's `int8`): model.int8.onnx added to the run's
+   bundle, calibrated on the first 64 frames of the run's own simulated val split (never real scans); skipped, with a
+   line, for a bundle saved without model.onnx.
+3. The real-data check (training/real_check.py) of the new bundle on a KITTI-layout folder of real scans, when the
    folder exists (checking only: real labels never train or tune anything).
-3. The int8 dense part (training/quantize_bundle.py, `--int8` / the node's `int8`): model.int8.onnx added to the run's
-   bundle, calibrated on the first 64 frames of the run's own simulated val split (never real scans).
 4. The bundle replaces BUNDLE: written next to it under a temporary name with its README.md (the run's report, the
    real-data figures, the command, the commit), then swapped in by renames, so a failure leaves the old bundle.
 
@@ -117,40 +118,41 @@ def bundle_readme(config: Path, out: Path, command: str, report_md: str, real: s
 
 def _int8_record(bundle: Path) -> dict | None:
     """The `int8` record of a bundle's manifest (None: none, or unreadable)."""
-    import json
+    from clean_ros.inference.bundle import BundleError, read_folder_manifest
 
     try:
-        return json.loads((bundle / "manifest.json").read_text()).get("int8")
-    except (OSError, ValueError):
+        manifest = read_folder_manifest(bundle, "bundle")
+    except BundleError:
+        return None
+    return manifest.get("int8") if isinstance(manifest, dict) else None
+
+
+def _run_config(out: Path):
+    """The run's resolved CompressConfig (OUT/config.yaml), or None when it cannot be read."""
+    from clean_ros.yaml_config import ConfigError, load_config
+    from training.compression.compress_config import CompressConfig
+
+    try:
+        return load_config(CompressConfig, out / "config.yaml")
+    except (OSError, ConfigError):
         return None
 
 
 def _run_teacher_and_distill(out: Path) -> tuple[str, str]:
-    """teacher.checkpoint and distill.method of the run's resolved config (OUT/config.yaml): ("", "") if unreadable;
-    the checkpoint is "" when the run trained its own teacher."""
-    from clean_ros.yaml_config import ConfigError, load_config
-    from training.compression.compress_config import CompressConfig
-
-    try:
-        cfg = load_config(CompressConfig, out / "config.yaml")
-    except (OSError, ConfigError):
-        return "", ""
-    return cfg.teacher.checkpoint, cfg.distill.method
+    """teacher.checkpoint and distill.method of the run's resolved config: ("", "") if unreadable; the checkpoint is
+    "" when the run trained its own teacher."""
+    cfg = _run_config(out)
+    return ("", "") if cfg is None else (cfg.teacher.checkpoint, cfg.distill.method)
 
 
 def _val_split(out: Path) -> tuple[Path, str]:
-    """The run's training dataset and its val split name, from OUT/config.yaml (the simulated data in the run folder,
-    or data.root for a KITTI-layout training set: never the real-data check's folder); stages/data/dataset and val
-    when the config cannot be read."""
-    from clean_ros.yaml_config import ConfigError, load_config
-    from training.compression.compress_config import CompressConfig
-
-    data = out / "stages" / "data" / "dataset"
-    try:
-        cfg = load_config(CompressConfig, out / "config.yaml")
-    except (OSError, ConfigError):
-        return data, "val"
-    return (data if cfg.data.source == "simulate" else Path(cfg.data.root)), cfg.data.val_split
+    """The run's training dataset (DataSection.root_in: the simulated data in the run folder, or data.root for a
+    KITTI-layout training set; never the real-data check's folder) and its val split name; the simulated data and
+    val when the config cannot be read."""
+    cfg = _run_config(out)
+    if cfg is None:
+        return out / "stages" / "data" / "dataset", "val"
+    return cfg.data.root_in(out), cfg.data.val_split
 
 
 def _demote(markdown: str) -> str:
@@ -220,9 +222,9 @@ def _main(args) -> int:
     real_folder = args.real if args.real and args.real.is_dir() else None
     if args.dry_run:
         print(shlex.join(compress))
+        print(shlex.join(quantize_command(args.out / "bundle", *_val_split(args.out))))
         print(shlex.join(real_check_command(args.out / "bundle", real_folder)) if real_folder else
               f"# real-data check skipped: {args.real} not found")
-        print(shlex.join(quantize_command(args.out / "bundle", *_val_split(args.out))))
         print(f"# install {args.out / 'bundle'} -> {args.bundle}")
         return 0
     done = subprocess.run(compress, cwd=REPO)

@@ -173,14 +173,15 @@ def _select_frame(output: HeadOutput, head: HeadConfig, frame: int, scores: torc
     return FrameDetections(cand_boxes[kept], cand_scores[kept], cand_labels[kept], positions[kept])
 
 
-def score_bounds(settings: PostProcessConfig) -> list[float] | None:
-    """Per class, a class probability below which no gated score can reach the class's score threshold; None where
-    this is not known: a threshold <= 0, or the soft gate (its powers are computed in other float32 roundings on a
-    gathered subset than on the whole map, and the candidates' scores must be the same bits either way). Without a
-    gate or with the hard one a gated score never exceeds the class probability: s * 1[q > tau] <= s."""
+def score_bound(settings: PostProcessConfig) -> float | None:
+    """A class probability below which no gated score of any class reaches its score threshold (the lowest
+    threshold); None where this is not known: a threshold <= 0, or the soft gate (its powers are computed in other
+    float32 roundings on a gathered subset than on the whole map, and the candidates' scores must be the same bits
+    either way). Without a gate or with the hard one a gated score never exceeds the class probability:
+    s * 1[q > tau] <= s."""
     if settings.iou_gate.mode == "soft" or any(t <= 0 for t in settings.score_thresholds):
         return None
-    return [min(float(t), 1.0) for t in settings.score_thresholds]
+    return min(1.0, *(float(t) for t in settings.score_thresholds))
 
 
 # Slack of the prefilter in logit units: far wider than float32 rounding of sigmoid near a threshold, so the
@@ -195,14 +196,13 @@ def candidate_rows(output: HeadOutput, frame: int, settings: PostProcessConfig) 
     the gate and the max over every position (about 8 of the 11 ms of post-processing on one CPU thread)."""
     if output.head_type != "anchor":
         return None
-    bounds = score_bounds(settings)
-    if bounds is None:
+    bound = score_bound(settings)
+    if bound is None:
         return None
     logits = output.cls_logits[frame]
-    # One floor for every class (the lowest bound's logit): one flat comparison, several times faster on CPU than a
-    # per-class one over a last dimension of 3. A bound of 1 (a class switched off by threshold 1.0) still lets
+    # One floor for every class (the lowest threshold's logit): one flat comparison, several times faster on CPU than
+    # a per-class one over a last dimension of 3. A bound of 1 (every class switched off by threshold 1.0) still lets
     # through logits whose float32 sigmoid rounds to 1.0, all above 15 (sigmoid(15) = 1 - 3e-7 < 1 in float32).
-    bound = min(bounds)
     floor = math.log(bound / (1.0 - bound)) - _LOGIT_SLACK if bound < 1.0 else 15.0
     flat = flat_nonzero(logits.reshape(-1) >= floor)
     return torch.unique(flat // logits.shape[1])  # ascending

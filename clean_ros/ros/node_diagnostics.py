@@ -216,7 +216,7 @@ class HealthReport:
             backend_name=str(getattr(self.pipeline, "backend_name", "none (no model loaded)")),
             device=self.device, bundle=str(self.bundle_path), num_threads=self.num_threads,
             contract_findings=tuple(self.contract_findings), use_sim_time=self.use_sim_time,
-            backend_reason=self.backend_reason, int8=bool(getattr(self, "int8", False)), extra_items=input_boxes)
+            backend_reason=self.backend_reason, int8=self.int8, extra_items=input_boxes)
 
     def _publish_diagnostics(self) -> None:
         try:

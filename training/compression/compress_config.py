@@ -9,6 +9,7 @@ teammates' own config dataclasses (training.distill.DistillConfig, training.prun
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from clean_ros.models.detector_config import IoUGateConfig
@@ -56,6 +57,10 @@ class DataSection:
     @property
     def eval_split(self) -> str:
         return self.report_split or self.val_split
+
+    def root_in(self, run_dir: Path) -> Path:
+        """The dataset root of a run in run_dir: simulated into run_dir/stages/data/dataset, else data.root."""
+        return Path(run_dir) / "stages" / "data" / "dataset" if self.source == "simulate" else Path(self.root)
 
     def __post_init__(self):
         if self.source == "kitti" and not self.root:

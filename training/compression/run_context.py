@@ -30,9 +30,7 @@ class CompressRun:
 
     @property
     def data_root(self) -> Path:
-        if self.cfg.data.source == "simulate":
-            return self.stages_dir / "data" / "dataset"
-        return Path(self.cfg.data.root)
+        return self.cfg.data.root_in(self.root)
 
     @property
     def device(self) -> torch.device:
