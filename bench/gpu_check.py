@@ -43,12 +43,13 @@ def parity(args) -> int:
 
     from clean_ros.inference.backends import BackendError, BackendUnavailable
     from clean_ros.inference.pipeline import Pipeline
-    from clean_ros.inference.voxelize import Voxels
+    from clean_ros.inference.voxelize import Voxels, as_padded
 
     frame = Path(args.frame)
     points = np.fromfile(frame, dtype=np.float32).reshape(-1, 4)
     ref = Pipeline.from_bundle(args.bundle, backend="torch", device="cpu")
     voxels, _ = ref.preprocess(points)
+    voxels = as_padded(voxels)  # moved to each backend's device below
     ref_maps, _ = ref.raw_outputs(voxels)
     ref_dets = ref(points).detections
     names = ref.detector.dense_output_names

@@ -6,7 +6,8 @@
     result.detections, result.timings_ms, result.voxel_stats
 
 Stages (timed, after CUDA synchronisation when on GPU):
-  preprocess   points -> voxels (clean_ros.inference.voxelize, with overflow stats)
+  preprocess   points -> voxels (clean_ros.inference.voxelize, with overflow stats; without the padded grid when
+               the torch pillar encoder reads them, PointVoxels)
   inference    voxels -> BEV canvas (pillar encoder: on a GPU the backend's encoder.onnx/engine if it has one,
                else torch, whose inference path runs on the real points only and beat ONNX Runtime's padded
                encoder 3x on CPU; scatter and any sparse 3D backbone: torch) -> backend dense part -> raw head maps
@@ -49,7 +50,8 @@ from clean_ros.cloud.transforms import transform_boxes, transform_points
 # The one post-processing validator; POSTPROCESS_KEYS are the flat names update_postprocess accepts.
 from clean_ros.inference.postprocess_settings import POSTPROCESS_KEYS, PostProcessConfig, updated_postprocess
 from clean_ros.types import Detections
-from clean_ros.inference.voxelize import Voxels, VoxelStats, voxelize_with_stats
+from clean_ros.inference.voxelize import (PointVoxels, Voxels, VoxelStats, as_padded, voxelize_points_with_stats,
+                                         voxelize_with_stats)
 
 STAGES = ("preprocess", "inference", "postprocess")
 
@@ -83,6 +85,10 @@ class Pipeline:
         # On CPU the torch encoder's per-point path is faster than the backend's padded encoder.onnx (see above).
         self._pillar_encoder_on_backend = (self.backend.has_encoder and cfg.encoder.type == "pillar"
                                            and cfg.backbone_3d.type == "none" and self.device.type != "cpu")
+        # The torch pillar encoder reads the voxels without the padded grid (PointVoxels): building and filling that
+        # grid was ~2-5 ms of the 360-degree default's voxelisation per real scan; other encoders get it padded.
+        self._point_voxels = cfg.encoder.type == "pillar" and not self._pillar_encoder_on_backend
+        self._voxelize = voxelize_points_with_stats if self._point_voxels else voxelize_with_stats
         self._sync = self.device.type == "cuda"
         # Per-feature factors recorded in the bundle (point_features[i].scale), applied before voxelisation.
         scales = [float(f.get("scale", 1.0)) for f in bundle.manifest["point_features"]]
@@ -185,20 +191,23 @@ class Pipeline:
         tensor = torch.from_numpy(points).to(self.device)
         return tensor * self._feature_scale if self._feature_scale is not None else tensor
 
-    def preprocess(self, points: np.ndarray) -> tuple[Voxels, VoxelStats]:
-        return voxelize_with_stats(self._points_tensor(points), *self._voxel_args)
+    def preprocess(self, points: np.ndarray) -> tuple[Voxels | PointVoxels, VoxelStats]:
+        """Points -> the voxels in the layout this pipeline's encoder reads (as_padded gives Voxels from either)."""
+        return self._voxelize(self._points_tensor(points), *self._voxel_args)
 
     @torch.inference_mode()
-    def bev_input(self, voxels: Voxels) -> torch.Tensor:
-        """Voxels -> the dense part's input canvas (1, C, ny, nx); see the module docstring for who runs what."""
+    def bev_input(self, voxels: Voxels | PointVoxels) -> torch.Tensor:
+        """Voxels (either layout) -> the dense part's input canvas (1, C, ny, nx); see the module docstring for who
+        runs what."""
         if self._pillar_encoder_on_backend:
+            voxels = as_padded(voxels)
             features = self.backend.encode_pillars(voxels.features, voxels.num_points, voxels.coords)
             if features is not None:
                 return self.detector.scatter(features.to(self.device), voxels.coords, 1)
         return self.detector.encode(voxels, 1)
 
     @torch.inference_mode()
-    def raw_outputs(self, voxels: Voxels) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    def raw_outputs(self, voxels: Voxels | PointVoxels) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """Voxels -> (raw head maps in Detector.dense_output_names order, BEV canvas)."""
         bev = self.bev_input(voxels)
         return self.backend.run(bev), bev

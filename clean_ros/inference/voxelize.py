@@ -14,6 +14,9 @@ Rules (deterministic, documented because the detector's input depends on them):
 Pillars are voxels with a single z bin (voxel_size z = range height).
 Output sizes are bounded by (max_voxels, max_points_per_voxel, F): buffers (e.g. for a static-shape engine) can be
 sized once from the config. voxelize_with_stats also reports what was dropped (VoxelStats), for diagnostics.
+voxelize_points_with_stats gives the same voxels without the padded grid (PointVoxels: each kept point once, voxel
+after voxel): the per-point pillar encoder reads that directly, and building and filling the grid was a third of the
+runtime's voxelisation on the 360-degree grid.
 No Python loop over points; one stable sort of int32 keys (int64 for grids above 2^31 cells) does the grouping.
 """
 from __future__ import annotations
@@ -28,6 +31,36 @@ class Voxels(NamedTuple):
     features: torch.Tensor  # (V, T, F) float32, zero padded
     num_points: torch.Tensor  # (V,) int32, 1..T
     coords: torch.Tensor  # (V, 4) int32 [batch, z, y, x]
+
+
+class PointVoxels(NamedTuple):
+    """The voxels of Voxels without the padding: every kept point once, voxel after voxel in output order, input order
+    inside a voxel (so point j of voxel v is slot j of Voxels.features[v]). padded() gives the Voxels."""
+
+    points: torch.Tensor  # (M, F) float32
+    voxel: torch.Tensor  # (M,) int64: the voxel (row of coords / num_points) of each point, ascending
+    num_points: torch.Tensor  # (V,) int32, 1..T
+    coords: torch.Tensor  # (V, 4) int32 [batch, z, y, x]
+    max_points_per_voxel: int
+
+    def padded(self) -> Voxels:
+        counts = self.num_points.long()
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(self.voxel.numel(), device=self.voxel.device) - starts.index_select(0, self.voxel)
+        return _padded(self, slot)
+
+
+def as_padded(voxels: "Voxels | PointVoxels") -> Voxels:
+    """Voxels for consumers of the padded grid (ONNX / TensorRT encoders, sparse backbones), from either layout."""
+    return voxels.padded() if isinstance(voxels, PointVoxels) else voxels
+
+
+def _padded(voxels: PointVoxels, slot: torch.Tensor) -> Voxels:
+    t = voxels.max_points_per_voxel
+    num_voxels, num_features = voxels.num_points.numel(), voxels.points.shape[1]
+    features = torch.zeros((num_voxels * t, num_features), dtype=torch.float32, device=voxels.points.device)
+    features.index_copy_(0, voxels.voxel * t + slot, voxels.points)
+    return Voxels(features.view(num_voxels, t, num_features), voxels.num_points, voxels.coords)
 
 
 class VoxelStats(NamedTuple):
@@ -70,6 +103,12 @@ def empty_voxels(max_points_per_voxel: int, num_features: int, device: torch.dev
                   torch.zeros(0, dtype=torch.int32, device=device), torch.zeros((0, 4), dtype=torch.int32, device=device))
 
 
+def _empty_point_voxels(max_points_per_voxel: int, num_features: int, device: torch.device) -> PointVoxels:
+    return PointVoxels(torch.zeros((0, num_features), dtype=torch.float32, device=device),
+                       torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, dtype=torch.int32, device=device),
+                       torch.zeros((0, 4), dtype=torch.int32, device=device), max_points_per_voxel)
+
+
 def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     """Indices of True entries of a 1-D bool tensor, ascending. numpy's is ~8x faster than torch's on CPU."""
     if mask.device.type == "cpu":
@@ -93,6 +132,22 @@ def _stable_sort(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def voxelize_with_stats(points: torch.Tensor, point_cloud_range: Sequence[float], voxel_size: Sequence[float],
                         max_points_per_voxel: int, max_voxels: int, batch_index: int = 0) -> tuple[Voxels, VoxelStats]:
     """Voxelise one cloud (N, F>=3) -> (Voxels, VoxelStats). See the module docstring for the rules."""
+    voxels, slot, stats = _group(points, point_cloud_range, voxel_size, max_points_per_voxel, max_voxels, batch_index)
+    return _padded(voxels, slot), stats
+
+
+def voxelize_points_with_stats(points: torch.Tensor, point_cloud_range: Sequence[float],
+                               voxel_size: Sequence[float], max_points_per_voxel: int, max_voxels: int,
+                               batch_index: int = 0) -> tuple[PointVoxels, VoxelStats]:
+    """voxelize_with_stats's voxels without the padded grid (PointVoxels; .padded() gives the same Voxels)."""
+    voxels, _, stats = _group(points, point_cloud_range, voxel_size, max_points_per_voxel, max_voxels, batch_index)
+    return voxels, stats
+
+
+def _group(points: torch.Tensor, point_cloud_range: Sequence[float], voxel_size: Sequence[float],
+           max_points_per_voxel: int, max_voxels: int, batch_index: int
+           ) -> tuple[PointVoxels, torch.Tensor, VoxelStats]:
+    """The voxels as PointVoxels, each kept point's slot in its voxel, and the stats."""
     if points.dim() != 2 or points.shape[1] < 3:
         raise ValueError(f"points must be (N, F>=3), got shape {tuple(points.shape)}")
     if max_points_per_voxel < 1 or max_voxels < 1:
@@ -117,11 +172,17 @@ def voxelize_with_stats(points: torch.Tensor, point_cloud_range: Sequence[float]
     kept = flat_nonzero(badness == 0)  # ascending: input order is preserved
     num_valid = kept.numel()
     if num_valid == 0:
-        return empty_voxels(t, num_features, device), VoxelStats(num_input, num_input, 0, 0, 0)
+        return (_empty_point_voxels(t, num_features, device), torch.zeros(0, dtype=torch.int64, device=device),
+                VoxelStats(num_input, num_input, 0, 0, 0))
 
-    key_dtype = torch.int32 if nx * ny * nz < 2**31 else torch.int64
-    cell = cell.index_select(0, kept).to(key_dtype)
-    key = (cell[:, 2] * ny + cell[:, 1]) * nx + cell[:, 0]
+    if nx * ny * nz <= 2**24:
+        # float32 holds every key exactly: one key per point, then keep the valid ones (0.5 ms less per 120k points
+        # than selecting the (N, 3) cells and converting them first)
+        key = (cell[:, 2] * ny + cell[:, 1]).mul_(nx).add_(cell[:, 0]).index_select(0, kept).to(torch.int32)
+    else:
+        key_dtype = torch.int32 if nx * ny * nz < 2**31 else torch.int64
+        cell = cell.index_select(0, kept).to(key_dtype)
+        key = (cell[:, 2] * ny + cell[:, 1]) * nx + cell[:, 0]
     # Stable sort groups each voxel's points while keeping them in input order inside the group.
     sorted_key, order = _stable_sort(key)
     is_first = torch.empty(num_valid, dtype=torch.bool, device=device)
@@ -152,13 +213,8 @@ def voxelize_with_stats(points: torch.Tensor, point_cloud_range: Sequence[float]
     else:
         point_slot = group
     take = (point_slot < num_voxels) & (rank_in_voxel < t)
-    take_idx = flat_nonzero(take)
-    flat_target = point_slot.index_select(0, take_idx) * t + rank_in_voxel.index_select(0, take_idx)
+    take_idx = flat_nonzero(take)  # ascending: voxel after voxel, input order inside each
     source = kept.to(device).index_select(0, order.index_select(0, take_idx))
-
-    features = torch.zeros((num_voxels * t, num_features), dtype=torch.float32, device=device)
-    features.index_copy_(0, flat_target, points.index_select(0, source))
-    features = features.view(num_voxels, t, num_features)
     num_points = counts.clamp(max=t).to(torch.int32)
     coords = torch.empty((num_voxels, 4), dtype=torch.int32, device=device)
     coords[:, 0] = batch_index
@@ -169,7 +225,9 @@ def voxelize_with_stats(points: torch.Tensor, point_cloud_range: Sequence[float]
     stats = VoxelStats(num_input_points=num_input, num_dropped_points=num_input - num_valid,
                        num_occupied_voxels=num_occupied, num_overflow_voxels=num_occupied - num_voxels,
                        num_overflow_points=num_valid - take_idx.numel())
-    return Voxels(features, num_points, coords), stats
+    voxels = PointVoxels(points.index_select(0, source), point_slot.index_select(0, take_idx).long(), num_points,
+                         coords, t)
+    return voxels, rank_in_voxel.index_select(0, take_idx), stats
 
 
 def voxelize(points: torch.Tensor, point_cloud_range: Sequence[float], voxel_size: Sequence[float],

@@ -22,7 +22,7 @@ from clean_ros.models.detector_config import DetectorConfig
 from clean_ros.models.pillar import PillarFeatureNet, PillarScatter
 from clean_ros.models.sparse_backbone import SparseBackbone3D, SparseBackboneOutput
 from clean_ros.models.vfe import MeanVFE
-from clean_ros.inference.voxelize import Voxels
+from clean_ros.inference.voxelize import PointVoxels, Voxels, as_padded
 
 
 class HeadOutput(NamedTuple):
@@ -108,13 +108,19 @@ class Detector(nn.Module):
         """nn.Module wrapping forward_dense (shares this detector's weights), for export."""
         return DenseDetector(self)
 
-    def encode(self, voxels: Voxels, batch_size: int) -> torch.Tensor:
+    def encode(self, voxels: Voxels | PointVoxels, batch_size: int) -> torch.Tensor:
         """Voxels -> BEV input canvas (B, C_enc, ny, nx); sparse backbone: (B, C * D, H, W) at stride 8."""
         return self.encode_with_3d(voxels, batch_size)[0]
 
-    def encode_with_3d(self, voxels: Voxels, batch_size: int) -> tuple[torch.Tensor, Optional[SparseBackboneOutput]]:
-        """(BEV input canvas, the sparse backbone's stage outputs or None for pillars); the RoI head reads both."""
-        features = self.encoder(voxels.features, voxels.num_points, voxels.coords)
+    def encode_with_3d(self, voxels: Voxels | PointVoxels, batch_size: int
+                       ) -> tuple[torch.Tensor, Optional[SparseBackboneOutput]]:
+        """(BEV input canvas, the sparse backbone's stage outputs or None for pillars); the RoI head reads both.
+        Either voxel layout: the pillar encoder reads PointVoxels as they are, other encoders get them padded."""
+        if isinstance(voxels, PointVoxels) and isinstance(self.encoder, PillarFeatureNet):
+            features = self.encoder.forward_point_voxels(voxels)
+        else:
+            voxels = as_padded(voxels)
+            features = self.encoder(voxels.features, voxels.num_points, voxels.coords)
         if self.backbone_3d is None:
             return self.scatter(features, voxels.coords, batch_size), None
         out = self.backbone_3d(features, voxels.coords, batch_size)

@@ -6,6 +6,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from clean_ros.inference.voxelize import PointVoxels
+
 
 class PillarFeatureNet(nn.Module):
     """Per-pillar PointNet.
@@ -61,10 +63,19 @@ class PillarFeatureNet(nn.Module):
 
     def forward(self, features: torch.Tensor, num_points: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """(V, T, F), (V,), (V, 4) -> (V, C) pillar features."""
-        if (self.training or not self.per_point_inference or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
-                or any(norm.running_mean is None for norm in self.norms)):
+        if not self._per_point():
             return self._forward_padded(features, num_points, coords)
         return self._forward_points(features, num_points, coords)
+
+    def forward_point_voxels(self, voxels: PointVoxels) -> torch.Tensor:
+        """The same (V, C) pillar features from voxels without the padded grid (the runtime's layout)."""
+        if not self._per_point():
+            return self._forward_padded(*voxels.padded())
+        return self._encode_points(voxels.points, voxels.voxel, voxels.num_points, voxels.coords)
+
+    def _per_point(self) -> bool:
+        return not (self.training or not self.per_point_inference or torch.onnx.is_in_onnx_export()
+                    or torch.jit.is_tracing() or any(norm.running_mean is None for norm in self.norms))
 
     def _forward_padded(self, features: torch.Tensor, num_points: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         x, mask = self.augment(features, num_points, coords)
@@ -90,10 +101,16 @@ class PillarFeatureNet(nn.Module):
         starts = torch.cumsum(counts, 0) - counts
         slot = torch.arange(pillar.numel(), device=features.device) - starts.index_select(0, pillar)
         points = features.reshape(-1, num_features).index_select(0, pillar * num_slots + slot)  # (N, F)
+        return self._encode_points(points, pillar, num_points, coords)
+
+    def _encode_points(self, points: torch.Tensor, pillar: torch.Tensor, num_points: torch.Tensor,
+                       coords: torch.Tensor) -> torch.Tensor:
+        """(N, F) real points, (N,) their pillar, (V,), (V, 4) -> (V, C): the per-point evaluation."""
+        num_voxels = num_points.numel()
         xyz = points[:, :3]
         divisor = num_points.to(xyz.dtype).clamp(min=1).unsqueeze(1)  # as augment(): the pillar's own count
         mean = xyz.new_zeros(num_voxels, 3).index_add_(0, pillar, xyz) / divisor
-        centre = coords[:, [3, 2, 1]].to(features.dtype) * self.voxel_size + self.origin  # (V, 3) x, y, z
+        centre = coords[:, [3, 2, 1]].to(points.dtype) * self.voxel_size + self.origin  # (V, 3) x, y, z
         if len(self.linears) == 1 and not self._hooked():
             return self._single_layer_folded(points, pillar, mean, centre, num_voxels)
         parts = [points, xyz - mean.index_select(0, pillar), xyz - centre.index_select(0, pillar)]

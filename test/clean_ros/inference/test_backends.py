@@ -23,6 +23,7 @@ from clean_ros.inference.backends.tensorrt_backend import EngineCache, engine_ke
 from clean_ros.inference.bundle import load_bundle
 from clean_ros.cloud.kitti import Calibration, labels_from_lidar_boxes, read_labels
 from clean_ros.inference.pipeline import Pipeline
+from clean_ros.inference.voxelize import PointVoxels, as_padded
 from clean_ros.metrics.kitti_eval import evaluate
 
 from shared_helpers import read_velodyne
@@ -75,9 +76,14 @@ def kitti_frames(kitti_sample):
 
 
 def _check_maps(pipelines, points):
-    voxels, _ = pipelines["torch"].preprocess(points)
-    ref_maps, ref_bev = pipelines["torch"].raw_outputs(voxels)
-    maps, bev = pipelines["onnxruntime"].raw_outputs(voxels)
+    packed, _ = pipelines["torch"].preprocess(points)
+    # CPU pipelines voxelise without the padded grid for their torch pillar encoder; the canvas is the same bits
+    # as from the padded voxels
+    assert isinstance(packed, PointVoxels) and isinstance(pipelines["onnxruntime"].preprocess(points)[0], PointVoxels)
+    voxels = as_padded(packed)
+    ref_maps, ref_bev = pipelines["torch"].raw_outputs(packed)
+    assert torch.equal(pipelines["torch"].bev_input(voxels), ref_bev)
+    maps, bev = pipelines["onnxruntime"].raw_outputs(packed)
     assert scaled_relative_error(bev, ref_bev) <= RTOL
     # encoder.onnx (dynamic pillar count; what a GPU backend runs: on CPU the Pipeline keeps torch's faster per-point
     # encoder) against the torch encoder's inference path and its padded path

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from clean_ros.inference.voxelize import Voxelizer, grid_size, voxelize, voxelize_batch, voxelize_with_stats
+from clean_ros.inference.voxelize import (PointVoxels, Voxelizer, as_padded, grid_size, voxelize, voxelize_batch,
+                                         voxelize_points_with_stats, voxelize_with_stats)
 
 
 def reference_voxelize(points: np.ndarray, pc_range, voxel_size, max_points, max_voxels, batch_index=0):
@@ -50,6 +51,18 @@ def assert_matches_reference(points, pc_range, voxel_size, max_points, max_voxel
     np.testing.assert_array_equal(got.coords.numpy(), coords)
     np.testing.assert_array_equal(got.num_points.numpy(), num_points)
     np.testing.assert_array_equal(got.features.numpy(), features)
+    # The same voxels without the padded grid: each kept point once, voxel after voxel, input order inside.
+    packed, stats = voxelize_points_with_stats(torch.from_numpy(points), pc_range, voxel_size, max_points, max_voxels,
+                                               batch_index)
+    assert stats == voxelize_with_stats(torch.from_numpy(points), pc_range, voxel_size, max_points, max_voxels,
+                                        batch_index)[1]
+    np.testing.assert_array_equal(packed.coords.numpy(), coords)
+    np.testing.assert_array_equal(packed.num_points.numpy(), num_points)
+    np.testing.assert_array_equal(packed.voxel.numpy(), np.repeat(np.arange(len(num_points)), num_points))
+    rows = np.concatenate([features[v, :n] for v, n in enumerate(num_points)]) if len(num_points) else \
+        np.zeros((0, points.shape[1]), np.float32)
+    np.testing.assert_array_equal(packed.points.numpy(), rows)
+    assert all(torch.equal(a, b) for a, b in zip(packed.padded(), got)) and as_padded(got) is got
     return got
 
 
@@ -89,6 +102,19 @@ def test_matches_reference_with_voxel_count_overflow(rng):
     assert len(got.coords) == 150
 
 
+def test_matches_reference_on_grids_of_every_key_width(rng):
+    """Keys are computed in float32 up to 2^24 cells (exact there), as int32 up to 2^31 and int64 beyond."""
+    cases = [((0.0, 0.0, 0.0, 4096.0, 4096.0, 1.0), (1.0, 1.0, 1.0), (4000.0, 4000.0, 0.0), (4096.5, 4096.5, 1.2)),
+             ((0.0, -40.0, -3.0, 70.4, 40.0, 1.0), (0.05, 0.05, 0.1), (-1.0, -41.0, -3.5), (71.0, 41.0, 1.5)),
+             ((0.0, -200.0, -10.0, 400.0, 200.0, 10.0), (0.02, 0.02, 0.02), (-5.0, -205.0, -11.0), (405.0, 205.0, 11.0))]
+    for pc_range, voxel_size, low, high in cases:
+        pts = random_cloud(rng, 1500, (*low, 0.0), (*high, 1.0))
+        pts[:3, :3] = np.asarray(pc_range[3:], np.float32) - np.asarray(voxel_size, np.float32) / 2  # the last cell
+        got = assert_matches_reference(pts, pc_range, voxel_size, max_points=2, max_voxels=5000)
+        nx, ny, nz = grid_size(pc_range, voxel_size)
+        assert got.coords[-1, 1:].tolist() == [nz - 1, ny - 1, nx - 1] and len(got.coords) > 500
+
+
 def test_matches_reference_for_pillars_on_a_real_frame_slice(kitti_sample):
     from shared_helpers import read_velodyne
 
@@ -122,6 +148,9 @@ def test_empty_and_all_outside_clouds():
         vox, stats = voxelize_with_stats(pts, (0, 0, 0, 1, 1, 1), (0.5, 0.5, 0.5), 4, 10)
         assert vox.features.shape == (0, 4, 4) and vox.coords.shape == (0, 4) and vox.num_points.shape == (0,)
         assert stats.num_dropped_points == len(pts)
+        packed, _ = voxelize_points_with_stats(pts, (0, 0, 0, 1, 1, 1), (0.5, 0.5, 0.5), 4, 10)
+        assert isinstance(packed, PointVoxels) and packed.points.shape == (0, 4) and packed.voxel.shape == (0,)
+        assert packed.padded().features.shape == (0, 4, 4)
 
 
 def test_output_does_not_depend_on_point_order_without_overflow(rng):

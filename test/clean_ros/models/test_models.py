@@ -13,7 +13,7 @@ from clean_ros.models.detector import HeadOutput, build_detector
 from clean_ros.models.flops import count_flops, count_parameters
 from clean_ros.models.pillar import PillarFeatureNet, PillarScatter
 from clean_ros.models.vfe import MeanVFE
-from clean_ros.inference.voxelize import voxelize_batch
+from clean_ros.inference.voxelize import PointVoxels, voxelize_batch
 from shared_helpers import read_velodyne
 from training.config_paths import find_config
 
@@ -155,6 +155,11 @@ def test_pillar_feature_net_per_point_inference_equals_padded(widths, with_dista
     assert per_point.shape == padded.shape == (v, widths[-1])
     assert torch.allclose(per_point, padded, rtol=1e-5, atol=1e-5) and padded.abs().max() > 0.5
     assert (per_point[0] == 0).all()  # an empty pillar: all padding
+    # The runtime's layout (PointVoxels: real points only, no padded grid) gives the same bits as the padded input.
+    keep = torch.arange(t).unsqueeze(0) < num_points.unsqueeze(1)
+    packed = PointVoxels(features[keep], torch.arange(v).repeat_interleave(num_points.long()), num_points, coords, t)
+    assert torch.equal(packed.padded().features, features * keep.unsqueeze(2))
+    assert torch.equal(net.forward_point_voxels(packed), per_point)
     # FLOPs are counted over the padded grid (the references' convention), and inference is per point again after
     report = count_flops(net, features, num_points, coords)
     assert report.flops == v * t * sum(i * o for i, o in zip([net.in_channels] + [2 * w for w in widths[:-1]], widths))
@@ -175,6 +180,7 @@ def test_pillar_feature_net_per_point_inference_equals_padded(widths, with_dista
         assert not torch.equal(net(features, num_points, coords), torch.zeros_like(padded))
         net.train()
         assert torch.equal(net(features, num_points, coords), torch.zeros_like(padded))
+        assert torch.equal(net.forward_point_voxels(packed), torch.zeros_like(padded))  # training: padded again
 
 
 def test_mean_vfe():
