@@ -98,11 +98,6 @@ def grid_size(point_cloud_range: Sequence[float], voxel_size: Sequence[float]) -
     return sizes[0], sizes[1], sizes[2]
 
 
-def empty_voxels(max_points_per_voxel: int, num_features: int, device: torch.device | str = "cpu") -> Voxels:
-    return Voxels(torch.zeros((0, max_points_per_voxel, num_features), dtype=torch.float32, device=device),
-                  torch.zeros(0, dtype=torch.int32, device=device), torch.zeros((0, 4), dtype=torch.int32, device=device))
-
-
 def _empty_point_voxels(max_points_per_voxel: int, num_features: int, device: torch.device) -> PointVoxels:
     return PointVoxels(torch.zeros((0, num_features), dtype=torch.float32, device=device),
                        torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, dtype=torch.int32, device=device),
