@@ -1,18 +1,22 @@
 #!/bin/bash
 # Is a resume at an epoch boundary exact at the release student's config? 20 frames (10 iterations / epoch), 2 epochs.
-cd /work/main
+# run from the repository root (needs runs/release_default)
 CFG=runs/release_default/stages/student_baseline/train/config.yaml
-COMMON="--config $CFG --set data.root=/work/probe_ds --set epochs=2 --set threads=2 --no-progress --no-tensorboard"
-rm -rf /work/tmp_res_a /work/tmp_res_b
-.venv/bin/python training/train.py $COMMON --out /work/tmp_res_a > /work/tmp_res_a.log 2>&1; echo "a rc $?"
-.venv/bin/python training/train.py $COMMON --set max_iterations=10 --out /work/tmp_res_b > /work/tmp_res_b.log 2>&1; echo "b1 rc $?"
-.venv/bin/python training/train.py --resume /work/tmp_res_b --set max_iterations=0 --no-progress --no-tensorboard > /work/tmp_res_b2.log 2>&1; echo "b2 rc $?"
+# a dataset of the run's first 20 training frames: its training/ folder linked, a 20-line train listing
+mkdir -p /tmp/clean_ros_probe_ds/ImageSets
+ln -sfn "$(pwd)/runs/release_default/stages/data/dataset/training" /tmp/clean_ros_probe_ds/training
+head -20 runs/release_default/stages/data/dataset/ImageSets/train.txt > /tmp/clean_ros_probe_ds/ImageSets/train.txt
+COMMON="--config $CFG --set data.root=/tmp/clean_ros_probe_ds --set epochs=2 --set threads=2 --no-progress --no-tensorboard"
+rm -rf /tmp/clean_ros_res_a /tmp/clean_ros_res_b
+.venv/bin/python training/train.py $COMMON --out /tmp/clean_ros_res_a > /tmp/clean_ros_res_a.log 2>&1; echo "a rc $?"
+.venv/bin/python training/train.py $COMMON --set max_iterations=10 --out /tmp/clean_ros_res_b > /tmp/clean_ros_res_b.log 2>&1; echo "b1 rc $?"
+.venv/bin/python training/train.py --resume /tmp/clean_ros_res_b --set max_iterations=0 --no-progress --no-tensorboard > /tmp/clean_ros_res_b2.log 2>&1; echo "b2 rc $?"
 .venv/bin/python - <<'PY'
 import torch
 def w(d):
     ck = torch.load(d + "/checkpoints/last.pt", map_location="cpu", weights_only=True)
     return ck["model"], ck.get("epoch"), ck.get("iteration")
-a, ea, ia = w("/work/tmp_res_a"); b, eb, ib = w("/work/tmp_res_b")
+a, ea, ia = w("/tmp/clean_ros_res_a"); b, eb, ib = w("/tmp/clean_ros_res_b")
 diff = [k for k in a if torch.is_tensor(a[k]) and not torch.equal(a[k], b[k])]
 print(f"uninterrupted (epoch {ea}) vs resumed at the epoch boundary (epoch {eb}): {len(diff)} of {len(a)} tensors differ", diff[:3])
 PY
