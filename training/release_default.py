@@ -149,10 +149,11 @@ def _val_split(out: Path) -> tuple[Path, str]:
     """The run's training dataset (DataSection.root_in: the simulated data in the run folder, or data.root for a
     KITTI-layout training set; never the real-data check's folder) and its val split name; the simulated data and
     val when the config cannot be read."""
+    from training.compression.compress_config import DataSection
+
     cfg = _run_config(out)
-    if cfg is None:
-        return out / "stages" / "data" / "dataset", "val"
-    return cfg.data.root_in(out), cfg.data.val_split
+    data = cfg.data if cfg is not None else DataSection()  # the defaults: simulated, split "val"
+    return data.root_in(out), data.val_split
 
 
 def _demote(markdown: str) -> str:

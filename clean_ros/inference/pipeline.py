@@ -87,8 +87,8 @@ class Pipeline:
                                            and cfg.backbone_3d.type == "none" and self.device.type != "cpu")
         # The torch pillar encoder reads the voxels without the padded grid (PointVoxels): building and filling that
         # grid was ~2-5 ms of the 360-degree default's voxelisation per real scan; other encoders get it padded.
-        self._point_voxels = cfg.encoder.type == "pillar" and not self._pillar_encoder_on_backend
-        self._voxelize = voxelize_points_with_stats if self._point_voxels else voxelize_with_stats
+        torch_pillars = cfg.encoder.type == "pillar" and not self._pillar_encoder_on_backend
+        self._voxelize = voxelize_points_with_stats if torch_pillars else voxelize_with_stats
         self._sync = self.device.type == "cuda"
         # Per-feature factors recorded in the bundle (point_features[i].scale), applied before voxelisation.
         scales = [float(f.get("scale", 1.0)) for f in bundle.manifest["point_features"]]

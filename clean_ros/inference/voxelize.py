@@ -220,7 +220,7 @@ def _group(points: torch.Tensor, point_cloud_range: Sequence[float], voxel_size:
     stats = VoxelStats(num_input_points=num_input, num_dropped_points=num_input - num_valid,
                        num_occupied_voxels=num_occupied, num_overflow_voxels=num_occupied - num_voxels,
                        num_overflow_points=num_valid - take_idx.numel())
-    voxels = PointVoxels(points.index_select(0, source), point_slot.index_select(0, take_idx).long(), num_points,
+    voxels = PointVoxels(points.index_select(0, source), point_slot.index_select(0, take_idx), num_points,
                          coords, t)
     return voxels, rank_in_voxel.index_select(0, take_idx), stats
 
