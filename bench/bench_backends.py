@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from clean_ros import defaults  # noqa: E402
 from clean_ros.inference.backends import BackendError, BackendUnavailable  # noqa: E402
-from clean_ros.inference.bundle import BundleError, read_folder_manifest  # noqa: E402
+from clean_ros.inference.bundle import manifest_field  # noqa: E402
 from clean_ros.inference.pipeline import STAGES, Pipeline  # noqa: E402
 from suite import percentile, synthetic_scan  # noqa: E402
 
@@ -61,15 +61,6 @@ def bench_one(label: str, bundle: Path, backend: str, args, points: np.ndarray) 
           flush=True)
 
 
-def _manifest_format(folder: Path) -> str | None:
-    """The `format` field of folder/manifest.json; None when there is none (or it is unreadable)."""
-    try:
-        manifest = read_folder_manifest(folder, "bundle")
-    except BundleError:
-        return None
-    return str(manifest.get("format")) if isinstance(manifest, dict) else None
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=ROOT / "models/default")
@@ -90,7 +81,7 @@ def main() -> int:
     print("latency in ms, p50 / p95 per stage (Pipeline timings, after CUDA synchronisation on GPU)")
     print(f"{'model':10s} {'backend':16s} " + " ".join(f"{s:>16s}" for s in (*STAGES, "total")) + "  dets")
     models = [("default", args.bundle)]
-    teacher_format = _manifest_format(args.teacher_bundle)
+    teacher_format = manifest_field(args.teacher_bundle, "format")
     if teacher_format == "clean_ros.bundle":
         models.append(("teacher", args.teacher_bundle))
     elif teacher_format is None:

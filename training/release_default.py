@@ -100,7 +100,9 @@ def bundle_readme(config: Path, out: Path, command: str, report_md: str, real: s
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
     ]
-    int8 = _int8_record(out / "bundle")
+    from clean_ros.inference.bundle import manifest_field
+
+    int8 = manifest_field(out / "bundle", "int8")
     if int8 is not None:
         cal = int8["calibration"]
         lines += ["## int8 dense part", "",
@@ -114,17 +116,6 @@ def bundle_readme(config: Path, out: Path, command: str, report_md: str, real: s
                   "Checking only: real labels never train or tune anything.", "", "```", real.rstrip(), "```", ""]
     lines += ["## The compression run's report (simulated held-out frames)", "", _demote(report_md), ""]
     return "\n".join(lines)
-
-
-def _int8_record(bundle: Path) -> dict | None:
-    """The `int8` record of a bundle's manifest (None: none, or unreadable)."""
-    from clean_ros.inference.bundle import BundleError, read_folder_manifest
-
-    try:
-        manifest = read_folder_manifest(bundle, "bundle")
-    except BundleError:
-        return None
-    return manifest.get("int8") if isinstance(manifest, dict) else None
 
 
 def _run_config(out: Path):

@@ -363,6 +363,16 @@ def read_folder_manifest(folder: Path, kind: str, error: type[Exception] = Bundl
         raise error(f"{path}: cannot read: {exc}") from None
 
 
+def manifest_field(folder: Path, name: str) -> Any:
+    """One top-level field of a model folder's manifest.json, or None when the folder has no readable manifest or
+    the manifest no such field (for tools that only look, e.g. "is this a bundle or a teacher package")."""
+    try:
+        manifest = read_folder_manifest(Path(folder), "bundle")
+    except BundleError:
+        return None
+    return manifest.get(name) if isinstance(manifest, dict) else None
+
+
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     """Read and validate a bundle directory (see the module docstring). Raises BundleError."""
     bundle = Path(path)
@@ -478,4 +488,4 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
 
 __all__ = ["Bundle", "BundleError", "SCHEMA_VERSION", "MANIFEST_NAME", "WEIGHTS_NAME", "DENSE_ONNX_NAME",
            "ENCODER_ONNX_NAME", "load_bundle", "save_bundle", "verify_files", "sha256_file",
-           "default_point_features", "replace_dir", "read_folder_manifest"]
+           "default_point_features", "replace_dir", "read_folder_manifest", "manifest_field"]

@@ -239,7 +239,7 @@ class DetectorCore(NodeModel, ParameterChanges, HealthReport):
         """The model's input points (stage "decode"), or None (logged and counted) when there are none. The
         crop / exclusion boxes are in the model frame: frames (this cloud's TF), else the pipeline's sensor mount."""
         t0 = time.perf_counter()
-        frames = frames if frames is not None else getattr(self.pipeline, "frames", None)
+        frames = frames if frames is not None else self.pipeline.frames
         try:
             prepared = points_for_model(msg, self.point_features, intensity_scale=self.intensity_scale,
                                         max_points=self.max_points, boxes=self.boxes,

@@ -95,7 +95,7 @@ class NodeModel:
             self.get_logger().info(f"TF ({self.tf.name}): points into '{model or '<cloud frame>'}', boxes into "
                                    f"'{target or '<cloud frame>'}', lookups at the cloud's stamp wait up to "
                                    f"tf_timeout_s={timeout:g} s")
-        self.frames = FrameResolver(self.tf, target, model, timeout, getattr(self.pipeline, "frames", None))
+        self.frames = FrameResolver(self.tf, target, model, timeout, self.pipeline.frames)
 
     def _stop_tf(self) -> None:
         """Close the TF listener, if any: its spin thread is joined (before rclpy and the interpreter go away)."""

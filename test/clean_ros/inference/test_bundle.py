@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from clean_ros.inference.bundle import (SCHEMA_VERSION, BundleError, load_bundle, save_bundle, sha256_file)
+from clean_ros.inference.bundle import (SCHEMA_VERSION, BundleError, load_bundle, manifest_field, save_bundle,
+                                        sha256_file)
 from clean_ros.models.detector_config import load_detector_config
 from clean_ros.models.detector import build_detector
 from clean_ros.inference.voxelize import voxelize_with_stats
@@ -180,6 +181,19 @@ def test_not_a_directory_and_missing_manifest(tmp_path):
     (tmp_path / "manifest.json").write_text("{\n  \"format\": \n")
     with pytest.raises(BundleError, match=r"manifest.json:3: invalid JSON"):
         load_bundle(tmp_path)
+
+
+def test_manifest_field_reads_one_field_or_gives_none(saved, tmp_path):
+    bundle = saved[0]
+    assert manifest_field(bundle, "format") == "clean_ros.bundle"
+    assert manifest_field(bundle, "no_such_field") is None
+    assert manifest_field(tmp_path / "missing", "format") is None           # no folder
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    assert manifest_field(broken, "format") is None                         # unreadable: no answer, no traceback
+    (broken / "manifest.json").write_text("[1, 2]")
+    assert manifest_field(broken, "format") is None                         # JSON, but not an object
 
 
 def test_missing_manifest_fields_are_named(copy_of):

@@ -572,6 +572,7 @@ class FailingPipeline:
     class_names = ("Car", "Pedestrian", "Cyclist")
     point_features = ("x", "y", "z", "intensity")
     bundle = None
+    frames = None  # the Pipeline's sensor-mount transforms: none set
 
     def __init__(self):
         from clean_ros.models.detector_config import PostProcessConfig

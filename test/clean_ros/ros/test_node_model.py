@@ -31,6 +31,7 @@ class RecordingPipeline:
     backend_name = "onnxruntime"
     class_names = CLASSES
     bundle = None
+    frames = None  # the Pipeline's sensor-mount transforms: none set
 
     def __init__(self, fail_warmup: str = ""):
         from clean_ros.models.detector_config import PostProcessConfig
