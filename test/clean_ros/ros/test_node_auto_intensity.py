@@ -51,13 +51,14 @@ def _cloud(points: np.ndarray, sec: int):
 
 
 def _model_inputs(node) -> list[np.ndarray]:
-    """Record the points the Pipeline voxelises (after automatic intensity)."""
+    """Record the points the model reads: those the Pipeline's voxels hold (after automatic intensity)."""
     seen = []
     preprocess = node.pipeline.preprocess
 
     def recording(points):
-        seen.append(np.array(points))
-        return preprocess(points)
+        voxels, stats = preprocess(points)
+        seen.append(voxels.points.numpy().copy())
+        return voxels, stats
 
     node.pipeline.preprocess = recording
     return seen

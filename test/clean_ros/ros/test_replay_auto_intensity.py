@@ -39,7 +39,8 @@ def bag(tmp_path_factory):
 
 @pytest.fixture
 def pipelines(monkeypatch):
-    """The Pipelines fast replay builds, and the points each one voxelised (after automatic intensity)."""
+    """The Pipelines fast replay builds, and the points each one's voxels hold (the model's input, after automatic
+    intensity)."""
     from clean_ros.inference.pipeline import Pipeline
 
     built, seen = [], []
@@ -51,8 +52,9 @@ def pipelines(monkeypatch):
         return built[-1]
 
     def recording_preprocess(self, points):
-        seen.append(np.array(points))
-        return preprocess(self, points)
+        voxels, stats = preprocess(self, points)
+        seen.append(voxels.points.numpy().copy())
+        return voxels, stats
 
     monkeypatch.setattr(Pipeline, "from_bundle", classmethod(recording_from_bundle))
     monkeypatch.setattr(Pipeline, "preprocess", recording_preprocess)
