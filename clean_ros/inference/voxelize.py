@@ -111,6 +111,14 @@ def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().squeeze(1)
 
 
+def take_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values.index_select(0, index) as a new tensor. numpy's take gathers (M, 4) float rows twice as fast as
+    index_select on CPU (0.19 against 0.39 ms for 98k rows, one thread)."""
+    if values.device.type == "cpu" and not values.requires_grad:
+        return torch.from_numpy(np.take(values.numpy(), index.numpy(), axis=0))
+    return values.index_select(0, index)
+
+
 def _stable_sort(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.sort(key, stable=True) of non-negative integer keys. On CPU each key is packed with its position into one
     int64 (key << bits | position): the values are then unique, so any sort gives the stable order, and numpy's sort
@@ -127,7 +135,8 @@ def _stable_sort(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def voxelize_with_stats(points: torch.Tensor, point_cloud_range: Sequence[float], voxel_size: Sequence[float],
                         max_points_per_voxel: int, max_voxels: int, batch_index: int = 0) -> tuple[Voxels, VoxelStats]:
     """Voxelise one cloud (N, F>=3) -> (Voxels, VoxelStats). See the module docstring for the rules."""
-    voxels, slot, stats = _group(points, point_cloud_range, voxel_size, max_points_per_voxel, max_voxels, batch_index)
+    voxels, slot, stats = _group(points, point_cloud_range, voxel_size, max_points_per_voxel, max_voxels, batch_index,
+                                 with_slot=True)
     return _padded(voxels, slot), stats
 
 
@@ -135,14 +144,15 @@ def voxelize_points_with_stats(points: torch.Tensor, point_cloud_range: Sequence
                                voxel_size: Sequence[float], max_points_per_voxel: int, max_voxels: int,
                                batch_index: int = 0) -> tuple[PointVoxels, VoxelStats]:
     """voxelize_with_stats's voxels without the padded grid (PointVoxels; .padded() gives the same Voxels)."""
-    voxels, _, stats = _group(points, point_cloud_range, voxel_size, max_points_per_voxel, max_voxels, batch_index)
+    voxels, _, stats = _group(points, point_cloud_range, voxel_size, max_points_per_voxel, max_voxels, batch_index,
+                              with_slot=False)
     return voxels, stats
 
 
 def _group(points: torch.Tensor, point_cloud_range: Sequence[float], voxel_size: Sequence[float],
-           max_points_per_voxel: int, max_voxels: int, batch_index: int
-           ) -> tuple[PointVoxels, torch.Tensor, VoxelStats]:
-    """The voxels as PointVoxels, each kept point's slot in its voxel, and the stats."""
+           max_points_per_voxel: int, max_voxels: int, batch_index: int, with_slot: bool
+           ) -> tuple[PointVoxels, torch.Tensor | None, VoxelStats]:
+    """The voxels as PointVoxels, each kept point's slot in its voxel (with_slot, else None), and the stats."""
     if points.dim() != 2 or points.shape[1] < 3:
         raise ValueError(f"points must be (N, F>=3), got shape {tuple(points.shape)}")
     if max_points_per_voxel < 1 or max_voxels < 1:
@@ -186,9 +196,13 @@ def _group(points: torch.Tensor, point_cloud_range: Sequence[float], voxel_size:
     group = torch.cumsum(is_first, 0) - 1  # voxel group of each sorted point
     starts = flat_nonzero(is_first)  # (U,) first sorted position of each group
     num_occupied = starts.numel()
-    rank_in_voxel = torch.arange(num_valid, device=device) - starts.index_select(0, group)
     counts = torch.diff(starts, append=torch.tensor([num_valid], device=device))
     group_key = sorted_key.index_select(0, starts)  # (U,) ascending
+    # A sorted point is among its voxel's first t iff the point t places before it lies in another voxel (each
+    # voxel's points are contiguous): one shifted comparison instead of every point's rank in its voxel.
+    take = torch.ones(num_valid, dtype=torch.bool, device=device)
+    if num_valid > t:
+        torch.ne(sorted_key[t:], sorted_key[:-t], out=take[t:])
 
     num_voxels = min(num_occupied, max_voxels)
     if num_occupied > max_voxels:
@@ -202,12 +216,12 @@ def _group(points: torch.Tensor, point_cloud_range: Sequence[float], voxel_size:
         group_slot = torch.cumsum(keep_group, 0) - 1
         group_slot.masked_fill_(~keep_group, num_voxels)  # a slot past the end: dropped below
         point_slot = group_slot.index_select(0, group)
+        take &= point_slot < num_voxels
         kept_groups = flat_nonzero(keep_group)
         counts = counts.index_select(0, kept_groups)
         group_key = group_key.index_select(0, kept_groups)
     else:
         point_slot = group
-    take = (point_slot < num_voxels) & (rank_in_voxel < t)
     take_idx = flat_nonzero(take)  # ascending: voxel after voxel, input order inside each
     source = kept.to(device).index_select(0, order.index_select(0, take_idx))
     num_points = counts.clamp(max=t).to(torch.int32)
@@ -220,9 +234,12 @@ def _group(points: torch.Tensor, point_cloud_range: Sequence[float], voxel_size:
     stats = VoxelStats(num_input_points=num_input, num_dropped_points=num_input - num_valid,
                        num_occupied_voxels=num_occupied, num_overflow_voxels=num_occupied - num_voxels,
                        num_overflow_points=num_valid - take_idx.numel())
-    voxels = PointVoxels(points.index_select(0, source), point_slot.index_select(0, take_idx), num_points,
+    slot = None
+    if with_slot:  # each taken point's place in its voxel (the padded grid's column)
+        slot = take_idx - starts.index_select(0, group.index_select(0, take_idx))
+    voxels = PointVoxels(take_rows(points, source), point_slot.index_select(0, take_idx), num_points,
                          coords, t)
-    return voxels, rank_in_voxel.index_select(0, take_idx), stats
+    return voxels, slot, stats
 
 
 def voxelize(points: torch.Tensor, point_cloud_range: Sequence[float], voxel_size: Sequence[float],

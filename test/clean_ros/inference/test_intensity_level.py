@@ -82,9 +82,19 @@ def test_the_pipeline_sees_a_scaled_sensor_as_the_training_sensor(level_bundle, 
     assert pipe.set_auto_intensity(True, strict=True) is None
     pipe.warmup(2)                                  # synthetic clouds do not count as the sensor's scans
     assert not pipe.auto_intensity.levels
+    given = points.copy()
     reference = pipe(points).detections
     factor = pipe.intensity_factor
     assert factor != 1.0
+    # the voxelised points are scaled in the voxeliser's copy: the caller's scan is untouched
+    np.testing.assert_array_equal(points, given)
+    voxels, _ = pipe.preprocess(points)                                  # the same scan again: the same factor
+    assert pipe.intensity_factor == factor and np.array_equal(points, given)
+    auto, pipe.auto_intensity = pipe.auto_intensity, None
+    as_given, _ = pipe.preprocess(points)
+    pipe.auto_intensity = auto
+    np.testing.assert_array_equal(voxels.points[:, :3], as_given.points[:, :3])
+    np.testing.assert_array_equal(voxels.points[:, 3], (as_given.points[:, 3] * factor).clamp(0.0, 1.0))
     dim = points * np.array([1, 1, 1, 0.5], np.float32)
     pipe.set_auto_intensity(True)                   # a fresh running median for the other sensor
     scaled = pipe(dim).detections
