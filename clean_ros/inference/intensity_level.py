@@ -84,18 +84,19 @@ class AutoIntensity:
                                         1.0 / MAX_FACTOR, MAX_FACTOR))
         return self.factor
 
-    def scale_(self, values: torch.Tensor, unit: float = 1.0) -> torch.Tensor:
+    def scale_(self, values: torch.Tensor) -> torch.Tensor:
         """Multiply an intensity column (a view into the model's input) in place by the last scan's factor and clip
-        it to the feature's range, as training clipped its augmented intensity; returns it. unit: the values are the
-        intensity as given times unit (a bundle's feature scale), so the range is too."""
+        it to `clip`, the feature's range as the model sees it, as training clipped its augmented intensity;
+        returns it."""
         values.mul_(self.factor)
         if self.clip is not None:
-            values.clamp_(self.clip[0] * unit, self.clip[1] * unit)
+            values.clamp_(self.clip[0], self.clip[1])
         return values
 
     def apply(self, points: np.ndarray) -> np.ndarray:
         """A copy of points with the intensity column scaled by this scan's factor (update, then scale_); the other
-        columns untouched. The Pipeline scales the voxelised points instead (no copy of the whole scan)."""
+        columns untouched. The points are taken to be in the model's units (clip applies to them as they are). The
+        Pipeline scales the voxelised points instead (no copy of the whole scan)."""
         self.update(points)
         out = np.array(points, dtype=np.float32, copy=True)
         self.scale_(torch.from_numpy(out)[:, self.column])

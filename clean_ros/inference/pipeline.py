@@ -95,7 +95,6 @@ class Pipeline:
         self.sensor_mount: SensorMount | None = None
         self.frames: ModelFrames | None = None   # applied when a call gives none (set_sensor_mount)
         self.auto_intensity: AutoIntensity | None = None  # set_auto_intensity
-        self._intensity_unit = 1.0  # the intensity feature's bundle scale (set_auto_intensity)
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "auto", device: str = "cpu", *, verify: bool = True,
@@ -150,11 +149,11 @@ class Pipeline:
                 raise ValueError(f"automatic intensity: {reason}")
             return f"automatic intensity off: {reason}"
         column = self.point_features.index("intensity")
-        # the level is in the model's units; the input is multiplied by the feature's scale before the model sees it
+        # the level and the range are in the model's units; the input is multiplied by the feature's scale before
+        # voxelisation, so the level is measured on the input (level / scale) and the range applies to the voxels
         scale = float(self.bundle.manifest["point_features"][column].get("scale", 1.0))
         self.auto_intensity = AutoIntensity(self.bundle.intensity_level / scale, window, column=column,
                                             clip=self.bundle.feature_ranges.get("intensity"))
-        self._intensity_unit = scale
         return None
 
     def input_contract(self):
@@ -200,7 +199,7 @@ class Pipeline:
             self.auto_intensity.update(self._checked(points))
         voxels, stats = voxelize_points_with_stats(self._points_tensor(points), *self._voxel_args)
         if self.auto_intensity is not None:
-            self.auto_intensity.scale_(voxels.points[:, self.auto_intensity.column], self._intensity_unit)
+            self.auto_intensity.scale_(voxels.points[:, self.auto_intensity.column])
         return (voxels if self._point_voxels else voxels.padded()), stats
 
     @torch.inference_mode()

@@ -110,6 +110,36 @@ def test_the_pipeline_sees_a_scaled_sensor_as_the_training_sensor(level_bundle, 
     assert len(plain) != len(reference) or not np.allclose(plain.scores, reference.scores, atol=1e-3)
 
 
+def test_a_feature_scale_applies_before_the_level_and_the_range_after_it(level_bundle, kitti_sample, tmp_path):
+    """A bundle whose intensity feature has a scale (a 0-255 input on a [0, 1] model): the level is measured on the
+    input, the range (the model's units) clips the scaled values, and the model sees what the unscaled bundle shows
+    it for the same scan given in [0, 1]."""
+    import shutil
+
+    import torch
+
+    from clean_ros.inference.pipeline import Pipeline
+
+    torch.set_num_threads(1)
+    scaled_bundle = tmp_path / "scaled"
+    shutil.copytree(level_bundle, scaled_bundle)
+    manifest = json.loads((scaled_bundle / "manifest.json").read_text())
+    [intensity] = [f for f in manifest["point_features"] if f["name"] == "intensity"]
+    intensity["scale"] = 1 / 255
+    (scaled_bundle / "manifest.json").write_text(json.dumps(manifest))
+    points = read_velodyne(kitti_sample / "training" / "velodyne" / "000003.bin")
+    pipes = {}
+    for name, bundle in (("plain", level_bundle), ("scaled", scaled_bundle)):
+        pipes[name] = Pipeline.from_bundle(bundle, backend="torch")
+        assert pipes[name].set_auto_intensity(True, strict=True) is None
+    want, _ = pipes["plain"].preprocess(points)
+    got, _ = pipes["scaled"].preprocess(points * np.array([1, 1, 1, 255], np.float32))
+    assert pipes["scaled"].intensity_factor == pytest.approx(pipes["plain"].intensity_factor, rel=1e-5)
+    assert 0.5 < float(want.points[:, 3].max()) <= 1.0 and float(got.points[:, 3].max()) <= 1.0
+    np.testing.assert_allclose(got.points[:, 3], want.points[:, 3], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(got.points[:, :3], want.points[:, :3])
+
+
 def test_bundles_without_a_level_leave_it_off_and_bad_levels_are_named(level_bundle):
     from clean_ros.inference.pipeline import Pipeline
 
