@@ -2,9 +2,10 @@
 """Add an int8 copy of a bundle's dense part (model.int8.onnx) for ONNX Runtime on CPU.
 
     python training/quantize_bundle.py BUNDLE --data DATASET [--split val] [--frames 64] [--out OUT]
+                                      [--method minmax|percentile|entropy]
 
 Post-training static quantization (onnxruntime.quantization, QDQ format): weights int8 per output channel, activations
-uint8 with ranges measured (min / max) on the BEV canvases of `--frames` scans of a simulated KITTI-layout dataset's
+uint8 with ranges measured (min / max by default; --method: CALIBRATION_METHODS below) on the BEV canvases of `--frames` scans of a simulated KITTI-layout dataset's
 `--split` listing, made by the bundle's own torch encoder (the runtime's CPU path). The head's output convolutions
 stay float32, so every logit and box residual is computed in float from int8 features. Calibrate on simulated
 frames of the training distribution (the compression run's val split); never on real labelled scans (they are for
@@ -90,8 +91,16 @@ def head_output_nodes(onnx_path: Path) -> list[str]:
     return [node.name for node in graph.node if any(name in outputs for name in node.output)]
 
 
-def quantize_dense(dense_onnx: Path, canvases: Iterable[np.ndarray], frames: int, out_path: Path) -> list[str]:
-    """QDQ int8 model of the dense ONNX at out_path from `frames` canvases; returns the nodes left in float32."""
+# Activation range calibration: onnxruntime's methods. minmax: the observed extremes (the default, as shipped);
+# percentile: the 99.999th percentile of |activation| (one outlier does not stretch the range); entropy: the range
+# whose quantised histogram is closest (KL divergence) to the observed one.
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def quantize_dense(dense_onnx: Path, canvases: Iterable[np.ndarray], frames: int, out_path: Path,
+                   method: str = "minmax") -> list[str]:
+    """QDQ int8 model of the dense ONNX at out_path from `frames` canvases, activation ranges by `method`
+    (CALIBRATION_METHODS); returns the nodes left in float32."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -103,10 +112,12 @@ def quantize_dense(dense_onnx: Path, canvases: Iterable[np.ndarray], frames: int
             return next(self._items, None)
 
     excluded = head_output_nodes(dense_onnx)
+    calibrate_method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                        "entropy": CalibrationMethod.Entropy}[method]
     try:
         quantize_static(str(dense_onnx), str(out_path), Canvases(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
+                        calibrate_method=calibrate_method, nodes_to_exclude=excluded,
                         extra_options={"CalibMaxIntermediateOutputs": range_batch(frames)})
     except (ValueError, RuntimeError) as exc:  # onnxruntime's own failures: one line, the bundle untouched
         raise QuantizeError(f"onnxruntime quantization of {dense_onnx} failed: {str(exc).splitlines()[0]}") from None
@@ -114,7 +125,7 @@ def quantize_dense(dense_onnx: Path, canvases: Iterable[np.ndarray], frames: int
 
 
 def quantize_bundle(bundle: str | Path, data: str | Path, split: str = "val", frames: int = 64,
-                    out: str | Path | None = None) -> dict:
+                    out: str | Path | None = None, method: str = "minmax") -> dict:
     """Write BUNDLE (or OUT) with model.int8.onnx added; returns the manifest's `int8` record."""
     import onnxruntime
 
@@ -124,6 +135,8 @@ def quantize_bundle(bundle: str | Path, data: str | Path, split: str = "val", fr
         raise QuantizeError(f"--out {out}: exists and is not a directory; not overwritten")
     if frames < 1:
         raise QuantizeError(f"--frames must be >= 1, got {frames}")
+    if method not in CALIBRATION_METHODS:
+        raise QuantizeError(f"--method {method!r}: choose one of {', '.join(CALIBRATION_METHODS)}")
     try:
         loaded = load_bundle(bundle)
     except BundleError as exc:
@@ -139,11 +152,11 @@ def quantize_bundle(bundle: str | Path, data: str | Path, split: str = "val", fr
         # from the staged copy: onnxruntime writes a shape-inferred model next to its input while it works, and the
         # source bundle may be read-only (an installed share/ folder)
         excluded = quantize_dense(work / loaded.onnx_path.name, calibration_canvases(bundle, split_dir, ids),
-                                  len(ids), work / INT8_ONNX_NAME)
+                                  len(ids), work / INT8_ONNX_NAME, method)
         manifest = json.loads((work / MANIFEST_NAME).read_text())
         record = {"file": INT8_ONNX_NAME, "format": "QDQ", "weights": "int8 per channel", "activations": "uint8",
                   "calibration": {"data": str(data), "split": split, "frames": len(ids), "first": ids[0],
-                                  "last": ids[-1], "method": "minmax"},
+                                  "last": ids[-1], "method": method},
                   "float32_nodes": excluded, "onnxruntime": onnxruntime.__version__,
                   "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}
         manifest["files"][INT8_ONNX_NAME] = {"sha256": sha256_file(work / INT8_ONNX_NAME),
@@ -166,10 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="val", help="ImageSets listing of the calibration frames (default val)")
     parser.add_argument("--frames", type=int, default=64, help="calibration frames, the listing's first (default 64)")
     parser.add_argument("--out", type=Path, default=None, help="write the bundle here (default: BUNDLE in place)")
+    parser.add_argument("--method", default="minmax", choices=CALIBRATION_METHODS,
+                        help="activation range calibration (default minmax)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     try:
-        record = quantize_bundle(args.bundle, args.data, args.split, args.frames, args.out)
+        record = quantize_bundle(args.bundle, args.data, args.split, args.frames, args.out, args.method)
     except (QuantizeError, BundleError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

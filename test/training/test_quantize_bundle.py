@@ -149,3 +149,20 @@ def test_the_source_bundle_is_only_read(default_bundle, sim_dataset, tmp_path):
                       "--out", str(tmp_path / "out")]) == 0
     assert (source.stat().st_mtime_ns, sorted(p.name for p in source.iterdir())) == before
     assert load_bundle(tmp_path / "out").int8_onnx_path is not None
+
+
+def test_the_calibration_method_sets_the_ranges_and_is_recorded(default_bundle, sim_dataset, tmp_path):
+    """--method percentile clips the activation ranges at a percentile instead of the extremes: another int8 file
+    from the same frames, and the record names the method; an unknown method is refused before anything is read."""
+    source = _without_int8(default_bundle, tmp_path / "plain")
+    files = {}
+    for method in ("minmax", "percentile"):
+        out = tmp_path / method
+        assert tool.main([str(source), "--data", str(sim_dataset), "--split", "train", "--frames", "2",
+                          "--method", method, "--out", str(out)]) == 0
+        assert load_bundle(out).manifest["int8"]["calibration"]["method"] == method
+        files[method] = (out / INT8_ONNX_NAME).read_bytes()
+    assert files["minmax"] != files["percentile"]
+    with pytest.raises(tool.QuantizeError, match="--method 'median': choose one of minmax, percentile, entropy"):
+        tool.quantize_bundle(source, sim_dataset, "train", 2, tmp_path / "bad", method="median")
+    assert not (tmp_path / "bad").exists()

@@ -74,7 +74,7 @@ def test_dry_run_prints_the_commands_and_writes_nothing(tmp_path, capsys):
                                  "--real", str(tmp_path / "none")]) == 0
     out = capsys.readouterr().out
     assert "compress.py --config" in out and "release.yaml" in out and "real-data check skipped" in out
-    assert "quantize_bundle.py" in out and "--split val" in out
+    assert "quantize_bundle.py" in out and "--split val" in out and "--method entropy" in out
     assert not any(tmp_path.iterdir())
 
 
