@@ -5,8 +5,9 @@
                                       [--method minmax|percentile|entropy]
 
 Post-training static quantization (onnxruntime.quantization, QDQ format): weights int8 per output channel, activations
-uint8 with ranges measured (min / max by default; --method: CALIBRATION_METHODS below) on the BEV canvases of `--frames` scans of a simulated KITTI-layout dataset's
-`--split` listing, made by the bundle's own torch encoder (the runtime's CPU path). The head's output convolutions
+uint8 with ranges measured (min / max by default; --method: CALIBRATION_METHODS below) on the BEV canvases of
+`--frames` scans of a simulated KITTI-layout dataset's `--split` listing, made by the bundle's own torch encoder (the
+runtime's CPU path). The head's output convolutions
 stay float32, so every logit and box residual is computed in float from int8 features. Calibrate on simulated
 frames of the training distribution (the compression run's val split); never on real labelled scans (they are for
 checking only).
