@@ -93,15 +93,6 @@ class AutoIntensity:
             values.clamp_(self.clip[0], self.clip[1])
         return values
 
-    def apply(self, points: np.ndarray) -> np.ndarray:
-        """A copy of points with the intensity column scaled by this scan's factor (update, then scale_); the other
-        columns untouched. The points are taken to be in the model's units (clip applies to them as they are). The
-        Pipeline scales the voxelised points instead (no copy of the whole scan)."""
-        self.update(points)
-        out = np.array(points, dtype=np.float32, copy=True)
-        self.scale_(torch.from_numpy(out)[:, self.column])
-        return out
-
 
 def dataset_intensity_level(scans) -> float:
     """The training level: median of the per-scan levels of an iterable of (N, >= 4) scans (ValueError if none

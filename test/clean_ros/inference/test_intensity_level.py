@@ -22,6 +22,17 @@ def ring_scan(rng, n=4000, level=0.3, near=0):
     return np.concatenate([far, close]).astype(np.float32)
 
 
+def _scaled(auto: AutoIntensity, points: np.ndarray) -> np.ndarray:
+    """What the Pipeline does to a scan, on a copy of all of it: record its level, then scale (and clip) the
+    intensity column by the factor."""
+    import torch
+
+    auto.update(points)
+    out = np.array(points, dtype=np.float32, copy=True)
+    auto.scale_(torch.from_numpy(out)[:, auto.column])
+    return out
+
+
 def test_the_level_is_the_median_of_the_returns_in_the_band_only(rng):
     scan = ring_scan(rng, near=3000)
     band = np.hypot(scan[:, 0], scan[:, 1]) >= 3
@@ -42,21 +53,21 @@ def test_auto_intensity_brings_a_scaled_sensor_back_and_keeps_the_running_median
     assert auto.factor == 1.0
     for scan in scans[:3]:
         other = scan * np.array([1, 1, 1, 0.6], np.float32)          # the same scenes, intensity x 0.6
-        out = auto.apply(other)
+        out = _scaled(auto, other)
         assert np.array_equal(out[:, :3], other[:, :3])              # only the intensity column changes
     assert auto.factor == pytest.approx(1 / 0.6, rel=0.06)
     assert scan_intensity_level(out) == pytest.approx(training_level, rel=0.06)
     # a 0-255 sensor: brought to [0, 1] and clipped to the feature's range, as training clipped
-    out = auto.apply(scans[3] * np.array([1, 1, 1, 255], np.float32))
+    out = _scaled(auto, scans[3] * np.array([1, 1, 1, 255], np.float32))
     assert out[:, 3].max() <= 1.0
     # the factor follows the median of the last `window` scans: one 0-255 scan among 0.6 ones does not take over
     assert auto.factor == pytest.approx(1 / 0.6, rel=0.1)
     # scans without a level keep the last factor
     before = auto.factor
-    auto.apply(scans[4] * np.array([1, 1, 1, 0], np.float32))
+    _scaled(auto, scans[4] * np.array([1, 1, 1, 0], np.float32))
     assert auto.factor == before
     # a 16-bit sensor (Ouster-like counts, here x 40000) is brought back as well
-    out = AutoIntensity(training_level, window=1).apply(scans[0] * np.array([1, 1, 1, 40000], np.float32))
+    out = _scaled(AutoIntensity(training_level, window=1), scans[0] * np.array([1, 1, 1, 40000], np.float32))
     assert scan_intensity_level(out) == pytest.approx(training_level, rel=0.06)
     with pytest.raises(ValueError, match="level must be a number > 0"):
         AutoIntensity(0.0)
