@@ -16,8 +16,12 @@ CHILD_FRACTION = 0.12
 
 
 def pedestrian_variant(adult_lwh: tuple[float, float, float], rng: np.random.Generator,
-                       pose: str | None = None) -> tuple[PartList, str]:
-    """(parts, pose) of one pedestrian; adult_lwh is an adult's (l, w, h) sampled by the caller."""
+                       pose: str | None = None, full_stride: bool = False) -> tuple[PartList, str]:
+    """(parts, pose) of one pedestrian; adult_lwh is an adult's (l, w, h) sampled by the caller.
+
+    full_stride (SceneConfig.full_stride): a walking person's feet span the drawn length l instead of a random 50-100 %
+    of it. l comes from KITTI's labelled lengths, whose spread already holds the gait phase; drawing a phase on top
+    made the walkers' tight boxes a third shorter than KITTI's labels (docs/SIMULATOR.md)."""
     l, w, h = adult_lwh
     if rng.random() < CHILD_FRACTION:
         h = float(rng.uniform(1.0, 1.4))
@@ -26,7 +30,8 @@ def pedestrian_variant(adult_lwh: tuple[float, float, float], rng: np.random.Gen
     if pose == "standing":
         phase = rng.uniform(-0.15, 0.15)
     else:
-        phase = rng.choice([-1, 1]) * rng.uniform(0.5, 1.0)
+        side, fraction = rng.choice([-1, 1]), rng.uniform(0.5, 1.0)  # both drawn either way: same scenes after
+        phase = side * (1.0 if full_stride else fraction)
     # clothes: trousers and sleeves thicker than the default limbs, a coat over torso and hips (real pedestrians
     # return about twice the default model's points at the same range)
     p = PartList(albedo={Material.CLOTH_SKIN: float(np.clip(rng.normal(0.32, 0.08), 0.08, 0.6))})

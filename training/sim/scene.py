@@ -49,7 +49,7 @@ def model_parts(name: str, rng: np.random.Generator, cfg: SceneConfig | None = N
     if cfg is not None and cfg.car_families and name in ("Car", "Van"):
         return family_parts(sample_family(name, rng), rng, cfg.dark_car_fraction, cfg.bonnet_drop)
     if cfg is not None and cfg.pedestrian_variety and name == "Pedestrian":
-        return pedestrian_variant(sample_size(name, rng), rng)[0]
+        return pedestrian_variant(sample_size(name, rng), rng, full_stride=cfg.full_stride)[0]
     l, w, h = sample_size(name, rng)
     if name == "Car":
         return shapes.car_parts(l, w, h, rng)

@@ -82,6 +82,9 @@ class SceneConfig:
     # of a car is lower than its tail as on real cars; (0, 0) = off (car_families.family_parts)
     bonnet_drop: tuple[float, float] = (0.0, 0.0)
     pedestrian_variety: bool = False  # children, standing / walking / bag-carrying poses
+    # with pedestrian_variety: a walking person's stride spans the length drawn from KITTI's labels (its tight box as
+    # long as KITTI's), not a random 50-100 % of it (people.pedestrian_variant); off = the released data's walkers
+    full_stride: bool = False
     group_probability: float = 0.0  # a pedestrian comes with 1-3 companions walking together
     parked_row_probability: float = 0.0  # per kerb side: a row of parked cars, nose to tail
     riderless_bicycles: tuple[int, int] = (0, 0)  # parked bicycles (not labelled: KITTI labels ridden bikes only)
