@@ -255,6 +255,8 @@ def _validate(cfg: SimConfig, source: str) -> None:
         lo, hi = getattr(cfg.scene, name)
         checks.append((0 <= lo <= hi, f"scene.{name} must be [low, high] with 0 <= low <= high"))
     checks.append((cfg.scene.lanes[0] >= 1, "scene.lanes needs at least one lane"))
+    checks.append((not sc.full_stride or sc.pedestrian_variety,
+                   "scene.full_stride needs scene.pedestrian_variety (the walking poses it lengthens)"))
     for ok, message in checks:
         if not ok:
             raise SimConfigError(f"{source}: {message}")

@@ -307,6 +307,8 @@ def test_full_stride_makes_walkers_as_long_as_the_drawn_kitti_length_and_leaves_
     person's tight box spans the drawn l (less than a leg's width short), without it 50-100 % of the stride. The
     option changes nothing else: the same random draws, so the same scene around the people."""
     assert not config_from_dict({}, preset="realistic").scene.full_stride  # the released data unchanged
+    with pytest.raises(SimConfigError, match="full_stride needs scene.pedestrian_variety"):
+        config_from_dict({"scene": {"full_stride": True}})  # the default preset's people would not change
     for pose in ("walking", "backpack", "carrying_bag"):
         for seed in range(20):
             l = 0.6 + 0.03 * seed
