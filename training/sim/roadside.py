@@ -62,10 +62,10 @@ def fence_parts(length: float, rng: np.random.Generator) -> PartList:
     return p
 
 
-def bicycle_parts(rng: np.random.Generator) -> PartList:
-    """A parked bicycle without a rider."""
+def bicycle_parts(rng: np.random.Generator, spoked: bool = False) -> PartList:
+    """A parked bicycle without a rider; spoked: see shapes.bicycle_frame."""
     p = PartList()
-    bicycle_frame(p, rng.uniform(1.55, 1.85), rng.uniform(0.45, 0.62))
+    bicycle_frame(p, rng.uniform(1.55, 1.85), rng.uniform(0.45, 0.62), spoked)
     return p
 
 
@@ -290,5 +290,5 @@ def add_roadside_extras(b, ground, cfg, s_range: tuple[float, float]) -> None:
         across = rng.random() < 0.6  # racks hold bikes across the pavement
         for k in range(rack):
             yaw = heading + (np.pi / 2 if across else 0.0) + rng.choice([0.0, np.pi]) + rng.normal(0, 0.08)
-            put(bicycle_parts(rng), s + k * 0.75, u, yaw, margin=0.02, attempts=2)
+            put(bicycle_parts(rng, cfg.spoked_wheels), s + k * 0.75, u, yaw, margin=0.02, attempts=2)
         n_bikes -= rack

@@ -61,7 +61,7 @@ def model_parts(name: str, rng: np.random.Generator, cfg: SceneConfig | None = N
         phase = rng.choice([-1, 1]) * (rng.uniform(0.6, 1.0) if rng.random() < 0.8 else rng.uniform(0.0, 0.3))
         return shapes.pedestrian_parts(l, w, h, rng, phase=phase)
     if name == "Cyclist":
-        return shapes.cyclist_parts(l, w, h, rng)
+        return shapes.cyclist_parts(l, w, h, rng, spoked=cfg is not None and cfg.spoked_wheels)
     if name == "Misc":
         return shapes.trailer_parts(l, w, h, rng)
     raise ValueError(f"no model for class {name!r}")

@@ -288,12 +288,27 @@ def pedestrian_parts(l: float, w: float, h: float, rng: np.random.Generator, pha
     return p
 
 
-def bicycle_frame(p: PartList, l: float, w: float) -> dict:
-    """Wheels, frame tubes and handlebar of a bicycle of length l and bar width w; returns its key points."""
+SPOKED_WHEEL_SEGMENTS = 16
+
+
+def bicycle_frame(p: PartList, l: float, w: float, spoked: bool = False) -> dict:
+    """Wheels, frame tubes and handlebar of a bicycle of length l and bar width w; returns its key points.
+
+    spoked (SceneConfig.spoked_wheels): each wheel is its tyre (a ring of short tubes) and hub, open between them as a
+    spoked wheel is (2 mm spokes return almost nothing); otherwise a solid disc."""
     wheel_r = min(0.34, (l - 0.05) / 5.1)
     wheel_x = l / 2 - wheel_r
     for x in (-wheel_x, wheel_x):
-        p.cylinder((x, 0.0, wheel_r), wheel_r, 0.025, Material.TYRE, rotation=rot_x(np.pi / 2))
+        if not spoked:
+            p.cylinder((x, 0.0, wheel_r), wheel_r, 0.025, Material.TYRE, rotation=rot_x(np.pi / 2))
+            continue
+        tyre_r = 0.022
+        angles = np.linspace(0.0, 2 * np.pi, SPOKED_WHEEL_SEGMENTS + 1)
+        ring = np.c_[x + (wheel_r - tyre_r) * np.cos(angles), np.zeros_like(angles),
+                     wheel_r + (wheel_r - tyre_r) * np.sin(angles)]
+        for a, b in zip(ring[:-1], ring[1:]):
+            p.limb(a, b, tyre_r, Material.TYRE)
+        p.cylinder((x, 0.0, wheel_r), 0.045, 0.05, Material.METAL, rotation=rot_x(np.pi / 2))
     crank = (-0.05, 0.0, wheel_r)
     saddle = (-wheel_x * 0.45, 0.0, wheel_r + 0.55)
     head_tube = (wheel_x * 0.75, 0.0, wheel_r + 0.45)
@@ -306,10 +321,10 @@ def bicycle_frame(p: PartList, l: float, w: float) -> dict:
     return {"crank": crank, "saddle": saddle, "head_tube": head_tube, "bar_z": bar_z}
 
 
-def cyclist_parts(l: float, w: float, h: float, rng: np.random.Generator) -> PartList:
-    """Bicycle (two wheels, frame, handlebar) plus a rider (legs, torso, arms, head)."""
+def cyclist_parts(l: float, w: float, h: float, rng: np.random.Generator, spoked: bool = False) -> PartList:
+    """Bicycle (two wheels, frame, handlebar) plus a rider (legs, torso, arms, head); spoked: see bicycle_frame."""
     p = PartList()
-    frame = bicycle_frame(p, l, w)
+    frame = bicycle_frame(p, l, w, spoked)
     crank, saddle, head_tube, bar_z = frame["crank"], frame["saddle"], frame["head_tube"], frame["bar_z"]
     # rider
     hip = np.array([saddle[0], 0.0, saddle[2] + 0.08])

@@ -88,6 +88,8 @@ class SceneConfig:
     group_probability: float = 0.0  # a pedestrian comes with 1-3 companions walking together
     parked_row_probability: float = 0.0  # per kerb side: a row of parked cars, nose to tail
     riderless_bicycles: tuple[int, int] = (0, 0)  # parked bicycles (not labelled: KITTI labels ridden bikes only)
+    # bicycle wheels as tyre and hub, open between (spoked wheels) instead of solid discs (shapes.bicycle_frame)
+    spoked_wheels: bool = False
     hedges_per_100m: float = 0.0  # per side: hedges / bush clusters of porous foliage along the pavement
     fences_per_100m: float = 0.0  # per side: post-and-rail fences, guard rails
     street_furniture: tuple[int, int] = (0, 0)  # signs, bus shelters, hydrants, cones, planters, benches

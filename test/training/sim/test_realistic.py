@@ -344,6 +344,53 @@ def test_full_stride_makes_walkers_as_long_as_the_drawn_kitti_length_and_leaves_
     assert (boxes[True][people, 3] > boxes[False][people, 3] + 0.05).any()
 
 
+def _side_view_hits(parts: PartList, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Which rays from a sensor 8 m to the side of a part list (along its x axis) hit it, aimed at (x, 0, z)."""
+    from training.sim.raycast import intersect_pairs
+
+    prims = parts.build(np.random.default_rng(0))
+    prims = prims._replace(centre=prims.centre + np.array([0.0, 8.0, 0.0]))
+    directions = np.stack([x, np.full_like(x, 8.0), z], 1)
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    rays, prim = np.repeat(np.arange(len(x)), prims.count), np.tile(np.arange(prims.count), len(x))
+    t, _ = intersect_pairs(prims, rays, prim, directions)
+    return np.isfinite(t).reshape(len(x), prims.count).any(1)
+
+
+def test_spoked_wheels_are_open_between_tyre_and_hub_and_change_nothing_else():
+    """A real bicycle wheel is a tyre and a hub with thin spokes between (nearly no returns); with
+    scene.spoked_wheels the simulator's wheels are that instead of solid discs, for ridden and parked bicycles."""
+    from training.sim.roadside import bicycle_parts
+    from training.sim.shapes import bicycle_frame, cyclist_parts
+
+    assert not config_from_dict({}, preset="realistic").scene.spoked_wheels  # the released data unchanged
+    for spoked in (False, True):
+        p = PartList()
+        key = bicycle_frame(p, 1.76, 0.6, spoked)
+        wheel_r = key["crank"][2]
+        wheel_x = 1.76 / 2 - wheel_r
+        # rays at the lower front quarter of the front wheel, halfway out (no frame tube there), and at the tyre
+        angle = np.linspace(np.pi * 1.55, np.pi * 1.95, 12)
+        mid = _side_view_hits(p, wheel_x + 0.5 * wheel_r * np.cos(angle), wheel_r + 0.5 * wheel_r * np.sin(angle))
+        tyre = _side_view_hits(p, wheel_x + (wheel_r - 0.02) * np.cos(angle),
+                               wheel_r + (wheel_r - 0.02) * np.sin(angle))
+        assert tyre.all()
+        assert mid.all() if not spoked else not mid.any()
+    # the same random draws either way: a cyclist's and a parked bicycle's other parts are the same
+    for make in (lambda rng, sp: cyclist_parts(1.76, 0.6, 1.74, rng, spoked=sp),
+                 lambda rng, sp: bicycle_parts(rng, spoked=sp)):
+        rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+        disc, ring = make(rng_a, False), make(rng_b, True)
+        assert rng_a.random() == rng_b.random()
+        assert len(ring.rows) > len(disc.rows)
+        assert np.allclose(_local_size(disc), _local_size(ring), atol=0.01)  # same bicycle, same box
+    # the option reaches scenes: cyclists and parked bicycles get tyre rings (many TYRE parts per object)
+    cfg = config_from_dict({"scene": {"spoked_wheels": True, "cyclists": [2, 2], "riderless_bicycles": [2, 2]}},
+                           preset="realistic").scene
+    assert (model_parts("Cyclist", np.random.default_rng(0), cfg).build(np.random.default_rng(0)).material
+            == Material.TYRE).sum() > 2
+
+
 def test_label_boxes_grow_to_min_length_about_the_centre():
     from training.sim.labels import label_boxes
 
