@@ -94,8 +94,8 @@ def head_output_nodes(onnx_path: Path) -> list[str]:
 
 # Activation range calibration: onnxruntime's methods. minmax: the observed extremes (the default, as shipped);
 # percentile: the 99.999th percentile of |activation| (one outlier does not stretch the range); entropy: the range
-# whose quantised histogram is closest (KL divergence) to the observed one.
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# whose quantised histogram is closest (KL divergence) to the observed one. Name -> onnxruntime's CalibrationMethod.
+CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 
 def quantize_dense(dense_onnx: Path, canvases: Iterable[np.ndarray], frames: int, out_path: Path,
@@ -113,8 +113,7 @@ def quantize_dense(dense_onnx: Path, canvases: Iterable[np.ndarray], frames: int
             return next(self._items, None)
 
     excluded = head_output_nodes(dense_onnx)
-    calibrate_method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                        "entropy": CalibrationMethod.Entropy}[method]
+    calibrate_method = getattr(CalibrationMethod, CALIBRATION_METHODS[method])
     try:
         quantize_static(str(dense_onnx), str(out_path), Canvases(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -180,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="val", help="ImageSets listing of the calibration frames (default val)")
     parser.add_argument("--frames", type=int, default=64, help="calibration frames, the listing's first (default 64)")
     parser.add_argument("--out", type=Path, default=None, help="write the bundle here (default: BUNDLE in place)")
-    parser.add_argument("--method", default="minmax", choices=CALIBRATION_METHODS,
+    parser.add_argument("--method", default="minmax", choices=tuple(CALIBRATION_METHODS),
                         help="activation range calibration (default minmax)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
