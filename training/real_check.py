@@ -3,7 +3,7 @@
     python training/real_check.py [--bundle models/default] FOLDER [--split NAME] [--out report.json]
                                   [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--int8] [--threads 1]
                                   [--intensity-scale S] [--no-auto-intensity]
-                                  [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]] [--emulate-sensor SPEC] [--score-threshold T] [--save-predictions DIR]
+                                  [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]] [--emulate-sensor SPEC] [--score-threshold T|T1,T2,..] [--save-predictions DIR]
                                   [--list-false-positives] [--quiet]
 
 FOLDER is any folder in the KITTI object layout: a split folder holding velodyne/*.bin, label_2/*.txt and calib/*.txt
@@ -55,6 +55,7 @@ from clean_ros.cloud.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiFormat
                                    format_labels, frames_without, parse_labels, read_labels, split_frame_ids,
                                    write_labels)
 from clean_ros.metrics.kitti_eval import CLASSES, evaluate  # noqa: E402
+from clean_ros.tools.model_input_options import SCORE_THRESHOLD_HELP, score_thresholds_option  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default"
@@ -296,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="give the intensity as recorded (times --intensity-scale); by default each scan's intensity "
                          "is scaled to the bundle's training level when the bundle records one "
                          "(clean_ros/inference/intensity_level.py), as infer and the node do")
-    ap.add_argument("--score-threshold", type=float, help="override every class's score threshold")
+    ap.add_argument("--score-threshold", type=score_thresholds_option, metavar="T|T1,T2,..",
+                    help=SCORE_THRESHOLD_HELP)
     ap.add_argument("--save-predictions", type=Path, help="also write the detections as KITTI prediction files here")
     ap.add_argument("--list-false-positives", action="store_true",
                     help="print each false positive (frame, class, score, position, points inside); the JSON always "

@@ -119,6 +119,20 @@ def thresholds_markdown(calibrated: dict | None) -> list[str]:
         floor = v["at_floor"]
         lines.append(f"| {name} | {v['threshold']:.3f} | {v['val_fp_per_frame']:.2f} | {pct(v['val_recall_iou50'])} | "
                      f"{floor['val_fp_per_frame']:.2f}, {pct(floor['val_recall_iou50'])} |")
+    points = calibrated.get("operating_points") or []
+    if len(points) > 1:
+        names = list(calibrated["classes"])
+        lines += ["", "Other operating points, by the same rule on the same val frames (set one with the node's "
+                      "`score_thresholds` parameter or `real_check.py --score-threshold`, class order "
+                      f"{', '.join(names)}):", "",
+                  "| total budget (FP / frame) | score_thresholds | val FP / frame | val recall BEV IoU 0.5: "
+                  + " / ".join(names) + " | all |", "|---:|---|---:|---:|---:|"]
+        for p in points:
+            mark = " (shipped)" if p["shipped"] else ""
+            recalls = " / ".join(pct(p["classes"][n]["val_recall_iou50"]) for n in names)
+            lines.append(f"| {p['max_false_positives_per_frame']:g}{mark} | "
+                         f"[{', '.join(f'{t:g}' for t in p['thresholds'])}] | {p['val_fp_per_frame_total']:.2f} | "
+                         f"{recalls} | {pct(p['val_recall_iou50_all'])} |")
     return lines
 
 

@@ -2,7 +2,7 @@
 
     python -m clean_ros.infer [--bundle DIR] [--backend auto|torch|onnxruntime|tensorrt] [--device cpu|cuda] [--int8]
                               [--out PRED_DIR] [--png DIR] [--calib FILE_or_DIR] [--intensity-scale S]
-                              [--no-auto-intensity]
+                              [--no-auto-intensity] [--score-threshold T|T1,T2,..]
                               [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]]
                               [--crop-box LIST] [--exclusion-box LIST]
                               [--range-breakpoints LIST --range-score-thresholds LIST] INPUT...
@@ -46,7 +46,8 @@ import numpy as np
 from clean_ros import defaults
 from clean_ros.atomic import atomic_open, atomic_write_text
 from clean_ros.cloud.model_input import apply_boxes
-from clean_ros.tools.model_input_options import ModelInputOptions, add_model_input_options
+from clean_ros.tools.model_input_options import (SCORE_THRESHOLD_HELP, ModelInputOptions, add_model_input_options,
+                                               score_thresholds_option)
 
 EXIT_BAD_INPUT = 2
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
@@ -207,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="give the model the intensity as read (times --intensity-scale); by default each scan's "
                          "intensity is scaled to the bundle's training level when the bundle records one "
                          "(docs/NODE.md 'Intensity of another sensor')")
-    ap.add_argument("--score-threshold", type=float, help="override every class's score threshold")
+    ap.add_argument("--score-threshold", type=score_thresholds_option, metavar="T|T1,T2,..",
+                    help=SCORE_THRESHOLD_HELP)
     ap.add_argument("--sensor-height", type=float, default=defaults.SENSOR_HEIGHT,
                     help="the sensor's height above the ground in metres (0 = as the model was trained: the "
                          "bundle's sensor_height, KITTI 1.73 m); docs/NODE.md 'Where the sensor is'")

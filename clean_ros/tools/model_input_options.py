@@ -42,6 +42,23 @@ def parse_number_list(name: str, text: str) -> list[float]:
     return values
 
 
+def score_thresholds_option(text: str) -> float | list[float]:
+    """argparse type of --score-threshold: 'T' (every class) or a list 'T1,T2,..' / "[T1, T2, ..]" (one per class,
+    the bundle's class order, e.g. an operating point from its README; the count is the post-processing validator's
+    to check against the bundle)."""
+    try:
+        values = parse_number_list("--score-threshold", text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not values:
+        raise argparse.ArgumentTypeError("--score-threshold: no value")
+    return values[0] if len(values) == 1 else values
+
+
+SCORE_THRESHOLD_HELP = ("override the score thresholds: one for every class, or one per class in the bundle's class "
+                        "order, e.g. 0.4,0.4,0.35 (an operating point from the bundle's README)")
+
+
 def add_model_input_options(parser: argparse.ArgumentParser) -> None:
     """The four options (module docstring) on a tool's parser; their values stay text until from_args."""
     group = parser.add_argument_group(

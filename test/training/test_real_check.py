@@ -550,6 +550,7 @@ def _error_line(capsys) -> str:
     ("missing_bundle", "no such bundle folder"),
     ("broken_bundle", "manifest"),
     ("bad_scan", "not a multiple of 16 bytes"),
+    ("thresholds_count", "score_thresholds needs 3 values (one per class: Car, Pedestrian, Cyclist), got 2"),
 ])
 def test_bad_input_is_one_line_and_exit_2(case, expected, kitti_sample, default_bundle, tmp_path, capsys):
     split = tmp_path / "training"
@@ -570,9 +571,24 @@ def test_bad_input_is_one_line_and_exit_2(case, expected, kitti_sample, default_
     args = ["--bundle", str(bundle), "--backend", "torch", "--quiet", str(split), "--out", str(tmp_path / "r.json")]
     if case == "unknown_split":
         args += ["--split", "val"]
+    if case == "thresholds_count":
+        args += ["--score-threshold", "0.3,0.2"]
     assert real_check.main(args) == 2
     assert expected in _error_line(capsys)
     assert not (tmp_path / "r.json").exists()
+
+
+def test_per_class_score_thresholds(kitti_sample, default_bundle, tmp_path):
+    # an operating point from a bundle's README: one threshold per class, in the bundle's class order
+    split = _copy_split(kitti_sample, tmp_path / "training")
+    assert real_check.main(["--bundle", str(default_bundle), "--backend", "torch", "--threads", "1", "--quiet",
+                            str(split), "--score-threshold", "0.9,0.05,0.9", "--save-predictions",
+                            str(tmp_path / "pred")]) == 0
+    rows = [line.split() for f in sorted((tmp_path / "pred").glob("*.txt")) for line in f.read_text().splitlines()]
+    scores = {name: [float(r[-1]) for r in rows if r[0] == name] for name in ("Car", "Pedestrian", "Cyclist")}
+    assert all(v >= 0.9 for v in scores["Car"] + scores["Cyclist"])
+    assert scores["Pedestrian"] and min(scores["Pedestrian"]) < 0.9  # its own, lower threshold applied
+    assert real_check.build_parser().parse_args(["x", "--score-threshold", "0.4"]).score_threshold == 0.4
 
 
 def test_command_line_error_has_no_traceback(tmp_path):

@@ -262,13 +262,21 @@ class ExportSection:
     score_thresholds: Literal["fixed", "calibrate"] = "fixed"
     max_false_positives_per_frame: float = 2.0  # calibrate: the budget over all classes, split evenly per class
     calibration_min_threshold: float = 0.05  # calibrate: the student runs on val at this score; no lower threshold
+    # calibrate: further total budgets whose thresholds the same rule finds on val; listed (with what they keep) in
+    # thresholds.json, the report and the bundle's README, for users who want fewer false positives or more recall
+    # than the shipped operating point. The bundle ships max_false_positives_per_frame's.
+    operating_points: list[float] = field(default_factory=list)
 
     def stage_identity(self) -> dict:
-        """What the export stage hashes: with `fixed`, only enabled / onnx (the hash of every config from before the
-        calibration options existed stays the same, so finished runs are not re-exported)."""
+        """What the export and thresholds stages hash: with `fixed`, only enabled / onnx (the hash of every config
+        from before the calibration options existed stays the same, so finished runs are not re-exported); without
+        operating points, the section without that key (likewise for the configs from before it)."""
         if self.score_thresholds == "fixed":
             return {"enabled": self.enabled, "onnx": self.onnx}
-        return to_dict(self)
+        identity = to_dict(self)
+        if not self.operating_points:
+            identity.pop("operating_points")
+        return identity
 
     def __post_init__(self):
         if not self.max_false_positives_per_frame > 0:
@@ -277,6 +285,12 @@ class ExportSection:
         if not 0.0 < self.calibration_min_threshold < 1.0:
             raise ValueError(f"export.calibration_min_threshold must be in (0, 1), got "
                              f"{self.calibration_min_threshold} (0 would keep boxes the hard IoU gate zeroed)")
+        budgets = list(self.operating_points)
+        if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0 for b in budgets):
+            raise ValueError(f"export.operating_points must be false positives per frame > 0, got {budgets}")
+        if len(set(budgets)) != len(budgets) or self.max_false_positives_per_frame in budgets:
+            raise ValueError(f"export.operating_points {budgets}: each budget once, and not "
+                             f"max_false_positives_per_frame ({self.max_false_positives_per_frame:g}) again")
 
 
 @dataclass

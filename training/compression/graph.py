@@ -128,7 +128,7 @@ class CompressionGraph:
             stages.append(Stage("thresholds", f"per-class score thresholds of the final student on split "
                                 f"{c.data.val_split!r} (<= {c.export.max_false_positives_per_frame:g} false "
                                 "positives per frame)", partial(stage_thresholds.calibrate, run, refs=refs),
-                                {"export": c.export, "data": c.data, "evaluation": c.evaluation.stage_identity()},
+                                {"export": c.export.stage_identity(), "data": c.data, "evaluation": c.evaluation.stage_identity()},
                                 ("data", refs["student_final"].stage)))
         if c.export.enabled:
             stages.append(Stage("export", "final student -> bundle", partial(stage_outputs.export, run, refs=refs),

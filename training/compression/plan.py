@@ -253,7 +253,7 @@ def _fixed_stage(stage: Stage, cfg: CompressConfig, infer: dict, n_models: int, 
     if stage.name == "thresholds":  # stage_thresholds.search_thresholds: at most classes x rounds probes + 1
         from training.compression.stage_thresholds import MAX_ROUNDS
 
-        passes = num_classes * MAX_ROUNDS + 1
+        passes = (num_classes * MAX_ROUNDS + 1) * (1 + len(cfg.export.operating_points))
         return (None, "") if student_ms is None else (
             passes * val_frames * student_ms / 1e3, f"upper bound: {passes} passes of the final student x "
                                                     f"{val_frames} val frames (student latency; matching not counted)")

@@ -20,6 +20,9 @@ The rule, per class c of the K classes, with N val frames and B = export.max_fal
   4. run the student again with the chosen thresholds and record, per class, the val false positives per frame and
      the recall at BEV IoU 0.5 as shipped, next to the same figures with every class at the floor (what the
      threshold cost in recall).
+  5. with export.operating_points, steps 3-4 again for each further total budget (probes already run are not run
+     again): thresholds.json's "operating_points" lists every budget with its thresholds and what they keep on val,
+     for a user who wants another trade between false positives and recall (the node's score_thresholds parameter).
 Writes thresholds.json; the export stage copies the thresholds into the bundle's post-processing settings.
 
 False positives are counted in the camera's view only (the devkit's and the real-data check's rule; a 360-degree
@@ -152,9 +155,14 @@ def calibrate(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict
     task = make_task(kind, cfg, module).to(run.device)
     shipped = list(cfg.postprocess.score_thresholds)
 
+    measured: dict[tuple, ValScores] = {}  # the operating points' searches repeat probes (all at the floor first)
+
     def measure(thresholds: list[float]) -> ValScores:
-        cfg.postprocess.score_thresholds = list(thresholds)  # the task's post-processing reads this config
-        return collect_val_scores(task, dataset, names, c.evaluation.batch_size, run.device)
+        key = tuple(thresholds)
+        if key not in measured:
+            cfg.postprocess.score_thresholds = list(thresholds)  # the task's post-processing reads this config
+            measured[key] = collect_val_scores(task, dataset, names, c.evaluation.batch_size, run.device)
+        return measured[key]
 
     run.log(f"    student_final on split {c.data.val_split!r} ({len(dataset)} frames), floor "
             f"{e.calibration_min_threshold:g}, budget {budget:.3g} false positives per frame and class")
@@ -188,11 +196,39 @@ def calibrate(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict
         "val_fp_per_frame_total": sum(v["val_fp_per_frame"] for v in per_class.values()),
         "classes": per_class,
     }
+    result["operating_points"] = operating_points(measure, names, e.max_false_positives_per_frame,
+                                                  e.operating_points, e.calibration_min_threshold, run.log)
     atomic_write_json(folder / THRESHOLDS_FILE, result)
     if not all(v["budget_met"] for v in per_class.values()):
         run.log(f"    warning: over budget as shipped: "
                 f"{', '.join(n for n, v in per_class.items() if not v['budget_met'])} (thresholds.json)")
     return {"thresholds": chosen, "val_fp_per_frame_total": round(result["val_fp_per_frame_total"], 4), **search}
+
+
+def operating_points(measure: Callable[[list[float]], ValScores], class_names: tuple[str, ...], shipped: float,
+                     budgets, floor: float, log=lambda line: None) -> list[dict]:
+    """The shipped budget and each further one (export.operating_points), lowest first: the thresholds the same rule
+    (search_thresholds) gives for that total budget, and what they keep on val (false positives per frame and recall
+    at BEV IoU 0.5, per class and in all)."""
+    points = []
+    for budget in sorted({float(shipped), *(float(b) for b in budgets)}):
+        chosen, _, search = search_thresholds(measure, class_names, budget / len(class_names), floor)
+        kept = measure(chosen)
+        classes = {name: {"threshold": t,
+                          "val_fp_per_frame": fp_per_frame(kept.false_positive_scores[name], t, kept.frames),
+                          "val_recall_iou50": recall(kept.found_scores[name], t)}
+                   for name, t in zip(class_names, chosen)}
+        found = sum(int((kept.found_scores[n] >= np.float32(t)).sum()) for n, t in zip(class_names, chosen))
+        objects = sum(len(kept.found_scores[n]) for n in class_names)
+        points.append({"max_false_positives_per_frame": budget, "shipped": budget == float(shipped),
+                       "thresholds": chosen, "converged": search["converged"],
+                       "val_fp_per_frame_total": sum(v["val_fp_per_frame"] for v in classes.values()),
+                       "val_recall_iou50_all": found / objects if objects else None, "classes": classes})
+        if len(budgets):
+            log(f"    operating point {budget:g} false positives per frame: thresholds "
+                f"{', '.join(f'{n} {t:g}' for n, t in zip(class_names, chosen))}; val recall at BEV IoU 0.5 "
+                f"{_fmt(points[-1]['val_recall_iou50_all'])} of all objects")
+    return points
 
 
 def _fmt(value: float | None) -> str:
@@ -217,5 +253,5 @@ def calibrated_score_thresholds(stages_dir: Path, class_names: tuple[str, ...]) 
 
 
 __all__ = ["THRESHOLDS_FILE", "THRESHOLD_STEP", "MAX_ROUNDS", "ValScores", "pick_threshold", "fp_per_frame",
-           "recall", "collect_val_scores", "search_thresholds", "calibrate", "read_thresholds",
+           "recall", "collect_val_scores", "search_thresholds", "operating_points", "calibrate", "read_thresholds",
            "calibrated_score_thresholds"]

@@ -312,6 +312,7 @@ def test_input_boxes_are_in_the_model_frame_with_a_sensor_mount(bundle_path, kit
      "error: range_score_thresholds needs 6 values (3 classes (Car, Pedestrian, Cyclist) x 2 range bands"),
     (["--range-breakpoints", "30,20", "--range-score-thresholds", "0,0,0,0,0,0,0,0,0"],
      "error: range_breakpoints must be strictly ascending"),
+    (["--score-threshold", "0.4,0.3"], "error: score_thresholds needs 3 values (one per class"),
 ])
 def test_bad_box_or_range_values_exit_2_with_one_line(bundle_path, kitti_sample, tmp_path, capsys, options, message):
     out = tmp_path / "pred"
@@ -320,3 +321,18 @@ def test_bad_box_or_range_values_exit_2_with_one_line(bundle_path, kitti_sample,
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_per_class_score_thresholds(bundle_path, kitti_sample, tmp_path, capsys):
+    # an operating point from the bundle's README, in its class order: each class keeps its own threshold
+    out = tmp_path / "pred"
+    shutil.copy(kitti_sample / "training/velodyne/000000.bin", tmp_path / "scan.bin")  # no calib: all-around .json
+    assert infer.main(["--bundle", str(bundle_path), "--backend", "torch", "--out", str(out), "--score-threshold",
+                       "[0.9, 0.05, 0.9]", str(tmp_path / "scan.bin")]) == 0, capsys.readouterr().err
+    detections = json.loads((out / "scan.json").read_text())["detections"]
+    scores = {name: [d["score"] for d in detections if d["class"] == name] for name in ("Car", "Pedestrian", "Cyclist")}
+    assert all(v >= 0.9 for v in scores["Car"] + scores["Cyclist"])
+    assert scores["Pedestrian"] and min(scores["Pedestrian"]) < 0.9
+    parser = infer.build_parser()
+    assert parser.parse_args(["x", "--score-threshold", "0.4"]).score_threshold == 0.4
+    assert parser.parse_args(["x", "--score-threshold=0.4,0.3,0.2"]).score_threshold == [0.4, 0.3, 0.2]

@@ -4,11 +4,13 @@
   class-agnostic NMS);
 - detection_diagnostics.match_frame's found_score (what the recall at a threshold reads) on a hand-built frame;
 - the config: default 'fixed' keeps every stage hash of default.yaml (literal values from before the option
-  existed), calibrate inserts the stage before export, bad values are one clear message;
+  existed), calibrate inserts the stage before export, a calibrate config without operating points keeps its
+  thresholds / export hashes from before that option, bad values are one clear message;
 - the stage itself on config/compress/smoke.yaml (--set export.score_thresholds=calibrate): the data stage's
   simulated frames, a stored final student (untrained, its class head opened so it boxes everywhere: many false
   positives to calibrate away), then the thresholds / export / report stages; the bundle loads, its Pipeline uses
-  the thresholds, and the Pipeline's own false positives on the val frames agree with thresholds.json and the rule.
+  the thresholds, and the Pipeline's own false positives on the val frames agree with thresholds.json and the rule,
+  for the shipped budget and for each further operating point (export.operating_points), which the report lists.
 Budget: ~10 s.
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ from training.detection_diagnostics import RECALL_IOUS, LabelledFrame, match_fra
 REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "config" / "compress"
 CLASSES = ("Car", "Pedestrian", "Cyclist")
+OTHER_BUDGETS = (4.0, 1.0)  # the fixture's export.operating_points, beside smoke.yaml's shipped budget 2.0
 
 # default.yaml's stage hashes (no stage done yet) at commit 8d25fb5, before export.score_thresholds existed. A
 # deliberate change of default.yaml or of a hashed config section changes them: regenerate them then, not for this.
@@ -141,8 +144,24 @@ def test_calibrate_adds_the_stage_before_export(tmp_path):
     assert release.export.score_thresholds == "calibrate" and release.data.val_split != release.data.eval_split
 
 
+def test_calibrate_hashes_unchanged_without_operating_points(tmp_path):
+    # default.yaml + calibrate, thresholds / export hashes at commit facfccd, before export.operating_points existed
+    cfg = load_config(CompressConfig, CONFIGS / "default.yaml", ["export.score_thresholds=calibrate"])
+    hashes = _hashes(cfg, tmp_path)
+    assert (hashes["thresholds"], hashes["export"]) == ("496de8caef395efa", "dd822714a2d989f4")
+    with_points = _hashes(load_config(CompressConfig, CONFIGS / "default.yaml",
+                                      ["export.score_thresholds=calibrate", "export.operating_points=[0.5,1]"]),
+                          tmp_path)
+    assert with_points["thresholds"] != hashes["thresholds"]
+    assert {k: v for k, v in with_points.items() if k not in ("thresholds", "export", "report")} == \
+        {k: v for k, v in hashes.items() if k not in ("thresholds", "export", "report")}
+
+
 @pytest.mark.parametrize("override, message", [
     ("export.score_thresholds=auto", "score_thresholds"),
+    ("export.operating_points=[0.5,0]", "export.operating_points must be false positives per frame > 0"),
+    ("export.operating_points=[0.5,0.5]", "each budget once"),
+    ("export.operating_points=[2.0]", "not max_false_positives_per_frame (2) again"),
     ("export.max_false_positives_per_frame=0", "export.max_false_positives_per_frame must be > 0"),
     ("export.calibration_min_threshold=0", "export.calibration_min_threshold must be in (0, 1)"),
 ])
@@ -166,7 +185,8 @@ def calibrated(tmp_path_factory):
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("calibrate") / "run"
-    cfg = load_config(CompressConfig, CONFIGS / "smoke.yaml", ["export.score_thresholds=calibrate"])
+    cfg = load_config(CompressConfig, CONFIGS / "smoke.yaml", ["export.score_thresholds=calibrate",
+                                                               f"export.operating_points={list(OTHER_BUDGETS)}"])
     graph = CompressionGraph(cfg, root, log=lambda line: None, progress=False)
     stages = {s.name: s for s in graph.stages()}
     lines: list[str] = []
@@ -248,3 +268,33 @@ def test_report_shows_the_thresholds(calibrated):
     assert "Score thresholds shipped in the bundle, calibrated on split `val` (2 frames)" in table
     for c in CLASSES:
         assert f"| {c} | {result['classes'][c]['threshold']:.3f} | " in table
+
+
+def test_operating_points_keep_their_budgets_in_the_pipeline(calibrated):
+    from clean_ros.inference.pipeline import Pipeline
+
+    root, graph, lines = calibrated
+    result = json.loads((root / "stages" / "thresholds" / "thresholds.json").read_text())
+    points = result["operating_points"]
+    assert [p["max_false_positives_per_frame"] for p in points] == [1.0, 2.0, 4.0]  # every budget, lowest first
+    assert [p["shipped"] for p in points] == [False, True, False]
+    shipped = points[1]
+    assert shipped["thresholds"] == [result["classes"][c]["threshold"] for c in CLASSES]
+    # a tighter budget never keeps more: the search only raises thresholds from the floor until each class is within
+    assert points[0]["val_fp_per_frame_total"] <= shipped["val_fp_per_frame_total"] <= points[2]["val_fp_per_frame_total"]
+    pipeline = Pipeline.from_bundle(root / "bundle", backend="torch")
+    for point in points:
+        pipeline.update_postprocess(score_thresholds=point["thresholds"])
+        kept, frames = _pipeline_false_positives(pipeline, graph)
+        for c in CLASSES:
+            entry = point["classes"][c]
+            assert entry["threshold"] == point["thresholds"][CLASSES.index(c)]
+            # what the Pipeline keeps on val is what thresholds.json says, and within the point's per-class budget
+            assert fp_per_frame(kept[c], 0.0, frames) == pytest.approx(entry["val_fp_per_frame"])
+            assert entry["val_fp_per_frame"] <= point["max_false_positives_per_frame"] / len(CLASSES) + 1e-9
+    assert any("operating point 4 false positives per frame" in line for line in lines)
+    table = (root / "report.md").read_text()
+    assert "Other operating points, by the same rule on the same val frames" in table
+    for point in points:
+        mark = " (shipped)" if point["shipped"] else ""
+        assert f"| {point['max_false_positives_per_frame']:g}{mark} | [{', '.join(f'{t:g}' for t in point['thresholds'])}] |" in table
