@@ -12,7 +12,8 @@
    bundle, calibrated (entropy activation ranges) on the first 64 frames of the run's own simulated val split (never
    real scans); skipped, with a line, for a bundle saved without model.onnx.
 3. The real-data check (training/real_check.py) of the new bundle on a KITTI-layout folder of real scans, when the
-   folder exists (checking only: real labels never train or tune anything).
+   folder exists (checking only: real labels never train or tune anything); with export.operating_points, the check
+   again at each operating point the thresholds stage found on val (a table in the README).
 4. The bundle replaces BUNDLE: written next to it under a temporary name with its README.md (the run's report, the
    real-data figures, the command, the commit), then swapped in by renames, so a failure leaves the old bundle.
 
@@ -21,10 +22,12 @@ Mistakes: one line `error: ...`, exit 2; an interrupted compress run: exit 130 (
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,6 +72,49 @@ def real_check_command(bundle: Path, folder: Path) -> list[str]:
     return [sys.executable, str(REPO / "training" / "real_check.py"), "--bundle", str(bundle), str(folder)]
 
 
+def operating_point_checks(bundle: Path, folder: Path, out: Path) -> list[dict]:
+    """The real-data check at each operating point of the run's thresholds stage (export.operating_points, the
+    shipped one included), for the README: checking only, the points were chosen on the val split before it.
+    [] when the run has none."""
+    from training.compression.stage_thresholds import read_thresholds
+
+    points = (read_thresholds(out / "stages") or {}).get("operating_points", [])
+    if len(points) < 2:
+        return []  # only the shipped point: the check above is its row
+    rows = []
+    for point in points:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "check.json"
+            done = subprocess.run(real_check_command(bundle, folder) + [
+                "--quiet", "--score-threshold", ",".join(f"{t:g}" for t in point["thresholds"]), "--out", str(path)],
+                cwd=REPO, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise ReleaseError(f"real-data check at operating point {point['max_false_positives_per_frame']:g} "
+                                   f"failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+            report = json.loads(path.read_text())
+        rows.append({"budget": point["max_false_positives_per_frame"], "shipped": point["shipped"],
+                     "thresholds": point["thresholds"], "fp_per_frame": report["false_positives"]["per_frame"],
+                     "recall_bev25": {c: v["all"] for c, v in report["recall"]["by_iou"]["0.25"].items()}})
+    return rows
+
+
+def operating_points_markdown(rows: list[dict], folder: Path | None) -> list[str]:
+    if not rows:
+        return []
+    names = list(rows[0]["recall_bev25"])
+    lines = [f"## Operating points on the real scans of `{_rel(folder)}`", "",
+             "The report's operating points (below, chosen on the simulated val split), each checked on the real scans",
+             "with `training/real_check.py --score-threshold`. Checking only: the shipped one was not chosen from it.",
+             "", "| val budget (FP / frame) | score_thresholds | real false positives / frame | real recall at BEV IoU "
+             "0.25: " + " / ".join(names) + " |", "|---:|---|---:|---|"]
+    for row in rows:
+        recall = " / ".join(f"{v['found']}/{v['total']}" for v in row["recall_bev25"].values())
+        mark = " (shipped)" if row["shipped"] else ""
+        lines.append(f"| {row['budget']:g}{mark} | [{', '.join(f'{t:g}' for t in row['thresholds'])}] | "
+                     f"{row['fp_per_frame']:.2f} | {recall} |")
+    return lines + [""]
+
+
 # What the fine-tune's distill.method means, in the README's words (training/distill/distill_config.py).
 DISTILL_WORDS = {
     "clean": "CaKD and label-assignment distillation (CLEAN)",
@@ -79,11 +125,11 @@ DISTILL_WORDS = {
 
 
 def bundle_readme(config: Path, out: Path, command: str, report_md: str, real: str | None, real_folder: Path | None,
-                  commit: str | None, teacher: str = "", distill: str = "") -> str:
+                  commit: str | None, teacher: str = "", distill: str = "", points: list[dict] | None = None) -> str:
     """models/default/README.md: what the bundle is, how it was made, and what was measured.
 
     teacher: the run's teacher.checkpoint ("" = a teacher trained inside the run); distill: its distill.method ("" =
-    not known, not said)."""
+    not known, not said); points: operating_point_checks' rows."""
     taught_by = (f"the shipped teacher `{_rel(Path(teacher))}` (its README says what it is)" if teacher else
                  "a teacher trained inside the run")
     through = f" through {DISTILL_WORDS.get(distill, f'`distill.method: {distill}`')}" if distill else ""
@@ -119,6 +165,7 @@ def bundle_readme(config: Path, out: Path, command: str, report_md: str, real: s
     if real is not None:
         lines += [f"## On real scans: `training/real_check.py` on `{_rel(real_folder)}`", "",
                   "Checking only: real labels never train or tune anything.", "", "```", real.rstrip(), "```", ""]
+    lines += operating_points_markdown(points or [], real_folder)
     lines += ["## The compression run's report (simulated held-out frames)", "", _demote(report_md), ""]
     return "\n".join(lines)
 
@@ -240,7 +287,7 @@ def _main(args) -> int:
         print(quantized.stdout.strip())
     else:
         print(f"int8 dense part skipped: {bundle} has no model.onnx (export.onnx is false in {args.config})")
-    real = None
+    real, points = None, []
     if real_folder is not None:
         check = subprocess.run(real_check_command(Path(_rel(bundle)), real_folder), cwd=REPO, capture_output=True,
                                text=True)
@@ -248,11 +295,13 @@ def _main(args) -> int:
             raise ReleaseError(f"real-data check failed: {(check.stderr.strip().splitlines() or ['?'])[-1]}")
         real = check.stdout
         print(real)
+        points = operating_point_checks(Path(_rel(bundle)), real_folder, args.out)
+        print("\n".join(operating_points_markdown(points, real_folder)))
     command = "python training/release_default.py" + "".join(
         f" --set {shlex.quote(v)}" for v in args.overrides) + (
         f" --config {_rel(args.config)}" if args.config.resolve() != DEFAULT_CONFIG else "")
     readme = bundle_readme(args.config, args.out, command, report.read_text(), real, real_folder, git_commit(REPO),
-                           *_run_teacher_and_distill(args.out))
+                           *_run_teacher_and_distill(args.out), points)
     install_bundle(bundle, args.bundle, readme)
     print(f"installed {args.bundle} (README.md: the report and the real-data figures)")
     return 0

@@ -30,7 +30,8 @@ def test_recipe_installs_a_loadable_bundle_with_its_report(tmp_path, kitti_sampl
     proc = subprocess.run([sys.executable, str(REPO / "training" / "release_default.py"), "--config", str(SMOKE),
                            "--out", str(tmp_path / "run"), "--bundle", str(target),
                            "--real", str(kitti_sample / "training"), "--set",
-                           f"teacher.checkpoint={REPO / 'models' / 'teacher'}", "--set", "export.onnx=true"],
+                           f"teacher.checkpoint={REPO / 'models' / 'teacher'}", "--set", "export.onnx=true",
+                           "--set", "export.score_thresholds=calibrate", "--set", "export.operating_points=[8.0]"],
                           capture_output=True, text=True, timeout=900, env=_env(), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from clean_ros.inference.bundle import load_bundle
@@ -48,6 +49,13 @@ def test_recipe_installs_a_loadable_bundle_with_its_report(tmp_path, kitti_sampl
     assert calibration["data"] == str(tmp_path / "run" / "stages" / "data" / "dataset") and calibration["split"] == "val"
     assert "## int8 dense part" in readme and f"{calibration['frames']} frames" in readme
     assert json.loads((target / "manifest.json").read_text())["files"] == bundle.manifest["files"]
+    # the operating points found on val, each checked on the real scans: the shipped one at the bundle's thresholds
+    thresholds = json.loads((tmp_path / "run" / "stages" / "thresholds" / "thresholds.json").read_text())
+    assert [p["max_false_positives_per_frame"] for p in thresholds["operating_points"]] == [2.0, 8.0]
+    section = readme.split("## Operating points on the real scans of", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith(("| 2 (shipped) |", "| 8 |"))]
+    assert len(rows) == 2 and rows[0].startswith(
+        f"| 2 (shipped) | [{', '.join(f'{t:g}' for t in bundle.postprocess.score_thresholds)}] | ")
     assert not list(tmp_path.glob(".default.*"))  # no staging / retired folder left behind
 
 
