@@ -101,14 +101,13 @@ def operating_point_checks(bundle: Path, folder: Path, out: Path) -> list[dict]:
 def operating_points_markdown(rows: list[dict], folder: Path | None) -> list[str]:
     if not rows:
         return []
-    names = list(rows[0]["recall_bev25"])
     lines = [f"## Operating points on the real scans of `{_rel(folder)}`", "",
              "The report's operating points (below, chosen on the simulated val split), each checked on the real scans",
              "with `training/real_check.py --score-threshold`. Checking only: the shipped one was not chosen from it.",
-             "", "| val budget (FP / frame) | score_thresholds | real false positives / frame | real recall at BEV IoU "
-             "0.25: " + " / ".join(names) + " |", "|---:|---|---:|---|"]
+             "", "| val budget (FP / frame) | score_thresholds | real false positives / frame | real objects found at "
+             "BEV IoU 0.25 |", "|---:|---|---:|---|"]
     for row in rows:
-        recall = " / ".join(f"{v['found']}/{v['total']}" for v in row["recall_bev25"].values())
+        recall = ", ".join(f"{name} {v['found']}/{v['total']}" for name, v in row["recall_bev25"].items())
         mark = " (shipped)" if row["shipped"] else ""
         lines.append(f"| {row['budget']:g}{mark} | [{', '.join(f'{t:g}' for t in row['thresholds'])}] | "
                      f"{row['fp_per_frame']:.2f} | {recall} |")
