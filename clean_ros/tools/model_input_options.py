@@ -47,11 +47,11 @@ def score_thresholds_option(text: str) -> float | list[float]:
     the bundle's class order, e.g. an operating point from its README; the count is the post-processing validator's
     to check against the bundle)."""
     try:
-        values = parse_number_list("--score-threshold", text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not values:
-        raise argparse.ArgumentTypeError("--score-threshold: no value")
+        values = parse_number_list("score_thresholds", text)
+    except ValueError:
+        values = []
+    if not values:  # argparse prefixes the option's name
+        raise argparse.ArgumentTypeError(f"{text!r}: write one number, or one per class such as 0.4,0.4,0.35")
     return values[0] if len(values) == 1 else values
 
 

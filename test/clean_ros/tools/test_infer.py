@@ -336,3 +336,9 @@ def test_per_class_score_thresholds(bundle_path, kitti_sample, tmp_path, capsys)
     parser = infer.build_parser()
     assert parser.parse_args(["x", "--score-threshold", "0.4"]).score_threshold == 0.4
     assert parser.parse_args(["x", "--score-threshold=0.4,0.3,0.2"]).score_threshold == [0.4, 0.3, 0.2]
+    for text in ("", "0.3;0.2"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["x", f"--score-threshold={text}"])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.endswith(f"argument --score-threshold: {text!r}: write one number, or one per class such as "
+                            "0.4,0.4,0.35"), err
