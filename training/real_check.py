@@ -3,7 +3,7 @@
     python training/real_check.py [--bundle models/default] FOLDER [--split NAME] [--out report.json]
                                   [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--int8] [--threads 1]
                                   [--intensity-scale S] [--no-auto-intensity]
-                                  [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]] [--emulate-sensor SPEC] [--score-threshold T|T1,T2,..] [--save-predictions DIR]
+                                  [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]] [--emulate-sensor SPEC] [--score-threshold T|T1,T2,.. | --operating-point FP] [--save-predictions DIR]
                                   [--list-false-positives] [--quiet]
 
 FOLDER is any folder in the KITTI object layout: a split folder holding velodyne/*.bin, label_2/*.txt and calib/*.txt
@@ -55,7 +55,7 @@ from clean_ros.cloud.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiFormat
                                    format_labels, frames_without, parse_labels, read_labels, split_frame_ids,
                                    write_labels)
 from clean_ros.metrics.kitti_eval import CLASSES, evaluate  # noqa: E402
-from clean_ros.tools.model_input_options import SCORE_THRESHOLD_HELP, score_thresholds_option  # noqa: E402
+from clean_ros.tools.model_input_options import add_threshold_options, apply_threshold_options  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default"
@@ -297,8 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="give the intensity as recorded (times --intensity-scale); by default each scan's intensity "
                          "is scaled to the bundle's training level when the bundle records one "
                          "(clean_ros/inference/intensity_level.py), as infer and the node do")
-    ap.add_argument("--score-threshold", type=score_thresholds_option, metavar="T|T1,T2,..",
-                    help=SCORE_THRESHOLD_HELP)
+    add_threshold_options(ap)
     ap.add_argument("--save-predictions", type=Path, help="also write the detections as KITTI prediction files here")
     ap.add_argument("--list-false-positives", action="store_true",
                     help="print each false positive (frame, class, score, position, points inside); the JSON always "
@@ -329,8 +328,7 @@ def main(argv: list[str] | None = None) -> int:
 
         pipeline = Pipeline.from_bundle(args.bundle, backend=args.backend, device=args.device,
                                         intra_op_threads=args.threads, int8=args.int8)
-        if args.score_threshold is not None:
-            pipeline.update_postprocess(score_thresholds=args.score_threshold)
+        chosen = apply_threshold_options(pipeline, args)
         from clean_ros.inference.sensor_mount import SensorMount
 
         pipeline.set_sensor_mount(SensorMount.from_settings(args.sensor_height, args.sensor_pitch, args.sensor_roll))
@@ -343,7 +341,12 @@ def main(argv: list[str] | None = None) -> int:
                   "backend": pipeline.backend.describe(), "intensity_scale": args.intensity_scale,
                   "auto_intensity": args.auto_intensity,
                   "sensor_mount": None if pipeline.sensor_mount is None else pipeline.sensor_mount.describe(),
-                  "emulation": None if emulation is None else emulation.describe(), **report}
+                  "emulation": None if emulation is None else emulation.describe(),
+                  "score_thresholds": dict(zip(pipeline.class_names,
+                                               pipeline.postprocess_settings.score_thresholds)),
+                  "operating_point": args.operating_point, **report}
+        if chosen:
+            print(chosen)
         mount = "" if pipeline.sensor_mount is None else f"; {pipeline.sensor_mount.describe()}"
         mount += "" if emulation is None else f"; {emulation.describe()}"
         if pipeline.auto_intensity is not None and report["intensity_factors"]:

@@ -13,7 +13,8 @@
    real scans); skipped, with a line, for a bundle saved without model.onnx.
 3. The real-data check (training/real_check.py) of the new bundle on a KITTI-layout folder of real scans, when the
    folder exists (checking only: real labels never train or tune anything); with export.operating_points, the check
-   again at each operating point the thresholds stage found on val (a table in the README).
+   again at each other operating point the bundle lists (found on val by the thresholds stage; a table in the
+   README).
 4. The bundle replaces BUNDLE: written next to it under a temporary name with its README.md (the run's report, the
    real-data figures, the command, the commit), then swapped in by renames, so a failure leaves the old bundle.
 
@@ -72,29 +73,41 @@ def real_check_command(bundle: Path, folder: Path) -> list[str]:
     return [sys.executable, str(REPO / "training" / "real_check.py"), "--bundle", str(bundle), str(folder)]
 
 
-def operating_point_checks(bundle: Path, folder: Path, out: Path) -> list[dict]:
-    """The real-data check at each operating point of the run's thresholds stage (export.operating_points, the
-    shipped one included), for the README: checking only, the points were chosen on the val split before it.
-    [] when the run has none."""
-    from training.compression.stage_thresholds import read_thresholds
+def run_real_check(bundle: Path, folder: Path, extra: list[str], what: str) -> tuple[str, dict]:
+    """training/real_check.py on the real scans (a subprocess): (its printed report, its JSON report)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "check.json"
+        done = subprocess.run(real_check_command(bundle, folder) + extra + ["--out", str(path)], cwd=REPO,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ReleaseError(f"real-data check{what} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        lines = done.stdout.rstrip("\n").splitlines()
+        if lines and lines[-1].startswith("wrote "):
+            lines.pop()  # the temporary JSON's path: not for the README
+        return "\n".join(lines) + "\n", json.loads(path.read_text())
 
-    points = (read_thresholds(out / "stages") or {}).get("operating_points", [])
+
+def operating_point_row(point, report: dict) -> dict:
+    return {"budget": point.budget, "shipped": point.shipped, "thresholds": list(point.score_thresholds),
+            "fp_per_frame": report["false_positives"]["per_frame"],
+            "recall_bev25": {c: v["all"] for c, v in report["recall"]["by_iou"]["0.25"].items()}}
+
+
+def operating_point_checks(bundle: Path, folder: Path, shipped_report: dict) -> list[dict]:
+    """The real-data check at each operating point the bundle lists (manifest operating_points, from the thresholds
+    stage's export.operating_points), for the README: checking only, the points were chosen on the val split before
+    it. The shipped point's row is the check already run (shipped_report). [] when the bundle lists no other point."""
+    from clean_ros.inference.bundle import load_bundle
+
+    points = load_bundle(bundle, verify=False).operating_points
     if len(points) < 2:
         return []  # only the shipped point: the check above is its row
     rows = []
     for point in points:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "check.json"
-            done = subprocess.run(real_check_command(bundle, folder) + [
-                "--quiet", "--score-threshold", ",".join(f"{t:g}" for t in point["thresholds"]), "--out", str(path)],
-                cwd=REPO, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise ReleaseError(f"real-data check at operating point {point['max_false_positives_per_frame']:g} "
-                                   f"failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-            report = json.loads(path.read_text())
-        rows.append({"budget": point["max_false_positives_per_frame"], "shipped": point["shipped"],
-                     "thresholds": point["thresholds"], "fp_per_frame": report["false_positives"]["per_frame"],
-                     "recall_bev25": {c: v["all"] for c, v in report["recall"]["by_iou"]["0.25"].items()}})
+        report = shipped_report if point.shipped else run_real_check(
+            bundle, folder, ["--quiet", "--operating-point", f"{point.budget:g}"],
+            f" at operating point {point.budget:g}")[1]
+        rows.append(operating_point_row(point, report))
     return rows
 
 
@@ -103,7 +116,8 @@ def operating_points_markdown(rows: list[dict], folder: Path | None) -> list[str
         return []
     lines = [f"## Operating points on the real scans of `{_rel(folder)}`", "",
              "The report's operating points (below, chosen on the simulated val split), each checked on the real scans",
-             "with `training/real_check.py --score-threshold`. Checking only: the shipped one was not chosen from it.",
+             "with `training/real_check.py --operating-point FP` (the node's `operating_point`). Checking only: the",
+             "shipped one was not chosen from it.",
              "", "| val budget (FP / frame) | score_thresholds | real false positives / frame | real objects found at "
              "BEV IoU 0.25 |", "|---:|---|---:|---|"]
     for row in rows:
@@ -288,13 +302,9 @@ def _main(args) -> int:
         print(f"int8 dense part skipped: {bundle} has no model.onnx (export.onnx is false in {args.config})")
     real, points = None, []
     if real_folder is not None:
-        check = subprocess.run(real_check_command(Path(_rel(bundle)), real_folder), cwd=REPO, capture_output=True,
-                               text=True)
-        if check.returncode != 0:
-            raise ReleaseError(f"real-data check failed: {(check.stderr.strip().splitlines() or ['?'])[-1]}")
-        real = check.stdout
+        real, shipped_report = run_real_check(Path(_rel(bundle)), real_folder, [], "")
         print(real)
-        points = operating_point_checks(Path(_rel(bundle)), real_folder, args.out)
+        points = operating_point_checks(Path(_rel(bundle)), real_folder, shipped_report)
         print("\n".join(operating_points_markdown(points, real_folder)))
     command = "python training/release_default.py" + "".join(
         f" --set {shlex.quote(v)}" for v in args.overrides) + (

@@ -122,9 +122,9 @@ def thresholds_markdown(calibrated: dict | None) -> list[str]:
     points = calibrated.get("operating_points") or []
     if len(points) > 1:
         names = list(calibrated["classes"])
-        lines += ["", "Other operating points, by the same rule on the same val frames (set one with the node's "
-                      "`score_thresholds` parameter or `real_check.py --score-threshold`, class order "
-                      f"{', '.join(names)}):", "",
+        lines += ["", "Other operating points, by the same rule on the same val frames; the bundle lists them (pick "
+                      "one by its budget with the node's `operating_point` parameter, or `--operating-point` of "
+                      f"`clean_ros.infer` and `real_check.py`; class order {', '.join(names)}):", "",
                   "| total budget (FP / frame) | score_thresholds | val FP / frame | val recall BEV IoU 0.5: "
                   + " / ".join(names) + " | all |", "|---:|---|---:|---:|---:|"]
         for p in points:

@@ -33,6 +33,8 @@ import torch
 import clean_ros
 from clean_ros.yaml_config import ConfigError, from_dict, to_dict
 from clean_ros.models.detector_config import DetectorConfig, PostProcessConfig
+from clean_ros.inference.operating_points import FIELD as OPERATING_POINTS_FIELD
+from clean_ros.inference.operating_points import OperatingPoint, parse_operating_points
 from clean_ros.inference.sensor_mount import TRAINING_SENSOR_HEIGHT_M
 from clean_ros.provenance import git_commit
 
@@ -162,6 +164,12 @@ class Bundle:
         bundles written before it existed). clean_ros.inference.intensity_level scales other sensors to it."""
         level = self.manifest.get("intensity_level")
         return None if level is None else float(level)
+
+    @property
+    def operating_points(self) -> tuple[OperatingPoint, ...]:
+        """Other per-class score thresholds the bundle offers, by val false-positive budget (manifest field
+        `operating_points`, clean_ros.inference.operating_points; () in bundles without it)."""
+        return parse_operating_points(self.manifest.get(OPERATING_POINTS_FIELD), self.class_names)
 
     @property
     def postprocess(self) -> PostProcessConfig:
@@ -310,6 +318,10 @@ def _validate_manifest(bundle: Path, manifest: Any) -> None:
                               or not math.isfinite(level) or level <= 0):
         raise BundleError(f"{where}: field 'intensity_level' must be the training scans' median intensity, a number "
                           f"> 0, got {json.dumps(level)[:60]}")
+    try:  # optional (older bundles: none)
+        parse_operating_points(manifest.get(OPERATING_POINTS_FIELD), manifest["class_names"])
+    except ValueError as exc:
+        raise BundleError(f"{where}: {exc}") from None
 
 
 def _detector_config_of(bundle: Path, manifest: dict) -> DetectorConfig:
@@ -411,7 +423,8 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
                 metrics: Mapping[str, Any] | None = None, export_onnx: bool = True,
                 point_features: Sequence[str] | Sequence[Mapping[str, Any]] | None = None,
                 export_encoder: bool = True, sensor_height: float | None = None,
-                intensity_level: float | None = None) -> Path:
+                intensity_level: float | None = None,
+                operating_points: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """Write `detector` (a clean_ros Detector built from `detector_cfg`) as a bundle directory, atomically.
 
     training_config: any dataclass / mapping (stored as an opaque dict). provenance: teacher, method,
@@ -420,7 +433,8 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
     default x, y, z, intensity [0, 1]. export_onnx: also write model.onnx (+ encoder.onnx for pillar models
     when export_encoder). sensor_height: the training sensor's height above the ground in metres (default
     KITTI's 1.73 m). intensity_level: the training scans' intensity level (clean_ros.inference.intensity_level;
-    None: not recorded, so no automatic intensity). An existing bundle at out_dir is replaced only once the new one
+    None: not recorded, so no automatic intensity). operating_points: the manifest field's entries
+    (clean_ros.inference.operating_points; checked before anything is written). An existing bundle at out_dir is replaced only once the new one
     is complete.
     """
     from safetensors.torch import save_file
@@ -442,6 +456,11 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
     prov["clean_ros_version"] = clean_ros.__version__
     cfg_dict = to_dict(detector_cfg)
     sensor_height = TRAINING_SENSOR_HEIGHT_M if sensor_height is None else sensor_height
+    try:
+        points = parse_operating_points(_json_safe(list(operating_points or []), OPERATING_POINTS_FIELD),
+                                        detector_cfg.class_names)
+    except ValueError as exc:
+        raise BundleError(f"{out}: {exc}") from None
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -475,6 +494,8 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
         }
         if intensity_level is not None:
             manifest["intensity_level"] = round(float(intensity_level), 6)
+        if points:
+            manifest[OPERATING_POINTS_FIELD] = [p.as_manifest() for p in points]
         _write_json(tmp / MANIFEST_NAME, manifest)
         os.chmod(tmp / MANIFEST_NAME, 0o644)
         _validate_manifest(tmp, manifest)

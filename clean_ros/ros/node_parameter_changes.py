@@ -3,7 +3,8 @@
 The parameter table and its validators are clean_ros.ros.node_parameters; this module is what a change does.
 ParameterChanges is a mixin of clean_ros.ros.detector_node.DetectorCore (plain and lifecycle node):
 
-- ``_declare_postprocess_parameters``: once the bundle is loaded, its post-processing settings become parameters;
+- ``_declare_postprocess_parameters``: once the bundle is loaded (and operating_point has picked its score
+  thresholds, if set), its post-processing settings become parameters;
   values from the params file (or set before a lifecycle re-configure) override the bundle's, validated by the one
   post-processing validator (Pipeline.update_postprocess); a refused one is a StartupError.
 - ``_on_set_parameters`` (the node's set-parameters callback): every changed value is checked first (plain checks,
@@ -17,6 +18,7 @@ from typing import Any
 
 from rcl_interfaces.msg import SetParametersResult
 
+from clean_ros.inference.operating_points import select_operating_point
 from clean_ros.ros.node_parameters import (ARRAY_PARAMS, BOX_PARAMS, POSTPROCESS_PARAMS, StartupError, box_filter,
                                            check_plain_change, postprocess_specs, postprocess_values,
                                            to_pipeline_changes)
@@ -30,6 +32,7 @@ class ParameterChanges:
     ``_declaring`` while it declares parameters (declare_parameter runs the callback: nothing to apply then)."""
 
     def _declare_postprocess_parameters(self) -> None:
+        self._apply_operating_point()
         current = postprocess_values(self.pipeline.postprocess_settings)
         self._declaring = True
         try:
@@ -45,6 +48,24 @@ class ParameterChanges:
             if reason:
                 raise StartupError(f"post-processing parameters from the params file: {reason}")
             self.get_logger().info(f"post-processing overrides applied: {overrides}")
+
+    def _apply_operating_point(self) -> None:
+        """operating_point > 0: the bundle's thresholds at that budget replace its shipped ones, before the
+        score_thresholds parameter is declared (so they are its default); StartupError for an unknown budget, or
+        when score_thresholds is given too (two answers to one question)."""
+        budget = float(self.params.get("operating_point"))
+        if budget <= 0:
+            return
+        if "score_thresholds" in (getattr(self, "_parameter_overrides", {}) or {}):
+            raise StartupError(f"operating_point {budget:g} and score_thresholds are both set: give one (the "
+                               f"operating point is a set of score thresholds)")
+        bundle = getattr(self.pipeline, "bundle", None)
+        try:
+            point = select_operating_point(bundle.operating_points if bundle is not None else (), budget)
+            self.pipeline.update_postprocess(score_thresholds=list(point.score_thresholds))
+        except ValueError as error:
+            raise StartupError(f"parameter 'operating_point': {error}") from None
+        self.get_logger().info(point.describe(self.class_names))
 
     def _apply_postprocess(self, changes: dict[str, Any]) -> str | None:
         try:

@@ -9,6 +9,8 @@ lifecycle node, clean_ros.ros.detector_node / clean_ros.ros.lifecycle_node).
   parameters: range_thresholds_enabled, range_breakpoints, range_score_thresholds (while disabled the two lists may be
   edited one at a time; enabling checks that they fit together).
 - Input boxes: crop_box_enabled / crop_box, exclusion_box_enabled / exclusion_box (clean_ros.cloud.model_input).
+- operating_point (read-only): the bundle's score thresholds at one of its operating points
+  (clean_ros.inference.operating_points) become the score_thresholds parameter's default; giving both is refused.
 - BUNDLE_OWNED: model geometry keys that a params file must not set (refused at start with StartupError).
 A refused runtime change returns its reason (`ros2 param set` prints it) and leaves every setting as it was; what an
 accepted one does to the running node is clean_ros.ros.node_parameter_changes.
@@ -75,6 +77,9 @@ STATIC_PARAMETERS: tuple[ParameterSpec, ...] = (
       read_only=True),
     P("warmup_iterations", WARMUP_ITERATIONS, "inference runs on a synthetic cloud at start-up, excluded from "
       "statistics", read_only=True, int_range=(0, 100)),
+    P("operating_point", 0.0, "score thresholds of one of the bundle's operating points, by its val false-positive "
+      "budget per frame (e.g. 0.6: fewer false positives, less recall; the bundle's README lists them); 0 = the "
+      "bundle's shipped thresholds; not together with score_thresholds", read_only=True, float_range=(0.0, 1e6)),
     # topics and QoS (read-only)
     P("input_topic", INPUT_TOPIC, "sensor_msgs/PointCloud2 input topic", read_only=True),
     P("output_topic", OUTPUT_TOPIC, "vision_msgs/Detection3DArray output; markers on <output_topic>/markers",

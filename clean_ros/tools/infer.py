@@ -2,7 +2,7 @@
 
     python -m clean_ros.infer [--bundle DIR] [--backend auto|torch|onnxruntime|tensorrt] [--device cpu|cuda] [--int8]
                               [--out PRED_DIR] [--png DIR] [--calib FILE_or_DIR] [--intensity-scale S]
-                              [--no-auto-intensity] [--score-threshold T|T1,T2,..]
+                              [--no-auto-intensity] [--score-threshold T|T1,T2,.. | --operating-point FP]
                               [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]]
                               [--crop-box LIST] [--exclusion-box LIST]
                               [--range-breakpoints LIST --range-score-thresholds LIST] INPUT...
@@ -22,6 +22,8 @@ Without: <id>.json with LiDAR-frame boxes:
 Intensity: each scan's intensity is scaled to the bundle's training level when the bundle records one (a sensor
 with another intensity scale, 0-255 included; clean_ros.inference.intensity_level, the node's auto_intensity); the
 frame's line gives the factor. --no-auto-intensity: the intensity as read, times --intensity-scale.
+--score-threshold / --operating-point: other score thresholds, as numbers or as one of the operating points the
+bundle lists by val false-positive budget (clean_ros.inference.operating_points, the node's operating_point).
 --crop-box / --exclusion-box / --range-breakpoints + --range-score-thresholds: the node's parameters of the same
 names, parsed and checked as the node does (clean_ros/tools/model_input_options.py); the boxes are applied to the
 file's points in the model's input frame (clean_ros.cloud.model_input.apply_boxes) and each frame's line says how
@@ -46,8 +48,8 @@ import numpy as np
 from clean_ros import defaults
 from clean_ros.atomic import atomic_open, atomic_write_text
 from clean_ros.cloud.model_input import apply_boxes
-from clean_ros.tools.model_input_options import (SCORE_THRESHOLD_HELP, ModelInputOptions, add_model_input_options,
-                                               score_thresholds_option)
+from clean_ros.tools.model_input_options import (ModelInputOptions, add_model_input_options, add_threshold_options,
+                                               apply_threshold_options)
 
 EXIT_BAD_INPUT = 2
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
@@ -208,8 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="give the model the intensity as read (times --intensity-scale); by default each scan's "
                          "intensity is scaled to the bundle's training level when the bundle records one "
                          "(docs/NODE.md 'Intensity of another sensor')")
-    ap.add_argument("--score-threshold", type=score_thresholds_option, metavar="T|T1,T2,..",
-                    help=SCORE_THRESHOLD_HELP)
+    add_threshold_options(ap)
     ap.add_argument("--sensor-height", type=float, default=defaults.SENSOR_HEIGHT,
                     help="the sensor's height above the ground in metres (0 = as the model was trained: the "
                          "bundle's sensor_height, KITTI 1.73 m); docs/NODE.md 'Where the sensor is'")
@@ -244,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             raise InferError(f"the default bundle {DEFAULT_BUNDLE} is missing; pass --bundle DIR")
         pipeline = Pipeline.from_bundle(args.bundle, backend=args.backend, device=args.device,
                                         intra_op_threads=args.threads, int8=args.int8)
-        if args.score_threshold is not None:
-            pipeline.update_postprocess(score_thresholds=args.score_threshold)
+        chosen = apply_threshold_options(pipeline, args)
+        if chosen and not args.quiet:
+            print(chosen, flush=True)
         if options.range_changes:
             pipeline.update_postprocess(**options.range_changes)
         from clean_ros.inference.sensor_mount import SensorMount

@@ -56,7 +56,34 @@ def score_thresholds_option(text: str) -> float | list[float]:
 
 
 SCORE_THRESHOLD_HELP = ("override the score thresholds: one for every class, or one per class in the bundle's class "
-                        "order, e.g. 0.4,0.4,0.35 (an operating point from the bundle's README)")
+                        "order, e.g. 0.4,0.4,0.35")
+
+
+def add_threshold_options(parser: argparse.ArgumentParser) -> None:
+    """--score-threshold and --operating-point (one or the other) on a tool's parser; apply_threshold_options uses
+    them."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--score-threshold", type=score_thresholds_option, metavar="T|T1,T2,..",
+                       help=SCORE_THRESHOLD_HELP)
+    group.add_argument("--operating-point", type=float, metavar="FP",
+                       help="the score thresholds of one of the bundle's operating points, by its val false-positive "
+                            "budget per frame, e.g. 0.6 (the node's operating_point; the bundle's README lists them)")
+
+
+def apply_threshold_options(pipeline, args: argparse.Namespace) -> str | None:
+    """Set the thresholds asked for on the pipeline (the post-processing validator checks a --score-threshold list
+    against the bundle; an operating point must be one the bundle lists): a line saying what was set, or None when
+    neither option was given. ValueError with one line when refused."""
+    from clean_ros.inference.operating_points import select_operating_point
+
+    if args.score_threshold is not None:
+        pipeline.update_postprocess(score_thresholds=args.score_threshold)
+        return None
+    if args.operating_point is None:
+        return None
+    point = select_operating_point(pipeline.bundle.operating_points, args.operating_point)
+    pipeline.update_postprocess(score_thresholds=list(point.score_thresholds))
+    return point.describe(pipeline.class_names)
 
 
 def add_model_input_options(parser: argparse.ArgumentParser) -> None:
@@ -135,4 +162,5 @@ class ModelInputOptions:
         return text
 
 
-__all__ = ["ModelInputOptions", "add_model_input_options", "parse_number_list"]
+__all__ = ["ModelInputOptions", "SCORE_THRESHOLD_HELP", "add_model_input_options", "add_threshold_options",
+           "apply_threshold_options", "parse_number_list", "score_thresholds_option"]

@@ -685,3 +685,24 @@ def test_intensity_scale_reaches_the_pipeline_and_leaves_the_scan_as_recorded(ki
     np.testing.assert_array_equal(seen[1][:, :3], recorded[:, :3])
     np.testing.assert_allclose(seen[1][:, 3], recorded[:, 3] * np.float32(0.5))
     assert reports[0]["recall"]["by_points"] == reports[1]["recall"]["by_points"]
+
+
+def test_operating_point_sets_the_thresholds_the_bundle_lists(kitti_sample, default_bundle, tmp_path, capsys):
+    from clean_ros.inference.bundle import load_bundle
+
+    points = load_bundle(default_bundle).operating_points
+    assert len(points) >= 2  # the release recipe's export.operating_points (config/compress/release.yaml)
+    tightest = points[0]
+    split = _copy_split(kitti_sample, tmp_path / "training")
+    out = tmp_path / "r.json"
+    assert real_check.main(["--bundle", str(default_bundle), "--backend", "torch", "--threads", "1", "--quiet",
+                            str(split), "--operating-point", f"{tightest.budget:g}", "--out", str(out),
+                            "--save-predictions", str(tmp_path / "pred")]) == 0
+    assert f"operating point {tightest.budget:g} false positives per frame on val" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    names = load_bundle(default_bundle).class_names
+    assert report["operating_point"] == tightest.budget
+    assert report["score_thresholds"] == dict(zip(names, tightest.score_thresholds))
+    for f in (tmp_path / "pred").glob("*.txt"):
+        for row in (line.split() for line in f.read_text().splitlines()):
+            assert float(row[-1]) >= tightest.score_thresholds[names.index(row[0])] - 1e-6

@@ -52,6 +52,7 @@ def test_recipe_installs_a_loadable_bundle_with_its_report(tmp_path, kitti_sampl
     # the operating points found on val, each checked on the real scans: the shipped one at the bundle's thresholds
     thresholds = json.loads((tmp_path / "run" / "stages" / "thresholds" / "thresholds.json").read_text())
     assert [p["max_false_positives_per_frame"] for p in thresholds["operating_points"]] == [2.0, 8.0]
+    assert [(p.budget, p.shipped) for p in bundle.operating_points] == [(2.0, True), (8.0, False)]  # in the manifest
     section = readme.split("## Operating points on the real scans of", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith(("| 2 (shipped) |", "| 8 |"))]
     assert len(rows) == 2 and rows[0].startswith(

@@ -3,7 +3,8 @@
   evaluate    every model on the same held-out split (data.eval_split), KITTI 3D AP R40 -> metrics.json
   efficiency  params, GFLOPs, CPU latency p50/p95 at batch 1 (training.efficiency) -> efficiency.json
   export      the final student as a bundle (clean_ros.inference.bundle.save_bundle), loaded back to prove it;
-              with export.score_thresholds: calibrate, its per-class score thresholds are the thresholds stage's
+              with export.score_thresholds: calibrate, its per-class score thresholds are the thresholds stage's,
+              and the manifest lists the stage's operating points (the node's operating_point parameter)
   report      report.json, report.md, plots (training/report.py)
 """
 from __future__ import annotations
@@ -96,13 +97,15 @@ def export(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict:
     c = run.cfg
     kind, cfg, module = _reported(run, refs, "student_final")
     row = build_rows(run.stages_dir, {key: ref.stage for key, ref in refs.items()}).get("student_final", {})
+    points: list[dict] = []
     if c.export.score_thresholds == "calibrate":  # the thresholds stage's per-class values, through the validator
         from clean_ros.inference.postprocess_settings import updated_postprocess
-        from training.compression.stage_thresholds import calibrated_score_thresholds
+        from training.compression.stage_thresholds import calibrated_score_thresholds, manifest_operating_points
 
         cfg.postprocess = updated_postprocess(
             cfg.postprocess, {"score_thresholds": calibrated_score_thresholds(run.stages_dir, tuple(cfg.class_names))},
             cfg.class_names, iou_branch=bool(cfg.head.iou_branch))
+        points = manifest_operating_points(run.stages_dir, tuple(cfg.class_names))  # the node's operating_point
     out = run.root / "bundle"
     save_bundle(out, module.eval(), cfg, training_config=to_dict(c),
                 provenance={"method": f"compress:{c.distill.method}+prune+iou_gate",
@@ -111,7 +114,7 @@ def export(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict:
                             "compress_config": c.name, "report": "report.md of the compress run (README.md when "
                                                                   "installed by training/release_default.py)"},
                 metrics=row, export_onnx=c.export.onnx, sensor_height=_training_sensor_height(run),
-                intensity_level=_training_intensity_level(run))
+                intensity_level=_training_intensity_level(run), operating_points=points)
     bundle = load_bundle(out)  # proves it loads (manifest, hashes, weights)
     return {"bundle": str(out), "files": sorted(bundle.manifest["files"])}
 

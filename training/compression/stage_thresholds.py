@@ -252,6 +252,25 @@ def calibrated_score_thresholds(stages_dir: Path, class_names: tuple[str, ...]) 
     return [float(classes[n]["threshold"]) for n in class_names]
 
 
+def manifest_operating_points(stages_dir: Path, class_names: tuple[str, ...]) -> list[dict]:
+    """thresholds.json's operating points as the bundle manifest's `operating_points` entries
+    (clean_ros.inference.operating_points); [] without them (export.operating_points empty)."""
+    data = read_thresholds(stages_dir) or {}
+    entries = []
+    for point in data.get("operating_points") or []:
+        classes = point.get("classes") or {}
+        if set(classes) != set(class_names):
+            raise ConfigError(f"{THRESHOLDS_FILE}: operating point classes {sorted(classes)} differ from the model's "
+                              f"{list(class_names)}")
+        entries.append({"max_false_positives_per_frame": float(point["max_false_positives_per_frame"]),
+                        "score_thresholds": [float(classes[n]["threshold"]) for n in class_names],
+                        "shipped": bool(point.get("shipped", False)),
+                        "val_false_positives_per_frame": round(float(point["val_fp_per_frame_total"]), 4),
+                        "val_recall_iou50": {n: round(float(classes[n]["val_recall_iou50"]), 4) for n in class_names
+                                             if classes[n].get("val_recall_iou50") is not None}})
+    return entries
+
+
 __all__ = ["THRESHOLDS_FILE", "THRESHOLD_STEP", "MAX_ROUNDS", "ValScores", "pick_threshold", "fp_per_frame",
            "recall", "collect_val_scores", "search_thresholds", "operating_points", "calibrate", "read_thresholds",
-           "calibrated_score_thresholds"]
+           "calibrated_score_thresholds", "manifest_operating_points"]

@@ -78,3 +78,41 @@ def test_postprocess_overrides_from_the_params_file_apply_at_load_or_stop_the_no
         with in_process_node(lambda path, backend, device: RecordingPipeline(), warmup_iterations=0,
                              score_thresholds=[0.2, 0.2]):
             pass
+
+
+def _pipeline_with_operating_points():
+    from types import SimpleNamespace
+
+    from clean_ros.inference.operating_points import parse_operating_points
+
+    pipeline = RecordingPipeline()
+    pipeline.bundle = SimpleNamespace(operating_points=parse_operating_points([
+        {"max_false_positives_per_frame": 0.6, "score_thresholds": [0.5, 0.45, 0.4]},
+        {"max_false_positives_per_frame": 1.3, "score_thresholds": [0.1, 0.1, 0.1], "shipped": True}],
+        ("Car", "Pedestrian", "Cyclist")))
+    return pipeline
+
+
+def test_operating_point_picks_the_bundles_thresholds_at_that_budget():
+    pipeline = _pipeline_with_operating_points()
+    with in_process_node(lambda path, backend, device: pipeline, warmup_iterations=0, operating_point=0.6) as node:
+        assert pipeline.postprocess_settings.score_thresholds == [0.5, 0.45, 0.4]
+        # the score_thresholds parameter starts from them, and stays editable at run time
+        assert list(node.get_parameter("score_thresholds").value) == [0.5, 0.45, 0.4]
+        [result] = _set(node, score_thresholds=[0.6, 0.45, 0.4])
+        assert result.successful and pipeline.postprocess_settings.score_thresholds == [0.6, 0.45, 0.4]
+    with in_process_node(lambda path, backend, device: _pipeline_with_operating_points(), warmup_iterations=0) as node:
+        assert list(node.get_parameter("score_thresholds").value) == [0.1, 0.1, 0.1]  # 0: the shipped thresholds
+
+
+@pytest.mark.parametrize("pipeline, overrides, message", [
+    (_pipeline_with_operating_points, dict(operating_point=0.7),
+     r"^parameter 'operating_point': operating point 0.7: this bundle has 0.6, 1.3 \(shipped\) false positives"),
+    (RecordingPipeline, dict(operating_point=0.6), "this bundle lists no operating points"),
+    (_pipeline_with_operating_points, dict(operating_point=0.6, score_thresholds=[0.2, 0.2, 0.2]),
+     "operating_point 0.6 and score_thresholds are both set: give one"),
+])
+def test_an_operating_point_the_bundle_lacks_stops_the_node_with_one_line(pipeline, overrides, message):
+    with pytest.raises(StartupError, match=message):
+        with in_process_node(lambda path, backend, device: pipeline(), warmup_iterations=0, **overrides):
+            pass

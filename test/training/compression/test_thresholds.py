@@ -271,6 +271,7 @@ def test_report_shows_the_thresholds(calibrated):
 
 
 def test_operating_points_keep_their_budgets_in_the_pipeline(calibrated):
+    from clean_ros.inference.operating_points import select_operating_point
     from clean_ros.inference.pipeline import Pipeline
 
     root, graph, lines = calibrated
@@ -283,8 +284,17 @@ def test_operating_points_keep_their_budgets_in_the_pipeline(calibrated):
     # a tighter budget never keeps more: the search only raises thresholds from the floor until each class is within
     assert points[0]["val_fp_per_frame_total"] <= shipped["val_fp_per_frame_total"] <= points[2]["val_fp_per_frame_total"]
     pipeline = Pipeline.from_bundle(root / "bundle", backend="torch")
+    # the bundle lists them (the node's operating_point, --operating-point), with what they keep on val
+    listed = pipeline.bundle.operating_points
+    assert [(p.budget, p.shipped) for p in listed] == [(1.0, False), (2.0, True), (4.0, False)]
+    assert tuple(pipeline.postprocess_settings.score_thresholds) == listed[1].score_thresholds
     for point in points:
-        pipeline.update_postprocess(score_thresholds=point["thresholds"])
+        chosen = select_operating_point(listed, point["max_false_positives_per_frame"])
+        assert list(chosen.score_thresholds) == point["thresholds"]
+        assert chosen.val_false_positives_per_frame == pytest.approx(point["val_fp_per_frame_total"], abs=1e-4)
+        assert chosen.val_recall_iou50 == pytest.approx({c: point["classes"][c]["val_recall_iou50"] for c in CLASSES},
+                                                        abs=1e-4)
+        pipeline.update_postprocess(score_thresholds=list(chosen.score_thresholds))
         kept, frames = _pipeline_false_positives(pipeline, graph)
         for c in CLASSES:
             entry = point["classes"][c]
