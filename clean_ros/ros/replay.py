@@ -4,6 +4,7 @@
                                [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--int8] [--num-threads N]
                                [--points-topic /points] [--gt-topic /ground_truth] [--rate-scale 1.0]
                                [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]] [--no-auto-intensity]
+                               [--score-threshold T|T1,T2,.. | --operating-point FP]
                                [--crop-box LIST] [--exclusion-box LIST]
                                [--range-breakpoints LIST --range-score-thresholds LIST]
 
@@ -24,6 +25,9 @@ This module is the command line; the work is done by:
 --no-auto-intensity: the node's auto_intensity off (clean_ros.inference.intensity_level: on by default, each scan's
 intensity scaled to the bundle's training level when the bundle records one); fast mode sets it on the Pipeline
 (a bundle without the level: one line on stderr, the intensity as recorded), realtime mode passes it to the node.
+--score-threshold / --operating-point: the node's score_thresholds / operating_point (one of the bundle's operating
+points by its val false-positive budget; clean_ros.inference.operating_points), checked against the bundle before the
+bag is read; the report's "input" section gives the thresholds in force.
 --crop-box / --exclusion-box / --range-breakpoints + --range-score-thresholds: the node's parameters of the same
 names (clean_ros/tools/model_input_options.py: parsed and checked as the node does, bad values are refused before
 the bag is read): fast mode gives the boxes to points_for_model and the range table to the Pipeline, realtime mode
@@ -50,7 +54,8 @@ from clean_ros.ros.replay_eval import evaluate_replay, format_ap
 from clean_ros.ros.replay_fast import run_fast
 from clean_ros.ros.replay_frames import FrameResult, GroundTruthFrame, ReplayError, load_side_topics
 from clean_ros.ros.replay_realtime import run_realtime
-from clean_ros.tools.model_input_options import ModelInputOptions, add_model_input_options
+from clean_ros.tools.model_input_options import (ModelInputOptions, add_model_input_options, add_threshold_options,
+                                               apply_threshold_options, chosen_thresholds)
 
 __all__ = ["FrameResult", "GroundTruthFrame", "ReplayError", "evaluate_replay", "format_ap", "load_side_topics",
            "main", "record_detections", "replay", "run_fast", "run_realtime"]
@@ -94,9 +99,13 @@ def replay(args) -> dict:
             if off is not None:  # the bundle records no training level: the intensity as given
                 print(off, file=sys.stderr)
             try:
+                chosen = apply_threshold_options(pipeline, args)
                 pipeline.update_postprocess(**options.range_changes)
             except ValueError as exc:
                 raise ReplayError(str(exc)) from None
+            if chosen:
+                print(chosen)
+            thresholds = [float(t) for t in pipeline.postprocess_settings.score_thresholds]
             class_names = tuple(pipeline.class_names)
             backend = pipeline.backend_name
             pipeline.warmup(args.warmup)
@@ -114,10 +123,17 @@ def replay(args) -> dict:
             class_names = tuple(bundle.class_names)
             try:  # refused here with the node's words rather than by a node that stops at start
                 options.validate_range(bundle.postprocess, class_names, bundle.detector_config.head.iou_branch)
+                thresholds, chosen = chosen_thresholds(args, bundle)
             except ValueError as exc:
                 raise ReplayError(str(exc)) from None
             node_parameters = {**options.node_parameters(), "auto_intensity": bool(args.auto_intensity),
                                "int8": bool(args.int8)}
+            if args.operating_point is not None:  # the node picks it (and logs it) as a user's params file would
+                node_parameters["operating_point"] = float(args.operating_point)
+                print(chosen)
+            elif thresholds is not None:
+                node_parameters["score_thresholds"] = thresholds
+            thresholds = thresholds or [float(t) for t in bundle.postprocess.score_thresholds]
             if mount is not None:
                 node_parameters.update(sensor_height=mount.height, sensor_pitch=mount.pitch, sensor_roll=mount.roll)
             results, mode_stats = run_realtime(reader, args.bundle, args.points_topic, backend=args.backend,
@@ -134,7 +150,8 @@ def replay(args) -> dict:
               "int8": bool(args.int8), "device": args.device, "num_threads": args.num_threads,
               "frames": len(results), **mode_stats,
               "ground_truth": gt_note, "latency_ms": latency_summary(r.timings_ms for r in results if r.answered),
-              "input": {"crop_box": list(options.boxes.crop) if options.boxes.crop else None,
+              "input": {"score_thresholds": dict(zip(class_names, thresholds)), "operating_point": args.operating_point,
+                        "crop_box": list(options.boxes.crop) if options.boxes.crop else None,
                         "exclusion_box": list(options.boxes.exclusion) if options.boxes.exclusion else None,
                         **options.range_changes, **removed}}
     report["accuracy"] = (evaluate_replay(gt, results, calibs, class_names) if gt is not None
@@ -176,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                              "docs/NODE.md 'Where the sensor is'")
     parser.add_argument("--sensor-pitch", type=float, default=0.0, help="radians, positive = nose down")
     parser.add_argument("--sensor-roll", type=float, default=0.0, help="radians, positive = left side up")
+    add_threshold_options(parser)
     add_model_input_options(parser)
     parser.add_argument("--rate-scale", type=float, default=1.0, help="realtime: publish at recorded rate x this")
     parser.add_argument("--drain-s", type=float, default=10.0, help="realtime: wait this long for late answers")

@@ -6,6 +6,8 @@
     --exclusion-box "[...]"                 exclusion_box_enabled: true, exclusion_box: [...]
     --range-breakpoints "[30, 50]"          range_thresholds_enabled: true, range_breakpoints: [...]
     --range-score-thresholds "[...]"        range_score_thresholds: [...] (class-major, classes x (breakpoints + 1))
+    --score-threshold T | T1,T2,..          score_thresholds: [...]   (add_threshold_options; also real_check)
+    --operating-point FP                    operating_point: FP       (one of the bundle's operating points)
 
 A list is written as in the node's params file or `ros2 param set` (brackets optional, numbers separated by commas
 or spaces): `--crop-box "[0, -40, -3, 70, 40, 1]"` or `--crop-box=0,-40,-3,70,40,1` (a value starting with '-'
@@ -70,20 +72,30 @@ def add_threshold_options(parser: argparse.ArgumentParser) -> None:
                             "budget per frame, e.g. 0.6 (the node's operating_point; the bundle's README lists them)")
 
 
-def apply_threshold_options(pipeline, args: argparse.Namespace) -> str | None:
-    """Set the thresholds asked for on the pipeline (the post-processing validator checks a --score-threshold list
-    against the bundle; an operating point must be one the bundle lists): a line saying what was set, or None when
-    neither option was given. ValueError with one line when refused."""
+def chosen_thresholds(args: argparse.Namespace, bundle) -> tuple[list[float] | None, str | None]:
+    """The score thresholds --score-threshold / --operating-point ask for, checked against `bundle` (a --score-threshold
+    by the one post-processing validator, an operating point must be one the bundle lists): (thresholds in class
+    order, a line saying which operating point) or (None, None) when neither option was given. ValueError, one line,
+    when refused."""
     from clean_ros.inference.operating_points import select_operating_point
+    from clean_ros.inference.postprocess_settings import updated_postprocess
 
+    if args.operating_point is not None:
+        point = select_operating_point(bundle.operating_points, args.operating_point)
+        return list(point.score_thresholds), point.describe(bundle.class_names)
     if args.score_threshold is not None:
-        pipeline.update_postprocess(score_thresholds=args.score_threshold)
-        return None
-    if args.operating_point is None:
-        return None
-    point = select_operating_point(pipeline.bundle.operating_points, args.operating_point)
-    pipeline.update_postprocess(score_thresholds=list(point.score_thresholds))
-    return point.describe(pipeline.class_names)
+        settings = updated_postprocess(bundle.postprocess, {"score_thresholds": args.score_threshold},
+                                       bundle.class_names, iou_branch=bool(bundle.detector_config.head.iou_branch))
+        return [float(t) for t in settings.score_thresholds], None
+    return None, None
+
+
+def apply_threshold_options(pipeline, args: argparse.Namespace) -> str | None:
+    """chosen_thresholds of the pipeline's bundle, set on the pipeline: the operating point's line, or None."""
+    thresholds, line = chosen_thresholds(args, pipeline.bundle)
+    if thresholds is not None:
+        pipeline.update_postprocess(score_thresholds=thresholds)
+    return line
 
 
 def add_model_input_options(parser: argparse.ArgumentParser) -> None:
@@ -163,4 +175,4 @@ class ModelInputOptions:
 
 
 __all__ = ["ModelInputOptions", "SCORE_THRESHOLD_HELP", "add_model_input_options", "add_threshold_options",
-           "apply_threshold_options", "parse_number_list", "score_thresholds_option"]
+           "apply_threshold_options", "chosen_thresholds", "parse_number_list", "score_thresholds_option"]

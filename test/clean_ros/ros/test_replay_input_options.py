@@ -66,7 +66,9 @@ def test_fast_replay_applies_boxes_in_the_model_frame_and_the_range_table(high_b
     in_model = transform_points(high, kitti_from_high)
     in_crop, in_exclusion = _inside(in_model, CROP), _inside(in_model, EXCLUSION)
     report = json.loads(report_path.read_text())
-    assert report["input"] == {"crop_box": list(CROP), "exclusion_box": list(EXCLUSION), "range_breakpoints": [30.0],
+    shipped = json.loads((BUNDLE / "manifest.json").read_text())["postprocess"]["score_thresholds"]
+    assert report["input"] == {"score_thresholds": dict(zip(("Car", "Pedestrian", "Cyclist"), shipped)),
+                               "operating_point": None, "crop_box": list(CROP), "exclusion_box": list(EXCLUSION), "range_breakpoints": [30.0],
                                "range_score_thresholds": [float(v) for v in TABLE],
                                "points_outside_crop_total": int((~in_crop).sum()),
                                "points_excluded_total": int((in_crop & in_exclusion).sum())}
@@ -97,6 +99,10 @@ def test_fast_replay_applies_boxes_in_the_model_frame_and_the_range_table(high_b
      "error: range_score_thresholds needs 6 values (3 classes (Car, Pedestrian, Cyclist) x 2 range bands"),
     ("fast", ["--range-breakpoints", "30", "--range-score-thresholds", "0,0,2,0,0,0"],
      "error: range_score_thresholds[2] = 2.0: must be a number in [0, 1]"),
+    # thresholds: an operating point the bundle lists, or per-class values the validator accepts
+    ("realtime", ["--operating-point", "0.7"], "error: operating point 0.7: this bundle has 0.6, 0.9, 1.3 (shipped)"),
+    ("fast", ["--operating-point", "0.7"], "error: operating point 0.7: this bundle has"),
+    ("realtime", ["--score-threshold", "0.3,0.2"], "error: score_thresholds needs 3 values"),
 ])
 def test_refused_values_are_one_error_line(high_bag, tmp_path, capsys, mode, options, message):
     bag, _, _ = high_bag
@@ -136,3 +142,31 @@ def test_realtime_replay_starts_the_node_with_the_boxes(high_bag, tmp_path):
         (_, msg), = list(reader.messages("/detections", Detection3DArray))
     boxes = np.asarray(from_detection3d_array(msg)[0])
     assert len(boxes) > 0 and (np.hypot(boxes[:, 0], boxes[:, 1]) < 30).all()  # the car at 41 m is cut
+
+
+@pytest.mark.parametrize("mode", ["fast", "realtime"])
+def test_operating_point_sets_the_bundles_thresholds_in_both_modes(high_bag, tmp_path, capsys, mode):
+    from vision_msgs.msg import Detection3DArray
+
+    from clean_ros.inference.bundle import load_bundle
+    from clean_ros.ros.bag import BagReader
+    from clean_ros.ros.messages import from_detection3d_array
+
+    bag, _, _ = high_bag
+    bundle = load_bundle(BUNDLE)
+    loosest = bundle.operating_points[-1]  # the most detections, so the check below has boxes to look at
+    out, record = tmp_path / "report.json", tmp_path / "dets"
+    assert main([str(bag), "--bundle", str(BUNDLE), "--mode", mode, "--backend", "torch", "--num-threads", "1",
+                 "--warmup", "0", "--sensor-height", "2.33", "--sensor-pitch", "0.05",
+                 "--operating-point", f"{loosest.budget:g}", "--out", str(out), "--record", str(record)]) == 0
+    assert f"operating point {loosest.budget:g} false positives per frame on val" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["answered"] == 1
+    assert report["input"]["operating_point"] == loosest.budget
+    assert report["input"]["score_thresholds"] == dict(zip(bundle.class_names, loosest.score_thresholds))
+    with BagReader(record) as reader:
+        (_, msg), = list(reader.messages("/detections", Detection3DArray))
+    _, scores, names = from_detection3d_array(msg)
+    assert len(names) > 0 and min(bundle.postprocess.score_thresholds) > min(loosest.score_thresholds)
+    for score, name in zip(scores, names):
+        assert score >= loosest.score_thresholds[bundle.class_names.index(name)] - 1e-6
