@@ -108,4 +108,17 @@ def select_operating_point(points: Sequence[OperatingPoint], budget: float) -> O
                      f"(its README lists what each keeps)")
 
 
-__all__ = ["FIELD", "OperatingPoint", "budgets_text", "parse_operating_points", "select_operating_point"]
+def thresholds_label(points: Sequence[OperatingPoint], thresholds: Sequence[float]) -> str:
+    """What the score thresholds in force are, for diagnostics: the operating point they equal ('0.6' or
+    '1.3 (shipped)'), 'custom' when set otherwise, 'custom (the bundle lists no operating points)' without a table."""
+    if not points:
+        return "custom (the bundle lists no operating points)"
+    for point in points:
+        if len(point.score_thresholds) == len(thresholds) and all(
+                math.isclose(a, b, abs_tol=1e-9) for a, b in zip(point.score_thresholds, thresholds)):
+            return f"{point.budget:g}{' (shipped)' if point.shipped else ''}"
+    return "custom"
+
+
+__all__ = ["FIELD", "OperatingPoint", "budgets_text", "parse_operating_points", "select_operating_point",
+           "thresholds_label"]

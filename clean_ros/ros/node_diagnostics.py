@@ -159,6 +159,20 @@ def assess(s: HealthSnapshot) -> tuple[int, str, dict[str, str]]:
     return level, message, items
 
 
+def threshold_items(pipeline) -> dict[str, str]:
+    """score_thresholds in force ('Car 0.331, Pedestrian 0.33, ...') and the operating point they are
+    (clean_ros.inference.operating_points.thresholds_label); {} without a model."""
+    settings = getattr(pipeline, "postprocess_settings", None)
+    if settings is None:
+        return {}
+    from clean_ros.inference.operating_points import thresholds_label
+
+    bundle = getattr(pipeline, "bundle", None)
+    thresholds = [float(t) for t in settings.score_thresholds]
+    return {"score_thresholds": ", ".join(f"{name} {t:g}" for name, t in zip(pipeline.class_names, thresholds)),
+            "operating_point": thresholds_label(bundle.operating_points if bundle is not None else (), thresholds)}
+
+
 def to_diagnostic_array(level: int, message: str, items: Mapping[str, str], stamp, hardware_id: str,
                         name: str = STATUS_NAME):
     """diagnostic_msgs/DiagnosticArray with one status (imported lazily so assess() needs no ROS)."""
@@ -203,6 +217,7 @@ class HealthReport:
         pipeline = self.pipeline
         input_boxes["intensity_factor"] = (f"{pipeline.intensity_factor:.3g}"
                                            if getattr(pipeline, "auto_intensity", None) is not None else "off")
+        input_boxes.update(threshold_items(pipeline))
         return HealthSnapshot(
             now=time.monotonic(), started=a.started, input_topic=self.input_topic,
             expected_rate_hz=a.expected_rate_hz, received_rate_hz=received, processed_rate_hz=processed,

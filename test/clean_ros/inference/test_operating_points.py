@@ -11,7 +11,7 @@ import pytest
 
 from clean_ros.inference.bundle import BundleError, load_bundle, save_bundle
 from clean_ros.inference.operating_points import (OperatingPoint, parse_operating_points,
-                                                  select_operating_point)
+                                                  select_operating_point, thresholds_label)
 from test_bundle import small_config, trained_like  # noqa: E402 - the bundle tests' tiny model
 
 CLASSES = ("Car", "Pedestrian", "Cyclist")
@@ -65,6 +65,14 @@ def test_a_point_is_picked_by_its_budget_or_the_budgets_are_listed():
         select_operating_point(points, 0.7)
     with pytest.raises(ValueError, match="this bundle lists no operating points"):
         select_operating_point((), 0.6)
+
+
+def test_diagnostics_say_which_point_the_thresholds_in_force_are():
+    points = parse_operating_points(POINTS, CLASSES)
+    assert thresholds_label(points, [0.4, 0.35, 0.3]) == "1.3 (shipped)"
+    assert thresholds_label(points, (0.5, 0.45, 0.4)) == "0.6"
+    assert thresholds_label(points, [0.5, 0.45, 0.41]) == "custom"
+    assert thresholds_label((), [0.4, 0.35, 0.3]) == "custom (the bundle lists no operating points)"
 
 
 # --------------------------------------------------------------------------------------------- in a bundle

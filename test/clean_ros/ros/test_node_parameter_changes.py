@@ -18,6 +18,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_node_model import RecordingPipeline, in_process_node  # noqa: E402
 
+from clean_ros.ros.node_diagnostics import assess  # noqa: E402
 from clean_ros.ros.node_parameters import StartupError  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -99,8 +100,13 @@ def test_operating_point_picks_the_bundles_thresholds_at_that_budget():
         assert pipeline.postprocess_settings.score_thresholds == [0.5, 0.45, 0.4]
         # the score_thresholds parameter starts from them, and stays editable at run time
         assert list(node.get_parameter("score_thresholds").value) == [0.5, 0.45, 0.4]
+        items = assess(node.health_snapshot())[2]  # /diagnostics says what is in force
+        assert (items["operating_point"], items["score_thresholds"]) == ("0.6", "Car 0.5, Pedestrian 0.45, Cyclist 0.4")
         [result] = _set(node, score_thresholds=[0.6, 0.45, 0.4])
         assert result.successful and pipeline.postprocess_settings.score_thresholds == [0.6, 0.45, 0.4]
+        assert assess(node.health_snapshot())[2]["operating_point"] == "custom"
+        [result] = _set(node, score_thresholds=[0.1, 0.1, 0.1])
+        assert assess(node.health_snapshot())[2]["operating_point"] == "1.3 (shipped)"
     with in_process_node(lambda path, backend, device: _pipeline_with_operating_points(), warmup_iterations=0) as node:
         assert list(node.get_parameter("score_thresholds").value) == [0.1, 0.1, 0.1]  # 0: the shipped thresholds
 
