@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                   "emulation": None if emulation is None else emulation.describe(),
                   "score_thresholds": dict(zip(pipeline.class_names,
                                                pipeline.postprocess_settings.score_thresholds)),
-                  "operating_point": args.operating_point, **report}
+                  "operating_point": args.operating_point, "ground_gate_m": pipeline.ground_gate_m, **report}
         if chosen:
             print(chosen)
         mount = "" if pipeline.sensor_mount is None else f"; {pipeline.sensor_mount.describe()}"

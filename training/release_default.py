@@ -10,7 +10,8 @@
    the sensor, with the shipped realistic-preset teacher (models/teacher_realistic).
 2. The int8 dense part (training/quantize_bundle.py, `--int8` / the node's `int8`): model.int8.onnx added to the run's
    bundle, calibrated (entropy activation ranges) on the first 64 frames of the run's own simulated val split (never
-   real scans); skipped, with a line, for a bundle saved without model.onnx.
+   real scans); skipped, with a line, for a bundle saved without model.onnx. Then the ground-contact gate
+   (training/ground_gate.py, the node's `ground_gate_m`), chosen on the same val split and recorded in the manifest.
 3. The real-data check (training/real_check.py) of the new bundle on a KITTI-layout folder of real scans, when the
    folder exists (checking only: real labels never train or tune anything); with export.operating_points, the check
    again at each other operating point the bundle lists (found on val by the thresholds stage; a table in the
@@ -43,6 +44,7 @@ DEFAULT_CONFIG = REPO / "config" / "compress" / "release.yaml"
 DEFAULT_REAL = REPO.parent / "shared" / "data" / "kitti_sample" / "training"
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+GATE_NOTHING_MATCHED = 3  # training/ground_gate.py's exit status when the bundle matched nothing on val
 
 
 class ReleaseError(Exception):
@@ -67,6 +69,10 @@ INT8_CALIBRATION_METHOD = "entropy"
 def quantize_command(bundle: Path, data: Path, split: str) -> list[str]:
     return [sys.executable, str(REPO / "training" / "quantize_bundle.py"), str(bundle), "--data", str(data),
             "--split", split, "--frames", str(INT8_CALIBRATION_FRAMES), "--method", INT8_CALIBRATION_METHOD]
+
+
+def ground_gate_command(bundle: Path, data: Path, split: str) -> list[str]:
+    return [sys.executable, str(REPO / "training" / "ground_gate.py"), str(bundle), str(data), "--split", split]
 
 
 def real_check_command(bundle: Path, folder: Path) -> list[str]:
@@ -175,6 +181,16 @@ def bundle_readme(config: Path, out: Path, command: str, report_md: str, real: s
                   "activation ranges); the head's output convolutions "
                   "stay float32.", "Its accuracy and speed against the float model: docs/BUNDLE.md "
                   "\"int8 dense part\".", ""]
+    gate = manifest_field(out / "bundle", "ground_gate_calibration")
+    if gate is not None:
+        lines += ["## Ground-contact gate", "",
+                  f"`ground_gate_m: {manifest_field(out / 'bundle', 'ground_gate_m'):g}`: boxes whose bottom floats "
+                  "more than this above the local ground are dropped (node parameter `ground_gate_m`, 0 = off;",
+                  "docs/NODE.md \"Ground-contact gate\"). Chosen by `training/ground_gate.py` on "
+                  f"{gate['frames']} frames of the run's simulated `{gate['split']}` split: the",
+                  f"{gate['keep']:g} quantile of the matched detections' gaps; there it removes "
+                  f"{gate['matched_removed']} of {gate['matched']} matched detections and "
+                  f"{gate['false_positives_removed']} of {gate['false_positives']} false positives.", ""]
     if real is not None:
         lines += [f"## On real scans: `training/real_check.py` on `{_rel(real_folder)}`", "",
                   "Checking only: real labels never train or tune anything.", "", "```", real.rstrip(), "```", ""]
@@ -280,6 +296,7 @@ def _main(args) -> int:
     if args.dry_run:
         print(shlex.join(compress))
         print(shlex.join(quantize_command(args.out / "bundle", *_val_split(args.out))))
+        print(shlex.join(ground_gate_command(args.out / "bundle", *_val_split(args.out))))
         print(shlex.join(real_check_command(args.out / "bundle", real_folder)) if real_folder else
               f"# real-data check skipped: {args.real} not found")
         print(f"# install {args.out / 'bundle'} -> {args.bundle}")
@@ -300,6 +317,15 @@ def _main(args) -> int:
         print(quantized.stdout.strip())
     else:
         print(f"int8 dense part skipped: {bundle} has no model.onnx (export.onnx is false in {args.config})")
+    gated = subprocess.run(ground_gate_command(bundle, *_val_split(args.out)), cwd=REPO, capture_output=True,
+                           text=True)
+    reason = (gated.stderr.strip().splitlines() or ["?"])[-1]
+    if gated.returncode == GATE_NOTHING_MATCHED:  # e.g. a smoke run's untrained student: the bundle ships no gate
+        print(f"ground gate skipped: {reason.removeprefix('error: ')}")
+    elif gated.returncode != 0:
+        raise ReleaseError(f"ground gate failed: {reason}")
+    else:
+        print(gated.stdout.strip())
     real, points = None, []
     if real_folder is not None:
         real, shipped_report = run_real_check(Path(_rel(bundle)), real_folder, [], "")

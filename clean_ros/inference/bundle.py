@@ -33,6 +33,7 @@ import torch
 import clean_ros
 from clean_ros.yaml_config import ConfigError, from_dict, to_dict
 from clean_ros.models.detector_config import DetectorConfig, PostProcessConfig
+from clean_ros.inference.ground_gate import check_max_gap
 from clean_ros.inference.operating_points import FIELD as OPERATING_POINTS_FIELD
 from clean_ros.inference.operating_points import OperatingPoint, parse_operating_points
 from clean_ros.inference.sensor_mount import TRAINING_SENSOR_HEIGHT_M
@@ -164,6 +165,12 @@ class Bundle:
         bundles written before it existed). clean_ros.inference.intensity_level scales other sensors to it."""
         level = self.manifest.get("intensity_level")
         return None if level is None else float(level)
+
+    @property
+    def ground_gate_m(self) -> float:
+        """The ground-contact gate's largest gap in metres (manifest field `ground_gate_m`, chosen on the simulated
+        val split by training/ground_gate.py; clean_ros.inference.ground_gate); 0 = off, also in bundles without it."""
+        return float(self.manifest.get("ground_gate_m", 0.0))
 
     @property
     def operating_points(self) -> tuple[OperatingPoint, ...]:
@@ -318,6 +325,12 @@ def _validate_manifest(bundle: Path, manifest: Any) -> None:
                               or not math.isfinite(level) or level <= 0):
         raise BundleError(f"{where}: field 'intensity_level' must be the training scans' median intensity, a number "
                           f"> 0, got {json.dumps(level)[:60]}")
+    gate = manifest.get("ground_gate_m")  # optional (older bundles: no ground-contact gate)
+    if gate is not None:
+        try:
+            check_max_gap(gate)
+        except ValueError as exc:
+            raise BundleError(f"{where}: field {exc}") from None
     try:  # optional (older bundles: none)
         parse_operating_points(manifest.get(OPERATING_POINTS_FIELD), manifest["class_names"])
     except ValueError as exc:

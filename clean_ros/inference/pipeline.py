@@ -12,6 +12,8 @@ Stages (timed, after CUDA synchronisation when on GPU):
                else torch, whose inference path runs on the real points only and beat ONNX Runtime's padded
                encoder 3x on CPU; scatter and any sparse 3D backbone: torch) -> backend dense part -> raw head maps
   postprocess  raw maps -> HeadOutput (Detector.head_output) -> decode, IoU gate, NMS (clean_ros.inference.postprocess)
+               -> ground-contact gate on the model-frame points (clean_ros.inference.ground_gate; the bundle's
+               ground_gate_m, set_ground_gate / update_postprocess(ground_gate_m=...), 0 = off)
 The hybrid path for sparse-3D (SECOND) students is the same code: Detector.encode runs the voxel encoder and the
 sparse backbone in torch, the backend runs only the dense BEV part.
 
@@ -42,6 +44,7 @@ import torch
 
 from clean_ros.inference.backends import Backend, open_backend
 from clean_ros.inference.bundle import Bundle, load_bundle
+from clean_ros.inference.ground_gate import GroundGate, check_max_gap
 from clean_ros.inference.intensity_level import DEFAULT_WINDOW, AutoIntensity
 from clean_ros.models.detector_config import DetectorConfig
 from clean_ros.inference.postprocess import postprocess
@@ -95,6 +98,8 @@ class Pipeline:
         self.sensor_mount: SensorMount | None = None
         self.frames: ModelFrames | None = None   # applied when a call gives none (set_sensor_mount)
         self.auto_intensity: AutoIntensity | None = None  # set_auto_intensity
+        self.ground_gate: GroundGate | None = None  # the bundle's ground_gate_m, or set_ground_gate's
+        self.set_ground_gate(bundle.ground_gate_m)
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "auto", device: str = "cpu", *, verify: bool = True,
@@ -108,11 +113,27 @@ class Pipeline:
         return self.detector_config.postprocess
 
     def update_postprocess(self, **changes) -> PostProcessConfig:
-        """Apply validated changes, e.g. score_thresholds={"Car": 0.4}, nms_iou=0.1; ValueError if refused."""
+        """Apply validated changes, e.g. score_thresholds={"Car": 0.4}, nms_iou=0.1, ground_gate_m=0.5 (the
+        ground-contact gate, not a PostProcessConfig field); ValueError if refused, and then nothing changes."""
         cfg = self.detector_config
+        gate = changes.pop("ground_gate_m", None)
+        gate = None if gate is None else check_max_gap(gate)
         new = updated_postprocess(cfg.postprocess, changes, cfg.class_names, iou_branch=cfg.head.iou_branch)
         self.detector_config = dataclasses.replace(self.detector_config, postprocess=new)
+        if gate is not None:
+            self.set_ground_gate(gate)
         return new
+
+    @property
+    def ground_gate_m(self) -> float:
+        """The ground-contact gate's largest gap in force (metres; 0 = off)."""
+        return 0.0 if self.ground_gate is None else self.ground_gate.max_gap_m
+
+    def set_ground_gate(self, max_gap_m: float) -> None:
+        """Drop boxes whose bottom is more than max_gap_m above the local ground (clean_ros.inference.ground_gate);
+        0 = off. ValueError for a negative or non-finite value."""
+        max_gap_m = check_max_gap(max_gap_m)
+        self.ground_gate = GroundGate(max_gap_m) if max_gap_m > 0 else None
 
     @property
     def training_sensor_height(self) -> float:
@@ -240,6 +261,8 @@ class Pipeline:
         maps, bev = self.raw_outputs(voxels)
         t2 = self._now()
         detections = self.postprocess(maps, bev)
+        if self.ground_gate is not None:  # in the model's frame, where the points are
+            detections = self.ground_gate(points, detections)
         t3 = self._now()
         if to_output is not None and len(detections):
             detections = dataclasses.replace(detections,

@@ -160,8 +160,9 @@ def assess(s: HealthSnapshot) -> tuple[int, str, dict[str, str]]:
 
 
 def threshold_items(pipeline) -> dict[str, str]:
-    """score_thresholds in force ('Car 0.331, Pedestrian 0.33, ...') and the operating point they are
-    (clean_ros.inference.operating_points.thresholds_label); {} without a model."""
+    """score_thresholds in force ('Car 0.331, Pedestrian 0.33, ...'), the operating point they are
+    (clean_ros.inference.operating_points.thresholds_label) and the ground-contact gate ('0' = off); {} without a
+    model."""
     settings = getattr(pipeline, "postprocess_settings", None)
     if settings is None:
         return {}
@@ -170,7 +171,8 @@ def threshold_items(pipeline) -> dict[str, str]:
     bundle = getattr(pipeline, "bundle", None)
     thresholds = [float(t) for t in settings.score_thresholds]
     return {"score_thresholds": ", ".join(f"{name} {t:g}" for name, t in zip(pipeline.class_names, thresholds)),
-            "operating_point": thresholds_label(bundle.operating_points if bundle is not None else (), thresholds)}
+            "operating_point": thresholds_label(bundle.operating_points if bundle is not None else (), thresholds),
+            "ground_gate_m": f"{float(getattr(pipeline, 'ground_gate_m', 0.0)):g}"}
 
 
 def to_diagnostic_array(level: int, message: str, items: Mapping[str, str], stamp, hardware_id: str,

@@ -33,10 +33,11 @@ class ParameterChanges:
 
     def _declare_postprocess_parameters(self) -> None:
         self._apply_operating_point()
-        current = postprocess_values(self.pipeline.postprocess_settings)
+        gate = float(getattr(self.pipeline, "ground_gate_m", 0.0))  # a Pipeline setting, not a PostProcessConfig field
+        current = postprocess_values(self.pipeline.postprocess_settings, gate)
         self._declaring = True
         try:
-            for spec in postprocess_specs(self.pipeline.postprocess_settings, self.class_names):
+            for spec in postprocess_specs(self.pipeline.postprocess_settings, self.class_names, gate):
                 self.params.declare(spec)
         finally:
             self._declaring = False

@@ -134,16 +134,16 @@ BOX_PARAMS = ("crop_box_enabled", "crop_box", "exclusion_box_enabled", "exclusio
 # Post-processing: ROS parameter -> keyword of Pipeline.update_postprocess (range_* are handled together).
 POSTPROCESS_PARAMS = ("score_thresholds", "nms_iou", "nms_pre_max", "nms_post_max", "class_agnostic_nms",
                       "iou_gate_mode", "iou_gate_thresholds", "iou_gate_alphas", "range_thresholds_enabled",
-                      "range_breakpoints", "range_score_thresholds")
+                      "range_breakpoints", "range_score_thresholds", "ground_gate_m")
 RANGE_PARAMS = ("range_thresholds_enabled", "range_breakpoints", "range_score_thresholds")
 ARRAY_PARAMS = ("score_thresholds", "iou_gate_thresholds", "iou_gate_alphas", "crop_box", "exclusion_box",
                 "range_breakpoints", "range_score_thresholds")
 
 
-def postprocess_specs(settings, class_names) -> list[ParameterSpec]:
+def postprocess_specs(settings, class_names, ground_gate_m: float = 0.0) -> list[ParameterSpec]:
     """The post-processing parameters of a bundle: defaults = its settings (range table: off, with a neutral
-    table over RANGE_BREAKPOINTS to edit when none is set)."""
-    values = postprocess_values(settings)
+    table over RANGE_BREAKPOINTS to edit when none is set; ground_gate_m: the Pipeline's ground-contact gate)."""
+    values = postprocess_values(settings, ground_gate_m)
     n = len(class_names)
     classes = ", ".join(class_names)
     bands = len(values["range_breakpoints"]) + 1
@@ -162,6 +162,8 @@ def postprocess_specs(settings, class_names) -> list[ParameterSpec]:
         "range_breakpoints": ("ascending BEV distances in metres splitting the range into len + 1 bands", {}),
         "range_score_thresholds": (f"score threshold per class per range band, class-major ({n} classes x "
                                    f"{bands} bands with the default breakpoints; class order {classes})", {}),
+        "ground_gate_m": ("drop boxes whose bottom is more than this many metres above the local ground (tree "
+                          "crowns, wall tops); 0 = off", dict(float_range=(0.0, 100.0))),
     }
     specs = []
     for name in POSTPROCESS_PARAMS:
@@ -173,8 +175,8 @@ def postprocess_specs(settings, class_names) -> list[ParameterSpec]:
     return specs
 
 
-def postprocess_values(settings) -> dict[str, Any]:
-    """The ROS-parameter view of a PostProcessConfig."""
+def postprocess_values(settings, ground_gate_m: float = 0.0) -> dict[str, Any]:
+    """The ROS-parameter view of a PostProcessConfig (and of the Pipeline's ground-contact gate)."""
     gate = settings.iou_gate
     enabled = bool(settings.range_breakpoints)
     breakpoints = [float(v) for v in settings.range_breakpoints] if enabled else list(RANGE_BREAKPOINTS)
@@ -194,6 +196,7 @@ def postprocess_values(settings) -> dict[str, Any]:
         "range_thresholds_enabled": enabled,
         "range_breakpoints": breakpoints,
         "range_score_thresholds": table,
+        "ground_gate_m": float(ground_gate_m),
     }
 
 
@@ -211,7 +214,7 @@ def to_pipeline_changes(changes: Mapping[str, Any], current: Mapping[str, Any] |
             continue
         if name in ARRAY_PARAMS:
             out[name] = [float(v) for v in value]
-        elif name == "nms_iou":
+        elif name in ("nms_iou", "ground_gate_m"):
             out[name] = float(value)
         elif name in ("nms_pre_max", "nms_post_max"):
             out[name] = int(value)

@@ -48,6 +48,7 @@ from pathlib import Path
 
 from clean_ros import defaults
 from clean_ros.atomic import atomic_write_json
+from clean_ros.inference.ground_gate import check_max_gap
 from clean_ros.ros.bag import GT_TOPIC, POINTS_TOPIC, POINTS_TYPE, BagError, BagReader, record_detections
 from clean_ros.metrics.latency import format_latency, latency_summary
 from clean_ros.ros.replay_eval import evaluate_replay, format_ap
@@ -106,6 +107,7 @@ def replay(args) -> dict:
             if chosen:
                 print(chosen)
             thresholds = [float(t) for t in pipeline.postprocess_settings.score_thresholds]
+            gate = pipeline.ground_gate_m
             class_names = tuple(pipeline.class_names)
             backend = pipeline.backend_name
             pipeline.warmup(args.warmup)
@@ -124,10 +126,13 @@ def replay(args) -> dict:
             try:  # refused here with the node's words rather than by a node that stops at start
                 options.validate_range(bundle.postprocess, class_names, bundle.detector_config.head.iou_branch)
                 thresholds, chosen = chosen_thresholds(args, bundle)
+                gate = bundle.ground_gate_m if args.ground_gate is None else check_max_gap(args.ground_gate)
             except ValueError as exc:
                 raise ReplayError(str(exc)) from None
             node_parameters = {**options.node_parameters(), "auto_intensity": bool(args.auto_intensity),
                                "int8": bool(args.int8)}
+            if args.ground_gate is not None:
+                node_parameters["ground_gate_m"] = gate
             if args.operating_point is not None:  # the node picks it (and logs it) as a user's params file would
                 node_parameters["operating_point"] = float(args.operating_point)
                 print(chosen)
@@ -151,6 +156,7 @@ def replay(args) -> dict:
               "frames": len(results), **mode_stats,
               "ground_truth": gt_note, "latency_ms": latency_summary(r.timings_ms for r in results if r.answered),
               "input": {"score_thresholds": dict(zip(class_names, thresholds)), "operating_point": args.operating_point,
+                        "ground_gate_m": gate,
                         "crop_box": list(options.boxes.crop) if options.boxes.crop else None,
                         "exclusion_box": list(options.boxes.exclusion) if options.boxes.exclusion else None,
                         **options.range_changes, **removed}}

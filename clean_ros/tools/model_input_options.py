@@ -8,6 +8,7 @@
     --range-score-thresholds "[...]"        range_score_thresholds: [...] (class-major, classes x (breakpoints + 1))
     --score-threshold T | T1,T2,..          score_thresholds: [...]   (add_threshold_options; also real_check)
     --operating-point FP                    operating_point: FP       (one of the bundle's operating points)
+    --ground-gate M                         ground_gate_m: M          (0 = off; default the bundle's)
 
 A list is written as in the node's params file or `ros2 param set` (brackets optional, numbers separated by commas
 or spaces): `--crop-box "[0, -40, -3, 70, 40, 1]"` or `--crop-box=0,-40,-3,70,40,1` (a value starting with '-'
@@ -62,14 +63,17 @@ SCORE_THRESHOLD_HELP = ("override the score thresholds: one for every class, or 
 
 
 def add_threshold_options(parser: argparse.ArgumentParser) -> None:
-    """--score-threshold and --operating-point (one or the other) on a tool's parser; apply_threshold_options uses
-    them."""
+    """--score-threshold and --operating-point (one or the other), and --ground-gate, on a tool's parser;
+    apply_threshold_options uses them."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--score-threshold", type=score_thresholds_option, metavar="T|T1,T2,..",
                        help=SCORE_THRESHOLD_HELP)
     group.add_argument("--operating-point", type=float, metavar="FP",
                        help="the score thresholds of one of the bundle's operating points, by its val false-positive "
                             "budget per frame, e.g. 0.6 (the node's operating_point; the bundle's README lists them)")
+    parser.add_argument("--ground-gate", type=float, metavar="M",
+                        help="drop boxes whose bottom floats more than M metres above the local ground (the node's "
+                             "ground_gate_m; default: the bundle's, 0 = off)")
 
 
 def chosen_thresholds(args: argparse.Namespace, bundle) -> tuple[list[float] | None, str | None]:
@@ -91,8 +95,11 @@ def chosen_thresholds(args: argparse.Namespace, bundle) -> tuple[list[float] | N
 
 
 def apply_threshold_options(pipeline, args: argparse.Namespace) -> str | None:
-    """chosen_thresholds of the pipeline's bundle, set on the pipeline: the operating point's line, or None."""
+    """chosen_thresholds of the pipeline's bundle and --ground-gate, set on the pipeline: the operating point's line,
+    or None."""
     thresholds, line = chosen_thresholds(args, pipeline.bundle)
+    if args.ground_gate is not None:
+        pipeline.set_ground_gate(args.ground_gate)  # ValueError (one line) for a negative or non-finite value
     if thresholds is not None:
         pipeline.update_postprocess(score_thresholds=thresholds)
     return line

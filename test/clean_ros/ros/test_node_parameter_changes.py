@@ -122,3 +122,21 @@ def test_an_operating_point_the_bundle_lacks_stops_the_node_with_one_line(pipeli
     with pytest.raises(StartupError, match=message):
         with in_process_node(lambda path, backend, device: pipeline(), warmup_iterations=0, **overrides):
             pass
+
+
+def test_ground_gate_starts_at_the_bundles_value_and_changes_at_run_time(default_bundle):
+    from clean_ros.inference.bundle import load_bundle
+    from clean_ros.inference.pipeline import Pipeline
+
+    pipeline = Pipeline.from_bundle(default_bundle, backend="torch")
+    with in_process_node(lambda path, backend, device: pipeline, warmup_iterations=0) as node:
+        shipped = load_bundle(default_bundle).ground_gate_m
+        assert node.get_parameter("ground_gate_m").value == shipped == pipeline.ground_gate_m
+        [result] = _set(node, ground_gate_m=0.3)
+        assert result.successful and pipeline.ground_gate_m == pytest.approx(0.3)
+        assert assess(node.health_snapshot())[2]["ground_gate_m"] == "0.3"
+        [result] = _set(node, ground_gate_m=-1.0)  # out of the declared range: refused, the gate stays
+        assert not result.successful and pipeline.ground_gate_m == pytest.approx(0.3)
+        [result] = _set(node, ground_gate_m=0.0)
+        assert result.successful and pipeline.ground_gate is None
+        assert assess(node.health_snapshot())[2]["ground_gate_m"] == "0"

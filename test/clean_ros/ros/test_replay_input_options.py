@@ -66,9 +66,11 @@ def test_fast_replay_applies_boxes_in_the_model_frame_and_the_range_table(high_b
     in_model = transform_points(high, kitti_from_high)
     in_crop, in_exclusion = _inside(in_model, CROP), _inside(in_model, EXCLUSION)
     report = json.loads(report_path.read_text())
-    shipped = json.loads((BUNDLE / "manifest.json").read_text())["postprocess"]["score_thresholds"]
+    manifest = json.loads((BUNDLE / "manifest.json").read_text())
+    shipped = manifest["postprocess"]["score_thresholds"]
     assert report["input"] == {"score_thresholds": dict(zip(("Car", "Pedestrian", "Cyclist"), shipped)),
-                               "operating_point": None, "crop_box": list(CROP), "exclusion_box": list(EXCLUSION), "range_breakpoints": [30.0],
+                               "operating_point": None, "ground_gate_m": manifest.get("ground_gate_m", 0.0),
+                               "crop_box": list(CROP), "exclusion_box": list(EXCLUSION), "range_breakpoints": [30.0],
                                "range_score_thresholds": [float(v) for v in TABLE],
                                "points_outside_crop_total": int((~in_crop).sum()),
                                "points_excluded_total": int((in_crop & in_exclusion).sum())}
