@@ -27,6 +27,7 @@ CELL_M = 0.5
 MARGIN_M = 1.0
 QUANTILE = 0.25
 MIN_CELLS = 3
+MAX_CELLS = 1 << 24  # the grid spans the boxes: 2 km x 2 km at 0.5 m; a model's boxes lie within its range
 
 
 def check_max_gap(value) -> float:
@@ -46,7 +47,12 @@ def box_ground_gaps(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     reach = 0.5 * torch.hypot(b[:, 3], b[:, 4]) + MARGIN_M  # (K,) window half-side
     lo = torch.stack([(b[:, 0] - reach).min(), (b[:, 1] - reach).min()])
     hi = torch.stack([(b[:, 0] + reach).max(), (b[:, 1] + reach).max()])
+    if not bool(torch.isfinite(b).all()):
+        raise ValueError("box_ground_gaps: boxes must be finite")
     nx, ny = (int(v) + 1 for v in torch.floor((hi - lo) / CELL_M))
+    if nx * ny > MAX_CELLS:
+        raise ValueError(f"box_ground_gaps: the boxes span {nx * CELL_M:g} x {ny * CELL_M:g} m, more than the "
+                         f"{MAX_CELLS} cells of {CELL_M:g} m this gate grids (one frame's boxes lie within its range)")
     # numpy for the per-point arithmetic (cheaper than torch on one thread for these sizes): cell coordinates as
     # floats; out-of-window and non-finite points fail the comparisons (NaN compares False)
     pts = np.asarray(points)

@@ -56,6 +56,14 @@ def test_a_box_with_no_ground_around_cannot_be_judged():
     assert math.isnan(box_ground_gaps(np.zeros((0, 4), np.float32), far)[0])
 
 
+def test_boxes_no_grid_can_hold_are_refused_not_allocated():
+    spread = np.array([box(-5000, -5000, 0.0), box(5000, 5000, 0.0)], np.float32)
+    with pytest.raises(ValueError, match="the boxes span 10"):
+        box_ground_gaps(ground(), spread)
+    with pytest.raises(ValueError, match="boxes must be finite"):
+        box_ground_gaps(ground(), np.array([box(np.nan, 0, 0.0)], np.float32))
+
+
 def test_the_gate_drops_floating_boxes_and_keeps_the_rest():
     boxes = np.array([box(5, 3, -1.7), box(-8, 2, -0.7), box(60, 0, 0.0)], np.float32)
     detections = Detections(boxes, np.array([0.9, 0.8, 0.7], np.float32), np.array([0, 2, 1]), CLASSES)
