@@ -46,16 +46,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from clean_ros.cloud.geometry import bev_iou, points_in_boxes
 from clean_ros.cloud.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiObjects, boxes_in_image,
-                                   centres_in_image, difficulty_levels, labels_from_lidar_boxes, normalize_yaw_np)
+                                   centres_in_image, difficulty_levels, labels_from_lidar_boxes, normalize_yaw_np,
+                                   read_labels)
 from clean_ros.metrics.kitti_eval import DIFFICULTIES, MIN_HEIGHT, MIN_OVERLAP, evaluate, image_overlap
 from clean_ros.types import Detections
-from training.data.kitti_dataset import DONT_CARE, ground_truth_from_annotations
+from training.data.kitti_dataset import DONT_CARE, ground_truth_from_annotations, read_png_shape
 
 RANGE_BANDS = ((0.0, 20.0), (20.0, 40.0), (40.0, math.inf))
 POINT_BANDS = ((0, 10), (10, 30), (30, 100), (100, math.inf))  # LiDAR points inside the labelled box, [lo, hi)
@@ -91,6 +93,15 @@ class LabelledFrame:
     labels: KittiObjects
     calib: Calibration
     image_shape: tuple[int, int] = DEFAULT_IMAGE_SHAPE  # (height, width)
+
+    @classmethod
+    def read(cls, split_dir: Path, frame_id: str) -> "LabelledFrame":
+        """A KITTI split folder's label_2/<id>.txt and calib/<id>.txt, with the image's shape from image_2/<id>.png
+        when there is one (else the KITTI default)."""
+        split_dir = Path(split_dir)
+        return cls(frame_id, read_labels(split_dir / "label_2" / f"{frame_id}.txt"),
+                   Calibration.from_file(split_dir / "calib" / f"{frame_id}.txt"),
+                   read_png_shape(split_dir / "image_2" / f"{frame_id}.png") or DEFAULT_IMAGE_SHAPE)
 
 
 @dataclass

@@ -38,35 +38,42 @@ class NothingMatched(ValueError):
     """No detection matched a labelled object: nothing to choose the gate by."""
 
 
-def measure_gaps(bundle: Path, dataset: Path, split: str | None, threads: int = 1) -> dict:
-    """Gaps (m) of the matched detections and of the false positives on the split, gate off; NaN-free."""
+def labelled_detections(bundle: Path, dataset: Path, split: str | None, threads: int = 1,
+                        ground_gate_m: float | None = 0.0):
+    """(points, detections, FrameMatch) of each frame of a labelled KITTI-layout split, the bundle run as the node runs
+    it (default backend, automatic intensity) with the ground gate at ground_gate_m (None: the bundle's own) and every
+    detection matched with the real-data check's rule (training/detection_diagnostics.match_frame)."""
     import torch
 
     from clean_ros import defaults
-    from clean_ros.cloud.kitti import DEFAULT_IMAGE_SHAPE, Calibration, read_labels, split_frame_ids
-    from clean_ros.inference.ground_gate import box_ground_gaps
+    from clean_ros.cloud.kitti import split_frame_ids
     from clean_ros.inference.pipeline import Pipeline
-    from training.data.kitti_dataset import read_png_shape, read_velodyne
+    from training.data.kitti_dataset import read_velodyne
     from training.detection_diagnostics import LabelledFrame, match_frame
 
     torch.set_num_threads(max(1, threads))
     pipe = Pipeline.from_bundle(bundle, backend=defaults.BACKEND, intra_op_threads=threads)
-    pipe.set_auto_intensity(defaults.AUTO_INTENSITY)  # as the node runs it
-    pipe.set_ground_gate(0.0)
+    pipe.set_auto_intensity(defaults.AUTO_INTENSITY)
+    if ground_gate_m is not None:
+        pipe.set_ground_gate(ground_gate_m)
     split_dir, frame_ids, _ = split_frame_ids(dataset, split)
-    matched, false_positive = [], []
     for frame_id in frame_ids:
         points = read_velodyne(split_dir / "velodyne" / f"{frame_id}.bin")
-        frame = LabelledFrame(frame_id, read_labels(split_dir / "label_2" / f"{frame_id}.txt"),
-                              Calibration.from_file(split_dir / "calib" / f"{frame_id}.txt"),
-                              read_png_shape(split_dir / "image_2" / f"{frame_id}.png") or DEFAULT_IMAGE_SHAPE)
         detections = pipe(points).detections
-        match = match_frame(frame, detections, points)
+        yield points, detections, match_frame(LabelledFrame.read(split_dir, frame_id), detections, points)
+
+
+def measure_gaps(bundle: Path, dataset: Path, split: str | None, threads: int = 1) -> dict:
+    """Gaps (m) of the matched detections and of the false positives on the split, gate off; NaN-free."""
+    from clean_ros.inference.ground_gate import box_ground_gaps
+
+    matched, false_positive = [], []
+    for points, detections, match in labelled_detections(bundle, dataset, split, threads):
         gaps = box_ground_gaps(points, detections.boxes)
         matched.append(gaps[match.detection_scored & ~match.false_positive])
         false_positive.append(gaps[match.false_positive])
     clean = [np.concatenate(v) if v else np.zeros(0, np.float32) for v in (matched, false_positive)]
-    return {"frames": len(frame_ids), "matched": clean[0][np.isfinite(clean[0])],
+    return {"frames": len(matched), "matched": clean[0][np.isfinite(clean[0])],
             "false_positives": clean[1][np.isfinite(clean[1])]}
 
 

@@ -51,9 +51,8 @@ import numpy as np  # noqa: E402
 
 from clean_ros import defaults  # noqa: E402
 from clean_ros.atomic import atomic_write_json  # noqa: E402
-from clean_ros.cloud.kitti import (DEFAULT_IMAGE_SHAPE, Calibration, KittiFormatError, KittiObjects,  # noqa: E402
-                                   format_labels, frames_without, parse_labels, read_labels, split_frame_ids,
-                                   write_labels)
+from clean_ros.cloud.kitti import (KittiFormatError, KittiObjects, format_labels, frames_without,  # noqa: E402
+                                   parse_labels, split_frame_ids, write_labels)
 from clean_ros.metrics.kitti_eval import CLASSES, evaluate  # noqa: E402
 from clean_ros.tools.model_input_options import add_threshold_options, apply_threshold_options  # noqa: E402
 
@@ -98,7 +97,7 @@ def resolve_folder(folder: Path, split: str | None = None) -> KittiFolder:
 def run_check(folder: KittiFolder, pipeline, intensity_scale: float = 1.0, save_predictions: Path | None = None,
               log=print, emulation=None) -> dict:
     """Run the pipeline on every frame and compute the report (AP + diagnostics); emulation: a SensorEmulation."""
-    from training.data.kitti_dataset import read_png_shape, read_velodyne
+    from training.data.kitti_dataset import read_velodyne
     from training.detection_diagnostics import (AP_CEILING_MIN, LabelledFrame, ap_below_ceiling_min, ap_ceiling,
                                                 match_frame, scored_object_counts, summarize)
 
@@ -114,9 +113,7 @@ def run_check(folder: KittiFolder, pipeline, intensity_scale: float = 1.0, save_
         if intensity_scale != 1.0:  # on a copy: scan_points stays the scan as recorded
             points = points.copy()
             points[:, 3] *= np.float32(intensity_scale)
-        frame = LabelledFrame(frame_id, read_labels(d / "label_2" / f"{frame_id}.txt"),
-                              Calibration.from_file(d / "calib" / f"{frame_id}.txt"),
-                              read_png_shape(d / "image_2" / f"{frame_id}.png") or DEFAULT_IMAGE_SHAPE)
+        frame = LabelledFrame.read(d, frame_id)
         detections = pipeline(points).detections
         factors.append(round(pipeline.intensity_factor, 4))
         if emulation is not None:

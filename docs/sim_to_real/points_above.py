@@ -1,16 +1,15 @@
 """Points just above each box (its footprint, top to top + 0.6 m) for the false positives and the matched detections
-of models/default at its shipped settings (docs/RELEASE.md, end of "Floating boxes"). Reproduction script for one
-paragraph, not a tool; checking only on real frames.
+of models/default as the node runs it, its gate on (training/ground_gate.labelled_detections; docs/RELEASE.md, end of
+"Floating boxes"). Reproduction script for one paragraph, not a tool; checking only on real frames.
 
     PYTHONPATH=. python docs/sim_to_real/points_above.py DATASET SPLIT|all
 """
-import sys, numpy as np, torch
-torch.set_num_threads(1)
+import sys
 from pathlib import Path
-from clean_ros.cloud.kitti import DEFAULT_IMAGE_SHAPE, Calibration, read_labels, split_frame_ids
-from clean_ros.inference.pipeline import Pipeline
-from training.data.kitti_dataset import read_png_shape, read_velodyne
-from training.detection_diagnostics import LabelledFrame, match_frame
+
+import numpy as np
+
+from training.ground_gate import labelled_detections
 
 def above(points, boxes, band=0.6):
     out = []
@@ -25,16 +24,9 @@ def above(points, boxes, band=0.6):
         out.append((int(over.sum()), int(inside.sum())))
     return out
 
-pipe = Pipeline.from_bundle("models/default", backend="onnxruntime", intra_op_threads=1)
-pipe.set_auto_intensity(True)
-split_dir, ids, _ = split_frame_ids(Path(sys.argv[1]), sys.argv[2] if sys.argv[2] != "all" else None)
 fp, tp = [], []
-for fid in ids:
-    pts = read_velodyne(split_dir / "velodyne" / f"{fid}.bin")
-    frame = LabelledFrame(fid, read_labels(split_dir / "label_2" / f"{fid}.txt"), Calibration.from_file(split_dir / "calib" / f"{fid}.txt"),
-                          read_png_shape(split_dir / "image_2" / f"{fid}.png") or DEFAULT_IMAGE_SHAPE)
-    det = pipe(pts).detections
-    m = match_frame(frame, det, pts)
+split = None if sys.argv[2] == "all" else sys.argv[2]
+for pts, det, m in labelled_detections(Path("models/default"), Path(sys.argv[1]), split, ground_gate_m=None):
     a = above(pts, det.boxes)
     for i in np.flatnonzero(m.false_positive): fp.append((str(det.names[i]),) + a[i])
     for i in np.flatnonzero(m.detection_scored & ~m.false_positive): tp.append((str(det.names[i]),) + a[i])

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clean_ros.cloud.kitti import DEFAULT_IMAGE_SHAPE, Calibration, boxes_camera_to_lidar, read_labels
+from clean_ros.cloud.kitti import boxes_camera_to_lidar
 from clean_ros.inference.pipeline import Pipeline
 from clean_ros.types import Detections
 from training.compression.stage_thresholds import fp_per_frame, pick_threshold, recall
-from training.data.kitti_dataset import read_png_shape, read_velodyne
+from training.data.kitti_dataset import read_velodyne
 from training.data.sample import class_indices
 from training.detection_diagnostics import RECALL_IOUS, LabelledFrame, match_frame
 from training.ship_teacher import predict_teacher
@@ -60,9 +60,8 @@ def pooled(model, cfg, root: Path, split: str, iou: float):
     found = {c: [] for c in classes}
     column = RECALL_IOUS.index(iou)
     for frame_id, rows in zip(ids, predicted):
-        calib = Calibration.from_file(d / "calib" / f"{frame_id}.txt")
-        frame = LabelledFrame(frame_id, read_labels(d / "label_2" / f"{frame_id}.txt"), calib,
-                              read_png_shape(d / "image_2" / f"{frame_id}.png") or DEFAULT_IMAGE_SHAPE)
+        frame = LabelledFrame.read(d, frame_id)
+        calib = frame.calib
         rows = rows.select(np.isin(rows.names, classes))
         boxes = boxes_camera_to_lidar(rows.location, rows.dimensions, rows.rotation_y, calib).astype(np.float32)
         detections = Detections(boxes, rows.score.astype(np.float32), class_indices(rows.names, classes), classes)

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clean_ros.cloud.kitti import DEFAULT_IMAGE_SHAPE, Calibration, read_labels, split_frame_ids
+from clean_ros.cloud.kitti import split_frame_ids
 from clean_ros.inference.pipeline import Pipeline
 from training.compression.stage_thresholds import fp_per_frame, pick_threshold, recall
-from training.data.kitti_dataset import read_png_shape, read_velodyne
+from training.data.kitti_dataset import read_velodyne
 from training.detection_diagnostics import RECALL_IOUS, LabelledFrame, match_frame
 
 FLIP_DIMS = {"y": (1, [2]), "x": (0, [3])}  # point column negated, map dims flipped back ((B, C, H=y, W=x) maps)
@@ -97,9 +97,7 @@ def main(argv=None) -> int:
     start = time.time()
     for frame_id in ids:
         points = read_velodyne(split_dir / "velodyne" / f"{frame_id}.bin")
-        frame = LabelledFrame(frame_id, read_labels(split_dir / "label_2" / f"{frame_id}.txt"),
-                              Calibration.from_file(split_dir / "calib" / f"{frame_id}.txt"),
-                              read_png_shape(split_dir / "image_2" / f"{frame_id}.png") or DEFAULT_IMAGE_SHAPE)
+        frame = LabelledFrame.read(split_dir, frame_id)
         detections = pipe.postprocess(*fused_maps(pipe, points, flips))
         match = match_frame(frame, detections, points)
         scores = np.asarray(detections.scores, np.float32)
