@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import json
 import math
@@ -172,10 +173,11 @@ class Bundle:
         val split by training/ground_gate.py; clean_ros.inference.ground_gate); 0 = off, also in bundles without it."""
         return float(self.manifest.get("ground_gate_m", 0.0))
 
-    @property
+    @functools.cached_property
     def operating_points(self) -> tuple[OperatingPoint, ...]:
         """Other per-class score thresholds the bundle offers, by val false-positive budget (manifest field
-        `operating_points`, clean_ros.inference.operating_points; () in bundles without it)."""
+        `operating_points`, clean_ros.inference.operating_points; () in bundles without it). Parsed once: the node's
+        diagnostics read it every period."""
         return parse_operating_points(self.manifest.get(OPERATING_POINTS_FIELD), self.class_names)
 
     @property

@@ -22,7 +22,8 @@ The rule, per class c of the K classes, with N val frames and B = export.max_fal
      threshold cost in recall).
   5. with export.operating_points, steps 3-4 again for each further total budget (probes already run are not run
      again): thresholds.json's "operating_points" lists every budget with its thresholds and what they keep on val,
-     for a user who wants another trade between false positives and recall (the node's score_thresholds parameter).
+     for a user who wants another trade between false positives and recall (the export lists them in the bundle's
+     manifest: the node's operating_point parameter picks one by its budget).
 Writes thresholds.json; the export stage copies the thresholds into the bundle's post-processing settings.
 
 False positives are counted in the camera's view only (the devkit's and the real-data check's rule; a 360-degree
