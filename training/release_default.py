@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clean_ros.provenance import git_commit  # noqa: E402
+from training.ground_gate import EXIT_NOTHING_MATCHED  # noqa: E402  (its "no gate can be chosen" exit status)
 from clean_ros.yaml_config import add_override_argument  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,6 @@ DEFAULT_CONFIG = REPO / "config" / "compress" / "release.yaml"
 DEFAULT_REAL = REPO.parent / "shared" / "data" / "kitti_sample" / "training"
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-GATE_NOTHING_MATCHED = 3  # training/ground_gate.py's exit status when the bundle matched nothing on val
 
 
 class ReleaseError(Exception):
@@ -71,6 +71,11 @@ def quantize_command(bundle: Path, data: Path, split: str) -> list[str]:
             "--split", split, "--frames", str(INT8_CALIBRATION_FRAMES), "--method", INT8_CALIBRATION_METHOD]
 
 
+def last_line(text: str) -> str:
+    """The last line of a step's stderr: its one-line error."""
+    return (text.strip().splitlines() or ["?"])[-1]
+
+
 def ground_gate_command(bundle: Path, data: Path, split: str) -> list[str]:
     return [sys.executable, str(REPO / "training" / "ground_gate.py"), str(bundle), str(data), "--split", split]
 
@@ -86,7 +91,7 @@ def run_real_check(bundle: Path, folder: Path, extra: list[str], what: str) -> t
         done = subprocess.run(real_check_command(bundle, folder) + extra + ["--out", str(path)], cwd=REPO,
                               capture_output=True, text=True)
         if done.returncode != 0:
-            raise ReleaseError(f"real-data check{what} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+            raise ReleaseError(f"real-data check{what} failed: {last_line(done.stderr)}")
         lines = done.stdout.rstrip("\n").splitlines()
         if lines and lines[-1].startswith("wrote "):
             lines.pop()  # the temporary JSON's path: not for the README
@@ -313,14 +318,14 @@ def _main(args) -> int:
         quantized = subprocess.run(quantize_command(bundle, *_val_split(args.out)), cwd=REPO, capture_output=True,
                                    text=True)
         if quantized.returncode != 0:
-            raise ReleaseError(f"int8 quantization failed: {(quantized.stderr.strip().splitlines() or ['?'])[-1]}")
+            raise ReleaseError(f"int8 quantization failed: {last_line(quantized.stderr)}")
         print(quantized.stdout.strip())
     else:
         print(f"int8 dense part skipped: {bundle} has no model.onnx (export.onnx is false in {args.config})")
     gated = subprocess.run(ground_gate_command(bundle, *_val_split(args.out)), cwd=REPO, capture_output=True,
                            text=True)
-    reason = (gated.stderr.strip().splitlines() or ["?"])[-1]
-    if gated.returncode == GATE_NOTHING_MATCHED:  # e.g. a smoke run's untrained student: the bundle ships no gate
+    reason = last_line(gated.stderr)
+    if gated.returncode == EXIT_NOTHING_MATCHED:  # e.g. a smoke run's untrained student: the bundle ships no gate
         print(f"ground gate skipped: {reason.removeprefix('error: ')}")
     elif gated.returncode != 0:
         raise ReleaseError(f"ground gate failed: {reason}")
