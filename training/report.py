@@ -109,9 +109,14 @@ def thresholds_markdown(calibrated: dict | None) -> list[str]:
     def pct(value):
         return "n/a" if value is None else f"{value:.1%}"
 
+    if calibrated.get("per_class_budget") is not None:
+        rule = (f"per class <= {calibrated['per_class_budget']:.2f} false positives per frame (total budget "
+                f"{calibrated['max_false_positives_per_frame']:g})")
+    else:
+        rule = (f"the thresholds with the best mean per-class recall within "
+                f"{calibrated['max_false_positives_per_frame']:g} false positives per frame in all")
     lines = ["", f"Score thresholds shipped in the bundle, calibrated on split `{calibrated['split']}` "
-                 f"({calibrated['frames']} frames): per class <= {calibrated['per_class_budget']:.2f} false positives "
-                 f"per frame (total budget {calibrated['max_false_positives_per_frame']:g}); as shipped "
+                 f"({calibrated['frames']} frames): {rule}; as shipped "
                  f"{calibrated['val_fp_per_frame_total']:.2f} per frame in all.", "",
              f"| class | threshold | val FP / frame | val recall BEV IoU 0.5 | at "
              f"{calibrated['calibration_min_threshold']:g}: FP / frame, recall |", "|---|---:|---:|---:|---:|"]

@@ -254,13 +254,17 @@ class EfficiencySection:
 class ExportSection:
     """The bundle of the final student. score_thresholds: `fixed` ships the student config's per-class score
     thresholds; `calibrate` adds the `thresholds` stage (training/compression/stage_thresholds.py), which picks each
-    class's threshold on the VAL split so that its false positives per frame there stay <=
-    max_false_positives_per_frame / number of classes, and ships those."""
+    class's threshold on the VAL split so that the false positives per frame there stay <=
+    max_false_positives_per_frame in all (threshold_split: `even`, each class its share; `max_mean_recall`, the split
+    with the best mean per-class val recall), and ships those."""
 
     enabled: bool = True
     onnx: bool = True  # also write model.onnx (+ encoder.onnx) into the bundle
     score_thresholds: Literal["fixed", "calibrate"] = "fixed"
-    max_false_positives_per_frame: float = 2.0  # calibrate: the budget over all classes, split evenly per class
+    max_false_positives_per_frame: float = 2.0  # calibrate: the budget over all classes
+    # calibrate: how the budget is shared among the classes: `even` (each class budget / classes) or
+    # `max_mean_recall` (the thresholds with the best mean per-class val recall within the total budget)
+    threshold_split: Literal["even", "max_mean_recall"] = "even"
     calibration_min_threshold: float = 0.05  # calibrate: the student runs on val at this score; no lower threshold
     # calibrate: further total budgets whose thresholds the same rule finds on val; listed (with what they keep) in
     # thresholds.json, the report and the bundle's README, for users who want fewer false positives or more recall
@@ -276,6 +280,8 @@ class ExportSection:
         identity = to_dict(self)
         if not self.operating_points:
             identity.pop("operating_points")
+        if self.threshold_split == "even":  # configs from before the option keep their hashes
+            identity.pop("threshold_split")
         return identity
 
     def __post_init__(self):

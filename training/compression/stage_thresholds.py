@@ -17,6 +17,12 @@ The rule, per class c of the K classes, with N val frames and B = export.max_fal
      threshold at the floor and the others at their current values, in rounds, until a round changes nothing
      (search_thresholds; a threshold only rises, so it ends; at most MAX_ROUNDS, thresholds.json says whether it
      converged).
+     That is export.threshold_split: even (the default). With max_mean_recall the total budget B is not split
+     evenly: the thresholds are those that maximise the mean over classes of val recall at BEV IoU 0.5 with all
+     classes' val false positives together <= B per frame (allocate_budget: exact, over the false-positive count),
+     each class's curve read with the others at their current thresholds, in rounds until the allocation repeats
+     (search_mean_recall). A class whose recall rises steeply with its threshold gets more of the budget than one
+     whose curve is flat (on the 2026-12-07 release's val: Pedestrian more, Car less; docs/COMPRESS.md).
   4. run the student again with the chosen thresholds and record, per class, the val false positives per frame and
      the recall at BEV IoU 0.5 as shipped, next to the same figures with every class at the floor (what the
      threshold cost in recall).
@@ -48,6 +54,7 @@ THRESHOLDS_FILE = "thresholds.json"
 THRESHOLD_STEP = 0.001  # thresholds are multiples of this (readable, and strictly above the excluded score)
 RECALL_IOU = 0.5  # detection_diagnostics.RECALL_IOUS holds it
 MAX_ROUNDS = 4  # rounds of search_thresholds (one probe per class whose others' thresholds changed)
+THRESHOLD_SPLITS = ("even", "max_mean_recall")  # export.threshold_split
 
 
 @dataclass
@@ -64,8 +71,13 @@ def pick_threshold(false_positive_scores: np.ndarray, frames: int, max_per_frame
                    step: float = THRESHOLD_STEP) -> float:
     """The lowest threshold on the `step` grid, >= floor, at which at most max_per_frame * frames of these false
     positives keep their box (score >= threshold); 1.0 when even that is too many (scores of 1.0)."""
+    return threshold_allowing(false_positive_scores, int(math.floor(max_per_frame * frames + 1e-9)), floor, step)
+
+
+def threshold_allowing(false_positive_scores: np.ndarray, allowed: int, floor: float,
+                       step: float = THRESHOLD_STEP) -> float:
+    """The lowest threshold on the `step` grid, >= floor, that keeps at most `allowed` of these false positives."""
     scores = np.sort(np.asarray(false_positive_scores, dtype=np.float32))[::-1]
-    allowed = int(math.floor(max_per_frame * frames + 1e-9))
     scores = scores[scores >= np.float32(floor)]
     if len(scores) <= allowed:
         return float(floor)
@@ -146,13 +158,112 @@ def search_thresholds(measure: Callable[[list[float]], ValScores], class_names: 
                                                           "converged": not changed}
 
 
+def allocate_budget(probes: dict[str, ValScores], class_names: tuple[str, ...], total_per_frame: float,
+                    floor: float) -> list[float]:
+    """Per-class thresholds that maximise the mean over classes of val recall at BEV IoU 0.5 while the classes' false
+    positives together stay <= total_per_frame (export.threshold_split: max_mean_recall). probes[c] is the val pass
+    that class c's curve is read from (c at the floor, the others at their current thresholds).
+
+    Exact, by dynamic programming over the val false-positive count: class c allowing k of its false positives
+    (k = 0 .. the total) has the threshold threshold_allowing gives and the recall that threshold keeps; the best
+    sum of recalls per total count is carried class by class. Ties go to fewer false positives, then to the higher
+    threshold. A class without val objects buys no recall, so it gets the threshold that keeps none of its false
+    positives."""
+    frames = next(iter(probes.values())).frames
+    total = int(math.floor(total_per_frame * frames + 1e-9))
+    value = np.full(total + 1, -np.inf)  # best recall sum per false positives used
+    value[0] = 0.0
+    chosen = np.zeros((total + 1, 0))  # thresholds behind each state
+    for name in class_names:
+        fp = np.asarray(probes[name].false_positive_scores[name], np.float32)
+        found = np.asarray(probes[name].found_scores[name], np.float64)
+        thresholds = np.unique([threshold_allowing(fp, k, floor) for k in range(min(total, len(fp)) + 1)])[::-1]
+        used = (fp[None, :] >= thresholds.astype(np.float32)[:, None]).sum(1)  # (J,) highest threshold first
+        gained = (found[None, :] >= thresholds.astype(np.float32)[:, None]).mean(1) if len(found) else \
+            np.zeros(len(thresholds))
+        state = np.arange(total + 1)[:, None] + used[None, :]  # (S, J) count after this class
+        candidate = np.where(state <= total, value[:, None] + gained[None, :], -np.inf)
+        flat_state, flat_value = state.ravel(), candidate.ravel()
+        # per resulting count the best candidate; lexsort is stable, so ties keep the lower count before it and the
+        # higher threshold (the order of both axes)
+        order = np.lexsort((-flat_value, flat_state))
+        first = np.ones(len(order), bool)
+        first[1:] = flat_state[order][1:] != flat_state[order][:-1]
+        best = order[first & (flat_state[order] <= total)]
+        new_value = np.full(total + 1, -np.inf)
+        new_chosen = np.zeros((total + 1, chosen.shape[1] + 1))
+        src, option = np.divmod(best, len(thresholds))
+        new_value[flat_state[best]] = flat_value[best]
+        new_chosen[flat_state[best]] = np.column_stack([chosen[src], thresholds[option]])
+        value, chosen = new_value, new_chosen
+    best_value = value.max()
+    state = int(np.flatnonzero(value >= best_value - 1e-12)[0])  # fewest false positives among the best
+    return [float(t) for t in chosen[state]]
+
+
+def search_mean_recall(measure: Callable[[list[float]], ValScores], class_names: tuple[str, ...],
+                       total_per_frame: float, floor: float,
+                       max_rounds: int = MAX_ROUNDS) -> tuple[list[float], ValScores, dict]:
+    """Thresholds by allocate_budget, each class's curve read with the others at their current thresholds (the
+    coupling through class-agnostic NMS, as in search_thresholds): rounds until the allocation repeats itself
+    (converged) or max_rounds. The first round reads every class from one pass at the floor. Same return as
+    search_thresholds."""
+    current = [float(floor)] * len(class_names)
+    requested: set[tuple] = set()
+    at_floor: ValScores | None = None
+    rounds = probes = 0
+    converged = False
+    while rounds < max_rounds:
+        rounds += 1
+        curves = {}
+        for i, name in enumerate(class_names):
+            probe = [float(floor) if j == i else t for j, t in enumerate(current)]
+            if tuple(probe) not in requested:
+                requested.add(tuple(probe))
+                probes += 1
+            curves[name] = measure(probe)
+            if at_floor is None:
+                at_floor = curves[name]
+        allocated = allocate_budget(curves, class_names, total_per_frame, floor)
+        if allocated == current:
+            converged = True
+            break
+        current = allocated
+    assert at_floor is not None
+    return current, at_floor, {"rounds": rounds, "probes": probes, "converged": converged}
+
+
+def search_for(split: str) -> Callable[..., tuple[list[float], ValScores, dict]]:
+    """search(measure, class_names, total_per_frame, floor) of an export.threshold_split."""
+    if split == "even":
+        return lambda measure, names, total, floor: search_thresholds(measure, names, total / len(names), floor)
+    if split == "max_mean_recall":
+        return search_mean_recall
+    raise ConfigError(f"export.threshold_split must be one of {THRESHOLD_SPLITS}, got {split!r}")
+
+
+RULES = {
+    "even": "per class: the lowest threshold on a 0.001 grid, >= calibration_min_threshold, whose val false positives "
+            "per frame (camera view, no labelled object at BEV IoU >= 0.25, not in DontCare) are <= "
+            "max_false_positives_per_frame / classes, given the other classes' thresholds (class-agnostic NMS "
+            "couples them); rounds until no threshold changes",
+    "max_mean_recall": "the per-class thresholds (0.001 grid, >= calibration_min_threshold) that maximise the mean "
+                       "over classes of val recall at BEV IoU 0.5 with the val false positives of all classes "
+                       "together (camera view, no labelled object at BEV IoU >= 0.25, not in DontCare) <= "
+                       "max_false_positives_per_frame; each class's curve read with the others at their thresholds "
+                       "(class-agnostic NMS couples them); rounds until the allocation repeats",
+}
+
+
 def calibrate(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict:
     c = run.cfg
     e = c.export
     kind, cfg, module = load_reported(run.stages_dir, refs["student_final"], c.iou_refine.gate)
     names = tuple(cfg.class_names)
     dataset = run.datasets.split(c.data.val_split, cfg)
-    budget = e.max_false_positives_per_frame / len(names)
+    even = e.threshold_split == "even"
+    budget = e.max_false_positives_per_frame / len(names)  # each class's share under the even split
+    search_rule = search_for(e.threshold_split)
     task = make_task(kind, cfg, module).to(run.device)
     shipped = list(cfg.postprocess.score_thresholds)
 
@@ -166,8 +277,11 @@ def calibrate(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict
         return measured[key]
 
     run.log(f"    student_final on split {c.data.val_split!r} ({len(dataset)} frames), floor "
-            f"{e.calibration_min_threshold:g}, budget {budget:.3g} false positives per frame and class")
-    chosen, at_floor, search = search_thresholds(measure, names, budget, e.calibration_min_threshold)
+            f"{e.calibration_min_threshold:g}, budget " + (f"{budget:.3g} false positives per frame and class" if even
+            else f"{e.max_false_positives_per_frame:g} false positives per frame in all, split for the best mean "
+                 f"recall"))
+    chosen, at_floor, search = search_rule(measure, names, e.max_false_positives_per_frame,
+                                           e.calibration_min_threshold)
     as_shipped = measure(chosen)
     per_class = {}
     for name, threshold in zip(names, chosen):
@@ -178,7 +292,7 @@ def calibrate(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict
             "val_fp_per_frame": fp_per_frame(fp, threshold, as_shipped.frames),
             "val_recall_iou50": recall(objects, threshold),
             "val_objects": int(len(objects)),
-            "budget_met": fp_per_frame(fp, threshold, as_shipped.frames) <= budget + 1e-9,
+            "budget_met": fp_per_frame(fp, threshold, as_shipped.frames) <= budget + 1e-9 if even else None,
             "at_floor": {"threshold": e.calibration_min_threshold, "val_fp_per_frame": floor_fp,
                          "val_recall_iou50": recall(at_floor.found_scores[name], e.calibration_min_threshold)},
         }
@@ -186,34 +300,38 @@ def calibrate(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict
                 f"{per_class[name]['val_fp_per_frame']:.2f}, recall at BEV IoU 0.5 "
                 f"{_fmt(per_class[name]['val_recall_iou50'])} (at {e.calibration_min_threshold:g}: {floor_fp:.2f}, "
                 f"{_fmt(per_class[name]['at_floor']['val_recall_iou50'])})")
+    total_fp = sum(v["val_fp_per_frame"] for v in per_class.values())
     result = {
-        "split": c.data.val_split, "frames": as_shipped.frames,
-        "rule": "per class: the lowest threshold on a 0.001 grid, >= calibration_min_threshold, whose val false "
-                "positives per frame (camera view, no labelled object at BEV IoU >= 0.25, not in DontCare) are <= "
-                "max_false_positives_per_frame / classes, given the other classes' thresholds (class-agnostic NMS "
-                "couples them); rounds until no threshold changes",
-        "max_false_positives_per_frame": e.max_false_positives_per_frame, "per_class_budget": budget,
+        "split": c.data.val_split, "frames": as_shipped.frames, "threshold_split": e.threshold_split,
+        "rule": RULES[e.threshold_split],
+        "max_false_positives_per_frame": e.max_false_positives_per_frame,
+        "per_class_budget": budget if even else None,
         "calibration_min_threshold": e.calibration_min_threshold, "thresholds_before": shipped, **search,
-        "val_fp_per_frame_total": sum(v["val_fp_per_frame"] for v in per_class.values()),
+        "val_fp_per_frame_total": total_fp,
+        "budget_met": total_fp <= e.max_false_positives_per_frame + 1e-9,
         "classes": per_class,
     }
     result["operating_points"] = operating_points(measure, names, e.max_false_positives_per_frame,
-                                                  e.operating_points, e.calibration_min_threshold, run.log)
+                                                  e.operating_points, e.calibration_min_threshold, run.log,
+                                                  search_rule)
     atomic_write_json(folder / THRESHOLDS_FILE, result)
-    if not all(v["budget_met"] for v in per_class.values()):
-        run.log(f"    warning: over budget as shipped: "
-                f"{', '.join(n for n, v in per_class.items() if not v['budget_met'])} (thresholds.json)")
+    over = [n for n, v in per_class.items() if v["budget_met"] is False]
+    if over or not result["budget_met"]:
+        run.log(f"    warning: over budget as shipped: {', '.join(over) if over else 'all classes together'} "
+                f"(class-agnostic NMS: a class's false positives come back when another's threshold rises; "
+                f"thresholds.json)")
     return {"thresholds": chosen, "val_fp_per_frame_total": round(result["val_fp_per_frame_total"], 4), **search}
 
 
 def operating_points(measure: Callable[[list[float]], ValScores], class_names: tuple[str, ...], shipped: float,
-                     budgets, floor: float, log=lambda line: None) -> list[dict]:
+                     budgets, floor: float, log=lambda line: None, search_rule=None) -> list[dict]:
     """The shipped budget and each further one (export.operating_points), lowest first: the thresholds the same rule
-    (search_thresholds) gives for that total budget, and what they keep on val (false positives per frame and recall
-    at BEV IoU 0.5, per class and in all)."""
+    (search_rule, default the even split's) gives for that total budget, and what they keep on val (false positives
+    per frame and recall at BEV IoU 0.5, per class and in all)."""
+    search_rule = search_rule or search_for("even")
     points = []
     for budget in sorted({float(shipped), *(float(b) for b in budgets)}):
-        chosen, _, search = search_thresholds(measure, class_names, budget / len(class_names), floor)
+        chosen, _, search = search_rule(measure, class_names, budget, floor)
         kept = measure(chosen)
         classes = {name: {"threshold": t,
                           "val_fp_per_frame": fp_per_frame(kept.false_positive_scores[name], t, kept.frames),
@@ -272,6 +390,7 @@ def manifest_operating_points(stages_dir: Path, class_names: tuple[str, ...]) ->
     return entries
 
 
-__all__ = ["THRESHOLDS_FILE", "THRESHOLD_STEP", "MAX_ROUNDS", "ValScores", "pick_threshold", "fp_per_frame",
-           "recall", "collect_val_scores", "search_thresholds", "operating_points", "calibrate", "read_thresholds",
+__all__ = ["THRESHOLDS_FILE", "THRESHOLD_STEP", "MAX_ROUNDS", "THRESHOLD_SPLITS", "RULES", "ValScores",
+           "pick_threshold", "threshold_allowing", "fp_per_frame", "recall", "collect_val_scores",
+           "search_thresholds", "allocate_budget", "search_mean_recall", "search_for", "operating_points", "calibrate", "read_thresholds",
            "calibrated_score_thresholds", "manifest_operating_points"]

@@ -1,12 +1,14 @@
 """Calibrated score thresholds (training/compression/stage_thresholds.py, export.score_thresholds: calibrate).
 
 - pick_threshold / search_thresholds on hand-built cases with known answers (incl. the coupling through
-  class-agnostic NMS);
+  class-agnostic NMS); export.threshold_split max_mean_recall: allocate_budget against a hand-worked case and
+  against brute force over every per-class share, search_mean_recall through the coupling;
 - detection_diagnostics.match_frame's found_score (what the recall at a threshold reads) on a hand-built frame;
 - the config: default 'fixed' keeps every stage hash of default.yaml (literal values from before the option
   existed), calibrate inserts the stage before export, a calibrate config without operating points keeps its
   thresholds / export hashes from before that option, bad values are one clear message;
-- the stage itself on config/compress/smoke.yaml (--set export.score_thresholds=calibrate): the data stage's
+- the stage itself on config/compress/smoke.yaml (and again with threshold_split max_mean_recall: within the total
+  budget in the Pipeline, and a better mean val recall than the even split's) (--set export.score_thresholds=calibrate): the data stage's
   simulated frames, a stored final student (untrained, its class head opened so it boxes everywhere: many false
   positives to calibrate away), then the thresholds / export / report stages; the bundle loads, its Pipeline uses
   the thresholds, and the Pipeline's own false positives on the val frames agree with thresholds.json and the rule,
@@ -28,8 +30,9 @@ from clean_ros.yaml_config import ConfigError, load_config
 from training.compression.compress_config import CompressConfig
 from training.compression.graph import CompressionGraph
 from training.compression.stage_store import StageStore
-from training.compression.stage_thresholds import (ValScores, calibrated_score_thresholds, fp_per_frame,
-                                                   pick_threshold, recall, search_thresholds)
+from training.compression.stage_thresholds import (ValScores, allocate_budget, calibrated_score_thresholds,
+                                                   fp_per_frame, pick_threshold, recall, search_mean_recall,
+                                                   search_thresholds, threshold_allowing)
 from training.detection_diagnostics import RECALL_IOUS, LabelledFrame, match_frame
 
 REPO = Path(__file__).resolve().parents[3]
@@ -94,6 +97,78 @@ def test_search_follows_the_coupling_of_class_agnostic_nms():
     assert calls == [[0.05, 0.05, 0.05], [0.601, 0.05, 0.05], [0.601, 0.401, 0.05], [0.05, 0.401, 0.05]]
 
 
+def _scores(frames: int, fp: dict, found: dict) -> ValScores:
+    return ValScores(frames, {c: np.asarray(fp.get(c, []), np.float32) for c in CLASSES},
+                     {c: np.asarray(found.get(c, []), np.float64) for c in CLASSES})
+
+
+def test_allocate_budget_known_answer():
+    """One frame, 2 false positives in all. Car: 0 of its false positives keeps 1/3 of its objects, 1 keeps 2/3, 2
+    keep all; Pedestrian: 0 keeps none, 1 keeps its one object; Cyclist: no object, one false positive. Best mean:
+    Car 1 + Pedestrian 1 (2/3 + 1), Cyclist none of its false positives (it buys no recall). The even split (2/3 per
+    class: 0 each) keeps only 1/3 of the cars and no pedestrian."""
+    pool = _scores(1, {"Car": [0.9, 0.8], "Pedestrian": [0.6, 0.5], "Cyclist": [0.4]},
+                   {"Car": [0.95, 0.85, 0.7], "Pedestrian": [0.55]})
+    chosen = allocate_budget({c: pool for c in CLASSES}, CLASSES, 2.0, 0.05)
+    assert chosen == [0.801, 0.501, 0.401]
+    assert sum(fp_per_frame(pool.false_positive_scores[c], t, 1) for c, t in zip(CLASSES, chosen)) == 2.0
+    even = [pick_threshold(pool.false_positive_scores[c], 1, 2.0 / 3, 0.05) for c in CLASSES]
+    assert even == [0.901, 0.601, 0.401]
+    # no false positive allowed: every class above its highest; a budget of 5 (all of them): Car at the floor, but
+    # Pedestrian's second and Cyclist's false positive buy no recall, so they are not kept
+    assert allocate_budget({c: pool for c in CLASSES}, CLASSES, 0.0, 0.05) == [0.901, 0.601, 0.401]
+    assert allocate_budget({c: pool for c in CLASSES}, CLASSES, 5.0, 0.05) == [0.05, 0.501, 0.401]
+
+
+def test_allocate_budget_matches_brute_force():
+    """Random pools: the allocation's mean recall is the best over every combination of per-class shares, and it
+    stays within the total budget."""
+    rng = np.random.default_rng(7)
+    for trial in range(12):
+        frames = int(rng.integers(1, 4))
+        pool = _scores(frames, {c: rng.random(int(rng.integers(0, 7))) for c in CLASSES},
+                       {c: np.where(rng.random(n) < 0.2, -np.inf, rng.random(n)) for c in CLASSES
+                        for n in [int(rng.integers(0 if c == "Cyclist" else 1, 6))]})
+        budget = float(rng.integers(0, 12)) / frames / 2
+        chosen = allocate_budget({c: pool for c in CLASSES}, CLASSES, budget, 0.05)
+        allowed = int(np.floor(budget * frames + 1e-9))
+
+        def mean_recall(ts):
+            return np.mean([recall(pool.found_scores[c], t) or 0.0 for c, t in zip(CLASSES, ts)])
+
+        def used(ts):
+            return sum(int((pool.false_positive_scores[c] >= np.float32(t)).sum()) for c, t in zip(CLASSES, ts))
+
+        options = [sorted({threshold_allowing(pool.false_positive_scores[c], k, 0.05) for k in range(allowed + 1)})
+                   for c in CLASSES]
+        best = max(mean_recall(ts) for ts in np.array(np.meshgrid(*options)).reshape(3, -1).T if used(ts) <= allowed)
+        assert used(chosen) <= allowed, trial
+        assert mean_recall(chosen) == pytest.approx(best), trial
+
+
+def test_search_mean_recall_follows_the_coupling():
+    """The coupling case above, with objects to find. One pass at the floor would ship Car 0.601 (keeping both cars)
+    and Pedestrian 0.401: 2 false positives (the Pedestrian one at 0.5 comes back once the Car box at 0.6 is gone),
+    over the budget of 1. The rounds see it and give the false positive to the pedestrian (recall 1) instead."""
+    def measure(thresholds):
+        car, ped, cyc = thresholds
+        car_fp = np.array([0.9, 0.6, 0.3], np.float32)
+        ped_fp = np.array([0.4] + ([0.5] if car > 0.6 else []), np.float32)
+        return ValScores(1, {"Car": car_fp[car_fp >= car], "Pedestrian": ped_fp[ped_fp >= ped],
+                             "Cyclist": np.zeros(0, np.float32)},
+                         {"Car": np.array([0.95, 0.65]), "Pedestrian": np.array([0.45]), "Cyclist": np.zeros(0)})
+
+    first = allocate_budget({c: measure([0.05] * 3) for c in CLASSES}, CLASSES, 1.0, 0.05)
+    assert first == [0.601, 0.401, 0.05]
+    chosen, at_floor, search = search_mean_recall(measure, CLASSES, 1.0, 0.05)
+    assert chosen == [0.901, 0.401, 0.05]
+    assert search == {"rounds": 3, "probes": 6, "converged": True}
+    shipped = measure(chosen)
+    assert sum(fp_per_frame(shipped.false_positive_scores[c], t, 1) for c, t in zip(CLASSES, chosen)) == 1.0
+    first_shipped = measure(first)
+    assert sum(fp_per_frame(first_shipped.false_positive_scores[c], t, 1) for c, t in zip(CLASSES, first)) == 2.0
+
+
 def _camera() -> Calibration:
     """Camera at the LiDAR origin looking along +x, f = 700 px, 1242 x 375 image."""
     v2c = np.array([[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
@@ -155,6 +230,16 @@ def test_calibrate_hashes_unchanged_without_operating_points(tmp_path):
     assert with_points["thresholds"] != hashes["thresholds"]
     assert {k: v for k, v in with_points.items() if k not in ("thresholds", "export", "report")} == \
         {k: v for k, v in hashes.items() if k not in ("thresholds", "export", "report")}
+    # export.threshold_split: `even` (the default) is the rule before the option; the other moves the stage's hash only
+    even = _hashes(load_config(CompressConfig, CONFIGS / "default.yaml",
+                               ["export.score_thresholds=calibrate", "export.threshold_split=even"]), tmp_path)
+    assert even == hashes
+    joint = _hashes(load_config(CompressConfig, CONFIGS / "default.yaml",
+                                ["export.score_thresholds=calibrate", "export.threshold_split=max_mean_recall"]),
+                    tmp_path)
+    assert joint["thresholds"] != hashes["thresholds"]
+    assert {k: v for k, v in joint.items() if k not in ("thresholds", "export", "report")} == \
+        {k: v for k, v in hashes.items() if k not in ("thresholds", "export", "report")}
 
 
 @pytest.mark.parametrize("override, message", [
@@ -164,6 +249,7 @@ def test_calibrate_hashes_unchanged_without_operating_points(tmp_path):
     ("export.operating_points=[2.0]", "not max_false_positives_per_frame (2) again"),
     ("export.max_false_positives_per_frame=0", "export.max_false_positives_per_frame must be > 0"),
     ("export.calibration_min_threshold=0", "export.calibration_min_threshold must be in (0, 1)"),
+    ("export.threshold_split=greedy", "threshold_split"),
 ])
 def test_bad_calibration_settings_are_one_clear_message(override, message):
     with pytest.raises(ConfigError) as info:
@@ -180,13 +266,24 @@ def test_export_without_a_thresholds_result_says_so(tmp_path):
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     """A smoke run folder whose thresholds, export and report stages ran on a stored, boxing-everywhere student."""
+    return _calibrated_run(tmp_path_factory, "even")
+
+
+@pytest.fixture(scope="module")
+def calibrated_joint(tmp_path_factory):
+    """The same with export.threshold_split: max_mean_recall."""
+    return _calibrated_run(tmp_path_factory, "max_mean_recall")
+
+
+def _calibrated_run(tmp_path_factory, split: str):
     from clean_ros.models.detector import build_detector
     from training.compression.stored_models import save_model, with_iou_branch
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("calibrate") / "run"
     cfg = load_config(CompressConfig, CONFIGS / "smoke.yaml", ["export.score_thresholds=calibrate",
-                                                               f"export.operating_points={list(OTHER_BUDGETS)}"])
+                                                               f"export.operating_points={list(OTHER_BUDGETS)}",
+                                                               f"export.threshold_split={split}"])
     graph = CompressionGraph(cfg, root, log=lambda line: None, progress=False)
     stages = {s.name: s for s in graph.stages()}
     lines: list[str] = []
@@ -308,3 +405,33 @@ def test_operating_points_keep_their_budgets_in_the_pipeline(calibrated):
     for point in points:
         mark = " (shipped)" if point["shipped"] else ""
         assert f"| {point['max_false_positives_per_frame']:g}{mark} | [{', '.join(f'{t:g}' for t in point['thresholds'])}] |" in table
+
+
+def test_max_mean_recall_split_keeps_the_total_budget_and_recalls_more(calibrated, calibrated_joint):
+    """threshold_split max_mean_recall on the same student and val frames: the Pipeline's false positives of all
+    classes together stay within each budget, and the mean per-class val recall is at least the even split's."""
+    from clean_ros.inference.pipeline import Pipeline
+
+    root, graph, lines = calibrated_joint
+    result = json.loads((root / "stages" / "thresholds" / "thresholds.json").read_text())
+    even = json.loads((calibrated[0] / "stages" / "thresholds" / "thresholds.json").read_text())
+    assert result["threshold_split"] == "max_mean_recall" and result["per_class_budget"] is None
+    assert result["budget_met"] and result["val_fp_per_frame_total"] <= 2.0 + 1e-9
+    assert all(v["budget_met"] is None for v in result["classes"].values())
+    pipeline = Pipeline.from_bundle(root / "bundle", backend="torch")
+    for point in result["operating_points"]:
+        pipeline.update_postprocess(score_thresholds=point["thresholds"])
+        kept, frames = _pipeline_false_positives(pipeline, graph)
+        total = sum(fp_per_frame(kept[c], 0.0, frames) for c in CLASSES)
+        assert total == pytest.approx(point["val_fp_per_frame_total"])
+        assert total <= point["max_false_positives_per_frame"] + 1e-9
+        same = next(p for p in even["operating_points"]
+                    if p["max_false_positives_per_frame"] == point["max_false_positives_per_frame"])
+
+        def mean_recall(p):
+            return np.mean([p["classes"][c]["val_recall_iou50"] for c in CLASSES])
+
+        assert mean_recall(point) >= mean_recall(same) - 1e-9, point["max_false_positives_per_frame"]
+    table = (root / "report.md").read_text()
+    assert "the thresholds with the best mean per-class recall within 2 false positives per frame in all" in table
+    assert any("split for the best mean recall" in line for line in lines)
