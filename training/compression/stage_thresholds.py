@@ -159,7 +159,7 @@ def search_thresholds(measure: Callable[[list[float]], ValScores], class_names: 
 
 
 def allocate_budget(probes: dict[str, ValScores], class_names: tuple[str, ...], total_per_frame: float,
-                    floor: float) -> list[float]:
+                    floor: float, bounds: list[tuple[float, float]] | None = None) -> list[float]:
     """Per-class thresholds that maximise the mean over classes of val recall at BEV IoU 0.5 while the classes' false
     positives together stay <= total_per_frame (export.threshold_split: max_mean_recall). probes[c] is the val pass
     that class c's curve is read from (c at the floor, the others at their current thresholds).
@@ -168,7 +168,9 @@ def allocate_budget(probes: dict[str, ValScores], class_names: tuple[str, ...], 
     (k = 0 .. the total) has the threshold threshold_allowing gives and the recall that threshold keeps; the best
     sum of recalls per total count is carried class by class. Ties go to fewer false positives, then to the higher
     threshold. A class without val objects buys no recall, so it gets the threshold that keeps none of its false
-    positives."""
+    positives. bounds: per class (lowest, highest) threshold allowed (an operating point nested in its neighbour's;
+    operating_points); each candidate is clipped into them. Upper bounds that no combination keeps within the total
+    (possible only through the NMS coupling) give the bounds themselves."""
     frames = next(iter(probes.values())).frames
     total = int(math.floor(total_per_frame * frames + 1e-9))
     value = np.full(total + 1, -np.inf)  # best recall sum per false positives used
@@ -177,7 +179,9 @@ def allocate_budget(probes: dict[str, ValScores], class_names: tuple[str, ...], 
     for name in class_names:
         fp = np.asarray(probes[name].false_positive_scores[name], np.float32)
         found = np.asarray(probes[name].found_scores[name], np.float64)
-        thresholds = np.unique([threshold_allowing(fp, k, floor) for k in range(min(total, len(fp)) + 1)])[::-1]
+        low, high = bounds[class_names.index(name)] if bounds else (floor, 1.0)
+        thresholds = np.unique(np.clip([threshold_allowing(fp, k, floor) for k in range(min(total, len(fp)) + 1)],
+                                       low, high))[::-1]
         used = (fp[None, :] >= thresholds.astype(np.float32)[:, None]).sum(1)  # (J,) highest threshold first
         gained = (found[None, :] >= thresholds.astype(np.float32)[:, None]).mean(1) if len(found) else \
             np.zeros(len(thresholds))
@@ -197,18 +201,20 @@ def allocate_budget(probes: dict[str, ValScores], class_names: tuple[str, ...], 
         new_chosen[flat_state[best]] = np.column_stack([chosen[src], thresholds[option]])
         value, chosen = new_value, new_chosen
     best_value = value.max()
+    if not np.isfinite(best_value):  # only with upper bounds that no combination keeps within the total
+        return [float(high) for _, high in bounds]
     state = int(np.flatnonzero(value >= best_value - 1e-12)[0])  # fewest false positives among the best
     return [float(t) for t in chosen[state]]
 
 
 def search_mean_recall(measure: Callable[[list[float]], ValScores], class_names: tuple[str, ...],
-                       total_per_frame: float, floor: float,
+                       total_per_frame: float, floor: float, bounds: list[tuple[float, float]] | None = None,
                        max_rounds: int = MAX_ROUNDS) -> tuple[list[float], ValScores, dict]:
     """Thresholds by allocate_budget, each class's curve read with the others at their current thresholds (the
     coupling through class-agnostic NMS, as in search_thresholds): rounds until the allocation repeats itself
     (converged) or max_rounds. The first round reads every class from one pass at the floor. Same return as
-    search_thresholds."""
-    current = [float(floor)] * len(class_names)
+    search_thresholds. bounds: see allocate_budget (the classes start at their lowest allowed threshold)."""
+    current = [max(float(floor), low) for low, _ in bounds] if bounds else [float(floor)] * len(class_names)
     requested: set[tuple] = set()
     at_floor: ValScores | None = None
     rounds = probes = 0
@@ -224,7 +230,7 @@ def search_mean_recall(measure: Callable[[list[float]], ValScores], class_names:
             curves[name] = measure(probe)
             if at_floor is None:
                 at_floor = curves[name]
-        allocated = allocate_budget(curves, class_names, total_per_frame, floor)
+        allocated = allocate_budget(curves, class_names, total_per_frame, floor, bounds)
         if allocated == current:
             converged = True
             break
@@ -234,9 +240,11 @@ def search_mean_recall(measure: Callable[[list[float]], ValScores], class_names:
 
 
 def search_for(split: str) -> Callable[..., tuple[list[float], ValScores, dict]]:
-    """search(measure, class_names, total_per_frame, floor) of an export.threshold_split."""
+    """search(measure, class_names, total_per_frame, floor, bounds=None) of an export.threshold_split. The even
+    split ignores bounds: its per-class thresholds fall as the budget grows by construction (pick_threshold)."""
     if split == "even":
-        return lambda measure, names, total, floor: search_thresholds(measure, names, total / len(names), floor)
+        return lambda measure, names, total, floor, bounds=None: search_thresholds(measure, names, total / len(names),
+                                                                                   floor)
     if split == "max_mean_recall":
         return search_mean_recall
     raise ConfigError(f"export.threshold_split must be one of {THRESHOLD_SPLITS}, got {split!r}")
@@ -327,11 +335,30 @@ def operating_points(measure: Callable[[list[float]], ValScores], class_names: t
                      budgets, floor: float, log=lambda line: None, search_rule=None) -> list[dict]:
     """The shipped budget and each further one (export.operating_points), lowest first: the thresholds the same rule
     (search_rule, default the even split's) gives for that total budget, and what they keep on val (false positives
-    per frame and recall at BEV IoU 0.5, per class and in all)."""
+    per frame and recall at BEV IoU 0.5, per class and in all).
+
+    The points are nested: a stricter point never lowers a class's threshold below a looser one's, so it keeps a
+    subset of the looser point's boxes (up to class-agnostic NMS) on any scan, real ones included. The shipped point
+    is found first, unbounded (the thresholds the bundle ships); then the stricter ones from the shipped downwards,
+    each at least as high as its looser neighbour, and the looser ones upwards, each at most as high (bounds of
+    search_mean_recall; the even split is nested by construction)."""
     search_rule = search_rule or search_for("even")
+    shipped = float(shipped)
+    stricter = sorted((float(b) for b in budgets if float(b) < shipped), reverse=True)
+    looser = sorted(float(b) for b in budgets if float(b) > shipped)
+    chosen_at: dict[float, list[float]] = {}
     points = []
-    for budget in sorted({float(shipped), *(float(b) for b in budgets)}):
-        chosen, _, search = search_rule(measure, class_names, budget, floor)
+    for budget in [shipped, *stricter, *looser]:
+        if budget == shipped:
+            bounds = None
+        elif budget < shipped:
+            neighbour = chosen_at[min(b for b in chosen_at if b > budget)]
+            bounds = [(t, 1.0) for t in neighbour]
+        else:
+            neighbour = chosen_at[max(b for b in chosen_at if b < budget)]
+            bounds = [(floor, t) for t in neighbour]
+        chosen, _, search = search_rule(measure, class_names, budget, floor, bounds)
+        chosen_at[budget] = chosen
         kept = measure(chosen)
         classes = {name: {"threshold": t,
                           "val_fp_per_frame": fp_per_frame(kept.false_positive_scores[name], t, kept.frames),
@@ -347,7 +374,7 @@ def operating_points(measure: Callable[[list[float]], ValScores], class_names: t
             log(f"    operating point {budget:g} false positives per frame: thresholds "
                 f"{', '.join(f'{n} {t:g}' for n, t in zip(class_names, chosen))}; val recall at BEV IoU 0.5 "
                 f"{_fmt(points[-1]['val_recall_iou50_all'])} of all objects")
-    return points
+    return sorted(points, key=lambda point: point["max_false_positives_per_frame"])
 
 
 def _fmt(value: float | None) -> str:

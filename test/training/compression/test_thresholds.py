@@ -98,8 +98,9 @@ def test_search_follows_the_coupling_of_class_agnostic_nms():
 
 
 def _scores(frames: int, fp: dict, found: dict) -> ValScores:
+    # found scores are detection scores (float32), as match_frame gives them
     return ValScores(frames, {c: np.asarray(fp.get(c, []), np.float32) for c in CLASSES},
-                     {c: np.asarray(found.get(c, []), np.float64) for c in CLASSES})
+                     {c: np.asarray(found.get(c, []), np.float32) for c in CLASSES})
 
 
 def test_allocate_budget_known_answer():
@@ -118,6 +119,24 @@ def test_allocate_budget_known_answer():
     # Pedestrian's second and Cyclist's false positive buy no recall, so they are not kept
     assert allocate_budget({c: pool for c in CLASSES}, CLASSES, 0.0, 0.05) == [0.901, 0.601, 0.401]
     assert allocate_budget({c: pool for c in CLASSES}, CLASSES, 5.0, 0.05) == [0.05, 0.501, 0.401]
+
+
+def test_allocate_budget_keeps_within_bounds():
+    """The known-answer pools with the budget of 2, each class held at or above a looser point's thresholds (a
+    stricter operating point): Car may not go below 0.85, so its false positive at 0.8 is out of reach; the budget
+    goes to Pedestrian (both of its false positives buy the same single object, so one)."""
+    pool = _scores(1, {"Car": [0.9, 0.8], "Pedestrian": [0.6, 0.5], "Cyclist": [0.4]},
+                   {"Car": [0.95, 0.85, 0.7], "Pedestrian": [0.55]})
+    bounded = allocate_budget({c: pool for c in CLASSES}, CLASSES, 2.0, 0.05,
+                              bounds=[(0.85, 1.0), (0.05, 1.0), (0.05, 1.0)])
+    assert bounded == [0.85, 0.501, 0.401]  # Car's 0.85 keeps its 0.85 object; none of its false positives
+    # a looser point: at most its stricter neighbour's thresholds (ties in recall and count go to the higher one)
+    capped = allocate_budget({c: pool for c in CLASSES}, CLASSES, 2.0, 0.05,
+                             bounds=[(0.05, 0.85), (0.05, 0.55), (0.05, 1.0)])
+    assert capped == [0.85, 0.55, 0.401]
+    # caps that no combination keeps within the budget (4 false positives at 0.3 against 2): the caps themselves
+    assert allocate_budget({c: pool for c in CLASSES}, CLASSES, 2.0, 0.05,
+                           bounds=[(0.05, 0.3), (0.05, 0.3), (0.05, 0.3)]) == [0.3, 0.3, 0.3]
 
 
 def test_allocate_budget_matches_brute_force():
@@ -432,6 +451,11 @@ def test_max_mean_recall_split_keeps_the_total_budget_and_recalls_more(calibrate
             return np.mean([p["classes"][c]["val_recall_iou50"] for c in CLASSES])
 
         assert mean_recall(point) >= mean_recall(same) - 1e-9, point["max_false_positives_per_frame"]
+    # nested: a looser point never raises a class's threshold (it keeps every box a stricter one keeps)
+    points = result["operating_points"]
+    for stricter, looser in zip(points, points[1:]):
+        assert all(a >= b for a, b in zip(stricter["thresholds"], looser["thresholds"])), (stricter, looser)
+    assert next(p for p in points if p["shipped"])["thresholds"] == [result["classes"][c]["threshold"] for c in CLASSES]
     table = (root / "report.md").read_text()
     assert "the thresholds with the best mean per-class recall within 2 false positives per frame in all" in table
     assert any("split for the best mean recall" in line for line in lines)
