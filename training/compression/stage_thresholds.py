@@ -55,6 +55,7 @@ THRESHOLD_STEP = 0.001  # thresholds are multiples of this (readable, and strict
 RECALL_IOU = 0.5  # detection_diagnostics.RECALL_IOUS holds it
 MAX_ROUNDS = 4  # rounds of search_thresholds (one probe per class whose others' thresholds changed)
 THRESHOLD_SPLITS = ("even", "max_mean_recall")  # export.threshold_split
+MAX_DP_STATES = 4096  # allocate_budget is exact up to this many false positives in the budget (memory ~ states x 1000)
 
 
 @dataclass
@@ -158,44 +159,61 @@ def search_thresholds(measure: Callable[[list[float]], ValScores], class_names: 
                                                           "converged": not changed}
 
 
+def candidate_thresholds(false_positive_scores: np.ndarray, floor: float, step: float = THRESHOLD_STEP) -> np.ndarray:
+    """Every threshold at which the set of these false positives kept changes, ascending: the floor and, for each
+    score >= floor, the lowest value on the `step` grid strictly above it (threshold_allowing's, vectorised). For a
+    given number of false positives kept, the lowest such threshold keeps the most objects, so these are the only
+    thresholds worth considering; at most one per grid step."""
+    scores = np.asarray(false_positive_scores, np.float32)
+    scores = scores[scores >= np.float32(floor)]
+    grid = np.floor(scores.astype(np.float64) / step) + 1
+    grid = np.where((grid * step).astype(np.float32) <= scores, grid + 1, grid)  # the detector compares in float32
+    return np.unique(np.concatenate([[float(floor)], np.minimum(np.round(grid * step, 6), 1.0)]))
+
+
 def allocate_budget(probes: dict[str, ValScores], class_names: tuple[str, ...], total_per_frame: float,
                     floor: float, bounds: list[tuple[float, float]] | None = None) -> list[float]:
     """Per-class thresholds that maximise the mean over classes of val recall at BEV IoU 0.5 while the classes' false
     positives together stay <= total_per_frame (export.threshold_split: max_mean_recall). probes[c] is the val pass
     that class c's curve is read from (c at the floor, the others at their current thresholds).
 
-    Exact, by dynamic programming over the val false-positive count: class c allowing k of its false positives
-    (k = 0 .. the total) has the threshold threshold_allowing gives and the recall that threshold keeps; the best
-    sum of recalls per total count is carried class by class. Ties go to fewer false positives, then to the higher
-    threshold. A class without val objects buys no recall, so it gets the threshold that keeps none of its false
-    positives. bounds: per class (lowest, highest) threshold allowed (an operating point nested in its neighbour's;
+    Dynamic programming over the val false-positive count: each candidate threshold of class c (candidate_thresholds)
+    keeps some of its false positives and some recall; the best sum of recalls per total count is carried class by
+    class. Exact while the budget holds at most MAX_DP_STATES false positives (the release: 234); beyond, counts are
+    taken in units of ceil(total / MAX_DP_STATES), each class's rounded up, so the result stays within the budget
+    and may leave up to a unit per class unspent. Ties go to fewer false positives, then to the higher threshold. A
+    class without val objects buys no recall, so it gets the threshold that keeps none of its false positives.
+    bounds: per class (lowest, highest) threshold allowed (an operating point nested in its neighbour's;
     operating_points); each candidate is clipped into them. Upper bounds that no combination keeps within the total
     (possible only through the NMS coupling) give the bounds themselves."""
     frames = next(iter(probes.values())).frames
     total = int(math.floor(total_per_frame * frames + 1e-9))
-    value = np.full(total + 1, -np.inf)  # best recall sum per false positives used
+    unit = max(1, math.ceil(total / MAX_DP_STATES))
+    states = total // unit + 1
+    value = np.full(states, -np.inf)  # best recall sum per false positives used (in units)
     value[0] = 0.0
-    chosen = np.zeros((total + 1, 0))  # thresholds behind each state
+    chosen = np.zeros((states, 0))  # thresholds behind each state
     for name in class_names:
-        fp = np.asarray(probes[name].false_positive_scores[name], np.float32)
-        found = np.asarray(probes[name].found_scores[name], np.float64)
+        fp = np.sort(np.asarray(probes[name].false_positive_scores[name], np.float32))
+        found = np.sort(np.asarray(probes[name].found_scores[name], np.float32))
         low, high = bounds[class_names.index(name)] if bounds else (floor, 1.0)
-        thresholds = np.unique(np.clip([threshold_allowing(fp, k, floor) for k in range(min(total, len(fp)) + 1)],
-                                       low, high))[::-1]
-        used = (fp[None, :] >= thresholds.astype(np.float32)[:, None]).sum(1)  # (J,) highest threshold first
-        gained = (found[None, :] >= thresholds.astype(np.float32)[:, None]).mean(1) if len(found) else \
+        thresholds = np.unique(np.clip(candidate_thresholds(fp, floor), low, high))[::-1]  # highest first
+        kept = thresholds.astype(np.float32)
+        used = len(fp) - np.searchsorted(fp, kept, side="left")  # (J,) false positives scored >= each threshold
+        gained = (len(found) - np.searchsorted(found, kept, side="left")) / len(found) if len(found) else \
             np.zeros(len(thresholds))
-        state = np.arange(total + 1)[:, None] + used[None, :]  # (S, J) count after this class
-        candidate = np.where(state <= total, value[:, None] + gained[None, :], -np.inf)
+        cost = -(-used // unit)  # in units, rounded up
+        state = np.arange(states)[:, None] + cost[None, :]  # (S, J) count after this class
+        candidate = np.where(state < states, value[:, None] + gained[None, :], -np.inf)
         flat_state, flat_value = state.ravel(), candidate.ravel()
         # per resulting count the best candidate; lexsort is stable, so ties keep the lower count before it and the
         # higher threshold (the order of both axes)
         order = np.lexsort((-flat_value, flat_state))
         first = np.ones(len(order), bool)
         first[1:] = flat_state[order][1:] != flat_state[order][:-1]
-        best = order[first & (flat_state[order] <= total)]
-        new_value = np.full(total + 1, -np.inf)
-        new_chosen = np.zeros((total + 1, chosen.shape[1] + 1))
+        best = order[first & (flat_state[order] < states)]
+        new_value = np.full(states, -np.inf)
+        new_chosen = np.zeros((states, chosen.shape[1] + 1))
         src, option = np.divmod(best, len(thresholds))
         new_value[flat_state[best]] = flat_value[best]
         new_chosen[flat_state[best]] = np.column_stack([chosen[src], thresholds[option]])
@@ -419,5 +437,5 @@ def manifest_operating_points(stages_dir: Path, class_names: tuple[str, ...]) ->
 
 __all__ = ["THRESHOLDS_FILE", "THRESHOLD_STEP", "MAX_ROUNDS", "THRESHOLD_SPLITS", "RULES", "ValScores",
            "pick_threshold", "threshold_allowing", "fp_per_frame", "recall", "collect_val_scores",
-           "search_thresholds", "allocate_budget", "search_mean_recall", "search_for", "operating_points", "calibrate", "read_thresholds",
+           "search_thresholds", "candidate_thresholds", "allocate_budget", "search_mean_recall", "search_for", "operating_points", "calibrate", "read_thresholds",
            "calibrated_score_thresholds", "manifest_operating_points"]

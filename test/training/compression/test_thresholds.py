@@ -30,8 +30,8 @@ from clean_ros.yaml_config import ConfigError, load_config
 from training.compression.compress_config import CompressConfig
 from training.compression.graph import CompressionGraph
 from training.compression.stage_store import StageStore
-from training.compression.stage_thresholds import (ValScores, allocate_budget, calibrated_score_thresholds,
-                                                   fp_per_frame, pick_threshold, recall, search_mean_recall,
+from training.compression.stage_thresholds import (MAX_DP_STATES, ValScores, allocate_budget,
+                                                   calibrated_score_thresholds, candidate_thresholds, fp_per_frame, pick_threshold, recall, search_mean_recall,
                                                    search_thresholds, threshold_allowing)
 from training.detection_diagnostics import RECALL_IOUS, LabelledFrame, match_frame
 
@@ -163,6 +163,30 @@ def test_allocate_budget_matches_brute_force():
         best = max(mean_recall(ts) for ts in np.array(np.meshgrid(*options)).reshape(3, -1).T if used(ts) <= allowed)
         assert used(chosen) <= allowed, trial
         assert mean_recall(chosen) == pytest.approx(best), trial
+
+
+def test_candidate_thresholds_are_threshold_allowing_of_every_count():
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 5, 200):
+        scores = np.concatenate([rng.random(n), [0.123, 0.5, 0.5, 0.05, 0.01]]).astype(np.float32)
+        expected = sorted({threshold_allowing(scores, k, 0.05) for k in range(len(scores) + 1)})
+        assert candidate_thresholds(scores, 0.05).tolist() == expected
+
+
+def test_allocate_budget_beyond_the_exact_range_stays_within_budget():
+    """A budget of 30,000 false positives (KITTI-sized val at a loose budget) is counted in units of
+    ceil(30000 / MAX_DP_STATES): quick, within the budget, and at least as good as the even split."""
+    rng = np.random.default_rng(11)
+    pool = _scores(1, {c: rng.random(40_000) ** 2 for c in CLASSES},
+                   {c: rng.random(5_000) ** (0.5 + i) for i, c in enumerate(CLASSES)})
+    budget = 30_000.0
+    assert budget > MAX_DP_STATES
+    chosen = allocate_budget({c: pool for c in CLASSES}, CLASSES, budget, 0.05)
+    used = sum(int((pool.false_positive_scores[c] >= np.float32(t)).sum()) for c, t in zip(CLASSES, chosen))
+    assert used <= budget
+    even = [pick_threshold(pool.false_positive_scores[c], 1, budget / 3, 0.05) for c in CLASSES]
+    assert np.mean([recall(pool.found_scores[c], t) for c, t in zip(CLASSES, chosen)]) >= \
+        np.mean([recall(pool.found_scores[c], t) for c, t in zip(CLASSES, even)]) - 1e-9
 
 
 def test_search_mean_recall_follows_the_coupling():
