@@ -230,8 +230,9 @@ def search_mean_recall(measure: Callable[[list[float]], ValScores], class_names:
                        max_rounds: int = MAX_ROUNDS) -> tuple[list[float], ValScores, dict]:
     """Thresholds by allocate_budget, each class's curve read with the others at their current thresholds (the
     coupling through class-agnostic NMS, as in search_thresholds): rounds until the allocation repeats itself
-    (converged) or max_rounds. The first round reads every class from one pass at the floor. Same return as
-    search_thresholds. bounds: see allocate_budget (the classes start at their lowest allowed threshold)."""
+    (converged) or max_rounds; an allocation that keeps changing ends there, unconverged (thresholds.json says so).
+    Unbounded, the first round reads every class from one pass at the floor (returned as the at-floor pass). Same
+    return as search_thresholds. bounds: see allocate_budget (the others start at their lowest allowed threshold)."""
     current = [max(float(floor), low) for low, _ in bounds] if bounds else [float(floor)] * len(class_names)
     requested: set[tuple] = set()
     at_floor: ValScores | None = None
