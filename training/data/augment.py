@@ -170,8 +170,11 @@ class Augmentor:
         s = self.config.sensor
         points = sampled.points
         if s.beam_reduction and rng.random() < s.beam_reduction_probability:
-            phase = int(rng.integers(s.beam_keep_every))
-            points = keep_rows(points, rows_after_gt_sampling(scene, sampled), s.beam_keep_every, phase)
+            keep = s.beam_keep_every
+            if isinstance(keep, (list, tuple)):  # a draw only with choices: an integer setting keeps its draws
+                keep = int(keep[int(rng.integers(len(keep)))])
+            phase = int(rng.integers(keep))
+            points = keep_rows(points, rows_after_gt_sampling(scene, sampled), keep, phase)
         if s.density_dropout:
             points = drop_points(points, rng.uniform(*s.density_keep_range), rng)
         if s.intensity:

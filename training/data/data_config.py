@@ -68,7 +68,9 @@ class SensorVariationConfig:
 
     beam_reduction: bool = False  # with beam_reduction_probability: keep every beam_keep_every-th laser row
     beam_reduction_probability: float = 0.5
-    beam_keep_every: int = 2  # 2: a 64-beam scan becomes a 32-beam one (random phase: even or odd rows)
+    # 2: a 64-beam scan becomes a 32-beam one (random phase: even or odd rows); a list, e.g. [2, 4]: each reduced
+    # frame draws one of them (32 or 16 rows), for sensors sparser than 32 rows
+    beam_keep_every: int | list[int] = 2
     density_dropout: bool = False  # keep each point with a probability drawn per frame from density_keep_range
     density_keep_range: tuple[float, float] = (0.5, 1.0)
     intensity: bool = False  # intensity -> clip(scale * intensity ** gamma, 0, 1)
@@ -83,7 +85,8 @@ class SensorVariationConfig:
     def __post_init__(self) -> None:
         checks = [
             (0.0 <= self.beam_reduction_probability <= 1.0, "beam_reduction_probability must be in [0, 1]"),
-            (self.beam_keep_every >= 1, "beam_keep_every must be >= 1"),
+            (all(isinstance(k, int) and k >= 1 for k in self._keep_choices()) and len(self._keep_choices()) > 0,
+             "beam_keep_every must be an integer >= 1 or a non-empty list of them"),
             (0.0 <= self.density_keep_range[0] <= self.density_keep_range[1] <= 1.0,
              "density_keep_range must be [low, high] with 0 <= low <= high <= 1"),
             (0.0 <= self.intensity_scale_range[0] <= self.intensity_scale_range[1],
@@ -98,6 +101,10 @@ class SensorVariationConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def _keep_choices(self) -> list:
+        keep = self.beam_keep_every
+        return list(keep) if isinstance(keep, (list, tuple)) else [keep]
 
     @property
     def any_enabled(self) -> bool:

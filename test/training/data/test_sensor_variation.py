@@ -149,6 +149,23 @@ def test_augmentor_beam_reduction_halves_the_rows():
     assert len(never.points) == len(scan())
 
 
+def test_augmentor_beam_reduction_draws_among_choices():
+    """beam_keep_every [2, 4]: each reduced frame keeps 32 or 16 of the 64 rows, both over a few seeds; 4 alone keeps
+    16; the YAML form loads; bad values are refused."""
+    counts = {elevation_rows(augment(sample_of(scan(), BOX), seed=seed, beam_reduction=True,
+                                     beam_reduction_probability=1.0, beam_keep_every=[2, 4]).points).count
+              for seed in range(8)}
+    assert counts == {32, 16}
+    sixteen = augment(sample_of(scan(), BOX), beam_reduction=True, beam_reduction_probability=1.0, beam_keep_every=4)
+    assert elevation_rows(sixteen.points).count == 16 and len(sixteen.points) == len(scan()) // 4
+    for bad in (0, [], [2, 0]):
+        with pytest.raises(ValueError, match="beam_keep_every"):
+            SensorVariationConfig(beam_keep_every=bad)
+    from clean_ros.yaml_config import from_dict
+    assert from_dict(AugmentConfig, {"sensor": {"beam_keep_every": [2, 4]}}).sensor.beam_keep_every == [2, 4]
+    assert from_dict(AugmentConfig, {"sensor": {"beam_keep_every": 4}}).sensor.beam_keep_every == 4
+
+
 def test_augmentor_density_and_intensity():
     points = scan()
     out = augment(sample_of(points, BOX), density_dropout=True, density_keep_range=(0.5, 0.5))
