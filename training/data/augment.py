@@ -170,9 +170,9 @@ class Augmentor:
         s = self.config.sensor
         points = sampled.points
         if s.beam_reduction and rng.random() < s.beam_reduction_probability:
-            keep = s.beam_keep_every
-            if isinstance(keep, (list, tuple)):  # a draw only with choices: an integer setting keeps its draws
-                keep = int(keep[int(rng.integers(len(keep)))])
+            choices = s.beam_keep_choices  # drawn only for a list setting: an integer setting keeps its draws
+            keep = int(choices[int(rng.integers(len(choices)))] if isinstance(s.beam_keep_every, (list, tuple))
+                       else choices[0])
             phase = int(rng.integers(keep))
             points = keep_rows(points, rows_after_gt_sampling(scene, sampled), keep, phase)
         if s.density_dropout:

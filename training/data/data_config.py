@@ -85,7 +85,7 @@ class SensorVariationConfig:
     def __post_init__(self) -> None:
         checks = [
             (0.0 <= self.beam_reduction_probability <= 1.0, "beam_reduction_probability must be in [0, 1]"),
-            (all(isinstance(k, int) and k >= 1 for k in self._keep_choices()) and len(self._keep_choices()) > 0,
+            (len(self.beam_keep_choices) > 0 and all(isinstance(k, int) and k >= 1 for k in self.beam_keep_choices),
              "beam_keep_every must be an integer >= 1 or a non-empty list of them"),
             (0.0 <= self.density_keep_range[0] <= self.density_keep_range[1] <= 1.0,
              "density_keep_range must be [low, high] with 0 <= low <= high <= 1"),
@@ -102,9 +102,11 @@ class SensorVariationConfig:
             if not ok:
                 raise ValueError(message)
 
-    def _keep_choices(self) -> list:
+    @property
+    def beam_keep_choices(self) -> tuple:
+        """beam_keep_every as a tuple of the row steps a reduced frame draws from (one for an integer setting)."""
         keep = self.beam_keep_every
-        return list(keep) if isinstance(keep, (list, tuple)) else [keep]
+        return tuple(keep) if isinstance(keep, (list, tuple)) else (keep,)
 
     @property
     def any_enabled(self) -> bool:
