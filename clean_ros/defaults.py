@@ -26,6 +26,11 @@ INTENSITY_SCALE = 1.0                 # input intensity multiplier (0-255 sensor
 # Scale each scan's intensity to the bundle's training level (clean_ros.inference.intensity_level) when the bundle
 # records one; on for the node, infer, replay and the real-data check (off: --no-auto-intensity / auto_intensity false).
 AUTO_INTENSITY = True
+# Fit the ground of the scans and compare it with the training scans' ground (clean_ros.inference.ground_plane): the
+# node's /diagnostics key `ground`, infer's and replay's last line (off: ground_check false / --no-ground-check).
+GROUND_CHECK = True
+# Use that measured ground as the sensor mount (node auto_sensor_mount, --auto-sensor-mount); off: sensor_height.
+AUTO_SENSOR_MOUNT = False
 EXPECTED_RATE_HZ = 10.0               # sensor rate
 
 # Input boxes [x_min, y_min, z_min, x_max, y_max, z_max] (m, the model's input frame); both off by default (node

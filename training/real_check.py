@@ -3,14 +3,14 @@
     python training/real_check.py [--bundle models/default] FOLDER [--split NAME] [--out report.json]
                                   [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--int8] [--threads 1]
                                   [--intensity-scale S] [--no-auto-intensity]
-                                  [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]] [--emulate-sensor SPEC] [--score-threshold T|T1,T2,.. | --operating-point FP] [--save-predictions DIR]
+                                  [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD] | --auto-sensor-mount] [--no-ground-check] [--emulate-sensor SPEC] [--score-threshold T|T1,T2,.. | --operating-point FP] [--save-predictions DIR]
                                   [--list-false-positives] [--quiet]
 
 FOLDER is any folder in the KITTI object layout: a split folder holding velodyne/*.bin, label_2/*.txt and calib/*.txt
 (e.g. .../kitti_sample/training), or a KITTI root holding training/ (and optionally ImageSets/). Every scan is used,
 or only the frames listed in ImageSets/<NAME>.txt with --split NAME. image_2/<id>.png, when present, gives the
-image size (else KITTI's 1242 x 375). --intensity-scale and --sensor-height / pitch / roll are the settings of
-`python -m clean_ros.infer` and the node (a sensor mounted unlike the model's training sensor); boxes stay in the
+image size (else KITTI's 1242 x 375). --intensity-scale, --sensor-height / pitch / roll and --auto-sensor-mount (the
+mount measured from the scans' ground) are the settings of `python -m clean_ros.infer` and the node (a sensor mounted unlike the model's training sensor); boxes stay in the
 scan's frame, so the labels' calibration still applies. --emulate-sensor "height=0.5,pitch=0.02,beams=32,intensity=0.6"
 re-mounts the real scans as another sensor would record them (training/sensor_emulation.py); detections are mapped
 back to the scan's frame before they are compared with the labels. Each scan's intensity is scaled to the bundle's
@@ -55,6 +55,7 @@ from clean_ros.cloud.kitti import (KittiFormatError, KittiObjects, format_labels
                                    parse_labels, split_frame_ids, write_labels)
 from clean_ros.metrics.kitti_eval import CLASSES, evaluate  # noqa: E402
 from clean_ros.tools.model_input_options import add_threshold_options, apply_threshold_options  # noqa: E402
+from clean_ros.tools.mount_options import add_mount_options, apply_mount_options, mount_summary  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default"
@@ -282,10 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torch / onnxruntime CPU threads (0 = library default)")
     ap.add_argument("--intensity-scale", type=float, default=defaults.INTENSITY_SCALE,
                     help="multiply intensity by this (0-255 sensors: 0.00392156862745098)")
-    ap.add_argument("--sensor-height", type=float, default=0.0,
-                    help="the sensor's height above the ground, m (0 = as the model was trained), as in infer")
-    ap.add_argument("--sensor-pitch", type=float, default=0.0, help="rad, positive = nose down; with --sensor-height")
-    ap.add_argument("--sensor-roll", type=float, default=0.0, help="rad, positive = left side up; with --sensor-height")
+    add_mount_options(ap)  # --sensor-height / pitch / roll, --auto-sensor-mount, --no-ground-check, as in infer
     ap.add_argument("--emulate-sensor", metavar="SPEC",
                     help="re-mount the scans as another sensor: height=M,pitch=RAD,roll=RAD,beams=N,intensity=S,"
                          "gamma=G,keep=F,seed=I (training/sensor_emulation.py)")
@@ -326,9 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = Pipeline.from_bundle(args.bundle, backend=args.backend, device=args.device,
                                         intra_op_threads=args.threads, int8=args.int8)
         chosen = apply_threshold_options(pipeline, args)
-        from clean_ros.inference.sensor_mount import SensorMount
-
-        pipeline.set_sensor_mount(SensorMount.from_settings(args.sensor_height, args.sensor_pitch, args.sensor_roll))
+        apply_mount_options(pipeline, args)
         off = pipeline.set_auto_intensity(args.auto_intensity)
         if off:
             print(off)
@@ -338,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                   "backend": pipeline.backend.describe(), "intensity_scale": args.intensity_scale,
                   "auto_intensity": args.auto_intensity,
                   "sensor_mount": None if pipeline.sensor_mount is None else pipeline.sensor_mount.describe(),
+                  "auto_sensor_mount": bool(args.auto_sensor_mount), "ground_check": mount_summary(pipeline),
                   "emulation": None if emulation is None else emulation.describe(),
                   "score_thresholds": dict(zip(pipeline.class_names,
                                                pipeline.postprocess_settings.score_thresholds)),
@@ -352,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.bundle} on {len(folder.frame_ids)} frames of {folder.split_dir} "
               f"(backend {pipeline.backend.describe()}{mount})")
         print(format_report(report, args.list_false_positives))
+        if report["ground_check"]:
+            print(report["ground_check"])
         if args.out is not None:
             atomic_write_json(args.out, report)
             print(f"wrote {args.out}")

@@ -168,6 +168,15 @@ class Bundle:
         return None if level is None else float(level)
 
     @property
+    def ground_height(self) -> float:
+        """The training scans' ground, metres below the sensor, as clean_ros.inference.ground_plane measures it
+        (manifest field `ground_height`, the median over the training split); bundles without it: sensor_height. The
+        mount check and the automatic mount compare another sensor's measured ground with it, so the estimator's own
+        bias (its cell minima sit a few cm off the mean surface) cancels."""
+        value = self.manifest.get("ground_height")
+        return self.sensor_height if value is None else float(value)
+
+    @property
     def ground_gate_m(self) -> float:
         """The ground-contact gate's largest gap in metres (manifest field `ground_gate_m`, chosen on the simulated
         val split by training/ground_gate.py; clean_ros.inference.ground_gate); 0 = off, also in bundles without it."""
@@ -327,6 +336,11 @@ def _validate_manifest(bundle: Path, manifest: Any) -> None:
                               or not math.isfinite(level) or level <= 0):
         raise BundleError(f"{where}: field 'intensity_level' must be the training scans' median intensity, a number "
                           f"> 0, got {json.dumps(level)[:60]}")
+    ground = manifest.get("ground_height")  # optional (older bundles: the sensor_height is the reference)
+    if ground is not None and (isinstance(ground, bool) or not isinstance(ground, (int, float))
+                               or not math.isfinite(ground) or not 0.0 < ground <= 100.0):
+        raise BundleError(f"{where}: field 'ground_height' must be the training scans' ground distance below the "
+                          f"sensor in metres (0 < h <= 100), got {json.dumps(ground)[:60]}")
     gate = manifest.get("ground_gate_m")  # optional (older bundles: no ground-contact gate)
     if gate is not None:
         try:
@@ -438,7 +452,7 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
                 metrics: Mapping[str, Any] | None = None, export_onnx: bool = True,
                 point_features: Sequence[str] | Sequence[Mapping[str, Any]] | None = None,
                 export_encoder: bool = True, sensor_height: float | None = None,
-                intensity_level: float | None = None,
+                intensity_level: float | None = None, ground_height: float | None = None,
                 operating_points: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """Write `detector` (a clean_ros Detector built from `detector_cfg`) as a bundle directory, atomically.
 
@@ -448,7 +462,9 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
     default x, y, z, intensity [0, 1]. export_onnx: also write model.onnx (+ encoder.onnx for pillar models
     when export_encoder). sensor_height: the training sensor's height above the ground in metres (default
     KITTI's 1.73 m). intensity_level: the training scans' intensity level (clean_ros.inference.intensity_level;
-    None: not recorded, so no automatic intensity). operating_points: the manifest field's entries
+    None: not recorded, so no automatic intensity). ground_height: the training scans' ground as
+    clean_ros.inference.ground_plane measures it (None: not recorded; the mount check and the automatic mount then
+    take sensor_height). operating_points: the manifest field's entries
     (clean_ros.inference.operating_points; checked before anything is written). An existing bundle at out_dir is replaced only once the new one
     is complete.
     """
@@ -509,6 +525,8 @@ def save_bundle(out_dir: str | Path, detector, detector_cfg: DetectorConfig, *,
         }
         if intensity_level is not None:
             manifest["intensity_level"] = round(float(intensity_level), 6)
+        if ground_height is not None:
+            manifest["ground_height"] = round(float(ground_height), 6)
         if points:
             manifest[OPERATING_POINTS_FIELD] = [p.as_manifest() for p in points]
         _write_json(tmp / MANIFEST_NAME, manifest)

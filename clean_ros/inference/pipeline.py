@@ -23,6 +23,12 @@ the points into a virtual level sensor at the bundle's training height (`bundle.
 Detections come back in the output frame; moving points and boxes is timed as its own stage, "frames" (present only
 when a transform was applied).
 
+Ground: `set_ground_watch(True)` fits the ground plane of the scans as given (clean_ros.inference.ground_plane: every
+scan at first, then every 5th; timed as its own stage, "ground", when it runs) and `mount_check()` compares the
+running estimate, in the model's frame, with the training scans' ground (`bundle.ground_height`): is the sensor where
+the model expects it? `set_auto_mount(True)` also applies the estimate as the sensor mount, from the first scan that
+shows enough ground (that scan included).
+
 Intensity: `set_auto_intensity(True)` scales each scan's intensity to the bundle's training level before the model
 sees it (clean_ros.inference.intensity_level: the running median of recent scans' levels; timed in "preprocess";
 the factor of the last call is `intensity_factor`). For sensors whose intensity scale differs from the training one.
@@ -45,6 +51,8 @@ import torch
 from clean_ros.inference.backends import Backend, open_backend
 from clean_ros.inference.bundle import Bundle, load_bundle
 from clean_ros.inference.ground_gate import GroundGate, check_max_gap
+from clean_ros.inference.ground_plane import DEFAULT_WINDOW as GROUND_WINDOW
+from clean_ros.inference.ground_plane import GROUND_EVERY, GroundTracker, MountCheck, check_mount, mount_for
 from clean_ros.inference.intensity_level import DEFAULT_WINDOW, AutoIntensity
 from clean_ros.models.detector_config import DetectorConfig
 from clean_ros.inference.postprocess import postprocess
@@ -98,6 +106,8 @@ class Pipeline:
         self.sensor_mount: SensorMount | None = None
         self.frames: ModelFrames | None = None   # applied when a call gives none (set_sensor_mount)
         self.auto_intensity: AutoIntensity | None = None  # set_auto_intensity
+        self.ground: GroundTracker | None = None  # set_ground_watch / set_auto_mount
+        self.auto_mount = False  # the ground estimate is the sensor mount (set_auto_mount)
         self.ground_gate: GroundGate | None = None  # the bundle's ground_gate_m, or set_ground_gate's
         self.set_ground_gate(bundle.ground_gate_m)
 
@@ -141,9 +151,63 @@ class Pipeline:
         return self.bundle.sensor_height
 
     def set_sensor_mount(self, mount: SensorMount | None) -> None:
-        """Where the real sensor is (None: points are given to the model as they are); see the module docstring."""
+        """Where the real sensor is (None: points are given to the model as they are); see the module docstring.
+        Ends the automatic mount, if on (the mount given wins)."""
+        self.auto_mount = False
+        self._apply_mount(mount)
+
+    def _apply_mount(self, mount: SensorMount | None) -> None:
         self.sensor_mount = mount
         self.frames = None if mount is None else ModelFrames.from_mount(mount, self.training_sensor_height)
+
+    def set_ground_watch(self, enabled: bool, window: int = GROUND_WINDOW, every: int = GROUND_EVERY) -> None:
+        """Fit the ground of the scans (see the module docstring) for mount_check(), or stop (which also ends the
+        automatic mount and drops the mount it set). ValueError for a window or cadence < 1."""
+        if not enabled:
+            if self.auto_mount:
+                self._apply_mount(None)
+            self.ground, self.auto_mount = None, False
+            return
+        self.ground = GroundTracker(window, every)
+
+    def set_auto_mount(self, enabled: bool, window: int = GROUND_WINDOW, every: int = GROUND_EVERY) -> None:
+        """Use the running ground estimate as the sensor mount (replacing one set before), or stop (the estimate
+        keeps being measured for mount_check; the mount it set is dropped)."""
+        if not enabled:
+            if self.auto_mount:
+                self.auto_mount = False
+                self._apply_mount(None)
+            return
+        self.set_ground_watch(True, window, every)
+        self.auto_mount = True
+        self._apply_mount(None)
+
+    @property
+    def ground_reference(self) -> float:
+        """The training scans' ground below the sensor, as clean_ros.inference.ground_plane measures it."""
+        return self.bundle.ground_height
+
+    def mount_check(self, frames: ModelFrames | None = None) -> MountCheck | None:
+        """The running ground estimate in the model's frame (frames: those of the last call when the caller gives
+        them, e.g. the node's TF; None: the sensor mount's) against the training scans' ground; None while the
+        ground watch is off or no scan has shown enough ground."""
+        estimate = None if self.ground is None else self.ground.estimate
+        if estimate is None:
+            return None
+        frames = self.frames if frames is None else frames
+        return check_mount(estimate, None if frames is None else frames.model_from_input, self.ground_reference,
+                           self.training_sensor_height, len(self.ground.fits))
+
+    def _observe_ground(self, points: np.ndarray) -> float | None:
+        """Fit this scan's ground when due (and move the automatic mount); milliseconds spent, None when not due."""
+        t0 = self._now()
+        if not self.ground.observe(points):
+            return None
+        if self.auto_mount:
+            estimate = self.ground.estimate
+            if estimate is not None:
+                self._apply_mount(mount_for(estimate, self.ground_reference, self.training_sensor_height))
+        return (self._now() - t0) * 1e3
 
     @property
     def intensity_factor(self) -> float:
@@ -249,6 +313,7 @@ class Pipeline:
     def __call__(self, points: np.ndarray, frames: ModelFrames | None = None) -> PipelineResult:
         """points (N, F) in the input frame -> detections in the output frame (frames: this call's transforms;
         None: the sensor mount's, if one is set, else none)."""
+        ground_ms = self._observe_ground(points) if self.ground is not None else None
         frames = self.frames if frames is None else frames
         to_model = None if frames is None or frames.model_from_input.is_identity() else frames.model_from_input
         to_output = None if frames is None or frames.output_from_model.is_identity() else frames.output_from_model
@@ -271,6 +336,8 @@ class Pipeline:
         timings = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
         if to_model is not None or to_output is not None:
             timings["frames"] = (t0 - t_in + t_out - t3) * 1e3
+        if ground_ms is not None:
+            timings["ground"] = ground_ms
         return PipelineResult(detections, timings, stats)
 
     def warmup(self, iterations: int = 3, num_points: int = 20000) -> None:
@@ -278,12 +345,14 @@ class Pipeline:
         from clean_ros.inference.onnx_export import example_cloud
 
         cloud = example_cloud(self.detector_config, num_points).numpy()
-        auto, self.auto_intensity = self.auto_intensity, None  # a synthetic cloud says nothing of the sensor's level
+        # a synthetic cloud says nothing of the sensor's intensity level or mount
+        auto, self.auto_intensity = self.auto_intensity, None
+        ground, self.ground = self.ground, None
         try:
             for _ in range(max(int(iterations), 0)):
                 self(cloud)
         finally:
-            self.auto_intensity = auto
+            self.auto_intensity, self.ground = auto, ground
 
     def describe(self) -> str:
         return f"{self.bundle.summary()}; backend {self.backend.describe()}"

@@ -15,7 +15,10 @@ points (clean_ros.cloud.model_input.points_for_model: decode, crop / exclusion b
   frame that arrives is answered, with an empty array when it could not be processed (undecodable, empty, backend
   failure), and the node keeps running; only a frame whose TF lookup fails is skipped (no answer, a diagnostic).
 - Frames (clean_ros.ros.tf_frames): target_frame / model_frame through TF at the cloud's stamp (tf2_ros where
-  installed, else clean_ros.ros.tf_buffer), or sensor_height / pitch / roll without TF (the Pipeline's sensor mount).
+  installed, else clean_ros.ros.tf_buffer), or sensor_height / pitch / roll without TF (the Pipeline's sensor mount),
+  or auto_sensor_mount (the Pipeline's mount measured from the scans' ground). ground_check: the Pipeline fits the
+  scans' ground and /diagnostics says whether it lies where the model's training sensor saw it (with model_frame,
+  judged in the last cloud's model frame).
 - Latency: per-frame stages on ``~/stage_latency`` (diagnostic_msgs/DiagnosticArray, header = the cloud's);
   rolling p50/p95/p99, rates, drops and problems at 1 Hz on /diagnostics.
 - The input contract (fields, value ranges, range crop) is checked on the first cloud and after a frame_id change.
@@ -64,6 +67,8 @@ STAGES = ("decode", "preprocess", "inference", "postprocess", "publish", "total"
 # TF lookups + moving points and boxes between frames (the Pipeline's "frames" time); in the stage record only while
 # target_frame, model_frame or sensor_height is set.
 FRAMES_STAGE = "frames"
+# Fitting the ground plane (the Pipeline's "ground" time): only on the scans it fits (ground_check, auto_sensor_mount).
+GROUND_STAGE = "ground"
 SKIPPED = object()  # a frame whose TF lookup failed: no answer
 CONTRACT_CHECK_MIN_PERIOD_S = 1.0
 # rclpy >= Jazzy passes MessageInfo (publication sequence numbers) to two-argument callbacks.
@@ -114,6 +119,7 @@ class DetectorCore(NodeModel, ParameterChanges, HealthReport):
         self.frame_settings = self._read_frame_settings()
         self.tf = None                       # TfBackend while TF is needed and a model is loaded
         self.frames: FrameResolver | None = None
+        self.cloud_frames = None             # with model_frame: the last cloud's TF transforms (for the mount check)
         self._declaring = False
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -215,13 +221,16 @@ class DetectorCore(NodeModel, ParameterChanges, HealthReport):
             return None
         t0 = time.perf_counter()
         try:
-            return self.frames.frames_for(msg.header.frame_id, msg.header.stamp)
+            frames = self.frames.frames_for(msg.header.frame_id, msg.header.stamp)
         except FrameLookupError as error:
             self.accounting.events.record("tf_lookup_failed", arrival.time, str(error)[:300])
             self._log("tf").warning(f"{error}; frame skipped", throttle_duration_sec=LOG_THROTTLE_S)
             return SKIPPED
         finally:
             stage_ms[FRAMES_STAGE] = 1e3 * (time.perf_counter() - t0)   # the lookups; + the moves below
+        if self.frames.model_frame:  # the Pipeline fits the ground in the cloud's frame; TF says where the model's is
+            self.cloud_frames = frames
+        return frames
 
     def _detect(self, msg: PointCloud2, arrival: Arrival, stage_ms: dict[str, float], frames=None):
         """points -> model -> boxes: (detections, number of points, whether the model ran); never raises."""
@@ -294,6 +303,8 @@ class DetectorCore(NodeModel, ParameterChanges, HealthReport):
             stage_ms[stage] = float(result.timings_ms.get(stage, 0.0))
         if FRAMES_STAGE in result.timings_ms:
             stage_ms[FRAMES_STAGE] = stage_ms.get(FRAMES_STAGE, 0.0) + float(result.timings_ms[FRAMES_STAGE])
+        if GROUND_STAGE in result.timings_ms:
+            stage_ms[GROUND_STAGE] = float(result.timings_ms[GROUND_STAGE])
         stats = result.voxel_stats
         if stats is not None and stats.overflowed:
             detail = (f"{stats.num_overflow_voxels} of {stats.num_occupied_voxels} voxels and "
@@ -331,8 +342,9 @@ class DetectorCore(NodeModel, ParameterChanges, HealthReport):
             extra["end_to_end_ms"] = f"{1e3 * arrival.age_s + stage_ms['total']:.3f}"
         try:
             stages = {k: stage_ms.get(k, 0.0) for k in STAGES}
-            if FRAMES_STAGE in stage_ms:
-                stages[FRAMES_STAGE] = stage_ms[FRAMES_STAGE]
+            for stage in (FRAMES_STAGE, GROUND_STAGE):  # only on the frames that had that work
+                if stage in stage_ms:
+                    stages[stage] = stage_ms[stage]
             self.timing_pub.publish(stage_timing_message(stages, header,
                                                          self.hardware_id, extra))
         except Exception as error:  # noqa: BLE001

@@ -74,6 +74,7 @@ class HealthSnapshot:
     use_sim_time: bool = False
     int8: bool = False                          # the bundle's int8 dense part runs (node parameter int8)
     extra_items: Mapping[str, str] = field(default_factory=dict)   # appended as they are (e.g. the input boxes)
+    mount_warning: str | None = None            # the mount check's text when the ground is not as trained (a WARN)
 
 
 def assess(s: HealthSnapshot) -> tuple[int, str, dict[str, str]]:
@@ -110,6 +111,8 @@ def assess(s: HealthSnapshot) -> tuple[int, str, dict[str, str]]:
         problems.append((WARN, f"backend fallback: '{s.backend_name}' running ({s.backend_reason})"))
     for code, message in s.contract_findings:
         problems.append((WARN, f"input contract ({code}): {message}"))
+    if s.mount_warning:
+        problems.append((WARN, s.mount_warning))
     if s.clock_offset_s is not None:
         hint = ("is /clock being published (ros2 bag play --clock)?" if s.use_sim_time
                 else "replaying a bag? use `ros2 bag play --clock` and use_sim_time:=true")
@@ -175,6 +178,27 @@ def threshold_items(pipeline) -> dict[str, str]:
             "ground_gate_m": f"{float(getattr(pipeline, 'ground_gate_m', 0.0)):g}"}
 
 
+def ground_items(pipeline, frames=None, mount=None) -> tuple[dict[str, str], str | None]:
+    """The mount check (clean_ros.inference.ground_plane) as /diagnostics keys and its WARN text (None while there is
+    nothing to warn of). `ground`: "off" while the Pipeline measures no ground (ground_check false, no model),
+    "measuring ..." until a scan shows enough ground, then MountCheck.describe(). `sensor_mount`: the mount in use,
+    "(auto)" when measured (auto_sensor_mount), else the sensor_height setting (`mount`) or "off". frames: the last
+    cloud's TF transforms (model_frame), judged in that model frame; None: the Pipeline's own mount."""
+    if getattr(pipeline, "auto_mount", False):
+        used = pipeline.sensor_mount
+        items = {"sensor_mount": "measuring (auto)" if used is None else f"{used.describe()} (auto)"}
+    else:
+        items = {"sensor_mount": mount.describe() if mount is not None else "off"}
+    tracker = getattr(pipeline, "ground", None)
+    if tracker is None:
+        return {**items, "ground": "off"}, None
+    check = pipeline.mount_check(frames)
+    if check is None:
+        return {**items, "ground": f"measuring ({tracker.scans} scans, none with enough ground yet)"}, None
+    text = check.describe()
+    return {**items, "ground": text}, None if check.ok else f"mount check: {text}"
+
+
 def to_diagnostic_array(level: int, message: str, items: Mapping[str, str], stamp, hardware_id: str,
                         name: str = STATUS_NAME):
     """diagnostic_msgs/DiagnosticArray with one status (imported lazily so assess() needs no ROS)."""
@@ -198,8 +222,8 @@ def parse_diagnostic_values(status) -> dict[str, str]:
 
 class HealthReport:
     """The node's side of the report: its state as a HealthSnapshot, assessed and published (see the module
-    docstring). Reads the frame accounting, the input boxes, the frame settings, the model's backend and its
-    automatic intensity factor."""
+    docstring). Reads the frame accounting, the input boxes, the frame settings, the model's backend, its
+    automatic intensity factor and its mount check."""
 
     def health_snapshot(self) -> HealthSnapshot:
         a = self.accounting
@@ -213,10 +237,11 @@ class HealthReport:
         }
         target, model, _, mount = self.frame_settings
         input_boxes.update({"target_frame": target or "(cloud frame)", "model_frame": model or "(cloud frame)",
-                            "tf": self.tf.name if self.tf is not None else "off",
-                            "sensor_mount": mount.describe() if mount is not None else "off"})
-        # the factor the last scan's intensity was multiplied by (auto_intensity; "off" also without a model)
+                            "tf": self.tf.name if self.tf is not None else "off"})
         pipeline = self.pipeline
+        ground, mount_warning = ground_items(pipeline, self.cloud_frames, mount)
+        input_boxes.update(ground)
+        # the factor the last scan's intensity was multiplied by (auto_intensity; "off" also without a model)
         input_boxes["intensity_factor"] = (f"{pipeline.intensity_factor:.3g}"
                                            if getattr(pipeline, "auto_intensity", None) is not None else "off")
         input_boxes.update(threshold_items(pipeline))
@@ -233,7 +258,8 @@ class HealthReport:
             backend_name=str(getattr(self.pipeline, "backend_name", "none (no model loaded)")),
             device=self.device, bundle=str(self.bundle_path), num_threads=self.num_threads,
             contract_findings=tuple(self.contract_findings), use_sim_time=self.use_sim_time,
-            backend_reason=self.backend_reason, int8=self.int8, extra_items=input_boxes)
+            backend_reason=self.backend_reason, int8=self.int8, extra_items=input_boxes,
+            mount_warning=mount_warning)
 
     def _publish_diagnostics(self) -> None:
         try:

@@ -3,6 +3,9 @@ choice logged), warm-up, the input contract, the frames (sensor mount, TF), and 
 
 Automatic intensity (the auto_intensity parameter) is set on the Pipeline after the warm-up (whose synthetic cloud
 must not count as a scan of the sensor); while it is on, the input contract does not check the intensity's range.
+The ground watch (ground_check) and the automatic sensor mount (auto_sensor_mount) are set after the warm-up and the
+sensor mount (setting a mount would end the automatic one); the FrameResolver reads the Pipeline's mount per cloud,
+since the automatic one moves as the estimate comes in.
 
 NodeModel is a mixin of clean_ros.ros.detector_node.DetectorCore, so the plain node runs it in its constructor and
 the lifecycle node (clean_ros.ros.lifecycle_node) in configure (``_load_model``) and cleanup (``_free_model``). It
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import time
 
+from clean_ros.inference.ground_plane import BAND_M, DEFAULT_WINDOW, GROUND_EVERY, WARM_FITS
 from clean_ros.inference.intensity_level import LEVEL_RANGE_M
 from clean_ros.inference.sensor_mount import SensorMount
 from clean_ros.package_share import default_bundle_path
@@ -51,6 +55,7 @@ class NodeModel:
         self.contract = self._input_contract()
         self.contract_pending = True
         self._start_frames()
+        self._start_ground(self.params.get("ground_check"), self.params.get("auto_sensor_mount"))
 
     def _start_auto_intensity(self, enabled: bool) -> None:
         """The auto_intensity parameter on the Pipeline: each scan's intensity scaled to the bundle's training level
@@ -78,7 +83,7 @@ class NodeModel:
         except ValueError as error:
             raise StartupError(str(error)) from None
         target, model, timeout = read("target_frame"), read("model_frame"), read("tf_timeout_s")
-        problem = validate_frame_settings(target, model, timeout, mount)
+        problem = validate_frame_settings(target, model, timeout, mount, bool(read("auto_sensor_mount")))
         if problem:
             raise StartupError(problem)
         return target, model, timeout, mount
@@ -95,7 +100,26 @@ class NodeModel:
             self.get_logger().info(f"TF ({self.tf.name}): points into '{model or '<cloud frame>'}', boxes into "
                                    f"'{target or '<cloud frame>'}', lookups at the cloud's stamp wait up to "
                                    f"tf_timeout_s={timeout:g} s")
-        self.frames = FrameResolver(self.tf, target, model, timeout, self.pipeline.frames)
+        pipeline = self.pipeline  # the mount in force when each cloud arrives (the automatic one moves)
+        self.frames = FrameResolver(self.tf, target, model, timeout, lambda: pipeline.frames)
+
+    def _start_ground(self, check: bool, auto_mount: bool) -> None:
+        """ground_check / auto_sensor_mount on the Pipeline (clean_ros.inference.ground_plane). The automatic mount
+        needs the ground measured, so it measures it whatever ground_check says."""
+        how = (f"ground {BAND_M[0]:g}-{BAND_M[1]:g} m away, every scan until {WARM_FITS} fits, then one in "
+               f"{GROUND_EVERY} scans; running median of the last {DEFAULT_WINDOW} fits")
+        if auto_mount:
+            self.pipeline.set_auto_mount(True)
+            self.get_logger().info(f"automatic sensor mount on: the sensor's height, pitch and roll measured from the "
+                                   f"scans' {how}, applied as the sensor mount (scans before the first fit run "
+                                   "without one); diagnostics keys sensor_mount, ground")
+        elif check:
+            self.pipeline.set_ground_watch(True)
+            self.get_logger().info(f"ground check on: the scans' {how}, compared with the ground the model's training "
+                                   "sensor saw; diagnostics key ground (WARN when they disagree)")
+        else:
+            self.pipeline.set_ground_watch(False)
+            self.get_logger().info("ground check off (ground_check false)")
 
     def _stop_tf(self) -> None:
         """Close the TF listener, if any: its spin thread is joined (before rclpy and the interpreter go away)."""
@@ -107,6 +131,7 @@ class NodeModel:
         """Drop the pipeline (weights, backend session, engine) and the device's cached memory."""
         self._stop_tf()
         self.frames = None
+        self.cloud_frames = None
         self.pipeline = None
         import gc
 

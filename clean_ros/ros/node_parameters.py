@@ -25,10 +25,10 @@ from typing import Any, Mapping
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from clean_ros.cloud.model_input import BoxFilter, check_box
-from clean_ros.defaults import (AUTO_INTENSITY, BACKEND, BACKENDS, CROP_BOX, DEVICE, EXCLUSION_BOX, EXPECTED_RATE_HZ,
-                                INPUT_TOPIC, INTENSITY_SCALE, MAX_POINTS, NODE_NAME, NUM_THREADS, OUTPUT_TOPIC,
-                                RANGE_BREAKPOINTS, WARMUP_ITERATIONS, TARGET_FRAME, MODEL_FRAME, TF_TIMEOUT_S,
-                                SENSOR_HEIGHT)
+from clean_ros.defaults import (AUTO_INTENSITY, AUTO_SENSOR_MOUNT, BACKEND, BACKENDS, CROP_BOX, DEVICE,
+                                EXCLUSION_BOX, EXPECTED_RATE_HZ, GROUND_CHECK, INPUT_TOPIC, INTENSITY_SCALE,
+                                MAX_POINTS, NODE_NAME, NUM_THREADS, OUTPUT_TOPIC, RANGE_BREAKPOINTS,
+                                WARMUP_ITERATIONS, TARGET_FRAME, MODEL_FRAME, TF_TIMEOUT_S, SENSOR_HEIGHT)
 from clean_ros.inference.sensor_mount import MAX_TILT_RAD
 from clean_ros.inference.postprocess_settings import check_range_breakpoints
 
@@ -126,8 +126,14 @@ STATIC_PARAMETERS: tuple[ParameterSpec, ...] = (
       read_only=True, float_range=(-MAX_TILT_RAD, MAX_TILT_RAD)),
     P("sensor_roll", 0.0, "with sensor_height: the sensor's roll in radians (positive = left side up)",
       read_only=True, float_range=(-MAX_TILT_RAD, MAX_TILT_RAD)),
+    P("auto_sensor_mount", AUTO_SENSOR_MOUNT, "the sensor's height, pitch and roll measured from the scans' ground "
+      "and used as the sensor mount (the first scans, until one shows enough ground, run without one); not with "
+      "sensor_height or model_frame (docs/NODE.md 'Where the sensor is')", read_only=True),
+    P("ground_check", GROUND_CHECK, "measure the scans' ground and report on /diagnostics (key ground, WARN) when "
+      "it is not where the model's training sensor saw it", read_only=True),
 )
-FRAME_PARAMS = ("target_frame", "model_frame", "tf_timeout_s", "sensor_height", "sensor_pitch", "sensor_roll")
+FRAME_PARAMS = ("target_frame", "model_frame", "tf_timeout_s", "sensor_height", "sensor_pitch", "sensor_roll",
+                "auto_sensor_mount")
 STATIC_BY_NAME: Mapping[str, ParameterSpec] = {spec.name: spec for spec in STATIC_PARAMETERS}
 BOX_PARAMS = ("crop_box_enabled", "crop_box", "exclusion_box_enabled", "exclusion_box")
 

@@ -3,7 +3,8 @@
     python -m clean_ros.replay BAG --bundle DIR [--mode fast|realtime] [--out report.json] [--record OUT_BAG]
                                [--backend auto|torch|onnxruntime|tensorrt] [--device cpu] [--int8] [--num-threads N]
                                [--points-topic /points] [--gt-topic /ground_truth] [--rate-scale 1.0]
-                               [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]] [--no-auto-intensity]
+                               [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD] | --auto-sensor-mount]
+                               [--no-ground-check] [--no-auto-intensity]
                                [--score-threshold T|T1,T2,.. | --operating-point FP]
                                [--crop-box LIST] [--exclusion-box LIST]
                                [--range-breakpoints LIST --range-score-thresholds LIST]
@@ -22,6 +23,11 @@ This module is the command line; the work is done by:
 
 --sensor-height (+ pitch, roll): where the bag's sensor is, the node's sensor_height setting
 (clean_ros.inference.sensor_mount): fast mode sets it on the Pipeline, realtime mode passes it to the node.
+--auto-sensor-mount: the mount measured from the scans' ground instead (the node's auto_sensor_mount,
+clean_ros.inference.ground_plane; not with --sensor-height). The ground is measured unless --no-ground-check (the
+node's ground_check): the last line says whether it lies where the model's training sensor saw it, or which mount the
+automatic one settled on (fast mode: the Pipeline's mount check, clean_ros/tools/mount_options.py; realtime mode: the
+node's /diagnostics keys ground and sensor_mount); the report's "ground_check" holds that line.
 --no-auto-intensity: the node's auto_intensity off (clean_ros.inference.intensity_level: on by default, each scan's
 intensity scaled to the bundle's training level when the bundle records one); fast mode sets it on the Pipeline
 (a bundle without the level: one line on stderr, the intensity as recorded), realtime mode passes it to the node.
@@ -57,6 +63,7 @@ from clean_ros.ros.replay_frames import FrameResult, GroundTruthFrame, ReplayErr
 from clean_ros.ros.replay_realtime import run_realtime
 from clean_ros.tools.model_input_options import (ModelInputOptions, add_model_input_options, add_threshold_options,
                                                apply_threshold_options, chosen_thresholds)
+from clean_ros.tools.mount_options import add_mount_options, apply_mount_options, mount_from_options, mount_summary
 
 __all__ = ["FrameResult", "GroundTruthFrame", "ReplayError", "evaluate_replay", "format_ap", "load_side_topics",
            "main", "record_detections", "replay", "run_fast", "run_realtime"]
@@ -73,10 +80,8 @@ def replay(args) -> dict:
         raise ReplayError(f"{args.record}: exists already (--record never overwrites)")
     if args.mode == "realtime" and not (args.bundle / "manifest.json").is_file():
         raise ReplayError(f"{args.bundle}: not a model bundle (no manifest.json)")
-    from clean_ros.inference.sensor_mount import SensorMount
-
     try:
-        mount = SensorMount.from_settings(args.sensor_height, args.sensor_pitch, args.sensor_roll)
+        mount = mount_from_options(args)  # refused before the bag is read: a bad mount, or one given twice
         options = ModelInputOptions.from_args(args)
     except ValueError as exc:
         raise ReplayError(str(exc)) from None
@@ -95,7 +100,7 @@ def replay(args) -> dict:
                                                 intra_op_threads=args.num_threads, int8=args.int8)
             except (BundleError, BackendError, ValueError, OSError) as exc:
                 raise ReplayError(f"{args.bundle}: cannot load the bundle: {exc}") from None
-            pipeline.set_sensor_mount(mount)
+            apply_mount_options(pipeline, args)  # the mount, the ground watch, the automatic mount
             off = pipeline.set_auto_intensity(args.auto_intensity)
             if off is not None:  # the bundle records no training level: the intensity as given
                 print(off, file=sys.stderr)
@@ -115,6 +120,7 @@ def replay(args) -> dict:
             results = run_fast(reader, pipeline, args.points_topic, args.intensity_scale, progress=args.progress,
                                boxes=options.boxes, removed=removed)
             mode_stats = {"published": len(results), "answered": len(results), "dropped": 0, "drop_fraction": 0.0}
+            ground_check = mount_summary(pipeline)
         else:
             from clean_ros.inference.bundle import load_bundle
 
@@ -130,7 +136,8 @@ def replay(args) -> dict:
             except ValueError as exc:
                 raise ReplayError(str(exc)) from None
             node_parameters = {**options.node_parameters(), "auto_intensity": bool(args.auto_intensity),
-                               "int8": bool(args.int8)}
+                               "int8": bool(args.int8), "ground_check": bool(args.ground_check),
+                               "auto_sensor_mount": bool(args.auto_sensor_mount)}
             if args.ground_gate is not None:
                 node_parameters["ground_gate_m"] = gate
             if args.operating_point is not None:  # the node picks it (and logs it) as a user's params file would
@@ -147,6 +154,7 @@ def replay(args) -> dict:
                                                log_path=args.node_log, node_parameters=node_parameters)
             backend = mode_stats.pop("node_backend")
             removed = mode_stats.pop("node_points_removed")
+            ground_check = node_ground_line(mode_stats.pop("node_ground"), args.auto_sensor_mount)
     finally:
         reader.close()
     if not results:
@@ -154,7 +162,8 @@ def replay(args) -> dict:
     report = {"bag": str(args.bag), "bundle": str(args.bundle), "mode": args.mode, "backend": backend,
               "int8": bool(args.int8), "device": args.device, "num_threads": args.num_threads,
               "frames": len(results), **mode_stats,
-              "ground_truth": gt_note, "latency_ms": latency_summary(r.timings_ms for r in results if r.answered),
+              "ground_truth": gt_note, "ground_check": ground_check,
+              "latency_ms": latency_summary(r.timings_ms for r in results if r.answered),
               "input": {"score_thresholds": dict(zip(class_names, thresholds)), "operating_point": args.operating_point,
                         "ground_gate_m": gate,
                         "crop_box": list(options.boxes.crop) if options.boxes.crop else None,
@@ -166,6 +175,15 @@ def replay(args) -> dict:
         report["recorded_frames"] = record_detections(args.record, results, class_names, args.record_format)
         report["record"] = str(args.record)
     return report
+
+
+def node_ground_line(health: dict[str, str], auto_mount: bool) -> str | None:
+    """Realtime mode's last line about the mount, from the node's last /diagnostics keys (fast mode's is
+    clean_ros.tools.mount_options.mount_summary); None when the node measured no ground."""
+    if auto_mount and health.get("sensor_mount"):
+        return f"sensor mount (node): {health['sensor_mount']}"
+    ground = health.get("ground")
+    return None if ground in (None, "off") else f"ground check (node): {ground}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,11 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                              "one, as the node's auto_intensity does (docs/NODE.md 'Intensity of another sensor')")
     parser.add_argument("--warmup", type=int, default=defaults.WARMUP_ITERATIONS,
                         help="fast mode: warm-up runs before timing")
-    parser.add_argument("--sensor-height", type=float, default=defaults.SENSOR_HEIGHT,
-                        help="the sensor's height above the ground in metres (0 = as the model was trained); "
-                             "docs/NODE.md 'Where the sensor is'")
-    parser.add_argument("--sensor-pitch", type=float, default=0.0, help="radians, positive = nose down")
-    parser.add_argument("--sensor-roll", type=float, default=0.0, help="radians, positive = left side up")
+    add_mount_options(parser)  # --sensor-height / pitch / roll, --auto-sensor-mount, --no-ground-check
     add_threshold_options(parser)
     add_model_input_options(parser)
     parser.add_argument("--rate-scale", type=float, default=1.0, help="realtime: publish at recorded rate x this")
@@ -218,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ground truth: {report['ground_truth']}")
     print(format_latency(report["latency_ms"]))
     print(format_ap(report["accuracy"]))
+    if report["ground_check"]:
+        print(report["ground_check"])
     if args.out is not None:
         try:
             atomic_write_json(args.out, report)

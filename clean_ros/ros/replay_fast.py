@@ -2,7 +2,8 @@
 clean_ros.cloud.model_input.points_for_model (decode, crop / exclusion boxes, decimation to max_points) and
 clean_ros.inference.pipeline.Pipeline exactly as the detector node's callback does (same bundle, same
 post-processing settings, same input steps). The boxes test the points in the model's input frame: with a sensor
-mount set on the Pipeline (--sensor-height), on the moved coordinates, as the node does. Automatic intensity
+mount set on the Pipeline (--sensor-height, or the automatic one of --auto-sensor-mount as it stands when the
+cloud arrives), on the moved coordinates, as the node does. Automatic intensity
 (on unless --no-auto-intensity, set on the Pipeline by clean_ros.ros.replay) scales each scan inside the Pipeline,
 after intensity_scale, as in the node; the warm-up runs before the first cloud do not count as scans."""
 from __future__ import annotations
@@ -27,11 +28,12 @@ def run_fast(reader: BagReader, pipeline, points_topic: str, intensity_scale: fl
     from clean_ros.cloud.model_input import points_for_model
     from clean_ros.cloud.pointcloud import CloudFormatError
 
-    frames = getattr(pipeline, "frames", None)  # the sensor mount's transforms, None without one
-    model_from_input = frames.model_from_input if frames is not None else None
     results = []
     for index, (_, msg) in enumerate(cloud_messages(reader, points_topic)):
         t0 = time.perf_counter()
+        # the sensor mount's transforms now (None without one): the automatic mount moves as scans come in
+        frames = getattr(pipeline, "frames", None)
+        model_from_input = frames.model_from_input if frames is not None else None
         try:
             prepared = points_for_model(msg, pipeline.point_features, intensity_scale=intensity_scale,
                                         max_points=max_points, boxes=boxes, model_from_input=model_from_input)

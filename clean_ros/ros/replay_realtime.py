@@ -136,5 +136,7 @@ def run_realtime(reader: BagReader, bundle: Path, points_topic: str, *, backend:
              "node_dropped_frames": node_health.get("dropped_frames"),
              # the node's totals of points removed by its crop / exclusion boxes (its /diagnostics)
              "node_points_removed": {key: int(node_health[key]) for key in
-                                     ("points_outside_crop_total", "points_excluded_total") if key in node_health}}
+                                     ("points_outside_crop_total", "points_excluded_total") if key in node_health},
+             # its mount check and the mount in use (ground_check, auto_sensor_mount), as last reported
+             "node_ground": {key: node_health[key] for key in ("ground", "sensor_mount") if key in node_health}}
     return results, stats

@@ -3,8 +3,8 @@
     python -m clean_ros.infer [--bundle DIR] [--backend auto|torch|onnxruntime|tensorrt] [--device cpu|cuda] [--int8]
                               [--out PRED_DIR] [--png DIR] [--calib FILE_or_DIR] [--intensity-scale S]
                               [--no-auto-intensity] [--score-threshold T|T1,T2,.. | --operating-point FP]
-                              [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD]]
-                              [--crop-box LIST] [--exclusion-box LIST]
+                              [--sensor-height M [--sensor-pitch RAD] [--sensor-roll RAD] | --auto-sensor-mount]
+                              [--no-ground-check] [--crop-box LIST] [--exclusion-box LIST]
                               [--range-breakpoints LIST --range-score-thresholds LIST] INPUT...
 
 INPUT: .bin (KITTI float32 x y z intensity), .pcd (ascii / binary), a folder of such files, or a KITTI split folder
@@ -19,6 +19,9 @@ Without: <id>.json with LiDAR-frame boxes:
 --png: a bird's-eye view per frame (points + boxes coloured by class).
 --sensor-height (+ pitch, roll): where the sensor is when it is not mounted like the model's training sensor
 (clean_ros.inference.sensor_mount, the same setting as the node's sensor_height); boxes stay in the input frame.
+--auto-sensor-mount: the mount measured from the scans' ground instead (clean_ros.inference.ground_plane, the node's
+auto_sensor_mount). Unless --no-ground-check, the last line says whether the ground lies where the model's training
+sensor saw it (and what --sensor-height would put it there).
 Intensity: each scan's intensity is scaled to the bundle's training level when the bundle records one (a sensor
 with another intensity scale, 0-255 included; clean_ros.inference.intensity_level, the node's auto_intensity); the
 frame's line gives the factor. --no-auto-intensity: the intensity as read, times --intensity-scale.
@@ -48,6 +51,7 @@ import numpy as np
 from clean_ros import defaults
 from clean_ros.atomic import atomic_open, atomic_write_text
 from clean_ros.cloud.model_input import apply_boxes
+from clean_ros.tools.mount_options import add_mount_options, apply_mount_options, mount_summary
 from clean_ros.tools.model_input_options import (ModelInputOptions, add_model_input_options, add_threshold_options,
                                                apply_threshold_options)
 
@@ -211,13 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "intensity is scaled to the bundle's training level when the bundle records one "
                          "(docs/NODE.md 'Intensity of another sensor')")
     add_threshold_options(ap)
-    ap.add_argument("--sensor-height", type=float, default=defaults.SENSOR_HEIGHT,
-                    help="the sensor's height above the ground in metres (0 = as the model was trained: the "
-                         "bundle's sensor_height, KITTI 1.73 m); docs/NODE.md 'Where the sensor is'")
-    ap.add_argument("--sensor-pitch", type=float, default=0.0,
-                    help="the sensor's pitch in radians (positive = tilted nose down), with --sensor-height")
-    ap.add_argument("--sensor-roll", type=float, default=0.0,
-                    help="the sensor's roll in radians (positive = left side up), with --sensor-height")
+    add_mount_options(ap)
     add_model_input_options(ap)
     ap.add_argument("--threads", type=int, default=0, help="torch / onnxruntime CPU threads (0 = default)")
     ap.add_argument("--quiet", action="store_true", help="only errors and the final line")
@@ -250,24 +248,22 @@ def main(argv: list[str] | None = None) -> int:
             print(chosen, flush=True)
         if options.range_changes:
             pipeline.update_postprocess(**options.range_changes)
-        from clean_ros.inference.sensor_mount import SensorMount
-
-        pipeline.set_sensor_mount(SensorMount.from_settings(args.sensor_height, args.sensor_pitch, args.sensor_roll))
-        if pipeline.sensor_mount is not None and not args.quiet:
-            print(f"{pipeline.sensor_mount.describe()}: points moved to a virtual sensor at the model's "
-                  f"{pipeline.training_sensor_height:g} m; boxes reported in the sensor frame", flush=True)
+        mount = apply_mount_options(pipeline, args)
+        if mount and not args.quiet:
+            print(mount, flush=True)
         off = pipeline.set_auto_intensity(args.auto_intensity)
         if off and not args.quiet:
             print(off, flush=True)
         if (options.boxes.active or options.range_changes) and not args.quiet:
             print(options.describe(), flush=True)
-        model_from_input = pipeline.frames.model_from_input if pipeline.frames is not None else None
         # without the intensity's range while automatic intensity is on: any scale is brought to the training level
         contract = pipeline.input_contract()
         pipeline.warmup(1)
         total = 0
         for frame in frames:
             points, fields = read_frame_points(frame.path, len(pipeline.point_features), args.intensity_scale)
+            # the mount in force (the automatic one moves as scans come in): the boxes are in the model's frame
+            model_from_input = pipeline.frames.model_from_input if pipeline.frames is not None else None
             kept, outside, excluded = apply_boxes(points, options.boxes, model_from_input)
             result = pipeline(kept)
             dets = result.detections
@@ -294,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
                 write_predictions(args.out, frame, dets, calib)
             if args.png is not None:
                 write_bev_png(args.png / f"{frame.frame_id}.png", kept, dets, pipeline.bundle.point_cloud_range)
+        ground = mount_summary(pipeline)
+        if ground:
+            print(ground, flush=True)
         print(f"{len(frames)} frames, {total} detections, backend {pipeline.backend.describe()}"
               + (f", predictions in {args.out}" if args.out else ""))
         return 0

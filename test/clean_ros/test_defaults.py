@@ -20,7 +20,8 @@ NODE_PARAMETERS = {"backend": "BACKEND", "device": "DEVICE", "num_threads": "NUM
                    "output_topic": "OUTPUT_TOPIC", "intensity_scale": "INTENSITY_SCALE",
                    "expected_rate_hz": "EXPECTED_RATE_HZ", "target_frame": "TARGET_FRAME",
                    "model_frame": "MODEL_FRAME", "tf_timeout_s": "TF_TIMEOUT_S", "sensor_height": "SENSOR_HEIGHT",
-                   "auto_intensity": "AUTO_INTENSITY"}
+                   "auto_intensity": "AUTO_INTENSITY", "ground_check": "GROUND_CHECK",
+                   "auto_sensor_mount": "AUTO_SENSOR_MOUNT"}
 
 # (file, option) -> the defaults name its default must equal; its help text, where it names a default, too
 TOOL_OPTIONS = {
@@ -32,8 +33,10 @@ TOOL_OPTIONS = {
     ("clean_ros/tools/infer.py", "--backend"): "BACKEND",
     ("clean_ros/tools/infer.py", "--device"): "DEVICE",
     ("clean_ros/tools/infer.py", "--intensity-scale"): "INTENSITY_SCALE",
-    ("clean_ros/tools/infer.py", "--sensor-height"): "SENSOR_HEIGHT",
-    ("clean_ros/ros/replay.py", "--sensor-height"): "SENSOR_HEIGHT",
+    # --sensor-height and the ground options of infer, replay and the real-data check (add_mount_options)
+    ("clean_ros/tools/mount_options.py", "--sensor-height"): "SENSOR_HEIGHT",
+    ("clean_ros/tools/mount_options.py", "--auto-sensor-mount"): "AUTO_SENSOR_MOUNT",
+    ("clean_ros/tools/mount_options.py", "--no-ground-check"): "GROUND_CHECK",
     ("clean_ros/ros/replay.py", "--no-auto-intensity"): "AUTO_INTENSITY",
     ("clean_ros/tools/infer.py", "--no-auto-intensity"): "AUTO_INTENSITY",
     ("bench/bench_node.py", "--threads"): "NUM_THREADS",

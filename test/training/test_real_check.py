@@ -551,6 +551,7 @@ def _error_line(capsys) -> str:
     ("broken_bundle", "manifest"),
     ("bad_scan", "not a multiple of 16 bytes"),
     ("thresholds_count", "score_thresholds needs 3 values (one per class: Car, Pedestrian, Cyclist), got 2"),
+    ("mount_twice", "--auto-sensor-mount and --sensor-height say where the sensor is twice"),
 ])
 def test_bad_input_is_one_line_and_exit_2(case, expected, kitti_sample, default_bundle, tmp_path, capsys):
     split = tmp_path / "training"
@@ -573,6 +574,8 @@ def test_bad_input_is_one_line_and_exit_2(case, expected, kitti_sample, default_
         args += ["--split", "val"]
     if case == "thresholds_count":
         args += ["--score-threshold", "0.3,0.2"]
+    if case == "mount_twice":
+        args += ["--auto-sensor-mount", "--sensor-height", "2.0"]
     assert real_check.main(args) == 2
     assert expected in _error_line(capsys)
     assert not (tmp_path / "r.json").exists()
@@ -598,23 +601,30 @@ def test_command_line_error_has_no_traceback(tmp_path):
     assert run.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such folder"
 
 
-def test_sensor_height_setting_undoes_a_higher_mount(shared_run, default_bundle, tmp_path, capsys):
-    """The same six scenes seen from 0.5 m higher (points 0.5 m lower, and the calibration moved with them, so the
-    labels sit on the lowered points): with --sensor-height 2.23 (KITTI's 1.73 + 0.5) the check gives the figures of
-    the original scans, the points on each object included (counted in the labels' frame, not the model's)."""
+def _lowered_split(shared_run, tmp_path, drop: float = 0.5):
+    """The shared frames seen from `drop` m higher: points lower, the calibration moved with them (so the labels sit
+    on the lowered points)."""
     import dataclasses
 
     split = _copy_split(shared_run["split"].parent, tmp_path / "training",
                         stems=tuple(f["frame"] for f in shared_run["report"]["per_frame"]))
     for scan in (split / "velodyne").glob("*.bin"):
         points = np.fromfile(scan, np.float32).reshape(-1, 4)
-        points[:, 2] -= 0.5
+        points[:, 2] -= drop
         points.tofile(scan)
         calib_file = split / "calib" / f"{scan.stem}.txt"
         calib = Calibration.from_file(calib_file)
         v2c = calib.V2C.copy()
-        v2c[:, 3] += 0.5 * v2c[:, 2]  # camera <- lowered scan: the same camera coordinates as before
+        v2c[:, 3] += drop * v2c[:, 2]  # camera <- lowered scan: the same camera coordinates as before
         calib_file.write_text(dataclasses.replace(calib, V2C=v2c).to_text())
+    return split
+
+
+def test_sensor_height_setting_undoes_a_higher_mount(shared_run, default_bundle, tmp_path, capsys):
+    """The same six scenes seen from 0.5 m higher (points 0.5 m lower, and the calibration moved with them, so the
+    labels sit on the lowered points): with --sensor-height 2.23 (KITTI's 1.73 + 0.5) the check gives the figures of
+    the original scans, the points on each object included (counted in the labels' frame, not the model's)."""
+    split = _lowered_split(shared_run, tmp_path)
     assert real_check.main(["--bundle", str(default_bundle), "--backend", "torch", "--threads", "1", "--quiet",
                             str(split), "--sensor-height", "2.23", "--out", str(tmp_path / "r.json")]) == 0
     assert "sensor 2.23 m above the ground" in capsys.readouterr().out
@@ -633,6 +643,34 @@ def test_sensor_height_setting_undoes_a_higher_mount(shared_run, default_bundle,
     assert report["recall"]["by_points"] is not None
     for metric in ("bev_R40", "3d_R40"):
         assert report["ap"]["Car"][metric] == pytest.approx(original["ap"]["Car"][metric], abs=1e-9), metric
+
+
+def test_the_ground_check_and_the_automatic_mount_on_a_higher_mount(shared_run, default_bundle, tmp_path, capsys):
+    """The six scans as they are: the ground check says the ground lies as trained. Seen from 0.5 m higher: without a
+    setting it says so and suggests a sensor_height 0.5 m above the scans' own; with --auto-sensor-mount the check
+    measures that mount and uses it (the JSON says which)."""
+    from clean_ros.inference.bundle import load_bundle
+    from clean_ros.inference.ground_plane import fit_ground_plane
+
+    original = shared_run["report"]
+    assert original["ground_check"].startswith("ground check: ground 1.") and original["ground_check"].endswith(
+        "as trained")
+    split = _lowered_split(shared_run, tmp_path)
+    common = ["--bundle", str(default_bundle), "--backend", "torch", "--threads", "1", "--quiet", str(split)]
+    assert real_check.main(common + ["--out", str(tmp_path / "none.json")]) == 0
+    unset = json.loads((tmp_path / "none.json").read_text())
+    assert "the sensor is not where the model expects it: set sensor_height 2." in unset["ground_check"]
+    assert unset["sensor_mount"] is None and not unset["auto_sensor_mount"]
+    assert real_check.main(common + ["--auto-sensor-mount", "--out", str(tmp_path / "auto.json")]) == 0
+    auto = json.loads((tmp_path / "auto.json").read_text())
+    assert auto["auto_sensor_mount"] and auto["ground_check"].startswith("sensor mount measured from 6 scans")
+    assert auto["ground_check"] in capsys.readouterr().out
+    own = np.median([fit_ground_plane(np.fromfile(p, np.float32).reshape(-1, 4)).height
+                     for p in sorted((shared_run["split"] / "velodyne").glob("*.bin"))
+                     if p.stem in {f["frame"] for f in original["per_frame"]}])
+    bundle = load_bundle(default_bundle)
+    height = float(auto["sensor_mount"].split(" m above")[0].split()[-1])
+    assert height == pytest.approx(own + 0.5 - bundle.ground_height + bundle.sensor_height, abs=0.03)
 
 
 def test_automatic_intensity_undoes_a_dimmer_sensor(shared_run, default_bundle, tmp_path, capsys):

@@ -114,7 +114,8 @@ def export(run: CompressRun, folder: Path, refs: dict[str, ModelRef]) -> dict:
                             "compress_config": c.name, "report": "report.md of the compress run (README.md when "
                                                                   "installed by training/release_default.py)"},
                 metrics=row, export_onnx=c.export.onnx, sensor_height=_training_sensor_height(run),
-                intensity_level=_training_intensity_level(run), operating_points=points)
+                intensity_level=_training_intensity_level(run), ground_height=_training_ground_height(run),
+                operating_points=points)
     bundle = load_bundle(out)  # proves it loads (manifest, hashes, weights)
     return {"bundle": str(out), "files": sorted(bundle.manifest["files"])}
 
@@ -133,12 +134,26 @@ def _training_intensity_level(run: CompressRun) -> float | None:
     """The training split's intensity level (the bundle's `intensity_level`: infer / the node scale other sensors'
     intensity to it); None, with a log line, when its scans give none (e.g. no intensity recorded)."""
     from clean_ros.inference.intensity_level import dataset_intensity_level
-    from training.intensity_level import split_scans
+    from training.bundle_fields import split_scans
 
     try:
         return dataset_intensity_level(split_scans(run.data_root, run.cfg.data.train_split)[1])
     except ValueError as exc:
         run.log(f"bundle without an intensity level (no automatic intensity): {exc}")
+        return None
+
+
+def _training_ground_height(run: CompressRun) -> float | None:
+    """The training split's ground below the sensor as clean_ros.inference.ground_plane measures it (the bundle's
+    `ground_height`: the node's mount check and automatic mount compare other sensors' ground with it); None, with a
+    log line, when its scans show too little ground."""
+    from clean_ros.inference.ground_plane import dataset_ground_height
+    from training.bundle_fields import split_scans
+
+    try:
+        return dataset_ground_height(split_scans(run.data_root, run.cfg.data.train_split)[1])
+    except ValueError as exc:
+        run.log(f"bundle without a ground height (the mount check uses its sensor_height): {exc}")
         return None
 
 

@@ -57,6 +57,9 @@ class RecordingPipeline:
     def set_auto_intensity(self, enabled, window=None, strict=False):
         return "this test double records no intensity level"  # as a bundle without one: the node warns, runs on
 
+    def set_ground_watch(self, enabled, window=None, every=None):
+        pass  # measures no ground: the report's ground key stays "off"
+
     def input_contract(self):
         from clean_ros.cloud.pointcloud import InputContract
 

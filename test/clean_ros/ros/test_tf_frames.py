@@ -38,7 +38,21 @@ def test_no_frames_set_means_no_transforms_or_only_the_mount():
     assert not resolver.uses_tf and resolver.frames_for("lidar", _stamp(0)) is None
     assert resolver.output_frame("lidar") == "lidar"
     mount = ModelFrames.from_mount(SensorMount(2.0))
-    assert FrameResolver(None, "", "", 0.05, mount).frames_for("lidar", _stamp(0)) is mount
+    assert FrameResolver(None, "", "", 0.05, lambda: mount).frames_for("lidar", _stamp(0)) is mount
+
+
+def test_the_mount_is_read_for_every_cloud():
+    """The automatic sensor mount (auto_sensor_mount) moves as the ground estimate comes in: each cloud gets the
+    Pipeline's mount as it is then, with the boxes still carried on to target_frame."""
+    current = [None]
+    resolver = FrameResolver(_tf(), "base_link", "", 0.05, lambda: current[0])
+    first = resolver.frames_for("lidar", _stamp(50 * S))
+    assert first.model_from_input.is_identity()                     # no estimate yet: no mount
+    current[0] = ModelFrames.from_mount(SensorMount(2.4, pitch=0.03))
+    second = resolver.frames_for("lidar", _stamp(50 * S))
+    np.testing.assert_allclose(second.model_from_input.matrix, current[0].model_from_input.matrix)
+    np.testing.assert_allclose(second.output_from_model.matrix,
+                               LIDAR_ON_BASE.compose(current[0].output_from_model).matrix, atol=1e-12)
 
 
 def test_target_frame_only_moves_the_boxes():
@@ -63,7 +77,7 @@ def test_model_frame_and_a_moving_target_frame_at_the_cloud_stamp():
 
 def test_a_target_frame_keeps_the_sensor_mount():
     mount = ModelFrames.from_mount(SensorMount(2.4, pitch=0.03))
-    frames = FrameResolver(_tf(), "base_link", "", 0.05, mount).frames_for("lidar", _stamp(50 * S))
+    frames = FrameResolver(_tf(), "base_link", "", 0.05, lambda: mount).frames_for("lidar", _stamp(50 * S))
     np.testing.assert_allclose(frames.model_from_input.matrix, mount.model_from_input.matrix)
     np.testing.assert_allclose(frames.output_from_model.matrix,
                                LIDAR_ON_BASE.compose(mount.output_from_model).matrix, atol=1e-12)
@@ -87,3 +101,9 @@ def test_settings_that_contradict_each_other_are_refused():
     assert "say the same thing twice" in validate_frame_settings("", "virtual", 0.05, mount)
     assert "tf_timeout_s = -1" in validate_frame_settings("", "", -1.0, None)
     assert "no spaces" in validate_frame_settings("base link", "", 0.05, None)
+    # auto_sensor_mount: a third way of saying where the sensor is; target_frame goes with it
+    assert validate_frame_settings("base_link", "", 0.05, None, auto_mount=True) is None
+    for model, given, name in (("", mount, "sensor_height"), ("virtual", None, "model_frame")):
+        reason = validate_frame_settings("", model, 0.05, given, auto_mount=True)
+        assert reason.startswith(f"auto_sensor_mount and {name} are both set: say where the sensor is once")
+        assert "\n" not in reason

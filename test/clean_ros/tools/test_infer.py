@@ -236,6 +236,32 @@ def test_sensor_height_moves_points_to_the_training_height_and_boxes_back(bundle
     assert err.startswith("error: sensor_height = -1.0") and "Traceback" not in err
 
 
+def test_the_ground_check_line_and_the_automatic_mount(bundle_path, kitti_sample, tmp_path, capsys):
+    """infer's last lines: the ground check says whether the ground lies as the model's training scans had it (and
+    what --sensor-height would fix it); --auto-sensor-mount measures the mount and says which it used;
+    --no-ground-check measures nothing; both mounts at once are refused."""
+    from clean_ros.cloud.transforms import transform_points
+    from clean_ros.inference.sensor_mount import SensorMount
+
+    points = read_velodyne(kitti_sample / "training/velodyne/000000.bin")
+    transform_points(points, SensorMount(2.6, pitch=0.05).model_from_sensor(1.73).inverse()).astype(
+        np.float32).tofile(tmp_path / "high.bin")
+    common = ["--bundle", str(bundle_path), "--backend", "torch", "--threads", "1", str(tmp_path / "high.bin")]
+    assert infer.main(common) == 0
+    out = capsys.readouterr().out
+    assert "ground check: ground 2." in out and "set sensor_height 2." in out
+    frame_line = next(line for line in out.splitlines() if line.startswith("high:"))
+    assert ", ground " in frame_line  # the fit's time, its own stage
+    assert infer.main(common + ["--auto-sensor-mount"]) == 0
+    out = capsys.readouterr().out
+    assert "sensor mount measured from 1 scans: sensor 2." in out and "pitch 0.06" in out
+    assert infer.main(common + ["--no-ground-check"]) == 0
+    assert "ground" not in capsys.readouterr().out
+    assert infer.main(common + ["--auto-sensor-mount", "--sensor-height", "2.6"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --auto-sensor-mount and --sensor-height say where the sensor is twice: give one"
+
+
 # ------------------------------------------------------------------------------------------- input boxes, range table
 def _inside(points: np.ndarray, box) -> np.ndarray:
     """Test-side reference: min <= coordinate <= max on x, y and z."""

@@ -177,11 +177,16 @@ def test_final_student_bundle_loads_and_detects(smoke):
         "models"]["student_final"]["params"]
     # the training split's intensity level, for the automatic intensity scale of other sensors
     from clean_ros.inference.intensity_level import dataset_intensity_level
-    from training.intensity_level import split_scans
+    from training.bundle_fields import split_scans
 
     data_root = out / "stages" / "data" / "dataset"
     assert bundle.intensity_level == pytest.approx(dataset_intensity_level(split_scans(data_root, "train")[1]),
                                                    abs=1e-6)
+    # and its ground as the mount check measures it (the node's ground_check / auto_sensor_mount compare with it)
+    from clean_ros.inference.ground_plane import dataset_ground_height
+
+    assert "ground_height" in bundle.manifest
+    assert bundle.ground_height == pytest.approx(dataset_ground_height(split_scans(data_root, "train")[1]), abs=1e-6)
     detector = bundle.build_detector()
     stored = torch.load(out / "stages" / "finetune" / "model.pt", weights_only=True)
     for name, tensor in detector.state_dict().items():
