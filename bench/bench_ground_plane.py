@@ -11,9 +11,7 @@ a sensor at that height and tilt records it), the fitted height / pitch / roll m
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clean_ros.cloud.transforms import transform_points  # noqa: E402
 from clean_ros.inference.ground_plane import fit_ground_plane  # noqa: E402
 from clean_ros.inference.sensor_mount import TRAINING_SENSOR_HEIGHT_M, SensorMount  # noqa: E402
-from suite import synthetic_scan  # noqa: E402  (bench/suite.py, beside this script)
+from suite import percentile, sample_call, synthetic_scan  # noqa: E402  (bench/suite.py, beside this script)
 
 FRAMES = Path(__file__).resolve().parents[2] / "shared/data/kitti_sample/training/velodyne"
 MOUNTS = (SensorMount(2.4, 0.05, -0.02), SensorMount(1.2, -0.03, 0.04), SensorMount(3.0, 0.1, 0.0))
@@ -37,16 +35,10 @@ def main() -> None:
     source = f"{len(scans)} KITTI scans in {FRAMES}"
     if not scans:
         scans, source = [synthetic_scan(120_000)], "a synthetic scan"
-    times = []
-    for points in scans:
-        for i in range(args.warmup + args.runs):
-            start = time.perf_counter()
-            fit_ground_plane(points)
-            if i >= args.warmup:
-                times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
+    times = [ms for points in scans
+             for ms in sample_call(lambda: fit_ground_plane(points), args.runs, warmup=args.warmup)[0]]
     print(f"ground fit on {source} (~{int(np.mean([len(s) for s in scans]))} points): median "
-          f"{statistics.median(times):.2f} ms, min {times[0]:.2f}, p90 {times[int(0.9 * (len(times) - 1))]:.2f} ms "
+          f"{percentile(times, 50):.2f} ms, min {min(times):.2f}, p90 {percentile(times, 90):.2f} ms "
           f"over {len(times)} fits")
     errors = []
     for points in scans:
