@@ -2,14 +2,16 @@
 """The CLEAN compression pipeline: teacher -> distilled student -> pruned -> fine-tuned -> IoU gate -> bundle.
 
     python training/compress.py [--config config/compress/default.yaml] [--set key.path=value ...]
-                                [--out runs/NAME] [--force STAGE|all] [--list-stages] [--plan [--plan-iterations N]]
+                                [--out runs/NAME] [--force STAGE|all] [--until STAGE] [--list-stages]
+                                [--plan [--plan-iterations N]]
     make compress                       # the embedded default (config/compress/default.yaml), simulated data
 
 Stages (resumable; each writes runs/NAME/stages/<stage>/ and a done-marker keyed by its config hash; a re-run
 skips finished stages whose config is unchanged, a killed stage restarts, training stages from their last
 checkpoint): data, teacher, student_baseline, student_cakd, importance, prune, finetune, iou_refine,
 baseline_<name>..., evaluate, efficiency, export, report. Outputs: runs/NAME/{config.yaml, compress.log,
-report.md, report.json, plots/*.png, bundle/}. See docs/COMPRESS.md.
+report.md, report.json, plots/*.png, bundle/}. See docs/COMPRESS.md. --until STAGE stops after that stage (the
+stages listed before it, then it): e.g. only the trained students of a comparison, resumable later without it.
 
 Mistakes in the config or paths: one line `error: ...`, exit status 2. Ctrl-C: the running training step finishes
 and a checkpoint is saved (exit 130); run the same command again to continue.
@@ -43,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, help="run folder (default runs/<name>); an existing one is resumed")
     ap.add_argument("--force", action="append", default=[], metavar="STAGE|all",
                     help="re-run this stage (and so everything that depends on it) even if it is done; repeatable")
+    ap.add_argument("--until", metavar="STAGE",
+                    help="run the stages up to this one (in --list-stages order) and stop; the rest can follow "
+                         "later by the same command without --until")
     ap.add_argument("--list-stages", action="store_true", help="print the stages of this config and exit")
     ap.add_argument("--plan", action="store_true",
                     help="check the dataset and config, print frames, objects, models, stages and a time estimate, "
@@ -158,6 +163,10 @@ def _run(args, cfg, ctx) -> int:
     unknown = [f for f in args.force if f != "all" and f not in names]
     if unknown:
         raise UsageError(f"--force {unknown[0]}: no such stage; stages: {', '.join(names)}, or all")
+    if args.until is not None:
+        if args.until not in names:
+            raise UsageError(f"--until {args.until}: no such stage; stages: {', '.join(names)}")
+        stages = stages[:names.index(args.until) + 1]  # in dependency order: a prefix has all it needs
     _check_stage_configs(cfg, graph.run)
     if args.plan:
         from training.compression.plan import make_plan
@@ -189,6 +198,10 @@ def _run(args, cfg, ctx) -> int:
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
     total = sum(store.seconds.values())
+    if args.until is not None and args.until != names[-1]:
+        logger.info(f"stopped after {args.until} (--until) in {fmt_seconds(store.elapsed())} (stage time "
+                    f"{fmt_seconds(total)}); the same command without --until runs the rest")
+        return 0
     logger.info(f"done in {fmt_seconds(store.elapsed())} (stage time {fmt_seconds(total)}): {root / 'report.md'}")
     report = root / "report.md"
     if ctx.is_main and report.is_file():

@@ -329,6 +329,19 @@ def test_second_process_on_the_same_run_folder_is_refused(tmp_path):
     assert not (out / "stages").exists()
 
 
+def test_until_stops_after_that_stage(tmp_path):
+    """--until data: the data stage runs (and is kept, resumable), nothing after it; an unknown stage is one line."""
+    out = tmp_path / "run"
+    proc = run_compress(out, "--until", "data", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "stages" / "data" / "done.json").is_file()
+    assert not (out / "stages" / "teacher").exists() and not (out / "report.md").exists()
+    assert "stopped after data (--until)" in (out / "compress.log").read_text()
+    proc = run_compress(tmp_path / "other", "--until", "nosuch", timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --until nosuch: no such stage; stages: data")
+    assert not (tmp_path / "other").exists()
+
+
 def test_simulated_data_gets_disjoint_train_val_and_test_splits(tmp_path):
     """Tune on val, report on holdout: the data stage splits the held-out frames into both and reports on holdout."""
     from clean_ros.yaml_config import load_config
