@@ -37,6 +37,15 @@ def check_max_gap(value) -> float:
     return float(value)
 
 
+def lowest_per_cell(cell: np.ndarray, z: np.ndarray, n_cells: int) -> torch.Tensor:
+    """(n_cells,) the lowest z in each cell (inf where a cell holds no point), z's dtype; cell: (N,) int64 indices
+    in [0, n_cells). One scatter-min, no loop over points (also the ground-plane fit's grid,
+    clean_ros.inference.ground_plane)."""
+    values = torch.from_numpy(np.ascontiguousarray(z))
+    lowest = torch.full((n_cells,), math.inf, dtype=values.dtype)
+    return lowest.scatter_reduce_(0, torch.from_numpy(cell), values, reduce="amin")
+
+
 def box_ground_gaps(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """(K,) float32 gap of each box (N, >=3 points; K, >=7 boxes x y z l w h yaw, one frame); NaN where fewer than
     MIN_CELLS cells around the box hold a point."""
@@ -62,10 +71,7 @@ def box_ground_gaps(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):  # NaN -> int is garbage, replaced by the spare cell below
         cell = fx.astype(np.int32) * np.int32(ny) + fy.astype(np.int32)  # truncation = floor where ok
     cell = np.where(ok, cell, np.int32(nx * ny)).astype(np.int64)  # points outside: one spare cell, dropped
-    cell_min = torch.full((nx * ny + 1,), math.inf)
-    cell_min.scatter_reduce_(0, torch.from_numpy(cell), torch.from_numpy(np.ascontiguousarray(pts[:, 2], np.float32)),
-                             reduce="amin")
-    cell_min = cell_min[:-1]
+    cell_min = lowest_per_cell(cell, np.asarray(pts[:, 2], np.float32), nx * ny + 1)[:-1]
     half = int(math.ceil(float(reach.max()) / CELL_M))
     offsets = torch.arange(-half, half + 1)
     centre = torch.floor((b[:, :2] - lo) / CELL_M).long()  # (K, 2)
@@ -105,4 +111,5 @@ class GroundGate:
                        labels=detections.labels[keep])
 
 
-__all__ = ["CELL_M", "MARGIN_M", "MIN_CELLS", "QUANTILE", "GroundGate", "box_ground_gaps", "check_max_gap"]
+__all__ = ["CELL_M", "MARGIN_M", "MIN_CELLS", "QUANTILE", "GroundGate", "box_ground_gaps", "check_max_gap",
+           "lowest_per_cell"]

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clean_ros.cloud.transforms import Transform
+from clean_ros.cloud.transforms import Transform, euler_to_matrix
+from clean_ros.inference.ground_gate import lowest_per_cell
 from clean_ros.inference.sensor_mount import SensorMount
 
 # horizontal distance of the returns fitted: past the ego vehicle, near enough for the road to be one plane
@@ -91,8 +92,7 @@ def _cell_minima(points: np.ndarray) -> np.ndarray:
     ix = ((x + BAND_M[1]) / CELL_M).astype(np.int64)
     iy = ((y + BAND_M[1]) / CELL_M).astype(np.int64)
     cell = ix * side + iy
-    lowest = np.full(side * side, np.inf)
-    np.minimum.at(lowest, cell, z)
+    lowest = lowest_per_cell(cell, z, side * side).numpy()
     at_min = np.flatnonzero(z == lowest[cell])  # the lowest return(s) of each cell (a tie keeps both)
     return np.stack([x[at_min], y[at_min], z[at_min]], axis=1).astype(np.float64)
 
@@ -204,9 +204,10 @@ class GroundTracker:
 
 def ground_from_tilt(height: float, pitch: float, roll: float, inliers: int = 0) -> GroundFit:
     """The ground plane seen from a sensor `height` above it, tilted by pitch / roll (SensorMount's convention): its
-    normal is the level frame's z axis in the sensor's frame, the last row of Rz(0) Ry(pitch) Rx(roll)."""
-    normal = (-math.sin(pitch), math.cos(pitch) * math.sin(roll), math.cos(pitch) * math.cos(roll))
-    return GroundFit(normal, float(height), inliers)
+    normal is the level frame's z axis in the sensor's frame: the last row of T(level <- sensor)'s rotation
+    (SensorMount.level_from_sensor)."""
+    normal = euler_to_matrix(roll=roll, pitch=pitch)[2]
+    return GroundFit(tuple(float(v) for v in normal), float(height), inliers)
 
 
 def dataset_ground_height(scans) -> float:
